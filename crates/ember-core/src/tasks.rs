@@ -1,0 +1,420 @@
+//! Workers AI task inputs and outputs: parsing and validating the JSON a caller sends into typed
+//! requests (errors name the offending field as a JSON pointer), and shaping results as the
+//! contract's result objects.
+
+use crate::InferError;
+use crate::catalog::ModelSpec;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+/// Workers AI's default `max_tokens` for text generation.
+pub const DEFAULT_MAX_TOKENS: u32 = 256;
+/// Workers AI's default sampling temperature.
+pub const DEFAULT_TEMPERATURE: f32 = 0.6;
+/// Most texts in one embeddings request.
+pub const MAX_EMBEDDING_TEXTS: usize = 100;
+/// Longest `prompt` or message `content`, in characters, per the published schemas.
+pub const MAX_PROMPT_CHARS: usize = 131_072;
+
+// ------------------------------------------------------------------ text generation
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+/// What the model is asked: a chat, rendered through its template, or a bare prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PromptInput {
+    Messages(Vec<ChatMessage>),
+    /// `raw: false` wraps the prompt as a single user message; `raw: true` sends it as-is.
+    Prompt { text: String, raw: bool },
+}
+
+/// Sampling settings. `temperature == 0` means greedy decoding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampling {
+    pub temperature: f32,
+    pub top_p: Option<f32>,
+    pub top_k: Option<u32>,
+    pub seed: Option<u64>,
+    pub repetition_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextGenerationRequest {
+    pub prompt: PromptInput,
+    pub max_tokens: u32,
+    pub sampling: Sampling,
+    pub stream: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    /// The model produced an end-of-generation token.
+    Stop,
+    /// `max_tokens` (or the context) was reached.
+    Length,
+    /// The client went away.
+    Cancelled,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub total_tokens: u32,
+}
+
+impl Usage {
+    pub fn new(prompt_tokens: u32, completion_tokens: u32) -> Usage {
+        Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    pub text: String,
+    pub usage: Usage,
+    pub finish_reason: FinishReason,
+}
+
+impl Completion {
+    /// The result object of a non-streamed generation.
+    pub fn to_json(&self) -> Value {
+        json!({ "response": self.text, "usage": self.usage })
+    }
+}
+
+/// Parses a text generation input per the Workers AI schema (`prompt` or `messages`, not both).
+pub fn parse_text_generation(input: &Value, spec: &ModelSpec) -> Result<TextGenerationRequest, InferError> {
+    let object = as_object(input)?;
+    for unsupported in ["tools", "functions", "response_format", "lora", "requests"] {
+        if object.get(unsupported).is_some_and(|v| !v.is_null()) {
+            return Err(InferError::invalid(
+                format!("/{unsupported}"),
+                "is not supported by this version of Ember",
+            ));
+        }
+    }
+    let prompt = match (object.get("prompt"), object.get("messages")) {
+        (Some(_), Some(_)) => {
+            return Err(InferError::invalid("/", "prompt and messages are mutually exclusive"));
+        }
+        (None, None) => {
+            return Err(InferError::invalid("/", "required properties are 'prompt' or 'messages'"));
+        }
+        (Some(prompt), None) => PromptInput::Prompt {
+            text: bounded_string(prompt, "/prompt")?,
+            raw: optional_bool(object, "raw")?.unwrap_or(false),
+        },
+        (None, Some(messages)) => PromptInput::Messages(parse_messages(messages)?),
+    };
+    let max_tokens = match optional_integer(object, "max_tokens", 1, u64::from(spec.max_output_tokens))? {
+        Some(n) => n as u32,
+        None => DEFAULT_MAX_TOKENS.min(spec.max_output_tokens),
+    };
+    let sampling = Sampling {
+        temperature: optional_number(object, "temperature", 0.0, 5.0)?.unwrap_or(DEFAULT_TEMPERATURE),
+        top_p: optional_number(object, "top_p", 0.0, 2.0)?,
+        top_k: optional_integer(object, "top_k", 1, 50)?.map(|k| k as u32),
+        seed: optional_integer(object, "seed", 1, 9_999_999_999)?,
+        repetition_penalty: optional_number(object, "repetition_penalty", 0.0, 2.0)?,
+        frequency_penalty: optional_number(object, "frequency_penalty", 0.0, 2.0)?,
+        presence_penalty: optional_number(object, "presence_penalty", 0.0, 2.0)?,
+    };
+    Ok(TextGenerationRequest {
+        prompt,
+        max_tokens,
+        sampling,
+        stream: optional_bool(object, "stream")?.unwrap_or(false),
+    })
+}
+
+fn parse_messages(messages: &Value) -> Result<Vec<ChatMessage>, InferError> {
+    let Value::Array(items) = messages else {
+        return Err(type_mismatch("/messages", "array", messages));
+    };
+    if items.is_empty() {
+        return Err(InferError::invalid("/messages", "must hold at least one message"));
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let at = format!("/messages/{i}");
+            let Value::Object(message) = item else {
+                return Err(type_mismatch(&at, "object", item));
+            };
+            let role = match message.get("role") {
+                Some(Value::String(role)) if ["system", "user", "assistant", "tool"].contains(&role.as_str()) => {
+                    role.clone()
+                }
+                Some(Value::String(role)) => {
+                    return Err(InferError::invalid(
+                        format!("{at}/role"),
+                        format!("'{role}' is not one of system, user, assistant, tool"),
+                    ));
+                }
+                Some(other) => return Err(type_mismatch(&format!("{at}/role"), "string", other)),
+                None => return Err(InferError::invalid(&at, "required properties are 'role,content'")),
+            };
+            let content = match message.get("content") {
+                Some(Value::Array(parts)) => text_parts(parts, &format!("{at}/content"))?,
+                Some(content) => bounded_string(content, &format!("{at}/content"))?,
+                None => return Err(InferError::invalid(&at, "required properties are 'role,content'")),
+            };
+            Ok(ChatMessage { role, content })
+        })
+        .collect()
+}
+
+/// OpenAI-style content parts: only text parts are accepted, joined in order.
+fn text_parts(parts: &[Value], at: &str) -> Result<String, InferError> {
+    let mut text = String::new();
+    for (i, part) in parts.iter().enumerate() {
+        match (part.get("type").and_then(Value::as_str), part.get("text")) {
+            (Some("text"), Some(Value::String(piece))) => text.push_str(piece),
+            _ => {
+                return Err(InferError::invalid(
+                    format!("{at}/{i}"),
+                    "expected a text part {\"type\": \"text\", \"text\": \"...\"}",
+                ));
+            }
+        }
+    }
+    if text.chars().count() > MAX_PROMPT_CHARS {
+        return Err(InferError::invalid(at, format!("must be at most {MAX_PROMPT_CHARS} characters")));
+    }
+    Ok(text)
+}
+
+// ------------------------------------------------------------------ embeddings
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    Mean,
+    Cls,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbeddingsRequest {
+    pub texts: Vec<String>,
+    pub pooling: Pooling,
+}
+
+/// Vectors in input order, and the tokens each text used after truncation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbeddingsOutput {
+    pub vectors: Vec<Vec<f32>>,
+    pub token_counts: Vec<u32>,
+}
+
+impl EmbeddingsOutput {
+    /// The result object: `{shape, data, pooling}`.
+    pub fn to_json(&self, pooling: Pooling) -> Value {
+        let dims = self.vectors.first().map_or(0, Vec::len);
+        json!({ "shape": [self.vectors.len(), dims], "data": self.vectors, "pooling": pooling })
+    }
+
+    pub fn input_tokens(&self) -> u32 {
+        self.token_counts.iter().sum()
+    }
+}
+
+/// Parses `{text: string | string[], pooling?: "mean" | "cls"}`.
+pub fn parse_embeddings(input: &Value) -> Result<EmbeddingsRequest, InferError> {
+    let object = as_object(input)?;
+    if object.get("requests").is_some() {
+        return Err(InferError::invalid("/requests", "async batch requests are not supported by this version of Ember"));
+    }
+    let texts = match object.get("text") {
+        None => return Err(InferError::invalid("/", "required properties are 'text'")),
+        Some(Value::String(_)) => vec![nonempty_string(&object["text"], "/text")?],
+        Some(Value::Array(items)) => {
+            if items.is_empty() || items.len() > MAX_EMBEDDING_TEXTS {
+                return Err(InferError::invalid(
+                    "/text",
+                    format!("must hold 1 to {MAX_EMBEDDING_TEXTS} strings, got {}", items.len()),
+                ));
+            }
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| nonempty_string(item, &format!("/text/{i}")))
+                .collect::<Result<_, _>>()?
+        }
+        Some(other) => return Err(type_mismatch("/text", "string or array", other)),
+    };
+    let pooling = match object.get("pooling") {
+        None | Some(Value::Null) => Pooling::Mean,
+        Some(Value::String(p)) if p == "mean" => Pooling::Mean,
+        Some(Value::String(p)) if p == "cls" => Pooling::Cls,
+        Some(Value::String(p)) => {
+            return Err(InferError::invalid("/pooling", format!("'{p}' is not one of mean, cls")));
+        }
+        Some(other) => return Err(type_mismatch("/pooling", "string", other)),
+    };
+    Ok(EmbeddingsRequest { texts, pooling })
+}
+
+// ------------------------------------------------------------------ helpers
+
+fn as_object(input: &Value) -> Result<&Map<String, Value>, InferError> {
+    input.as_object().ok_or_else(|| type_mismatch("/", "object", input))
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+fn type_mismatch(at: &str, expected: &str, got: &Value) -> InferError {
+    InferError::invalid(at, format!("expected {expected}, got {}", kind(got)))
+}
+
+fn nonempty_string(value: &Value, at: &str) -> Result<String, InferError> {
+    match value {
+        Value::String(s) if s.is_empty() => Err(InferError::invalid(at, "must not be empty")),
+        Value::String(s) => Ok(s.clone()),
+        other => Err(type_mismatch(at, "string", other)),
+    }
+}
+
+fn bounded_string(value: &Value, at: &str) -> Result<String, InferError> {
+    let text = nonempty_string(value, at)?;
+    if text.chars().count() > MAX_PROMPT_CHARS {
+        return Err(InferError::invalid(at, format!("must be at most {MAX_PROMPT_CHARS} characters")));
+    }
+    Ok(text)
+}
+
+fn optional_bool(object: &Map<String, Value>, key: &str) -> Result<Option<bool>, InferError> {
+    match object.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(type_mismatch(&format!("/{key}"), "boolean", other)),
+    }
+}
+
+fn optional_number(object: &Map<String, Value>, key: &str, min: f64, max: f64) -> Result<Option<f32>, InferError> {
+    match object.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => {
+            let n = n.as_f64().unwrap_or(f64::NAN);
+            if (min..=max).contains(&n) {
+                Ok(Some(n as f32))
+            } else {
+                Err(InferError::invalid(format!("/{key}"), format!("must be between {min} and {max}, got {n}")))
+            }
+        }
+        Some(other) => Err(type_mismatch(&format!("/{key}"), "number", other)),
+    }
+}
+
+fn optional_integer(object: &Map<String, Value>, key: &str, min: u64, max: u64) -> Result<Option<u64>, InferError> {
+    match object.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(v) if (min..=max).contains(&v) => Ok(Some(v)),
+            _ => Err(InferError::invalid(
+                format!("/{key}"),
+                format!("must be an integer between {min} and {max}, got {n}"),
+            )),
+        },
+        Some(other) => Err(type_mismatch(&format!("/{key}"), "integer", other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Catalog;
+
+    fn qwen() -> ModelSpec {
+        Catalog::builtin().unwrap().get("@hf/qwen/qwen2.5-coder-0.5b-instruct").unwrap().clone()
+    }
+
+    fn field_of(error: InferError) -> String {
+        match error {
+            InferError::InvalidInput { field, .. } => field,
+            other => panic!("expected invalid input, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_follow_the_schema() {
+        let request = parse_text_generation(&json!({"prompt": "hi"}), &qwen()).unwrap();
+        assert_eq!(request.max_tokens, 256);
+        assert_eq!(request.sampling.temperature, 0.6);
+        assert!(!request.stream);
+        assert_eq!(request.prompt, PromptInput::Prompt { text: "hi".into(), raw: false });
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let spec = qwen();
+        let cases = [
+            (json!({"prompt": "a", "messages": []}), "/"),
+            (json!({}), "/"),
+            (json!({"prompt": ""}), "/prompt"),
+            (json!({"prompt": 3}), "/prompt"),
+            (json!({"messages": [{"role": "user", "content": ["x"]}]}), "/messages/0/content/0"),
+            (json!({"messages": [{"role": "king", "content": "x"}]}), "/messages/0/role"),
+            (json!({"messages": [{"role": "user"}]}), "/messages/0"),
+            (json!({"messages": "hi"}), "/messages"),
+            (json!({"prompt": "a", "temperature": 9}), "/temperature"),
+            (json!({"prompt": "a", "max_tokens": 0}), "/max_tokens"),
+            (json!({"prompt": "a", "max_tokens": 1.5}), "/max_tokens"),
+            (json!({"prompt": "a", "top_k": 51}), "/top_k"),
+            (json!({"prompt": "a", "stream": "yes"}), "/stream"),
+            (json!({"prompt": "a", "tools": []}), "/tools"),
+            (json!([1, 2]), "/"),
+        ];
+        for (input, field) in cases {
+            assert_eq!(field_of(parse_text_generation(&input, &spec).unwrap_err()), field, "{input}");
+        }
+    }
+
+    #[test]
+    fn embeddings_inputs() {
+        let request = parse_embeddings(&json!({"text": ["a", "b"], "pooling": "cls"})).unwrap();
+        assert_eq!(request.texts, vec!["a", "b"]);
+        assert_eq!(request.pooling, Pooling::Cls);
+        let too_many: Vec<String> = (0..101).map(|i| i.to_string()).collect();
+        for (input, field) in [
+            (json!({"text": too_many}), "/text"),
+            (json!({"text": []}), "/text"),
+            (json!({"text": ["a", ""]}), "/text/1"),
+            (json!({"text": ["a", 1]}), "/text/1"),
+            (json!({"text": "a", "pooling": "max"}), "/pooling"),
+            (json!({"prompt": "a"}), "/"),
+        ] {
+            assert_eq!(field_of(parse_embeddings(&input).unwrap_err()), field, "{input}");
+        }
+    }
+
+    #[test]
+    fn embeddings_json_shape() {
+        let output = EmbeddingsOutput { vectors: vec![vec![0.5, 0.5], vec![1.0, 0.0]], token_counts: vec![3, 4] };
+        assert_eq!(
+            output.to_json(Pooling::Mean),
+            json!({"shape": [2, 2], "data": [[0.5, 0.5], [1.0, 0.0]], "pooling": "mean"})
+        );
+    }
+}

@@ -1,0 +1,119 @@
+//! Chat templates: the Jinja template a GGUF carries (`tokenizer.chat_template`), rendered with
+//! minijinja plus Python-compatible string methods, the way Hugging Face's `apply_chat_template`
+//! renders it (no trim_blocks/lstrip_blocks, `add_generation_prompt = true`).
+
+use ember_core::tasks::ChatMessage;
+use minijinja::{Environment, Error, ErrorKind, context};
+
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    bos_token: String,
+    eos_token: String,
+}
+
+impl ChatTemplate {
+    /// Compiles a template. Fails on syntax errors so a broken template is a load error.
+    pub fn new(source: String, bos_token: String, eos_token: String) -> Result<ChatTemplate, Error> {
+        let mut env = Environment::new();
+        minijinja_contrib::add_to_environment(&mut env);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |message: String| -> Result<String, Error> {
+            Err(Error::new(ErrorKind::InvalidOperation, message))
+        });
+        env.add_function("strftime_now", |format: String| {
+            // Templates use this to print today's date in the system prompt.
+            time_now_formatted(&format)
+        });
+        env.add_template_owned("chat", source)?;
+        Ok(ChatTemplate {
+            env,
+            bos_token,
+            eos_token,
+        })
+    }
+
+    /// Renders the conversation followed by the assistant's turn opener.
+    pub fn render(&self, messages: &[ChatMessage]) -> Result<String, Error> {
+        self.env.get_template("chat")?.render(context! {
+            messages => messages,
+            add_generation_prompt => true,
+            bos_token => self.bos_token,
+            eos_token => self.eos_token,
+        })
+    }
+}
+
+/// A small strftime for the directives chat templates use (`%d %b %Y`, `%Y-%m-%d`), in UTC.
+fn time_now_formatted(format: &str) -> String {
+    let days = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 86_400) as i64;
+    let (year, month, day) = civil_from_days(days);
+    const MONTHS: [&str; 12] = [
+        "January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November",
+        "December",
+    ];
+    let month_name = MONTHS[(month - 1) as usize];
+    format
+        .replace("%Y", &year.to_string())
+        .replace("%m", &format!("{month:02}"))
+        .replace("%d", &format!("{day:02}"))
+        .replace("%B", month_name)
+        .replace("%b", &month_name[..3])
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHATML: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are helpful.<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] | trim + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+    fn msg(role: &str, content: &str) -> ChatMessage {
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+
+    #[test]
+    fn renders_chatml_with_default_system_prompt() {
+        let template = ChatTemplate::new(CHATML.into(), "<s>".into(), "</s>".into()).unwrap();
+        let text = template.render(&[msg("user", " Hi ")]).unwrap();
+        assert_eq!(
+            text,
+            "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+    }
+
+    #[test]
+    fn python_string_methods_and_raise_exception_work() {
+        let template = ChatTemplate::new(
+            "{% if messages[0].role == 'tool' %}{{ raise_exception('no tools') }}{% endif %}{{ messages[0].content.strip().upper() }}".into(),
+            String::new(),
+            String::new(),
+        )
+        .unwrap();
+        assert_eq!(template.render(&[msg("user", " hey ")]).unwrap(), "HEY");
+        assert!(template.render(&[msg("tool", "x")]).unwrap_err().to_string().contains("no tools"));
+    }
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_779), (2026, 11, 22));
+    }
+}

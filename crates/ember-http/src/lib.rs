@@ -1,0 +1,123 @@
+//! Ember's HTTP face, the only layer that speaks wire formats: the Workers AI REST routes, the
+//! Worker binding protocol (native and through wrangler's proxy), the catalog routes and health.
+//! Every response carries `cf-ai-req-id`; every run is written to the request log.
+
+mod catalog;
+mod error;
+mod run;
+mod sse;
+
+pub use error::ApiError;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use ember_core::Ember;
+use ember_store::Store;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Largest request body accepted (Workers AI refuses payloads of 10 MB and more).
+pub const MAX_BODY_BYTES: usize = 10_000_000;
+
+/// Server settings that shape request handling.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// When set, every route but `/health` needs `Authorization: Bearer <token>`.
+    pub api_token: Option<String>,
+    /// Longest a non-streamed run may take.
+    pub request_timeout: Duration,
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> HttpConfig {
+        HttpConfig {
+            api_token: None,
+            request_timeout: Duration::from_secs(600),
+            max_body_bytes: MAX_BODY_BYTES,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub ember: Arc<Ember>,
+    pub store: Store,
+    pub config: Arc<HttpConfig>,
+    /// Turns true when in-flight runs must stop (shutdown grace period over).
+    pub abort: watch::Receiver<bool>,
+}
+
+/// The request id of the current request, set by the middleware before any handler runs.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route(
+            "/client/v4/accounts/{account_id}/ai/run/{*model}",
+            post(run::rest_run).get(run::rest_run),
+        )
+        .route("/client/v4/accounts/{account_id}/ai/models/search", get(catalog::rest_search))
+        .route("/client/v4/accounts/{account_id}/ai/models/schema", get(catalog::rest_schema))
+        .route("/run", post(run::binding_run))
+        .route("/ai-gateway/run", post(run::binding_run))
+        .route("/ai-api/models/search", get(catalog::binding_search))
+        .fallback(no_route)
+        .method_not_allowed_fallback(no_route)
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .route("/health", get(health))
+        .merge(api)
+        .layer(middleware::from_fn(request_id))
+        .with_state(state)
+}
+
+async fn health(State(state): State<AppState>) -> impl IntoResponse {
+    axum::Json(serde_json::json!({
+        "status": "ok",
+        "models": state.ember.catalog().models().iter().filter(|m| state.ember.is_installed(m)).map(|m| &m.id).collect::<Vec<_>>(),
+    }))
+}
+
+async fn no_route() -> ApiError {
+    ApiError::NoRoute
+}
+
+/// Gives every request an id and every response the `cf-ai-req-id` header.
+async fn request_id(mut request: Request, next: Next) -> Response {
+    let id = uuid::Uuid::new_v4().to_string();
+    request.extensions_mut().insert(RequestId(id.clone()));
+    let mut response = next.run(request).await;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("cf-ai-req-id", value);
+    }
+    response
+}
+
+/// Checks `Authorization: Bearer <token>` in constant time when a token is configured.
+async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if let Some(expected) = &state.config.api_token {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        let matches: bool = subtle::ConstantTimeEq::ct_eq(given.as_bytes(), expected.as_bytes()).into();
+        if !matches {
+            let error = ApiError::Unauthorized;
+            return if run::is_binding_request(&request) {
+                error.binding_response()
+            } else {
+                error.rest_response()
+            };
+        }
+    }
+    next.run(request).await
+}

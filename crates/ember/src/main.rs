@@ -1,0 +1,317 @@
+//! The `ember` command line: `serve`, `run` (in-process, no server), `models list` and
+//! `models pull`. Every flag can also be set by the environment variable shown in `--help`.
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use ember::config::{self, FileConfig};
+use ember::pull::{self, Progress, PullOptions};
+use ember::{ServeConfig, open_ember};
+use ember_core::runner::TextEvent;
+use ember_core::{Catalog, RunOptions, RunOutput};
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(name = "ember", version, about = "Workers AI on your own machines")]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct Common {
+    /// Model cache (models live in <home>/models).
+    #[arg(long, env = "EMBER_HOME", global = true)]
+    home: Option<PathBuf>,
+    /// A catalog file whose entries override or extend the built-in catalog.
+    #[arg(long, env = "EMBER_CATALOG", global = true)]
+    catalog: Option<PathBuf>,
+    /// A TOML config file (listen, db, api_token, catalog, aliases, ...).
+    #[arg(long, env = "EMBER_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Serve FROM with model TO, e.g. @cf/meta/llama-3.1-8b-instruct=@hf/qwen/qwen2.5-coder-0.5b-instruct.
+    #[arg(long = "alias", env = "EMBER_ALIASES", value_delimiter = ',', value_parser = config::parse_alias, global = true)]
+    aliases: Vec<(String, String)>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the Workers AI REST API and the Worker binding protocol.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, env = "EMBER_LISTEN")]
+        listen: Option<SocketAddr>,
+        /// SQLite database file (created on first run).
+        #[arg(long, env = "EMBER_DB")]
+        db: Option<PathBuf>,
+        /// Require `Authorization: Bearer <token>` on every request. Needed to listen beyond loopback.
+        #[arg(long, env = "EMBER_API_TOKEN", hide_env_values = true)]
+        api_token: Option<String>,
+        /// Seconds a non-streamed run may take before it fails with 3007.
+        #[arg(long, env = "EMBER_REQUEST_TIMEOUT")]
+        request_timeout: Option<u64>,
+        /// Seconds in-flight requests get to finish after a shutdown signal.
+        #[arg(long, env = "EMBER_SHUTDOWN_GRACE")]
+        shutdown_grace: Option<u64>,
+        /// Models to load at start instead of on first use.
+        #[arg(long, value_delimiter = ',')]
+        preload: Vec<String>,
+    },
+    /// Run a model once, in-process, and print its result.
+    Run {
+        /// Model id (or alias), e.g. @hf/qwen/qwen2.5-coder-0.5b-instruct.
+        model: String,
+        /// The task input as JSON, e.g. '{"prompt": "Hello"}'.
+        #[arg(long)]
+        input: String,
+        /// Stream text as it is generated.
+        #[arg(long)]
+        stream: bool,
+    },
+    /// List and fetch models.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Show the catalog and which models are installed.
+    List,
+    /// Fetch, assemble and verify models.
+    Pull {
+        /// Model ids; with --defaults, every default model.
+        models: Vec<String>,
+        #[arg(long)]
+        defaults: bool,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("EMBER_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run_cli(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_cli(cli: Cli) -> anyhow::Result<()> {
+    let file = FileConfig::load(cli.common.config.as_deref())?;
+    let home = cli
+        .common
+        .home
+        .clone()
+        .unwrap_or_else(ember_core::installed::default_home);
+    let catalog_file = cli.common.catalog.clone().or(file.catalog.clone());
+    let mut aliases: HashMap<String, String> = file.aliases.clone();
+    aliases.extend(cli.common.aliases.iter().cloned());
+    let runtime = tokio::runtime::Runtime::new()?;
+    match cli.command {
+        Command::Serve {
+            listen,
+            db,
+            api_token,
+            request_timeout,
+            shutdown_grace,
+            preload,
+        } => {
+            let config = ServeConfig {
+                listen: listen
+                    .or(file.listen)
+                    .unwrap_or_else(|| config::DEFAULT_LISTEN.parse().expect("valid default")),
+                db: db.or(file.db).unwrap_or_else(config::default_db),
+                home,
+                catalog: catalog_file,
+                api_token: api_token.or(file.api_token).filter(|t| !t.is_empty()),
+                aliases,
+                request_timeout: Duration::from_secs(
+                    request_timeout.or(file.request_timeout_secs).unwrap_or(600),
+                ),
+                shutdown_grace: Duration::from_secs(
+                    shutdown_grace.or(file.shutdown_grace_secs).unwrap_or(30),
+                ),
+            };
+            runtime.block_on(async {
+                if !preload.is_empty() {
+                    let ember = open_ember(
+                        &config.home,
+                        config.catalog.as_deref(),
+                        config.aliases.clone(),
+                    )?;
+                    for model in &preload {
+                        let spec = ember.resolve(model)?;
+                        ember.worker(spec).await?;
+                    }
+                }
+                ember::serve(config, ember::server::shutdown_signal(), |_| {}).await
+            })
+        }
+        Command::Run {
+            model,
+            input,
+            stream,
+        } => {
+            let mut input: serde_json::Value =
+                serde_json::from_str(&input).context("--input is not valid JSON")?;
+            if stream {
+                input
+                    .as_object_mut()
+                    .context("--stream needs an input object")?
+                    .insert("stream".into(), true.into());
+            }
+            let ember = open_ember(&home, catalog_file.as_deref(), aliases)?;
+            runtime.block_on(run_once(&ember, &model, &input))
+        }
+        Command::Models {
+            command: ModelsCommand::List,
+        } => {
+            let catalog = Catalog::load(catalog_file.as_deref())?;
+            list(&catalog, &home);
+            Ok(())
+        }
+        Command::Models {
+            command: ModelsCommand::Pull { models, defaults },
+        } => {
+            let catalog = Catalog::load(catalog_file.as_deref())?;
+            pull_models(&catalog, &home, &models, defaults)
+        }
+    }
+}
+
+async fn run_once(
+    ember: &ember_core::Ember,
+    model: &str,
+    input: &serde_json::Value,
+) -> anyhow::Result<()> {
+    let run = ember.run(model, input, &RunOptions::default()).await?;
+    if run.served_by != model {
+        eprintln!("(served by {})", run.served_by);
+    }
+    match run.output {
+        RunOutput::Json { result, .. } => println!("{}", serde_json::to_string_pretty(&result)?),
+        RunOutput::Stream(mut events) => {
+            let mut stdout = std::io::stdout();
+            while let Some(event) = events.recv().await {
+                match event {
+                    TextEvent::Text(text) => {
+                        stdout.write_all(text.as_bytes())?;
+                        stdout.flush()?;
+                    }
+                    TextEvent::Done(completion) => {
+                        println!();
+                        eprintln!("usage: {}", serde_json::to_string(&completion.usage)?);
+                    }
+                    TextEvent::Failed(error) => return Err(error.into()),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn list(catalog: &Catalog, home: &std::path::Path) {
+    println!(
+        "{:<48} {:<16} {:<10} {}",
+        "MODEL", "TASK", "INSTALLED", "SOURCES"
+    );
+    for spec in catalog.models() {
+        let dir = ember_core::installed::model_dir(home, spec);
+        let installed = if ember_core::installed::is_installed(spec, &dir) {
+            "yes"
+        } else {
+            "no"
+        };
+        let sources: Vec<&str> = spec
+            .sources
+            .iter()
+            .map(|s| match s {
+                ember_core::catalog::Source::Pypi { .. } => "pypi",
+                ember_core::catalog::Source::HuggingFace { .. } => "hugging-face",
+            })
+            .collect();
+        let task = match spec.task {
+            ember_core::Task::TextGeneration => "text-generation",
+            ember_core::Task::TextEmbeddings => "text-embeddings",
+        };
+        println!(
+            "{:<48} {:<16} {:<10} {}",
+            spec.id,
+            task,
+            installed,
+            sources.join(", ")
+        );
+    }
+}
+
+fn pull_models(
+    catalog: &Catalog,
+    home: &std::path::Path,
+    ids: &[String],
+    defaults: bool,
+) -> anyhow::Result<()> {
+    let mut specs: Vec<&ember_core::ModelSpec> = Vec::new();
+    if defaults {
+        specs.extend(catalog.models().iter().filter(|m| m.default));
+    }
+    for id in ids {
+        specs.push(
+            catalog
+                .get(id)
+                .with_context(|| format!("{id} is not in the catalog (see `ember models list`)"))?,
+        );
+    }
+    if specs.is_empty() {
+        anyhow::bail!("name the models to pull, or pass --defaults");
+    }
+    let options = PullOptions::from_env(home.to_path_buf());
+    for spec in specs {
+        eprintln!("pulling {}", spec.id);
+        let mut last_report = Instant::now();
+        let mut reporter = |progress: Progress| match progress {
+            Progress::Downloading { what, done, total } => {
+                if last_report.elapsed() >= Duration::from_millis(500) || total == Some(done) {
+                    last_report = Instant::now();
+                    match total {
+                        Some(total) if total > 0 => eprintln!(
+                            "  {what}: {:.1}/{:.1} MB ({}%)",
+                            done as f64 / 1e6,
+                            total as f64 / 1e6,
+                            done * 100 / total
+                        ),
+                        _ => eprintln!("  {what}: {:.1} MB", done as f64 / 1e6),
+                    }
+                }
+            }
+            Progress::Checking { file } => eprintln!("  checking {file}"),
+            Progress::Assembling { file } => eprintln!("  assembling {file}"),
+            Progress::Verified { file } => eprintln!("  verified {file}"),
+            Progress::AlreadyInstalled => eprintln!("  already installed and verified"),
+            Progress::SourceFailed { source, error } => {
+                eprintln!("  source {source} failed: {error}")
+            }
+        };
+        pull::pull(spec, &options, &mut reporter)
+            .with_context(|| format!("pulling {}", spec.id))?;
+        eprintln!(
+            "  done: {}",
+            ember_core::installed::model_dir(home, spec).display()
+        );
+    }
+    Ok(())
+}

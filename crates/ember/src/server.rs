@@ -1,0 +1,153 @@
+//! Wiring for `ember serve`: opens the store and the engines, refuses to expose an unauthenticated
+//! server beyond loopback, serves the router and shuts down gracefully (in-flight streams finish;
+//! runs still going after the grace period are aborted with 3008).
+
+use ember_core::{Catalog, Ember};
+use ember_http::{AppState, HttpConfig};
+use ember_store::Store;
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Everything `serve` needs, already merged from defaults, file, environment and flags.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub db: PathBuf,
+    pub home: PathBuf,
+    pub catalog: Option<PathBuf>,
+    pub api_token: Option<String>,
+    pub aliases: HashMap<String, String>,
+    pub request_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+/// The `run()` API over the built-in (or user) catalog, with the real engines behind it.
+pub fn open_ember(
+    home: &Path,
+    catalog: Option<&Path>,
+    aliases: HashMap<String, String>,
+) -> anyhow::Result<Ember> {
+    let catalog = Catalog::load(catalog)?;
+    Ember::new(
+        catalog,
+        aliases,
+        home.to_path_buf(),
+        Arc::new(ember_engines::load),
+    )
+    .map_err(anyhow::Error::msg)
+}
+
+/// Serves until `shutdown` resolves, then drains. `ready` receives the bound address.
+pub async fn serve(
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce(SocketAddr),
+) -> anyhow::Result<()> {
+    if config.api_token.is_none() && !config.listen.ip().is_loopback() {
+        anyhow::bail!(
+            "refusing to listen on {} without an API token: set --api-token (or EMBER_API_TOKEN), or listen on loopback",
+            config.listen
+        );
+    }
+    let ember = Arc::new(open_ember(
+        &config.home,
+        config.catalog.as_deref(),
+        config.aliases.clone(),
+    )?);
+    let store = Store::open(&config.db)?;
+    let (abort_tx, abort) = watch::channel(false);
+    let state = AppState {
+        ember: ember.clone(),
+        store,
+        config: Arc::new(HttpConfig {
+            api_token: config.api_token.clone(),
+            request_timeout: config.request_timeout,
+            ..HttpConfig::default()
+        }),
+        abort,
+    };
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let address = listener.local_addr()?;
+    banner(&config, &ember, address);
+    ready(address);
+
+    let grace = config.shutdown_grace;
+    let drain = async move {
+        shutdown.await;
+        tracing::info!(
+            grace_secs = grace.as_secs(),
+            "shutting down: no new connections; in-flight requests may finish"
+        );
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            tracing::warn!("shutdown grace period over: aborting runs still in flight");
+            let _ = abort_tx.send(true);
+        });
+    };
+    axum::serve(listener, ember_http::router(state))
+        .with_graceful_shutdown(drain)
+        .await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn banner(config: &ServeConfig, ember: &Ember, address: SocketAddr) {
+    tracing::info!(
+        "Ember listening on http://{address} (state in {})",
+        config.db.display()
+    );
+    match config.api_token {
+        Some(_) => tracing::info!("API token required: send `Authorization: Bearer <token>`"),
+        None => tracing::warn!(
+            "no API token configured: any local client may call Ember, so it listens on loopback only"
+        ),
+    }
+    for (from, to) in &config.aliases {
+        tracing::info!("alias: {from} is served by {to}");
+    }
+    let installed: Vec<&str> = ember
+        .catalog()
+        .models()
+        .iter()
+        .filter(|m| ember.is_installed(m))
+        .map(|m| m.id.as_str())
+        .collect();
+    tracing::info!(
+        "installed models: {}",
+        if installed.is_empty() {
+            "none (run `ember models pull`)".to_string()
+        } else {
+            installed.join(", ")
+        }
+    );
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# One command from a fresh clone to every test: install dependencies, fetch and verify the
+# default models (cached in ~/.cache/ember), check formatting and lints, run the Rust tests
+# (unit, real-model and HTTP tests), then start `ember serve` and run the real clients against
+# it: the official `cloudflare` Python SDK and an unmodified Worker under `wrangler dev`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root="$(pwd)"
+
+./scripts/install-deps.sh --tests
+
+echo "== build"
+cargo build -p ember
+ember="$root/target/debug/ember"
+
+echo "== models"
+"$ember" models pull --defaults
+
+echo "== format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+
+echo "== rust tests"
+cargo test --workspace
+
+echo "== end-to-end clients"
+tmp="$(mktemp -d)"
+port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+"$ember" serve --listen "127.0.0.1:$port" --db "$tmp/ember.db" \
+  --alias @cf/meta/llama-3.1-8b-instruct=@hf/qwen/qwen2.5-coder-0.5b-instruct \
+  --preload @hf/qwen/qwen2.5-coder-0.5b-instruct,@cf/google/embeddinggemma-300m,@hf/sentence-transformers/all-minilm-l6-v2 \
+  >"$tmp/ember.log" 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$tmp"' EXIT
+for _ in $(seq 1 300); do
+  curl -fsS "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
+  kill -0 $server 2>/dev/null || { cat "$tmp/ember.log"; exit 1; }
+  sleep 1
+done
+export EMBER_URL="http://127.0.0.1:$port"
+
+python3 -m venv tests/e2e/.venv
+tests/e2e/.venv/bin/pip install -q -r tests/e2e/requirements.txt
+status=0
+tests/e2e/.venv/bin/python -m pytest -v -p no:cacheprovider tests/e2e/test_cloudflare_sdk.py || status=1
+tests/e2e/run_worker_test.sh || status=1
+if [ $status -ne 0 ]; then
+  echo "== ember log"; tail -n 100 "$tmp/ember.log"
+fi
+exit $status

@@ -1,0 +1,222 @@
+"""End-to-end tests: the official `cloudflare` Python SDK (and raw httpx) against Ember.
+
+Run:  EMBER_URL=http://127.0.0.1:8787 python -m pytest -v tests/e2e/test_cloudflare_sdk.py
+
+Env:
+  EMBER_URL         base URL of a running Ember (required), e.g. http://127.0.0.1:8787
+  EMBER_TOKEN       bearer token to send (default "dummy")
+  EMBER_ACCOUNT_ID  account id used in paths (default "local")
+  E2E_TIMEOUT       per-request timeout in seconds (default 300; CPU inference can be slow)
+
+Ember is expected to be started with
+  --alias @cf/meta/llama-3.1-8b-instruct=@hf/qwen/qwen2.5-coder-0.5b-instruct
+and to host @hf/qwen/qwen2.5-coder-0.5b-instruct and @hf/sentence-transformers/all-minilm-l6-v2.
+
+Facts about cloudflare==5.9.0 that these tests rely on (read from the installed package):
+  * `client.ai.run(model, ...)` percent-encodes the model as ONE path segment:
+    POST /client/v4/accounts/local/ai/run/@hf%2Fqwen%2Fqwen2.5-coder-0.5b-instruct
+    (`@` stays literal, `/` becomes %2F). The httpx tests below use literal slashes instead.
+  * `client.ai.run(..., stream=True)` cannot stream: it buffers the whole SSE body, fails to parse
+    it as JSON, and then crashes with AttributeError("'str' object has no attribute 'result'")
+    in its ResultWrapper unwrapper. Incremental streaming through the SDK works only via
+    `client.ai.with_streaming_response.run(...)` (raw httpx response, `iter_lines()`).
+  * `client.ai.models.list()` auto-paginates: first GET .../ai/models/search (no query), then
+    ?page=2, ?page=3, ... and stops only when a page has an EMPTY `result` list.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+
+import cloudflare
+import httpx
+import pytest
+from cloudflare import Cloudflare
+
+QWEN = "@hf/qwen/qwen2.5-coder-0.5b-instruct"
+ALIAS = "@cf/meta/llama-3.1-8b-instruct"
+MINILM = "@hf/sentence-transformers/all-minilm-l6-v2"
+MESSAGES = [
+    {"role": "system", "content": "You are a helpful assistant. Answer briefly."},
+    {"role": "user", "content": "Write a Python function that adds two numbers."},
+]
+
+ACCOUNT_ID = os.environ.get("EMBER_ACCOUNT_ID", "local")
+TOKEN = os.environ.get("EMBER_TOKEN", "dummy")
+TIMEOUT = float(os.environ.get("E2E_TIMEOUT", "300"))
+
+
+@pytest.fixture(scope="session")
+def ember_url() -> str:
+    url = os.environ.get("EMBER_URL")
+    if not url:
+        pytest.fail("EMBER_URL must point at a running Ember, e.g. http://127.0.0.1:8787")
+    return url.rstrip("/")
+
+
+@pytest.fixture(scope="session")
+def client(ember_url: str) -> Cloudflare:
+    # max_retries=0: a failure should show up as a failure, not be retried away.
+    return Cloudflare(
+        api_token=TOKEN,
+        base_url=ember_url + "/client/v4",
+        max_retries=0,
+        timeout=TIMEOUT,
+    )
+
+
+def as_dict(obj):
+    """ai.run returns a plain dict for most outputs (its union type contains `object`)."""
+    if isinstance(obj, dict):
+        return obj
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump()
+    raise AssertionError(f"unexpected result type {type(obj)!r}: {obj!r}")
+
+
+def assert_text_result(result, *, require_usage: bool = True):
+    r = as_dict(result)
+    assert isinstance(r.get("response"), str), r
+    assert r["response"].strip(), f"empty response: {r!r}"
+    if require_usage:
+        assert isinstance(r.get("usage"), dict), r
+        for k in ("prompt_tokens", "completion_tokens", "total_tokens"):
+            assert isinstance(r["usage"].get(k), int), r["usage"]
+    return r
+
+
+# ---------------------------------------------------------------- text generation
+
+
+def test_run_messages(client: Cloudflare):
+    raw = client.ai.with_raw_response.run(QWEN, account_id=ACCOUNT_ID, messages=MESSAGES, max_tokens=24)
+    assert raw.status_code == 200
+    assert raw.headers.get("x-ember-model") == QWEN
+    body = raw.http_response.json()
+    assert body.get("success") is True and body.get("errors") == [], body
+    assert_text_result(raw.parse())
+
+
+def test_run_messages_plain(client: Cloudflare):
+    result = client.ai.run(QWEN, account_id=ACCOUNT_ID, messages=MESSAGES, max_tokens=24)
+    r = assert_text_result(result)
+    assert 0 < r["usage"]["completion_tokens"] <= 24, r["usage"]
+
+
+def test_run_prompt(client: Cloudflare):
+    result = client.ai.run(QWEN, account_id=ACCOUNT_ID, prompt="def fibonacci(n):", max_tokens=24)
+    assert_text_result(result)
+
+
+def test_run_alias(client: Cloudflare):
+    raw = client.ai.with_raw_response.run(ALIAS, account_id=ACCOUNT_ID, messages=MESSAGES, max_tokens=24)
+    assert raw.status_code == 200
+    # The alias is served by the qwen model, and Ember says so.
+    assert raw.headers.get("x-ember-model") == QWEN, dict(raw.headers)
+    assert_text_result(raw.parse())
+
+
+# ---------------------------------------------------------------- embeddings
+
+
+def test_embeddings_minilm(client: Cloudflare):
+    raw = client.ai.with_raw_response.run(
+        MINILM, account_id=ACCOUNT_ID, text=["The quick brown fox.", "Rust is a systems language."]
+    )
+    assert raw.headers.get("x-ember-model") == MINILM
+    r = as_dict(raw.parse())
+    assert list(r.get("shape", [])) == [2, 384], r.get("shape")
+    data = r.get("data")
+    assert isinstance(data, list) and len(data) == 2
+    for vec in data:
+        assert len(vec) == 384
+        assert all(isinstance(x, (int, float)) and math.isfinite(x) for x in vec)
+    assert data[0] != data[1], "two different texts produced identical embeddings"
+
+
+# ---------------------------------------------------------------- catalog
+
+
+def test_models_list_finds_qwen(client: Cloudflare):
+    # Bounded so a server that ignores `page` (and so never returns an empty page) fails
+    # instead of looping forever.
+    cap = 5000
+    items = list(itertools.islice(client.ai.models.list(account_id=ACCOUNT_ID), cap + 1))
+    assert len(items) <= cap, (
+        "models.list pagination never ended: the SDK requests ?page=2,3,... until a page "
+        "returns an empty `result`"
+    )
+    names = [as_dict(m).get("name") for m in items]
+    assert QWEN in names, names
+    assert MINILM in names, names
+    assert len(names) == len(set(names)), f"duplicate models across pages: {names}"
+    qwen = as_dict(items[names.index(QWEN)])
+    assert isinstance(qwen.get("task"), dict) and qwen["task"].get("name") == "Text Generation", qwen
+
+
+def test_models_schema(client: Cloudflare):
+    schema = client.ai.models.schema.get(account_id=ACCOUNT_ID, model=QWEN)
+    assert schema.input is not None and schema.output is not None
+    raw = client.ai.models.schema.with_raw_response.get(account_id=ACCOUNT_ID, model=QWEN)
+    result = raw.http_response.json()["result"]
+    assert isinstance(result.get("input"), dict) and result["input"], result
+    assert isinstance(result.get("output"), dict) and result["output"], result
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_unknown_model_is_5007(client: Cloudflare):
+    with pytest.raises(cloudflare.BadRequestError) as ei:
+        client.ai.run("@cf/nope/does-not-exist", account_id=ACCOUNT_ID, prompt="x")
+    err = ei.value
+    assert err.status_code == 400
+    assert "5007" in json.dumps(err.body), err.body
+    body = err.body if isinstance(err.body, dict) else {}
+    assert body.get("success") is False, err.body
+    assert any(e.get("code") == 5007 for e in body.get("errors", [])), err.body
+
+
+# ---------------------------------------------------------------- streaming
+
+
+def check_sse_lines(lines):
+    """Assert an SSE text-generation stream: data: {"response":...} events, usage, then [DONE]."""
+    data = [ln[len("data:"):].strip() for ln in lines if ln.startswith("data:")]
+    assert data, f"no data: events in {lines!r}"
+    assert data[-1] == "[DONE]", f"stream did not end with data: [DONE]: {data[-3:]!r}"
+    events = [json.loads(d) for d in data[:-1]]
+    assert events, "no JSON events before [DONE]"
+    assert all("response" in e for e in events), events
+    text = "".join(e["response"] for e in events if isinstance(e.get("response"), str))
+    assert text.strip(), f"empty concatenated text from {len(events)} events"
+    assert any(isinstance(e.get("usage"), dict) for e in events), "no usage event before [DONE]"
+    return text
+
+
+def test_stream_httpx(ember_url: str):
+    # Literal slashes in the model path (curl/fetch style), unlike the SDK's %2F form.
+    url = f"{ember_url}/client/v4/accounts/{ACCOUNT_ID}/ai/run/{QWEN}"
+    body = {"messages": MESSAGES, "stream": True, "max_tokens": 24}
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    with httpx.stream("POST", url, json=body, headers=headers, timeout=TIMEOUT) as resp:
+        assert resp.status_code == 200, resp.read()
+        assert resp.headers.get("content-type", "").startswith("text/event-stream"), resp.headers
+        assert resp.headers.get("x-ember-model") == QWEN
+        lines = list(resp.iter_lines())
+    check_sse_lines(lines)
+
+
+def test_stream_sdk_streaming_response(client: Cloudflare):
+    # The SDK's only working way to consume a stream (see module docstring).
+    with client.ai.with_streaming_response.run(
+        ALIAS, account_id=ACCOUNT_ID, messages=MESSAGES, stream=True, max_tokens=24
+    ) as resp:
+        assert resp.status_code == 200
+        assert resp.headers.get("content-type", "").startswith("text/event-stream")
+        assert resp.headers.get("x-ember-model") == QWEN
+        lines = list(resp.iter_lines())
+    check_sse_lines(lines)

@@ -1,0 +1,54 @@
+import { Hono } from "hono";
+
+// Minimal structural type for the AI binding (avoids a dependency on
+// @cloudflare/workers-types; wrangler/esbuild strips types anyway).
+interface AiBinding {
+  run(model: string, inputs: Record<string, unknown>, options?: Record<string, unknown>): Promise<any>;
+  models(params?: Record<string, unknown>): Promise<any[]>;
+  lastRequestId?: string | null;
+}
+
+type Bindings = { AI: AiBinding };
+
+const CHAT_MODEL = "@cf/meta/llama-3.1-8b-instruct";
+const EMBED_MODEL = "@cf/google/embeddinggemma-300m";
+
+const app = new Hono<{ Bindings: Bindings }>();
+
+// Surface binding errors as JSON so a failing test shows what env.AI threw.
+app.onError((err, c) => c.json({ name: err.name, message: err.message }, 500));
+
+app.get("/", (c) => c.text("ok"));
+
+app.post("/chat", async (c) => {
+  const { messages } = await c.req.json<{ messages: unknown[] }>();
+  const result = await c.env.AI.run(CHAT_MODEL, { messages, max_tokens: 32 });
+  c.header("x-last-request-id", String(c.env.AI.lastRequestId ?? ""));
+  return c.json(result);
+});
+
+app.post("/chat/stream", async (c) => {
+  const { messages } = await c.req.json<{ messages: unknown[] }>();
+  const stream = await c.env.AI.run(CHAT_MODEL, { messages, stream: true, max_tokens: 32 });
+  return new Response(stream, { headers: { "content-type": "text/event-stream" } });
+});
+
+app.post("/embed", async (c) => {
+  const { text } = await c.req.json<{ text: string | string[] }>();
+  return c.json(await c.env.AI.run(EMBED_MODEL, { text }));
+});
+
+app.get("/models", async (c) => {
+  return c.json(await c.env.AI.models({ task: "Text Embeddings" }));
+});
+
+app.get("/bad-model", async (c) => {
+  try {
+    const result = await c.env.AI.run("@cf/nope/nope", { prompt: "x" });
+    return c.json({ unexpected: "no error thrown", result }, 200);
+  } catch (e: any) {
+    return c.json({ name: e?.name, message: e?.message ?? String(e) }, 500);
+  }
+});
+
+export default app;
