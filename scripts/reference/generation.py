@@ -87,12 +87,14 @@ def main():
     ap.add_argument("--gguf", required=True)
     ap.add_argument("--model-id", required=True)
     ap.add_argument("--out", required=True)
+    # llama.cpp enables flash attention on CPU by default ("auto"), and so does Ember.
+    ap.add_argument("--flash-attn", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--llama-cpp-commit", default=os.environ.get("LLAMA_CPP_COMMIT", "unknown"))
     args = ap.parse_args()
 
     llm = Llama(model_path=args.gguf, n_ctx=N_CTX, n_batch=N_BATCH, n_ubatch=N_BATCH,
                 n_threads=N_THREADS, n_threads_batch=N_THREADS, logits_all=False,
-                verbose=False, seed=0)
+                flash_attn=args.flash_attn, verbose=False, seed=0)
     vocab = llm._model.vocab
     n_vocab = llm.n_vocab()
     meta = llm.metadata
@@ -175,6 +177,7 @@ def main():
         "n_ctx": N_CTX,
         "n_batch": N_BATCH,
         "n_ubatch": N_BATCH,
+        "flash_attn": args.flash_attn,
         "n_threads": N_THREADS,
         "kv_cache_type": "f16 (llama.cpp default)",
         "decoding": ("greedy: argmax over the last position's logits (numpy, first index on ties), "

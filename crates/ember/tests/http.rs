@@ -29,10 +29,14 @@ fn ember() -> Arc<ember_core::Ember> {
     EMBER
         .get_or_init(|| {
             let aliases = HashMap::from([(ALIAS.to_string(), SMOL.to_string())]);
-            let ember = ember::open_ember(&ember_core::installed::default_home(), None, aliases).unwrap();
+            let ember =
+                ember::open_ember(&ember_core::installed::default_home(), None, aliases).unwrap();
             for id in [SMOL, QWEN, MINILM] {
                 let spec = ember.resolve(id).unwrap();
-                assert!(ember.is_installed(spec), "{id} is not installed: run `ember models pull --defaults`");
+                assert!(
+                    ember.is_installed(spec),
+                    "{id} is not installed: run `ember models pull --defaults`"
+                );
             }
             Arc::new(ember)
         })
@@ -73,11 +77,15 @@ struct Reply {
 
 impl Reply {
     fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
     }
 
     fn header(&self, name: &str) -> &str {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default()
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
     }
 
     /// Asserts a REST error envelope with this status and code.
@@ -95,7 +103,11 @@ impl Reply {
         assert_eq!(self.status.as_u16(), status, "{:?}", self.body);
         let body = self.json();
         assert_eq!(body["internalCode"], code, "{body}");
-        assert!(body["name"].is_string() && body["description"].is_string() && body["message"].is_string());
+        assert!(
+            body["name"].is_string()
+                && body["description"].is_string()
+                && body["message"].is_string()
+        );
         body
     }
 }
@@ -105,12 +117,22 @@ async fn send(app: &App, request: Request<Body>) -> Reply {
     let status = response.status();
     let headers = response.headers().clone();
     let body = response.into_body().collect().await.unwrap().to_bytes();
-    assert!(!headers.get("cf-ai-req-id").unwrap().is_empty(), "every response carries cf-ai-req-id");
-    Reply { status, headers, body }
+    assert!(
+        !headers.get("cf-ai-req-id").unwrap().is_empty(),
+        "every response carries cf-ai-req-id"
+    );
+    Reply {
+        status,
+        headers,
+        body,
+    }
 }
 
 fn post(path: &str, body: impl Into<Body>) -> Request<Body> {
-    Request::post(path).header(header::CONTENT_TYPE, "application/json").body(body.into()).unwrap()
+    Request::post(path)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body.into())
+        .unwrap()
 }
 
 fn get(path: &str) -> Request<Body> {
@@ -126,7 +148,14 @@ fn greedy_chat(content: &str, max_tokens: u32) -> Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn rest_chat_returns_the_envelope_with_usage_and_is_logged() {
     let app = app();
-    let reply = send(&app, post(&format!("{RUN}{QWEN}"), greedy_chat("What is the capital of France?", 24).to_string())).await;
+    let reply = send(
+        &app,
+        post(
+            &format!("{RUN}{QWEN}"),
+            greedy_chat("What is the capital of France?", 24).to_string(),
+        ),
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.header("content-type"), "application/json");
     assert_eq!(reply.header("x-ember-model"), QWEN);
@@ -135,15 +164,32 @@ async fn rest_chat_returns_the_envelope_with_usage_and_is_logged() {
     assert_eq!(body["errors"], json!([]));
     assert_eq!(body["messages"], json!([]));
     let result = &body["result"];
-    assert!(result["response"].as_str().unwrap().contains("Paris"), "{result}");
+    assert!(
+        result["response"].as_str().unwrap().contains("Paris"),
+        "{result}"
+    );
     let usage = &result["usage"];
-    let (prompt, completion) = (usage["prompt_tokens"].as_u64().unwrap(), usage["completion_tokens"].as_u64().unwrap());
+    let (prompt, completion) = (
+        usage["prompt_tokens"].as_u64().unwrap(),
+        usage["completion_tokens"].as_u64().unwrap(),
+    );
     assert!(prompt > 10 && completion > 0 && completion <= 24);
     assert_eq!(usage["total_tokens"].as_u64().unwrap(), prompt + completion);
 
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let record = app.store.request(reply.header("cf-ai-req-id")).unwrap().expect("request logged");
-    assert_eq!((record.model.as_str(), record.served_by.as_deref(), record.http_status), (QWEN, Some(QWEN), 200));
+    let record = app
+        .store
+        .request(reply.header("cf-ai-req-id"))
+        .unwrap()
+        .expect("request logged");
+    assert_eq!(
+        (
+            record.model.as_str(),
+            record.served_by.as_deref(),
+            record.http_status
+        ),
+        (QWEN, Some(QWEN), 200)
+    );
     assert_eq!(u64::from(record.completion_tokens), completion);
 }
 
@@ -151,12 +197,30 @@ async fn rest_chat_returns_the_envelope_with_usage_and_is_logged() {
 async fn percent_encoded_model_ids_and_aliases_resolve() {
     let app = app();
     let encoded = SMOL.replace('/', "%2F");
-    let reply = send(&app, post(&format!("{RUN}{encoded}"), greedy_chat("Say hi", 4).to_string())).await;
+    let reply = send(
+        &app,
+        post(
+            &format!("{RUN}{encoded}"),
+            greedy_chat("Say hi", 4).to_string(),
+        ),
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
 
-    let reply = send(&app, post(&format!("{RUN}{ALIAS}"), greedy_chat("Say hi", 4).to_string())).await;
+    let reply = send(
+        &app,
+        post(
+            &format!("{RUN}{ALIAS}"),
+            greedy_chat("Say hi", 4).to_string(),
+        ),
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::OK);
-    assert_eq!(reply.header("x-ember-model"), SMOL, "the header names the model that served");
+    assert_eq!(
+        reply.header("x-ember-model"),
+        SMOL,
+        "the header names the model that served"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -168,7 +232,12 @@ async fn greedy_output_is_stable_and_seeded_sampling_repeats() {
         json!({"prompt": "Write one sentence about the sea.", "seed": 42, "temperature": 0.9, "max_tokens": 20}),
     ] {
         let reply = send(&app, post(&format!("{RUN}{SMOL}"), input.to_string())).await;
-        outputs.push(reply.json()["result"]["response"].as_str().unwrap().to_string());
+        outputs.push(
+            reply.json()["result"]["response"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
     }
     assert_eq!(outputs[0], outputs[1], "same seed, same output");
 }
@@ -176,7 +245,14 @@ async fn greedy_output_is_stable_and_seeded_sampling_repeats() {
 #[tokio::test(flavor = "multi_thread")]
 async fn embeddings_over_rest() {
     let app = app();
-    let reply = send(&app, post(&format!("{RUN}{MINILM}"), json!({"text": ["hello", "world"]}).to_string())).await;
+    let reply = send(
+        &app,
+        post(
+            &format!("{RUN}{MINILM}"),
+            json!({"text": ["hello", "world"]}).to_string(),
+        ),
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::OK);
     let result = reply.json()["result"].clone();
     assert_eq!(result["shape"], json!([2, 384]));
@@ -193,24 +269,42 @@ fn binding_request(path: &str, model: &str, inputs: Value) -> Request<Body> {
         .header(header::CONTENT_TYPE, "application/json")
         .header("cf-consn-model-id", model)
         .header("cf-consn-sdk-version", "2.0.0")
-        .body(Body::from(json!({"inputs": inputs, "options": {}}).to_string()))
+        .body(Body::from(
+            json!({"inputs": inputs, "options": {}}).to_string(),
+        ))
         .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn native_binding_returns_bare_json_with_exact_content_type() {
     let app = app();
-    let reply = send(&app, binding_request("/run?version=3", ALIAS, greedy_chat("Hi", 8))).await;
+    let reply = send(
+        &app,
+        binding_request("/run?version=3", ALIAS, greedy_chat("Hi", 8)),
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::OK);
-    assert_eq!(reply.header("content-type"), "application/json", "no charset, or the binding returns a stream");
+    assert_eq!(
+        reply.header("content-type"),
+        "application/json",
+        "no charset, or the binding returns a stream"
+    );
     let body = reply.json();
-    assert!(body["response"].is_string() && body["usage"].is_object() && body.get("success").is_none());
+    assert!(
+        body["response"].is_string() && body["usage"].is_object() && body.get("success").is_none()
+    );
 
-    let reply = send(&app, binding_request("/run?version=3", "@cf/nope/nope", json!({"prompt": "x"}))).await;
+    let reply = send(
+        &app,
+        binding_request("/run?version=3", "@cf/nope/nope", json!({"prompt": "x"})),
+    )
+    .await;
     let error = reply.binding_error(400, 5007);
     assert_eq!(error["name"], "InvalidModel");
 
-    let missing_model = Request::post("/run?version=3").body(Body::from("{}")).unwrap();
+    let missing_model = Request::post("/run?version=3")
+        .body(Body::from("{}"))
+        .unwrap();
     send(&app, missing_model).await.binding_error(400, 3003);
 }
 
@@ -218,8 +312,11 @@ async fn native_binding_returns_bare_json_with_exact_content_type() {
 async fn wrangler_proxy_with_chunked_body() {
     let app = app();
     let body = json!({"inputs": {"text": "proxy me"}, "options": {}}).to_string();
-    let chunks: Vec<Result<Bytes, std::io::Error>> =
-        body.as_bytes().chunks(7).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+    let chunks: Vec<Result<Bytes, std::io::Error>> = body
+        .as_bytes()
+        .chunks(7)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
     let request = Request::post("/client/v4/accounts/local/ai/run/proxy")
         .header("x-forwarded", "https://workers-binding.ai/run?version=3")
         .header("cf-consn-model-id", MINILM)
@@ -233,7 +330,10 @@ async fn wrangler_proxy_with_chunked_body() {
     assert_eq!(reply.json()["shape"], json!([1, 384]));
 
     let search = Request::get("/client/v4/accounts/local/ai/run/proxy")
-        .header("x-forwarded", "https://workers-binding.ai/ai-api/models/search?task=Text+Embeddings")
+        .header(
+            "x-forwarded",
+            "https://workers-binding.ai/ai-api/models/search?task=Text+Embeddings",
+        )
         .body(Body::empty())
         .unwrap();
     let reply = send(&app, search).await;
@@ -255,7 +355,12 @@ fn sse_events(body: &[u8]) -> Vec<String> {
     assert!(text.ends_with("\n\n"), "events end with a blank line");
     text.split("\n\n")
         .filter(|e| !e.is_empty())
-        .map(|event| event.strip_prefix("data: ").unwrap_or_else(|| panic!("not a data event: {event:?}")).to_string())
+        .map(|event| {
+            event
+                .strip_prefix("data: ")
+                .unwrap_or_else(|| panic!("not a data event: {event:?}"))
+                .to_string()
+        })
         .collect()
 }
 
@@ -265,7 +370,10 @@ async fn streams_follow_the_native_sse_format_and_match_the_non_streamed_text() 
     // Non-ASCII output: every streamed piece must hold whole characters.
     let question = "请用中文介绍一下你自己。";
     let mut input = greedy_chat(question, 40);
-    let whole = send(&app, post(&format!("{RUN}{QWEN}"), input.to_string())).await.json()["result"].clone();
+    let whole = send(&app, post(&format!("{RUN}{QWEN}"), input.to_string()))
+        .await
+        .json()["result"]
+        .clone();
     input["stream"] = json!(true);
     let reply = send(&app, post(&format!("{RUN}{QWEN}"), input.to_string())).await;
     assert_eq!(reply.status, StatusCode::OK);
@@ -290,7 +398,12 @@ async fn streamed_tokens_arrive_before_the_generation_ends() {
     let client = reqwest::Client::new();
     let mut input = greedy_chat("Count from one to thirty in words.", 120);
     input["stream"] = json!(true);
-    let response = client.post(format!("http://{address}{RUN}{SMOL}")).json(&input).send().await.unwrap();
+    let response = client
+        .post(format!("http://{address}{RUN}{SMOL}"))
+        .json(&input)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     let mut stream = response.bytes_stream();
     let mut arrivals = Vec::new();
@@ -302,7 +415,11 @@ async fn streamed_tokens_arrive_before_the_generation_ends() {
     }
     let events = sse_events(&body);
     assert!(events.len() > 10);
-    assert!(arrivals.len() > 5, "events are flushed one by one, got {} chunks", arrivals.len());
+    assert!(
+        arrivals.len() > 5,
+        "events are flushed one by one, got {} chunks",
+        arrivals.len()
+    );
 }
 
 async fn serve_on_socket(router: Router) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
@@ -319,40 +436,110 @@ async fn serve_on_socket(router: Router) -> (std::net::SocketAddr, tokio::task::
 #[tokio::test(flavor = "multi_thread")]
 async fn model_search_filters_and_pages() {
     let app = app();
-    let all = send(&app, get("/client/v4/accounts/a/ai/models/search")).await.json();
+    let all = send(&app, get("/client/v4/accounts/a/ai/models/search"))
+        .await
+        .json();
     let total = all["result_info"]["total_count"].as_u64().unwrap();
     assert!(total >= 9);
-    let names: Vec<&str> = all["result"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = all["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
     assert!(names.contains(&QWEN) && names.contains(&"@cf/baai/bge-large-en-v1.5"));
-    let qwen = all["result"].as_array().unwrap().iter().find(|m| m["name"] == QWEN).unwrap();
+    let qwen = all["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == QWEN)
+        .unwrap();
     assert_eq!(qwen["task"]["id"], "c329a1f9-323d-4e91-b2aa-582dd4188d34");
-    assert!(qwen["properties"].as_array().unwrap().iter().any(|p| p["property_id"] == "context_window"));
+    assert!(
+        qwen["properties"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["property_id"] == "context_window")
+    );
 
-    let page = send(&app, get("/client/v4/accounts/a/ai/models/search?per_page=2&page=2")).await.json();
+    let page = send(
+        &app,
+        get("/client/v4/accounts/a/ai/models/search?per_page=2&page=2"),
+    )
+    .await
+    .json();
     assert_eq!(page["result"].as_array().unwrap().len(), 2);
-    assert_eq!(page["result_info"], json!({"page": 2, "per_page": 2, "count": 2, "total_count": total}));
-    let past_end = send(&app, get("/client/v4/accounts/a/ai/models/search?page=99")).await.json();
-    assert_eq!(past_end["result"], json!([]), "clients page until an empty page");
+    assert_eq!(
+        page["result_info"],
+        json!({"page": 2, "per_page": 2, "count": 2, "total_count": total})
+    );
+    let past_end = send(&app, get("/client/v4/accounts/a/ai/models/search?page=99"))
+        .await
+        .json();
+    assert_eq!(
+        past_end["result"],
+        json!([]),
+        "clients page until an empty page"
+    );
 
-    let embeddings = send(&app, get("/client/v4/accounts/a/ai/models/search?task=Text%20Embeddings&author=baai")).await.json();
+    let embeddings = send(
+        &app,
+        get("/client/v4/accounts/a/ai/models/search?task=Text%20Embeddings&author=baai"),
+    )
+    .await
+    .json();
     assert_eq!(embeddings["result"].as_array().unwrap().len(), 3);
-    let search = send(&app, get("/client/v4/accounts/a/ai/models/search?search=SMOLLM")).await.json();
+    let search = send(
+        &app,
+        get("/client/v4/accounts/a/ai/models/search?search=SMOLLM"),
+    )
+    .await
+    .json();
     assert_eq!(search["result"][0]["name"], SMOL);
 
-    let native = send(&app, get("/ai-api/models/search?author=meta")).await.json();
-    assert!(native["result"].as_array().unwrap().iter().all(|m| m["name"].as_str().unwrap().starts_with("@cf/meta/")));
+    let native = send(&app, get("/ai-api/models/search?author=meta"))
+        .await
+        .json();
+    assert!(
+        native["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["name"].as_str().unwrap().starts_with("@cf/meta/"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn model_schema() {
     let app = app();
-    let reply = send(&app, get(&format!("/client/v4/accounts/a/ai/models/schema?model={}", QWEN.replace('/', "%2F")))).await;
+    let reply = send(
+        &app,
+        get(&format!(
+            "/client/v4/accounts/a/ai/models/schema?model={}",
+            QWEN.replace('/', "%2F")
+        )),
+    )
+    .await;
     let result = reply.json()["result"].clone();
     assert!(result["input"]["oneOf"].is_array() && result["output"].is_object());
-    let reply = send(&app, get(&format!("/client/v4/accounts/a/ai/models/schema?model={MINILM}"))).await;
+    let reply = send(
+        &app,
+        get(&format!(
+            "/client/v4/accounts/a/ai/models/schema?model={MINILM}"
+        )),
+    )
+    .await;
     assert_eq!(reply.json()["result"]["input"]["required"], json!(["text"]));
-    send(&app, get("/client/v4/accounts/a/ai/models/schema")).await.rest_error(400, 5006);
-    send(&app, get("/client/v4/accounts/a/ai/models/schema?model=@cf/x/y")).await.rest_error(400, 5007);
+    send(&app, get("/client/v4/accounts/a/ai/models/schema"))
+        .await
+        .rest_error(400, 5006);
+    send(
+        &app,
+        get("/client/v4/accounts/a/ai/models/schema?model=@cf/x/y"),
+    )
+    .await
+    .rest_error(400, 5007);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -370,16 +557,42 @@ async fn bad_inputs_get_5006_naming_the_field() {
         (SMOL, "{not json".to_string(), "not valid JSON"),
         (SMOL, json!({"prompt": 5}).to_string(), "/prompt"),
         (SMOL, json!({"prompt": ""}).to_string(), "/prompt"),
-        (SMOL, json!({"messages": [{"role": "user", "content": 1}]}).to_string(), "/messages/0/content"),
-        (SMOL, json!({"prompt": "x", "messages": []}).to_string(), "mutually exclusive"),
-        (SMOL, json!({"prompt": "x", "temperature": -1}).to_string(), "/temperature"),
-        (SMOL, json!({"text": "a chat model asked for embeddings"}).to_string(), "'prompt' or 'messages'"),
-        (MINILM, json!({"prompt": "an embedding model asked to chat"}).to_string(), "'text'"),
+        (
+            SMOL,
+            json!({"messages": [{"role": "user", "content": 1}]}).to_string(),
+            "/messages/0/content",
+        ),
+        (
+            SMOL,
+            json!({"prompt": "x", "messages": []}).to_string(),
+            "mutually exclusive",
+        ),
+        (
+            SMOL,
+            json!({"prompt": "x", "temperature": -1}).to_string(),
+            "/temperature",
+        ),
+        (
+            SMOL,
+            json!({"text": "a chat model asked for embeddings"}).to_string(),
+            "'prompt' or 'messages'",
+        ),
+        (
+            MINILM,
+            json!({"prompt": "an embedding model asked to chat"}).to_string(),
+            "'text'",
+        ),
         (MINILM, json!({"text": []}).to_string(), "/text"),
-        (MINILM, json!({"text": "x", "pooling": "max"}).to_string(), "/pooling"),
+        (
+            MINILM,
+            json!({"text": "x", "pooling": "max"}).to_string(),
+            "/pooling",
+        ),
     ];
     for (model, body, needle) in cases {
-        let message = send(&app, post(&format!("{RUN}{model}"), body.clone())).await.rest_error(400, 5006);
+        let message = send(&app, post(&format!("{RUN}{model}"), body.clone()))
+            .await
+            .rest_error(400, 5006);
         assert!(message.contains(needle), "{body}: {message}");
     }
 }
@@ -387,18 +600,28 @@ async fn bad_inputs_get_5006_naming_the_field() {
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_models_routes_and_empty_bodies() {
     let app = app();
-    let message = send(&app, post(&format!("{RUN}@cf/nobody/nothing"), "{}")).await.rest_error(400, 5007);
+    let message = send(&app, post(&format!("{RUN}@cf/nobody/nothing"), "{}"))
+        .await
+        .rest_error(400, 5007);
     assert!(message.contains("@cf/nobody/nothing"));
-    send(&app, post("/client/v4/accounts/a/ai/nothing", "{}")).await.rest_error(400, 7000);
-    send(&app, get(&format!("{RUN}{SMOL}"))).await.rest_error(400, 7000);
-    send(&app, post(&format!("{RUN}{SMOL}"), "")).await.rest_error(400, 3003);
+    send(&app, post("/client/v4/accounts/a/ai/nothing", "{}"))
+        .await
+        .rest_error(400, 7000);
+    send(&app, get(&format!("{RUN}{SMOL}")))
+        .await
+        .rest_error(400, 7000);
+    send(&app, post(&format!("{RUN}{SMOL}"), ""))
+        .await
+        .rest_error(400, 3003);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bodies_over_the_limit_get_3006() {
     let app = app();
     let huge = format!("{{\"prompt\": \"{}\"}}", "a".repeat(10_500_000));
-    send(&app, post(&format!("{RUN}{SMOL}"), huge)).await.rest_error(413, 3006);
+    send(&app, post(&format!("{RUN}{SMOL}"), huge))
+        .await
+        .rest_error(413, 3006);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -406,12 +629,20 @@ async fn prompts_longer_than_the_context_get_3030() {
     let app = app();
     // SmolLM2's context is 8192 tokens; this prompt is well over it.
     let long = "hello world ".repeat(9000);
-    let message = send(&app, post(&format!("{RUN}{SMOL}"), json!({"prompt": long, "raw": true}).to_string()))
-        .await
-        .rest_error(400, 3030);
+    let message = send(
+        &app,
+        post(
+            &format!("{RUN}{SMOL}"),
+            json!({"prompt": long, "raw": true}).to_string(),
+        ),
+    )
+    .await
+    .rest_error(400, 3030);
     assert!(message.contains("Sequence too long"), "{message}");
     let streamed = json!({"prompt": long, "raw": true, "stream": true}).to_string();
-    send(&app, post(&format!("{RUN}{SMOL}"), streamed)).await.rest_error(400, 3030);
+    send(&app, post(&format!("{RUN}{SMOL}"), streamed))
+        .await
+        .rest_error(400, 3030);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -421,7 +652,9 @@ async fn slow_runs_time_out_with_3007() {
         ..HttpConfig::default()
     });
     let input = json!({"prompt": "Tell me a long story.", "max_tokens": 2000});
-    send(&app, post(&format!("{RUN}{QWEN}"), input.to_string())).await.rest_error(408, 3007);
+    send(&app, post(&format!("{RUN}{QWEN}"), input.to_string()))
+        .await
+        .rest_error(408, 3007);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -433,7 +666,9 @@ async fn runs_aborted_at_shutdown_get_3008() {
         let _ = abort.send(true);
     });
     let input = json!({"prompt": "Tell me a long story.", "max_tokens": 2000});
-    send(&app, post(&format!("{RUN}{QWEN}"), input.to_string())).await.rest_error(408, 3008);
+    send(&app, post(&format!("{RUN}{QWEN}"), input.to_string()))
+        .await
+        .rest_error(408, 3008);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -443,14 +678,26 @@ async fn api_token_is_required_when_configured() {
         ..HttpConfig::default()
     });
     let body = greedy_chat("hi", 2).to_string();
-    send(&app, post(&format!("{RUN}{SMOL}"), body.clone())).await.rest_error(401, 10000);
-    let wrong = Request::post(format!("{RUN}{SMOL}")).header("authorization", "Bearer nope").body(Body::from(body.clone())).unwrap();
+    send(&app, post(&format!("{RUN}{SMOL}"), body.clone()))
+        .await
+        .rest_error(401, 10000);
+    let wrong = Request::post(format!("{RUN}{SMOL}"))
+        .header("authorization", "Bearer nope")
+        .body(Body::from(body.clone()))
+        .unwrap();
     send(&app, wrong).await.rest_error(401, 10000);
     let binding = binding_request("/run?version=3", SMOL, greedy_chat("hi", 2));
     send(&app, binding).await.binding_error(401, 10000);
-    let right = Request::post(format!("{RUN}{SMOL}")).header("authorization", "Bearer s3cret").body(Body::from(body)).unwrap();
+    let right = Request::post(format!("{RUN}{SMOL}"))
+        .header("authorization", "Bearer s3cret")
+        .body(Body::from(body))
+        .unwrap();
     assert_eq!(send(&app, right).await.status, StatusCode::OK);
-    assert_eq!(send(&app, get("/health")).await.status, StatusCode::OK, "health needs no token");
+    assert_eq!(
+        send(&app, get("/health")).await.status,
+        StatusCode::OK,
+        "health needs no token"
+    );
 }
 
 // ------------------------------------------------------------------ shutdown
@@ -471,17 +718,30 @@ async fn graceful_shutdown_lets_in_flight_streams_finish() {
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let server = tokio::spawn(ember::serve(config, async { stopped.await.unwrap_or(()) }, move |address| {
-        let _ = ready_tx.send(address);
-    }));
+    let server = tokio::spawn(ember::serve(
+        config,
+        async { stopped.await.unwrap_or(()) },
+        move |address| {
+            let _ = ready_tx.send(address);
+        },
+    ));
     let address = ready_rx.await.unwrap();
     let mut input = greedy_chat("Count from one to twenty in words.", 60);
     input["stream"] = json!(true);
-    let response = reqwest::Client::new().post(format!("http://{address}{RUN}{SMOL}")).json(&input).send().await.unwrap();
+    let response = reqwest::Client::new()
+        .post(format!("http://{address}{RUN}{SMOL}"))
+        .json(&input)
+        .send()
+        .await
+        .unwrap();
     stop.send(()).unwrap();
     let body = response.bytes().await.unwrap();
     let events = sse_events(&body);
-    assert_eq!(events.last().unwrap(), "[DONE]", "the stream finished after the shutdown signal");
+    assert_eq!(
+        events.last().unwrap(),
+        "[DONE]",
+        "the stream finished after the shutdown signal"
+    );
     server.await.unwrap().unwrap();
     let _ = std::fs::remove_file(db);
 }

@@ -38,7 +38,8 @@ impl Bert {
 impl Encoder for Bert {
     fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> candle_core::Result<Tensor> {
         let token_type_ids = input_ids.zeros_like()?;
-        self.model.forward(input_ids, &token_type_ids, Some(attention_mask))
+        self.model
+            .forward(input_ids, &token_type_ids, Some(attention_mask))
     }
 
     fn max_positions(&self) -> usize {

@@ -25,7 +25,7 @@
 //! - final RMSNorm. Pooling and the dense head are done by the caller ([`super`]).
 
 use super::{Encoder, load_safetensors};
-use candle_core::{D, DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::ops::{rms_norm, softmax_last_dim};
 use candle_nn::rotary_emb::rope;
 use serde::Deserialize;
@@ -53,7 +53,11 @@ pub struct Config {
     pub sliding_window: usize,
     #[serde(default)]
     pub layer_types: Option<Vec<String>>,
-    #[serde(default = "default_pattern", rename = "_sliding_window_pattern", alias = "sliding_window_pattern")]
+    #[serde(
+        default = "default_pattern",
+        rename = "_sliding_window_pattern",
+        alias = "sliding_window_pattern"
+    )]
     pub sliding_window_pattern: usize,
     pub query_pre_attn_scalar: f64,
     pub max_position_embeddings: usize,
@@ -132,14 +136,24 @@ pub fn window_allows(q: usize, k: usize, window: usize) -> bool {
 fn window_mask(t: usize, window: usize) -> candle_core::Result<Tensor> {
     let mut values = Vec::with_capacity(t * t);
     for q in 0..t {
-        values.extend((0..t).map(|k| if window_allows(q, k, window) { 0.0 } else { MASKED }));
+        values.extend((0..t).map(|k| {
+            if window_allows(q, k, window) {
+                0.0
+            } else {
+                MASKED
+            }
+        }));
     }
     Tensor::from_vec(values, (t, t), &Device::Cpu)
 }
 
 /// Rotary tables for positions `0..positions`: `(cos, sin)`, each `[positions, head_dim / 2]`,
 /// computed in f32 as the reference's default RoPE (`inv_freq = 1 / base^(2i/d)`).
-fn rope_tables(base: f64, head_dim: usize, positions: usize) -> candle_core::Result<(Tensor, Tensor)> {
+fn rope_tables(
+    base: f64,
+    head_dim: usize,
+    positions: usize,
+) -> candle_core::Result<(Tensor, Tensor)> {
     let half = head_dim / 2;
     let inv_freq: Vec<f32> = (0..half)
         .map(|i| 1.0 / (base as f32).powf((2 * i) as f32 / head_dim as f32))
@@ -201,7 +215,9 @@ impl Weights {
         if tensor.dims() != shape {
             return Err(format!("{name} is {:?}, expected {shape:?}", tensor.dims()));
         }
-        tensor.to_dtype(DType::F32).map_err(|e| format!("{name}: {e}"))
+        tensor
+            .to_dtype(DType::F32)
+            .map_err(|e| format!("{name}: {e}"))
     }
 
     /// An RMSNorm weight, stored as the multiplier `1 + w`.
@@ -222,12 +238,24 @@ impl Gemma3Encoder {
         Self::from_tensors(config, tensors)
     }
 
-    fn from_tensors(config: Config, tensors: HashMap<String, Tensor>) -> Result<Gemma3Encoder, String> {
+    fn from_tensors(
+        config: Config,
+        tensors: HashMap<String, Tensor>,
+    ) -> Result<Gemma3Encoder, String> {
         if config.use_bidirectional_attention != Some(true) {
-            return Err("not a bidirectional Gemma 3 encoder (use_bidirectional_attention is not true)".into());
+            return Err(
+                "not a bidirectional Gemma 3 encoder (use_bidirectional_attention is not true)"
+                    .into(),
+            );
         }
-        if !matches!(config.hidden_activation.as_str(), "gelu_pytorch_tanh" | "gelu_tanh") {
-            return Err(format!("unsupported hidden_activation {}", config.hidden_activation));
+        if !matches!(
+            config.hidden_activation.as_str(),
+            "gelu_pytorch_tanh" | "gelu_tanh"
+        ) {
+            return Err(format!(
+                "unsupported hidden_activation {}",
+                config.hidden_activation
+            ));
         }
         if config.attn_logit_softcapping.is_some() {
             return Err("attention logit soft-capping is not supported".into());
@@ -235,33 +263,59 @@ impl Gemma3Encoder {
         if config.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
             return Err("rope_scaling is not supported".into());
         }
-        let (heads, kv_heads, head_dim) =
-            (config.num_attention_heads, config.num_key_value_heads, config.head_dim);
+        let (heads, kv_heads, head_dim) = (
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            config.head_dim,
+        );
         if kv_heads == 0 || heads % kv_heads != 0 || head_dim % 2 != 0 {
-            return Err(format!("bad attention shape: {heads} heads, {kv_heads} kv heads, head_dim {head_dim}"));
+            return Err(format!(
+                "bad attention shape: {heads} heads, {kv_heads} kv heads, head_dim {head_dim}"
+            ));
         }
         let sliding = config.sliding_layers()?;
-        let prefix = if tensors.contains_key("model.embed_tokens.weight") { "model." } else { "" };
+        let prefix = if tensors.contains_key("model.embed_tokens.weight") {
+            "model."
+        } else {
+            ""
+        };
         let mut w = Weights { tensors, prefix };
         let (hidden, inter) = (config.hidden_size, config.intermediate_size);
-        let cat = |parts: &[Tensor], name: &str| Tensor::cat(parts, 0).map_err(|e| format!("{name}: {e}"));
+        let cat = |parts: &[Tensor], name: &str| {
+            Tensor::cat(parts, 0).map_err(|e| format!("{name}: {e}"))
+        };
         let embed_tokens = w.take("embed_tokens.weight", &[config.vocab_size, hidden])?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for (i, sliding) in sliding.into_iter().enumerate() {
             let p = format!("layers.{i}.");
-            let q = w.take(&format!("{p}self_attn.q_proj.weight"), &[heads * head_dim, hidden])?;
-            let k = w.take(&format!("{p}self_attn.k_proj.weight"), &[kv_heads * head_dim, hidden])?;
-            let v = w.take(&format!("{p}self_attn.v_proj.weight"), &[kv_heads * head_dim, hidden])?;
+            let q = w.take(
+                &format!("{p}self_attn.q_proj.weight"),
+                &[heads * head_dim, hidden],
+            )?;
+            let k = w.take(
+                &format!("{p}self_attn.k_proj.weight"),
+                &[kv_heads * head_dim, hidden],
+            )?;
+            let v = w.take(
+                &format!("{p}self_attn.v_proj.weight"),
+                &[kv_heads * head_dim, hidden],
+            )?;
             let gate = w.take(&format!("{p}mlp.gate_proj.weight"), &[inter, hidden])?;
             let up = w.take(&format!("{p}mlp.up_proj.weight"), &[inter, hidden])?;
             layers.push(Layer {
                 sliding,
                 input_norm: w.norm(&format!("{p}input_layernorm.weight"), hidden)?,
-                post_attention_norm: w.norm(&format!("{p}post_attention_layernorm.weight"), hidden)?,
-                pre_feedforward_norm: w.norm(&format!("{p}pre_feedforward_layernorm.weight"), hidden)?,
-                post_feedforward_norm: w.norm(&format!("{p}post_feedforward_layernorm.weight"), hidden)?,
+                post_attention_norm: w
+                    .norm(&format!("{p}post_attention_layernorm.weight"), hidden)?,
+                pre_feedforward_norm: w
+                    .norm(&format!("{p}pre_feedforward_layernorm.weight"), hidden)?,
+                post_feedforward_norm: w
+                    .norm(&format!("{p}post_feedforward_layernorm.weight"), hidden)?,
                 qkv: cat(&[q, k, v], "qkv")?,
-                o: w.take(&format!("{p}self_attn.o_proj.weight"), &[hidden, heads * head_dim])?,
+                o: w.take(
+                    &format!("{p}self_attn.o_proj.weight"),
+                    &[hidden, heads * head_dim],
+                )?,
                 q_norm: w.norm(&format!("{p}self_attn.q_norm.weight"), head_dim)?,
                 k_norm: w.norm(&format!("{p}self_attn.k_norm.weight"), head_dim)?,
                 gate_up: cat(&[gate, up], "gate_up")?,
@@ -270,9 +324,10 @@ impl Gemma3Encoder {
         }
         let norm = w.norm("norm.weight", hidden)?;
         let positions = config.max_position_embeddings;
-        let rope_global = rope_tables(config.rope_theta, head_dim, positions).map_err(|e| e.to_string())?;
-        let rope_local =
-            rope_tables(config.rope_local_base_freq, head_dim, positions).map_err(|e| e.to_string())?;
+        let rope_global =
+            rope_tables(config.rope_theta, head_dim, positions).map_err(|e| e.to_string())?;
+        let rope_local = rope_tables(config.rope_local_base_freq, head_dim, positions)
+            .map_err(|e| e.to_string())?;
         Ok(Gemma3Encoder {
             embed_tokens,
             // The reference keeps √hidden in an f32 buffer; candle rounds the scalar to f32 too.
@@ -304,8 +359,12 @@ impl Gemma3Encoder {
         let groups = heads / kv_heads;
         let qkv = xs.matmul(&layer.qkv.t()?)?;
         let q = qkv.narrow(1, 0, heads * hd)?.reshape((b, t, heads, hd))?;
-        let k = qkv.narrow(1, heads * hd, kv_heads * hd)?.reshape((b, t, kv_heads, hd))?;
-        let v = qkv.narrow(1, (heads + kv_heads) * hd, kv_heads * hd)?.reshape((b, t, kv_heads, hd))?;
+        let k = qkv
+            .narrow(1, heads * hd, kv_heads * hd)?
+            .reshape((b, t, kv_heads, hd))?;
+        let v = qkv
+            .narrow(1, (heads + kv_heads) * hd, kv_heads * hd)?
+            .reshape((b, t, kv_heads, hd))?;
         let q = self.rms(&q, &layer.q_norm)?.transpose(1, 2)?.contiguous()?;
         let k = self.rms(&k, &layer.k_norm)?.transpose(1, 2)?.contiguous()?;
         let v = v.transpose(1, 2)?.contiguous()?;
@@ -316,9 +375,16 @@ impl Gemma3Encoder {
         // Grouped-query attention without copying k/v: the q heads sharing a kv head are stacked
         // along the sequence axis ([b, kv, groups·t, hd]).
         let q = q.reshape((b, kv_heads, groups * t, hd))?;
-        let scores = q.matmul(&k.t()?)?.reshape((b, heads, t, t))?.broadcast_add(mask)?;
+        let scores = q
+            .matmul(&k.t()?)?
+            .reshape((b, heads, t, t))?
+            .broadcast_add(mask)?;
         let probs = softmax_last_dim(&scores)?.reshape((b, kv_heads, groups * t, t))?;
-        let out = probs.matmul(&v)?.reshape((b, heads, t, hd))?.transpose(1, 2)?.contiguous()?;
+        let out = probs
+            .matmul(&v)?
+            .reshape((b, heads, t, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
         out.reshape((b * t, heads * hd))?.matmul(&layer.o.t()?)
     }
 
@@ -335,7 +401,10 @@ impl Encoder for Gemma3Encoder {
     fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> candle_core::Result<Tensor> {
         let (b, t) = input_ids.dims2()?;
         if t > self.config.max_position_embeddings {
-            candle_core::bail!("{t} tokens exceed the model's {} positions", self.config.max_position_embeddings);
+            candle_core::bail!(
+                "{t} tokens exceed the model's {} positions",
+                self.config.max_position_embeddings
+            );
         }
         let hidden = self.config.hidden_size;
         let ids = input_ids.flatten_all()?;
@@ -356,7 +425,10 @@ impl Encoder for Gemma3Encoder {
         let (local_cos, local_sin) = narrow(&self.rope_local)?;
         for layer in &self.layers {
             let (mask, rope) = if layer.sliding {
-                (sliding_mask.as_ref().unwrap_or(&padding), (&local_cos, &local_sin))
+                (
+                    sliding_mask.as_ref().unwrap_or(&padding),
+                    (&local_cos, &local_sin),
+                )
             } else {
                 (&padding, (&global_cos, &global_sin))
             };
@@ -438,7 +510,12 @@ mod tests {
             seed += 1;
             let n: usize = shape.iter().product();
             let values: Vec<f32> = (0..n)
-                .map(|i| (((i as u32 + 1).wrapping_mul(2_654_435_761) ^ seed.wrapping_mul(40_503)) % 1000) as f32 / 2000.0 - 0.25)
+                .map(|i| {
+                    (((i as u32 + 1).wrapping_mul(2_654_435_761) ^ seed.wrapping_mul(40_503))
+                        % 1000) as f32
+                        / 2000.0
+                        - 0.25
+                })
                 .collect();
             tensors.insert(name, Tensor::from_vec(values, shape, &dev).unwrap());
         };
@@ -474,7 +551,14 @@ mod tests {
             let (ids, mask) = super::super::pad_batch(&[text], 0).unwrap();
             let alone = model.forward(&ids, &mask).unwrap().squeeze(0).unwrap();
             let together = batched.get(row).unwrap().narrow(0, 0, text.len()).unwrap();
-            let diff = (alone - together).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let diff = (alone - together)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(diff < 1e-5, "row {row}: {diff}");
         }
     }

@@ -32,7 +32,9 @@ use ember_core::{InferError, ModelSpec};
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
-use tokenizers::{PostProcessor, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+use tokenizers::{
+    PostProcessor, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
+};
 
 /// Most padded tokens (batch size × longest text) run through the encoder at once.
 pub const BATCH_TOKENS: usize = 4096;
@@ -60,17 +62,26 @@ pub fn load_embedder(spec: &ModelSpec, dir: &Path) -> Result<SentenceEmbedder, I
         reason,
     };
     if !dir.is_dir() {
-        return Err(failed(format!("model folder {} does not exist", dir.display())));
+        return Err(failed(format!(
+            "model folder {} does not exist",
+            dir.display()
+        )));
     }
     let encoder: Box<dyn Encoder> = match spec.engine {
         Engine::CandleBert => Box::new(bert::Bert::load(dir).map_err(failed)?),
-        Engine::CandleGemma3Embedding => Box::new(gemma3::Gemma3Encoder::load(dir).map_err(failed)?),
-        other => return Err(failed(format!("engine {other:?} is not an embeddings engine"))),
+        Engine::CandleGemma3Embedding => {
+            Box::new(gemma3::Gemma3Encoder::load(dir).map_err(failed)?)
+        }
+        other => {
+            return Err(failed(format!(
+                "engine {other:?} is not an embeddings engine"
+            )));
+        }
     };
     let head = load_head(dir).map_err(failed)?;
-    let limit = spec
-        .max_input_tokens
-        .map_or(encoder.max_positions(), |n| (n as usize).min(encoder.max_positions()));
+    let limit = spec.max_input_tokens.map_or(encoder.max_positions(), |n| {
+        (n as usize).min(encoder.max_positions())
+    });
     let tokenizer = load_tokenizer(&dir.join("tokenizer.json"), limit).map_err(failed)?;
     tracing::debug!(model = %spec.id, max_tokens = limit, head = ?head, "embeddings model loaded");
     Ok(SentenceEmbedder {
@@ -113,7 +124,11 @@ impl SentenceEmbedder {
     }
 
     /// Embeds texts that are already token ids; returns one vector per text, in order.
-    pub fn embed_ids(&self, ids: &[Vec<u32>], pooling: Pooling) -> Result<Vec<Vec<f32>>, InferError> {
+    pub fn embed_ids(
+        &self,
+        ids: &[Vec<u32>],
+        pooling: Pooling,
+    ) -> Result<Vec<Vec<f32>>, InferError> {
         let lengths: Vec<usize> = ids.iter().map(Vec::len).collect();
         let mut vectors: Vec<Vec<f32>> = vec![Vec::new(); ids.len()];
         for batch in plan_batches(&lengths, BATCH_TOKENS) {
@@ -141,7 +156,11 @@ impl SentenceEmbedder {
 }
 
 impl EmbeddingsRunner for SentenceEmbedder {
-    fn embed(&mut self, texts: &[String], pooling: Pooling) -> Result<EmbeddingsOutput, InferError> {
+    fn embed(
+        &mut self,
+        texts: &[String],
+        pooling: Pooling,
+    ) -> Result<EmbeddingsOutput, InferError> {
         let ids = self.tokenize(texts)?;
         let vectors = self.embed_ids(&ids, pooling)?;
         let token_counts = ids.iter().map(|ids| ids.len() as u32).collect();
@@ -160,7 +179,9 @@ fn internal(error: candle_core::Error) -> InferError {
 fn load_tokenizer(path: &Path, max_tokens: usize) -> Result<Tokenizer, String> {
     let mut tokenizer =
         Tokenizer::from_file(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let added = tokenizer.get_post_processor().map_or(0, |p| p.added_tokens(false));
+    let added = tokenizer
+        .get_post_processor()
+        .map_or(0, |p| p.added_tokens(false));
     if max_tokens <= added {
         return Err(format!(
             "input limit of {max_tokens} tokens leaves no room beside {added} special tokens"
@@ -235,7 +256,11 @@ pub(crate) fn cls_pool(hidden: &Tensor) -> candle_core::Result<Tensor> {
 
 /// `x / max(‖x‖₂, 1e-12)` per row, as `torch.nn.functional.normalize`.
 pub(crate) fn l2_normalize(xs: &Tensor) -> candle_core::Result<Tensor> {
-    let norms = xs.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12f32, f32::MAX)?;
+    let norms = xs
+        .sqr()?
+        .sum_keepdim(D::Minus1)?
+        .sqrt()?
+        .clamp(1e-12f32, f32::MAX)?;
     xs.broadcast_div(&norms)
 }
 
@@ -325,7 +350,12 @@ fn load_head(dir: &Path) -> Result<Vec<HeadModule>, String> {
             "Transformer" | "Pooling" => {}
             "Normalize" => head.push(HeadModule::Normalize),
             "Dense" => head.push(load_dense(&dir.join(&entry.path))?),
-            _ => return Err(format!("unsupported sentence-transformers module {}", entry.kind)),
+            _ => {
+                return Err(format!(
+                    "unsupported sentence-transformers module {}",
+                    entry.kind
+                ));
+            }
         }
     }
     Ok(head)
@@ -340,7 +370,12 @@ fn load_dense(dir: &Path) -> Result<HeadModule, String> {
     let activation = match config.activation_function.as_str() {
         "torch.nn.modules.linear.Identity" => Activation::Identity,
         "torch.nn.modules.activation.Tanh" => Activation::Tanh,
-        other => return Err(format!("{}: unsupported activation {other}", config_path.display())),
+        other => {
+            return Err(format!(
+                "{}: unsupported activation {other}",
+                config_path.display()
+            ));
+        }
     };
     let mut tensors = load_safetensors(&dir.join("model.safetensors"))?;
     let weight = tensors
@@ -386,13 +421,15 @@ pub(crate) fn load_safetensors(path: &Path) -> Result<HashMap<String, Tensor>, S
     let mut file = std::fs::File::open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
     let file_len = file.metadata().map_err(|e| fail(e.to_string()))?.len();
     let mut len_bytes = [0u8; 8];
-    file.read_exact(&mut len_bytes).map_err(|e| fail(format!("cannot read header: {e}")))?;
+    file.read_exact(&mut len_bytes)
+        .map_err(|e| fail(format!("cannot read header: {e}")))?;
     let header_len = u64::from_le_bytes(len_bytes);
     if header_len > 100_000_000 || header_len + 8 > file_len {
         return Err(fail("not a safetensors file".into()));
     }
     let mut header = vec![0u8; header_len as usize];
-    file.read_exact(&mut header).map_err(|e| fail(format!("cannot read header: {e}")))?;
+    file.read_exact(&mut header)
+        .map_err(|e| fail(format!("cannot read header: {e}")))?;
     let mut entries: HashMap<String, serde_json::Value> =
         serde_json::from_slice(&header).map_err(|e| fail(format!("bad header: {e}")))?;
     entries.remove("__metadata__");
@@ -435,7 +472,8 @@ pub(crate) fn load_safetensors(path: &Path) -> Result<HashMap<String, Tensor>, S
             let mut left = end - begin;
             while left > 0 {
                 let n = chunk.len().min(left);
-                file.read_exact(&mut chunk[..n]).map_err(|e| fail(e.to_string()))?;
+                file.read_exact(&mut chunk[..n])
+                    .map_err(|e| fail(e.to_string()))?;
                 values.extend(
                     chunk[..n]
                         .chunks_exact(4)
@@ -446,7 +484,8 @@ pub(crate) fn load_safetensors(path: &Path) -> Result<HashMap<String, Tensor>, S
             Tensor::from_vec(values, h.shape.as_slice(), &Device::Cpu)
         } else {
             let mut bytes = vec![0u8; end - begin];
-            file.read_exact(&mut bytes).map_err(|e| fail(e.to_string()))?;
+            file.read_exact(&mut bytes)
+                .map_err(|e| fail(e.to_string()))?;
             Tensor::from_raw_buffer(&bytes, dtype, &h.shape, &Device::Cpu)
         }
         .map_err(|e| fail(format!("{name}: {e}")))?;
@@ -474,7 +513,10 @@ mod tests {
         assert_eq!(seen, (0..lengths.len()).collect::<Vec<_>>());
         for batch in &batches {
             let longest = batch.iter().map(|&i| lengths[i]).max().unwrap();
-            assert!(batch.len() == 1 || batch.len() * longest <= 320, "{batch:?}");
+            assert!(
+                batch.len() == 1 || batch.len() * longest <= 320,
+                "{batch:?}"
+            );
             // Longest first within and across batches.
             assert!(batch.windows(2).all(|w| lengths[w[0]] >= lengths[w[1]]));
         }
@@ -487,8 +529,14 @@ mod tests {
     #[test]
     fn padding_is_right_aligned_with_mask() {
         let (ids, mask) = pad_batch(&[&[7, 8, 9], &[5]], 0).unwrap();
-        assert_eq!(ids.to_vec2::<u32>().unwrap(), vec![vec![7, 8, 9], vec![5, 0, 0]]);
-        assert_eq!(mask.to_vec2::<f32>().unwrap(), vec![vec![1.0, 1.0, 1.0], vec![1.0, 0.0, 0.0]]);
+        assert_eq!(
+            ids.to_vec2::<u32>().unwrap(),
+            vec![vec![7, 8, 9], vec![5, 0, 0]]
+        );
+        assert_eq!(
+            mask.to_vec2::<f32>().unwrap(),
+            vec![vec![1.0, 1.0, 1.0], vec![1.0, 0.0, 0.0]]
+        );
     }
 
     #[test]
@@ -507,8 +555,12 @@ mod tests {
 
     #[test]
     fn cls_pool_takes_token_zero() {
-        let hidden =
-            Tensor::from_vec((0..12).map(|x| x as f32).collect::<Vec<_>>(), (2, 3, 2), &Device::Cpu).unwrap();
+        let hidden = Tensor::from_vec(
+            (0..12).map(|x| x as f32).collect::<Vec<_>>(),
+            (2, 3, 2),
+            &Device::Cpu,
+        )
+        .unwrap();
         let pooled = cls_pool(&hidden).unwrap().to_vec2::<f32>().unwrap();
         assert_eq!(pooled, vec![vec![0.0, 1.0], vec![6.0, 7.0]]);
     }
@@ -527,7 +579,11 @@ mod tests {
             bias: None,
             activation: Activation::Identity,
         };
-        let ys = dense.forward(&t2(&[&[1., 2.]])).unwrap().to_vec2::<f32>().unwrap();
+        let ys = dense
+            .forward(&t2(&[&[1., 2.]]))
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         assert_eq!(ys, vec![vec![1.0, 3.0, 4.0]]);
     }
 }
