@@ -275,9 +275,12 @@ fn validate(spec: &ModelSpec) -> Result<(), CatalogError> {
         id: spec.id.clone(),
         problem: problem.to_string(),
     };
-    if !(spec.id.starts_with("@cf/") || spec.id.starts_with("@hf/")) || spec.id.split('/').count() != 3
+    if !(spec.id.starts_with("@cf/") || spec.id.starts_with("@hf/"))
+        || spec.id.split('/').count() != 3
     {
-        return Err(invalid("id must look like @cf/<author>/<name> or @hf/<org>/<name>"));
+        return Err(invalid(
+            "id must look like @cf/<author>/<name> or @hf/<org>/<name>",
+        ));
     }
     if spec.files.is_empty() {
         return Err(invalid("lists no files"));
@@ -309,8 +312,12 @@ fn validate(spec: &ModelSpec) -> Result<(), CatalogError> {
             "every file needs a sha256 unless all sources are Hugging Face with checksums = \"hub\"",
         ));
     }
-    if spec.task == Task::TextGeneration && (spec.context_window == 0 || spec.max_output_tokens == 0) {
-        return Err(invalid("text generation models need context_window and max_output_tokens"));
+    if spec.task == Task::TextGeneration
+        && (spec.context_window == 0 || spec.max_output_tokens == 0)
+    {
+        return Err(invalid(
+            "text generation models need context_window and max_output_tokens",
+        ));
     }
     Ok(())
 }
@@ -328,7 +335,10 @@ mod tests {
             "@hf/sentence-transformers/all-minilm-l6-v2",
             "@cf/google/embeddinggemma-300m",
         ] {
-            assert!(catalog.get(id).unwrap().default, "{id} should be a default model");
+            assert!(
+                catalog.get(id).unwrap().default,
+                "{id} should be a default model"
+            );
         }
         for id in [
             "@cf/meta/llama-3.1-8b-instruct",
@@ -338,7 +348,10 @@ mod tests {
             "@cf/baai/bge-large-en-v1.5",
         ] {
             let spec = catalog.get(id).unwrap();
-            assert!(matches!(spec.sources[0], Source::HuggingFace { .. }), "{id}");
+            assert!(
+                matches!(spec.sources[0], Source::HuggingFace { .. }),
+                "{id}"
+            );
         }
     }
 
@@ -366,7 +379,10 @@ sources = [{ kind = "hugging-face", repo = "Qwen/x", revision = "main", checksum
             .unwrap();
         assert_eq!(catalog.models().len(), before);
         assert_eq!(
-            catalog.get("@hf/qwen/qwen2.5-coder-0.5b-instruct").unwrap().context_window,
+            catalog
+                .get("@hf/qwen/qwen2.5-coder-0.5b-instruct")
+                .unwrap()
+                .context_window,
             2048
         );
     }
@@ -389,7 +405,11 @@ sources = [{{ kind = "hugging-face", repo = "a/b", revision = "main", checksums 
             )
         };
         assert!(catalog.merge_str(&entry("my-model", "a"), "t").is_err());
-        assert!(catalog.merge_str(&entry("@hf/a/b", "../etc/passwd"), "t").is_err());
+        assert!(
+            catalog
+                .merge_str(&entry("@hf/a/b", "../etc/passwd"), "t")
+                .is_err()
+        );
         assert!(catalog.merge_str(&entry("@hf/a/b", "ok.bin"), "t").is_ok());
     }
 

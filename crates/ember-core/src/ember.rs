@@ -2,11 +2,11 @@
 //! resolves aliases, checks the model is installed, loads it on first use (one worker thread per
 //! model), validates the input for the model's task and returns a JSON result or a text stream.
 
+use crate::InferError;
 use crate::catalog::{Catalog, ModelSpec, Task};
 use crate::installed;
 use crate::runner::{ModelWorker, TextEvent};
 use crate::tasks::{self, Completion, Usage};
-use crate::InferError;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -115,7 +115,12 @@ impl Ember {
     }
 
     /// Runs `model` on a task input, the way `env.AI.run(model, input)` does.
-    pub async fn run(&self, model: &str, input: &Value, options: &RunOptions) -> Result<Run, InferError> {
+    pub async fn run(
+        &self,
+        model: &str,
+        input: &Value,
+        options: &RunOptions,
+    ) -> Result<Run, InferError> {
         let spec = self.resolve(model)?;
         let output = match spec.task {
             Task::TextGeneration => {
@@ -135,7 +140,11 @@ impl Ember {
             Task::TextEmbeddings => {
                 let request = tasks::parse_embeddings(input)?;
                 let worker = self.worker(spec).await?;
-                let embedded = with_timeout(options.timeout, worker.embed(request.texts, request.pooling)).await?;
+                let embedded = with_timeout(
+                    options.timeout,
+                    worker.embed(request.texts, request.pooling),
+                )
+                .await?;
                 RunOutput::Json {
                     result: embedded.to_json(request.pooling),
                     usage: Usage::new(embedded.input_tokens(), 0),
@@ -155,7 +164,9 @@ async fn with_timeout<T>(
     work: impl Future<Output = Result<T, InferError>>,
 ) -> Result<T, InferError> {
     match timeout {
-        Some(limit) => tokio::time::timeout(limit, work).await.map_err(|_| InferError::Timeout)?,
+        Some(limit) => tokio::time::timeout(limit, work)
+            .await
+            .map_err(|_| InferError::Timeout)?,
         None => work.await,
     }
 }

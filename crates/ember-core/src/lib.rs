@@ -3,11 +3,11 @@
 //! No HTTP, no model kernels, no SQL live here.
 
 pub mod catalog;
+pub mod ember;
 pub mod error;
+pub mod installed;
 pub mod runner;
 pub mod tasks;
-pub mod ember;
-pub mod installed;
 
 pub use catalog::{Catalog, ModelSpec, Task};
 pub use ember::{Ember, Run, RunOptions, RunOutput};

@@ -28,7 +28,8 @@ pub trait TextGenerationRunner {
 /// A text embeddings engine. Runs on the model's thread.
 pub trait EmbeddingsRunner {
     /// Embeds every text (truncated to the model's input limit) with the given pooling.
-    fn embed(&mut self, texts: &[String], pooling: Pooling) -> Result<EmbeddingsOutput, InferError>;
+    fn embed(&mut self, texts: &[String], pooling: Pooling)
+    -> Result<EmbeddingsOutput, InferError>;
 }
 
 /// One event of a streamed generation.
@@ -67,7 +68,11 @@ impl ModelWorker {
     {
         Self::spawn(name, build, |runner: &mut R, job| match job {
             Job::Generate { request, events } => {
-                let mut on_text = |text: &str| events.blocking_send(TextEvent::Text(text.to_string())).is_ok();
+                let mut on_text = |text: &str| {
+                    events
+                        .blocking_send(TextEvent::Text(text.to_string()))
+                        .is_ok()
+                };
                 let last = match runner.generate(&request, &mut on_text) {
                     Ok(completion) => TextEvent::Done(completion),
                     Err(error) => TextEvent::Failed(error),
@@ -137,14 +142,21 @@ impl ModelWorker {
     }
 
     /// Queues a generation; its text arrives on the returned channel, ending with `Done` or `Failed`.
-    pub fn generate(&self, request: TextGenerationRequest) -> Result<mpsc::Receiver<TextEvent>, InferError> {
+    pub fn generate(
+        &self,
+        request: TextGenerationRequest,
+    ) -> Result<mpsc::Receiver<TextEvent>, InferError> {
         let (events, receiver) = mpsc::channel(STREAM_BUFFER);
         self.submit(Job::Generate { request, events })?;
         Ok(receiver)
     }
 
     /// Queues an embeddings job and waits for its result.
-    pub async fn embed(&self, texts: Vec<String>, pooling: Pooling) -> Result<EmbeddingsOutput, InferError> {
+    pub async fn embed(
+        &self,
+        texts: Vec<String>,
+        pooling: Pooling,
+    ) -> Result<EmbeddingsOutput, InferError> {
         let (reply, result) = oneshot::channel();
         self.submit(Job::Embed {
             texts,
@@ -159,13 +171,19 @@ impl ModelWorker {
     fn submit(&self, job: Job) -> Result<(), InferError> {
         self.jobs.try_send(job).map_err(|e| match e {
             std_mpsc::TrySendError::Full(_) => InferError::Overloaded,
-            std_mpsc::TrySendError::Disconnected(_) => InferError::Internal("model thread stopped".into()),
+            std_mpsc::TrySendError::Disconnected(_) => {
+                InferError::Internal("model thread stopped".into())
+            }
         })
     }
 }
 
 impl<T: EmbeddingsRunner + ?Sized> EmbeddingsRunner for Box<T> {
-    fn embed(&mut self, texts: &[String], pooling: Pooling) -> Result<EmbeddingsOutput, InferError> {
+    fn embed(
+        &mut self,
+        texts: &[String],
+        pooling: Pooling,
+    ) -> Result<EmbeddingsOutput, InferError> {
         (**self).embed(texts, pooling)
     }
 }

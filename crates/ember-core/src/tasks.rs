@@ -29,7 +29,10 @@ pub struct ChatMessage {
 pub enum PromptInput {
     Messages(Vec<ChatMessage>),
     /// `raw: false` wraps the prompt as a single user message; `raw: true` sends it as-is.
-    Prompt { text: String, raw: bool },
+    Prompt {
+        text: String,
+        raw: bool,
+    },
 }
 
 /// Sampling settings. `temperature == 0` means greedy decoding.
@@ -95,7 +98,10 @@ impl Completion {
 }
 
 /// Parses a text generation input per the Workers AI schema (`prompt` or `messages`, not both).
-pub fn parse_text_generation(input: &Value, spec: &ModelSpec) -> Result<TextGenerationRequest, InferError> {
+pub fn parse_text_generation(
+    input: &Value,
+    spec: &ModelSpec,
+) -> Result<TextGenerationRequest, InferError> {
     let object = as_object(input)?;
     for unsupported in ["tools", "functions", "response_format", "lora", "requests"] {
         if object.get(unsupported).is_some_and(|v| !v.is_null()) {
@@ -107,10 +113,16 @@ pub fn parse_text_generation(input: &Value, spec: &ModelSpec) -> Result<TextGene
     }
     let prompt = match (object.get("prompt"), object.get("messages")) {
         (Some(_), Some(_)) => {
-            return Err(InferError::invalid("/", "prompt and messages are mutually exclusive"));
+            return Err(InferError::invalid(
+                "/",
+                "prompt and messages are mutually exclusive",
+            ));
         }
         (None, None) => {
-            return Err(InferError::invalid("/", "required properties are 'prompt' or 'messages'"));
+            return Err(InferError::invalid(
+                "/",
+                "required properties are 'prompt' or 'messages'",
+            ));
         }
         (Some(prompt), None) => PromptInput::Prompt {
             text: bounded_string(prompt, "/prompt")?,
@@ -118,12 +130,14 @@ pub fn parse_text_generation(input: &Value, spec: &ModelSpec) -> Result<TextGene
         },
         (None, Some(messages)) => PromptInput::Messages(parse_messages(messages)?),
     };
-    let max_tokens = match optional_integer(object, "max_tokens", 1, u64::from(spec.max_output_tokens))? {
-        Some(n) => n as u32,
-        None => DEFAULT_MAX_TOKENS.min(spec.max_output_tokens),
-    };
+    let max_tokens =
+        match optional_integer(object, "max_tokens", 1, u64::from(spec.max_output_tokens))? {
+            Some(n) => n as u32,
+            None => DEFAULT_MAX_TOKENS.min(spec.max_output_tokens),
+        };
     let sampling = Sampling {
-        temperature: optional_number(object, "temperature", 0.0, 5.0)?.unwrap_or(DEFAULT_TEMPERATURE),
+        temperature: optional_number(object, "temperature", 0.0, 5.0)?
+            .unwrap_or(DEFAULT_TEMPERATURE),
         top_p: optional_number(object, "top_p", 0.0, 2.0)?,
         top_k: optional_integer(object, "top_k", 1, 50)?.map(|k| k as u32),
         seed: optional_integer(object, "seed", 1, 9_999_999_999)?,
@@ -144,7 +158,10 @@ fn parse_messages(messages: &Value) -> Result<Vec<ChatMessage>, InferError> {
         return Err(type_mismatch("/messages", "array", messages));
     };
     if items.is_empty() {
-        return Err(InferError::invalid("/messages", "must hold at least one message"));
+        return Err(InferError::invalid(
+            "/messages",
+            "must hold at least one message",
+        ));
     }
     items
         .iter()
@@ -155,7 +172,9 @@ fn parse_messages(messages: &Value) -> Result<Vec<ChatMessage>, InferError> {
                 return Err(type_mismatch(&at, "object", item));
             };
             let role = match message.get("role") {
-                Some(Value::String(role)) if ["system", "user", "assistant", "tool"].contains(&role.as_str()) => {
+                Some(Value::String(role))
+                    if ["system", "user", "assistant", "tool"].contains(&role.as_str()) =>
+                {
                     role.clone()
                 }
                 Some(Value::String(role)) => {
@@ -165,12 +184,22 @@ fn parse_messages(messages: &Value) -> Result<Vec<ChatMessage>, InferError> {
                     ));
                 }
                 Some(other) => return Err(type_mismatch(&format!("{at}/role"), "string", other)),
-                None => return Err(InferError::invalid(&at, "required properties are 'role,content'")),
+                None => {
+                    return Err(InferError::invalid(
+                        &at,
+                        "required properties are 'role,content'",
+                    ));
+                }
             };
             let content = match message.get("content") {
                 Some(Value::Array(parts)) => text_parts(parts, &format!("{at}/content"))?,
                 Some(content) => bounded_string(content, &format!("{at}/content"))?,
-                None => return Err(InferError::invalid(&at, "required properties are 'role,content'")),
+                None => {
+                    return Err(InferError::invalid(
+                        &at,
+                        "required properties are 'role,content'",
+                    ));
+                }
             };
             Ok(ChatMessage { role, content })
         })
@@ -192,7 +221,10 @@ fn text_parts(parts: &[Value], at: &str) -> Result<String, InferError> {
         }
     }
     if text.chars().count() > MAX_PROMPT_CHARS {
-        return Err(InferError::invalid(at, format!("must be at most {MAX_PROMPT_CHARS} characters")));
+        return Err(InferError::invalid(
+            at,
+            format!("must be at most {MAX_PROMPT_CHARS} characters"),
+        ));
     }
     Ok(text)
 }
@@ -235,7 +267,10 @@ impl EmbeddingsOutput {
 pub fn parse_embeddings(input: &Value) -> Result<EmbeddingsRequest, InferError> {
     let object = as_object(input)?;
     if object.get("requests").is_some() {
-        return Err(InferError::invalid("/requests", "async batch requests are not supported by this version of Ember"));
+        return Err(InferError::invalid(
+            "/requests",
+            "async batch requests are not supported by this version of Ember",
+        ));
     }
     let texts = match object.get("text") {
         None => return Err(InferError::invalid("/", "required properties are 'text'")),
@@ -244,7 +279,10 @@ pub fn parse_embeddings(input: &Value) -> Result<EmbeddingsRequest, InferError> 
             if items.is_empty() || items.len() > MAX_EMBEDDING_TEXTS {
                 return Err(InferError::invalid(
                     "/text",
-                    format!("must hold 1 to {MAX_EMBEDDING_TEXTS} strings, got {}", items.len()),
+                    format!(
+                        "must hold 1 to {MAX_EMBEDDING_TEXTS} strings, got {}",
+                        items.len()
+                    ),
                 ));
             }
             items
@@ -260,7 +298,10 @@ pub fn parse_embeddings(input: &Value) -> Result<EmbeddingsRequest, InferError> 
         Some(Value::String(p)) if p == "mean" => Pooling::Mean,
         Some(Value::String(p)) if p == "cls" => Pooling::Cls,
         Some(Value::String(p)) => {
-            return Err(InferError::invalid("/pooling", format!("'{p}' is not one of mean, cls")));
+            return Err(InferError::invalid(
+                "/pooling",
+                format!("'{p}' is not one of mean, cls"),
+            ));
         }
         Some(other) => return Err(type_mismatch("/pooling", "string", other)),
     };
@@ -270,7 +311,9 @@ pub fn parse_embeddings(input: &Value) -> Result<EmbeddingsRequest, InferError> 
 // ------------------------------------------------------------------ helpers
 
 fn as_object(input: &Value) -> Result<&Map<String, Value>, InferError> {
-    input.as_object().ok_or_else(|| type_mismatch("/", "object", input))
+    input
+        .as_object()
+        .ok_or_else(|| type_mismatch("/", "object", input))
 }
 
 fn kind(value: &Value) -> &'static str {
@@ -299,7 +342,10 @@ fn nonempty_string(value: &Value, at: &str) -> Result<String, InferError> {
 fn bounded_string(value: &Value, at: &str) -> Result<String, InferError> {
     let text = nonempty_string(value, at)?;
     if text.chars().count() > MAX_PROMPT_CHARS {
-        return Err(InferError::invalid(at, format!("must be at most {MAX_PROMPT_CHARS} characters")));
+        return Err(InferError::invalid(
+            at,
+            format!("must be at most {MAX_PROMPT_CHARS} characters"),
+        ));
     }
     Ok(text)
 }
@@ -312,7 +358,12 @@ fn optional_bool(object: &Map<String, Value>, key: &str) -> Result<Option<bool>,
     }
 }
 
-fn optional_number(object: &Map<String, Value>, key: &str, min: f64, max: f64) -> Result<Option<f32>, InferError> {
+fn optional_number(
+    object: &Map<String, Value>,
+    key: &str,
+    min: f64,
+    max: f64,
+) -> Result<Option<f32>, InferError> {
     match object.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => {
@@ -320,14 +371,22 @@ fn optional_number(object: &Map<String, Value>, key: &str, min: f64, max: f64) -
             if (min..=max).contains(&n) {
                 Ok(Some(n as f32))
             } else {
-                Err(InferError::invalid(format!("/{key}"), format!("must be between {min} and {max}, got {n}")))
+                Err(InferError::invalid(
+                    format!("/{key}"),
+                    format!("must be between {min} and {max}, got {n}"),
+                ))
             }
         }
         Some(other) => Err(type_mismatch(&format!("/{key}"), "number", other)),
     }
 }
 
-fn optional_integer(object: &Map<String, Value>, key: &str, min: u64, max: u64) -> Result<Option<u64>, InferError> {
+fn optional_integer(
+    object: &Map<String, Value>,
+    key: &str,
+    min: u64,
+    max: u64,
+) -> Result<Option<u64>, InferError> {
     match object.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => match n.as_u64() {
@@ -347,7 +406,11 @@ mod tests {
     use crate::Catalog;
 
     fn qwen() -> ModelSpec {
-        Catalog::builtin().unwrap().get("@hf/qwen/qwen2.5-coder-0.5b-instruct").unwrap().clone()
+        Catalog::builtin()
+            .unwrap()
+            .get("@hf/qwen/qwen2.5-coder-0.5b-instruct")
+            .unwrap()
+            .clone()
     }
 
     fn field_of(error: InferError) -> String {
@@ -363,7 +426,13 @@ mod tests {
         assert_eq!(request.max_tokens, 256);
         assert_eq!(request.sampling.temperature, 0.6);
         assert!(!request.stream);
-        assert_eq!(request.prompt, PromptInput::Prompt { text: "hi".into(), raw: false });
+        assert_eq!(
+            request.prompt,
+            PromptInput::Prompt {
+                text: "hi".into(),
+                raw: false
+            }
+        );
     }
 
     #[test]
@@ -374,8 +443,14 @@ mod tests {
             (json!({}), "/"),
             (json!({"prompt": ""}), "/prompt"),
             (json!({"prompt": 3}), "/prompt"),
-            (json!({"messages": [{"role": "user", "content": ["x"]}]}), "/messages/0/content/0"),
-            (json!({"messages": [{"role": "king", "content": "x"}]}), "/messages/0/role"),
+            (
+                json!({"messages": [{"role": "user", "content": ["x"]}]}),
+                "/messages/0/content/0",
+            ),
+            (
+                json!({"messages": [{"role": "king", "content": "x"}]}),
+                "/messages/0/role",
+            ),
             (json!({"messages": [{"role": "user"}]}), "/messages/0"),
             (json!({"messages": "hi"}), "/messages"),
             (json!({"prompt": "a", "temperature": 9}), "/temperature"),
@@ -387,7 +462,11 @@ mod tests {
             (json!([1, 2]), "/"),
         ];
         for (input, field) in cases {
-            assert_eq!(field_of(parse_text_generation(&input, &spec).unwrap_err()), field, "{input}");
+            assert_eq!(
+                field_of(parse_text_generation(&input, &spec).unwrap_err()),
+                field,
+                "{input}"
+            );
         }
     }
 
@@ -405,13 +484,20 @@ mod tests {
             (json!({"text": "a", "pooling": "max"}), "/pooling"),
             (json!({"prompt": "a"}), "/"),
         ] {
-            assert_eq!(field_of(parse_embeddings(&input).unwrap_err()), field, "{input}");
+            assert_eq!(
+                field_of(parse_embeddings(&input).unwrap_err()),
+                field,
+                "{input}"
+            );
         }
     }
 
     #[test]
     fn embeddings_json_shape() {
-        let output = EmbeddingsOutput { vectors: vec![vec![0.5, 0.5], vec![1.0, 0.0]], token_counts: vec![3, 4] };
+        let output = EmbeddingsOutput {
+            vectors: vec![vec![0.5, 0.5], vec![1.0, 0.0]],
+            token_counts: vec![3, 4],
+        };
         assert_eq!(
             output.to_json(Pooling::Mean),
             json!({"shape": [2, 2], "data": [[0.5, 0.5], [1.0, 0.0]], "pooling": "mean"})

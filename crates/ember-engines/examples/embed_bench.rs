@@ -13,7 +13,8 @@ fn main() {
     for id in ids {
         let spec = catalog.get(&id).unwrap();
         let t0 = Instant::now();
-        let mut model = ember_engines::embed::load_embedder(spec, &home.join(spec.dir_name())).unwrap();
+        let mut model =
+            ember_engines::embed::load_embedder(spec, &home.join(spec.dir_name())).unwrap();
         println!("{id}: load {:.2}s", t0.elapsed().as_secs_f64());
         // Long text: about 256 tokens in all.
         let mut long = String::new();
@@ -27,7 +28,9 @@ fn main() {
             let n1 = if name == "short" { 64 } else { 16 };
             let t = Instant::now();
             for text in texts.iter().cycle().take(n1) {
-                model.embed(std::slice::from_ref(text), Pooling::Mean).unwrap();
+                model
+                    .embed(std::slice::from_ref(text), Pooling::Mean)
+                    .unwrap();
             }
             let b1 = n1 as f64 / t.elapsed().as_secs_f64();
             let reps = if name == "short" { 4 } else { 2 };

@@ -29,7 +29,9 @@ struct Case {
 }
 
 fn fixture(name: &str) -> Fixture {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/generation").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/generation")
+        .join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
 }
@@ -67,11 +69,18 @@ fn check(fixture_file: &str) {
     for case in &fixture.cases {
         let prompt = match (&case.messages, &case.prompt) {
             (Some(messages), _) => PromptInput::Messages(messages.clone()),
-            (None, Some(text)) => PromptInput::Prompt { text: text.clone(), raw: case.raw },
+            (None, Some(text)) => PromptInput::Prompt {
+                text: text.clone(),
+                raw: case.raw,
+            },
             (None, None) => panic!("case {} has neither messages nor prompt", case.name),
         };
         let prompt_tokens = runner.prompt_tokens(&prompt).unwrap();
-        assert_eq!(prompt_tokens, case.prompt_tokens, "{}: prompt tokens differ", case.name);
+        assert_eq!(
+            prompt_tokens, case.prompt_tokens,
+            "{}: prompt tokens differ",
+            case.name
+        );
 
         let mut tokens = Vec::new();
         let completion = runner
@@ -81,11 +90,25 @@ fn check(fixture_file: &str) {
             })
             .unwrap();
         tokens.retain(|t| *t >= 0);
-        assert_eq!(tokens, case.completion_tokens, "{}: generated tokens differ", case.name);
+        assert_eq!(
+            tokens, case.completion_tokens,
+            "{}: generated tokens differ",
+            case.name
+        );
         assert_eq!(completion.text, case.completion_text, "{}", case.name);
-        assert_eq!(completion.usage.prompt_tokens as usize, case.prompt_tokens.len());
-        assert_eq!(completion.usage.completion_tokens as usize, case.completion_tokens.len());
-        let expected_finish = if case.finish_reason == "stop" { FinishReason::Stop } else { FinishReason::Length };
+        assert_eq!(
+            completion.usage.prompt_tokens as usize,
+            case.prompt_tokens.len()
+        );
+        assert_eq!(
+            completion.usage.completion_tokens as usize,
+            case.completion_tokens.len()
+        );
+        let expected_finish = if case.finish_reason == "stop" {
+            FinishReason::Stop
+        } else {
+            FinishReason::Length
+        };
         assert_eq!(completion.finish_reason, expected_finish, "{}", case.name);
     }
 }

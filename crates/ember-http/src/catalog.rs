@@ -1,12 +1,12 @@
 //! Catalog routes: model search (REST with `result_info` paging, and the binding's
 //! `/ai-api/models/search`) and per-model input/output JSON Schemas.
 
-use crate::error::ApiError;
 use crate::AppState;
+use crate::error::ApiError;
 use axum::extract::{Query, RawQuery, State};
 use axum::response::{IntoResponse, Response};
-use ember_core::catalog::{ModelSpec, Task};
 use ember_core::InferError;
+use ember_core::catalog::{ModelSpec, Task};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -31,9 +31,17 @@ pub async fn rest_search(State(state): State<AppState>, RawQuery(query): RawQuer
         Err(error) => return error.rest_response(),
     };
     let matches = matching(&state, &params);
-    let per_page = params.per_page.unwrap_or(DEFAULT_PER_PAGE).clamp(1, MAX_PER_PAGE);
+    let per_page = params
+        .per_page
+        .unwrap_or(DEFAULT_PER_PAGE)
+        .clamp(1, MAX_PER_PAGE);
     let page = params.page.unwrap_or(1).max(1);
-    let items: Vec<Value> = matches.iter().skip((page - 1) * per_page).take(per_page).map(|m| model_object(m)).collect();
+    let items: Vec<Value> = matches
+        .iter()
+        .skip((page - 1) * per_page)
+        .take(per_page)
+        .map(|m| model_object(m))
+        .collect();
     axum::Json(json!({
         "result": items,
         "success": true,
@@ -52,7 +60,10 @@ pub async fn binding_search(State(state): State<AppState>, RawQuery(query): RawQ
 pub fn binding_search_query(state: &AppState, query: &str) -> Response {
     match parse_params(query) {
         Ok(params) => {
-            let items: Vec<Value> = matching(state, &params).iter().map(|m| model_object(m)).collect();
+            let items: Vec<Value> = matching(state, &params)
+                .iter()
+                .map(|m| model_object(m))
+                .collect();
             axum::Json(json!({ "result": items })).into_response()
         }
         Err(error) => error.binding_response(),
@@ -64,9 +75,16 @@ pub struct SchemaParams {
     model: Option<String>,
 }
 
-pub async fn rest_schema(State(state): State<AppState>, Query(params): Query<SchemaParams>) -> Response {
+pub async fn rest_schema(
+    State(state): State<AppState>,
+    Query(params): Query<SchemaParams>,
+) -> Response {
     let Some(model) = params.model.filter(|m| !m.is_empty()) else {
-        return ApiError::Infer(InferError::invalid("model", "the `model` query parameter is required")).rest_response();
+        return ApiError::Infer(InferError::invalid(
+            "model",
+            "the `model` query parameter is required",
+        ))
+        .rest_response();
     };
     let spec = match state.ember.resolve(&model) {
         Ok(spec) => spec,
@@ -77,12 +95,17 @@ pub async fn rest_schema(State(state): State<AppState>, Query(params): Query<Sch
         Task::TextEmbeddings => TEXT_EMBEDDINGS_SCHEMA,
     })
     .unwrap_or(Value::Null);
-    axum::Json(json!({ "result": schema, "success": true, "errors": [], "messages": [] })).into_response()
+    axum::Json(json!({ "result": schema, "success": true, "errors": [], "messages": [] }))
+        .into_response()
 }
 
 fn parse_params(query: &str) -> Result<SearchParams, ApiError> {
-    serde_urlencoded::from_str(query)
-        .map_err(|e| ApiError::Infer(InferError::invalid("query", format!("bad search parameters: {e}"))))
+    serde_urlencoded::from_str(query).map_err(|e| {
+        ApiError::Infer(InferError::invalid(
+            "query",
+            format!("bad search parameters: {e}"),
+        ))
+    })
 }
 
 fn matching<'a>(state: &'a AppState, params: &SearchParams) -> Vec<&'a ModelSpec> {
@@ -93,23 +116,30 @@ fn matching<'a>(state: &'a AppState, params: &SearchParams) -> Vec<&'a ModelSpec
         .models()
         .iter()
         .filter(|m| {
-            needle
-                .as_deref()
-                .is_none_or(|n| m.id.to_lowercase().contains(n) || m.description.to_lowercase().contains(n))
-        })
-        .filter(|m| {
-            params.task.as_deref().is_none_or(|t| {
-                t.eq_ignore_ascii_case(m.task.display_name()) || t == m.task.uuid()
+            needle.as_deref().is_none_or(|n| {
+                m.id.to_lowercase().contains(n) || m.description.to_lowercase().contains(n)
             })
         })
-        .filter(|m| params.author.as_deref().is_none_or(|a| a.eq_ignore_ascii_case(m.author())))
+        .filter(|m| {
+            params
+                .task
+                .as_deref()
+                .is_none_or(|t| t.eq_ignore_ascii_case(m.task.display_name()) || t == m.task.uuid())
+        })
+        .filter(|m| {
+            params
+                .author
+                .as_deref()
+                .is_none_or(|a| a.eq_ignore_ascii_case(m.author()))
+        })
         .collect()
 }
 
 /// A catalog entry as Workers AI's `AiModelsSearchObject`.
 fn model_object(spec: &ModelSpec) -> Value {
     let mut properties: Vec<Value> = Vec::new();
-    let mut property = |id: &str, value: Value| properties.push(json!({ "property_id": id, "value": value }));
+    let mut property =
+        |id: &str, value: Value| properties.push(json!({ "property_id": id, "value": value }));
     if spec.context_window > 0 {
         property("context_window", json!(spec.context_window.to_string()));
     }

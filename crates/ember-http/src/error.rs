@@ -42,12 +42,16 @@ impl ApiError {
                     (StatusCode::BAD_REQUEST, 5007, "InvalidModel")
                 }
                 InferError::InvalidInput { .. } => (StatusCode::BAD_REQUEST, 5006, "InvalidInput"),
-                InferError::ModelInputRejected(_) => (StatusCode::BAD_REQUEST, 3030, "InvalidModelInput"),
+                InferError::ModelInputRejected(_) => {
+                    (StatusCode::BAD_REQUEST, 3030, "InvalidModelInput")
+                }
                 InferError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, 3006, "RequestTooLarge"),
                 InferError::Timeout => (StatusCode::REQUEST_TIMEOUT, 3007, "TimeoutError"),
                 InferError::Aborted => (StatusCode::REQUEST_TIMEOUT, 3008, "AbortError"),
                 InferError::Overloaded => (StatusCode::TOO_MANY_REQUESTS, 3040, "OutOfCapacity"),
-                InferError::LoadFailed { .. } => (StatusCode::SERVICE_UNAVAILABLE, 3000, "ModelLoadError"),
+                InferError::LoadFailed { .. } => {
+                    (StatusCode::SERVICE_UNAVAILABLE, 3000, "ModelLoadError")
+                }
                 InferError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, 3000, "AiError"),
             },
         };
@@ -64,7 +68,9 @@ impl ApiError {
             ApiError::Infer(InferError::LoadFailed { model, .. }) => {
                 format!("AiError: model {model} could not be loaded; see the server log")
             }
-            ApiError::Infer(InferError::InvalidInput { .. }) => format!("AiError: {}", self.describe()),
+            ApiError::Infer(InferError::InvalidInput { .. }) => {
+                format!("AiError: {}", self.describe())
+            }
             ApiError::Infer(error) => error.to_string(),
         }
     }
@@ -104,7 +110,9 @@ impl ApiError {
     /// Overload answers tell the client when to come back.
     fn with_headers(&self, mut response: Response) -> Response {
         if matches!(self, ApiError::Infer(InferError::Overloaded)) {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }
@@ -131,8 +139,16 @@ mod tests {
     #[test]
     fn documented_codes_and_statuses() {
         let cases = [
-            (ApiError::Infer(InferError::NoSuchModel("x".into())), 400, 5007),
-            (ApiError::Infer(InferError::invalid("/prompt", "bad")), 400, 5006),
+            (
+                ApiError::Infer(InferError::NoSuchModel("x".into())),
+                400,
+                5007,
+            ),
+            (
+                ApiError::Infer(InferError::invalid("/prompt", "bad")),
+                400,
+                5006,
+            ),
             (ApiError::Infer(InferError::TooLarge), 413, 3006),
             (ApiError::Infer(InferError::Timeout), 408, 3007),
             (ApiError::Infer(InferError::Aborted), 408, 3008),
@@ -142,7 +158,11 @@ mod tests {
         ];
         for (error, status, code) in cases {
             let kind = error.kind();
-            assert_eq!((kind.status.as_u16(), kind.code), (status, code), "{error:?}");
+            assert_eq!(
+                (kind.status.as_u16(), kind.code),
+                (status, code),
+                "{error:?}"
+            );
         }
     }
 
@@ -154,7 +174,10 @@ mod tests {
 
     #[test]
     fn invalid_input_names_the_field() {
-        let error = ApiError::Infer(InferError::invalid("/messages/0/role", "expected string, got number"));
+        let error = ApiError::Infer(InferError::invalid(
+            "/messages/0/role",
+            "expected string, got number",
+        ));
         assert_eq!(
             error.message(),
             "AiError: Bad input at '/messages/0/role': expected string, got number"

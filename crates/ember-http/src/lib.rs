@@ -9,12 +9,12 @@ mod sse;
 
 pub use error::ApiError;
 
+use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
 use ember_core::Ember;
 use ember_store::Store;
 use std::sync::Arc;
@@ -53,6 +53,13 @@ pub struct AppState {
     pub abort: watch::Receiver<bool>,
 }
 
+/// Resolves once in-flight runs must stop; never, if the shutdown side has gone away.
+pub(crate) async fn aborted(mut abort: watch::Receiver<bool>) {
+    if abort.wait_for(|abort| *abort).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// The request id of the current request, set by the middleware before any handler runs.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
@@ -63,8 +70,14 @@ pub fn router(state: AppState) -> Router {
             "/client/v4/accounts/{account_id}/ai/run/{*model}",
             post(run::rest_run).get(run::rest_run),
         )
-        .route("/client/v4/accounts/{account_id}/ai/models/search", get(catalog::rest_search))
-        .route("/client/v4/accounts/{account_id}/ai/models/schema", get(catalog::rest_schema))
+        .route(
+            "/client/v4/accounts/{account_id}/ai/models/search",
+            get(catalog::rest_search),
+        )
+        .route(
+            "/client/v4/accounts/{account_id}/ai/models/schema",
+            get(catalog::rest_schema),
+        )
         .route("/run", post(run::binding_run))
         .route("/ai-gateway/run", post(run::binding_run))
         .route("/ai-api/models/search", get(catalog::binding_search))
@@ -109,7 +122,8 @@ async fn authenticate(State(state): State<AppState>, request: Request, next: Nex
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or_default();
-        let matches: bool = subtle::ConstantTimeEq::ct_eq(given.as_bytes(), expected.as_bytes()).into();
+        let matches: bool =
+            subtle::ConstantTimeEq::ct_eq(given.as_bytes(), expected.as_bytes()).into();
         if !matches {
             let error = ApiError::Unauthorized;
             return if run::is_binding_request(&request) {

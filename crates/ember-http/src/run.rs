@@ -3,7 +3,7 @@
 //! requests with the original URL in `X-Forwarded`. All of them end in `execute`.
 
 use crate::error::ApiError;
-use crate::{AppState, RequestId, catalog, sse};
+use crate::{AppState, RequestId, aborted, catalog, sse};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, header};
@@ -46,7 +46,10 @@ impl Form {
 /// Whether errors on this request should take the binding's form.
 pub fn is_binding_request(request: &Request) -> bool {
     let path = request.uri().path();
-    path == "/run" || path.starts_with("/ai-gateway/") || path.starts_with("/ai-api/") || path.ends_with("/ai/run/proxy")
+    path == "/run"
+        || path.starts_with("/ai-gateway/")
+        || path.starts_with("/ai-api/")
+        || path.ends_with("/ai/run/proxy")
 }
 
 pub async fn rest_run(
@@ -90,7 +93,10 @@ async fn binding(state: AppState, id: String, headers: &HeaderMap, body: Body) -
         Err(error) => return fail(&state, id, Form::Binding, &model, error, started),
     };
     let Some(inputs) = envelope.get("inputs").cloned() else {
-        let error = ApiError::Infer(InferError::invalid("/", "the binding body must be {\"inputs\": ..., \"options\": ...}"));
+        let error = ApiError::Infer(InferError::invalid(
+            "/",
+            "the binding body must be {\"inputs\": ..., \"options\": ...}",
+        ));
         return fail(&state, id, Form::Binding, &model, error, started);
     };
     execute(&state, id, Form::Binding, &model, inputs, started).await
@@ -108,13 +114,19 @@ fn binding_model(headers: &HeaderMap) -> Option<String> {
 
 /// wrangler (≤ 4.44) local mode: the binding's request, with its real URL in `X-Forwarded`.
 async fn proxy(state: AppState, id: String, headers: HeaderMap, body: Body) -> Response {
-    let forwarded = headers.get("x-forwarded").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let forwarded = headers
+        .get("x-forwarded")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
     let Ok(url) = forwarded.parse::<axum::http::Uri>() else {
-        return ApiError::Incomplete("X-Forwarded header with the binding URL".into()).binding_response();
+        return ApiError::Incomplete("X-Forwarded header with the binding URL".into())
+            .binding_response();
     };
     match url.path() {
         "/run" | "/ai-gateway/run" => binding(state, id, &headers, body).await,
-        "/ai-api/models/search" => catalog::binding_search_query(&state, url.query().unwrap_or_default()),
+        "/ai-api/models/search" => {
+            catalog::binding_search_query(&state, url.query().unwrap_or_default())
+        }
         _ => ApiError::NoRoute.binding_response(),
     }
 }
@@ -133,19 +145,29 @@ async fn read_json(body: Body, limit: usize) -> Result<Value, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::Incomplete("a JSON body".into()));
     }
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::Infer(InferError::invalid("/", format!("the body is not valid JSON: {e}"))))
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::Infer(InferError::invalid(
+            "/",
+            format!("the body is not valid JSON: {e}"),
+        ))
+    })
 }
 
 /// Runs the model and writes the result, stream or error in the route's form.
-async fn execute(state: &AppState, id: String, form: Form, model: &str, input: Value, started: Instant) -> Response {
+async fn execute(
+    state: &AppState,
+    id: String,
+    form: Form,
+    model: &str,
+    input: Value,
+    started: Instant,
+) -> Response {
     let options = RunOptions {
         timeout: Some(state.config.request_timeout),
     };
-    let mut abort = state.abort.clone();
     let run = tokio::select! {
         run = state.ember.run(model, &input, &options) => run,
-        _ = abort.wait_for(|abort| *abort) => Err(InferError::Aborted),
+        _ = aborted(state.abort.clone()) => Err(InferError::Aborted),
     };
     let run = match run {
         Ok(run) => run,
@@ -154,10 +176,21 @@ async fn execute(state: &AppState, id: String, form: Form, model: &str, input: V
     let served_by = run.served_by.clone();
     let mut response = match run.output {
         RunOutput::Json { result, usage } => {
-            log(state, &id, form, model, Some(&served_by), 200, Ok(usage), started);
+            log(
+                state,
+                &id,
+                form,
+                model,
+                Some(&served_by),
+                200,
+                Ok(usage),
+                started,
+            );
             match form {
-                Form::Rest => axum::Json(json!({ "result": result, "success": true, "errors": [], "messages": [] }))
-                    .into_response(),
+                Form::Rest => axum::Json(
+                    json!({ "result": result, "success": true, "errors": [], "messages": [] }),
+                )
+                .into_response(),
                 Form::Binding => axum::Json(result).into_response(),
             }
         }
@@ -165,23 +198,49 @@ async fn execute(state: &AppState, id: String, form: Form, model: &str, input: V
             // Wait for the first event so a run that fails at once gets a proper error status.
             let first = tokio::select! {
                 first = events.recv() => first,
-                _ = abort.wait_for(|abort| *abort) => None,
+                _ = aborted(state.abort.clone()) => None,
             };
             let first = match first {
                 Some(TextEvent::Failed(error)) => {
                     return fail(state, id, form, model, ApiError::Infer(error), started);
                 }
-                None => return fail(state, id, form, model, ApiError::Infer(InferError::Aborted), started),
+                None => {
+                    return fail(
+                        state,
+                        id,
+                        form,
+                        model,
+                        ApiError::Infer(InferError::Aborted),
+                        started,
+                    );
+                }
                 Some(first) => first,
             };
-            let (state2, id2, model2, served2) = (state.clone(), id.clone(), model.to_string(), served_by.clone());
+            let (state2, id2, model2, served2) = (
+                state.clone(),
+                id.clone(),
+                model.to_string(),
+                served_by.clone(),
+            );
             let body = sse::text_stream(first, events, state.abort.clone(), move |outcome| {
                 // The 200 went out with the headers; a failure shows in the error code.
-                log(&state2, &id2, form, &model2, Some(&served2), 200, outcome, started);
+                log(
+                    &state2,
+                    &id2,
+                    form,
+                    &model2,
+                    Some(&served2),
+                    200,
+                    outcome,
+                    started,
+                );
             });
             let mut response = Response::new(body);
             let headers = response.headers_mut();
-            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             response
         }
@@ -192,13 +251,32 @@ async fn execute(state: &AppState, id: String, form: Form, model: &str, input: V
     response
 }
 
-fn fail(state: &AppState, id: String, form: Form, model: &str, error: ApiError, started: Instant) -> Response {
-    if let ApiError::Infer(InferError::Internal(detail) | InferError::LoadFailed { reason: detail, .. }) = &error {
+fn fail(
+    state: &AppState,
+    id: String,
+    form: Form,
+    model: &str,
+    error: ApiError,
+    started: Instant,
+) -> Response {
+    if let ApiError::Infer(
+        InferError::Internal(detail) | InferError::LoadFailed { reason: detail, .. },
+    ) = &error
+    {
         tracing::error!(request = %id, model, detail, "run failed");
     }
     let served_by = state.ember.resolve(model).ok().map(|spec| spec.id.clone());
     let status = error.kind().status.as_u16();
-    log(state, &id, form, model, served_by.as_deref(), status, Err(error.clone()), started);
+    log(
+        state,
+        &id,
+        form,
+        model,
+        served_by.as_deref(),
+        status,
+        Err(error.clone()),
+        started,
+    );
     form.error(&error)
 }
 
@@ -220,7 +298,9 @@ fn log(
     };
     let record = RequestRecord {
         id: id.to_string(),
-        created_at_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64),
+        created_at_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64),
         route: form.route().to_string(),
         model: model.to_string(),
         served_by: served_by.map(str::to_string),

@@ -3,6 +3,7 @@
 //! Each piece is written as soon as the model produces it. An error after the headers went out
 //! becomes one `event: error` and the stream ends.
 
+use crate::aborted;
 use crate::error::{ApiError, stream_error_event};
 use axum::body::{Body, Bytes};
 use ember_core::InferError;
@@ -40,7 +41,12 @@ struct Streaming<F: FnOnce(StreamOutcome)> {
 }
 
 /// The SSE body for a generation whose first event (`first`) has already arrived.
-pub fn text_stream<F>(first: TextEvent, events: mpsc::Receiver<TextEvent>, abort: watch::Receiver<bool>, on_end: F) -> Body
+pub fn text_stream<F>(
+    first: TextEvent,
+    events: mpsc::Receiver<TextEvent>,
+    abort: watch::Receiver<bool>,
+    on_end: F,
+) -> Body
 where
     F: FnOnce(StreamOutcome) + Send + 'static,
 {
@@ -56,7 +62,7 @@ where
             Some(event) => Some(event),
             None => tokio::select! {
                 event = s.events.recv() => event,
-                _ = s.abort.wait_for(|abort| *abort) => None,
+                _ = aborted(s.abort.clone()) => None,
             },
         };
         let (bytes, next) = match event {

@@ -24,9 +24,15 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE requests (
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database {path}: {source}")]
-    Open { path: String, source: rusqlite::Error },
+    Open {
+        path: String,
+        source: rusqlite::Error,
+    },
     #[error("cannot create the folder for {path}: {source}")]
-    Folder { path: String, source: std::io::Error },
+    Folder {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("database: {0}")]
     Sql(#[from] rusqlite::Error),
 }
@@ -141,7 +147,11 @@ impl Store {
     }
 
     pub fn request_count(&self) -> Result<u64, StoreError> {
-        Ok(self.lock().query_row("SELECT count(*) FROM requests", [], |row| row.get::<_, i64>(0))? as u64)
+        Ok(self
+            .lock()
+            .query_row("SELECT count(*) FROM requests", [], |row| {
+                row.get::<_, i64>(0)
+            })? as u64)
     }
 }
 

@@ -182,8 +182,11 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
             command: ModelsCommand::List,
         } => {
             let catalog = Catalog::load(catalog_file.as_deref())?;
-            list(&catalog, &home);
-            Ok(())
+            match list(&catalog, &home) {
+                // `ember models list | head` closes the pipe early; that is not an error.
+                Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                other => Ok(other?),
+            }
         }
         Command::Models {
             command: ModelsCommand::Pull { models, defaults },
@@ -225,11 +228,13 @@ async fn run_once(
     Ok(())
 }
 
-fn list(catalog: &Catalog, home: &std::path::Path) {
-    println!(
-        "{:<48} {:<16} {:<10} {}",
-        "MODEL", "TASK", "INSTALLED", "SOURCES"
-    );
+fn list(catalog: &Catalog, home: &std::path::Path) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<48} {:<16} {:<10} SOURCES",
+        "MODEL", "TASK", "INSTALLED"
+    )?;
     for spec in catalog.models() {
         let dir = ember_core::installed::model_dir(home, spec);
         let installed = if ember_core::installed::is_installed(spec, &dir) {
@@ -249,14 +254,16 @@ fn list(catalog: &Catalog, home: &std::path::Path) {
             ember_core::Task::TextGeneration => "text-generation",
             ember_core::Task::TextEmbeddings => "text-embeddings",
         };
-        println!(
+        writeln!(
+            out,
             "{:<48} {:<16} {:<10} {}",
             spec.id,
             task,
             installed,
             sources.join(", ")
-        );
+        )?;
     }
+    Ok(())
 }
 
 fn pull_models(

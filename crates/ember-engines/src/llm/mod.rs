@@ -6,16 +6,18 @@ mod sampling;
 mod template;
 mod utf8;
 
+use ember_core::InferError;
 use ember_core::catalog::ModelSpec;
 use ember_core::runner::TextGenerationRunner;
-use ember_core::tasks::{ChatMessage, Completion, FinishReason, PromptInput, TextGenerationRequest, Usage};
-use ember_core::InferError;
+use ember_core::tasks::{
+    ChatMessage, Completion, FinishReason, PromptInput, TextGenerationRequest, Usage,
+};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
-use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::token::LlamaToken;
 use std::num::NonZeroU32;
 use std::path::Path;
@@ -80,8 +82,13 @@ pub fn load(spec: &ModelSpec, dir: &Path) -> Result<LlamaRunner, InferError> {
     let template = match model.meta_val_str("tokenizer.chat_template") {
         Ok(source) => {
             let vocab = model.vocab();
-            let piece = |t: LlamaToken| String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned();
-            Some(ChatTemplate::new(source, piece(vocab.bos()), piece(vocab.eos())).map_err(|e| failed(format!("chat template: {e}")))?)
+            let piece = |t: LlamaToken| {
+                String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned()
+            };
+            Some(
+                ChatTemplate::new(source, piece(vocab.bos()), piece(vocab.eos()))
+                    .map_err(|e| failed(format!("chat template: {e}")))?,
+            )
         }
         Err(_) => None,
     };
@@ -108,7 +115,9 @@ impl LlamaRunner {
         let messages = match prompt {
             PromptInput::Prompt { text, raw: true } => return Ok(text.clone()),
             // A base model without a chat template reads the prompt as-is.
-            PromptInput::Prompt { text, raw: false } if self.template.is_none() => return Ok(text.clone()),
+            PromptInput::Prompt { text, raw: false } if self.template.is_none() => {
+                return Ok(text.clone());
+            }
             PromptInput::Prompt { text, raw: false } => vec![ChatMessage {
                 role: "user".into(),
                 content: text.clone(),
@@ -118,18 +127,25 @@ impl LlamaRunner {
         let template = self.template.as_ref().ok_or_else(|| {
             InferError::invalid(
                 "/messages",
-                format!("{} has no chat template; send `prompt` with `raw: true`", self.id),
+                format!(
+                    "{} has no chat template; send `prompt` with `raw: true`",
+                    self.id
+                ),
             )
         })?;
-        template
-            .render(&messages)
-            .map_err(|e| InferError::invalid("/messages", format!("the model's chat template rejected them: {e}")))
+        template.render(&messages).map_err(|e| {
+            InferError::invalid(
+                "/messages",
+                format!("the model's chat template rejected them: {e}"),
+            )
+        })
     }
 
     fn tokenize(&self, text: &str) -> Vec<LlamaToken> {
         let vocab = self.model.borrow_owner().vocab();
         // Templates that write the BOS token themselves must not get a second one.
-        let bos = String::from_utf8_lossy(&vocab.token_to_piece(vocab.bos(), true, None)).into_owned();
+        let bos =
+            String::from_utf8_lossy(&vocab.token_to_piece(vocab.bos(), true, None)).into_owned();
         let add_special = !(vocab.should_add_bos() && !bos.is_empty() && text.starts_with(&bos));
         vocab.tokenize(text.as_bytes(), add_special, true)
     }
@@ -148,7 +164,11 @@ impl TextGenerationRunner for LlamaRunner {
 impl LlamaRunner {
     /// The prompt tokens the model reads for a request (chat template applied).
     pub fn prompt_tokens(&self, prompt: &PromptInput) -> Result<Vec<i32>, InferError> {
-        Ok(self.tokenize(&self.prompt_text(prompt)?).iter().map(|t| t.0).collect())
+        Ok(self
+            .tokenize(&self.prompt_text(prompt)?)
+            .iter()
+            .map(|t| t.0)
+            .collect())
     }
 
     /// Generates like `generate`, reporting each sampled token id with the text it completed
@@ -173,7 +193,8 @@ impl LlamaRunner {
         }
         let budget = (request.max_tokens as usize).min(n_ctx - prompt.len());
         let mut sampler = sampling::build(&request.sampling, self.model.borrow_owner());
-        let internal = |what: &str, e: &dyn std::fmt::Display| InferError::Internal(format!("{what}: {e}"));
+        let internal =
+            |what: &str, e: &dyn std::fmt::Display| InferError::Internal(format!("{what}: {e}"));
 
         self.model.with_dependent_mut(|model, ctx| {
             let vocab = model.vocab();

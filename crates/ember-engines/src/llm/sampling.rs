@@ -13,7 +13,13 @@ pub fn build(sampling: &Sampling, model: &LlamaModel) -> LlamaSampler {
     let frequency = sampling.frequency_penalty.unwrap_or(0.0);
     let presence = sampling.presence_penalty.unwrap_or(0.0);
     if repeat != 1.0 || frequency != 0.0 || presence != 0.0 {
-        chain.push(LlamaSampler::penalties(model.n_vocab(), PENALTY_WINDOW, repeat, frequency, presence));
+        chain.push(LlamaSampler::penalties(
+            model.n_vocab(),
+            PENALTY_WINDOW,
+            repeat,
+            frequency,
+            presence,
+        ));
     }
     if sampling.temperature <= 0.0 {
         chain.push(LlamaSampler::greedy());
@@ -43,7 +49,10 @@ fn seed_u32(seed: Option<u64>) -> u32 {
 mod tests {
     #[test]
     fn large_seeds_stay_distinct() {
-        assert_ne!(super::seed_u32(Some(1)), super::seed_u32(Some(1 + (1 << 32))));
+        assert_ne!(
+            super::seed_u32(Some(1)),
+            super::seed_u32(Some(1 + (1 << 32)))
+        );
         assert_eq!(super::seed_u32(Some(42)), super::seed_u32(Some(42)));
     }
 }

@@ -13,13 +13,20 @@ pub struct ChatTemplate {
 
 impl ChatTemplate {
     /// Compiles a template. Fails on syntax errors so a broken template is a load error.
-    pub fn new(source: String, bos_token: String, eos_token: String) -> Result<ChatTemplate, Error> {
+    pub fn new(
+        source: String,
+        bos_token: String,
+        eos_token: String,
+    ) -> Result<ChatTemplate, Error> {
         let mut env = Environment::new();
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |message: String| -> Result<String, Error> {
-            Err(Error::new(ErrorKind::InvalidOperation, message))
-        });
+        env.add_function(
+            "raise_exception",
+            |message: String| -> Result<String, Error> {
+                Err(Error::new(ErrorKind::InvalidOperation, message))
+            },
+        );
         env.add_function("strftime_now", |format: String| {
             // Templates use this to print today's date in the system prompt.
             time_now_formatted(&format)
@@ -50,7 +57,17 @@ fn time_now_formatted(format: &str) -> String {
         .map_or(0, |d| d.as_secs() / 86_400) as i64;
     let (year, month, day) = civil_from_days(days);
     const MONTHS: [&str; 12] = [
-        "January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November",
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
         "December",
     ];
     let month_name = MONTHS[(month - 1) as usize];
@@ -108,7 +125,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(template.render(&[msg("user", " hey ")]).unwrap(), "HEY");
-        assert!(template.render(&[msg("tool", "x")]).unwrap_err().to_string().contains("no tools"));
+        assert!(
+            template
+                .render(&[msg("tool", "x")])
+                .unwrap_err()
+                .to_string()
+                .contains("no tools")
+        );
     }
 
     #[test]
