@@ -146,21 +146,13 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
                 shutdown_grace: Duration::from_secs(
                     shutdown_grace.or(file.shutdown_grace_secs).unwrap_or(30),
                 ),
+                preload,
             };
-            runtime.block_on(async {
-                if !preload.is_empty() {
-                    let ember = open_ember(
-                        &config.home,
-                        config.catalog.as_deref(),
-                        config.aliases.clone(),
-                    )?;
-                    for model in &preload {
-                        let spec = ember.resolve(model)?;
-                        ember.worker(spec).await?;
-                    }
-                }
-                ember::serve(config, ember::server::shutdown_signal(), |_| {}).await
-            })
+            runtime.block_on(ember::serve(
+                config,
+                ember::server::shutdown_signal(),
+                |_| {},
+            ))
         }
         Command::Run {
             model,

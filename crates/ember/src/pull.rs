@@ -782,18 +782,15 @@ struct Http {
 
 impl Http {
     fn new(token: Option<String>) -> Result<Http> {
-        let roots = extra_roots();
+        // Trusts the system's certificate store (and `SSL_CERT_FILE`) as well as the built-in
+        // roots, for networks that intercept TLS with their own certificate authority.
         let builder = || {
-            let mut builder = Client::builder()
+            Client::builder()
                 .user_agent(concat!("ember/", env!("CARGO_PKG_VERSION")))
                 .connect_timeout(Duration::from_secs(30))
                 // The blocking client applies this to each wait (headers, every body read), so it
                 // bounds stalls rather than whole multi-GB downloads.
-                .timeout(Duration::from_secs(120));
-            for root in &roots {
-                builder = builder.add_root_certificate(root.clone());
-            }
-            builder
+                .timeout(Duration::from_secs(120))
         };
         Ok(Http {
             client: builder().build().context("creating the HTTP client")?,
@@ -815,21 +812,6 @@ impl Http {
             None => request,
         }
     }
-}
-
-/// Certificates to trust besides the built-in (Mozilla) roots: the PEM bundle named by
-/// `SSL_CERT_FILE`, as on networks that intercept TLS with their own certificate authority.
-fn extra_roots() -> Vec<reqwest::Certificate> {
-    let Some(path) = std::env::var_os("SSL_CERT_FILE") else {
-        return Vec::new();
-    };
-    let certs = fs::read(&path)
-        .map_err(anyhow::Error::from)
-        .and_then(|pem| Ok(reqwest::Certificate::from_pem_bundle(&pem)?));
-    certs.unwrap_or_else(|error| {
-        tracing::warn!(path = %Path::new(&path).display(), %error, "ignoring SSL_CERT_FILE");
-        Vec::new()
-    })
 }
 
 /// Streams `url` into `dest` via `dest.part`, resuming a `.part` left by an earlier attempt with a

@@ -25,6 +25,8 @@ pub struct ServeConfig {
     pub aliases: HashMap<String, String>,
     pub request_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// Models to load before listening, instead of on first use.
+    pub preload: Vec<String>,
 }
 
 /// The `run()` API over the built-in (or user) catalog, with the real engines behind it.

@@ -715,6 +715,7 @@ async fn graceful_shutdown_lets_in_flight_streams_finish() {
         aliases: HashMap::new(),
         request_timeout: Duration::from_secs(60),
         shutdown_grace: Duration::from_secs(60),
+        preload: vec![SMOL.to_string()],
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
