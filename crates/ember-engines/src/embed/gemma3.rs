@@ -179,13 +179,15 @@ struct Layer {
     post_attention_norm: Tensor,
     pre_feedforward_norm: Tensor,
     post_feedforward_norm: Tensor,
-    /// q, k and v projections stacked: `[(heads + 2·kv_heads)·head_dim, hidden]`.
+    // Projection weights are stored transposed (`[in, out]`, contiguous): gemm runs up to twice
+    // as fast on them as on a transposed view of the checkpoint's `[out, in]` layout.
+    /// q, k and v projections side by side: `[hidden, (heads + 2·kv_heads)·head_dim]`.
     qkv: Tensor,
     o: Tensor,
     q_norm: Tensor,
     k_norm: Tensor,
-    /// gate and up projections stacked: `[2·intermediate, hidden]`.
-    gate_up: Tensor,
+    gate: Tensor,
+    up: Tensor,
     down: Tensor,
 }
 
@@ -217,6 +219,14 @@ impl Weights {
         }
         tensor
             .to_dtype(DType::F32)
+            .map_err(|e| format!("{name}: {e}"))
+    }
+
+    /// A linear layer's `[out, in]` weight, as a contiguous `[in, out]` matrix.
+    fn linear(&mut self, name: &str, out: usize, input: usize) -> Result<Tensor, String> {
+        self.take(name, &[out, input])?
+            .t()
+            .and_then(|w| w.contiguous())
             .map_err(|e| format!("{name}: {e}"))
     }
 
@@ -282,26 +292,27 @@ impl Gemma3Encoder {
         let mut w = Weights { tensors, prefix };
         let (hidden, inter) = (config.hidden_size, config.intermediate_size);
         let cat = |parts: &[Tensor], name: &str| {
-            Tensor::cat(parts, 0).map_err(|e| format!("{name}: {e}"))
+            Tensor::cat(parts, 1).map_err(|e| format!("{name}: {e}"))
         };
         let embed_tokens = w.take("embed_tokens.weight", &[config.vocab_size, hidden])?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for (i, sliding) in sliding.into_iter().enumerate() {
             let p = format!("layers.{i}.");
-            let q = w.take(
+            let q = w.linear(
                 &format!("{p}self_attn.q_proj.weight"),
-                &[heads * head_dim, hidden],
+                heads * head_dim,
+                hidden,
             )?;
-            let k = w.take(
+            let k = w.linear(
                 &format!("{p}self_attn.k_proj.weight"),
-                &[kv_heads * head_dim, hidden],
+                kv_heads * head_dim,
+                hidden,
             )?;
-            let v = w.take(
+            let v = w.linear(
                 &format!("{p}self_attn.v_proj.weight"),
-                &[kv_heads * head_dim, hidden],
+                kv_heads * head_dim,
+                hidden,
             )?;
-            let gate = w.take(&format!("{p}mlp.gate_proj.weight"), &[inter, hidden])?;
-            let up = w.take(&format!("{p}mlp.up_proj.weight"), &[inter, hidden])?;
             layers.push(Layer {
                 sliding,
                 input_norm: w.norm(&format!("{p}input_layernorm.weight"), hidden)?,
@@ -312,14 +323,16 @@ impl Gemma3Encoder {
                 post_feedforward_norm: w
                     .norm(&format!("{p}post_feedforward_layernorm.weight"), hidden)?,
                 qkv: cat(&[q, k, v], "qkv")?,
-                o: w.take(
+                o: w.linear(
                     &format!("{p}self_attn.o_proj.weight"),
-                    &[hidden, heads * head_dim],
+                    hidden,
+                    heads * head_dim,
                 )?,
                 q_norm: w.norm(&format!("{p}self_attn.q_norm.weight"), head_dim)?,
                 k_norm: w.norm(&format!("{p}self_attn.k_norm.weight"), head_dim)?,
-                gate_up: cat(&[gate, up], "gate_up")?,
-                down: w.take(&format!("{p}mlp.down_proj.weight"), &[hidden, inter])?,
+                gate: w.linear(&format!("{p}mlp.gate_proj.weight"), inter, hidden)?,
+                up: w.linear(&format!("{p}mlp.up_proj.weight"), inter, hidden)?,
+                down: w.linear(&format!("{p}mlp.down_proj.weight"), hidden, inter)?,
             });
         }
         let norm = w.norm("norm.weight", hidden)?;
@@ -357,7 +370,7 @@ impl Gemma3Encoder {
         let c = &self.config;
         let (heads, kv_heads, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let groups = heads / kv_heads;
-        let qkv = xs.matmul(&layer.qkv.t()?)?;
+        let qkv = xs.matmul(&layer.qkv)?;
         let q = qkv.narrow(1, 0, heads * hd)?.reshape((b, t, heads, hd))?;
         let k = qkv
             .narrow(1, heads * hd, kv_heads * hd)?
@@ -375,8 +388,10 @@ impl Gemma3Encoder {
         // Grouped-query attention without copying k/v: the q heads sharing a kv head are stacked
         // along the sequence axis ([b, kv, groups·t, hd]).
         let q = q.reshape((b, kv_heads, groups * t, hd))?;
+        // A contiguous kᵀ: gemm is ~1.5× faster on it than on the transposed view.
+        let k_t = k.t()?.contiguous()?;
         let scores = q
-            .matmul(&k.t()?)?
+            .matmul(&k_t)?
             .reshape((b, heads, t, t))?
             .broadcast_add(mask)?;
         let probs = softmax_last_dim(&scores)?.reshape((b, kv_heads, groups * t, t))?;
@@ -385,15 +400,14 @@ impl Gemma3Encoder {
             .reshape((b, heads, t, hd))?
             .transpose(1, 2)?
             .contiguous()?;
-        out.reshape((b * t, heads * hd))?.matmul(&layer.o.t()?)
+        out.reshape((b * t, heads * hd))?.matmul(&layer.o)
     }
 
     fn mlp(&self, layer: &Layer, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let inter = self.config.intermediate_size;
-        let gate_up = xs.matmul(&layer.gate_up.t()?)?;
-        let gate = gate_up.narrow(1, 0, inter)?.gelu()?;
-        let up = gate_up.narrow(1, inter, inter)?;
-        (gate * up)?.matmul(&layer.down.t()?)
+        // Separate gate and up products keep both contiguous (gelu on a strided view is 2× slower).
+        let gate = xs.matmul(&layer.gate)?.gelu()?;
+        let up = xs.matmul(&layer.up)?;
+        (gate * up)?.matmul(&layer.down)
     }
 }
 

@@ -267,9 +267,9 @@ pub(crate) fn l2_normalize(xs: &Tensor) -> candle_core::Result<Tensor> {
 /// A sentence-transformers module applied after pooling.
 #[derive(Debug)]
 pub(crate) enum HeadModule {
-    /// `activation(x · Wᵀ + b)`.
+    /// `activation(x · W + b)`, `W` kept `[in, out]` (the checkpoint's `[out, in]` transposed).
     Dense {
-        weight: Tensor,
+        weight_t: Tensor,
         bias: Option<Tensor>,
         activation: Activation,
     },
@@ -286,11 +286,11 @@ impl HeadModule {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             HeadModule::Dense {
-                weight,
+                weight_t,
                 bias,
                 activation,
             } => {
-                let mut ys = xs.matmul(&weight.t()?)?;
+                let mut ys = xs.matmul(weight_t)?;
                 if let Some(bias) = bias {
                     ys = ys.broadcast_add(bias)?;
                 }
@@ -400,8 +400,12 @@ fn load_dense(dir: &Path) -> Result<HeadModule, String> {
     } else {
         None
     };
+    let weight_t = weight
+        .t()
+        .and_then(|w| w.contiguous())
+        .map_err(|e| e.to_string())?;
     Ok(HeadModule::Dense {
-        weight,
+        weight_t,
         bias,
         activation,
     })
@@ -575,7 +579,7 @@ mod tests {
     #[test]
     fn dense_is_x_times_w_transposed() {
         let dense = HeadModule::Dense {
-            weight: t2(&[&[1., 0.], &[1., 1.], &[0., 2.]]),
+            weight_t: t2(&[&[1., 1., 0.], &[0., 1., 2.]]),
             bias: None,
             activation: Activation::Identity,
         };
