@@ -177,13 +177,3 @@ impl ModelWorker {
         })
     }
 }
-
-impl<T: EmbeddingsRunner + ?Sized> EmbeddingsRunner for Box<T> {
-    fn embed(
-        &mut self,
-        texts: &[String],
-        pooling: Pooling,
-    ) -> Result<EmbeddingsOutput, InferError> {
-        (**self).embed(texts, pooling)
-    }
-}

@@ -1,6 +1,6 @@
 //! Ember's engines: the code that runs model weights. Text generation on llama.cpp (`llm`), text
 //! embeddings on candle (`embed`). `load` picks the engine a catalog entry names and starts the
-//! model's worker thread. This is the only crate with kernel dependencies and GPU features.
+//! model's worker thread. This is the only crate with kernel dependencies.
 
 pub mod embed;
 pub mod llm;

@@ -81,7 +81,7 @@ fn check_model(fixture_file: &str, id: &str) -> f64 {
     let fixture = fixture(fixture_file);
     let spec = spec(id);
     let dir = model_dir(&spec);
-    let mut model = embed::load_embedder(&spec, &dir).unwrap_or_else(|e| panic!("{id}: {e}"));
+    let mut model = embed::load(&spec, &dir).unwrap_or_else(|e| panic!("{id}: {e}"));
     let texts: Vec<String> = fixture.cases.iter().map(|c| c.text.clone()).collect();
 
     // Tokenization, truncation included, is exactly the reference's.
@@ -184,7 +184,7 @@ fn load_reports_a_missing_folder() {
 }
 
 #[test]
-fn boxed_runner_embeds_and_normalizes() {
+fn runner_embeds_and_normalizes() {
     let spec = spec("@hf/sentence-transformers/all-minilm-l6-v2");
     let mut runner = embed::load(&spec, &model_dir(&spec)).unwrap();
     let texts: Vec<String> = [

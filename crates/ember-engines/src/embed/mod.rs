@@ -51,12 +51,7 @@ pub(crate) trait Encoder: Send {
 }
 
 /// Loads an embeddings model from its folder, choosing the encoder by `spec.engine`.
-pub fn load(spec: &ModelSpec, dir: &Path) -> Result<Box<dyn EmbeddingsRunner>, InferError> {
-    Ok(Box::new(load_embedder(spec, dir)?))
-}
-
-/// [`load`], returning the concrete runner (which can also tokenize, for tests and tools).
-pub fn load_embedder(spec: &ModelSpec, dir: &Path) -> Result<SentenceEmbedder, InferError> {
+pub fn load(spec: &ModelSpec, dir: &Path) -> Result<SentenceEmbedder, InferError> {
     let failed = |reason: String| InferError::LoadFailed {
         model: spec.id.clone(),
         reason,
