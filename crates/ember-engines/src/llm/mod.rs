@@ -172,7 +172,8 @@ impl LlamaRunner {
     }
 
     /// Generates like `generate`, reporting each sampled token id with the text it completed
-    /// (empty while a multi-byte character is still partial).
+    /// (empty while a multi-byte character is still partial). Bytes still held when generation
+    /// ends (a character the model never finished) are reported last with the token id -1.
     pub fn generate_tokens(
         &mut self,
         request: &TextGenerationRequest,
