@@ -176,12 +176,16 @@ async fn rest_chat_returns_the_envelope_with_usage_and_is_logged() {
     assert!(prompt > 10 && completion > 0 && completion <= 24);
     assert_eq!(usage["total_tokens"].as_u64().unwrap(), prompt + completion);
 
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let record = app
-        .store
-        .request(reply.header("cf-ai-req-id"))
-        .unwrap()
-        .expect("request logged");
+    // The log row is written off the async threads; wait for it rather than for a fixed time.
+    let mut record = None;
+    for _ in 0..100 {
+        record = app.store.request(reply.header("cf-ai-req-id")).unwrap();
+        if record.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let record = record.expect("request logged");
     assert_eq!(
         (
             record.model.as_str(),
