@@ -1,27 +1,47 @@
 //! `Ember`: the in-process `run(model, input)` API shared by the CLI and the HTTP server. It
-//! resolves aliases, checks the model is installed, loads it on first use (one worker thread per
-//! model), validates the input for the model's task and returns a JSON result or a text stream.
+//! resolves aliases, checks the model is installed, loads it on first use within the memory
+//! budget (unloading idle models to make room), validates the input for the model's task, admits
+//! it and returns a JSON result or a text stream.
 
 use crate::InferError;
 use crate::catalog::{Catalog, ModelSpec, Task};
 use crate::installed;
-use crate::runner::{ModelWorker, TextEvent};
+use crate::metrics::{Metrics, ModelMetrics};
+use crate::runner::{LoadedModel, TextEvent};
 use crate::tasks::{self, Completion, Usage};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{OnceCell, mpsc};
 
-/// Loads a model's files onto a worker thread. Implemented by the engines crate.
-pub type ModelLoader = dyn Fn(&ModelSpec, &Path) -> Result<ModelWorker, InferError> + Send + Sync;
+/// Loads a model's files into a running engine. Implemented by the engines crate.
+pub type ModelLoader =
+    dyn Fn(&ModelSpec, &Path, ModelMetrics) -> Result<LoadedModel, InferError> + Send + Sync;
 
 /// Per-request settings that are not part of the model input.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     /// Longest a non-streamed run may take before it fails with `Timeout`.
     pub timeout: Option<Duration>,
+    /// `options.rejectIfBusy`: fail with 3040 at once instead of waiting for a free slot.
+    pub reject_if_busy: bool,
+    /// `x-session-affinity`: keeps this conversation's prefix cache entries longest.
+    pub session: Option<String>,
+}
+
+/// How much may be loaded at once.
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryLimits {
+    /// Bytes all loaded models together may hold; idle models are unloaded to make room.
+    pub budget: u64,
+}
+
+/// A model that is loading or loaded.
+struct Resident {
+    model: Arc<OnceCell<LoadedModel>>,
+    last_used: Instant,
 }
 
 /// What a run produced.
@@ -44,7 +64,9 @@ pub struct Ember {
     aliases: HashMap<String, String>,
     home: PathBuf,
     loader: Arc<ModelLoader>,
-    loaded: Mutex<HashMap<String, Arc<OnceCell<ModelWorker>>>>,
+    metrics: Arc<Metrics>,
+    memory: MemoryLimits,
+    resident: Mutex<HashMap<String, Resident>>,
 }
 
 impl Ember {
@@ -55,6 +77,7 @@ impl Ember {
         aliases: HashMap<String, String>,
         home: PathBuf,
         loader: Arc<ModelLoader>,
+        memory: MemoryLimits,
     ) -> Result<Ember, String> {
         for (from, to) in &aliases {
             if catalog.get(to).is_none() {
@@ -66,8 +89,15 @@ impl Ember {
             aliases,
             home,
             loader,
-            loaded: Mutex::new(HashMap::new()),
+            metrics: Metrics::new(),
+            memory,
+            resident: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The serving metrics of every model.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub fn catalog(&self) -> &Catalog {
@@ -90,28 +120,116 @@ impl Ember {
         installed::is_installed(spec, &installed::model_dir(&self.home, spec))
     }
 
-    /// The worker for a model, loading it on first use. Concurrent first requests share one load.
-    pub async fn worker(&self, spec: &ModelSpec) -> Result<ModelWorker, InferError> {
+    /// The loaded model, loading it on first use. Concurrent first requests share one load.
+    pub async fn model(&self, spec: &ModelSpec) -> Result<LoadedModel, InferError> {
         if !self.is_installed(spec) {
             return Err(InferError::NotInstalled(spec.id.clone()));
         }
         let cell = {
-            let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-            loaded.entry(spec.id.clone()).or_default().clone()
+            let mut resident = self.lock_resident();
+            let entry = resident.entry(spec.id.clone()).or_insert_with(|| Resident {
+                model: Arc::default(),
+                last_used: Instant::now(),
+            });
+            entry.last_used = Instant::now();
+            entry.model.clone()
         };
-        cell.get_or_try_init(|| async {
-            let dir = installed::model_dir(&self.home, spec);
-            tracing::info!(model = %spec.id, dir = %dir.display(), "loading model");
-            let started = std::time::Instant::now();
-            let (loader, spec_owned) = (self.loader.clone(), spec.clone());
-            let worker = tokio::task::spawn_blocking(move || loader(&spec_owned, &dir))
-                .await
-                .map_err(|e| InferError::Internal(format!("model loading panicked: {e}")))??;
-            tracing::info!(model = %spec.id, seconds = started.elapsed().as_secs_f32(), "model ready");
-            Ok(worker)
-        })
-        .await
-        .cloned()
+        let loaded = cell
+            .get_or_try_init(|| async {
+                self.make_room(spec)?;
+                let dir = installed::model_dir(&self.home, spec);
+                tracing::info!(model = %spec.id, dir = %dir.display(), "loading model");
+                let started = Instant::now();
+                let metrics = self.metrics.model(&spec.id);
+                let (loader, spec_owned) = (self.loader.clone(), spec.clone());
+                let model = tokio::task::spawn_blocking(move || loader(&spec_owned, &dir, metrics))
+                    .await
+                    .map_err(|e| InferError::Internal(format!("model loading panicked: {e}")))??;
+                self.metrics.model(&spec.id).set_loaded(true);
+                tracing::info!(
+                    model = %spec.id,
+                    seconds = started.elapsed().as_secs_f32(),
+                    mib = model.memory_bytes() >> 20,
+                    "model ready"
+                );
+                Ok(model)
+            })
+            .await;
+        if loaded.is_err() {
+            // Let the next request try again rather than keep a failed slot.
+            self.lock_resident().remove(&spec.id);
+        }
+        loaded.cloned()
+    }
+
+    /// Unloads idle models until `spec` fits the memory budget next to the busy ones.
+    fn make_room(&self, spec: &ModelSpec) -> Result<(), InferError> {
+        let dir = installed::model_dir(&self.home, spec);
+        let needed: u64 = spec
+            .files
+            .iter()
+            .filter_map(|f| std::fs::metadata(dir.join(&f.path)).ok())
+            .map(|m| m.len())
+            .sum();
+        let mut resident = self.lock_resident();
+        loop {
+            let loaded: Vec<(&String, &Resident, &LoadedModel)> = resident
+                .iter()
+                .filter_map(|(id, r)| r.model.get().map(|m| (id, r, m)))
+                .collect();
+            let used: u64 = loaded.iter().map(|(_, _, m)| m.memory_bytes()).sum();
+            if used + needed <= self.memory.budget {
+                return Ok(());
+            }
+            let idle = loaded
+                .iter()
+                .filter(|(_, _, m)| !m.is_busy())
+                .min_by_key(|(_, r, _)| r.last_used)
+                .map(|(id, _, _)| (*id).clone());
+            let Some(victim) = idle else {
+                return Err(InferError::LoadFailed {
+                    model: spec.id.clone(),
+                    reason: format!(
+                        "it needs about {} MiB and the busy models already hold {} of the {} MiB memory budget",
+                        needed >> 20,
+                        used >> 20,
+                        self.memory.budget >> 20
+                    ),
+                });
+            };
+            tracing::info!(model = %victim, "unloading to make room for {}", spec.id);
+            resident.remove(&victim);
+            self.metrics.model(&victim).set_loaded(false);
+        }
+    }
+
+    /// Unloads every model that has served nothing for `idle` and has nothing in flight.
+    pub fn unload_idle(&self, idle: Duration) {
+        let mut resident = self.lock_resident();
+        resident.retain(|id, r| {
+            let unload = r.last_used.elapsed() >= idle && r.model.get().is_some_and(|m| !m.is_busy());
+            if unload {
+                tracing::info!(model = %id, idle_s = r.last_used.elapsed().as_secs(), "unloading idle model");
+                self.metrics.model(id).set_loaded(false);
+            }
+            !unload
+        });
+    }
+
+    /// Ids of the models in memory.
+    pub fn loaded_models(&self) -> Vec<String> {
+        let resident = self.lock_resident();
+        let mut ids: Vec<String> = resident
+            .iter()
+            .filter(|(_, r)| r.model.get().is_some())
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    fn lock_resident(&self) -> std::sync::MutexGuard<'_, HashMap<String, Resident>> {
+        self.resident.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Runs `model` on a task input, the way `env.AI.run(model, input)` does.
@@ -126,7 +244,14 @@ impl Ember {
             Task::TextGeneration => {
                 let request = tasks::parse_text_generation(input, spec)?;
                 let stream = request.stream;
-                let events = self.worker(spec).await?.generate(request)?;
+                let LoadedModel::TextGeneration(generator) = self.model(spec).await? else {
+                    return Err(InferError::Internal(format!(
+                        "{} is not a text generator",
+                        spec.id
+                    )));
+                };
+                let ticket = generator.admission().admit(options.reject_if_busy).await?;
+                let events = generator.start(request, options.session.clone(), ticket)?;
                 if stream {
                     RunOutput::Stream(events)
                 } else {
@@ -139,7 +264,12 @@ impl Ember {
             }
             Task::TextEmbeddings => {
                 let request = tasks::parse_embeddings(input)?;
-                let worker = self.worker(spec).await?;
+                let LoadedModel::Embeddings(worker) = self.model(spec).await? else {
+                    return Err(InferError::Internal(format!(
+                        "{} is not an embeddings model",
+                        spec.id
+                    )));
+                };
                 let embedded = with_timeout(
                     options.timeout,
                     worker.embed(request.texts, request.pooling),

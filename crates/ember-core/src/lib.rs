@@ -2,13 +2,15 @@
 //! engines implement, and the in-process `run()` API that the CLI and the HTTP server share.
 //! No HTTP, no model kernels, no SQL live here.
 
+pub mod admission;
 pub mod catalog;
 pub mod ember;
 pub mod error;
 pub mod installed;
+pub mod metrics;
 pub mod runner;
 pub mod tasks;
 
 pub use catalog::{Catalog, ModelSpec, Task};
-pub use ember::{Ember, Run, RunOptions, RunOutput};
+pub use ember::{Ember, MemoryLimits, Run, RunOptions, RunOutput};
 pub use error::InferError;

@@ -1,28 +1,67 @@
-//! The runner traits that engines implement, and the worker thread that owns a loaded model.
+//! What engines implement: a `TextGenerator` (an engine with its own scheduler thread, fed
+//! admitted requests) and an `EmbeddingsRunner` (run on the model's worker thread), plus the
+//! worker thread that owns an embeddings model.
 //!
-//! Invariant: a model lives on exactly one named OS thread, fed by a bounded queue of jobs that
-//! carry their own reply channel. Async code never touches the model; a job whose caller has gone
-//! (reply channel closed) is skipped or stopped at the next token.
+//! Invariant: an embeddings model lives on exactly one named OS thread, fed by a bounded queue of
+//! jobs that carry their own reply channel. Async code never touches the model; a job whose caller
+//! has gone (reply channel closed) is skipped.
 
 use crate::InferError;
+use crate::admission::{Admission, Ticket};
 use crate::tasks::{Completion, EmbeddingsOutput, Pooling, TextGenerationRequest};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
 use tokio::sync::{mpsc, oneshot};
 
-/// Jobs waiting for a model beyond the one it is running; more are refused with `Overloaded`.
+/// Embeddings jobs waiting for a model beyond the one it is running; more are refused with
+/// `Overloaded`.
 pub const QUEUE_DEPTH: usize = 64;
-/// Streamed text pieces buffered per request before the model thread waits for the client.
+/// Streamed events buffered per request; a client that falls this far behind pauses its own
+/// sequence (never the others).
 pub const STREAM_BUFFER: usize = 64;
 
-/// A text generation engine. Runs on the model's thread.
-pub trait TextGenerationRunner {
-    /// Generates a completion, calling `on_text` with each new piece of text (always whole UTF-8
-    /// characters). Stops early when `on_text` returns false (the client went away).
-    fn generate(
-        &mut self,
-        request: &TextGenerationRequest,
-        on_text: &mut dyn FnMut(&str) -> bool,
-    ) -> Result<Completion, InferError>;
+/// A text generation engine: schedules many sequences on one loaded model.
+pub trait TextGenerator: Send + Sync {
+    /// The engine's sequence slots; a request holds a ticket from here before `start`.
+    fn admission(&self) -> &Admission;
+
+    /// Prepares the prompt and hands the request to the engine. Its text arrives on the returned
+    /// channel, ending with `Done` or `Failed`; dropping the receiver cancels it within one step.
+    /// `session` (`x-session-affinity`) keeps the conversation's prefix cache entries longest.
+    fn start(
+        &self,
+        request: TextGenerationRequest,
+        session: Option<String>,
+        ticket: Ticket,
+    ) -> Result<mpsc::Receiver<TextEvent>, InferError>;
+
+    /// Bytes the loaded model holds (weights and caches), for the memory budget.
+    fn memory_bytes(&self) -> u64;
+}
+
+/// A loaded model, ready to serve its task.
+#[derive(Clone)]
+pub enum LoadedModel {
+    TextGeneration(Arc<dyn TextGenerator>),
+    Embeddings(ModelWorker),
+}
+
+impl LoadedModel {
+    /// True while requests are running or waiting on the model.
+    pub fn is_busy(&self) -> bool {
+        match self {
+            LoadedModel::TextGeneration(generator) => generator.admission().in_flight() > 0,
+            LoadedModel::Embeddings(worker) => worker.is_busy(),
+        }
+    }
+
+    pub fn memory_bytes(&self) -> u64 {
+        match self {
+            LoadedModel::TextGeneration(generator) => generator.memory_bytes(),
+            LoadedModel::Embeddings(worker) => worker.memory_bytes,
+        }
+    }
 }
 
 /// A text embeddings engine. Runs on the model's thread.
@@ -40,83 +79,38 @@ pub enum TextEvent {
     Failed(InferError),
 }
 
-enum Job {
-    Generate {
-        request: TextGenerationRequest,
-        events: mpsc::Sender<TextEvent>,
-    },
-    Embed {
-        texts: Vec<String>,
-        pooling: Pooling,
-        reply: oneshot::Sender<Result<EmbeddingsOutput, InferError>>,
-    },
+struct EmbedJob {
+    texts: Vec<String>,
+    pooling: Pooling,
+    reply: oneshot::Sender<Result<EmbeddingsOutput, InferError>>,
 }
 
-/// A handle to a model's worker thread. Cheap to clone; the thread ends when the last handle drops.
+/// A handle to an embeddings model's worker thread. Cheap to clone; the thread ends when the last handle drops.
 #[derive(Clone)]
 pub struct ModelWorker {
-    jobs: std_mpsc::SyncSender<Job>,
+    jobs: std_mpsc::SyncSender<EmbedJob>,
+    /// Jobs queued or running.
+    pending: Arc<AtomicUsize>,
+    memory_bytes: u64,
 }
 
 impl ModelWorker {
-    /// Starts a thread that builds a text generation runner with `build` and then serves jobs.
-    /// Returns once the model has loaded, or with the load error.
-    pub fn text_generation<F, R>(name: &str, build: F) -> Result<ModelWorker, InferError>
-    where
-        F: FnOnce() -> Result<R, InferError> + Send + 'static,
-        R: TextGenerationRunner + 'static,
-    {
-        Self::spawn(name, build, |runner: &mut R, job| match job {
-            Job::Generate { request, events } => {
-                let mut on_text = |text: &str| {
-                    events
-                        .blocking_send(TextEvent::Text(text.to_string()))
-                        .is_ok()
-                };
-                let last = match runner.generate(&request, &mut on_text) {
-                    Ok(completion) => TextEvent::Done(completion),
-                    Err(error) => TextEvent::Failed(error),
-                };
-                let _ = events.blocking_send(last);
-            }
-            Job::Embed { reply, .. } => {
-                let _ = reply.send(Err(InferError::Internal("not an embeddings model".into())));
-            }
-        })
-    }
-
     /// Starts a thread that builds an embeddings runner with `build` and then serves jobs.
-    pub fn embeddings<F, R>(name: &str, build: F) -> Result<ModelWorker, InferError>
+    /// Returns once the model has loaded, or with the load error. `memory_bytes` is what the
+    /// model holds, for the memory budget.
+    pub fn embeddings<F, R>(
+        name: &str,
+        memory_bytes: u64,
+        build: F,
+    ) -> Result<ModelWorker, InferError>
     where
         F: FnOnce() -> Result<R, InferError> + Send + 'static,
         R: EmbeddingsRunner + 'static,
     {
-        Self::spawn(name, build, |runner: &mut R, job| match job {
-            Job::Embed {
-                texts,
-                pooling,
-                reply,
-            } => {
-                if !reply.is_closed() {
-                    let _ = reply.send(runner.embed(&texts, pooling));
-                }
-            }
-            Job::Generate { events, .. } => {
-                let _ = events.blocking_send(TextEvent::Failed(InferError::Internal(
-                    "not a text generation model".into(),
-                )));
-            }
-        })
-    }
-
-    fn spawn<F, R, S>(name: &str, build: F, serve: S) -> Result<ModelWorker, InferError>
-    where
-        F: FnOnce() -> Result<R, InferError> + Send + 'static,
-        R: 'static,
-        S: Fn(&mut R, Job) + Send + 'static,
-    {
-        let (jobs, queue) = std_mpsc::sync_channel::<Job>(QUEUE_DEPTH);
+        let (jobs, queue) = std_mpsc::sync_channel::<EmbedJob>(QUEUE_DEPTH);
         let (ready_tx, ready_rx) = std_mpsc::sync_channel::<Result<(), InferError>>(1);
+        let pending = Arc::new(AtomicUsize::new(0));
+        let pending_in_thread = pending.clone();
         std::thread::Builder::new()
             .name(format!("model {name}"))
             .spawn(move || {
@@ -131,24 +125,25 @@ impl ModelWorker {
                     }
                 };
                 while let Ok(job) = queue.recv() {
-                    serve(&mut runner, job);
+                    if !job.reply.is_closed() {
+                        let _ = job.reply.send(runner.embed(&job.texts, job.pooling));
+                    }
+                    pending_in_thread.fetch_sub(1, Ordering::SeqCst);
                 }
             })
             .map_err(|e| InferError::Internal(format!("cannot start model thread: {e}")))?;
         ready_rx
             .recv()
             .map_err(|_| InferError::Internal("model thread died while loading".into()))??;
-        Ok(ModelWorker { jobs })
+        Ok(ModelWorker {
+            jobs,
+            pending,
+            memory_bytes,
+        })
     }
 
-    /// Queues a generation; its text arrives on the returned channel, ending with `Done` or `Failed`.
-    pub fn generate(
-        &self,
-        request: TextGenerationRequest,
-    ) -> Result<mpsc::Receiver<TextEvent>, InferError> {
-        let (events, receiver) = mpsc::channel(STREAM_BUFFER);
-        self.submit(Job::Generate { request, events })?;
-        Ok(receiver)
+    fn is_busy(&self) -> bool {
+        self.pending.load(Ordering::SeqCst) > 0
     }
 
     /// Queues an embeddings job and waits for its result.
@@ -158,22 +153,23 @@ impl ModelWorker {
         pooling: Pooling,
     ) -> Result<EmbeddingsOutput, InferError> {
         let (reply, result) = oneshot::channel();
-        self.submit(Job::Embed {
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        let job = EmbedJob {
             texts,
             pooling,
             reply,
-        })?;
+        };
+        if let Err(error) = self.jobs.try_send(job) {
+            self.pending.fetch_sub(1, Ordering::SeqCst);
+            return Err(match error {
+                std_mpsc::TrySendError::Full(_) => InferError::Overloaded,
+                std_mpsc::TrySendError::Disconnected(_) => {
+                    InferError::Internal("model thread stopped".into())
+                }
+            });
+        }
         result
             .await
             .map_err(|_| InferError::Internal("model thread stopped".into()))?
-    }
-
-    fn submit(&self, job: Job) -> Result<(), InferError> {
-        self.jobs.try_send(job).map_err(|e| match e {
-            std_mpsc::TrySendError::Full(_) => InferError::Overloaded,
-            std_mpsc::TrySendError::Disconnected(_) => {
-                InferError::Internal("model thread stopped".into())
-            }
-        })
     }
 }

@@ -41,6 +41,8 @@ pub struct Sampling {
     pub temperature: f32,
     pub top_p: Option<f32>,
     pub top_k: Option<u32>,
+    /// Drops tokens less likely than `min_p` times the most likely one (an Ember extension).
+    pub min_p: Option<f32>,
     pub seed: Option<u64>,
     pub repetition_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
@@ -71,6 +73,13 @@ pub struct Usage {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
     pub total_tokens: u32,
+    pub prompt_tokens_details: PromptTokensDetails,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PromptTokensDetails {
+    /// Prompt tokens whose KV cells came from the prefix cache instead of being computed.
+    pub cached_tokens: u32,
 }
 
 impl Usage {
@@ -79,7 +88,13 @@ impl Usage {
             prompt_tokens,
             completion_tokens,
             total_tokens: prompt_tokens + completion_tokens,
+            prompt_tokens_details: PromptTokensDetails::default(),
         }
+    }
+
+    pub fn with_cached_tokens(mut self, cached_tokens: u32) -> Usage {
+        self.prompt_tokens_details.cached_tokens = cached_tokens;
+        self
     }
 }
 
@@ -140,6 +155,7 @@ pub fn parse_text_generation(
             .unwrap_or(DEFAULT_TEMPERATURE),
         top_p: optional_number(object, "top_p", 0.0, 2.0)?,
         top_k: optional_integer(object, "top_k", 1, 50)?.map(|k| k as u32),
+        min_p: optional_number(object, "min_p", 0.0, 1.0)?,
         seed: optional_integer(object, "seed", 1, 9_999_999_999)?,
         repetition_penalty: optional_number(object, "repetition_penalty", 0.0, 2.0)?,
         frequency_penalty: optional_number(object, "frequency_penalty", 0.0, 2.0)?,

@@ -1,13 +1,25 @@
-//! Greedy generation on llama.cpp (through Ember's runner: chat template via minijinja, tokenizer,
-//! prompt batching, sampling loop) must match, token for token, the reference produced by
+//! Greedy generation on llama.cpp (through Ember's engine: chat template via minijinja,
+//! tokenizer, scheduler, sampler) must match, token for token, the reference produced by
 //! llama-cpp-python with a Jinja2-rendered template (`scripts/reference/generation.py`).
+//!
+//! Alone, the match is exact. Batched with seven others, and again when the prompt comes from
+//! the prefix cache, llama.cpp computes the same logits with differently shaped kernels (flash
+//! attention picks its path by the number of queries, repacked weights switch between GEMV and
+//! GEMM), so values move by rounding; the tokens must match until the first step where the
+//! best two logits are within `NEAR_TIE` of each other, where such rounding may flip the choice.
 //! Needs the default models in the model cache (`ember models pull --defaults`).
 
+use ember_core::metrics::Metrics;
 use ember_core::tasks::{ChatMessage, FinishReason, PromptInput, Sampling, TextGenerationRequest};
 use ember_core::{Catalog, installed};
-use ember_engines::llm;
+use ember_engines::llm::{self, LlmEngine, LlmSettings, Traced};
 use serde::Deserialize;
 use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Logit margin below which a greedy choice may legitimately differ between batch shapes. The
+/// divergences seen batched on these models happened at margins of 0.004 to 0.15.
+const NEAR_TIE: f32 = 0.25;
 
 #[derive(Deserialize)]
 struct Fixture {
@@ -44,6 +56,7 @@ fn greedy(prompt: PromptInput, max_tokens: u32) -> TextGenerationRequest {
             temperature: 0.0,
             top_p: None,
             top_k: None,
+            min_p: None,
             seed: None,
             repetition_penalty: None,
             frequency_penalty: None,
@@ -53,10 +66,9 @@ fn greedy(prompt: PromptInput, max_tokens: u32) -> TextGenerationRequest {
     }
 }
 
-fn check(fixture_file: &str) {
-    let fixture = fixture(fixture_file);
+fn load(model: &str) -> LlmEngine {
     let catalog = Catalog::builtin().unwrap();
-    let spec = catalog.get(&fixture.model).unwrap();
+    let spec = catalog.get(model).unwrap();
     let dir = installed::model_dir(&installed::default_home(), spec);
     assert!(
         installed::is_installed(spec, &dir),
@@ -64,61 +76,139 @@ fn check(fixture_file: &str) {
         spec.id,
         dir.display()
     );
-    let mut runner = llm::load(spec, &dir).unwrap();
-    assert!(fixture.cases.len() >= 3);
+    let settings = LlmSettings {
+        max_sequences: 8,
+        kv_cells: Some(8192),
+        ..LlmSettings::default()
+    };
+    llm::load(spec, &dir, &settings, Metrics::new().model(model)).unwrap()
+}
+
+fn prompt(case: &Case) -> PromptInput {
+    match (&case.messages, &case.prompt) {
+        (Some(messages), _) => PromptInput::Messages(messages.clone()),
+        (None, Some(text)) => PromptInput::Prompt {
+            text: text.clone(),
+            raw: case.raw,
+        },
+        (None, None) => panic!("case {} has neither messages nor prompt", case.name),
+    }
+}
+
+fn compare(case: &Case, traced: &Traced, how: &str) {
+    let completion = &traced.completion;
+    assert_eq!(
+        traced.tokens, case.completion_tokens,
+        "{} ({how}): generated tokens differ",
+        case.name
+    );
+    assert_eq!(
+        completion.text, case.completion_text,
+        "{} ({how})",
+        case.name
+    );
+    assert_eq!(
+        completion.usage.prompt_tokens as usize,
+        case.prompt_tokens.len()
+    );
+    assert_eq!(
+        completion.usage.completion_tokens as usize,
+        case.completion_tokens.len()
+    );
+    let expected_finish = if case.finish_reason == "stop" {
+        FinishReason::Stop
+    } else {
+        FinishReason::Length
+    };
+    assert_eq!(completion.finish_reason, expected_finish, "{}", case.name);
+}
+
+/// The tokens must equal the reference's up to the first near-tie (see the module comment).
+fn compare_until_near_tie(case: &Case, traced: &Traced, how: &str) {
+    let end = traced
+        .margins
+        .iter()
+        .position(|m| *m < NEAR_TIE)
+        .unwrap_or(traced.tokens.len());
+    let end = end.min(case.completion_tokens.len());
+    assert_eq!(
+        traced.tokens[..end.min(traced.tokens.len())],
+        case.completion_tokens[..end],
+        "{} ({how}): generated tokens differ before any near-tie",
+        case.name
+    );
+    if end == case.completion_tokens.len() {
+        compare(case, traced, how);
+    }
+}
+
+/// `batched`: also run the cases batched and from the prefix cache. Only for Qwen: SmolLM2-135M's
+/// logits move by more than `NEAR_TIE` between llama.cpp's flash attention paths (the one-query
+/// path accumulates in f16, the tiled and split paths in f32), so its outputs legitimately
+/// change with batch shape.
+#[tokio::main(flavor = "current_thread")]
+async fn check(fixture_file: &str, batched: bool) {
+    let fixture = fixture(fixture_file);
+    assert!(fixture.cases.len() >= 7);
+    // Alone on a fresh engine (no prefix cache hit): exactly the reference.
     for case in &fixture.cases {
-        let prompt = match (&case.messages, &case.prompt) {
-            (Some(messages), _) => PromptInput::Messages(messages.clone()),
-            (None, Some(text)) => PromptInput::Prompt {
-                text: text.clone(),
-                raw: case.raw,
-            },
-            (None, None) => panic!("case {} has neither messages nor prompt", case.name),
-        };
-        let prompt_tokens = runner.prompt_tokens(&prompt).unwrap();
+        let engine = load(&fixture.model);
+        let prompt_tokens = engine.prompt_tokens(&prompt(case)).unwrap();
         assert_eq!(
             prompt_tokens, case.prompt_tokens,
             "{}: prompt tokens differ",
             case.name
         );
-
-        let mut tokens = Vec::new();
-        let completion = runner
-            .generate_tokens(&greedy(prompt, case.max_tokens), &mut |token, _| {
-                tokens.push(token);
-                true
-            })
+        let alone = engine
+            .run_traced(&greedy(prompt(case), case.max_tokens), false)
+            .await
             .unwrap();
-        tokens.retain(|t| *t >= 0);
         assert_eq!(
-            tokens, case.completion_tokens,
-            "{}: generated tokens differ",
+            alone.completion.usage.prompt_tokens_details.cached_tokens,
+            0
+        );
+        compare(case, &alone, "alone");
+    }
+    if !batched {
+        return;
+    }
+    // Every case at once (plus a repeat of the first, to make eight) on a fresh engine: prompts
+    // are read in shared chunks and all sequences decode in the same forward passes.
+    let engine = Arc::new(load(&fixture.model));
+    let eight: Vec<&Case> = fixture.cases.iter().chain(fixture.cases.first()).collect();
+    let mut batched = Vec::new();
+    for case in &eight {
+        let engine = engine.clone();
+        let request = greedy(prompt(case), case.max_tokens);
+        batched.push(tokio::spawn(async move {
+            engine.run_traced(&request, false).await
+        }));
+    }
+    for (case, run) in eight.iter().zip(batched) {
+        compare_until_near_tie(case, &run.await.unwrap().unwrap(), "batched with 7 others");
+    }
+    // Again one at a time: every prompt now comes from the prefix cache.
+    for case in &fixture.cases {
+        let hit = engine
+            .run_traced(&greedy(prompt(case), case.max_tokens), false)
+            .await
+            .unwrap();
+        assert_eq!(
+            hit.completion.usage.prompt_tokens_details.cached_tokens as usize,
+            case.prompt_tokens.len() - 1,
+            "{}: the repeated prompt should come from the prefix cache",
             case.name
         );
-        assert_eq!(completion.text, case.completion_text, "{}", case.name);
-        assert_eq!(
-            completion.usage.prompt_tokens as usize,
-            case.prompt_tokens.len()
-        );
-        assert_eq!(
-            completion.usage.completion_tokens as usize,
-            case.completion_tokens.len()
-        );
-        let expected_finish = if case.finish_reason == "stop" {
-            FinishReason::Stop
-        } else {
-            FinishReason::Length
-        };
-        assert_eq!(completion.finish_reason, expected_finish, "{}", case.name);
+        compare_until_near_tie(case, &hit, "prefix cache hit");
     }
 }
 
 #[test]
 fn smollm2_greedy_matches_llama_cpp_python() {
-    check("smollm2-135m-instruct.json");
+    check("smollm2-135m-instruct.json", false);
 }
 
 #[test]
 fn qwen_coder_greedy_matches_llama_cpp_python() {
-    check("qwen2.5-coder-0.5b-instruct.json");
+    check("qwen2.5-coder-0.5b-instruct.json", true);
 }

@@ -1,5 +1,6 @@
 //! Ember's HTTP face, the only layer that speaks wire formats: the Workers AI REST routes, the
-//! Worker binding protocol (native and through wrangler's proxy), the catalog routes and health.
+//! Worker binding protocol (native and through wrangler's proxy), the catalog routes, health and
+//! `/metrics`.
 //! Every response carries `cf-ai-req-id`; every run is written to the request log.
 
 mod catalog;
@@ -81,6 +82,7 @@ pub fn router(state: AppState) -> Router {
         .route("/run", post(run::binding_run))
         .route("/ai-gateway/run", post(run::binding_run))
         .route("/ai-api/models/search", get(catalog::binding_search))
+        .route("/metrics", get(metrics))
         .fallback(no_route)
         .method_not_allowed_fallback(no_route)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
@@ -96,6 +98,17 @@ async fn health(State(state): State<AppState>) -> impl IntoResponse {
         "status": "ok",
         "models": state.ember.catalog().models().iter().filter(|m| state.ember.is_installed(m)).map(|m| &m.id).collect::<Vec<_>>(),
     }))
+}
+
+/// Prometheus scrape target (OpenMetrics text).
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.ember.metrics().encode(),
+    )
 }
 
 async fn no_route() -> ApiError {

@@ -5,7 +5,7 @@
 use crate::error::ApiError;
 use crate::{AppState, RequestId, aborted, catalog, sse};
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
 use ember_core::runner::TextEvent;
@@ -56,6 +56,7 @@ pub async fn rest_run(
     State(state): State<AppState>,
     axum::Extension(RequestId(id)): axum::Extension<RequestId>,
     Path((_account_id, model)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
     method: Method,
     headers: HeaderMap,
     body: Body,
@@ -68,9 +69,40 @@ pub async fn rest_run(
     }
     let started = Instant::now();
     match read_json(body, state.config.max_body_bytes).await {
-        Ok(input) => execute(&state, id, Form::Rest, &model, input, started).await,
+        Ok(input) => {
+            let mut options = run_options(&state, &headers, input.get("options"));
+            options.reject_if_busy |= query_flag(query.as_deref(), "rejectIfBusy");
+            execute(&state, id, Form::Rest, &model, input, options, started).await
+        }
         Err(error) => fail(&state, id, Form::Rest, &model, error, started),
     }
+}
+
+/// Settings outside the model input: `options.rejectIfBusy` (in the REST body or the binding
+/// envelope) and the `x-session-affinity` header (the binding's `extraHeaders` arrive as headers).
+fn run_options(state: &AppState, headers: &HeaderMap, options: Option<&Value>) -> RunOptions {
+    let reject_if_busy = options
+        .and_then(|o| o.get("rejectIfBusy"))
+        .is_some_and(|v| v == &Value::Bool(true) || v == "true");
+    let session = headers
+        .get("x-session-affinity")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(str::to_string);
+    RunOptions {
+        timeout: Some(state.config.request_timeout),
+        reject_if_busy,
+        session,
+    }
+}
+
+/// Whether the query string sets `name=true` (workers-ai-provider sends run options this way).
+fn query_flag(query: Option<&str>, name: &str) -> bool {
+    query.is_some_and(|q| {
+        q.split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .any(|(key, value)| key == name && value == "true")
+    })
 }
 
 pub async fn binding_run(
@@ -92,6 +124,7 @@ async fn binding(state: AppState, id: String, headers: &HeaderMap, body: Body) -
         Ok(envelope) => envelope,
         Err(error) => return fail(&state, id, Form::Binding, &model, error, started),
     };
+    let options = run_options(&state, headers, envelope.get("options"));
     let Some(inputs) = envelope.get("inputs").cloned() else {
         let error = ApiError::Infer(InferError::invalid(
             "/",
@@ -99,7 +132,7 @@ async fn binding(state: AppState, id: String, headers: &HeaderMap, body: Body) -
         ));
         return fail(&state, id, Form::Binding, &model, error, started);
     };
-    execute(&state, id, Form::Binding, &model, inputs, started).await
+    execute(&state, id, Form::Binding, &model, inputs, options, started).await
 }
 
 /// The model a binding request names: `cf-consn-model-id`, minus an `options.prefix` (`<prefix>:@cf/...`).
@@ -154,17 +187,16 @@ async fn read_json(body: Body, limit: usize) -> Result<Value, ApiError> {
 }
 
 /// Runs the model and writes the result, stream or error in the route's form.
+#[allow(clippy::too_many_arguments)]
 async fn execute(
     state: &AppState,
     id: String,
     form: Form,
     model: &str,
     input: Value,
+    options: RunOptions,
     started: Instant,
 ) -> Response {
-    let options = RunOptions {
-        timeout: Some(state.config.request_timeout),
-    };
     let run = tokio::select! {
         run = state.ember.run(model, &input, &options) => run,
         _ = aborted(state.abort.clone()) => Err(InferError::Aborted),

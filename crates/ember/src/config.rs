@@ -2,10 +2,13 @@
 //! then environment variables and flags (clap merges those two; a flag beats its variable).
 //! The API token is a secret: it is never printed.
 
+use ember_core::MemoryLimits;
+use ember_engines::llm::LlmSettings;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
 
@@ -22,6 +25,86 @@ pub struct FileConfig {
     /// Requested model id → catalog model id that serves it.
     #[serde(default)]
     pub aliases: HashMap<String, String>,
+    /// `[engine]`: how models are sized and kept in memory.
+    #[serde(default)]
+    pub engine: EngineOptions,
+}
+
+/// Engine sizing, from flags (or their variables) and the config file's `[engine]` table.
+#[derive(Debug, Default, Clone, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct EngineOptions {
+    /// Sequences a text generation model runs at once (continuous batching).
+    #[arg(long, env = "EMBER_MAX_SEQUENCES")]
+    pub max_sequences: Option<u32>,
+    /// KV cache cells per text generation model, shared by its sequences and prefix cache
+    /// [default: the model's context window, at most an eighth of the available memory].
+    #[arg(long, env = "EMBER_KV_CELLS")]
+    pub kv_cells: Option<u32>,
+    /// Tokens per forward pass (decode tokens plus prompt chunks).
+    #[arg(long, env = "EMBER_STEP_TOKENS")]
+    pub step_tokens: Option<u32>,
+    /// Requests that may wait for a free sequence; more get 429 / 3040 at once.
+    #[arg(long, env = "EMBER_MAX_WAITING")]
+    pub max_waiting: Option<usize>,
+    /// Seconds a request waits for a free sequence before it gets 429 / 3040.
+    #[arg(long, env = "EMBER_MAX_WAIT_SECS")]
+    pub max_wait_secs: Option<u64>,
+    /// MiB all loaded models may hold together; idle models are unloaded to make room
+    /// [default: 80% of the memory available at start].
+    #[arg(long, env = "EMBER_MEMORY_BUDGET_MB")]
+    pub memory_budget_mb: Option<u64>,
+    /// Seconds without requests after which a model is unloaded (0: never).
+    #[arg(long, env = "EMBER_IDLE_UNLOAD_SECS")]
+    pub idle_unload_secs: Option<u64>,
+}
+
+/// Engine sizing with every default filled in.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub llm: LlmSettings,
+    pub memory: MemoryLimits,
+    pub idle_unload: Option<Duration>,
+}
+
+impl EngineOptions {
+    /// These options, with the file's where these leave a value unset.
+    pub fn or(self, file: &EngineOptions) -> EngineOptions {
+        EngineOptions {
+            max_sequences: self.max_sequences.or(file.max_sequences),
+            kv_cells: self.kv_cells.or(file.kv_cells),
+            step_tokens: self.step_tokens.or(file.step_tokens),
+            max_waiting: self.max_waiting.or(file.max_waiting),
+            max_wait_secs: self.max_wait_secs.or(file.max_wait_secs),
+            memory_budget_mb: self.memory_budget_mb.or(file.memory_budget_mb),
+            idle_unload_secs: self.idle_unload_secs.or(file.idle_unload_secs),
+        }
+    }
+
+    pub fn resolve(&self) -> EngineConfig {
+        let defaults = LlmSettings::default();
+        EngineConfig {
+            llm: LlmSettings {
+                max_sequences: self.max_sequences.unwrap_or(defaults.max_sequences),
+                kv_cells: self.kv_cells,
+                step_tokens: self.step_tokens.unwrap_or(defaults.step_tokens),
+                threads: None,
+                max_waiting: self.max_waiting.unwrap_or(defaults.max_waiting),
+                max_wait: self
+                    .max_wait_secs
+                    .map_or(defaults.max_wait, Duration::from_secs),
+            },
+            memory: MemoryLimits {
+                budget: self
+                    .memory_budget_mb
+                    .map_or_else(|| ember_engines::available_memory() / 5 * 4, |mb| mb << 20),
+            },
+            idle_unload: match self.idle_unload_secs.unwrap_or(600) {
+                0 => None,
+                secs => Some(Duration::from_secs(secs)),
+            },
+        }
+    }
 }
 
 impl FileConfig {
@@ -73,11 +156,13 @@ mod tests {
     #[test]
     fn config_file_keys() {
         let config: FileConfig = toml::from_str(
-            "listen = \"0.0.0.0:9000\"\napi_token = \"s\"\n[aliases]\n\"@cf/meta/llama-3.1-8b-instruct\" = \"@hf/qwen/qwen2.5-coder-0.5b-instruct\"\n",
+            "listen = \"0.0.0.0:9000\"\napi_token = \"s\"\n[engine]\nmax_sequences = 8\n[aliases]\n\"@cf/meta/llama-3.1-8b-instruct\" = \"@hf/qwen/qwen2.5-coder-0.5b-instruct\"\n",
         )
         .unwrap();
         assert_eq!(config.listen.unwrap().port(), 9000);
         assert_eq!(config.aliases.len(), 1);
+        let engine = EngineOptions::default().or(&config.engine).resolve();
+        assert_eq!(engine.llm.max_sequences, 8);
         assert!(toml::from_str::<FileConfig>("bogus = 1").is_err());
     }
 }

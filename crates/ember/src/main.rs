@@ -1,6 +1,8 @@
 //! The `ember` command line: `serve`, `run` (in-process, no server), `models list` and
 //! `models pull`. Every flag can also be set by the environment variable shown in `--help`.
 
+mod bench;
+
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use ember::config::{self, FileConfig};
@@ -61,6 +63,8 @@ enum Command {
         /// Models to load at start instead of on first use.
         #[arg(long, value_delimiter = ',')]
         preload: Vec<String>,
+        #[command(flatten)]
+        engine: config::EngineOptions,
     },
     /// Run a model once, in-process, and print its result.
     Run {
@@ -72,11 +76,18 @@ enum Command {
         /// Stream text as it is generated.
         #[arg(long)]
         stream: bool,
+        #[command(flatten)]
+        engine: config::EngineOptions,
     },
     /// List and fetch models.
     Models {
         #[command(subcommand)]
         command: ModelsCommand,
+    },
+    /// Measure Ember against llama.cpp's own tools on the same models.
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
     },
 }
 
@@ -130,6 +141,7 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
             request_timeout,
             shutdown_grace,
             preload,
+            engine,
         } => {
             let config = ServeConfig {
                 listen: listen
@@ -147,6 +159,7 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
                     shutdown_grace.or(file.shutdown_grace_secs).unwrap_or(30),
                 ),
                 preload,
+                engine: engine.or(&file.engine).resolve(),
             };
             runtime.block_on(ember::serve(
                 config,
@@ -158,6 +171,7 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
             model,
             input,
             stream,
+            engine,
         } => {
             let mut input: serde_json::Value =
                 serde_json::from_str(&input).context("--input is not valid JSON")?;
@@ -167,7 +181,8 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
                     .context("--stream needs an input object")?
                     .insert("stream".into(), true.into());
             }
-            let ember = open_ember(&home, catalog_file.as_deref(), aliases)?;
+            let engine = engine.or(&file.engine).resolve();
+            let ember = open_ember(&home, catalog_file.as_deref(), aliases, &engine)?;
             runtime.block_on(run_once(&ember, &model, &input))
         }
         Command::Models {
@@ -185,6 +200,16 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
         } => {
             let catalog = Catalog::load(catalog_file.as_deref())?;
             pull_models(&catalog, &home, &models, defaults)
+        }
+        Command::Bench { command } => {
+            let catalog = Catalog::load(catalog_file.as_deref())?;
+            let env = bench::Env {
+                catalog: &catalog,
+                catalog_file: catalog_file.as_deref(),
+                home: &home,
+                runtime: &runtime,
+            };
+            bench::run(command, &env)
         }
     }
 }

@@ -2,6 +2,7 @@
 //! server beyond loopback, serves the router and shuts down gracefully (in-flight streams finish;
 //! runs still going after the grace period are aborted with 3008).
 
+use crate::config::EngineConfig;
 use ember_core::{Catalog, Ember};
 use ember_http::{AppState, HttpConfig};
 use ember_store::Store;
@@ -27,6 +28,7 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// Models to load before listening, instead of on first use.
     pub preload: Vec<String>,
+    pub engine: EngineConfig,
 }
 
 /// The `run()` API over the built-in (or user) catalog, with the real engines behind it.
@@ -34,13 +36,16 @@ pub fn open_ember(
     home: &Path,
     catalog: Option<&Path>,
     aliases: HashMap<String, String>,
+    engine: &EngineConfig,
 ) -> anyhow::Result<Ember> {
     let catalog = Catalog::load(catalog)?;
+    let llm = engine.llm.clone();
     Ember::new(
         catalog,
         aliases,
         home.to_path_buf(),
-        Arc::new(ember_engines::load),
+        Arc::new(move |spec, dir, metrics| ember_engines::load(spec, dir, &llm, metrics)),
+        engine.memory,
     )
     .map_err(anyhow::Error::msg)
 }
@@ -61,7 +66,25 @@ pub async fn serve(
         &config.home,
         config.catalog.as_deref(),
         config.aliases.clone(),
+        &config.engine,
     )?);
+    if let Some(idle) = config.engine.idle_unload {
+        let ember = ember.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(idle.min(Duration::from_secs(30)));
+            loop {
+                tick.tick().await;
+                ember.unload_idle(idle);
+            }
+        });
+    }
+    for id in &config.preload {
+        let spec = ember.resolve(id)?;
+        ember
+            .model(spec)
+            .await
+            .map_err(|e| anyhow::anyhow!("preloading {id}: {e}"))?;
+    }
     let store = Store::open(&config.db)?;
     let (abort_tx, abort) = watch::channel(false);
     let state = AppState {

@@ -1,41 +1,61 @@
 //! Text generation on llama.cpp (through the `llama-cpp-2` crate): loads a GGUF, renders the chat
-//! template, tokenizes, decodes the prompt in batches and samples token by token, streaming whole
-//! UTF-8 characters. One llama.cpp context per loaded model, owned by the model's thread.
+//! template and tokenizes on the caller's thread, and hands admitted requests to the model's
+//! scheduler (`scheduler.rs`), which runs every sequence in one llama.cpp context.
 
+mod prefix_cache;
 mod sampling;
+mod scheduler;
 mod template;
 mod utf8;
 
 use ember_core::InferError;
+use ember_core::admission::{Admission, AdmissionLimits, Ticket};
 use ember_core::catalog::ModelSpec;
-use ember_core::runner::TextGenerationRunner;
-use ember_core::tasks::{
-    ChatMessage, Completion, FinishReason, PromptInput, TextGenerationRequest, Usage,
-};
-use llama_cpp_2::context::LlamaContext;
-use llama_cpp_2::context::params::LlamaContextParams;
+use ember_core::metrics::ModelMetrics;
+use ember_core::runner::{STREAM_BUFFER, TextEvent, TextGenerator};
+use ember_core::tasks::{ChatMessage, Completion, PromptInput, TextGenerationRequest};
 use llama_cpp_2::llama_backend::LlamaBackend;
-use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::token::LlamaToken;
-use std::num::NonZeroU32;
+use scheduler::{Job, Trace};
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock, mpsc as std_mpsc};
+use std::time::{Duration, Instant};
 use template::ChatTemplate;
-use utf8::Utf8Stream;
+use tokio::sync::{mpsc, oneshot};
 
-/// Tokens decoded per `llama_decode` call while reading a prompt.
-const PROMPT_BATCH: usize = 512;
+pub use scheduler::GenerationTiming;
 
-self_cell::self_cell!(
-    /// A model and the one context that borrows it, kept together on the model thread.
-    struct ModelAndContext {
-        owner: LlamaModel,
-        #[covariant]
-        dependent: LlamaContext,
+/// How a model's engine is sized.
+#[derive(Debug, Clone)]
+pub struct LlmSettings {
+    /// Sequences generated at once (llama-server's `-np`); at most 128.
+    pub max_sequences: u32,
+    /// KV cache cells shared by all sequences and the prefix cache. Default: the model's
+    /// context window, capped at an eighth of the available memory.
+    pub kv_cells: Option<u32>,
+    /// Tokens per forward pass: the next token of every decoding sequence plus prompt chunks.
+    pub step_tokens: u32,
+    /// llama.cpp threads; default `EMBER_THREADS` or every core.
+    pub threads: Option<i32>,
+    /// Requests that may wait for a sequence slot, and for how long.
+    pub max_waiting: usize,
+    pub max_wait: Duration,
+}
+
+impl Default for LlmSettings {
+    fn default() -> LlmSettings {
+        LlmSettings {
+            max_sequences: 32,
+            kv_cells: None,
+            step_tokens: 512,
+            threads: None,
+            max_waiting: 256,
+            max_wait: Duration::from_secs(30),
+        }
     }
-);
+}
 
 /// llama.cpp's process-wide backend, initialised on first use.
 fn backend() -> Result<&'static LlamaBackend, InferError> {
@@ -53,32 +73,52 @@ fn backend() -> Result<&'static LlamaBackend, InferError> {
 }
 
 /// Threads for llama.cpp: `EMBER_THREADS`, or every available core.
-fn threads() -> i32 {
+fn default_threads() -> i32 {
     std::env::var("EMBER_THREADS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as i32))
 }
 
-pub struct LlamaRunner {
+/// A loaded model: the weights (shared with the scheduler thread), the prompt preparation, and
+/// the queue into the scheduler.
+pub struct LlmEngine {
     id: String,
-    model: ModelAndContext,
+    model: Arc<LlamaModel>,
     template: Option<ChatTemplate>,
-    n_ctx: u32,
+    /// Longest sequence (prompt and output) one request may have.
+    sequence_limit: u32,
+    admission: Admission,
+    jobs: std_mpsc::SyncSender<Job>,
+    memory_bytes: u64,
 }
 
-/// Loads `model.gguf` from the model's folder with a context of the catalog's size (capped at
-/// what the model was trained for).
-pub fn load(spec: &ModelSpec, dir: &Path) -> Result<LlamaRunner, InferError> {
+/// Loads `model.gguf` from the model's folder and starts its scheduler thread.
+pub fn load(
+    spec: &ModelSpec,
+    dir: &Path,
+    settings: &LlmSettings,
+    metrics: ModelMetrics,
+) -> Result<LlmEngine, InferError> {
     let failed = |reason: String| InferError::LoadFailed {
         model: spec.id.clone(),
         reason,
     };
     let backend = backend()?;
     let path = dir.join("model.gguf");
-    let model = LlamaModel::load_from_file(backend, &path, &LlamaModelParams::default())
+    let file_bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
+    let id = spec.id.clone();
+    let mut logged = 0;
+    let params = LlamaModelParams::default().with_progress_callback(move |progress| {
+        let percent = (progress * 100.0) as u32;
+        if percent >= logged + 25 || (percent == 100 && logged < 100) {
+            logged = percent;
+            tracing::info!(model = %id, percent, "loading weights");
+        }
+        true
+    });
+    let model = LlamaModel::load_from_file(backend, &path, &params)
         .map_err(|e| failed(format!("{}: {e}", path.display())))?;
-    let n_ctx = spec.context_window.min(model.n_ctx_train()).max(1);
     let template = match model.meta_val_str("tokenizer.chat_template") {
         Ok(source) => {
             let vocab = model.vocab();
@@ -92,24 +132,105 @@ pub fn load(spec: &ModelSpec, dir: &Path) -> Result<LlamaRunner, InferError> {
         }
         Err(_) => None,
     };
-    let params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(n_ctx))
-        .with_n_batch(PROMPT_BATCH as u32)
-        .with_n_ubatch(PROMPT_BATCH as u32)
-        .with_n_threads(threads())
-        .with_n_threads_batch(threads());
-    let model = ModelAndContext::try_new(model, |model| model.new_context(backend, params))
-        .map_err(|e| failed(format!("context of {n_ctx} tokens: {e}")))?;
-    tracing::info!(model = %spec.id, n_ctx, threads = threads(), "loaded on llama.cpp");
-    Ok(LlamaRunner {
+
+    let shape = ModelShape::read(&model);
+    let context_window = spec.context_window.min(model.n_ctx_train()).max(1);
+    let kv_cells = settings
+        .kv_cells
+        .unwrap_or_else(|| context_window.min(shape.cells_fitting(crate::available_memory() / 8)))
+        .max(256);
+    let max_sequences = settings.max_sequences.clamp(1, 128);
+    let threads = settings.threads.unwrap_or_else(default_threads);
+    let model = Arc::new(model);
+    let (jobs, queue) = std_mpsc::sync_channel(max_sequences as usize);
+    let config = scheduler::Config {
+        kv_cells,
+        max_sequences,
+        step_tokens: settings.step_tokens.max(max_sequences + 1),
+        threads,
+        sliding_window: shape.sliding_window,
+    };
+    scheduler::start(
+        &spec.id,
+        backend,
+        model.clone(),
+        config,
+        queue,
+        metrics.clone(),
+    )
+    .map_err(failed)?;
+    tracing::info!(
+        model = %spec.id,
+        kv_cells,
+        max_sequences,
+        threads,
+        kv_mib = (shape.cell_bytes * u64::from(kv_cells)) >> 20,
+        "loaded on llama.cpp"
+    );
+    let admission = Admission::new(
+        AdmissionLimits {
+            slots: max_sequences as usize,
+            max_waiting: settings.max_waiting,
+            max_wait: settings.max_wait,
+        },
+        metrics,
+    );
+    Ok(LlmEngine {
         id: spec.id.clone(),
         model,
         template,
-        n_ctx,
+        sequence_limit: context_window.min(kv_cells),
+        admission,
+        jobs,
+        memory_bytes: file_bytes + shape.cell_bytes * u64::from(kv_cells),
     })
 }
 
-impl LlamaRunner {
+/// What the KV cache needs per token, and the sliding attention window if the model has one.
+struct ModelShape {
+    cell_bytes: u64,
+    sliding_window: Option<u32>,
+}
+
+impl ModelShape {
+    fn read(model: &LlamaModel) -> ModelShape {
+        let arch = model
+            .meta_val_str("general.architecture")
+            .unwrap_or_default();
+        let number = |key: &str| {
+            model
+                .meta_val_str(&format!("{arch}.{key}"))
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        let head_dim = u64::from(model.n_embd() as u32) / u64::from(model.n_head().max(1));
+        let key = number("attention.key_length").unwrap_or(head_dim);
+        let value = number("attention.value_length").unwrap_or(head_dim);
+        // f16 keys and values for every layer's KV heads.
+        let cell_bytes =
+            u64::from(model.n_layer()) * u64::from(model.n_head_kv()) * (key + value) * 2;
+        ModelShape {
+            cell_bytes: cell_bytes.max(1),
+            sliding_window: number("attention.sliding_window").map(|w| w as u32),
+        }
+    }
+
+    fn cells_fitting(&self, bytes: u64) -> u32 {
+        (bytes / self.cell_bytes).min(u64::from(u32::MAX)) as u32
+    }
+}
+
+/// A request run to its end with the token ids and timings it produced.
+#[derive(Debug)]
+pub struct Traced {
+    pub completion: Completion,
+    pub tokens: Vec<i32>,
+    /// For each sampled token, the best logit's lead over the second best.
+    pub margins: Vec<f32>,
+    pub timing: GenerationTiming,
+}
+
+impl LlmEngine {
     /// The exact text the model reads for this request.
     fn prompt_text(&self, prompt: &PromptInput) -> Result<String, InferError> {
         let messages = match prompt {
@@ -141,117 +262,152 @@ impl LlamaRunner {
         })
     }
 
-    fn tokenize(&self, text: &str) -> Vec<LlamaToken> {
-        let vocab = self.model.borrow_owner().vocab();
+    /// The prompt tokens the model reads for a request (chat template applied).
+    pub fn prompt_tokens(&self, prompt: &PromptInput) -> Result<Vec<i32>, InferError> {
+        let text = self.prompt_text(prompt)?;
+        let vocab = self.model.vocab();
         // Templates that write the BOS token themselves must not get a second one.
         let bos =
             String::from_utf8_lossy(&vocab.token_to_piece(vocab.bos(), true, None)).into_owned();
         let add_special = !(vocab.should_add_bos() && !bos.is_empty() && text.starts_with(&bos));
-        vocab.tokenize(text.as_bytes(), add_special, true)
-    }
-}
-
-impl TextGenerationRunner for LlamaRunner {
-    fn generate(
-        &mut self,
-        request: &TextGenerationRequest,
-        on_text: &mut dyn FnMut(&str) -> bool,
-    ) -> Result<Completion, InferError> {
-        self.generate_tokens(request, &mut |_, text| text.is_empty() || on_text(text))
-    }
-}
-
-impl LlamaRunner {
-    /// The prompt tokens the model reads for a request (chat template applied).
-    pub fn prompt_tokens(&self, prompt: &PromptInput) -> Result<Vec<i32>, InferError> {
-        Ok(self
-            .tokenize(&self.prompt_text(prompt)?)
+        Ok(vocab
+            .tokenize(text.as_bytes(), add_special, true)
             .iter()
             .map(|t| t.0)
             .collect())
     }
 
-    /// Generates like `generate`, reporting each sampled token id with the text it completed
-    /// (empty while a multi-byte character is still partial). Bytes still held when generation
-    /// ends (a character the model never finished) are reported last with the token id -1.
-    pub fn generate_tokens(
-        &mut self,
+    /// Checks the prompt fits and queues the job with the scheduler.
+    fn submit(
+        &self,
+        prompt: Vec<i32>,
         request: &TextGenerationRequest,
-        on_token: &mut dyn FnMut(i32, &str) -> bool,
-    ) -> Result<Completion, InferError> {
-        let text = self.prompt_text(&request.prompt)?;
-        let prompt = self.tokenize(&text);
+        ignore_eos: bool,
+        session: Option<String>,
+        ticket: Ticket,
+        trace: Option<oneshot::Sender<Trace>>,
+    ) -> Result<mpsc::Receiver<TextEvent>, InferError> {
         if prompt.is_empty() {
             return Err(InferError::invalid("/prompt", "tokenizes to nothing"));
         }
-        let n_ctx = self.n_ctx as usize;
-        if prompt.len() >= n_ctx {
+        let limit = self.sequence_limit as usize;
+        if prompt.len() >= limit {
             return Err(InferError::ModelInputRejected(format!(
                 "AiError: Sequence too long: {} > {} (the model's context window)",
                 prompt.len(),
-                n_ctx - 1
+                limit - 1
             )));
         }
-        let budget = (request.max_tokens as usize).min(n_ctx - prompt.len());
-        let mut sampler = sampling::build(&request.sampling, self.model.borrow_owner());
-        let internal =
-            |what: &str, e: &dyn std::fmt::Display| InferError::Internal(format!("{what}: {e}"));
+        let max_tokens = request.max_tokens.min((limit - prompt.len()) as u32);
+        let (events, receiver) = mpsc::channel(STREAM_BUFFER);
+        let job = Job {
+            prompt,
+            max_tokens,
+            sampling: request.sampling.clone(),
+            ignore_eos,
+            session,
+            events,
+            trace,
+            _ticket: ticket,
+            arrived: Instant::now(),
+        };
+        self.jobs.try_send(job).map_err(|e| match e {
+            std_mpsc::TrySendError::Full(_) => InferError::Overloaded,
+            std_mpsc::TrySendError::Disconnected(_) => {
+                InferError::Internal("the model's scheduler stopped".into())
+            }
+        })?;
+        Ok(receiver)
+    }
 
-        self.model.with_dependent_mut(|model, ctx| {
-            let vocab = model.vocab();
-            ctx.clear_kv_cache();
-            let mut batch = LlamaBatch::new(PROMPT_BATCH, 1);
-            for (chunk_index, chunk) in prompt.chunks(PROMPT_BATCH).enumerate() {
-                batch.clear();
-                let start = chunk_index * PROMPT_BATCH;
-                for (offset, token) in chunk.iter().enumerate() {
-                    let pos = start + offset;
-                    batch
-                        .add(*token, pos as i32, &[0], pos == prompt.len() - 1)
-                        .map_err(|e| internal("batch", &e))?;
-                }
-                ctx.decode(&mut batch).map_err(|e| internal("decode", &e))?;
-            }
+    /// Runs a request to its end next to whatever else is running, and reports its token ids
+    /// and timings (for tests and benchmarks). `ignore_eos` generates exactly `max_tokens`.
+    pub async fn run_traced(
+        &self,
+        request: &TextGenerationRequest,
+        ignore_eos: bool,
+    ) -> Result<Traced, InferError> {
+        let prompt = self.prompt_tokens(&request.prompt)?;
+        self.run_tokens(prompt, request, ignore_eos).await
+    }
 
-            let mut utf8 = Utf8Stream::default();
-            let mut output = String::new();
-            let mut piece = Vec::with_capacity(16);
-            let mut generated = 0usize;
-            let mut finish = FinishReason::Length;
-            while generated < budget {
-                let token = sampler.sample(ctx, batch.n_tokens() - 1);
-                if vocab.is_eog(token) {
-                    finish = FinishReason::Stop;
-                    break;
-                }
-                generated += 1;
-                piece.clear();
-                vocab.token_to_piece_into(token, &mut piece, false, None);
-                let text = utf8.push(&piece);
-                output.push_str(&text);
-                if !on_token(token.0, &text) {
-                    finish = FinishReason::Cancelled;
-                    break;
-                }
-                if generated == budget {
-                    break;
-                }
-                batch.clear();
-                batch
-                    .add(token, (prompt.len() + generated - 1) as i32, &[0], true)
-                    .map_err(|e| internal("batch", &e))?;
-                ctx.decode(&mut batch).map_err(|e| internal("decode", &e))?;
+    async fn run_tokens(
+        &self,
+        prompt: Vec<i32>,
+        request: &TextGenerationRequest,
+        ignore_eos: bool,
+    ) -> Result<Traced, InferError> {
+        let ticket = self.admission.admit(false).await?;
+        let (trace_tx, trace_rx) = oneshot::channel();
+        let mut events = self.submit(prompt, request, ignore_eos, None, ticket, Some(trace_tx))?;
+        let completion = loop {
+            match events.recv().await {
+                Some(TextEvent::Text(_)) => {}
+                Some(TextEvent::Done(completion)) => break completion,
+                Some(TextEvent::Failed(error)) => return Err(error),
+                None => return Err(InferError::Aborted),
             }
-            let rest = utf8.finish();
-            if !rest.is_empty() && finish != FinishReason::Cancelled {
-                output.push_str(&rest);
-                on_token(-1, &rest);
-            }
-            Ok(Completion {
-                text: output,
-                usage: Usage::new(prompt.len() as u32, generated as u32),
-                finish_reason: finish,
-            })
+        };
+        let trace = trace_rx.await.map_err(|_| InferError::Aborted)?;
+        Ok(Traced {
+            completion,
+            tokens: trace.tokens,
+            margins: trace.margins,
+            timing: trace.timing,
         })
+    }
+
+    /// Reads `prompt` (token ids) and then generates exactly `max_tokens` tokens, alone on the
+    /// engine, greedily; returns how long each phase took. For `ember bench llm`.
+    pub fn timed_generation(
+        &self,
+        prompt: Vec<i32>,
+        max_tokens: u32,
+    ) -> Result<GenerationTiming, InferError> {
+        let request = TextGenerationRequest {
+            prompt: PromptInput::Prompt {
+                text: String::new(),
+                raw: true,
+            },
+            max_tokens,
+            sampling: ember_core::tasks::Sampling {
+                temperature: 0.0,
+                top_p: None,
+                top_k: None,
+                min_p: None,
+                seed: None,
+                repetition_penalty: None,
+                frequency_penalty: None,
+                presence_penalty: None,
+            },
+            stream: false,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| InferError::Internal(e.to_string()))?;
+        runtime
+            .block_on(self.run_tokens(prompt, &request, true))
+            .map(|traced| traced.timing)
+    }
+}
+
+impl TextGenerator for LlmEngine {
+    fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
+    fn start(
+        &self,
+        request: TextGenerationRequest,
+        session: Option<String>,
+        ticket: Ticket,
+    ) -> Result<mpsc::Receiver<TextEvent>, InferError> {
+        let prompt = self.prompt_tokens(&request.prompt)?;
+        self.submit(prompt, &request, false, session, ticket, None)
+    }
+
+    fn memory_bytes(&self) -> u64 {
+        self.memory_bytes
     }
 }

@@ -1,0 +1,568 @@
+//! The scheduler: one thread per model that owns its llama.cpp context (one unified KV cache,
+//! one sequence id per running request) and builds every `llama_decode` batch.
+//!
+//! Each step: drop sequences whose client left, deliver held-back events, admit waiting jobs
+//! while sequence ids and KV cells allow (copying cached prompt prefixes), then decode one
+//! batch holding the next token of every decoding sequence plus prompt chunks of the others, up
+//! to `step_tokens`; sample each sequence that produced logits. A client that reads slowly
+//! pauses only its own sequence. Finished sequences hand their cells to the prefix cache.
+//!
+//! KV accounting is by reservation: a sequence reserves its uncached prompt plus `max_tokens`
+//! cells when admitted, so a decode never runs out of cells midway.
+
+use super::prefix_cache::PrefixCache;
+use super::sampling::Sampler;
+use super::utf8::Utf8Stream;
+use ember_core::InferError;
+use ember_core::admission::Ticket;
+use ember_core::metrics::ModelMetrics;
+use ember_core::runner::TextEvent;
+use ember_core::tasks::{Completion, FinishReason, Sampling, Usage};
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
+use std::collections::VecDeque;
+use std::num::NonZeroU32;
+use std::sync::{Arc, mpsc as std_mpsc};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// Prefix cache entries (each under its own sequence id) kept next to the running sequences.
+const PREFIX_ENTRIES: u32 = 64;
+
+pub(crate) struct Config {
+    pub kv_cells: u32,
+    pub max_sequences: u32,
+    pub step_tokens: u32,
+    pub threads: i32,
+    /// The model's sliding attention window, if some layers use one.
+    pub sliding_window: Option<u32>,
+}
+
+/// An admitted request, tokenized, on its way to the scheduler.
+pub(crate) struct Job {
+    pub prompt: Vec<i32>,
+    /// Already capped so that prompt and output fit the sequence limit.
+    pub max_tokens: u32,
+    pub sampling: Sampling,
+    pub ignore_eos: bool,
+    pub session: Option<String>,
+    pub events: mpsc::Sender<TextEvent>,
+    pub trace: Option<oneshot::Sender<Trace>>,
+    /// The admission slot, held (never read) until the sequence has delivered its last event.
+    pub _ticket: Ticket,
+    pub arrived: Instant,
+}
+
+/// Generated token ids and timings of a finished job, for tests and benchmarks.
+pub(crate) struct Trace {
+    pub tokens: Vec<i32>,
+    /// For each sampled token, the best logit's lead over the second best.
+    pub margins: Vec<f32>,
+    pub timing: GenerationTiming,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GenerationTiming {
+    /// From admission by the scheduler to the first sampled token.
+    pub prefill: Duration,
+    /// From the first to the last sampled token.
+    pub decode: Duration,
+    pub generated: u32,
+}
+
+self_cell::self_cell!(
+    /// The model and the one context that borrows it, kept together on the scheduler thread.
+    struct ModelContext {
+        owner: Arc<LlamaModel>,
+        #[covariant]
+        dependent: LlamaContext,
+    }
+);
+
+/// Creates the context and starts the scheduler thread, which ends once every job sender is
+/// gone and the last sequence has finished.
+pub(crate) fn start(
+    name: &str,
+    backend: &LlamaBackend,
+    model: Arc<LlamaModel>,
+    config: Config,
+    queue: std_mpsc::Receiver<Job>,
+    metrics: ModelMetrics,
+) -> Result<(), String> {
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(config.kv_cells))
+        .with_n_batch(config.step_tokens)
+        .with_n_ubatch(config.step_tokens)
+        // Running sequences, then the prefix cache entries.
+        .with_n_seq_max(config.max_sequences + PREFIX_ENTRIES)
+        .with_kv_unified(true)
+        .with_n_threads(config.threads)
+        .with_n_threads_batch(config.threads);
+    let context = ModelContext::try_new(model, |model| model.new_context(backend, params))
+        .map_err(|e| format!("context of {} cells: {e}", config.kv_cells))?;
+    std::thread::Builder::new()
+        .name(format!("engine {name}"))
+        .spawn(move || {
+            let mut context = context;
+            context.with_dependent_mut(|model, ctx| {
+                Scheduler::new(model, ctx, &config, metrics).run(&queue);
+            });
+        })
+        .map_err(|e| format!("cannot start the scheduler thread: {e}"))?;
+    Ok(())
+}
+
+struct Sequence {
+    job: Job,
+    /// The sequence id in the KV cache; `None` once its cells are released.
+    seq_id: Option<i32>,
+    /// Prompt, then every sampled token.
+    tokens: Vec<i32>,
+    n_prompt: usize,
+    /// Tokens whose KV cells are in the cache.
+    n_past: usize,
+    /// Prompt tokens copied from the prefix cache.
+    cached: usize,
+    /// The prefix cache entry copied from, pinned while this sequence runs.
+    source: Option<i32>,
+    reserved: u32,
+    generated: u32,
+    sampler: Sampler,
+    /// Top-2 logit margins, recorded only for traced jobs.
+    margins: Vec<f32>,
+    utf8: Utf8Stream,
+    text: String,
+    /// Events the client's channel had no room for; the sequence waits until they are taken.
+    held: VecDeque<TextEvent>,
+    admitted: Instant,
+    first_token: Option<Instant>,
+    last_token: Instant,
+    finished: bool,
+    client_gone: bool,
+}
+
+impl Sequence {
+    fn decoding(&self) -> bool {
+        self.seq_id.is_some() && !self.finished && self.n_past >= self.n_prompt
+    }
+
+    fn prefilling(&self) -> bool {
+        self.seq_id.is_some() && !self.finished && self.n_past < self.n_prompt
+    }
+
+    /// Sends an event to the client, holding it back if the channel is full.
+    fn send(&mut self, event: TextEvent) {
+        if !self.held.is_empty() {
+            self.held.push_back(event);
+            return;
+        }
+        match self.job.events.try_send(event) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(event)) => self.held.push_back(event),
+            Err(mpsc::error::TrySendError::Closed(_)) => self.client_gone = true,
+        }
+    }
+
+    /// Delivers held events while the channel takes them.
+    fn flush(&mut self) {
+        while let Some(event) = self.held.pop_front() {
+            match self.job.events.try_send(event) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(event)) => {
+                    self.held.push_front(event);
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.client_gone = true;
+                    self.held.clear();
+                }
+            }
+        }
+    }
+}
+
+/// Where a batch entry's tokens came from.
+struct Planned {
+    sequence: usize,
+    tokens: usize,
+    /// Batch index of the logits to sample from, when this entry ends with one.
+    logits: Option<i32>,
+}
+
+/// The KV cache: the context, the prefix cache index over it and the free sequence ids.
+struct Kv<'m, 'c> {
+    ctx: &'c mut LlamaContext<'m>,
+    prefix: PrefixCache,
+    free_ids: Vec<i32>,
+    sliding_window: Option<u32>,
+}
+
+impl Kv<'_, '_> {
+    /// Gives a sequence's cells back: to the prefix cache when `keep` (a finished request),
+    /// else to the free pool. Safe to call twice.
+    fn release(&mut self, sequence: &mut Sequence, keep: bool) {
+        let Some(seq_id) = sequence.seq_id.take() else {
+            return;
+        };
+        if let Some(source) = sequence.source.take() {
+            self.prefix.unpin(source);
+        }
+        if keep && sequence.n_past > 0 {
+            let insertion = self.prefix.insert(
+                sequence.tokens[..sequence.n_past].to_vec(),
+                sequence.job.session.clone(),
+            );
+            for dropped in insertion.dropped {
+                self.forget(dropped);
+            }
+            if let Some(entry) = insertion.seq_id {
+                let _ = self.ctx.kv_cache_seq_cp(seq_id, entry, None, None);
+            }
+        }
+        self.forget(seq_id);
+        self.free_ids.push(seq_id);
+        sequence.reserved = 0;
+    }
+
+    /// Removes every cell of a sequence id from the KV cache.
+    fn forget(&mut self, seq_id: i32) {
+        let _ = self.ctx.clear_kv_cache_seq(Some(seq_id as u32), None, None);
+    }
+
+    /// Whether `shared` tokens of a prefix cache entry can be reused: with a sliding window,
+    /// the entry must still hold the window's cells before that point.
+    fn reusable(&self, entry: i32, shared: usize) -> bool {
+        match self.sliding_window {
+            None => true,
+            Some(window) => {
+                let first = self.ctx.kv_cache_seq_pos_min(entry);
+                first <= 0 || i64::from(first) <= shared as i64 - i64::from(window)
+            }
+        }
+    }
+}
+
+struct Scheduler<'m, 'c> {
+    model: &'m LlamaModel,
+    kv: Kv<'m, 'c>,
+    metrics: ModelMetrics,
+    step_tokens: usize,
+    pool: u32,
+    waiting: VecDeque<Job>,
+    running: Vec<Sequence>,
+    batch: LlamaBatch<'static>,
+    planned: Vec<Planned>,
+    piece: Vec<u8>,
+}
+
+impl<'m, 'c> Scheduler<'m, 'c> {
+    fn new(
+        model: &'m LlamaModel,
+        ctx: &'c mut LlamaContext<'m>,
+        config: &Config,
+        metrics: ModelMetrics,
+    ) -> Scheduler<'m, 'c> {
+        let slots = config.max_sequences as i32;
+        let pool = ctx.n_ctx();
+        Scheduler {
+            model,
+            kv: Kv {
+                ctx,
+                prefix: PrefixCache::new(slots..slots + PREFIX_ENTRIES as i32),
+                free_ids: (0..slots).rev().collect(),
+                sliding_window: config.sliding_window,
+            },
+            metrics,
+            step_tokens: config.step_tokens as usize,
+            pool,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            batch: LlamaBatch::new(config.step_tokens as usize, 1),
+            planned: Vec::new(),
+            piece: Vec::with_capacity(64),
+        }
+    }
+
+    fn run(&mut self, queue: &std_mpsc::Receiver<Job>) {
+        loop {
+            if self.running.is_empty() && self.waiting.is_empty() {
+                self.report();
+                match queue.recv() {
+                    Ok(job) => self.waiting.push_back(job),
+                    Err(_) => return,
+                }
+            }
+            while let Ok(job) = queue.try_recv() {
+                self.waiting.push_back(job);
+            }
+            self.drop_gone();
+            self.admit();
+            if !self.decode_step() && !self.running.is_empty() {
+                // Every sequence waits on its client (or on cells): nothing to compute yet.
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            self.report();
+        }
+    }
+
+    fn report(&self) {
+        let used: u32 = self.running.iter().map(|s| s.reserved).sum();
+        let cached = self.kv.prefix.cells();
+        self.metrics.set_running(self.running.len());
+        self.metrics
+            .set_kv_cells(used, cached, self.pool.saturating_sub(used + cached));
+    }
+
+    fn free_cells(&self) -> u32 {
+        let used: u32 = self.running.iter().map(|s| s.reserved).sum();
+        self.pool.saturating_sub(used + self.kv.prefix.cells())
+    }
+
+    /// Ends sequences whose client went away and those that delivered their last event, and
+    /// forgets waiting jobs whose client left.
+    fn drop_gone(&mut self) {
+        self.waiting.retain(|job| !job.events.is_closed());
+        for i in (0..self.running.len()).rev() {
+            let sequence = &mut self.running[i];
+            sequence.flush();
+            if sequence.job.events.is_closed() {
+                sequence.client_gone = true;
+            }
+            let done = sequence.finished && sequence.held.is_empty();
+            if sequence.client_gone || done {
+                let mut sequence = self.running.swap_remove(i);
+                self.kv.release(&mut sequence, false);
+            }
+        }
+    }
+
+    /// Starts waiting jobs, oldest first, while sequence ids and KV cells allow.
+    fn admit(&mut self) {
+        while let Some(job) = self.waiting.front() {
+            if self.kv.free_ids.is_empty() {
+                return;
+            }
+            // At least the last prompt token is computed: its logits give the first token.
+            let matches =
+                self.kv
+                    .prefix
+                    .matches(&job.prompt, job.prompt.len() - 1, job.session.as_deref());
+            let reuse = matches
+                .into_iter()
+                .find(|&(entry, shared)| self.kv.reusable(entry, shared));
+            let cached = reuse.map_or(0, |(_, shared)| shared);
+            let needed = (job.prompt.len() - cached) as u32 + job.max_tokens;
+            if let Some((entry, _)) = reuse {
+                self.kv.prefix.pin(entry);
+            }
+            while self.free_cells() < needed {
+                match self.kv.prefix.evict() {
+                    Some(evicted) => self.kv.forget(evicted),
+                    None => break,
+                }
+            }
+            if self.free_cells() < needed {
+                if let Some((entry, _)) = reuse {
+                    self.kv.prefix.unpin(entry);
+                }
+                return;
+            }
+            let job = self.waiting.pop_front().expect("peeked");
+            let seq_id = self.kv.free_ids.pop().expect("checked");
+            if let Some((entry, shared)) = reuse {
+                let _ = self
+                    .kv
+                    .ctx
+                    .kv_cache_seq_cp(entry, seq_id, Some(0), Some(shared as u32));
+            }
+            let mut sampler = Sampler::new(&job.sampling);
+            for &token in &job.prompt {
+                sampler.accept(token);
+            }
+            self.metrics.prompt(job.prompt.len() as u32, cached as u32);
+            let now = Instant::now();
+            self.running.push(Sequence {
+                seq_id: Some(seq_id),
+                tokens: job.prompt.clone(),
+                n_prompt: job.prompt.len(),
+                n_past: cached,
+                cached,
+                source: reuse.map(|(entry, _)| entry),
+                reserved: needed,
+                generated: 0,
+                sampler,
+                margins: Vec::new(),
+                utf8: Utf8Stream::default(),
+                text: String::new(),
+                held: VecDeque::new(),
+                admitted: now,
+                first_token: None,
+                last_token: now,
+                finished: false,
+                client_gone: false,
+                job,
+            });
+        }
+    }
+
+    /// Builds and decodes one batch, then samples. Returns false when there was nothing to do.
+    fn decode_step(&mut self) -> bool {
+        self.batch.clear();
+        self.planned.clear();
+        let mut budget = self.step_tokens;
+        // The next token of every decoding sequence whose client keeps up.
+        for (i, sequence) in self.running.iter().enumerate() {
+            if budget == 0 {
+                break;
+            }
+            if !sequence.decoding() || !sequence.held.is_empty() {
+                continue;
+            }
+            let seq_id = sequence.seq_id.expect("decoding");
+            let index = self.batch.n_tokens();
+            let token = LlamaToken(sequence.tokens[sequence.n_past]);
+            if self
+                .batch
+                .add(token, sequence.n_past as i32, &[seq_id], true)
+                .is_err()
+            {
+                break;
+            }
+            budget -= 1;
+            self.planned.push(Planned {
+                sequence: i,
+                tokens: 1,
+                logits: Some(index),
+            });
+        }
+        // Prompt chunks in admission order with what is left.
+        for (i, sequence) in self.running.iter().enumerate() {
+            if budget == 0 {
+                break;
+            }
+            if !sequence.prefilling() {
+                continue;
+            }
+            let seq_id = sequence.seq_id.expect("prefilling");
+            let take = budget.min(sequence.n_prompt - sequence.n_past);
+            let mut logits = None;
+            for offset in 0..take {
+                let pos = sequence.n_past + offset;
+                let last = pos + 1 == sequence.n_prompt;
+                if last {
+                    logits = Some(self.batch.n_tokens());
+                }
+                let token = LlamaToken(sequence.tokens[pos]);
+                // The batch holds `step_tokens` and the budget never exceeds that.
+                let _ = self.batch.add(token, pos as i32, &[seq_id], last);
+            }
+            budget -= take;
+            self.planned.push(Planned {
+                sequence: i,
+                tokens: take,
+                logits,
+            });
+        }
+        if self.planned.is_empty() {
+            return false;
+        }
+        if let Err(error) = self.kv.ctx.decode(&mut self.batch) {
+            tracing::error!(%error, "llama_decode failed; failing the sequences in this batch");
+            for plan in &self.planned {
+                let sequence = &mut self.running[plan.sequence];
+                sequence.held.clear();
+                sequence.send(TextEvent::Failed(InferError::Internal(format!(
+                    "decode: {error}"
+                ))));
+                sequence.finished = true;
+                self.kv.release(sequence, false);
+            }
+            return true;
+        }
+        let planned = std::mem::take(&mut self.planned);
+        for plan in &planned {
+            self.running[plan.sequence].n_past += plan.tokens;
+            if let Some(index) = plan.logits {
+                self.sample(plan.sequence, index);
+            }
+        }
+        self.planned = planned;
+        true
+    }
+
+    fn sample(&mut self, i: usize, index: i32) {
+        let logits = self.kv.ctx.get_logits_ith(index);
+        let sequence = &mut self.running[i];
+        let token = sequence.sampler.sample(logits);
+        if sequence.job.trace.is_some() {
+            sequence.margins.push(super::sampling::margin(logits));
+        }
+        let now = Instant::now();
+        match sequence.first_token {
+            None => {
+                sequence.first_token = Some(now);
+                self.metrics
+                    .time_to_first_token((now - sequence.job.arrived).as_secs_f64());
+            }
+            Some(_) => self
+                .metrics
+                .inter_token_latency((now - sequence.last_token).as_secs_f64()),
+        }
+        sequence.last_token = now;
+        let vocab = self.model.vocab();
+        if !sequence.job.ignore_eos && vocab.is_eog(LlamaToken(token)) {
+            self.finish(i, FinishReason::Stop);
+            return;
+        }
+        sequence.generated += 1;
+        sequence.tokens.push(token);
+        sequence.sampler.accept(token);
+        self.metrics.generated_token();
+        self.piece.clear();
+        vocab.token_to_piece_into(LlamaToken(token), &mut self.piece, false, None);
+        let text = sequence.utf8.push(&self.piece);
+        if !text.is_empty() {
+            sequence.text.push_str(&text);
+            sequence.send(TextEvent::Text(text));
+        }
+        if sequence.generated >= sequence.job.max_tokens {
+            self.finish(i, FinishReason::Length);
+        }
+    }
+
+    /// Completes a sequence: the last text, `Done`, the trace; its cells go to the prefix cache.
+    fn finish(&mut self, i: usize, reason: FinishReason) {
+        let sequence = &mut self.running[i];
+        sequence.finished = true;
+        let rest = sequence.utf8.finish();
+        if !rest.is_empty() {
+            sequence.text.push_str(&rest);
+            sequence.send(TextEvent::Text(rest));
+        }
+        let usage = Usage::new(sequence.n_prompt as u32, sequence.generated)
+            .with_cached_tokens(sequence.cached as u32);
+        let completion = Completion {
+            text: std::mem::take(&mut sequence.text),
+            usage,
+            finish_reason: reason,
+        };
+        sequence.send(TextEvent::Done(completion));
+        if let Some(trace) = sequence.job.trace.take() {
+            let first = sequence.first_token.unwrap_or(sequence.last_token);
+            let _ = trace.send(Trace {
+                tokens: sequence.tokens[sequence.n_prompt..].to_vec(),
+                margins: std::mem::take(&mut sequence.margins),
+                timing: GenerationTiming {
+                    prefill: first - sequence.admitted,
+                    decode: sequence.last_token - first,
+                    generated: sequence.generated,
+                },
+            });
+        }
+        self.kv.release(sequence, true);
+    }
+}

@@ -1,0 +1,122 @@
+//! llama.cpp's side of the kernel rows, and where its tools come from: `llama-bench` and
+//! `llama-server` are built by `scripts/bench/build-llama-tools.sh` (cached outside the clone)
+//! unless `--llama-bin` names a folder holding them.
+
+use super::kernel::{DECODE_DEPTHS, DECODE_TOKENS, KernelRates, PREFILL_TOKENS};
+use super::report::median;
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// The folder with `llama-bench` and `llama-server`: `given`, or the build script's output.
+pub fn tools_dir(given: Option<PathBuf>) -> Result<PathBuf> {
+    let dir = match given {
+        Some(dir) => dir,
+        None => {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../scripts/bench/build-llama-tools.sh");
+            if !script.exists() {
+                bail!(
+                    "{} is missing: pass --llama-bin with llama-bench and llama-server",
+                    script.display()
+                );
+            }
+            eprintln!("llama.cpp tools: {}", script.display());
+            let output = Command::new("bash")
+                .arg(&script)
+                .stderr(Stdio::inherit())
+                .output()
+                .with_context(|| format!("running {}", script.display()))?;
+            if !output.status.success() {
+                bail!("{} failed ({})", script.display(), output.status);
+            }
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            PathBuf::from(stdout.lines().last().unwrap_or_default().trim())
+        }
+    };
+    for tool in ["llama-bench", "llama-server"] {
+        if !dir.join(tool).is_file() {
+            bail!("{} has no {tool}", dir.display());
+        }
+    }
+    Ok(dir)
+}
+
+#[derive(Deserialize)]
+struct Test {
+    n_prompt: u32,
+    n_gen: u32,
+    n_depth: u32,
+    samples_ts: Vec<f64>,
+}
+
+/// Prefill and decode rates from `llama-bench` (its own warm-up, then `repetitions` samples each;
+/// the median is kept).
+pub fn kernel(bin: &Path, gguf: &Path, threads: u32, repetitions: u32) -> Result<KernelRates> {
+    let (prefill_lengths, depths) = (list(&PREFILL_TOKENS), list(&DECODE_DEPTHS));
+    let decode_tokens = DECODE_TOKENS.to_string();
+    let prefill = run_bench(
+        bin,
+        gguf,
+        threads,
+        repetitions,
+        &["-p", prefill_lengths.as_str(), "-n", "0"],
+    )?;
+    let decode = run_bench(
+        bin,
+        gguf,
+        threads,
+        repetitions,
+        &[
+            "-p",
+            "0",
+            "-n",
+            decode_tokens.as_str(),
+            "-d",
+            depths.as_str(),
+        ],
+    )?;
+    let mut rates = KernelRates::default();
+    for test in prefill.iter().chain(&decode) {
+        let rate = median(&test.samples_ts).context("llama-bench reported no samples")?;
+        match (test.n_prompt, test.n_gen) {
+            (n, 0) => rates.prefill.insert(n, rate),
+            (0, _) => rates.decode.insert(test.n_depth, rate),
+            _ => bail!("unexpected llama-bench test"),
+        };
+    }
+    Ok(rates)
+}
+
+fn list(values: &[u32]) -> String {
+    let strings: Vec<String> = values.iter().map(u32::to_string).collect();
+    strings.join(",")
+}
+
+fn run_bench(
+    bin: &Path,
+    gguf: &Path,
+    threads: u32,
+    repetitions: u32,
+    tests: &[&str],
+) -> Result<Vec<Test>> {
+    let mut command = Command::new(bin.join("llama-bench"));
+    command
+        .arg("-m")
+        .arg(gguf)
+        .args(["-t", &threads.to_string()])
+        .args(["-r", &repetitions.to_string()])
+        .args(["-o", "json"])
+        .args(tests)
+        .stderr(Stdio::piped());
+    let output = command.output().context("running llama-bench")?;
+    if !output.status.success() {
+        bail!(
+            "llama-bench failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    serde_json::from_slice(&output.stdout).context("reading llama-bench's JSON")
+}

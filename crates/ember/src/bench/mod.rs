@@ -1,0 +1,394 @@
+//! `ember bench llm`: Ember against llama.cpp's own tools on the same GGUF files, in one run and
+//! one side at a time. Kernel rows: prefill and decode rates of the engine in-process against
+//! `llama-bench`. Serving rows: aggregate generated tokens per second, time to first token and
+//! inter-token latency of `ember serve` against `llama-server -np N` with the same context per
+//! sequence, a mixed run where long prompts arrive during short streams, and each server's peak
+//! RSS. Prints one table and writes the rows as JSON. Never part of `cargo test`.
+
+mod gguf;
+mod kernel;
+mod llama;
+mod load;
+mod prompts;
+mod report;
+mod servers;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use ember_core::catalog::Engine;
+use ember_core::{Catalog, ModelSpec, installed};
+use kernel::{DECODE_DEPTHS, DECODE_TOKENS, KernelRates, PREFILL_TOKENS};
+use load::{Api, LoadResult, LongLoad, Target};
+use prompts::Prompts;
+use report::{Row, median, percentile};
+use servers::{Server, ServerConfig};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const DEFAULT_MODELS: [&str; 3] = [
+    "@hf/qwen/qwen2.5-coder-0.5b-instruct",
+    "@hf/huggingfacetb/smollm2-135m-instruct",
+    "@hf/google/gemma-3-270m",
+];
+/// KV cells per sequence on both servers (room for a long prompt and its output).
+const CTX_PER_SEQUENCE: u32 = 4608;
+const SHORT_MAX_TOKENS: u32 = 128;
+const LONG_PROMPT_TOKENS: usize = 4000;
+const LONG_MAX_TOKENS: u32 = 16;
+/// Pause between one long prompt finishing and the next being sent, in the mixed run.
+const LONG_INTERVAL: Duration = Duration::from_secs(5);
+/// The concurrency of the mixed run: this many streams, one of them the long-prompt client.
+const MIXED_CONCURRENCY: u32 = 8;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Text generation: Ember against llama-bench and llama-server (llama.cpp from the
+    /// llama-cpp-python 0.3.36 sdist) on the same GGUF.
+    Llm(LlmBench),
+}
+
+#[derive(Args)]
+pub struct LlmBench {
+    /// Catalog ids of the models (pulled first if missing).
+    #[arg(long, value_delimiter = ',', default_values = DEFAULT_MODELS)]
+    models: Vec<String>,
+    /// CPU threads, on both sides.
+    #[arg(long, default_value_t = 2)]
+    threads: u32,
+    /// Timed repetitions of each kernel test, after one warm-up; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    repetitions: u32,
+    /// Concurrent streams of the serving runs.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 8, 32])]
+    concurrency: Vec<u32>,
+    /// Seconds each serving run keeps starting requests.
+    #[arg(long, default_value_t = 30)]
+    duration: u64,
+    /// Folder with llama-bench and llama-server (default: scripts/bench/build-llama-tools.sh
+    /// builds them once into ~/.cache/ember).
+    #[arg(long)]
+    llama_bin: Option<PathBuf>,
+    /// Where to write the results as JSON.
+    #[arg(long, default_value = "results.json")]
+    out: PathBuf,
+}
+
+/// What the bench needs from the CLI around it.
+pub struct Env<'a> {
+    pub catalog: &'a Catalog,
+    pub catalog_file: Option<&'a Path>,
+    pub home: &'a Path,
+    pub runtime: &'a tokio::runtime::Runtime,
+}
+
+pub fn run(command: BenchCommand, env: &Env) -> Result<()> {
+    let BenchCommand::Llm(bench) = command;
+    bench.run(env)
+}
+
+/// One server's serving results at one concurrency.
+struct Serving {
+    load: LoadResult,
+    mixed: Option<LoadResult>,
+    peak_rss: u64,
+}
+
+impl LlmBench {
+    fn run(&self, env: &Env) -> Result<()> {
+        if cfg!(debug_assertions) {
+            eprintln!("warning: a debug build of ember; build with --release for real numbers");
+        }
+        let mut specs = Vec::new();
+        for id in &self.models {
+            let spec = env
+                .catalog
+                .get(id)
+                .with_context(|| format!("{id} is not in the catalog"))?;
+            if spec.engine != Engine::LlamaCpp {
+                bail!("{id} does not run on llama.cpp");
+            }
+            specs.push(spec);
+        }
+        let missing: Vec<String> = specs
+            .iter()
+            .filter(|s| !installed::is_installed(s, &installed::model_dir(env.home, s)))
+            .map(|s| s.id.clone())
+            .collect();
+        if !missing.is_empty() {
+            crate::pull_models(env.catalog, env.home, &missing, false)?;
+        }
+        let bin = llama::tools_dir(self.llama_bin.clone())?;
+        let work = std::env::temp_dir().join(format!("ember-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&work)?;
+
+        // Other work on the machine skews every number: record how busy it was.
+        let load_average = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        let mut rows = Vec::new();
+        let mut errors = Vec::new();
+        for spec in specs {
+            self.model(env, spec, &bin, &work, &mut rows, &mut errors)
+                .with_context(|| format!("{} (logs in {})", spec.id, work.display()))?;
+        }
+        println!();
+        report::print_table(&rows);
+        for error in &errors {
+            println!("failed: {error}");
+        }
+        let json = serde_json::json!({
+            "settings": {
+                "threads": self.threads,
+                "repetitions": self.repetitions,
+                "concurrency": self.concurrency,
+                "serving_seconds": self.duration,
+                "ctx_per_sequence": CTX_PER_SEQUENCE,
+                "short_max_tokens": SHORT_MAX_TOKENS,
+                "long_prompt_tokens": LONG_PROMPT_TOKENS,
+                "long_max_tokens": LONG_MAX_TOKENS,
+                "mixed": format!("{} short streams + 1 long-prompt client", MIXED_CONCURRENCY - 1),
+                "llama_cpp": "llama-cpp-python 0.3.36 sdist (vendor/llama.cpp)",
+                "ember": env!("CARGO_PKG_VERSION"),
+                "optimized_build": !cfg!(debug_assertions),
+                "load_average_at_start": load_average.trim(),
+            },
+            "rows": rows,
+            "errors": errors,
+        });
+        std::fs::write(&self.out, serde_json::to_string_pretty(&json)?)
+            .with_context(|| format!("writing {}", self.out.display()))?;
+        eprintln!("results written to {}", self.out.display());
+        std::fs::remove_dir_all(&work)?;
+        Ok(())
+    }
+
+    fn model(
+        &self,
+        env: &Env,
+        spec: &ModelSpec,
+        bin: &Path,
+        work: &Path,
+        rows: &mut Vec<Row>,
+        errors: &mut Vec<String>,
+    ) -> Result<()> {
+        let name = spec.id.rsplit('/').next().unwrap_or(&spec.id);
+        let dir = installed::model_dir(env.home, spec);
+        let gguf = dir.join("model.gguf");
+        let info = gguf::read(&gguf)?;
+
+        eprintln!("== {}: llama-bench", spec.id);
+        let llama = keep(
+            errors,
+            format!("{name}: llama-bench"),
+            llama::kernel(bin, &gguf, self.threads, self.repetitions),
+        );
+        eprintln!("== {}: Ember engine", spec.id);
+        let ember = keep(
+            errors,
+            format!("{name}: Ember kernels"),
+            kernel::ember(spec, &dir, info.n_vocab, self.threads, self.repetitions),
+        );
+        let rate = |side: &Option<KernelRates>, prefill: bool, n: u32| {
+            side.as_ref().and_then(|k| {
+                let rates = if prefill { &k.prefill } else { &k.decode };
+                rates.get(&n).copied()
+            })
+        };
+        for n in PREFILL_TOKENS {
+            rows.push(Row::new(
+                name,
+                format!("prefill {n} tokens"),
+                "tok/s",
+                rate(&ember, true, n),
+                rate(&llama, true, n),
+                ">= 0.95",
+            ));
+        }
+        for depth in DECODE_DEPTHS {
+            rows.push(Row::new(
+                name,
+                format!("decode {DECODE_TOKENS} after {depth}"),
+                "tok/s",
+                rate(&ember, false, depth),
+                rate(&llama, false, depth),
+                ">= 0.95",
+            ));
+        }
+
+        let config = |sequences| ServerConfig {
+            gguf: &gguf,
+            threads: self.threads,
+            sequences,
+            ctx_per_sequence: CTX_PER_SEQUENCE,
+            work_dir: work,
+        };
+        // A new connection per request: llama-server's HTTP library closes kept-alive connections
+        // that reqwest would otherwise reuse; loopback connections cost both sides next to nothing.
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()?;
+        eprintln!("== {}: prompts", spec.id);
+        let long_count = (self.duration / LONG_INTERVAL.as_secs()).max(1) as usize + 1;
+        let prompts = env.runtime.block_on(async {
+            let mut server = Server::llama(bin, &config(1))?;
+            server.wait_ready(&client).await?;
+            prompts::build(
+                &client,
+                &server,
+                info.chat_template,
+                LONG_PROMPT_TOKENS,
+                long_count,
+            )
+            .await
+        })?;
+        for &n in &self.concurrency {
+            eprintln!("== {}: llama-server, {n} streams", spec.id);
+            let llama = keep(
+                errors,
+                format!("{name}: llama-server with {n} streams"),
+                env.runtime.block_on(self.serving(
+                    Server::llama(bin, &config(n)),
+                    Api::LlamaServer,
+                    &client,
+                    &prompts,
+                    n,
+                )),
+            );
+            eprintln!("== {}: ember serve, {n} streams", spec.id);
+            let ember = keep(
+                errors,
+                format!("{name}: ember serve with {n} streams"),
+                env.runtime.block_on(self.serving(
+                    Server::ember(&spec.id, env.home, env.catalog_file, &config(n)),
+                    Api::Ember(spec.id.clone()),
+                    &client,
+                    &prompts,
+                    n,
+                )),
+            );
+            serving_rows(rows, name, n, ember.as_ref(), llama.as_ref());
+        }
+        Ok(())
+    }
+
+    /// Warms the server up, runs `n` streams, then (at the mixed concurrency) the mixed run, and
+    /// reads the server's peak RSS.
+    async fn serving(
+        &self,
+        server: Result<Server>,
+        api: Api,
+        client: &reqwest::Client,
+        prompts: &Prompts,
+        n: u32,
+    ) -> Result<Serving> {
+        let mut server = server?;
+        let run = async {
+            server.wait_ready(client).await?;
+            let target = Target {
+                client: client.clone(),
+                base: server.base.clone(),
+                api,
+            };
+            let duration = Duration::from_secs(self.duration);
+            target.warm_up(&prompts.short[0]).await?;
+            let load = target
+                .load(&prompts.short, SHORT_MAX_TOKENS, n as usize, duration, None)
+                .await?;
+            let mixed = if n == MIXED_CONCURRENCY {
+                let long = LongLoad {
+                    prompts: prompts.long.clone(),
+                    max_tokens: LONG_MAX_TOKENS,
+                    interval: LONG_INTERVAL,
+                };
+                let short_clients = n as usize - 1;
+                Some(
+                    target
+                        .load(
+                            &prompts.short,
+                            SHORT_MAX_TOKENS,
+                            short_clients,
+                            duration,
+                            Some(long),
+                        )
+                        .await?,
+                )
+            } else {
+                None
+            };
+            anyhow::Ok((load, mixed))
+        };
+        let (load, mixed) = match run.await {
+            Ok(results) => results,
+            Err(error) => bail!("{error:#}\nserver log:\n{}", server.log_tail()),
+        };
+        Ok(Serving {
+            load,
+            mixed,
+            peak_rss: server.peak_rss()?,
+        })
+    }
+}
+
+fn serving_rows(
+    rows: &mut Vec<Row>,
+    name: &str,
+    n: u32,
+    ember: Option<&Serving>,
+    llama: Option<&Serving>,
+) {
+    let mut push = |metric: String, unit, goal, value: &dyn Fn(&Serving) -> Option<f64>| {
+        rows.push(Row::new(
+            name,
+            metric,
+            unit,
+            ember.and_then(value),
+            llama.and_then(value),
+            goal,
+        ));
+    };
+    let ms = |values: &[f64], p: f64| percentile(values, p).map(|s| s * 1000.0);
+    let throughput_goal = if n >= 8 { ">= 1.2" } else { "" };
+    push(
+        format!("generated, N={n}"),
+        "tok/s",
+        throughput_goal,
+        &|s| Some(s.load.tokens_per_s),
+    );
+    for p in [50.0, 99.0] {
+        push(format!("TTFT p{p}, N={n}"), "ms", "", &|s| {
+            ms(&s.load.ttft, p)
+        });
+    }
+    for p in [50.0, 99.0] {
+        push(format!("ITL p{p}, N={n}"), "ms", "", &|s| {
+            ms(&s.load.gaps, p)
+        });
+    }
+    if n == MIXED_CONCURRENCY && ember.or(llama).is_some_and(|s| s.mixed.is_some()) {
+        let mixed = format!("mixed N={n}");
+        for (p, goal) in [(50.0, ""), (99.0, "<= 0.5")] {
+            push(format!("{mixed}: short TTFT p{p}"), "ms", goal, &|s| {
+                ms(&s.mixed.as_ref()?.ttft, p)
+            });
+        }
+        push(format!("{mixed}: short ITL p99"), "ms", "", &|s| {
+            ms(&s.mixed.as_ref()?.gaps, 99.0)
+        });
+        push(format!("{mixed}: long TTFT p50"), "ms", "", &|s| {
+            median(&s.mixed.as_ref()?.long_ttft).map(|v| v * 1000.0)
+        });
+    }
+    push(format!("peak RSS, N={n}"), "MiB", "<= 1.1", &|s| {
+        Some(s.peak_rss as f64 / (1024.0 * 1024.0))
+    });
+}
+
+/// The value of one side's measurement, or `None` with the failure recorded.
+fn keep<T>(errors: &mut Vec<String>, what: String, result: Result<T>) -> Option<T> {
+    match result {
+        Ok(value) => Some(value),
+        Err(error) => {
+            eprintln!("{what} failed: {error:#}");
+            errors.push(format!("{what}: {error:#}"));
+            None
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! The two servers as child processes on free loopback ports, one at a time: `llama-server` and
+//! `ember serve` with the same GGUF, threads, parallel sequences and KV cells. Waits until each
+//! is ready, reads its peak RSS (VmHWM) and kills it when dropped.
+
+use anyhow::{Context, Result, bail};
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+pub struct Server {
+    child: Child,
+    log: PathBuf,
+    /// `http://127.0.0.1:<port>`
+    pub base: String,
+}
+
+/// How both servers are configured for one concurrency level.
+pub struct ServerConfig<'a> {
+    pub gguf: &'a Path,
+    pub threads: u32,
+    pub sequences: u32,
+    pub ctx_per_sequence: u32,
+    /// For server logs and Ember's database.
+    pub work_dir: &'a Path,
+}
+
+impl Server {
+    /// `llama-server` with one slot of `ctx_per_sequence` tokens per sequence (the KV cache is
+    /// split evenly between slots: `--kv-unified` is off when `-np` is given).
+    pub fn llama(bin: &Path, config: &ServerConfig) -> Result<Server> {
+        let port = free_port()?;
+        let mut command = Command::new(bin.join("llama-server"));
+        command
+            .arg("-m")
+            .arg(config.gguf)
+            .args(["-t", &config.threads.to_string()])
+            .args(["-tb", &config.threads.to_string()])
+            .args(["-np", &config.sequences.to_string()])
+            .args(["-c", &config.kv_cells().to_string()])
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()]);
+        Server::spawn(command, port, &config.work_dir.join("llama-server.log"))
+    }
+
+    /// This executable's `serve`, with `model` preloaded.
+    pub fn ember(
+        model: &str,
+        home: &Path,
+        catalog: Option<&Path>,
+        config: &ServerConfig,
+    ) -> Result<Server> {
+        let port = free_port()?;
+        let mut command = Command::new(std::env::current_exe()?);
+        command.arg("--home").arg(home);
+        if let Some(catalog) = catalog {
+            command.arg("--catalog").arg(catalog);
+        }
+        let db = config
+            .work_dir
+            .join(format!("ember-{}.db", config.sequences));
+        command
+            .arg("serve")
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--db")
+            .arg(db)
+            .args(["--preload", model])
+            .args(["--max-sequences", &config.sequences.to_string()])
+            .args(["--kv-cells", &config.kv_cells().to_string()])
+            .env("EMBER_THREADS", config.threads.to_string());
+        Server::spawn(command, port, &config.work_dir.join("ember.log"))
+    }
+
+    fn spawn(mut command: Command, port: u16, log: &Path) -> Result<Server> {
+        let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        command.stdout(out.try_clone()?).stderr(out);
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {:?}", command.get_program()))?;
+        Ok(Server {
+            child,
+            log: log.to_path_buf(),
+            base: format!("http://127.0.0.1:{port}"),
+        })
+    }
+
+    /// Waits until `GET /health` answers 200 (both servers answer 503 or nothing while loading).
+    pub async fn wait_ready(&mut self, client: &reqwest::Client) -> Result<()> {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(300) {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("server exited ({status}):\n{}", self.log_tail());
+            }
+            let health = client.get(format!("{}/health", self.base)).send().await;
+            if health.is_ok_and(|r| r.status().is_success()) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        bail!("server not ready after 300 s:\n{}", self.log_tail())
+    }
+
+    /// The most resident memory the process has used so far (VmHWM), in bytes.
+    pub fn peak_rss(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let line = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .context("no VmHWM in /proc/<pid>/status")?;
+        let kib: u64 = line.trim().trim_end_matches("kB").trim().parse()?;
+        Ok(kib * 1024)
+    }
+
+    /// The end of the server's log, for error messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ServerConfig<'_> {
+    fn kv_cells(&self) -> u32 {
+        self.sequences * self.ctx_per_sequence
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
