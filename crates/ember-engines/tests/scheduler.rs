@@ -118,13 +118,13 @@ async fn seeded_sampling_repeats_and_seeds_differ() {
     let seeded = |seed| {
         request(
             &[("user", "Tell me a short story about a lighthouse keeper.")],
-            48,
+            24,
             sampling(0.8, Some(seed)),
         )
     };
     let (engine, _) = load(settings(8));
     let first = engine.run_traced(&seeded(1234), false).await.unwrap();
-    assert_eq!(first.tokens.len(), 48);
+    assert_eq!(first.tokens.len(), 24);
     let (engine, _) = load(settings(8));
     let again = engine.run_traced(&seeded(1234), false).await.unwrap();
     assert_eq!(first.completion.text, again.completion.text);
@@ -239,7 +239,7 @@ async fn admission_refuses_past_its_limits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_disconnects_leave_nothing_behind() {
-    let mut many = settings(8);
+    let mut many = settings(16);
     many.max_waiting = 256;
     many.max_wait = Duration::from_secs(600);
     let (engine, metrics) = load(many);
@@ -251,7 +251,7 @@ async fn random_disconnects_leave_nothing_behind() {
             let leave_after = match i % 4 {
                 0 => Some(0),
                 1 => Some(1 + (i % 5) as usize),
-                2 => Some(10),
+                2 => Some(4),
                 _ => None,
             };
             let question = QUESTIONS[(i % 8) as usize];
