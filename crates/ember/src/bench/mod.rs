@@ -123,6 +123,13 @@ impl LlmBench {
 
         // Other work on the machine skews every number: record how busy it was.
         let load_average = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        let busy = load_average
+            .split(' ')
+            .next()
+            .and_then(|l| l.parse::<f64>().ok());
+        if let Some(load) = busy.filter(|l| *l > 0.5) {
+            eprintln!("warning: load average {load}: other work on the machine skews the numbers");
+        }
         let mut rows = Vec::new();
         let mut errors = Vec::new();
         for spec in specs {
@@ -240,7 +247,7 @@ impl LlmBench {
             .await
         })?;
         for &n in &self.concurrency {
-            eprintln!("== {}: llama-server, {n} streams", spec.id);
+            eprintln!("== {}: llama-server, N={n}", spec.id);
             let llama = keep(
                 errors,
                 format!("{name}: llama-server with {n} streams"),
@@ -252,7 +259,7 @@ impl LlmBench {
                     n,
                 )),
             );
-            eprintln!("== {}: ember serve, {n} streams", spec.id);
+            eprintln!("== {}: ember serve, N={n}", spec.id);
             let ember = keep(
                 errors,
                 format!("{name}: ember serve with {n} streams"),
@@ -352,6 +359,10 @@ fn serving_rows(
         throughput_goal,
         &|s| Some(s.load.tokens_per_s),
     );
+    // Percentiles over few requests are coarse (p99 of 20 is the maximum): say how many.
+    push(format!("requests, N={n}"), "count", "", &|s| {
+        Some(s.load.ttft.len() as f64)
+    });
     for p in [50.0, 99.0] {
         push(format!("TTFT p{p}, N={n}"), "ms", "", &|s| {
             ms(&s.load.ttft, p)
@@ -364,6 +375,12 @@ fn serving_rows(
     }
     if n == MIXED_CONCURRENCY && ember.or(llama).is_some_and(|s| s.mixed.is_some()) {
         let mixed = format!("mixed N={n}");
+        push(format!("{mixed}: short requests"), "count", "", &|s| {
+            Some(s.mixed.as_ref()?.ttft.len() as f64)
+        });
+        push(format!("{mixed}: long requests"), "count", "", &|s| {
+            Some(s.mixed.as_ref()?.long_ttft.len() as f64)
+        });
         for (p, goal) in [(50.0, ""), (99.0, "<= 0.5")] {
             push(format!("{mixed}: short TTFT p{p}"), "ms", goal, &|s| {
                 ms(&s.mixed.as_ref()?.ttft, p)

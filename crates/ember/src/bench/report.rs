@@ -39,8 +39,8 @@ impl Row {
 }
 
 pub fn print_table(rows: &[Row]) {
-    let number = |v: Option<f64>| match v {
-        Some(v) if v >= 100.0 => format!("{v:.0}"),
+    let number = |v: Option<f64>, unit: &str| match v {
+        Some(v) if v >= 100.0 || unit == "count" => format!("{v:.0}"),
         Some(v) => format!("{v:.1}"),
         None => "-".into(),
     };
@@ -56,8 +56,8 @@ pub fn print_table(rows: &[Row]) {
             "{:<model_width$}  {:<metric_width$}  {:>9}  {:>9}  {:>6}  {}",
             row.model,
             format!("{} ({})", row.metric, row.unit),
-            number(row.ember),
-            number(row.llama_cpp),
+            number(row.ember, row.unit),
+            number(row.llama_cpp, row.unit),
             row.ratio.map_or("-".into(), |r| format!("{r:.2}")),
             row.goal
         );
