@@ -164,13 +164,7 @@ impl Ember {
 
     /// Unloads idle models until `spec` fits the memory budget next to the busy ones.
     fn make_room(&self, spec: &ModelSpec) -> Result<(), InferError> {
-        let dir = installed::model_dir(&self.home, spec);
-        let needed: u64 = spec
-            .files
-            .iter()
-            .filter_map(|f| std::fs::metadata(dir.join(&f.path)).ok())
-            .map(|m| m.len())
-            .sum();
+        let needed = installed::files_bytes(spec, &installed::model_dir(&self.home, spec));
         let mut resident = self.lock_resident();
         loop {
             let loaded: Vec<(&String, &Resident, &LoadedModel)> = resident

@@ -50,6 +50,15 @@ pub fn write_manifest(dir: &Path, manifest: &InstallManifest) -> std::io::Result
     std::fs::rename(temp, dir.join(MANIFEST_FILE))
 }
 
+/// Bytes the model's files take on disk (0 for files that are missing).
+pub fn files_bytes(spec: &ModelSpec, dir: &Path) -> u64 {
+    spec.files
+        .iter()
+        .filter_map(|f| std::fs::metadata(dir.join(&f.path)).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
 /// True when the manifest lists every catalog file and each is on disk at its recorded size.
 pub fn is_installed(spec: &ModelSpec, dir: &Path) -> bool {
     let Some(manifest) = read_manifest(dir) else {

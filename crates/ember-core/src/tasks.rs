@@ -49,6 +49,22 @@ pub struct Sampling {
     pub presence_penalty: Option<f32>,
 }
 
+impl Sampling {
+    /// Temperature 0: always the most likely token.
+    pub fn greedy() -> Sampling {
+        Sampling {
+            temperature: 0.0,
+            top_p: None,
+            top_k: None,
+            min_p: None,
+            seed: None,
+            repetition_penalty: None,
+            frequency_penalty: None,
+            presence_penalty: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct TextGenerationRequest {
     pub prompt: PromptInput,

@@ -25,12 +25,7 @@ pub fn load(
             Ok(LoadedModel::TextGeneration(Arc::new(engine)))
         }
         Engine::CandleBert | Engine::CandleGemma3Embedding => {
-            let file_bytes = spec
-                .files
-                .iter()
-                .filter_map(|f| std::fs::metadata(dir.join(&f.path)).ok())
-                .map(|m| m.len())
-                .sum();
+            let file_bytes = ember_core::installed::files_bytes(spec, dir);
             let (spec, dir) = (spec.clone(), dir.to_path_buf());
             let worker = ModelWorker::embeddings(&spec.id.clone(), file_bytes, move || {
                 embed::load(&spec, &dir)

@@ -52,16 +52,7 @@ fn greedy(prompt: PromptInput, max_tokens: u32) -> TextGenerationRequest {
     TextGenerationRequest {
         prompt,
         max_tokens,
-        sampling: Sampling {
-            temperature: 0.0,
-            top_p: None,
-            top_k: None,
-            min_p: None,
-            seed: None,
-            repetition_penalty: None,
-            frequency_penalty: None,
-            presence_penalty: None,
-        },
+        sampling: Sampling::greedy(),
         stream: false,
     }
 }

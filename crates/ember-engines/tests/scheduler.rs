@@ -60,13 +60,8 @@ fn request(
 fn sampling(temperature: f32, seed: Option<u64>) -> Sampling {
     Sampling {
         temperature,
-        top_p: None,
-        top_k: None,
-        min_p: None,
         seed,
-        repetition_penalty: None,
-        frequency_penalty: None,
-        presence_penalty: None,
+        ..Sampling::greedy()
     }
 }
 

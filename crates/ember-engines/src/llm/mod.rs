@@ -106,7 +106,7 @@ pub fn load(
     };
     let backend = backend()?;
     let path = dir.join("model.gguf");
-    let file_bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
+    let file_bytes = ember_core::installed::files_bytes(spec, dir);
     let id = spec.id.clone();
     let mut logged = 0;
     let params = LlamaModelParams::default().with_progress_callback(move |progress| {
@@ -370,16 +370,7 @@ impl LlmEngine {
                 raw: true,
             },
             max_tokens,
-            sampling: ember_core::tasks::Sampling {
-                temperature: 0.0,
-                top_p: None,
-                top_k: None,
-                min_p: None,
-                seed: None,
-                repetition_penalty: None,
-                frequency_penalty: None,
-                presence_penalty: None,
-            },
+            sampling: ember_core::tasks::Sampling::greedy(),
             stream: false,
         };
         let runtime = tokio::runtime::Builder::new_current_thread()

@@ -100,16 +100,18 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    /// A sampler for one sequence. Without a seed, a fresh random one is drawn.
-    pub fn new(settings: &Sampling) -> Sampler {
+    /// A sampler for one sequence whose tokens so far are `history` (the prompt). Without a
+    /// seed, a fresh random one is drawn.
+    pub fn new(settings: &Sampling, history: &[i32]) -> Sampler {
         let rng = match settings.seed {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
         };
+        let tail = &history[history.len().saturating_sub(PENALTY_WINDOW)..];
         Sampler {
             settings: settings.clone(),
             rng,
-            recent: VecDeque::with_capacity(PENALTY_WINDOW),
+            recent: tail.iter().copied().collect(),
         }
     }
 
@@ -360,7 +362,7 @@ mod tests {
     }
 
     fn frequencies(settings: &Sampling, logits: &[f32], draws: usize) -> Vec<f32> {
-        let mut sampler = Sampler::new(settings);
+        let mut sampler = Sampler::new(settings, &[]);
         let mut counts = vec![0usize; logits.len()];
         for _ in 0..draws {
             counts[sampler.sample(logits) as usize] += 1;
@@ -375,11 +377,11 @@ mod tests {
     #[test]
     fn greedy_takes_the_best_token_and_penalties_can_move_it() {
         let logits = vec![1.0, 3.0, 2.9, -1.0];
-        let mut sampler = Sampler::new(&settings(0.0));
+        let mut sampler = Sampler::new(&settings(0.0), &[]);
         assert_eq!(sampler.sample(&logits), 1);
         let mut penalised = settings(0.0);
         penalised.repetition_penalty = Some(1.5);
-        let mut sampler = Sampler::new(&penalised);
+        let mut sampler = Sampler::new(&penalised, &[]);
         sampler.accept(1);
         // 3.0 / 1.5 = 2.0 < 2.9
         assert_eq!(sampler.sample(&logits), 2);
@@ -439,7 +441,7 @@ mod tests {
         let draw = |seed| {
             let mut s = settings(0.8);
             s.seed = Some(seed);
-            let mut sampler = Sampler::new(&s);
+            let mut sampler = Sampler::new(&s, &[]);
             (0..50).map(|_| sampler.sample(&logits)).collect::<Vec<_>>()
         };
         assert_eq!(draw(42), draw(42));

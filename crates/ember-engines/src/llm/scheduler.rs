@@ -371,7 +371,7 @@ impl<'m, 'c> Scheduler<'m, 'c> {
                 }
                 return;
             }
-            let job = self.waiting.pop_front().expect("peeked");
+            let mut job = self.waiting.pop_front().expect("peeked");
             let seq_id = self.kv.free_ids.pop().expect("checked");
             if let Some((entry, shared)) = reuse {
                 let _ = self
@@ -379,16 +379,13 @@ impl<'m, 'c> Scheduler<'m, 'c> {
                     .ctx
                     .kv_cache_seq_cp(entry, seq_id, Some(0), Some(shared as u32));
             }
-            let mut sampler = Sampler::new(&job.sampling);
-            for &token in &job.prompt {
-                sampler.accept(token);
-            }
+            let sampler = Sampler::new(&job.sampling, &job.prompt);
             self.metrics.prompt(job.prompt.len() as u32, cached as u32);
             let now = Instant::now();
             self.running.push(Sequence {
                 seq_id: Some(seq_id),
-                tokens: job.prompt.clone(),
                 n_prompt: job.prompt.len(),
+                tokens: std::mem::take(&mut job.prompt),
                 n_past: cached,
                 cached,
                 source: reuse.map(|(entry, _)| entry),
