@@ -33,6 +33,9 @@ use tokio::sync::{mpsc, oneshot};
 /// Prefix cache entries (each under its own sequence id) kept next to the running sequences.
 const PREFIX_ENTRIES: u32 = 64;
 
+/// While sequences decode, prompt chunks take at most `step_tokens / PREFILL_SHARE_WHILE_DECODING`.
+const PREFILL_SHARE_WHILE_DECODING: usize = 4;
+
 pub(crate) struct Config {
     pub kv_cells: u32,
     pub max_sequences: u32,
@@ -40,6 +43,20 @@ pub(crate) struct Config {
     pub threads: i32,
     /// The model's sliding attention window, if some layers use one.
     pub sliding_window: Option<u32>,
+}
+
+impl Config {
+    /// Sequence ids for prefix cache entries. llama.cpp sizes a unified cache's sliding-window
+    /// layers for a full window per sequence id (`n_swa * n_seq_max + n_ubatch` cells), so on a
+    /// sliding-window model every id costs a window of cells whether used or not: there the
+    /// cache gets one entry per running sequence, which keeps those layers at about what
+    /// llama-server's per-slot caches hold.
+    fn prefix_entries(&self) -> u32 {
+        match self.sliding_window {
+            Some(_) => self.max_sequences,
+            None => PREFIX_ENTRIES,
+        }
+    }
 }
 
 /// An admitted request, tokenized, on its way to the scheduler.
@@ -98,8 +115,10 @@ pub(crate) fn start(
         .with_n_batch(config.step_tokens)
         .with_n_ubatch(config.step_tokens)
         // Running sequences, then the prefix cache entries.
-        .with_n_seq_max(config.max_sequences + PREFIX_ENTRIES)
+        .with_n_seq_max(config.max_sequences + config.prefix_entries())
         .with_kv_unified(true)
+        // Sliding-window layers keep only their window (llama.cpp's default keeps every cell).
+        .with_swa_full(false)
         .with_n_threads(config.threads)
         .with_n_threads_batch(config.threads);
     let context = ModelContext::try_new(model, |model| model.new_context(backend, params))
@@ -272,7 +291,7 @@ impl<'m, 'c> Scheduler<'m, 'c> {
             model,
             kv: Kv {
                 ctx,
-                prefix: PrefixCache::new(slots..slots + PREFIX_ENTRIES as i32),
+                prefix: PrefixCache::new(slots..slots + config.prefix_entries() as i32),
                 free_ids: (0..slots).rev().collect(),
                 sliding_window: config.sliding_window,
             },
@@ -436,7 +455,13 @@ impl<'m, 'c> Scheduler<'m, 'c> {
                 logits: Some(index),
             });
         }
-        // Prompt chunks in admission order with what is left.
+        // Prompt chunks in admission order with what is left. While streams decode, prompts get
+        // at most a quarter of the step: a step's duration is every stream's inter-token gap,
+        // and on a CPU a 512-token chunk costs seconds while 128-token chunks prefill as fast
+        // per token.
+        if !self.planned.is_empty() {
+            budget = budget.min((self.step_tokens / PREFILL_SHARE_WHILE_DECODING).max(1));
+        }
         for (i, sequence) in self.running.iter().enumerate() {
             if budget == 0 {
                 break;
