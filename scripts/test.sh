@@ -2,7 +2,7 @@
 # One command from a fresh clone to every test: install dependencies, fetch and verify the
 # default models (cached in ~/.cache/ember), check formatting and lints, run the Rust tests
 # (unit, real-model and HTTP tests), then start `ember serve` and run the real clients against
-# it: the official `cloudflare` Python SDK and an unmodified Worker under `wrangler dev`.
+# it: the official `cloudflare` and `openai` Python SDKs and an unmodified Worker under `wrangler dev`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$(pwd)"
@@ -42,7 +42,7 @@ export EMBER_URL="http://127.0.0.1:$port"
 python3 -m venv tests/e2e/.venv
 tests/e2e/.venv/bin/pip install -q -r tests/e2e/requirements.txt
 status=0
-tests/e2e/.venv/bin/python -m pytest -v -p no:cacheprovider tests/e2e/test_cloudflare_sdk.py || status=1
+tests/e2e/.venv/bin/python -m pytest -v -p no:cacheprovider tests/e2e/test_cloudflare_sdk.py tests/e2e/test_openai_sdk.py || status=1
 tests/e2e/run_worker_test.sh || status=1
 if [ $status -ne 0 ]; then
   echo "== ember log"; tail -n 100 "$tmp/ember.log"

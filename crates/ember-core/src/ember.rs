@@ -8,7 +8,9 @@ use crate::catalog::{Catalog, ModelSpec, Task};
 use crate::installed;
 use crate::metrics::{Metrics, ModelMetrics};
 use crate::runner::{LoadedModel, TextEvent};
-use crate::tasks::{self, Completion, Usage};
+use crate::tasks::{
+    self, Completion, EmbeddingsOutput, EmbeddingsRequest, TextGenerationRequest, Usage,
+};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -226,6 +228,46 @@ impl Ember {
         self.resident.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Starts a validated text generation on `spec`'s model (loading it on first use) once it
+    /// is admitted. Its text arrives on the returned channel. `run` calls this (and `embed`) with
+    /// the request it parsed, the OpenAI routes with the one they build.
+    pub async fn generate(
+        &self,
+        spec: &ModelSpec,
+        request: TextGenerationRequest,
+        options: &RunOptions,
+    ) -> Result<mpsc::Receiver<TextEvent>, InferError> {
+        let LoadedModel::TextGeneration(generator) = self.model(spec).await? else {
+            return Err(InferError::Internal(format!(
+                "{} is not a text generator",
+                spec.id
+            )));
+        };
+        let ticket = generator.admission().admit(options.reject_if_busy).await?;
+        generator.start(request, options.session.clone(), ticket)
+    }
+
+    /// Embeds validated texts on `spec`'s model (loading it on first use), within
+    /// `options.timeout`.
+    pub async fn embed(
+        &self,
+        spec: &ModelSpec,
+        request: EmbeddingsRequest,
+        options: &RunOptions,
+    ) -> Result<EmbeddingsOutput, InferError> {
+        let LoadedModel::Embeddings(worker) = self.model(spec).await? else {
+            return Err(InferError::Internal(format!(
+                "{} is not an embeddings model",
+                spec.id
+            )));
+        };
+        with_timeout(
+            options.timeout,
+            worker.embed(request.texts, request.pooling),
+        )
+        .await
+    }
+
     /// Runs `model` on a task input, the way `env.AI.run(model, input)` does.
     pub async fn run(
         &self,
@@ -238,18 +280,11 @@ impl Ember {
             Task::TextGeneration => {
                 let request = tasks::parse_text_generation(input, spec)?;
                 let stream = request.stream;
-                let LoadedModel::TextGeneration(generator) = self.model(spec).await? else {
-                    return Err(InferError::Internal(format!(
-                        "{} is not a text generator",
-                        spec.id
-                    )));
-                };
-                let ticket = generator.admission().admit(options.reject_if_busy).await?;
-                let events = generator.start(request, options.session.clone(), ticket)?;
+                let events = self.generate(spec, request, options).await?;
                 if stream {
                     RunOutput::Stream(events)
                 } else {
-                    let completion = with_timeout(options.timeout, collect(events)).await?;
+                    let completion = complete(events, options.timeout).await?;
                     RunOutput::Json {
                         result: completion.to_json(),
                         usage: completion.usage,
@@ -258,19 +293,10 @@ impl Ember {
             }
             Task::TextEmbeddings => {
                 let request = tasks::parse_embeddings(input)?;
-                let LoadedModel::Embeddings(worker) = self.model(spec).await? else {
-                    return Err(InferError::Internal(format!(
-                        "{} is not an embeddings model",
-                        spec.id
-                    )));
-                };
-                let embedded = with_timeout(
-                    options.timeout,
-                    worker.embed(request.texts, request.pooling),
-                )
-                .await?;
+                let pooling = request.pooling;
+                let embedded = self.embed(spec, request, options).await?;
                 RunOutput::Json {
-                    result: embedded.to_json(request.pooling),
+                    result: embedded.to_json(pooling),
                     usage: Usage::new(embedded.input_tokens(), 0),
                 }
             }
@@ -281,6 +307,15 @@ impl Ember {
             output,
         })
     }
+}
+
+/// Waits for a generation to finish, at most `timeout`. Dropping the receiver (on timeout) stops
+/// the model.
+pub async fn complete(
+    events: mpsc::Receiver<TextEvent>,
+    timeout: Option<Duration>,
+) -> Result<Completion, InferError> {
+    with_timeout(timeout, collect(events)).await
 }
 
 async fn with_timeout<T>(
@@ -295,7 +330,7 @@ async fn with_timeout<T>(
     }
 }
 
-/// Waits for a generation to finish. Dropping the receiver (on timeout) stops the model.
+/// The completion that ends a generation's events.
 async fn collect(mut events: mpsc::Receiver<TextEvent>) -> Result<Completion, InferError> {
     while let Some(event) = events.recv().await {
         match event {

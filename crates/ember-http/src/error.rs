@@ -1,17 +1,20 @@
 //! `ApiError` and the one exhaustive mapping from every failure to an HTTP status, a Workers AI
-//! error code and a name, rendered either as the REST envelope or as the binding's error object.
+//! error code and a name, rendered as the REST envelope, the binding's error object or OpenAI's
+//! `{"error": {message, type, param, code}}`.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ember_core::InferError;
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// Everything a request can fail with.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ApiError {
     Infer(InferError),
-    /// No route matches the method and path.
+    /// No route matches the path.
     NoRoute,
+    /// The path has a route, but not for this method.
+    MethodNotAllowed,
     /// Missing or wrong API token.
     Unauthorized,
     /// A header or the body the route needs is missing (names what).
@@ -34,7 +37,10 @@ pub struct ErrorKind {
 impl ApiError {
     pub fn kind(&self) -> ErrorKind {
         let (status, code, name) = match self {
-            ApiError::NoRoute => (StatusCode::BAD_REQUEST, 7000, "NoRoute"),
+            // Cloudflare answers both with 7000; only the OpenAI routes tell them apart.
+            ApiError::NoRoute | ApiError::MethodNotAllowed => {
+                (StatusCode::BAD_REQUEST, 7000, "NoRoute")
+            }
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, 10000, "AuthenticationError"),
             ApiError::Incomplete(_) => (StatusCode::BAD_REQUEST, 3003, "IncompleteRequest"),
             ApiError::Infer(error) => match error {
@@ -61,7 +67,7 @@ impl ApiError {
     /// The message a client sees. Internal details stay in the log.
     pub fn message(&self) -> String {
         match self {
-            ApiError::NoRoute => "No route for that URI".into(),
+            ApiError::NoRoute | ApiError::MethodNotAllowed => "No route for that URI".into(),
             ApiError::Unauthorized => "Authentication error".into(),
             ApiError::Incomplete(what) => format!("Request is missing headers or body: {what}"),
             ApiError::Infer(InferError::Internal(_)) => "AiError: Unknown internal error".into(),
@@ -107,6 +113,60 @@ impl ApiError {
         self.with_headers((kind.status, axum::Json(body)).into_response())
     }
 
+    /// The OpenAI API's `{"error": {message, type, param, code}}` response. Statuses follow
+    /// `kind()` except where OpenAI clients expect others: 404 for unknown models and routes
+    /// (the SDKs raise `NotFoundError`), 405 for a wrong method.
+    pub fn openai_response(&self) -> Response {
+        let status = match self {
+            ApiError::NoRoute
+            | ApiError::Infer(InferError::NoSuchModel(_) | InferError::NotInstalled(_)) => {
+                StatusCode::NOT_FOUND
+            }
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            _ => self.kind().status,
+        };
+        self.with_headers((status, axum::Json(self.openai_body())).into_response())
+    }
+
+    /// The `{"error": ...}` object of `openai_response`. `code` is OpenAI's where it has one,
+    /// otherwise the Workers AI code as a string; `param` is the offending field in OpenAI's
+    /// notation (`messages[0].content`).
+    pub fn openai_body(&self) -> Value {
+        let workers_code = Some(self.kind().code.to_string());
+        let (kind, code) = match self {
+            ApiError::NoRoute | ApiError::MethodNotAllowed => ("invalid_request_error", None),
+            ApiError::Unauthorized => ("authentication_error", Some("invalid_api_key".into())),
+            ApiError::Incomplete(_) => ("invalid_request_error", workers_code),
+            ApiError::Infer(error) => match error {
+                InferError::NoSuchModel(_) | InferError::NotInstalled(_) => {
+                    ("invalid_request_error", Some("model_not_found".into()))
+                }
+                InferError::InvalidInput { .. }
+                | InferError::ModelInputRejected(_)
+                | InferError::TooLarge => ("invalid_request_error", workers_code),
+                InferError::Overloaded => ("rate_limit_error", workers_code),
+                InferError::Timeout
+                | InferError::Aborted
+                | InferError::LoadFailed { .. }
+                | InferError::Internal(_) => ("server_error", workers_code),
+            },
+        };
+        let (message, param) = match self {
+            ApiError::Infer(InferError::InvalidInput { field, problem }) => {
+                match openai_param(field) {
+                    Some(param) => (format!("Invalid '{param}': {problem}"), Some(param)),
+                    None => (problem.clone(), None),
+                }
+            }
+            ApiError::Infer(InferError::NoSuchModel(model)) => (
+                format!("The model `{model}` does not exist or you do not have access to it."),
+                None,
+            ),
+            other => (other.message(), None),
+        };
+        json!({ "error": { "message": message, "type": kind, "param": param, "code": code } })
+    }
+
     /// Overload answers tell the client when to come back.
     fn with_headers(&self, mut response: Response) -> Response {
         if matches!(self, ApiError::Infer(InferError::Overloaded)) {
@@ -118,18 +178,35 @@ impl ApiError {
     }
 }
 
-/// The OpenAI-style `{"error": ...}` a stream ends with when it fails after its headers went out.
+/// The Workers AI-style `{"errors": [...]}` event a stream ends with when it fails after its
+/// headers went out.
 pub fn stream_error_event(error: &ApiError) -> String {
     let kind = error.kind();
     let body = json!({ "errors": [{ "code": kind.code, "message": error.message() }] });
     format!("event: error\ndata: {body}\n\n")
 }
 
-/// Rejections and errors answered outside a model run use the REST form.
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        self.rest_response()
+/// The OpenAI-style event a stream ends with when it fails after its headers went out (the
+/// `openai` SDKs raise the `error` object of any event that has one).
+pub fn openai_stream_error_event(error: &ApiError) -> String {
+    format!("event: error\ndata: {}\n\n", error.openai_body())
+}
+
+/// A JSON pointer (`/messages/0/content`) in OpenAI's parameter notation (`messages[0].content`);
+/// `None` for the whole body.
+fn openai_param(pointer: &str) -> Option<String> {
+    let mut param = String::new();
+    for segment in pointer.split('/').filter(|s| !s.is_empty()) {
+        if segment.bytes().all(|b| b.is_ascii_digit()) {
+            param.push_str(&format!("[{segment}]"));
+        } else {
+            if !param.is_empty() {
+                param.push('.');
+            }
+            param.push_str(segment);
+        }
     }
+    (!param.is_empty()).then_some(param)
 }
 
 #[cfg(test)]
@@ -161,6 +238,40 @@ mod tests {
             assert_eq!(
                 (kind.status.as_u16(), kind.code),
                 (status, code),
+                "{error:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn openai_errors_name_the_param_in_openai_notation() {
+        let error = ApiError::Infer(InferError::invalid(
+            "/messages/0/content",
+            "expected string",
+        ));
+        assert_eq!(
+            error.openai_body(),
+            json!({"error": {
+                "message": "Invalid 'messages[0].content': expected string",
+                "type": "invalid_request_error",
+                "param": "messages[0].content",
+                "code": "5006",
+            }})
+        );
+        let whole_body = ApiError::Infer(InferError::invalid("/", "not JSON"));
+        assert_eq!(whole_body.openai_body()["error"]["param"], Value::Null);
+        let cases = [
+            (ApiError::Infer(InferError::NoSuchModel("m".into())), 404),
+            (ApiError::NoRoute, 404),
+            (ApiError::MethodNotAllowed, 405),
+            (ApiError::Unauthorized, 401),
+            (ApiError::Infer(InferError::Overloaded), 429),
+            (ApiError::Infer(InferError::Internal("x".into())), 500),
+        ];
+        for (error, status) in cases {
+            assert_eq!(
+                error.openai_response().status().as_u16(),
+                status,
                 "{error:?}"
             );
         }

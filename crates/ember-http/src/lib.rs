@@ -1,10 +1,11 @@
 //! Ember's HTTP face, the only layer that speaks wire formats: the Workers AI REST routes, the
-//! Worker binding protocol (native and through wrangler's proxy), the catalog routes, health and
-//! `/metrics`.
+//! Worker binding protocol (native and through wrangler's proxy), the OpenAI-compatible API, the
+//! catalog routes, health and `/metrics`.
 //! Every response carries `cf-ai-req-id`; every run is written to the request log.
 
 mod catalog;
 mod error;
+mod openai;
 mod run;
 mod sse;
 
@@ -12,7 +13,7 @@ pub use error::ApiError;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderValue, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -82,9 +83,10 @@ pub fn router(state: AppState) -> Router {
         .route("/run", post(run::binding_run))
         .route("/ai-gateway/run", post(run::binding_run))
         .route("/ai-api/models/search", get(catalog::binding_search))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics));
+    let api = openai::routes(api)
         .fallback(no_route)
-        .method_not_allowed_fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/health", get(health))
@@ -111,8 +113,12 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-async fn no_route() -> ApiError {
-    ApiError::NoRoute
+async fn no_route(uri: Uri) -> Response {
+    run::Form::of_path(uri.path()).error(&ApiError::NoRoute)
+}
+
+async fn method_not_allowed(uri: Uri) -> Response {
+    run::Form::of_path(uri.path()).error(&ApiError::MethodNotAllowed)
 }
 
 /// Gives every request an id and every response the `cf-ai-req-id` header.
@@ -138,12 +144,7 @@ async fn authenticate(State(state): State<AppState>, request: Request, next: Nex
         let matches: bool =
             subtle::ConstantTimeEq::ct_eq(given.as_bytes(), expected.as_bytes()).into();
         if !matches {
-            let error = ApiError::Unauthorized;
-            return if run::is_binding_request(&request) {
-                error.binding_response()
-            } else {
-                error.rest_response()
-            };
+            return run::Form::of_path(request.uri().path()).error(&ApiError::Unauthorized);
         }
     }
     next.run(request).await

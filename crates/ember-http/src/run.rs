@@ -1,11 +1,12 @@
 //! The run routes: `POST .../ai/run/{model}` (REST envelope), the binding's `POST /run?version=3`
 //! (bare results, binding errors) and wrangler's `POST .../ai/run/proxy`, which forwards binding
-//! requests with the original URL in `X-Forwarded`. All of them end in `execute`.
+//! requests with the original URL in `X-Forwarded`. All of them end in `execute`. The helpers that
+//! read bodies, answer streams, fail and write the request log serve the OpenAI routes too.
 
 use crate::error::ApiError;
-use crate::{AppState, RequestId, aborted, catalog, sse};
+use crate::{AppState, RequestId, aborted, catalog, openai, sse};
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, RawQuery, Request, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
 use ember_core::runner::TextEvent;
@@ -14,24 +15,43 @@ use ember_core::{InferError, RunOptions, RunOutput};
 use ember_store::RequestRecord;
 use serde_json::{Value, json};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
 
 /// Header naming the catalog model that actually served a request (after aliasing).
 pub const SERVED_BY_HEADER: &str = "x-ember-model";
 
-/// The two ways results and errors are written.
+/// The ways results and errors are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Form {
+pub(crate) enum Form {
     /// `{result, success, errors, messages}`.
     Rest,
     /// Bare result objects and `{internalCode, message, name, description}` errors.
     Binding,
+    /// OpenAI's objects and `{"error": {message, type, param, code}}` errors.
+    OpenAi,
 }
 
 impl Form {
-    fn error(self, error: &ApiError) -> Response {
+    /// The form of the answers on `path`, for errors answered before a route runs.
+    pub(crate) fn of_path(path: &str) -> Form {
+        if openai::is_openai_path(path) {
+            Form::OpenAi
+        } else if path == "/run"
+            || path.starts_with("/ai-gateway/")
+            || path.starts_with("/ai-api/")
+            || path.ends_with("/ai/run/proxy")
+        {
+            Form::Binding
+        } else {
+            Form::Rest
+        }
+    }
+
+    pub(crate) fn error(self, error: &ApiError) -> Response {
         match self {
             Form::Rest => error.rest_response(),
             Form::Binding => error.binding_response(),
+            Form::OpenAi => error.openai_response(),
         }
     }
 
@@ -39,17 +59,9 @@ impl Form {
         match self {
             Form::Rest => "rest",
             Form::Binding => "binding",
+            Form::OpenAi => "openai",
         }
     }
-}
-
-/// Whether errors on this request should take the binding's form.
-pub fn is_binding_request(request: &Request) -> bool {
-    let path = request.uri().path();
-    path == "/run"
-        || path.starts_with("/ai-gateway/")
-        || path.starts_with("/ai-api/")
-        || path.ends_with("/ai/run/proxy")
 }
 
 pub async fn rest_run(
@@ -78,9 +90,14 @@ pub async fn rest_run(
     }
 }
 
-/// Settings outside the model input: `options.rejectIfBusy` (in the REST body or the binding
-/// envelope) and the `x-session-affinity` header (the binding's `extraHeaders` arrive as headers).
-fn run_options(state: &AppState, headers: &HeaderMap, options: Option<&Value>) -> RunOptions {
+/// Settings outside the model input: `options.rejectIfBusy` (in the REST or OpenAI body or the
+/// binding envelope) and the `x-session-affinity` header (the binding's `extraHeaders` arrive as
+/// headers).
+pub(crate) fn run_options(
+    state: &AppState,
+    headers: &HeaderMap,
+    options: Option<&Value>,
+) -> RunOptions {
     let reject_if_busy = options
         .and_then(|o| o.get("rejectIfBusy"))
         .is_some_and(|v| v == &Value::Bool(true) || v == "true");
@@ -165,7 +182,7 @@ async fn proxy(state: AppState, id: String, headers: HeaderMap, body: Body) -> R
 }
 
 /// Reads the body (at most `limit` bytes, chunked or not) and parses it as JSON.
-async fn read_json(body: Body, limit: usize) -> Result<Value, ApiError> {
+pub(crate) async fn read_json(body: Body, limit: usize) -> Result<Value, ApiError> {
     let bytes: Bytes = axum::body::to_bytes(body, limit).await.map_err(|error| {
         let too_large = std::error::Error::source(&error)
             .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
@@ -223,67 +240,93 @@ async fn execute(
                     json!({ "result": result, "success": true, "errors": [], "messages": [] }),
                 )
                 .into_response(),
-                Form::Binding => axum::Json(result).into_response(),
+                Form::Binding | Form::OpenAi => axum::Json(result).into_response(),
             }
         }
-        RunOutput::Stream(mut events) => {
-            // Wait for the first event so a run that fails at once gets a proper error status.
-            let first = tokio::select! {
-                first = events.recv() => first,
-                _ = aborted(state.abort.clone()) => None,
-            };
-            let first = match first {
-                Some(TextEvent::Failed(error)) => {
-                    return fail(state, id, form, model, ApiError::Infer(error), started);
-                }
-                None => {
-                    return fail(
-                        state,
-                        id,
-                        form,
-                        model,
-                        ApiError::Infer(InferError::Aborted),
-                        started,
-                    );
-                }
-                Some(first) => first,
-            };
-            let (state2, id2, model2, served2) = (
-                state.clone(),
-                id.clone(),
-                model.to_string(),
-                served_by.clone(),
-            );
-            let body = sse::text_stream(first, events, state.abort.clone(), move |outcome| {
-                // The 200 went out with the headers; a failure shows in the error code.
-                log(
-                    &state2,
-                    &id2,
-                    form,
-                    &model2,
-                    Some(&served2),
-                    200,
-                    outcome,
-                    started,
-                );
-            });
-            let mut response = Response::new(body);
-            let headers = response.headers_mut();
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/event-stream"),
-            );
-            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            response
+        RunOutput::Stream(events) => {
+            stream_response(
+                state,
+                id,
+                form,
+                model,
+                &served_by,
+                events,
+                sse::Native,
+                started,
+            )
+            .await
         }
     };
-    if let Ok(value) = HeaderValue::from_str(&served_by) {
-        response.headers_mut().insert(SERVED_BY_HEADER, value);
-    }
+    served_by_header(&mut response, &served_by);
     response
 }
 
-fn fail(
+/// Names the catalog model that served in `x-ember-model`.
+pub(crate) fn served_by_header(response: &mut Response, served_by: &str) {
+    if let Ok(value) = HeaderValue::from_str(served_by) {
+        response.headers_mut().insert(SERVED_BY_HEADER, value);
+    }
+}
+
+/// Answers a started generation as SSE in `format`, logging the run when the stream ends.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn stream_response(
+    state: &AppState,
+    id: String,
+    form: Form,
+    model: &str,
+    served_by: &str,
+    mut events: mpsc::Receiver<TextEvent>,
+    format: impl sse::StreamFormat,
+    started: Instant,
+) -> Response {
+    // Wait for the first event so a run that fails at once gets a proper error status.
+    let first = tokio::select! {
+        first = events.recv() => first,
+        _ = aborted(state.abort.clone()) => None,
+    };
+    let first = match first {
+        Some(TextEvent::Failed(error)) => {
+            return fail(state, id, form, model, ApiError::Infer(error), started);
+        }
+        None => {
+            return fail(
+                state,
+                id,
+                form,
+                model,
+                ApiError::Infer(InferError::Aborted),
+                started,
+            );
+        }
+        Some(first) => first,
+    };
+    let (state2, model2, served2) = (state.clone(), model.to_string(), served_by.to_string());
+    let body = sse::text_stream(first, events, state.abort.clone(), format, move |outcome| {
+        // The 200 went out with the headers; a failure shows in the error code.
+        log(
+            &state2,
+            &id,
+            form,
+            &model2,
+            Some(&served2),
+            200,
+            outcome,
+            started,
+        );
+    });
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// Logs a failed run and answers its error in the route's form.
+pub(crate) fn fail(
     state: &AppState,
     id: String,
     form: Form,
@@ -314,7 +357,7 @@ fn fail(
 
 /// Writes the request log row off the async threads.
 #[allow(clippy::too_many_arguments)]
-fn log(
+pub(crate) fn log(
     state: &AppState,
     id: &str,
     form: Form,

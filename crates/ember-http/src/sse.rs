@@ -1,20 +1,54 @@
-//! Server-sent events for streamed text generation, in Workers AI's native format:
-//! `data: {"response": "..."}` per piece, a last event with `usage`, then `data: [DONE]`.
-//! Each piece is written as soon as the model produces it. An error after the headers went out
-//! becomes one `event: error` and the stream ends.
+//! Server-sent events for streamed text generation. Each piece is written as soon as the model
+//! produces it, in the stream's `StreamFormat`: Workers AI's native one
+//! (`data: {"response": "..."}` per piece, a last event with `usage`) or OpenAI's chunks; then
+//! `data: [DONE]`. An error after the headers went out becomes one `event: error` and the stream
+//! ends.
 
 use crate::aborted;
 use crate::error::{ApiError, stream_error_event};
 use axum::body::{Body, Bytes};
 use ember_core::InferError;
 use ember_core::runner::TextEvent;
-use ember_core::tasks::Usage;
-use serde_json::json;
+use ember_core::tasks::{Completion, Usage};
+use serde_json::{Value, json};
 use std::convert::Infallible;
 use tokio::sync::{mpsc, watch};
 
 /// How a stream ended, for the request log: usage when it finished, the error otherwise.
 pub type StreamOutcome = Result<Usage, ApiError>;
+
+/// How a stream's events are written.
+pub trait StreamFormat: Send + 'static {
+    /// Events written before the first one of the generation.
+    fn start(&self) -> String;
+    /// The event for one piece of text.
+    fn text(&self, text: &str) -> String;
+    /// The events that end a finished generation, before `data: [DONE]`.
+    fn done(&self, completion: &Completion) -> String;
+    /// The event that ends a failed generation.
+    fn error(&self, error: &ApiError) -> String;
+}
+
+/// Workers AI's native events.
+pub struct Native;
+
+impl StreamFormat for Native {
+    fn start(&self) -> String {
+        String::new()
+    }
+
+    fn text(&self, text: &str) -> String {
+        data(&json!({ "response": text }))
+    }
+
+    fn done(&self, completion: &Completion) -> String {
+        data(&json!({ "response": "", "usage": completion.usage }))
+    }
+
+    fn error(&self, error: &ApiError) -> String {
+        stream_error_event(error)
+    }
+}
 
 /// Calls its callback exactly once: when the stream ends, or with `Aborted` if the client left.
 struct OnEnd<F: FnOnce(StreamOutcome)>(Option<F>);
@@ -33,63 +67,71 @@ impl<F: FnOnce(StreamOutcome)> Drop for OnEnd<F> {
     }
 }
 
-struct Streaming<F: FnOnce(StreamOutcome)> {
+struct Streaming<S: StreamFormat, F: FnOnce(StreamOutcome)> {
     first: Option<TextEvent>,
     events: mpsc::Receiver<TextEvent>,
     abort: watch::Receiver<bool>,
+    format: S,
     on_end: OnEnd<F>,
 }
 
 /// The SSE body for a generation whose first event (`first`) has already arrived.
-pub fn text_stream<F>(
+pub fn text_stream<S, F>(
     first: TextEvent,
     events: mpsc::Receiver<TextEvent>,
     abort: watch::Receiver<bool>,
+    format: S,
     on_end: F,
 ) -> Body
 where
+    S: StreamFormat,
     F: FnOnce(StreamOutcome) + Send + 'static,
 {
     let state = Some(Streaming {
         first: Some(first),
         events,
         abort,
+        format,
         on_end: OnEnd(Some(on_end)),
     });
     let stream = futures::stream::unfold(state, |state| async move {
         let mut s = state?;
-        let event = match s.first.take() {
-            Some(event) => Some(event),
-            None => tokio::select! {
-                event = s.events.recv() => event,
-                _ = aborted(s.abort.clone()) => None,
-            },
+        let (start, event) = match s.first.take() {
+            Some(event) => (s.format.start(), Some(event)),
+            None => (
+                String::new(),
+                tokio::select! {
+                    event = s.events.recv() => event,
+                    _ = aborted(s.abort.clone()) => None,
+                },
+            ),
         };
         let (bytes, next) = match event {
-            Some(TextEvent::Text(text)) => (data(&json!({ "response": text })), Some(s)),
+            Some(TextEvent::Text(text)) => (s.format.text(&text), Some(s)),
             Some(TextEvent::Done(completion)) => {
-                let last = data(&json!({ "response": "", "usage": completion.usage }));
+                let last = s.format.done(&completion);
                 s.on_end.fire(Ok(completion.usage));
                 (format!("{last}data: [DONE]\n\n"), None)
             }
             Some(TextEvent::Failed(error)) => {
                 let error = ApiError::Infer(error);
-                let bytes = stream_error_event(&error);
+                let bytes = s.format.error(&error);
                 s.on_end.fire(Err(error));
                 (bytes, None)
             }
             None => {
                 let error = ApiError::Infer(InferError::Aborted);
-                let bytes = stream_error_event(&error);
+                let bytes = s.format.error(&error);
                 s.on_end.fire(Err(error));
                 (bytes, None)
             }
         };
-        Some((Ok::<_, Infallible>(Bytes::from(bytes)), next))
+        Some((Ok::<_, Infallible>(Bytes::from(start + &bytes)), next))
     });
     Body::from_stream(stream)
 }
 
-fn data(value: &serde_json::Value) -> String {
+/// One `data:` event.
+pub fn data(value: &Value) -> String {
     format!("data: {value}\n\n")
 }

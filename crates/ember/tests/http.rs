@@ -4,158 +4,17 @@
 //! Requests go through the router in-process (`oneshot`); streaming and shutdown use a real
 //! socket on 127.0.0.1:0.
 
-use axum::Router;
+mod common;
+
 use axum::body::{Body, Bytes};
 use axum::http::{Request, StatusCode, header};
-use ember_http::{AppState, HttpConfig};
-use ember_store::Store;
-use http_body_util::BodyExt;
+use common::*;
+use ember_http::HttpConfig;
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use tokio::sync::watch;
-use tower::ServiceExt;
 
-const SMOL: &str = "@hf/huggingfacetb/smollm2-135m-instruct";
-const QWEN: &str = "@hf/qwen/qwen2.5-coder-0.5b-instruct";
-const MINILM: &str = "@hf/sentence-transformers/all-minilm-l6-v2";
-const ALIAS: &str = "@cf/meta/llama-3.1-8b-instruct";
 const RUN: &str = "/client/v4/accounts/acct/ai/run/";
-
-/// One `Ember` for all tests in this file, so each model loads once.
-fn ember() -> Arc<ember_core::Ember> {
-    static EMBER: OnceLock<Arc<ember_core::Ember>> = OnceLock::new();
-    EMBER
-        .get_or_init(|| {
-            let aliases = HashMap::from([(ALIAS.to_string(), SMOL.to_string())]);
-            // One sequence per model: tests running in parallel queue instead of sharing
-            // batches, so their greedy outputs do not depend on each other (batch shapes move
-            // logits by rounding; see crates/ember-engines/tests/generation_reference.rs).
-            let engine = engine_config(1);
-            let ember = ember::open_ember(
-                &ember_core::installed::default_home(),
-                None,
-                aliases,
-                &engine,
-            )
-            .unwrap();
-            for id in [SMOL, QWEN, MINILM] {
-                let spec = ember.resolve(id).unwrap();
-                assert!(
-                    ember.is_installed(spec),
-                    "{id} is not installed: run `ember models pull --defaults`"
-                );
-            }
-            Arc::new(ember)
-        })
-        .clone()
-}
-
-fn engine_config(max_sequences: u32) -> ember::config::EngineConfig {
-    ember::config::EngineOptions {
-        max_sequences: Some(max_sequences),
-        kv_cells: Some(8192),
-        ..Default::default()
-    }
-    .resolve()
-}
-
-struct App {
-    router: Router,
-    store: Store,
-    abort: watch::Sender<bool>,
-}
-
-fn app_with(config: HttpConfig) -> App {
-    let store = Store::in_memory().unwrap();
-    let (abort, abort_rx) = watch::channel(false);
-    let state = AppState {
-        ember: ember(),
-        store: store.clone(),
-        config: Arc::new(config),
-        abort: abort_rx,
-    };
-    App {
-        router: ember_http::router(state),
-        store,
-        abort,
-    }
-}
-
-fn app() -> App {
-    app_with(HttpConfig::default())
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: axum::http::HeaderMap,
-    body: Bytes,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
-    }
-
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-    }
-
-    /// Asserts a REST error envelope with this status and code.
-    fn rest_error(&self, status: u16, code: u64) -> String {
-        assert_eq!(self.status.as_u16(), status, "{:?}", self.body);
-        let body = self.json();
-        assert_eq!(body["success"], false);
-        assert_eq!(body["result"], Value::Null);
-        assert_eq!(body["errors"][0]["code"], code, "{body}");
-        body["errors"][0]["message"].as_str().unwrap().to_string()
-    }
-
-    /// Asserts a binding error object with this status and code.
-    fn binding_error(&self, status: u16, code: u64) -> Value {
-        assert_eq!(self.status.as_u16(), status, "{:?}", self.body);
-        let body = self.json();
-        assert_eq!(body["internalCode"], code, "{body}");
-        assert!(
-            body["name"].is_string()
-                && body["description"].is_string()
-                && body["message"].is_string()
-        );
-        body
-    }
-}
-
-async fn send(app: &App, request: Request<Body>) -> Reply {
-    let response = app.router.clone().oneshot(request).await.unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    assert!(
-        !headers.get("cf-ai-req-id").unwrap().is_empty(),
-        "every response carries cf-ai-req-id"
-    );
-    Reply {
-        status,
-        headers,
-        body,
-    }
-}
-
-fn post(path: &str, body: impl Into<Body>) -> Request<Body> {
-    Request::post(path)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(body.into())
-        .unwrap()
-}
-
-fn get(path: &str) -> Request<Body> {
-    Request::get(path).body(Body::empty()).unwrap()
-}
 
 fn greedy_chat(content: &str, max_tokens: u32) -> Value {
     json!({ "messages": [{"role": "user", "content": content}], "temperature": 0, "max_tokens": max_tokens })
@@ -352,21 +211,6 @@ async fn wrangler_proxy_with_chunked_body() {
 
 // ------------------------------------------------------------------ streaming
 
-/// Parses an SSE body into its `data:` payloads, checking the framing on the way.
-fn sse_events(body: &[u8]) -> Vec<String> {
-    let text = std::str::from_utf8(body).expect("the stream is valid UTF-8");
-    assert!(text.ends_with("\n\n"), "events end with a blank line");
-    text.split("\n\n")
-        .filter(|e| !e.is_empty())
-        .map(|event| {
-            event
-                .strip_prefix("data: ")
-                .unwrap_or_else(|| panic!("not a data event: {event:?}"))
-                .to_string()
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn streams_follow_the_native_sse_format_and_reuse_the_cached_prompt() {
     let app = app();
@@ -524,15 +368,6 @@ async fn streamed_tokens_arrive_before_the_generation_ends() {
         "events are flushed one by one, got {} chunks",
         arrivals.len()
     );
-}
-
-async fn serve_on_socket(router: Router) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, router).await.unwrap();
-    });
-    (address, server)
 }
 
 // ------------------------------------------------------------------ catalog routes

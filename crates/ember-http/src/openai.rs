@@ -1,0 +1,673 @@
+//! The OpenAI-compatible API, under Cloudflare's `.../ai/v1/` and under `/v1/` for clients that
+//! assume OpenAI's root: chat completions, completions (raw prompts), embeddings and the model
+//! list. Requests become Workers AI task inputs, checked by the same validation as `/ai/run`, and
+//! run on the same engine path; answers, streams and errors take OpenAI's shapes.
+
+use crate::error::{ApiError, openai_stream_error_event};
+use crate::run::{self, Form};
+use crate::sse::{self, StreamFormat};
+use crate::{AppState, RequestId, aborted};
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use base64::Engine as _;
+use ember_core::InferError;
+use ember_core::catalog::{ModelSpec, Task};
+use ember_core::ember::complete;
+use ember_core::installed;
+use ember_core::tasks::{self, Completion, FinishReason, TextGenerationRequest};
+use serde_json::{Map, Value, json};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// Where the routes live: Cloudflare's base URL, and the root OpenAI clients assume.
+const PREFIXES: [&str; 2] = ["/client/v4/accounts/{account_id}/ai/v1", "/v1"];
+
+/// Adds the OpenAI routes under both prefixes.
+pub fn routes(router: Router<AppState>) -> Router<AppState> {
+    PREFIXES.iter().fold(router, |router, prefix| {
+        router
+            .route(
+                &format!("{prefix}/chat/completions"),
+                post(chat_completions),
+            )
+            .route(&format!("{prefix}/completions"), post(completions))
+            .route(&format!("{prefix}/embeddings"), post(embeddings))
+            .route(&format!("{prefix}/models"), get(models))
+    })
+}
+
+/// Whether `path` lies under one of the prefixes, so that its errors take OpenAI's shape.
+pub fn is_openai_path(path: &str) -> bool {
+    let under = |path: &str, root: &str| {
+        path.strip_prefix(root)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    };
+    match path
+        .strip_prefix("/client/v4/accounts/")
+        .and_then(|rest| rest.split_once('/'))
+    {
+        Some((_account, rest)) => under(rest, "ai/v1"),
+        None => under(path, "/v1"),
+    }
+}
+
+// ------------------------------------------------------------------ text generation
+
+/// The two text generation endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    /// `/chat/completions`: messages, rendered through the model's chat template.
+    Chat,
+    /// `/completions`: one prompt, sent to the model as it is.
+    Completion,
+}
+
+async fn chat_completions(
+    State(state): State<AppState>,
+    Extension(RequestId(id)): Extension<RequestId>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    generate(state, id, &headers, body, Endpoint::Chat).await
+}
+
+async fn completions(
+    State(state): State<AppState>,
+    Extension(RequestId(id)): Extension<RequestId>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    generate(state, id, &headers, body, Endpoint::Completion).await
+}
+
+/// A text generation request, translated.
+struct Generation<'a> {
+    spec: &'a ModelSpec,
+    request: TextGenerationRequest,
+    /// `stream_options.include_usage`: a last chunk carries the usage.
+    include_usage: bool,
+}
+
+async fn generate(
+    state: AppState,
+    id: String,
+    headers: &HeaderMap,
+    body: Body,
+    endpoint: Endpoint,
+) -> Response {
+    let started = Instant::now();
+    let body = match run::read_json(body, state.config.max_body_bytes).await {
+        Ok(body) => body,
+        Err(error) => return run::fail(&state, id, Form::OpenAi, "", error, started),
+    };
+    let model = requested_model(&body);
+    let Generation {
+        spec,
+        request,
+        include_usage,
+    } = match parse_generation(&state, &body, endpoint) {
+        Ok(generation) => generation,
+        Err(error) => return run::fail(&state, id, Form::OpenAi, &model, error, started),
+    };
+    let options = run::run_options(&state, headers, body.get("options"));
+    let stream = request.stream;
+    let events = tokio::select! {
+        events = state.ember.generate(spec, request, &options) => events,
+        _ = aborted(state.abort.clone()) => Err(InferError::Aborted),
+    };
+    let events = match events {
+        Ok(events) => events,
+        Err(error) => return run::fail(&state, id, Form::OpenAi, &model, error.into(), started),
+    };
+    let answer = Answer {
+        endpoint,
+        // The request id, so that a completion can be found in the request log.
+        id: match endpoint {
+            Endpoint::Chat => format!("chatcmpl-{id}"),
+            Endpoint::Completion => format!("cmpl-{id}"),
+        },
+        created: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        model: model.clone(),
+        include_usage,
+    };
+    let mut response = if stream {
+        run::stream_response(
+            &state,
+            id,
+            Form::OpenAi,
+            &model,
+            &spec.id,
+            events,
+            answer,
+            started,
+        )
+        .await
+    } else {
+        let completion = tokio::select! {
+            completion = complete(events, options.timeout) => completion,
+            _ = aborted(state.abort.clone()) => Err(InferError::Aborted),
+        };
+        match completion {
+            Ok(completion) => {
+                let usage = Ok(completion.usage);
+                run::log(
+                    &state,
+                    &id,
+                    Form::OpenAi,
+                    &model,
+                    Some(&spec.id),
+                    200,
+                    usage,
+                    started,
+                );
+                axum::Json(answer.whole(&completion)).into_response()
+            }
+            Err(error) => run::fail(&state, id, Form::OpenAi, &model, error.into(), started),
+        }
+    };
+    run::served_by_header(&mut response, &spec.id);
+    response
+}
+
+/// Builds the Workers AI input the request amounts to and validates it as `/ai/run` does; the
+/// fields OpenAI and Workers AI share keep their names, so errors name the client's field.
+fn parse_generation<'a>(
+    state: &'a AppState,
+    body: &Value,
+    endpoint: Endpoint,
+) -> Result<Generation<'a>, ApiError> {
+    let object = as_object(body)?;
+    let spec = resolve_model(state, object, Task::TextGeneration)?;
+    refuse_unsupported(object)?;
+    let mut input = Map::new();
+    match endpoint {
+        Endpoint::Chat => {
+            let messages = object
+                .get("messages")
+                .ok_or_else(|| invalid("/messages", "is required"))?;
+            input.insert("messages".into(), messages.clone());
+        }
+        Endpoint::Completion => {
+            let prompt = match object.get("prompt") {
+                None | Some(Value::Null) => return Err(invalid("/prompt", "is required")),
+                Some(Value::Array(prompts)) if prompts.len() == 1 => prompts[0].clone(),
+                Some(Value::Array(_)) => {
+                    return Err(invalid("/prompt", "must be one prompt"));
+                }
+                Some(prompt) => prompt.clone(),
+            };
+            input.insert("prompt".into(), prompt);
+            // A completion continues the text itself: no chat template.
+            input.insert("raw".into(), Value::Bool(true));
+        }
+    }
+    // `max_completion_tokens` replaces `max_tokens` in OpenAI's chat API; either is taken.
+    let max_field = ["max_completion_tokens", "max_tokens"]
+        .into_iter()
+        .find(|field| object.get(*field).is_some_and(|v| !v.is_null()));
+    if let Some(field) = max_field {
+        input.insert("max_tokens".into(), object[field].clone());
+    }
+    for field in [
+        "temperature",
+        "top_p",
+        "seed",
+        "frequency_penalty",
+        "presence_penalty",
+        "stream",
+    ] {
+        if let Some(value) = object.get(field) {
+            input.insert(field.into(), value.clone());
+        }
+    }
+    let request = tasks::parse_text_generation(&Value::Object(input), spec).map_err(|error| {
+        renamed(
+            error,
+            "/max_tokens",
+            &format!("/{}", max_field.unwrap_or("max_tokens")),
+        )
+    })?;
+    let include_usage = match object.get("stream_options") {
+        None | Some(Value::Null) => false,
+        Some(Value::Object(options)) => match options.get("include_usage") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(include)) => *include,
+            Some(_) => {
+                return Err(invalid("/stream_options/include_usage", "expected boolean"));
+            }
+        },
+        Some(_) => return Err(invalid("/stream_options", "expected object")),
+    };
+    Ok(Generation {
+        spec,
+        request,
+        include_usage,
+    })
+}
+
+/// Refuses the fields Ember does not implement rather than answer as if they were not sent:
+/// several choices and log probabilities at all, tools, JSON mode and stop sequences not yet.
+fn refuse_unsupported(object: &Map<String, Value>) -> Result<(), ApiError> {
+    for field in ["n", "best_of"] {
+        if let Some(value) = object.get(field).filter(|v| !v.is_null() && **v != 1) {
+            return Err(invalid(
+                &format!("/{field}"),
+                format!("only 1 is supported, got {value}"),
+            ));
+        }
+    }
+    for field in ["logprobs", "top_logprobs", "echo", "suffix"] {
+        if object.get(field).is_some_and(asks_for_something) {
+            return Err(invalid(&format!("/{field}"), "is not supported"));
+        }
+    }
+    for field in [
+        "tools",
+        "tool_choice",
+        "functions",
+        "function_call",
+        "response_format",
+        "stop",
+    ] {
+        let plain_text = json!({ "type": "text" });
+        if object
+            .get(field)
+            .is_some_and(|v| asks_for_something(v) && *v != plain_text)
+        {
+            return Err(invalid(&format!("/{field}"), "is not supported yet"));
+        }
+    }
+    Ok(())
+}
+
+/// Whether an optional field asks for something: not null, false, 0, "" or [].
+fn asks_for_something(value: &Value) -> bool {
+    match value {
+        Value::Null | Value::Bool(false) => false,
+        Value::Number(n) => n.as_f64() != Some(0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(items) => !items.is_empty(),
+        _ => true,
+    }
+}
+
+/// Everything the objects of one answer share, and how they are written, whole or streamed.
+struct Answer {
+    endpoint: Endpoint,
+    id: String,
+    created: u64,
+    /// The model as the client named it.
+    model: String,
+    include_usage: bool,
+}
+
+impl Answer {
+    fn object(&self, choices: Value, chunk: bool) -> Value {
+        let object = match (self.endpoint, chunk) {
+            (Endpoint::Chat, false) => "chat.completion",
+            (Endpoint::Chat, true) => "chat.completion.chunk",
+            (Endpoint::Completion, _) => "text_completion",
+        };
+        json!({
+            "id": self.id,
+            "object": object,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        })
+    }
+
+    /// The non-streamed answer.
+    fn whole(&self, completion: &Completion) -> Value {
+        let finish_reason = finish_reason(completion.finish_reason);
+        let choice = match self.endpoint {
+            Endpoint::Chat => json!({
+                "index": 0,
+                "message": { "role": "assistant", "content": completion.text, "refusal": null },
+                "logprobs": null,
+                "finish_reason": finish_reason,
+            }),
+            Endpoint::Completion => json!({
+                "index": 0,
+                "text": completion.text,
+                "logprobs": null,
+                "finish_reason": finish_reason,
+            }),
+        };
+        let mut object = self.object(json!([choice]), false);
+        object["usage"] = json!(completion.usage);
+        object
+    }
+
+    /// A chunk with a piece of text (none on the last chunk) and, on the last, why it ended.
+    fn chunk(&self, text: Option<&str>, finish_reason: Option<&str>) -> String {
+        let choice = match self.endpoint {
+            Endpoint::Chat => json!({
+                "index": 0,
+                "delta": text.map_or_else(|| json!({}), |text| json!({ "content": text })),
+                "logprobs": null,
+                "finish_reason": finish_reason,
+            }),
+            Endpoint::Completion => json!({
+                "index": 0,
+                "text": text.unwrap_or_default(),
+                "logprobs": null,
+                "finish_reason": finish_reason,
+            }),
+        };
+        self.event(json!([choice]))
+    }
+
+    fn event(&self, choices: Value) -> String {
+        let mut chunk = self.object(choices, true);
+        if self.include_usage {
+            // As OpenAI does: every chunk but the usage chunk has `usage: null`.
+            chunk["usage"] = Value::Null;
+        }
+        sse::data(&chunk)
+    }
+}
+
+impl StreamFormat for Answer {
+    fn start(&self) -> String {
+        match self.endpoint {
+            Endpoint::Chat => self.event(json!([{
+                "index": 0,
+                "delta": { "role": "assistant", "content": "" },
+                "logprobs": null,
+                "finish_reason": null,
+            }])),
+            Endpoint::Completion => String::new(),
+        }
+    }
+
+    fn text(&self, text: &str) -> String {
+        self.chunk(Some(text), None)
+    }
+
+    fn done(&self, completion: &Completion) -> String {
+        let mut events = self.chunk(None, Some(finish_reason(completion.finish_reason)));
+        if self.include_usage {
+            let mut usage = self.object(json!([]), true);
+            usage["usage"] = json!(completion.usage);
+            events.push_str(&sse::data(&usage));
+        }
+        events
+    }
+
+    fn error(&self, error: &ApiError) -> String {
+        openai_stream_error_event(error)
+    }
+}
+
+fn finish_reason(reason: FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+        // Only a client that went away gets this, and it reads no more.
+        FinishReason::Cancelled => "stop",
+    }
+}
+
+// ------------------------------------------------------------------ embeddings
+
+async fn embeddings(
+    State(state): State<AppState>,
+    Extension(RequestId(id)): Extension<RequestId>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let body = match run::read_json(body, state.config.max_body_bytes).await {
+        Ok(body) => body,
+        Err(error) => return run::fail(&state, id, Form::OpenAi, "", error, started),
+    };
+    let model = requested_model(&body);
+    let (spec, request, base64) = match parse_embeddings(&state, &body) {
+        Ok(parsed) => parsed,
+        Err(error) => return run::fail(&state, id, Form::OpenAi, &model, error, started),
+    };
+    let options = run::run_options(&state, &headers, body.get("options"));
+    let embedded = tokio::select! {
+        embedded = state.ember.embed(spec, request, &options) => embedded,
+        _ = aborted(state.abort.clone()) => Err(InferError::Aborted),
+    };
+    let embedded = match embedded {
+        Ok(embedded) => embedded,
+        Err(error) => return run::fail(&state, id, Form::OpenAi, &model, error.into(), started),
+    };
+    let data: Vec<Value> = embedded
+        .vectors
+        .iter()
+        .enumerate()
+        .map(|(index, vector)| {
+            let embedding = if base64 {
+                // OpenAI's base64 form: the little-endian f32 bytes of the vector.
+                let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(vector)
+            };
+            json!({ "object": "embedding", "index": index, "embedding": embedding })
+        })
+        .collect();
+    let tokens = embedded.input_tokens();
+    run::log(
+        &state,
+        &id,
+        Form::OpenAi,
+        &model,
+        Some(&spec.id),
+        200,
+        Ok(tasks::Usage::new(tokens, 0)),
+        started,
+    );
+    let mut response = axum::Json(json!({
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": { "prompt_tokens": tokens, "total_tokens": tokens },
+    }))
+    .into_response();
+    run::served_by_header(&mut response, &spec.id);
+    response
+}
+
+/// The model, the texts as a Workers AI embeddings request, and whether vectors go out as base64.
+fn parse_embeddings<'a>(
+    state: &'a AppState,
+    body: &Value,
+) -> Result<(&'a ModelSpec, tasks::EmbeddingsRequest, bool), ApiError> {
+    let object = as_object(body)?;
+    let spec = resolve_model(state, object, Task::TextEmbeddings)?;
+    let input = match object.get("input") {
+        None | Some(Value::Null) => return Err(invalid("/input", "is required")),
+        Some(Value::Array(items)) if items.iter().any(|item| !item.is_string()) => {
+            return Err(invalid(
+                "/input",
+                "must be a string or an array of strings (token arrays are not supported)",
+            ));
+        }
+        Some(input) => input.clone(),
+    };
+    let request = tasks::parse_embeddings(&json!({ "text": input }))
+        .map_err(|error| renamed(error, "/text", "/input"))?;
+    let base64 = match object.get("encoding_format") {
+        None | Some(Value::Null) => false,
+        Some(format) if format == "float" => false,
+        Some(format) if format == "base64" => true,
+        Some(_) => {
+            return Err(invalid("/encoding_format", "must be 'float' or 'base64'"));
+        }
+    };
+    if let Some(dimensions) = object.get("dimensions").filter(|d| !d.is_null())
+        && spec
+            .output_dimensions
+            .is_none_or(|size| *dimensions != size)
+    {
+        return Err(invalid(
+            "/dimensions",
+            format!(
+                "{} makes vectors of {} dimensions and cannot shorten them",
+                spec.id,
+                spec.output_dimensions.unwrap_or_default()
+            ),
+        ));
+    }
+    Ok((spec, request, base64))
+}
+
+// ------------------------------------------------------------------ models
+
+/// The installed catalog models. `created` is when the model was installed.
+async fn models(State(state): State<AppState>) -> Response {
+    let data: Vec<Value> = state
+        .ember
+        .catalog()
+        .models()
+        .iter()
+        .filter(|spec| state.ember.is_installed(spec))
+        .map(|spec| {
+            let manifest =
+                installed::model_dir(state.ember.home(), spec).join(installed::MANIFEST_FILE);
+            let created = std::fs::metadata(manifest)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs());
+            json!({ "id": spec.id, "object": "model", "created": created, "owned_by": spec.author() })
+        })
+        .collect();
+    axum::Json(json!({ "object": "list", "data": data })).into_response()
+}
+
+// ------------------------------------------------------------------ helpers
+
+fn invalid(field: &str, problem: impl Into<String>) -> ApiError {
+    ApiError::Infer(InferError::invalid(field, problem))
+}
+
+fn as_object(body: &Value) -> Result<&Map<String, Value>, ApiError> {
+    body.as_object()
+        .ok_or_else(|| invalid("/", "the body must be a JSON object"))
+}
+
+/// The model the client named, for the request log (empty when it named none).
+fn requested_model(body: &Value) -> String {
+    body.get("model")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The catalog model `model` names (an id or an alias, as on `/ai/run`), if it serves `task`.
+fn resolve_model<'a>(
+    state: &'a AppState,
+    object: &Map<String, Value>,
+    task: Task,
+) -> Result<&'a ModelSpec, ApiError> {
+    let model = match object.get("model") {
+        Some(Value::String(model)) if !model.is_empty() => model,
+        None | Some(Value::Null) | Some(Value::String(_)) => {
+            return Err(invalid("/model", "is required"));
+        }
+        Some(_) => return Err(invalid("/model", "expected string")),
+    };
+    let spec = state.ember.resolve(model)?;
+    if spec.task != task {
+        return Err(invalid(
+            "/model",
+            format!(
+                "{model} is a {} model and cannot serve this endpoint",
+                spec.task.display_name()
+            ),
+        ));
+    }
+    Ok(spec)
+}
+
+/// Renames the field of a validation error (a JSON pointer starting with `from`): the Workers AI
+/// input a request became says `max_tokens` or `text` where the client said
+/// `max_completion_tokens` or `input`.
+fn renamed(error: InferError, from: &str, to: &str) -> ApiError {
+    match error {
+        InferError::InvalidInput { field, problem } => {
+            let field = match field.strip_prefix(from) {
+                Some(rest) if rest.is_empty() || rest.starts_with('/') => format!("{to}{rest}"),
+                _ => field,
+            };
+            ApiError::Infer(InferError::InvalidInput { field, problem })
+        }
+        other => ApiError::Infer(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openai_paths() {
+        for path in [
+            "/v1/chat/completions",
+            "/v1/nothing",
+            "/v1",
+            "/client/v4/accounts/abc/ai/v1/models",
+            "/client/v4/accounts/abc/ai/v1/x/y",
+        ] {
+            assert!(is_openai_path(path), "{path}");
+        }
+        for path in [
+            "/v10/models",
+            "/client/v4/accounts/abc/ai/run/@cf/x/v1",
+            "/client/v4/accounts/abc/ai/v1x",
+            "/run",
+        ] {
+            assert!(!is_openai_path(path), "{path}");
+        }
+    }
+
+    #[test]
+    fn unsupported_fields_are_refused_unless_unset() {
+        let accepted = json!({"n": 1, "logprobs": false, "top_logprobs": 0, "stop": [],
+            "response_format": {"type": "text"}, "tools": null, "user": "u"});
+        assert!(refuse_unsupported(accepted.as_object().unwrap()).is_ok());
+        for (body, field) in [
+            (json!({"n": 2}), "/n"),
+            (json!({"logprobs": true}), "/logprobs"),
+            (json!({"top_logprobs": 2}), "/top_logprobs"),
+            (json!({"stop": "\n"}), "/stop"),
+            (json!({"tools": [{"type": "function"}]}), "/tools"),
+            (
+                json!({"response_format": {"type": "json_object"}}),
+                "/response_format",
+            ),
+        ] {
+            match refuse_unsupported(body.as_object().unwrap()) {
+                Err(ApiError::Infer(InferError::InvalidInput { field: f, .. })) => {
+                    assert_eq!(f, field)
+                }
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn renamed_fields() {
+        let error = InferError::invalid("/text/1", "must not be empty");
+        assert_eq!(
+            renamed(error, "/text", "/input"),
+            ApiError::Infer(InferError::invalid("/input/1", "must not be empty"))
+        );
+        let other = InferError::invalid("/textual", "x");
+        assert_eq!(
+            renamed(other.clone(), "/text", "/input"),
+            ApiError::Infer(other)
+        );
+    }
+}

@@ -1,0 +1,263 @@
+"""End-to-end tests: the official `openai` Python SDK against Ember's OpenAI-compatible API.
+
+Run:  EMBER_URL=http://127.0.0.1:8787 python -m pytest -v tests/e2e/test_openai_sdk.py
+
+Env:
+  EMBER_URL         base URL of a running Ember (required), e.g. http://127.0.0.1:8787
+  EMBER_TOKEN       bearer token to send (default "dummy")
+  EMBER_ACCOUNT_ID  account id used in paths (default "local")
+  E2E_TIMEOUT       per-request timeout in seconds (default 300; CPU inference can be slow)
+
+Ember is expected to be started with
+  --alias @cf/meta/llama-3.1-8b-instruct=@hf/qwen/qwen2.5-coder-0.5b-instruct
+and to host @hf/qwen/qwen2.5-coder-0.5b-instruct, @cf/google/embeddinggemma-300m and
+@hf/sentence-transformers/all-minilm-l6-v2.
+
+Every test runs against both base URLs a client may be given: Cloudflare's
+`.../client/v4/accounts/{id}/ai/v1` and the OpenAI-style root `/v1`.
+
+Facts about openai==3.51.0 that these tests rely on (read from the installed package):
+  * `embeddings.create` without `encoding_format` asks for "base64" and decodes the little-endian
+    f32 bytes itself; with `encoding_format="float"` it returns the JSON numbers untouched.
+  * Errors are raised by HTTP status (400 BadRequestError, 404 NotFoundError, ...) with
+    `.param`, `.code` and `.type` read from the body's `error` object.
+  * In a stream, any event whose data holds an `error` object raises `openai.APIError`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import openai
+import pytest
+from openai import OpenAI
+
+ALIAS = "@cf/meta/llama-3.1-8b-instruct"
+QWEN = "@hf/qwen/qwen2.5-coder-0.5b-instruct"
+GEMMA_EMBED = "@cf/google/embeddinggemma-300m"
+MINILM = "@hf/sentence-transformers/all-minilm-l6-v2"
+MESSAGES = [
+    {"role": "system", "content": "You are a helpful assistant. Answer briefly."},
+    {"role": "user", "content": "What is the capital of France?"},
+]
+
+ACCOUNT_ID = os.environ.get("EMBER_ACCOUNT_ID", "local")
+TOKEN = os.environ.get("EMBER_TOKEN", "dummy")
+TIMEOUT = float(os.environ.get("E2E_TIMEOUT", "300"))
+
+
+@pytest.fixture(scope="session")
+def ember_url() -> str:
+    url = os.environ.get("EMBER_URL")
+    if not url:
+        pytest.fail("EMBER_URL must point at a running Ember, e.g. http://127.0.0.1:8787")
+    return url.rstrip("/")
+
+
+@pytest.fixture(scope="session", params=["cloudflare", "root"])
+def client(request, ember_url: str) -> OpenAI:
+    base = {
+        "cloudflare": f"{ember_url}/client/v4/accounts/{ACCOUNT_ID}/ai/v1",
+        "root": f"{ember_url}/v1",
+    }[request.param]
+    # max_retries=0: a failure should show up as a failure, not be retried away.
+    return OpenAI(base_url=base, api_key=TOKEN, max_retries=0, timeout=TIMEOUT)
+
+
+# ---------------------------------------------------------------- chat completions
+
+
+def test_chat(client: OpenAI):
+    raw = client.chat.completions.with_raw_response.create(
+        model=ALIAS, messages=MESSAGES, max_tokens=24, temperature=0
+    )
+    assert raw.headers.get("x-ember-model") == QWEN
+    completion = raw.parse()
+    assert completion.id.startswith("chatcmpl-")
+    assert completion.object == "chat.completion"
+    assert completion.model == ALIAS
+    assert len(completion.choices) == 1
+    choice = completion.choices[0]
+    assert choice.message.role == "assistant"
+    assert "Paris" in choice.message.content, choice.message.content
+    assert choice.finish_reason in ("stop", "length")
+    usage = completion.usage
+    assert usage.prompt_tokens > 0 and 0 < usage.completion_tokens <= 24
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    assert usage.prompt_tokens_details.cached_tokens >= 0
+
+
+def test_chat_max_completion_tokens_and_content_parts(client: OpenAI):
+    completion = client.chat.completions.create(
+        model=QWEN,
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Count from one to twenty"},
+                    {"type": "text", "text": " in words."},
+                ],
+            }
+        ],
+        max_completion_tokens=3,
+        temperature=0,
+        seed=7,
+        user="e2e",
+    )
+    assert completion.choices[0].finish_reason == "length"
+    assert completion.usage.completion_tokens == 3
+
+
+def test_chat_stream_with_usage(client: OpenAI):
+    stream = client.chat.completions.create(
+        model=ALIAS,
+        messages=MESSAGES,
+        max_tokens=24,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert chunks, "no chunks"
+    assert len({c.id for c in chunks}) == 1 and chunks[0].id.startswith("chatcmpl-")
+    assert all(c.object == "chat.completion.chunk" and c.model == ALIAS for c in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    *content, usage_chunk = chunks
+    text = "".join(c.choices[0].delta.content or "" for c in content)
+    assert "Paris" in text, text
+    assert content[-1].choices[0].finish_reason in ("stop", "length")
+    assert all(c.usage is None for c in content)
+    assert usage_chunk.choices == []
+    assert 0 < usage_chunk.usage.completion_tokens <= 24
+
+
+def test_chat_stream_without_usage(client: OpenAI):
+    stream = client.chat.completions.create(
+        model=QWEN, messages=MESSAGES, max_tokens=8, stream=True
+    )
+    chunks = list(stream)
+    assert all(c.usage is None for c in chunks)
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+
+# ---------------------------------------------------------------- completions
+
+
+def test_completions(client: OpenAI):
+    completion = client.completions.create(
+        model=QWEN, prompt="def fibonacci(n):", max_tokens=16, temperature=0
+    )
+    assert completion.id.startswith("cmpl-")
+    assert completion.object == "text_completion"
+    assert completion.choices[0].text.strip(), completion
+    assert completion.choices[0].finish_reason in ("stop", "length")
+    # The raw prompt, no chat template around it.
+    assert completion.usage.prompt_tokens < 10, completion.usage
+
+
+def test_completions_stream(client: OpenAI):
+    stream = client.completions.create(
+        model=ALIAS,
+        prompt="def fibonacci(n):",
+        max_tokens=16,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text.strip()
+    assert chunks[-1].usage.completion_tokens > 0
+
+
+# ---------------------------------------------------------------- embeddings
+
+
+@pytest.mark.parametrize("model, dims", [(GEMMA_EMBED, 768), (MINILM, 384)])
+def test_embeddings(client: OpenAI, model: str, dims: int):
+    texts = ["The quick brown fox.", "Rust is a systems language."]
+    # The SDK's default: base64, decoded by the SDK.
+    decoded = client.embeddings.create(model=model, input=texts)
+    floats = client.embeddings.create(model=model, input=texts, encoding_format="float", dimensions=dims)
+    assert decoded.object == "list" and decoded.model == model
+    assert [d.index for d in decoded.data] == [0, 1]
+    assert decoded.usage.prompt_tokens > 0
+    assert decoded.usage.total_tokens == decoded.usage.prompt_tokens
+    for a, b in zip(decoded.data, floats.data):
+        assert len(a.embedding) == dims
+        assert a.embedding == b.embedding
+        assert math.isclose(math.sqrt(sum(x * x for x in a.embedding)), 1.0, rel_tol=1e-3)
+    assert decoded.data[0].embedding != decoded.data[1].embedding
+
+    single = client.embeddings.create(model=model, input="one text", encoding_format="float")
+    assert len(single.data) == 1 and len(single.data[0].embedding) == dims
+
+
+# ---------------------------------------------------------------- models
+
+
+def test_models_list(client: OpenAI):
+    models = {m.id: m for m in client.models.list()}
+    for model in (QWEN, GEMMA_EMBED, MINILM):
+        assert model in models, sorted(models)
+        assert models[model].object == "model"
+        assert models[model].created > 0
+    assert models[QWEN].owned_by == "qwen"
+
+
+# ---------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    "extra, param",
+    [
+        ({"n": 2}, "n"),
+        ({"logprobs": True}, "logprobs"),
+        ({"temperature": 9}, "temperature"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"stop": ["\n"]}, "stop"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]},
+            "tools",
+        ),
+    ],
+)
+def test_chat_bad_request_names_the_param(client: OpenAI, extra: dict, param: str):
+    with pytest.raises(openai.BadRequestError) as ei:
+        client.chat.completions.create(model=QWEN, messages=MESSAGES, **extra)
+    err = ei.value
+    assert err.status_code == 400
+    assert err.param == param, err.body
+    assert err.type == "invalid_request_error"
+
+
+def test_bad_message_names_the_param(client: OpenAI):
+    with pytest.raises(openai.BadRequestError) as ei:
+        client.chat.completions.create(model=QWEN, messages=[{"role": "king", "content": "x"}])
+    assert ei.value.param == "messages[0].role", ei.value.body
+
+
+def test_embeddings_bad_request(client: OpenAI):
+    with pytest.raises(openai.BadRequestError) as ei:
+        client.embeddings.create(model=MINILM, input=[[1, 2, 3]])
+    assert ei.value.param == "input", ei.value.body
+    with pytest.raises(openai.BadRequestError) as ei:
+        client.embeddings.create(model=MINILM, input="x", dimensions=64)
+    assert ei.value.param == "dimensions", ei.value.body
+
+
+def test_unknown_model_is_404(client: OpenAI):
+    with pytest.raises(openai.NotFoundError) as ei:
+        client.chat.completions.create(model="@cf/nope/does-not-exist", messages=MESSAGES)
+    err = ei.value
+    assert err.status_code == 404
+    assert err.code == "model_not_found", err.body
+    with pytest.raises(openai.NotFoundError):
+        client.embeddings.create(model="@cf/nope/does-not-exist", input="x")
+
+
+def test_unknown_route_is_404(client: OpenAI):
+    with pytest.raises(openai.NotFoundError) as ei:
+        client.responses.create(model=QWEN, input="hi")
+    assert ei.value.type == "invalid_request_error", ei.value.body
