@@ -334,7 +334,9 @@ async fn with_timeout<T>(
 async fn collect(mut events: mpsc::Receiver<TextEvent>) -> Result<Completion, InferError> {
     while let Some(event) = events.recv().await {
         match event {
-            TextEvent::Text(_) => {}
+            TextEvent::Text(_)
+            | TextEvent::ToolCallStart { .. }
+            | TextEvent::ToolCallArguments { .. } => {}
             TextEvent::Done(completion) => return Ok(completion),
             TextEvent::Failed(error) => return Err(error),
         }

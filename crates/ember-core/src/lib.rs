@@ -10,6 +10,7 @@ pub mod installed;
 pub mod metrics;
 pub mod runner;
 pub mod tasks;
+pub mod tools;
 
 pub use catalog::{Catalog, ModelSpec, Task};
 pub use ember::{Ember, MemoryLimits, Run, RunOptions, RunOutput};

@@ -75,6 +75,17 @@ pub trait EmbeddingsRunner {
 #[derive(Debug, Clone, PartialEq)]
 pub enum TextEvent {
     Text(String),
+    /// The model began a tool call: its name is known, its arguments follow in fragments.
+    ToolCallStart {
+        index: usize,
+        id: String,
+        name: String,
+    },
+    /// The next piece of a call's arguments (the pieces together are the arguments' JSON).
+    ToolCallArguments {
+        index: usize,
+        fragment: String,
+    },
     Done(Completion),
     Failed(InferError),
 }

@@ -4,7 +4,10 @@
 
 use crate::InferError;
 use crate::catalog::ModelSpec;
-use serde::{Deserialize, Serialize};
+use crate::tools::{
+    self, ResponseFormat, ToolCall, ToolChoice, ToolDefinition, parse_history_calls,
+};
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 /// Workers AI's default `max_tokens` for text generation.
@@ -18,10 +21,25 @@ pub const MAX_PROMPT_CHARS: usize = 131_072;
 
 // ------------------------------------------------------------------ text generation
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    /// Calls an assistant message made (chat history for a multi-turn tool conversation).
+    pub tool_calls: Vec<ToolCall>,
+    /// On a `tool` message: the call this is the result of.
+    pub tool_call_id: Option<String>,
+}
+
+impl ChatMessage {
+    pub fn text(role: impl Into<String>, content: impl Into<String>) -> ChatMessage {
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+        }
+    }
 }
 
 /// What the model is asked: a chat, rendered through its template, or a bare prompt.
@@ -71,15 +89,47 @@ pub struct TextGenerationRequest {
     pub max_tokens: u32,
     pub sampling: Sampling,
     pub stream: bool,
+    /// Tools the model may call (empty: none), shown to it through its chat template.
+    pub tools: Vec<ToolDefinition>,
+    pub tool_choice: ToolChoice,
+    pub response_format: ResponseFormat,
+    /// Text that ends the generation where it appears; it is not part of the output.
+    pub stop: Vec<String>,
+}
+
+impl TextGenerationRequest {
+    /// A request with no tools, free text and no stop sequences.
+    pub fn new(prompt: PromptInput, max_tokens: u32, sampling: Sampling) -> TextGenerationRequest {
+        TextGenerationRequest {
+            prompt,
+            max_tokens,
+            sampling,
+            stream: false,
+            tools: Vec::new(),
+            tool_choice: ToolChoice::Auto,
+            response_format: ResponseFormat::Text,
+            stop: Vec::new(),
+        }
+    }
+
+    /// The tools the model sees: none with `tool_choice: none`.
+    pub fn offered_tools(&self) -> &[ToolDefinition] {
+        match self.tool_choice {
+            ToolChoice::None => &[],
+            _ => &self.tools,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum FinishReason {
     /// The model produced an end-of-generation token.
     Stop,
     /// `max_tokens` (or the context) was reached.
     Length,
+    /// The model called tools and waits for their results.
+    ToolCalls,
     /// The client went away.
     Cancelled,
 }
@@ -117,14 +167,29 @@ impl Usage {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Completion {
     pub text: String,
+    pub tool_calls: Vec<ToolCall>,
+    /// The text is JSON (JSON mode): natively it is returned as the parsed value.
+    pub json: bool,
     pub usage: Usage,
     pub finish_reason: FinishReason,
 }
 
 impl Completion {
+    /// `response` as Workers AI returns it: the text, or in JSON mode the parsed value.
+    pub fn response(&self) -> Value {
+        match self.json {
+            true => serde_json::from_str(&self.text).unwrap_or_else(|_| json!(self.text)),
+            false => json!(self.text),
+        }
+    }
+
     /// The result object of a non-streamed generation.
     pub fn to_json(&self) -> Value {
-        json!({ "response": self.text, "usage": self.usage })
+        let mut result = json!({ "response": self.response(), "usage": self.usage });
+        if !self.tool_calls.is_empty() {
+            result["tool_calls"] = self.tool_calls.iter().map(ToolCall::native_json).collect();
+        }
+        result
     }
 }
 
@@ -134,7 +199,7 @@ pub fn parse_text_generation(
     spec: &ModelSpec,
 ) -> Result<TextGenerationRequest, InferError> {
     let object = as_object(input)?;
-    for unsupported in ["tools", "functions", "response_format", "lora", "requests"] {
+    for unsupported in ["functions", "lora", "requests"] {
         if object.get(unsupported).is_some_and(|v| !v.is_null()) {
             return Err(InferError::invalid(
                 format!("/{unsupported}"),
@@ -177,11 +242,40 @@ pub fn parse_text_generation(
         frequency_penalty: optional_number(object, "frequency_penalty", 0.0, 2.0)?,
         presence_penalty: optional_number(object, "presence_penalty", 0.0, 2.0)?,
     };
+    let tools = match object.get("tools") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(value) => tools::parse_tools(value)?,
+    };
+    let tool_choice = match object.get("tool_choice") {
+        None | Some(Value::Null) => ToolChoice::Auto,
+        Some(value) => tools::parse_tool_choice(value, &tools)?,
+    };
+    let response_format = match object.get("response_format") {
+        None | Some(Value::Null) => ResponseFormat::Text,
+        Some(value) => tools::parse_response_format(value)?,
+    };
+    if response_format != ResponseFormat::Text
+        && tool_choice != ToolChoice::None
+        && !tools.is_empty()
+    {
+        return Err(InferError::invalid(
+            "/response_format",
+            "JSON mode cannot be combined with tools",
+        ));
+    }
+    let stop = match object.get("stop") {
+        None => Vec::new(),
+        Some(value) => tools::parse_stop(value)?,
+    };
     Ok(TextGenerationRequest {
         prompt,
         max_tokens,
         sampling,
         stream: optional_bool(object, "stream")?.unwrap_or(false),
+        tools,
+        tool_choice,
+        response_format,
+        stop,
     })
 }
 
@@ -223,8 +317,22 @@ fn parse_messages(messages: &Value) -> Result<Vec<ChatMessage>, InferError> {
                     ));
                 }
             };
+            let tool_calls = match message.get("tool_calls") {
+                None | Some(Value::Null) => Vec::new(),
+                Some(calls) if role == "assistant" => {
+                    parse_history_calls(calls, &format!("{at}/tool_calls"))?
+                }
+                Some(_) => {
+                    return Err(InferError::invalid(
+                        format!("{at}/tool_calls"),
+                        "only assistant messages carry tool calls",
+                    ));
+                }
+            };
             let content = match message.get("content") {
                 Some(Value::Array(parts)) => text_parts(parts, &format!("{at}/content"))?,
+                // An assistant turn that only called tools has no content.
+                None | Some(Value::Null) if !tool_calls.is_empty() => String::new(),
                 Some(content) => bounded_string(content, &format!("{at}/content"))?,
                 None => {
                     return Err(InferError::invalid(
@@ -233,7 +341,23 @@ fn parse_messages(messages: &Value) -> Result<Vec<ChatMessage>, InferError> {
                     ));
                 }
             };
-            Ok(ChatMessage { role, content })
+            let tool_call_id = match message.get("tool_call_id") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(id)) => Some(id.clone()),
+                Some(other) => {
+                    return Err(type_mismatch(
+                        &format!("{at}/tool_call_id"),
+                        "string",
+                        other,
+                    ));
+                }
+            };
+            Ok(ChatMessage {
+                role,
+                content,
+                tool_calls,
+                tool_call_id,
+            })
         })
         .collect()
 }
@@ -490,7 +614,11 @@ mod tests {
             (json!({"prompt": "a", "max_tokens": 1.5}), "/max_tokens"),
             (json!({"prompt": "a", "top_k": 51}), "/top_k"),
             (json!({"prompt": "a", "stream": "yes"}), "/stream"),
-            (json!({"prompt": "a", "tools": []}), "/tools"),
+            (json!({"prompt": "a", "tools": "add"}), "/tools"),
+            (json!({"prompt": "a", "tools": [{"name": "add"}], "tool_choice": "maybe"}), "/tool_choice"),
+            (json!({"prompt": "a", "response_format": {"type": "xml"}}), "/response_format/type"),
+            (json!({"prompt": "a", "stop": [1]}), "/stop/0"),
+            (json!({"messages": [{"role": "user", "content": "a", "tool_calls": []}]}), "/messages/0/tool_calls"),
             (json!([1, 2]), "/"),
         ];
         for (input, field) in cases {

@@ -30,7 +30,7 @@ struct Fixture {
 #[derive(Deserialize)]
 struct Case {
     name: String,
-    messages: Option<Vec<ChatMessage>>,
+    messages: Option<Vec<Message>>,
     prompt: Option<String>,
     raw: bool,
     max_tokens: u32,
@@ -38,6 +38,12 @@ struct Case {
     completion_tokens: Vec<i32>,
     completion_text: String,
     finish_reason: String,
+}
+
+#[derive(Deserialize)]
+struct Message {
+    role: String,
+    content: String,
 }
 
 fn fixture(name: &str) -> Fixture {
@@ -49,12 +55,7 @@ fn fixture(name: &str) -> Fixture {
 }
 
 fn greedy(prompt: PromptInput, max_tokens: u32) -> TextGenerationRequest {
-    TextGenerationRequest {
-        prompt,
-        max_tokens,
-        sampling: Sampling::greedy(),
-        stream: false,
-    }
+    TextGenerationRequest::new(prompt, max_tokens, Sampling::greedy())
 }
 
 fn load(model: &str) -> LlmEngine {
@@ -77,7 +78,12 @@ fn load(model: &str) -> LlmEngine {
 
 fn prompt(case: &Case) -> PromptInput {
     match (&case.messages, &case.prompt) {
-        (Some(messages), _) => PromptInput::Messages(messages.clone()),
+        (Some(messages), _) => PromptInput::Messages(
+            messages
+                .iter()
+                .map(|m| ChatMessage::text(&m.role, &m.content))
+                .collect(),
+        ),
         (None, Some(text)) => PromptInput::Prompt {
             text: text.clone(),
             raw: case.raw,
@@ -144,7 +150,9 @@ async fn check(fixture_file: &str, batched: bool) {
     // Alone on a fresh engine (no prefix cache hit): exactly the reference.
     for case in &fixture.cases {
         let engine = load(&fixture.model);
-        let prompt_tokens = engine.prompt_tokens(&prompt(case)).unwrap();
+        let prompt_tokens = engine
+            .prompt_tokens(&greedy(prompt(case), case.max_tokens))
+            .unwrap();
         assert_eq!(
             prompt_tokens, case.prompt_tokens,
             "{}: prompt tokens differ",

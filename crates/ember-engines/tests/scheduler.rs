@@ -41,20 +41,14 @@ fn request(
     max_tokens: u32,
     sampling: Sampling,
 ) -> TextGenerationRequest {
-    TextGenerationRequest {
-        prompt: PromptInput::Messages(
-            messages
-                .iter()
-                .map(|(role, content)| ChatMessage {
-                    role: role.to_string(),
-                    content: content.to_string(),
-                })
-                .collect(),
-        ),
-        max_tokens,
-        sampling,
-        stream: true,
-    }
+    let messages = messages
+        .iter()
+        .map(|(role, content)| ChatMessage::text(*role, *content))
+        .collect();
+    let mut request =
+        TextGenerationRequest::new(PromptInput::Messages(messages), max_tokens, sampling);
+    request.stream = true;
+    request
 }
 
 fn sampling(temperature: f32, seed: Option<u64>) -> Sampling {

@@ -19,6 +19,7 @@ use ember_core::catalog::{ModelSpec, Task};
 use ember_core::ember::complete;
 use ember_core::installed;
 use ember_core::tasks::{self, Completion, FinishReason, TextGenerationRequest};
+use ember_core::tools::ToolCall;
 use serde_json::{Map, Value, json};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -191,6 +192,11 @@ fn parse_generation<'a>(
                 .get("messages")
                 .ok_or_else(|| invalid("/messages", "is required"))?;
             input.insert("messages".into(), messages.clone());
+            for field in ["tools", "tool_choice"] {
+                if let Some(value) = object.get(field) {
+                    input.insert(field.into(), value.clone());
+                }
+            }
         }
         Endpoint::Completion => {
             let prompt = match object.get("prompt") {
@@ -220,6 +226,8 @@ fn parse_generation<'a>(
         "frequency_penalty",
         "presence_penalty",
         "stream",
+        "stop",
+        "response_format",
     ] {
         if let Some(value) = object.get(field) {
             input.insert(field.into(), value.clone());
@@ -266,20 +274,10 @@ fn refuse_unsupported(object: &Map<String, Value>) -> Result<(), ApiError> {
             return Err(invalid(&format!("/{field}"), "is not supported"));
         }
     }
-    for field in [
-        "tools",
-        "tool_choice",
-        "functions",
-        "function_call",
-        "response_format",
-        "stop",
-    ] {
-        let plain_text = json!({ "type": "text" });
-        if object
-            .get(field)
-            .is_some_and(|v| asks_for_something(v) && *v != plain_text)
-        {
-            return Err(invalid(&format!("/{field}"), "is not supported yet"));
+    // OpenAI's deprecated function calling; `tools` replaces it.
+    for field in ["functions", "function_call"] {
+        if object.get(field).is_some_and(asks_for_something) {
+            return Err(invalid(&format!("/{field}"), "is not supported; use tools"));
         }
     }
     Ok(())
@@ -326,12 +324,23 @@ impl Answer {
     fn whole(&self, completion: &Completion) -> Value {
         let finish_reason = finish_reason(completion.finish_reason);
         let choice = match self.endpoint {
-            Endpoint::Chat => json!({
-                "index": 0,
-                "message": { "role": "assistant", "content": completion.text, "refusal": null },
-                "logprobs": null,
-                "finish_reason": finish_reason,
-            }),
+            Endpoint::Chat => {
+                let mut message =
+                    json!({ "role": "assistant", "content": completion.text, "refusal": null });
+                if !completion.tool_calls.is_empty() {
+                    let calls = completion.tool_calls.iter().map(ToolCall::openai_json);
+                    message["tool_calls"] = calls.collect();
+                    if completion.text.is_empty() {
+                        message["content"] = Value::Null;
+                    }
+                }
+                json!({
+                    "index": 0,
+                    "message": message,
+                    "logprobs": null,
+                    "finish_reason": finish_reason,
+                })
+            }
             Endpoint::Completion => json!({
                 "index": 0,
                 "text": completion.text,
@@ -363,6 +372,19 @@ impl Answer {
         self.event(json!([choice]))
     }
 
+    /// A chat chunk whose delta is one tool call's piece (completions have no tool calls).
+    fn tool_call_delta(&self, call: Value) -> String {
+        match self.endpoint {
+            Endpoint::Chat => self.event(json!([{
+                "index": 0,
+                "delta": { "tool_calls": [call] },
+                "logprobs": null,
+                "finish_reason": null,
+            }])),
+            Endpoint::Completion => String::new(),
+        }
+    }
+
     fn event(&self, choices: Value) -> String {
         let mut chunk = self.object(choices, true);
         if self.include_usage {
@@ -390,6 +412,19 @@ impl StreamFormat for Answer {
         self.chunk(Some(text), None)
     }
 
+    fn tool_call_start(&self, index: usize, id: &str, name: &str) -> String {
+        self.tool_call_delta(json!({
+            "index": index,
+            "id": id,
+            "type": "function",
+            "function": { "name": name, "arguments": "" },
+        }))
+    }
+
+    fn tool_call_arguments(&self, index: usize, fragment: &str) -> String {
+        self.tool_call_delta(json!({ "index": index, "function": { "arguments": fragment } }))
+    }
+
     fn done(&self, completion: &Completion) -> String {
         let mut events = self.chunk(None, Some(finish_reason(completion.finish_reason)));
         if self.include_usage {
@@ -409,6 +444,7 @@ fn finish_reason(reason: FinishReason) -> &'static str {
     match reason {
         FinishReason::Stop => "stop",
         FinishReason::Length => "length",
+        FinishReason::ToolCalls => "tool_calls",
         // Only a client that went away gets this, and it reads no more.
         FinishReason::Cancelled => "stop",
     }

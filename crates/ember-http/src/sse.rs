@@ -10,6 +10,7 @@ use axum::body::{Body, Bytes};
 use ember_core::InferError;
 use ember_core::runner::TextEvent;
 use ember_core::tasks::{Completion, Usage};
+use ember_core::tools::ToolCall;
 use serde_json::{Value, json};
 use std::convert::Infallible;
 use tokio::sync::{mpsc, watch};
@@ -23,6 +24,10 @@ pub trait StreamFormat: Send + 'static {
     fn start(&self) -> String;
     /// The event for one piece of text.
     fn text(&self, text: &str) -> String;
+    /// The event announcing a tool call (its id and name).
+    fn tool_call_start(&self, index: usize, id: &str, name: &str) -> String;
+    /// The event for a piece of a tool call's arguments.
+    fn tool_call_arguments(&self, index: usize, fragment: &str) -> String;
     /// The events that end a finished generation, before `data: [DONE]`.
     fn done(&self, completion: &Completion) -> String;
     /// The event that ends a failed generation.
@@ -41,8 +46,26 @@ impl StreamFormat for Native {
         data(&json!({ "response": text }))
     }
 
+    // Native streams carry whole calls, in one event at the end.
+    fn tool_call_start(&self, _: usize, _: &str, _: &str) -> String {
+        String::new()
+    }
+
+    fn tool_call_arguments(&self, _: usize, _: &str) -> String {
+        String::new()
+    }
+
     fn done(&self, completion: &Completion) -> String {
-        data(&json!({ "response": "", "usage": completion.usage }))
+        let mut events = String::new();
+        if !completion.tool_calls.is_empty() {
+            let calls: Vec<Value> = completion
+                .tool_calls
+                .iter()
+                .map(ToolCall::native_json)
+                .collect();
+            events.push_str(&data(&json!({ "response": "", "tool_calls": calls })));
+        }
+        events + &data(&json!({ "response": "", "usage": completion.usage }))
     }
 
     fn error(&self, error: &ApiError) -> String {
@@ -108,6 +131,12 @@ where
         };
         let (bytes, next) = match event {
             Some(TextEvent::Text(text)) => (s.format.text(&text), Some(s)),
+            Some(TextEvent::ToolCallStart { index, id, name }) => {
+                (s.format.tool_call_start(index, &id, &name), Some(s))
+            }
+            Some(TextEvent::ToolCallArguments { index, fragment }) => {
+                (s.format.tool_call_arguments(index, &fragment), Some(s))
+            }
             Some(TextEvent::Done(completion)) => {
                 let last = s.format.done(&completion);
                 s.on_end.fire(Ok(completion.usage));

@@ -233,8 +233,13 @@ async fn run_once(
                         stdout.write_all(text.as_bytes())?;
                         stdout.flush()?;
                     }
+                    // Calls are printed whole, from the completion.
+                    TextEvent::ToolCallStart { .. } | TextEvent::ToolCallArguments { .. } => {}
                     TextEvent::Done(completion) => {
                         println!();
+                        for call in &completion.tool_calls {
+                            println!("tool call: {}", call.native_json());
+                        }
                         eprintln!("usage: {}", serde_json::to_string(&completion.usage)?);
                     }
                     TextEvent::Failed(error) => return Err(error.into()),

@@ -33,7 +33,8 @@ fn openai_error(reply: &Reply, status: u16, kind: &str) -> Value {
     let error = reply.json()["error"].clone();
     assert_eq!(error["type"], kind, "{error}");
     assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()));
-    let keys: Vec<&String> = error.as_object().unwrap().keys().collect();
+    let mut keys: Vec<&String> = error.as_object().unwrap().keys().collect();
+    keys.sort();
     assert_eq!(keys, ["code", "message", "param", "type"], "{error}");
     error
 }
@@ -370,12 +371,12 @@ async fn invalid_requests_get_400_naming_the_param() {
         (
             with(
                 chat_path,
-                json!({"tools": [{"type": "function", "function": {"name": "f"}}]}),
+                json!({"tools": [{"type": "function", "function": {"name": "no spaces"}}]}),
             ),
-            Some("tools"),
+            Some("tools[0].function.name"),
         ),
         (
-            with(chat_path, json!({"tool_choice": "auto"})),
+            with(chat_path, json!({"tool_choice": "sometimes"})),
             Some("tool_choice"),
         ),
         (
@@ -383,13 +384,17 @@ async fn invalid_requests_get_400_naming_the_param() {
             Some("functions"),
         ),
         (
+            with(chat_path, json!({"response_format": {"type": "xml"}})),
+            Some("response_format.type"),
+        ),
+        (
             with(
                 chat_path,
-                json!({"response_format": {"type": "json_object"}}),
+                json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "properties": {"a": {"type": "strin"}}}}}}),
             ),
-            Some("response_format"),
+            Some("response_format.json_schema"),
         ),
-        (with(chat_path, json!({"stop": ["\n"]})), Some("stop")),
+        (with(chat_path, json!({"stop": [1]})), Some("stop[0]")),
         (
             with(chat_path, json!({"temperature": 9})),
             Some("temperature"),

@@ -2,23 +2,28 @@
 //! template and tokenizes on the caller's thread, and hands admitted requests to the model's
 //! scheduler (`scheduler.rs`), which runs every sequence in one llama.cpp context.
 
+mod constraint;
+mod output;
 mod prefix_cache;
 mod sampling;
 mod scheduler;
 mod template;
 mod utf8;
 
+use constraint::Grammars;
 use ember_core::InferError;
 use ember_core::admission::{Admission, AdmissionLimits, Ticket};
 use ember_core::catalog::ModelSpec;
 use ember_core::metrics::ModelMetrics;
 use ember_core::runner::{STREAM_BUFFER, TextEvent, TextGenerator};
 use ember_core::tasks::{ChatMessage, Completion, PromptInput, TextGenerationRequest};
+use ember_core::tools::{ResponseFormat, ToolChoice};
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::token::LlamaToken;
-use scheduler::{Job, Trace};
+use output::OutputParser;
+use scheduler::{Grammar, Job, Shaping, Trace};
 use std::path::Path;
 use std::sync::{Arc, OnceLock, mpsc as std_mpsc};
 use std::time::{Duration, Instant};
@@ -86,6 +91,7 @@ pub struct LlmEngine {
     id: String,
     model: Arc<LlamaModel>,
     template: Option<ChatTemplate>,
+    grammars: Grammars,
     /// Longest sequence (prompt and output) one request may have.
     sequence_limit: u32,
     admission: Admission,
@@ -177,6 +183,7 @@ pub fn load(
     );
     Ok(LlmEngine {
         id: spec.id.clone(),
+        grammars: Grammars::new(model.clone()),
         model,
         template,
         sequence_limit: context_window.min(kv_cells),
@@ -231,18 +238,29 @@ pub struct Traced {
 }
 
 impl LlmEngine {
-    /// The exact text the model reads for this request.
-    fn prompt_text(&self, prompt: &PromptInput) -> Result<String, InferError> {
+    /// The exact text the model reads for this request: the chat template applied, with the
+    /// tools it may call, and a call already opened when the tool choice forces one.
+    fn prompt_text(&self, request: &TextGenerationRequest) -> Result<String, InferError> {
+        let mut text = self.chat_text(&request.prompt, request)?;
+        if forces_call(request) {
+            text.push_str(output::CALL_OPEN);
+            text.push('\n');
+        }
+        Ok(text)
+    }
+
+    fn chat_text(
+        &self,
+        prompt: &PromptInput,
+        request: &TextGenerationRequest,
+    ) -> Result<String, InferError> {
         let messages = match prompt {
             PromptInput::Prompt { text, raw: true } => return Ok(text.clone()),
             // A base model without a chat template reads the prompt as-is.
             PromptInput::Prompt { text, raw: false } if self.template.is_none() => {
                 return Ok(text.clone());
             }
-            PromptInput::Prompt { text, raw: false } => vec![ChatMessage {
-                role: "user".into(),
-                content: text.clone(),
-            }],
+            PromptInput::Prompt { text, raw: false } => vec![ChatMessage::text("user", text)],
             PromptInput::Messages(messages) => messages.clone(),
         };
         let template = self.template.as_ref().ok_or_else(|| {
@@ -254,17 +272,19 @@ impl LlmEngine {
                 ),
             )
         })?;
-        template.render(&messages).map_err(|e| {
-            InferError::invalid(
-                "/messages",
-                format!("the model's chat template rejected them: {e}"),
-            )
-        })
+        template
+            .render(&messages, request.offered_tools())
+            .map_err(|e| {
+                InferError::invalid(
+                    "/messages",
+                    format!("the model's chat template rejected them: {e}"),
+                )
+            })
     }
 
     /// The prompt tokens the model reads for a request (chat template applied).
-    pub fn prompt_tokens(&self, prompt: &PromptInput) -> Result<Vec<i32>, InferError> {
-        let text = self.prompt_text(prompt)?;
+    pub fn prompt_tokens(&self, request: &TextGenerationRequest) -> Result<Vec<i32>, InferError> {
+        let text = self.prompt_text(request)?;
         let vocab = self.model.vocab();
         // Templates that write the BOS token themselves must not get a second one.
         let bos =
@@ -299,11 +319,13 @@ impl LlmEngine {
             )));
         }
         let max_tokens = request.max_tokens.min((limit - prompt.len()) as u32);
+        let shaping = self.shaping(request)?;
         let (events, receiver) = mpsc::channel(STREAM_BUFFER);
         let job = Job {
             prompt,
             max_tokens,
             sampling: request.sampling.clone(),
+            shaping,
             ignore_eos,
             session,
             events,
@@ -320,6 +342,49 @@ impl LlmEngine {
         Ok(receiver)
     }
 
+    /// The parser and grammar for a request's output. Grammars compile here, on the caller's
+    /// thread, so a schema the compiler refuses is the caller's 400, not a scheduler stall.
+    fn shaping(&self, request: &TextGenerationRequest) -> Result<Shaping, InferError> {
+        let tools = request.offered_tools();
+        let grammar = match (&request.response_format, tools.is_empty()) {
+            (ResponseFormat::JsonObject, _) => Grammar::Json(
+                self.grammars
+                    .json(&serde_json::json!({ "type": "object" }))
+                    .map_err(|e| InferError::invalid("/response_format", e))?,
+            ),
+            (ResponseFormat::JsonSchema(schema), _) => Grammar::Json(
+                self.grammars
+                    .json(schema)
+                    .map_err(|e| InferError::invalid("/response_format/json_schema", e))?,
+            ),
+            (ResponseFormat::Text, true) => Grammar::None,
+            (ResponseFormat::Text, false) => {
+                let callable: Vec<_> = match &request.tool_choice {
+                    ToolChoice::Function(name) => {
+                        tools.iter().filter(|t| &t.name == name).collect()
+                    }
+                    _ => tools.iter().collect(),
+                };
+                Grammar::ToolCalls {
+                    grammar: self
+                        .grammars
+                        .tool_call(&callable)
+                        .map_err(|e| InferError::invalid("/tools", e))?,
+                    end_after_first: matches!(request.tool_choice, ToolChoice::Function(_)),
+                }
+            }
+        };
+        Ok(Shaping {
+            parser: OutputParser::new(
+                tools.iter().map(|t| t.name.clone()).collect(),
+                request.stop.clone(),
+                forces_call(request),
+            ),
+            grammar,
+            json: request.response_format != ResponseFormat::Text,
+        })
+    }
+
     /// Runs a request to its end next to whatever else is running, and reports its token ids
     /// and timings (for tests and benchmarks). `ignore_eos` generates exactly `max_tokens`.
     pub async fn run_traced(
@@ -327,7 +392,7 @@ impl LlmEngine {
         request: &TextGenerationRequest,
         ignore_eos: bool,
     ) -> Result<Traced, InferError> {
-        let prompt = self.prompt_tokens(&request.prompt)?;
+        let prompt = self.prompt_tokens(request)?;
         self.run_tokens(prompt, request, ignore_eos).await
     }
 
@@ -342,7 +407,11 @@ impl LlmEngine {
         let mut events = self.submit(prompt, request, ignore_eos, None, ticket, Some(trace_tx))?;
         let completion = loop {
             match events.recv().await {
-                Some(TextEvent::Text(_)) => {}
+                Some(
+                    TextEvent::Text(_)
+                    | TextEvent::ToolCallStart { .. }
+                    | TextEvent::ToolCallArguments { .. },
+                ) => {}
                 Some(TextEvent::Done(completion)) => break completion,
                 Some(TextEvent::Failed(error)) => return Err(error),
                 None => return Err(InferError::Aborted),
@@ -364,15 +433,14 @@ impl LlmEngine {
         prompt: Vec<i32>,
         max_tokens: u32,
     ) -> Result<GenerationTiming, InferError> {
-        let request = TextGenerationRequest {
-            prompt: PromptInput::Prompt {
+        let request = TextGenerationRequest::new(
+            PromptInput::Prompt {
                 text: String::new(),
                 raw: true,
             },
             max_tokens,
-            sampling: ember_core::tasks::Sampling::greedy(),
-            stream: false,
-        };
+            ember_core::tasks::Sampling::greedy(),
+        );
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
@@ -394,11 +462,20 @@ impl TextGenerator for LlmEngine {
         session: Option<String>,
         ticket: Ticket,
     ) -> Result<mpsc::Receiver<TextEvent>, InferError> {
-        let prompt = self.prompt_tokens(&request.prompt)?;
+        let prompt = self.prompt_tokens(&request)?;
         self.submit(prompt, &request, false, session, ticket, None)
     }
 
     fn memory_bytes(&self) -> u64 {
         self.memory_bytes
     }
+}
+
+/// Whether the tool choice makes the model call a tool (the prompt then opens the call).
+fn forces_call(request: &TextGenerationRequest) -> bool {
+    !request.offered_tools().is_empty()
+        && matches!(
+            request.tool_choice,
+            ToolChoice::Required | ToolChoice::Function(_)
+        )
 }

@@ -73,6 +73,10 @@ impl Normaliser {
     }
 
     fn add(&mut self, logit: f32) {
+        // A token a grammar forbids (-inf) weighs nothing; counting it would make NaN.
+        if logit == f32::NEG_INFINITY {
+            return;
+        }
         if logit > self.max {
             self.sum = self.sum * ((self.max - logit) / self.temperature).exp() + 1.0;
             self.max = logit;
@@ -403,6 +407,18 @@ mod tests {
         let seen = frequencies(&settings(1.0), &logits, 4000);
         let beyond: f32 = seen[CANDIDATES..].iter().sum();
         assert!(beyond > 0.8, "{beyond}");
+    }
+
+    #[test]
+    fn forbidden_tokens_are_never_drawn() {
+        let mut logits = vec![f32::NEG_INFINITY; 1000];
+        logits[3] = 0.5;
+        logits[700] = 1.0;
+        let mut sampler = Sampler::new(&settings(0.8), &[]);
+        for _ in 0..200 {
+            let token = sampler.sample(&logits);
+            assert!(token == 3 || token == 700, "drew {token}");
+        }
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! KV accounting is by reservation: a sequence reserves its uncached prompt plus `max_tokens`
 //! cells when admitted, so a decode never runs out of cells midway.
 
+use super::constraint::Constraint;
+use super::output::{OutputEvent, OutputParser};
 use super::prefix_cache::PrefixCache;
 use super::sampling::Sampler;
 use super::utf8::Utf8Stream;
@@ -59,12 +61,65 @@ impl Config {
     }
 }
 
+/// The grammar a job's output follows, if any.
+pub(crate) enum Grammar {
+    None,
+    /// JSON mode: every token.
+    Json(Constraint),
+    /// Inside each `<tool_call>`, until the call's JSON is complete.
+    ToolCalls {
+        grammar: Constraint,
+        /// A named `tool_choice`: the generation ends with the first call.
+        end_after_first: bool,
+    },
+}
+
+/// How a job's output is shaped: parsed for tool calls and stop sequences, and constrained.
+pub(crate) struct Shaping {
+    pub parser: OutputParser,
+    pub grammar: Grammar,
+    /// JSON mode: the text is returned parsed.
+    pub json: bool,
+}
+
+impl Shaping {
+    /// The grammar that constrains the next token, if one does now.
+    fn active_grammar(&mut self) -> Option<&mut Constraint> {
+        match &mut self.grammar {
+            Grammar::None => None,
+            Grammar::Json(grammar) => Some(grammar),
+            Grammar::ToolCalls { grammar, .. } => {
+                self.parser.call_needs_grammar().then_some(grammar)
+            }
+        }
+    }
+
+    /// After a constrained token: a call whose JSON is complete frees the model (to close the
+    /// call or start another); a named tool choice ends the generation there.
+    fn after_constrained_token(&mut self) -> Result<Option<FinishReason>, String> {
+        if let Grammar::ToolCalls {
+            grammar,
+            end_after_first,
+        } = &mut self.grammar
+            && grammar.complete()
+        {
+            self.parser.call_grammar_done();
+            grammar.reset()?;
+            if *end_after_first {
+                return Ok(Some(FinishReason::ToolCalls));
+            }
+        }
+        Ok(None)
+    }
+}
+
 /// An admitted request, tokenized, on its way to the scheduler.
 pub(crate) struct Job {
     pub prompt: Vec<i32>,
     /// Already capped so that prompt and output fit the sequence limit.
     pub max_tokens: u32,
     pub sampling: Sampling,
+    pub shaping: Shaping,
     pub ignore_eos: bool,
     pub session: Option<String>,
     pub events: mpsc::Sender<TextEvent>,
@@ -154,7 +209,6 @@ struct Sequence {
     /// Top-2 logit margins, recorded only for traced jobs.
     margins: Vec<f32>,
     utf8: Utf8Stream,
-    text: String,
     /// Events the client's channel had no room for; the sequence waits until they are taken.
     held: VecDeque<TextEvent>,
     admitted: Instant,
@@ -171,6 +225,27 @@ impl Sequence {
 
     fn prefilling(&self) -> bool {
         self.seq_id.is_some() && !self.finished && self.n_past < self.n_prompt
+    }
+
+    /// Sends what the output parser made of new text; says whether a stop sequence or the
+    /// end of a forced call ends the generation.
+    fn deliver(&mut self, events: Vec<OutputEvent>) -> bool {
+        let mut ends = false;
+        for event in events {
+            match event {
+                OutputEvent::Text(text) => self.send(TextEvent::Text(text)),
+                OutputEvent::CallStart { index, id, name } => {
+                    self.send(TextEvent::ToolCallStart { index, id, name })
+                }
+                OutputEvent::CallArguments { index, fragment } => {
+                    self.send(TextEvent::ToolCallArguments { index, fragment })
+                }
+                // The completion carries the parsed calls.
+                OutputEvent::CallEnd(_) => {}
+                OutputEvent::Stopped => ends = true,
+            }
+        }
+        ends
     }
 
     /// Sends an event to the client, holding it back if the channel is full.
@@ -276,6 +351,8 @@ struct Scheduler<'m, 'c> {
     batch: LlamaBatch<'static>,
     planned: Vec<Planned>,
     piece: Vec<u8>,
+    /// Logits with a grammar's mask applied, for constrained sequences.
+    masked: Vec<f32>,
 }
 
 impl<'m, 'c> Scheduler<'m, 'c> {
@@ -303,6 +380,7 @@ impl<'m, 'c> Scheduler<'m, 'c> {
             batch: LlamaBatch::new(config.step_tokens as usize, 1),
             planned: Vec::new(),
             piece: Vec::with_capacity(64),
+            masked: Vec::new(),
         }
     }
 
@@ -413,7 +491,6 @@ impl<'m, 'c> Scheduler<'m, 'c> {
                 sampler,
                 margins: Vec::new(),
                 utf8: Utf8Stream::default(),
-                text: String::new(),
                 held: VecDeque::new(),
                 admitted: now,
                 first_token: None,
@@ -519,7 +596,15 @@ impl<'m, 'c> Scheduler<'m, 'c> {
     fn sample(&mut self, i: usize, index: i32) {
         let logits = self.kv.ctx.get_logits_ith(index);
         let sequence = &mut self.running[i];
-        let token = sequence.sampler.sample(logits);
+        let constrained = sequence.job.shaping.active_grammar();
+        let was_constrained = constrained.is_some();
+        let token = match constrained {
+            Some(grammar) => match grammar.mask(logits, &mut self.masked) {
+                Ok(()) => sequence.sampler.sample(&self.masked),
+                Err(error) => return self.fail(i, format!("grammar: {error}")),
+            },
+            None => sequence.sampler.sample(logits),
+        };
         if sequence.job.trace.is_some() {
             sequence.margins.push(super::sampling::margin(logits));
         }
@@ -544,16 +629,42 @@ impl<'m, 'c> Scheduler<'m, 'c> {
         sequence.tokens.push(token);
         sequence.sampler.accept(token);
         self.metrics.generated_token();
+        let mut ending = None;
+        if was_constrained {
+            let accepted = match sequence.job.shaping.active_grammar() {
+                Some(grammar) => grammar.accept(token),
+                None => Ok(()),
+            };
+            match accepted.and_then(|()| sequence.job.shaping.after_constrained_token()) {
+                Ok(reason) => ending = reason,
+                Err(error) => return self.fail(i, format!("grammar: {error}")),
+            }
+        }
         self.piece.clear();
         vocab.token_to_piece_into(LlamaToken(token), &mut self.piece, false, None);
         let text = sequence.utf8.push(&self.piece);
         if !text.is_empty() {
-            sequence.text.push_str(&text);
-            sequence.send(TextEvent::Text(text));
+            let events = sequence.job.shaping.parser.push(&text);
+            if sequence.deliver(events) {
+                ending = Some(FinishReason::Stop);
+            }
         }
-        if sequence.generated >= sequence.job.max_tokens {
-            self.finish(i, FinishReason::Length);
+        if ending.is_none() && sequence.generated >= sequence.job.max_tokens {
+            ending = Some(FinishReason::Length);
         }
+        if let Some(reason) = ending {
+            self.finish(i, reason);
+        }
+    }
+
+    /// Ends a sequence with an error; its cells are freed.
+    fn fail(&mut self, i: usize, error: String) {
+        let sequence = &mut self.running[i];
+        tracing::error!(%error, "failing a sequence");
+        sequence.held.clear();
+        sequence.send(TextEvent::Failed(InferError::Internal(error)));
+        sequence.finished = true;
+        self.kv.release(sequence, false);
     }
 
     /// Completes a sequence: the last text, `Done`, the trace; its cells go to the prefix cache.
@@ -561,16 +672,22 @@ impl<'m, 'c> Scheduler<'m, 'c> {
         let sequence = &mut self.running[i];
         sequence.finished = true;
         let rest = sequence.utf8.finish();
-        if !rest.is_empty() {
-            sequence.text.push_str(&rest);
-            sequence.send(TextEvent::Text(rest));
-        }
+        let mut events = sequence.job.shaping.parser.push(&rest);
+        events.extend(sequence.job.shaping.parser.finish());
+        sequence.deliver(events);
         let usage = Usage::new(sequence.n_prompt as u32, sequence.generated)
             .with_cached_tokens(sequence.cached as u32);
+        let parser = &sequence.job.shaping.parser;
+        let finish_reason = match reason {
+            FinishReason::Stop if !parser.calls().is_empty() => FinishReason::ToolCalls,
+            reason => reason,
+        };
         let completion = Completion {
-            text: std::mem::take(&mut sequence.text),
+            text: parser.content().to_owned(),
+            tool_calls: parser.calls().to_vec(),
+            json: sequence.job.shaping.json,
             usage,
-            finish_reason: reason,
+            finish_reason,
         };
         sequence.send(TextEvent::Done(completion));
         if let Some(trace) = sequence.job.trace.take() {

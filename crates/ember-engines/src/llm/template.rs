@@ -1,9 +1,15 @@
 //! Chat templates: the Jinja template a GGUF carries (`tokenizer.chat_template`), rendered with
 //! minijinja plus Python-compatible string methods, the way Hugging Face's `apply_chat_template`
-//! renders it (no trim_blocks/lstrip_blocks, `add_generation_prompt = true`).
+//! renders it (no trim_blocks/lstrip_blocks, `add_generation_prompt = true`, `tojson` spaced like
+//! Python's `json.dumps`). Tools and tool calls reach the template in OpenAI's shape, as Hugging
+//! Face passes them.
 
 use ember_core::tasks::ChatMessage;
-use minijinja::{Environment, Error, ErrorKind, context};
+use ember_core::tools::ToolDefinition;
+use minijinja::value::Kwargs;
+use minijinja::{Environment, Error, ErrorKind, Value, context};
+use serde::Serialize;
+use serde_json::json;
 
 pub struct ChatTemplate {
     env: Environment<'static>,
@@ -27,6 +33,7 @@ impl ChatTemplate {
                 Err(Error::new(ErrorKind::InvalidOperation, message))
             },
         );
+        env.add_filter("tojson", python_tojson);
         env.add_function("strftime_now", |format: String| {
             // Templates use this to print today's date in the system prompt.
             time_now_formatted(&format)
@@ -39,14 +46,105 @@ impl ChatTemplate {
         })
     }
 
-    /// Renders the conversation followed by the assistant's turn opener.
-    pub fn render(&self, messages: &[ChatMessage]) -> Result<String, Error> {
+    /// Renders the conversation, with the tools the model may call, followed by the assistant's
+    /// turn opener.
+    pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        tools: &[ToolDefinition],
+    ) -> Result<String, Error> {
+        let messages: Vec<serde_json::Value> = messages.iter().map(template_message).collect();
+        let tools: Option<Vec<serde_json::Value>> =
+            (!tools.is_empty()).then(|| tools.iter().map(ToolDefinition::to_openai_json).collect());
         self.env.get_template("chat")?.render(context! {
             messages => messages,
+            tools => tools,
             add_generation_prompt => true,
             bos_token => self.bos_token,
             eos_token => self.eos_token,
         })
+    }
+}
+
+/// A message as templates read it: `tool_calls` as `[{id, type, function: {name, arguments}}]`
+/// with `arguments` an object, `tool_call_id` on tool results.
+fn template_message(message: &ChatMessage) -> serde_json::Value {
+    let mut value = json!({ "role": message.role, "content": message.content });
+    if !message.tool_calls.is_empty() {
+        value["tool_calls"] = message
+            .tool_calls
+            .iter()
+            .map(|call| {
+                json!({
+                    "id": call.id,
+                    "type": "function",
+                    "function": { "name": call.name, "arguments": call.arguments },
+                })
+            })
+            .collect();
+    }
+    if let Some(id) = &message.tool_call_id {
+        value["tool_call_id"] = json!(id);
+    }
+    value
+}
+
+/// `tojson` as Hugging Face defines it for chat templates: `json.dumps` with `", "` and `": "`
+/// separators (or `indent`), non-ASCII kept, nothing HTML-escaped.
+fn python_tojson(value: Value, kwargs: Kwargs) -> Result<String, Error> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    kwargs.assert_all_used()?;
+    let mut out = Vec::new();
+    let written = match indent {
+        Some(width) => {
+            let spaces = vec![b' '; width];
+            let formatter = serde_json::ser::PrettyFormatter::with_indent(&spaces);
+            value.serialize(&mut serde_json::Serializer::with_formatter(
+                &mut out, formatter,
+            ))
+        }
+        None => value.serialize(&mut serde_json::Serializer::with_formatter(
+            &mut out,
+            PythonSeparators,
+        )),
+    };
+    written.map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
+    String::from_utf8(out).map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))
+}
+
+/// serde_json's compact output with Python's default separators.
+struct PythonSeparators;
+
+impl serde_json::ser::Formatter for PythonSeparators {
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+
+    fn begin_object_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+    ) -> std::io::Result<()> {
+        writer.write_all(b": ")
     }
 }
 
@@ -100,16 +198,13 @@ mod tests {
     const CHATML: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are helpful.<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] | trim + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
     fn msg(role: &str, content: &str) -> ChatMessage {
-        ChatMessage {
-            role: role.into(),
-            content: content.into(),
-        }
+        ChatMessage::text(role, content)
     }
 
     #[test]
     fn renders_chatml_with_default_system_prompt() {
         let template = ChatTemplate::new(CHATML.into(), "<s>".into(), "</s>".into()).unwrap();
-        let text = template.render(&[msg("user", " Hi ")]).unwrap();
+        let text = template.render(&[msg("user", " Hi ")], &[]).unwrap();
         assert_eq!(
             text,
             "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
@@ -124,13 +219,44 @@ mod tests {
             String::new(),
         )
         .unwrap();
-        assert_eq!(template.render(&[msg("user", " hey ")]).unwrap(), "HEY");
+        assert_eq!(
+            template.render(&[msg("user", " hey ")], &[]).unwrap(),
+            "HEY"
+        );
         assert!(
             template
-                .render(&[msg("tool", "x")])
+                .render(&[msg("tool", "x")], &[])
                 .unwrap_err()
                 .to_string()
                 .contains("no tools")
+        );
+    }
+
+    #[test]
+    fn tools_and_calls_reach_the_template_in_openai_shape() {
+        let template = ChatTemplate::new(
+            "{% for tool in tools %}{{ tool | tojson }}{% endfor %}|{% for m in messages %}{% for c in m.tool_calls %}{{ c.function.name }}{{ c.function.arguments | tojson }}{% endfor %}{{ m.tool_call_id }}{% endfor %}".into(),
+            String::new(),
+            String::new(),
+        )
+        .unwrap();
+        let tool = ToolDefinition {
+            name: "add".into(),
+            description: Some("Adds <b>".into()),
+            parameters: json!({"type": "object"}),
+        };
+        let mut call = msg("assistant", "");
+        call.tool_calls.push(ember_core::tools::ToolCall {
+            id: "call_1".into(),
+            name: "add".into(),
+            arguments: json!({"a": 1, "b": [2, 3]}),
+        });
+        let mut result = msg("tool", "5");
+        result.tool_call_id = Some("call_1".into());
+        let text = template.render(&[call, result], &[tool]).unwrap();
+        assert_eq!(
+            text,
+            r#"{"function": {"description": "Adds <b>", "name": "add", "parameters": {"type": "object"}}, "type": "function"}|add{"a": 1, "b": [2, 3]}call_1"#
         );
     }
 
