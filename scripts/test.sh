@@ -42,7 +42,8 @@ export EMBER_URL="http://127.0.0.1:$port"
 python3 -m venv tests/e2e/.venv
 tests/e2e/.venv/bin/pip install -q -r tests/e2e/requirements.txt
 status=0
-tests/e2e/.venv/bin/python -m pytest -v -p no:cacheprovider tests/e2e/test_cloudflare_sdk.py tests/e2e/test_openai_sdk.py || status=1
+tests/e2e/.venv/bin/python -m pytest -v -p no:cacheprovider tests/e2e/test_cloudflare_sdk.py tests/e2e/test_openai_sdk.py \
+  tests/e2e/test_structured_output.py || status=1
 tests/e2e/run_worker_test.sh || status=1
 if [ $status -ne 0 ]; then
   echo "== ember log"; tail -n 100 "$tmp/ember.log"

@@ -333,6 +333,9 @@ fn parse_messages(messages: &Value) -> Result<Vec<ChatMessage>, InferError> {
                 Some(Value::Array(parts)) => text_parts(parts, &format!("{at}/content"))?,
                 // An assistant turn that only called tools has no content.
                 None | Some(Value::Null) if !tool_calls.is_empty() => String::new(),
+                Some(Value::String(text)) if text.is_empty() && !tool_calls.is_empty() => {
+                    String::new()
+                }
                 Some(content) => bounded_string(content, &format!("{at}/content"))?,
                 None => {
                     return Err(InferError::invalid(
@@ -615,10 +618,19 @@ mod tests {
             (json!({"prompt": "a", "top_k": 51}), "/top_k"),
             (json!({"prompt": "a", "stream": "yes"}), "/stream"),
             (json!({"prompt": "a", "tools": "add"}), "/tools"),
-            (json!({"prompt": "a", "tools": [{"name": "add"}], "tool_choice": "maybe"}), "/tool_choice"),
-            (json!({"prompt": "a", "response_format": {"type": "xml"}}), "/response_format/type"),
+            (
+                json!({"prompt": "a", "tools": [{"name": "add"}], "tool_choice": "maybe"}),
+                "/tool_choice",
+            ),
+            (
+                json!({"prompt": "a", "response_format": {"type": "xml"}}),
+                "/response_format/type",
+            ),
             (json!({"prompt": "a", "stop": [1]}), "/stop/0"),
-            (json!({"messages": [{"role": "user", "content": "a", "tool_calls": []}]}), "/messages/0/tool_calls"),
+            (
+                json!({"messages": [{"role": "user", "content": "a", "tool_calls": []}]}),
+                "/messages/0/tool_calls",
+            ),
             (json!([1, 2]), "/"),
         ];
         for (input, field) in cases {

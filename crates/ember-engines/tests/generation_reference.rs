@@ -211,3 +211,38 @@ fn smollm2_greedy_matches_llama_cpp_python() {
 fn qwen_coder_greedy_matches_llama_cpp_python() {
     check("qwen2.5-coder-0.5b-instruct.json", true);
 }
+
+#[derive(Deserialize)]
+struct ToolFixture {
+    model: String,
+    cases: Vec<ToolCase>,
+}
+
+#[derive(Deserialize)]
+struct ToolCase {
+    name: String,
+    input: serde_json::Value,
+    prompt_tokens: Vec<i32>,
+}
+
+/// Tools and a tool-call history (parallel calls, their results) reach the model exactly as
+/// transformers' `apply_chat_template(..., tools=...)` renders them, from either tool form.
+#[test]
+fn tool_prompts_match_transformers() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/generation/qwen2.5-coder-0.5b-instruct-tools.json");
+    let fixture: ToolFixture =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let engine = load(&fixture.model);
+    let catalog = Catalog::builtin().unwrap();
+    let spec = catalog.get(&fixture.model).unwrap();
+    for case in &fixture.cases {
+        let request = ember_core::tasks::parse_text_generation(&case.input, spec).unwrap();
+        assert_eq!(
+            engine.prompt_tokens(&request).unwrap(),
+            case.prompt_tokens,
+            "{}: prompt tokens differ",
+            case.name
+        );
+    }
+}

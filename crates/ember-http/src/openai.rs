@@ -259,7 +259,7 @@ fn parse_generation<'a>(
 }
 
 /// Refuses the fields Ember does not implement rather than answer as if they were not sent:
-/// several choices and log probabilities at all, tools, JSON mode and stop sequences not yet.
+/// several choices, log probabilities, echo/suffix and the deprecated `functions`.
 fn refuse_unsupported(object: &Map<String, Value>) -> Result<(), ApiError> {
     for field in ["n", "best_of"] {
         if let Some(value) = object.get(field).filter(|v| !v.is_null() && **v != 1) {
@@ -677,12 +677,8 @@ mod tests {
             (json!({"n": 2}), "/n"),
             (json!({"logprobs": true}), "/logprobs"),
             (json!({"top_logprobs": 2}), "/top_logprobs"),
-            (json!({"stop": "\n"}), "/stop"),
-            (json!({"tools": [{"type": "function"}]}), "/tools"),
-            (
-                json!({"response_format": {"type": "json_object"}}),
-                "/response_format",
-            ),
+            (json!({"functions": [{"name": "f"}]}), "/functions"),
+            (json!({"function_call": "auto"}), "/function_call"),
         ] {
             match refuse_unsupported(body.as_object().unwrap()) {
                 Err(ApiError::Infer(InferError::InvalidInput { field: f, .. })) => {

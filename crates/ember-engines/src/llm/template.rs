@@ -256,7 +256,7 @@ mod tests {
         let text = template.render(&[call, result], &[tool]).unwrap();
         assert_eq!(
             text,
-            r#"{"function": {"description": "Adds <b>", "name": "add", "parameters": {"type": "object"}}, "type": "function"}|add{"a": 1, "b": [2, 3]}call_1"#
+            r#"{"type": "function", "function": {"name": "add", "description": "Adds <b>", "parameters": {"type": "object"}}}|add{"a": 1, "b": [2, 3]}call_1"#
         );
     }
 
