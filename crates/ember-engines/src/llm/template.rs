@@ -2,7 +2,8 @@
 //! minijinja plus Python-compatible string methods, the way Hugging Face's `apply_chat_template`
 //! renders it (no trim_blocks/lstrip_blocks, `add_generation_prompt = true`, `tojson` spaced like
 //! Python's `json.dumps`). Tools and tool calls reach the template in OpenAI's shape, as Hugging
-//! Face passes them.
+//! Face passes them. A template that knows no tools gets them described in a system message, and
+//! calls and results written as text, in the Hermes format Ember parses.
 
 use ember_core::tasks::ChatMessage;
 use ember_core::tools::ToolDefinition;
@@ -13,6 +14,8 @@ use serde_json::json;
 
 pub struct ChatTemplate {
     env: Environment<'static>,
+    /// The template reads a `tools` variable (else tools are described in a system message).
+    knows_tools: bool,
     bos_token: String,
     eos_token: String,
 }
@@ -38,9 +41,11 @@ impl ChatTemplate {
             // Templates use this to print today's date in the system prompt.
             time_now_formatted(&format)
         });
+        let knows_tools = source.contains("tools");
         env.add_template_owned("chat", source)?;
         Ok(ChatTemplate {
             env,
+            knows_tools,
             bos_token,
             eos_token,
         })
@@ -53,6 +58,14 @@ impl ChatTemplate {
         messages: &[ChatMessage],
         tools: &[ToolDefinition],
     ) -> Result<String, Error> {
+        let described;
+        let (messages, tools) = match self.knows_tools || tools.is_empty() {
+            true => (messages, tools),
+            false => {
+                described = describe_tools(messages, tools);
+                (described.as_slice(), &[][..])
+            }
+        };
         let messages: Vec<serde_json::Value> = messages.iter().map(template_message).collect();
         let tools: Option<Vec<serde_json::Value>> =
             (!tools.is_empty()).then(|| tools.iter().map(ToolDefinition::to_openai_json).collect());
@@ -64,6 +77,59 @@ impl ChatTemplate {
             eos_token => self.eos_token,
         })
     }
+}
+
+/// For a template that knows no tools: the tools in the system message, calls and results as
+/// the Hermes-format text a tool-aware template would have written.
+fn describe_tools(messages: &[ChatMessage], tools: &[ToolDefinition]) -> Vec<ChatMessage> {
+    let mut signatures = String::new();
+    for tool in tools {
+        signatures.push('\n');
+        signatures.push_str(&python_json(&tool.to_openai_json()));
+    }
+    let instructions = format!(
+        "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n\
+         You are provided with function signatures within <tools></tools> XML tags:\n<tools>\
+         {signatures}\n</tools>\n\nFor each function call, return a json object with function \
+         name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n\
+         {{\"name\": <function-name>, \"arguments\": <args-json-object>}}\n</tool_call>"
+    );
+    let (system, rest) = match messages.split_first() {
+        Some((first, rest)) if first.role == "system" => {
+            (format!("{}\n\n{instructions}", first.content), rest)
+        }
+        _ => (instructions, messages),
+    };
+    let mut described = vec![ChatMessage::text("system", system)];
+    for message in rest {
+        let (role, mut content) = match message.role.as_str() {
+            "tool" => (
+                "user",
+                format!("<tool_response>\n{}\n</tool_response>", message.content),
+            ),
+            role => (role, message.content.clone()),
+        };
+        for call in &message.tool_calls {
+            let call = json!({ "name": call.name, "arguments": call.arguments });
+            content.push_str(&format!(
+                "\n<tool_call>\n{}\n</tool_call>",
+                python_json(&call)
+            ));
+        }
+        described.push(ChatMessage::text(role, content.trim_start()));
+    }
+    described
+}
+
+/// JSON as Python's `json.dumps` writes it.
+fn python_json(value: &serde_json::Value) -> String {
+    let mut out = Vec::new();
+    // Writing a JSON value into memory cannot fail.
+    let _ = value.serialize(&mut serde_json::Serializer::with_formatter(
+        &mut out,
+        PythonSeparators,
+    ));
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// A message as templates read it: `tool_calls` as `[{id, type, function: {name, arguments}}]`
@@ -257,6 +323,32 @@ mod tests {
         assert_eq!(
             text,
             r#"{"type": "function", "function": {"name": "add", "description": "Adds <b>", "parameters": {"type": "object"}}}|add{"a": 1, "b": [2, 3]}call_1"#
+        );
+    }
+
+    #[test]
+    fn templates_without_tools_get_them_in_a_system_message() {
+        let template = ChatTemplate::new(CHATML.into(), "<s>".into(), "</s>".into()).unwrap();
+        let tool = ToolDefinition {
+            name: "add".into(),
+            description: None,
+            parameters: json!({"type": "object"}),
+        };
+        let mut call = msg("assistant", "");
+        call.tool_calls.push(ember_core::tools::ToolCall {
+            id: "call_1".into(),
+            name: "add".into(),
+            arguments: json!({"a": 1}),
+        });
+        let text = template
+            .render(&[msg("user", "1+?"), call, msg("tool", "2")], &[tool])
+            .unwrap();
+        assert!(text.starts_with("<|im_start|>system\n# Tools\n"), "{text}");
+        assert!(text.contains("<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"add\", \"parameters\": {\"type\": \"object\"}}}\n</tools>"), "{text}");
+        assert!(text.contains("<|im_start|>assistant\n<tool_call>\n{\"name\": \"add\", \"arguments\": {\"a\": 1}}\n</tool_call><|im_end|>"), "{text}");
+        assert!(
+            text.contains("<|im_start|>user\n<tool_response>\n2\n</tool_response><|im_end|>"),
+            "{text}"
         );
     }
 
