@@ -23,7 +23,7 @@ pub enum OutputEvent {
         index: usize,
         fragment: String,
     },
-    /// A call is complete; `forced` calls (a named `tool_choice`) end the generation here.
+    /// A call is complete.
     CallEnd(ToolCall),
     /// A stop sequence appeared: the generation ends (its text before the stop was sent).
     Stopped,

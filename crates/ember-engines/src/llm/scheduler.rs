@@ -227,8 +227,8 @@ impl Sequence {
         self.seq_id.is_some() && !self.finished && self.n_past < self.n_prompt
     }
 
-    /// Sends what the output parser made of new text; says whether a stop sequence or the
-    /// end of a forced call ends the generation.
+    /// Sends what the output parser made of new text; says whether a stop sequence ends the
+    /// generation.
     fn deliver(&mut self, events: Vec<OutputEvent>) -> bool {
         let mut ends = false;
         for event in events {
