@@ -215,12 +215,13 @@ def test_models_list(client: OpenAI):
         ({"logprobs": True}, "logprobs"),
         ({"temperature": 9}, "temperature"),
         ({"max_tokens": 0}, "max_tokens"),
-        ({"stop": ["\n"]}, "stop"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"response_format": {"type": "xml"}}, "response_format.type"),
         (
-            {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]},
-            "tools",
+            {"tools": [{"type": "function", "function": {"name": "no spaces", "parameters": {"type": "object"}}}]},
+            "tools[0].function.name",
         ),
+        ({"functions": [{"name": "f"}]}, "functions"),
     ],
 )
 def test_chat_bad_request_names_the_param(client: OpenAI, extra: dict, param: str):
