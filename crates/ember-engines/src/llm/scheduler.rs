@@ -570,15 +570,9 @@ impl<'m, 'c> Scheduler<'m, 'c> {
             return false;
         }
         if let Err(error) = self.kv.ctx.decode(&mut self.batch) {
-            tracing::error!(%error, "llama_decode failed; failing the sequences in this batch");
-            for plan in &self.planned {
-                let sequence = &mut self.running[plan.sequence];
-                sequence.held.clear();
-                sequence.send(TextEvent::Failed(InferError::Internal(format!(
-                    "decode: {error}"
-                ))));
-                sequence.finished = true;
-                self.kv.release(sequence, false);
+            let in_batch: Vec<usize> = self.planned.iter().map(|p| p.sequence).collect();
+            for i in in_batch {
+                self.fail(i, format!("decode: {error}"));
             }
             return true;
         }

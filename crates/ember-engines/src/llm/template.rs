@@ -85,7 +85,8 @@ fn describe_tools(messages: &[ChatMessage], tools: &[ToolDefinition]) -> Vec<Cha
     let mut signatures = String::new();
     for tool in tools {
         signatures.push('\n');
-        signatures.push_str(&python_json(&tool.to_openai_json()));
+        // A JSON value always serializes.
+        signatures.push_str(&python_json(&tool.to_openai_json()).unwrap_or_default());
     }
     let instructions = format!(
         "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n\
@@ -113,7 +114,7 @@ fn describe_tools(messages: &[ChatMessage], tools: &[ToolDefinition]) -> Vec<Cha
             let call = json!({ "name": call.name, "arguments": call.arguments });
             content.push_str(&format!(
                 "\n<tool_call>\n{}\n</tool_call>",
-                python_json(&call)
+                python_json(&call).unwrap_or_default()
             ));
         }
         described.push(ChatMessage::text(role, content.trim_start()));
@@ -122,14 +123,14 @@ fn describe_tools(messages: &[ChatMessage], tools: &[ToolDefinition]) -> Vec<Cha
 }
 
 /// JSON as Python's `json.dumps` writes it.
-fn python_json(value: &serde_json::Value) -> String {
+fn python_json(value: &impl Serialize) -> Result<String, serde_json::Error> {
     let mut out = Vec::new();
-    // Writing a JSON value into memory cannot fail.
-    let _ = value.serialize(&mut serde_json::Serializer::with_formatter(
+    value.serialize(&mut serde_json::Serializer::with_formatter(
         &mut out,
         PythonSeparators,
-    ));
-    String::from_utf8(out).unwrap_or_default()
+    ))?;
+    // serde_json writes only UTF-8.
+    Ok(String::from_utf8(out).unwrap_or_default())
 }
 
 /// A message as templates read it: `tool_calls` as `[{id, type, function: {name, arguments}}]`
@@ -160,22 +161,19 @@ fn template_message(message: &ChatMessage) -> serde_json::Value {
 fn python_tojson(value: Value, kwargs: Kwargs) -> Result<String, Error> {
     let indent: Option<usize> = kwargs.get("indent")?;
     kwargs.assert_all_used()?;
-    let mut out = Vec::new();
-    let written = match indent {
-        Some(width) => {
-            let spaces = vec![b' '; width];
-            let formatter = serde_json::ser::PrettyFormatter::with_indent(&spaces);
-            value.serialize(&mut serde_json::Serializer::with_formatter(
-                &mut out, formatter,
-            ))
-        }
-        None => value.serialize(&mut serde_json::Serializer::with_formatter(
-            &mut out,
-            PythonSeparators,
-        )),
+    let failed = |e: serde_json::Error| Error::new(ErrorKind::InvalidOperation, e.to_string());
+    let Some(width) = indent else {
+        return python_json(&value).map_err(failed);
     };
-    written.map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
-    String::from_utf8(out).map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))
+    let spaces = vec![b' '; width];
+    let mut out = Vec::new();
+    value
+        .serialize(&mut serde_json::Serializer::with_formatter(
+            &mut out,
+            serde_json::ser::PrettyFormatter::with_indent(&spaces),
+        ))
+        .map_err(failed)?;
+    Ok(String::from_utf8(out).unwrap_or_default())
 }
 
 /// serde_json's compact output with Python's default separators.
