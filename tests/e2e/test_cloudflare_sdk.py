@@ -50,14 +50,6 @@ TIMEOUT = float(os.environ.get("E2E_TIMEOUT", "300"))
 
 
 @pytest.fixture(scope="session")
-def ember_url() -> str:
-    url = os.environ.get("EMBER_URL")
-    if not url:
-        pytest.fail("EMBER_URL must point at a running Ember, e.g. http://127.0.0.1:8787")
-    return url.rstrip("/")
-
-
-@pytest.fixture(scope="session")
 def client(ember_url: str) -> Cloudflare:
     # max_retries=0: a failure should show up as a failure, not be retried away.
     return Cloudflare(

@@ -47,14 +47,6 @@ TOKEN = os.environ.get("EMBER_TOKEN", "dummy")
 TIMEOUT = float(os.environ.get("E2E_TIMEOUT", "300"))
 
 
-@pytest.fixture(scope="session")
-def ember_url() -> str:
-    url = os.environ.get("EMBER_URL")
-    if not url:
-        pytest.fail("EMBER_URL must point at a running Ember, e.g. http://127.0.0.1:8787")
-    return url.rstrip("/")
-
-
 @pytest.fixture(scope="session", params=["cloudflare", "root"])
 def client(request, ember_url: str) -> OpenAI:
     base = {

@@ -170,14 +170,6 @@ PARAMETERS = {tool["name"]: tool["parameters"] for tool in (WEATHER, TIME)}
 
 
 @pytest.fixture(scope="session")
-def ember_url() -> str:
-    url = os.environ.get("EMBER_URL")
-    if not url:
-        pytest.fail("EMBER_URL must point at a running Ember, e.g. http://127.0.0.1:8787")
-    return url.rstrip("/")
-
-
-@pytest.fixture(scope="session")
 def client(ember_url: str) -> OpenAI:
     return OpenAI(base_url=f"{ember_url}/v1", api_key=TOKEN, max_retries=0, timeout=TIMEOUT)
 
