@@ -15,6 +15,8 @@ ember="$root/target/debug/ember"
 
 echo "== models"
 "$ember" models pull --defaults
+# The parallel tool-call tests need a model that makes parallel calls.
+"$ember" models pull @hf/qwen/qwen2.5-coder-1.5b-instruct
 
 echo "== format and lints"
 cargo fmt --all -- --check
@@ -28,7 +30,7 @@ tmp="$(mktemp -d)"
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 "$ember" serve --listen "127.0.0.1:$port" --db "$tmp/ember.db" \
   --alias @cf/meta/llama-3.1-8b-instruct=@hf/qwen/qwen2.5-coder-0.5b-instruct \
-  --preload @hf/qwen/qwen2.5-coder-0.5b-instruct,@cf/google/embeddinggemma-300m,@hf/sentence-transformers/all-minilm-l6-v2 \
+  --preload @hf/qwen/qwen2.5-coder-0.5b-instruct,@hf/qwen/qwen2.5-coder-1.5b-instruct,@cf/google/embeddinggemma-300m,@hf/sentence-transformers/all-minilm-l6-v2 \
   >"$tmp/ember.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$tmp"' EXIT

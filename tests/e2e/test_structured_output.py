@@ -21,6 +21,8 @@ import pytest
 from openai import OpenAI
 
 QWEN = "@hf/qwen/qwen2.5-coder-0.5b-instruct"
+# Steadier at tool calling than the 0.5B: it makes parallel calls.
+QWEN_1_5B = "@hf/qwen/qwen2.5-coder-1.5b-instruct"
 ACCOUNT_ID = os.environ.get("EMBER_ACCOUNT_ID", "local")
 TOKEN = os.environ.get("EMBER_TOKEN", "dummy")
 TIMEOUT = float(os.environ.get("E2E_TIMEOUT", "300"))
@@ -174,10 +176,10 @@ def client(ember_url: str) -> OpenAI:
     return OpenAI(base_url=f"{ember_url}/v1", api_key=TOKEN, max_retries=0, timeout=TIMEOUT)
 
 
-def native(ember_url: str, inputs: dict) -> dict:
+def native(ember_url: str, inputs: dict, model: str = QWEN) -> dict:
     """POST /ai/run: returns the envelope's result."""
     reply = httpx.post(
-        f"{ember_url}/client/v4/accounts/{ACCOUNT_ID}/ai/run/{QWEN}",
+        f"{ember_url}/client/v4/accounts/{ACCOUNT_ID}/ai/run/{model}",
         json=inputs,
         headers={"Authorization": f"Bearer {TOKEN}"},
         timeout=TIMEOUT,
@@ -188,24 +190,24 @@ def native(ember_url: str, inputs: dict) -> dict:
     return body["result"]
 
 
-def binding(ember_url: str, inputs: dict) -> dict:
+def binding(ember_url: str, inputs: dict, model: str = QWEN) -> dict:
     """What an unmodified Worker's env.AI.run sends: the bare result comes back."""
     reply = httpx.post(
         f"{ember_url}/run?version=3",
         json={"inputs": inputs, "options": {}},
-        headers={"cf-consn-model-id": QWEN, "Authorization": f"Bearer {TOKEN}"},
+        headers={"cf-consn-model-id": model, "Authorization": f"Bearer {TOKEN}"},
         timeout=TIMEOUT,
     )
     assert reply.status_code == 200, reply.text
     return reply.json()
 
 
-def sse_data(ember_url: str, inputs: dict) -> list[dict]:
+def sse_data(ember_url: str, inputs: dict, model: str = QWEN) -> list[dict]:
     """A native stream's events, parsed, up to [DONE]."""
     events = []
     with httpx.stream(
         "POST",
-        f"{ember_url}/client/v4/accounts/{ACCOUNT_ID}/ai/run/{QWEN}",
+        f"{ember_url}/client/v4/accounts/{ACCOUNT_ID}/ai/run/{model}",
         json={**inputs, "stream": True},
         headers={"Authorization": f"Bearer {TOKEN}"},
         timeout=TIMEOUT,
@@ -429,6 +431,73 @@ def test_native_and_binding_tool_calls(ember_url: str):
     assert "usage" in events[-1]
     text = "".join(event.get("response", "") for event in events)
     assert "<tool_call>" not in text and "```" not in text
+
+
+PARALLEL = [
+    {
+        "role": "system",
+        "content": "You are a helpful assistant. When the user asks about several things, call every "
+        "tool needed at once: one <tool_call></tool_call> block per call, all in the same reply.",
+    },
+    {"role": "user", "content": "What's the weather in Paris, and what time is it in Tokyo?"},
+]
+PARALLEL_TOKENS = 160
+
+
+def check_parallel(calls: list[tuple[str, dict]]):
+    """Two calls in one answer: the weather in Paris and the time in Tokyo."""
+    assert [name for name, _ in calls] == ["get_weather", "get_time"], calls
+    for name, arguments in calls:
+        check_call(name, arguments)
+    assert "paris" in calls[0][1]["city"].lower()
+    assert "tokyo" in calls[1][1]["timezone"].lower()
+
+
+def test_openai_parallel_tool_calls(client: OpenAI):
+    completion = client.chat.completions.create(
+        model=QWEN_1_5B, messages=PARALLEL, tools=OPENAI_TOOLS, max_tokens=PARALLEL_TOKENS, temperature=0
+    )
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls", choice
+    calls = choice.message.tool_calls
+    assert len({call.id for call in calls}) == len(calls)
+    check_parallel([(c.function.name, json.loads(c.function.arguments)) for c in calls])
+    assert not (choice.message.content or "").strip()
+
+    stream = client.chat.completions.create(
+        model=QWEN_1_5B,
+        messages=PARALLEL,
+        tools=OPENAI_TOOLS,
+        max_tokens=PARALLEL_TOKENS,
+        temperature=0,
+        stream=True,
+    )
+    streamed: dict[int, dict] = {}
+    content, finish = "", None
+    for chunk in stream:
+        for choice in chunk.choices:
+            content += choice.delta.content or ""
+            finish = choice.finish_reason or finish
+            for delta in choice.delta.tool_calls or []:
+                call = streamed.setdefault(delta.index, {"id": None, "name": None, "arguments": ""})
+                call["id"] = call["id"] or delta.id
+                if delta.function and delta.function.name:
+                    call["name"] = delta.function.name
+                if delta.function and delta.function.arguments:
+                    call["arguments"] += delta.function.arguments
+    assert finish == "tool_calls" and not content.strip(), content
+    assert sorted(streamed) == [0, 1] and all(call["id"] for call in streamed.values())
+    check_parallel([(streamed[i]["name"], json.loads(streamed[i]["arguments"])) for i in (0, 1)])
+
+
+def test_native_and_binding_parallel_tool_calls(ember_url: str):
+    inputs = {"messages": PARALLEL, "tools": [WEATHER, TIME], "max_tokens": PARALLEL_TOKENS, "temperature": 0}
+    for result in (native(ember_url, inputs, QWEN_1_5B), binding(ember_url, inputs, QWEN_1_5B)):
+        check_parallel([(call["name"], call["arguments"]) for call in result["tool_calls"]])
+    events = sse_data(ember_url, inputs, QWEN_1_5B)
+    with_calls = [event for event in events if event.get("tool_calls")]
+    assert len(with_calls) == 1, events
+    check_parallel([(call["name"], call["arguments"]) for call in with_calls[0]["tool_calls"]])
 
 
 def test_stop_sequences_are_not_emitted(client: OpenAI, ember_url: str):

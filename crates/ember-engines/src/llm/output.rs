@@ -2,9 +2,10 @@
 //! with stop sequences cut (and never emitted, even split across pieces), and tool calls taken
 //! out of the text and reported as a start (id and name), argument fragments and the parsed
 //! call. Calls are the Hermes/Qwen format (`<tool_call>{"name": ..., "arguments": {...}}
-//! </tool_call>`), or, at the very start of an answer, the same JSON object bare or in a
-//! ```` ```json ```` fence (small models often drop the tags). No markup of a call reaches the
-//! client; JSON that turns out not to be a call of one of the tools is given back as text.
+//! </tool_call>`), or, at the very start of an answer, the same JSON objects bare or in a
+//! ```` ```json ```` fence, one after another or separated by commas (small models often drop
+//! the tags). No markup of a call reaches the client; JSON that turns out not to be a call of
+//! one of the tools is given back as text.
 
 use ember_core::tools::{ToolCall, new_call_id};
 
@@ -49,8 +50,10 @@ struct OpenCall {
 pub struct OutputParser {
     /// The callable tools' names; empty: no tool calls are parsed.
     tools: Vec<String>,
-    /// A fenced call just ended: its closing fence is layout.
-    closing_fence: bool,
+    /// The untagged calls at the answer's start are in a fence: its close is layout.
+    bare_fenced: bool,
+    /// An untagged call just ended: another may follow, after layout and a comma.
+    between_bare_calls: bool,
     stop: Vec<String>,
     /// Text received but not yet sent: it may be the start of a stop sequence or of a call.
     pending: String,
@@ -67,7 +70,8 @@ impl OutputParser {
     pub fn new(tools: Vec<String>, stop: Vec<String>, inside_call: bool) -> OutputParser {
         OutputParser {
             tools,
-            closing_fence: false,
+            bare_fenced: false,
+            between_bare_calls: false,
             stop,
             pending: String::new(),
             call: inside_call.then(|| open_call(true, String::new())),
@@ -148,14 +152,22 @@ impl OutputParser {
             return false;
         }
         let tools = !self.tools.is_empty();
-        if self.closing_fence {
+        if self.between_bare_calls {
             let rest = self.pending.trim_start();
-            if FENCE.starts_with(rest) && rest.len() < FENCE.len() {
+            let rest = rest.strip_prefix(',').unwrap_or(rest).trim_start();
+            let partial_fence = FENCE.starts_with(rest) && rest.len() < FENCE.len();
+            if rest.is_empty() || (self.bare_fenced && partial_fence) {
                 return false;
             }
-            self.closing_fence = false;
-            if let Some(after) = rest.strip_prefix(FENCE) {
-                self.pending = after.to_owned();
+            self.between_bare_calls = false;
+            let layout = self.pending.len() - rest.len();
+            if rest.starts_with('{') {
+                let opening: String = self.pending.drain(..layout).collect();
+                self.call = Some(open_call(false, opening));
+                return true;
+            }
+            if self.bare_fenced && rest.starts_with(FENCE) {
+                self.pending.drain(..layout + FENCE.len());
             }
         }
         if tools && let Some(at) = self.pending.find(CALL_OPEN) {
@@ -171,6 +183,7 @@ impl OutputParser {
                 Opening::Undecided => return false,
                 Opening::Call(length) => {
                     let opening: String = self.pending.drain(..length).collect();
+                    self.bare_fenced = opening.contains(FENCE);
                     self.call = Some(open_call(false, opening));
                     return true;
                 }
@@ -240,10 +253,10 @@ impl OutputParser {
             let start = call.text.len() - call.text.trim_start().len();
             let (end, done) = json_value_end(&call.text[start..]);
             if done {
-                // What follows the object is text again (a fence's close is layout).
+                // What follows the object is another call or text again.
                 let rest = call.text.split_off(start + end);
                 self.pending.insert_str(0, &rest);
-                self.closing_fence = !call.opening.is_empty();
+                self.between_bare_calls = true;
                 let text = call.text.clone();
                 self.close_call(call, &text, events);
                 return true;
@@ -296,7 +309,7 @@ impl OutputParser {
                 events.push(OutputEvent::CallEnd(tool_call));
             }
             None => {
-                self.closing_fence = false;
+                self.between_bare_calls = false;
                 let opening = match call.tagged {
                     true => CALL_OPEN,
                     false => &call.opening,
@@ -574,6 +587,33 @@ mod tests {
                 assert_eq!(arguments_of(&events, 0), "{\"tz\": \"UTC\"}");
             }
         }
+    }
+
+    #[test]
+    fn several_bare_or_fenced_calls_are_parallel_calls() {
+        for text in [
+            "{\"name\": \"weather\", \"arguments\": {\"city\": \"Paris\"}},\n{\"name\": \"time\", \"arguments\": {\"tz\": \"UTC\"}}",
+            "```json\n{\n  \"name\": \"weather\",\n  \"arguments\": {\"city\": \"Paris\"}\n}\n{\n  \"name\": \"time\",\n  \"arguments\": {\"tz\": \"UTC\"}\n}\n```",
+        ] {
+            for cut in (1..text.len()).filter(|&i| text.is_char_boundary(i)) {
+                let mut parser = OutputParser::new(tools(), Vec::new(), false);
+                let events = run(&mut parser, text, &[cut]);
+                assert_eq!(text_of(&events), "", "{text:?} cut at {cut}");
+                let names: Vec<&str> = parser.calls().iter().map(|c| c.name.as_str()).collect();
+                assert_eq!(names, ["weather", "time"], "{text:?} cut at {cut}");
+                assert_eq!(arguments_of(&events, 0), "{\"city\": \"Paris\"}");
+                assert_eq!(arguments_of(&events, 1), "{\"tz\": \"UTC\"}");
+            }
+        }
+    }
+
+    #[test]
+    fn text_after_fenced_calls_is_content() {
+        let text = "```json\n{\"name\": \"time\", \"arguments\": {}}\n```\nDone.";
+        let mut parser = OutputParser::new(tools(), Vec::new(), false);
+        let events = run(&mut parser, text, &[]);
+        assert_eq!(parser.calls().len(), 1);
+        assert_eq!(text_of(&events).trim(), "Done.");
     }
 
     #[test]
