@@ -34,6 +34,14 @@ impl Task {
         }
     }
 
+    /// Requests per minute per account and task, as Workers AI publishes them.
+    pub fn requests_per_minute(self) -> u32 {
+        match self {
+            Task::TextGeneration => 300,
+            Task::TextEmbeddings => 3000,
+        }
+    }
+
     pub fn description(self) -> &'static str {
         match self {
             Task::TextGeneration => {
@@ -59,7 +67,7 @@ pub enum Engine {
 }
 
 /// Prices in Neurons (1 neuron = $0.000011).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Price {
     #[serde(default)]
@@ -159,8 +167,9 @@ pub struct ModelSpec {
     pub output_dimensions: Option<u32>,
     #[serde(default)]
     pub price: Price,
-    /// Requests per minute per account, as Workers AI publishes for the task.
-    pub rate_limit_per_minute: u32,
+    /// Requests per minute per account for this model, where Workers AI publishes one that
+    /// differs from its task's (`Task::requests_per_minute`).
+    pub rate_limit_per_minute: Option<u32>,
     /// Fetched by the setup command and used by the tests.
     #[serde(default)]
     pub default: bool,

@@ -297,7 +297,7 @@ impl Ember {
                 let embedded = self.embed(spec, request, options).await?;
                 RunOutput::Json {
                     result: embedded.to_json(pooling),
-                    usage: Usage::new(embedded.input_tokens(), 0),
+                    usage: Usage::new(embedded.input_tokens(), 0).priced(&spec.price),
                 }
             }
         };

@@ -3,7 +3,7 @@
 //! contract's result objects.
 
 use crate::InferError;
-use crate::catalog::ModelSpec;
+use crate::catalog::{ModelSpec, Price, Task};
 use crate::tools::{
     self, ResponseFormat, ToolCall, ToolChoice, ToolDefinition, parse_history_calls,
 };
@@ -14,6 +14,8 @@ use serde_json::{Map, Value, json};
 pub const DEFAULT_MAX_TOKENS: u32 = 256;
 /// Workers AI's default sampling temperature.
 pub const DEFAULT_TEMPERATURE: f32 = 0.6;
+/// Most tokens a chat template adds around the caller's text (system prompt, tool instructions).
+const TEMPLATE_TOKENS: u32 = 256;
 /// Most texts in one embeddings request.
 pub const MAX_EMBEDDING_TEXTS: usize = 100;
 /// Longest `prompt` or message `content`, in characters, per the published schemas.
@@ -134,12 +136,14 @@ pub enum FinishReason {
     Cancelled,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Usage {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
     pub total_tokens: u32,
     pub prompt_tokens_details: PromptTokensDetails,
+    /// What the request costs at the model's published price (fractional, like Workers AI's).
+    pub neurons: f64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -155,13 +159,39 @@ impl Usage {
             completion_tokens,
             total_tokens: prompt_tokens + completion_tokens,
             prompt_tokens_details: PromptTokensDetails::default(),
+            neurons: 0.0,
         }
+    }
+
+    /// The usage with its cost at `price`.
+    pub fn priced(mut self, price: &Price) -> Usage {
+        self.neurons = price.neurons(self.prompt_tokens.into(), self.completion_tokens.into());
+        self
     }
 
     pub fn with_cached_tokens(mut self, cached_tokens: u32) -> Usage {
         self.prompt_tokens_details.cached_tokens = cached_tokens;
         self
     }
+}
+
+/// What running `input` on `spec` can cost at most, known before the model runs: every byte of
+/// the input may be a token, plus the chat template's own, and all of `max_tokens` generated.
+/// It is held against an account's daily allocation until the real usage is known.
+pub fn estimate_usage(spec: &ModelSpec, input: &Value) -> Usage {
+    let input_bytes = u32::try_from(input.to_string().len()).unwrap_or(u32::MAX);
+    let usage = match spec.task {
+        Task::TextGeneration => {
+            let max_tokens = input
+                .get("max_tokens")
+                .and_then(Value::as_u64)
+                .map_or(DEFAULT_MAX_TOKENS, |n| n.min(u64::from(u32::MAX)) as u32)
+                .min(spec.max_output_tokens);
+            Usage::new(input_bytes.saturating_add(TEMPLATE_TOKENS), max_tokens)
+        }
+        Task::TextEmbeddings => Usage::new(input_bytes, 0),
+    };
+    usage.priced(&spec.price)
 }
 
 #[derive(Debug, Clone, PartialEq)]

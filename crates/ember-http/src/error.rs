@@ -17,6 +17,17 @@ pub enum ApiError {
     MethodNotAllowed,
     /// Missing or wrong API token.
     Unauthorized,
+    /// The token's account is not the account the path names.
+    Forbidden,
+    /// The caller's requests-per-minute limit for the task (or model) is reached.
+    RateLimited {
+        retry_after_secs: u64,
+    },
+    /// A free account's daily allocation of Neurons is spent; it resets at 00:00 UTC.
+    AllocationUsed {
+        daily_free_neurons: f64,
+        retry_after_secs: u64,
+    },
     /// A header or the body the route needs is missing (names what).
     Incomplete(String),
 }
@@ -42,6 +53,11 @@ impl ApiError {
                 (StatusCode::BAD_REQUEST, 7000, "NoRoute")
             }
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, 10000, "AuthenticationError"),
+            ApiError::Forbidden => (StatusCode::FORBIDDEN, 10000, "AuthenticationError"),
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, 3021, "RateLimitError"),
+            ApiError::AllocationUsed { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, 3036, "AccountLimited")
+            }
             ApiError::Incomplete(_) => (StatusCode::BAD_REQUEST, 3003, "IncompleteRequest"),
             ApiError::Infer(error) => match error {
                 InferError::NoSuchModel(_) | InferError::NotInstalled(_) => {
@@ -68,7 +84,16 @@ impl ApiError {
     pub fn message(&self) -> String {
         match self {
             ApiError::NoRoute | ApiError::MethodNotAllowed => "No route for that URI".into(),
-            ApiError::Unauthorized => "Authentication error".into(),
+            ApiError::Unauthorized | ApiError::Forbidden => "Authentication error".into(),
+            ApiError::RateLimited { .. } => {
+                "rate limiting: inference request per min rate reached".into()
+            }
+            ApiError::AllocationUsed {
+                daily_free_neurons, ..
+            } => format!(
+                "You have used up your daily free allocation of {} neurons. Please upgrade to Cloudflare's Workers Paid plan if you would like to continue usage.",
+                thousands(*daily_free_neurons)
+            ),
             ApiError::Incomplete(what) => format!("Request is missing headers or body: {what}"),
             ApiError::Infer(InferError::Internal(_)) => "AiError: Unknown internal error".into(),
             ApiError::Infer(InferError::LoadFailed { model, .. }) => {
@@ -135,7 +160,15 @@ impl ApiError {
         let workers_code = Some(self.kind().code.to_string());
         let (kind, code) = match self {
             ApiError::NoRoute | ApiError::MethodNotAllowed => ("invalid_request_error", None),
-            ApiError::Unauthorized => ("authentication_error", Some("invalid_api_key".into())),
+            ApiError::Unauthorized | ApiError::Forbidden => {
+                ("authentication_error", Some("invalid_api_key".into()))
+            }
+            ApiError::RateLimited { .. } => {
+                ("rate_limit_error", Some("rate_limit_exceeded".into()))
+            }
+            ApiError::AllocationUsed { .. } => {
+                ("insufficient_quota", Some("insufficient_quota".into()))
+            }
             ApiError::Incomplete(_) => ("invalid_request_error", workers_code),
             ApiError::Infer(error) => match error {
                 InferError::NoSuchModel(_) | InferError::NotInstalled(_) => {
@@ -167,15 +200,39 @@ impl ApiError {
         json!({ "error": { "message": message, "type": kind, "param": param, "code": code } })
     }
 
-    /// Overload answers tell the client when to come back.
+    /// Refusals for load or limits tell the client when to come back.
     fn with_headers(&self, mut response: Response) -> Response {
-        if matches!(self, ApiError::Infer(InferError::Overloaded)) {
+        let retry_after = match self {
+            ApiError::Infer(InferError::Overloaded) => Some(1),
+            ApiError::RateLimited { retry_after_secs }
+            | ApiError::AllocationUsed {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }
+}
+
+/// `10000` as `10,000`, as the documented 3036 message writes the allocation.
+fn thousands(neurons: f64) -> String {
+    if neurons.fract() != 0.0 {
+        return neurons.to_string();
+    }
+    let digits = format!("{:.0}", neurons.max(0.0));
+    let mut grouped = String::new();
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(digit);
+    }
+    grouped
 }
 
 /// The Workers AI-style `{"errors": [...]}` event a stream ends with when it fails after its
@@ -232,6 +289,22 @@ mod tests {
             (ApiError::Infer(InferError::Overloaded), 429, 3040),
             (ApiError::NoRoute, 400, 7000),
             (ApiError::Unauthorized, 401, 10000),
+            (ApiError::Forbidden, 403, 10000),
+            (
+                ApiError::RateLimited {
+                    retry_after_secs: 7,
+                },
+                429,
+                3021,
+            ),
+            (
+                ApiError::AllocationUsed {
+                    daily_free_neurons: 10_000.0,
+                    retry_after_secs: 7,
+                },
+                429,
+                3036,
+            ),
         ];
         for (error, status, code) in cases {
             let kind = error.kind();
@@ -275,6 +348,29 @@ mod tests {
                 "{error:?}"
             );
         }
+    }
+
+    #[test]
+    fn limits_carry_the_documented_messages_and_retry_after() {
+        let used = ApiError::AllocationUsed {
+            daily_free_neurons: 10_000.0,
+            retry_after_secs: 3600,
+        };
+        assert_eq!(
+            used.message(),
+            "You have used up your daily free allocation of 10,000 neurons. Please upgrade to Cloudflare's Workers Paid plan if you would like to continue usage."
+        );
+        assert_eq!(used.rest_response().headers()[header::RETRY_AFTER], "3600");
+        let limited = ApiError::RateLimited {
+            retry_after_secs: 12,
+        };
+        assert_eq!(
+            limited.binding_response().headers()[header::RETRY_AFTER],
+            "12"
+        );
+        assert_eq!(thousands(1_234_567.0), "1,234,567");
+        assert_eq!(thousands(5.0), "5");
+        assert_eq!(thousands(0.25), "0.25");
     }
 
     #[test]

@@ -1,13 +1,15 @@
 //! Ember's HTTP face, the only layer that speaks wire formats: the Workers AI REST routes, the
 //! Worker binding protocol (native and through wrangler's proxy), the OpenAI-compatible API, the
-//! catalog routes, health and `/metrics`.
-//! Every response carries `cf-ai-req-id`; every run is written to the request log.
+//! catalog routes, the usage route, health and `/metrics`.
+//! Every route but `/health` runs for a caller the gateway authenticated; every response carries
+//! `cf-ai-req-id`; every run is admitted by the gateway and settled in the request log and ledger.
 
 mod catalog;
 mod error;
 mod openai;
 mod run;
 mod sse;
+mod usage;
 
 pub use error::ApiError;
 
@@ -18,7 +20,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use ember_core::Ember;
-use ember_store::Store;
+use ember_gateway::{Gateway, GatewayError};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -29,8 +31,6 @@ pub const MAX_BODY_BYTES: usize = 10_000_000;
 /// Server settings that shape request handling.
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
-    /// When set, every route but `/health` needs `Authorization: Bearer <token>`.
-    pub api_token: Option<String>,
     /// Longest a non-streamed run may take.
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
@@ -39,7 +39,6 @@ pub struct HttpConfig {
 impl Default for HttpConfig {
     fn default() -> HttpConfig {
         HttpConfig {
-            api_token: None,
             request_timeout: Duration::from_secs(600),
             max_body_bytes: MAX_BODY_BYTES,
         }
@@ -49,7 +48,7 @@ impl Default for HttpConfig {
 #[derive(Clone)]
 pub struct AppState {
     pub ember: Arc<Ember>,
-    pub store: Store,
+    pub gateway: Arc<Gateway>,
     pub config: Arc<HttpConfig>,
     /// Turns true when in-flight runs must stop (shutdown grace period over).
     pub abort: watch::Receiver<bool>,
@@ -83,6 +82,10 @@ pub fn router(state: AppState) -> Router {
         .route("/run", post(run::binding_run))
         .route("/ai-gateway/run", post(run::binding_run))
         .route("/ai-api/models/search", get(catalog::binding_search))
+        .route(
+            "/client/v4/accounts/{account_id}/ai/usage",
+            get(usage::rest_usage),
+        )
         .route("/metrics", get(metrics));
     let api = openai::routes(api)
         .fallback(no_route)
@@ -132,20 +135,34 @@ async fn request_id(mut request: Request, next: Next) -> Response {
     response
 }
 
-/// Checks `Authorization: Bearer <token>` in constant time when a token is configured.
-async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if let Some(expected) = &state.config.api_token {
-        let given = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or_default();
-        let matches: bool =
-            subtle::ConstantTimeEq::ct_eq(given.as_bytes(), expected.as_bytes()).into();
-        if !matches {
-            return run::Form::of_path(request.uri().path()).error(&ApiError::Unauthorized);
+/// Finds the caller: the account of the `Authorization: Bearer <token>`, which must be the
+/// account a `/client/v4/accounts/{id}/` path names (or the local account in the open dev mode).
+async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let bearer = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let path = request.uri().path();
+    let path_account = path
+        .strip_prefix("/client/v4/accounts/")
+        .and_then(|rest| rest.split('/').next());
+    match state.gateway.authenticate(bearer, path_account) {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Err(error) => {
+            let api_error = match error {
+                GatewayError::WrongAccount => ApiError::Forbidden,
+                GatewayError::Unauthenticated(refusal) => {
+                    tracing::info!(?refusal, path, "refused a request");
+                    ApiError::Unauthorized
+                }
+                other => ApiError::Infer(ember_core::InferError::Internal(other.to_string())),
+            };
+            run::Form::of_path(path).error(&api_error)
         }
     }
-    next.run(request).await
 }

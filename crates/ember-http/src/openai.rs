@@ -4,7 +4,7 @@
 //! run on the same engine path; answers, streams and errors take OpenAI's shapes.
 
 use crate::error::{ApiError, openai_stream_error_event};
-use crate::run::{self, Form};
+use crate::run::{self, Call, Form};
 use crate::sse::{self, StreamFormat};
 use crate::{AppState, RequestId, aborted};
 use axum::body::Body;
@@ -18,10 +18,11 @@ use ember_core::InferError;
 use ember_core::catalog::{ModelSpec, Task};
 use ember_core::ember::complete;
 use ember_core::installed;
-use ember_core::tasks::{self, Completion, FinishReason, TextGenerationRequest};
+use ember_core::tasks::{self, Completion, FinishReason, TextGenerationRequest, Usage};
 use ember_core::tools::ToolCall;
+use ember_gateway::Caller;
 use serde_json::{Map, Value, json};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Where the routes live: Cloudflare's base URL, and the root OpenAI clients assume.
 const PREFIXES: [&str; 2] = ["/client/v4/accounts/{account_id}/ai/v1", "/v1"];
@@ -69,50 +70,54 @@ enum Endpoint {
 async fn chat_completions(
     State(state): State<AppState>,
     Extension(RequestId(id)): Extension<RequestId>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    generate(state, id, &headers, body, Endpoint::Chat).await
+    let call = Call::new(state, id, Form::OpenAi, caller);
+    generate(call, &headers, body, Endpoint::Chat).await
 }
 
 async fn completions(
     State(state): State<AppState>,
     Extension(RequestId(id)): Extension<RequestId>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    generate(state, id, &headers, body, Endpoint::Completion).await
+    let call = Call::new(state, id, Form::OpenAi, caller);
+    generate(call, &headers, body, Endpoint::Completion).await
 }
 
 /// A text generation request, translated.
 struct Generation<'a> {
     spec: &'a ModelSpec,
     request: TextGenerationRequest,
+    /// What it can cost at most, held against the caller's allocation while it runs.
+    estimate: Usage,
     /// `stream_options.include_usage`: a last chunk carries the usage.
     include_usage: bool,
 }
 
-async fn generate(
-    state: AppState,
-    id: String,
-    headers: &HeaderMap,
-    body: Body,
-    endpoint: Endpoint,
-) -> Response {
-    let started = Instant::now();
+async fn generate(mut call: Call, headers: &HeaderMap, body: Body, endpoint: Endpoint) -> Response {
+    let state = call.state.clone();
     let body = match run::read_json(body, state.config.max_body_bytes).await {
         Ok(body) => body,
-        Err(error) => return run::fail(&state, id, Form::OpenAi, "", error, started),
+        Err(error) => return call.fail(error).await,
     };
-    let model = requested_model(&body);
+    call.model = requested_model(&body);
     let Generation {
         spec,
         request,
+        estimate,
         include_usage,
     } = match parse_generation(&state, &body, endpoint) {
         Ok(generation) => generation,
-        Err(error) => return run::fail(&state, id, Form::OpenAi, &model, error, started),
+        Err(error) => return call.fail(error).await,
     };
+    if let Err(error) = call.admit(spec, &estimate) {
+        return call.fail(error).await;
+    }
     let options = run::run_options(&state, headers, body.get("options"));
     let stream = request.stream;
     let events = tokio::select! {
@@ -121,33 +126,23 @@ async fn generate(
     };
     let events = match events {
         Ok(events) => events,
-        Err(error) => return run::fail(&state, id, Form::OpenAi, &model, error.into(), started),
+        Err(error) => return call.fail(error.into()).await,
     };
     let answer = Answer {
         endpoint,
         // The request id, so that a completion can be found in the request log.
         id: match endpoint {
-            Endpoint::Chat => format!("chatcmpl-{id}"),
-            Endpoint::Completion => format!("cmpl-{id}"),
+            Endpoint::Chat => format!("chatcmpl-{}", call.id),
+            Endpoint::Completion => format!("cmpl-{}", call.id),
         },
         created: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
-        model: model.clone(),
+        model: call.model.clone(),
         include_usage,
     };
     let mut response = if stream {
-        run::stream_response(
-            &state,
-            id,
-            Form::OpenAi,
-            &model,
-            &spec.id,
-            events,
-            answer,
-            started,
-        )
-        .await
+        run::stream_response(call, &spec.id, events, answer).await
     } else {
         let completion = tokio::select! {
             completion = complete(events, options.timeout) => completion,
@@ -155,20 +150,10 @@ async fn generate(
         };
         match completion {
             Ok(completion) => {
-                let usage = Ok(completion.usage);
-                run::log(
-                    &state,
-                    &id,
-                    Form::OpenAi,
-                    &model,
-                    Some(&spec.id),
-                    200,
-                    usage,
-                    started,
-                );
+                call.finish(Some(&spec.id), 200, Ok(completion.usage)).await;
                 axum::Json(answer.whole(&completion)).into_response()
             }
-            Err(error) => run::fail(&state, id, Form::OpenAi, &model, error.into(), started),
+            Err(error) => call.fail(error.into()).await,
         }
     };
     run::served_by_header(&mut response, &spec.id);
@@ -233,7 +218,8 @@ fn parse_generation<'a>(
             input.insert(field.into(), value.clone());
         }
     }
-    let request = tasks::parse_text_generation(&Value::Object(input), spec).map_err(|error| {
+    let input = Value::Object(input);
+    let request = tasks::parse_text_generation(&input, spec).map_err(|error| {
         renamed(
             error,
             "/max_tokens",
@@ -254,6 +240,7 @@ fn parse_generation<'a>(
     Ok(Generation {
         spec,
         request,
+        estimate: tasks::estimate_usage(spec, &input),
         include_usage,
     })
 }
@@ -455,19 +442,23 @@ fn finish_reason(reason: FinishReason) -> &'static str {
 async fn embeddings(
     State(state): State<AppState>,
     Extension(RequestId(id)): Extension<RequestId>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let started = Instant::now();
+    let mut call = Call::new(state.clone(), id, Form::OpenAi, caller);
     let body = match run::read_json(body, state.config.max_body_bytes).await {
         Ok(body) => body,
-        Err(error) => return run::fail(&state, id, Form::OpenAi, "", error, started),
+        Err(error) => return call.fail(error).await,
     };
-    let model = requested_model(&body);
+    call.model = requested_model(&body);
     let (spec, request, base64) = match parse_embeddings(&state, &body) {
         Ok(parsed) => parsed,
-        Err(error) => return run::fail(&state, id, Form::OpenAi, &model, error, started),
+        Err(error) => return call.fail(error).await,
     };
+    if let Err(error) = call.admit(spec, &tasks::estimate_usage(spec, &body)) {
+        return call.fail(error).await;
+    }
     let options = run::run_options(&state, &headers, body.get("options"));
     let embedded = tokio::select! {
         embedded = state.ember.embed(spec, request, &options) => embedded,
@@ -475,7 +466,7 @@ async fn embeddings(
     };
     let embedded = match embedded {
         Ok(embedded) => embedded,
-        Err(error) => return run::fail(&state, id, Form::OpenAi, &model, error.into(), started),
+        Err(error) => return call.fail(error.into()).await,
     };
     let data: Vec<Value> = embedded
         .vectors
@@ -493,21 +484,14 @@ async fn embeddings(
         })
         .collect();
     let tokens = embedded.input_tokens();
-    run::log(
-        &state,
-        &id,
-        Form::OpenAi,
-        &model,
-        Some(&spec.id),
-        200,
-        Ok(tasks::Usage::new(tokens, 0)),
-        started,
-    );
+    let usage = Usage::new(tokens, 0).priced(&spec.price);
+    let model = call.model.clone();
+    call.finish(Some(&spec.id), 200, Ok(usage)).await;
     let mut response = axum::Json(json!({
         "object": "list",
         "data": data,
         "model": model,
-        "usage": { "prompt_tokens": tokens, "total_tokens": tokens },
+        "usage": { "prompt_tokens": tokens, "total_tokens": tokens, "neurons": usage.neurons },
     }))
     .into_response();
     run::served_by_header(&mut response, &spec.id);

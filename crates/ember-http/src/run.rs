@@ -1,20 +1,24 @@
 //! The run routes: `POST .../ai/run/{model}` (REST envelope), the binding's `POST /run?version=3`
 //! (bare results, binding errors) and wrangler's `POST .../ai/run/proxy`, which forwards binding
-//! requests with the original URL in `X-Forwarded`. All of them end in `execute`. The helpers that
-//! read bodies, answer streams, fail and write the request log serve the OpenAI routes too.
+//! requests with the original URL in `X-Forwarded`. All of them end in `execute`. `Call` carries
+//! a request from its admission (rate limit, allocation) to its settlement in the ledger; it and
+//! the helpers that read bodies and answer streams serve the OpenAI routes too.
 
 use crate::error::ApiError;
 use crate::{AppState, RequestId, aborted, catalog, openai, sse};
+use axum::Extension;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
+use ember_core::catalog::ModelSpec;
 use ember_core::runner::TextEvent;
-use ember_core::tasks::Usage;
+use ember_core::tasks::{self, Usage};
 use ember_core::{InferError, RunOptions, RunOutput};
+use ember_gateway::{Admission, Caller, GatewayError};
 use ember_store::RequestRecord;
 use serde_json::{Value, json};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 use tokio::sync::mpsc;
 
 /// Header naming the catalog model that actually served a request (after aliasing).
@@ -64,9 +68,121 @@ impl Form {
     }
 }
 
+/// One request on a run route, from its start to its row in the request log and the ledger.
+pub(crate) struct Call {
+    pub(crate) state: AppState,
+    pub(crate) id: String,
+    pub(crate) form: Form,
+    pub(crate) caller: Caller,
+    /// The model as the client named it (empty until known).
+    pub(crate) model: String,
+    started: Instant,
+    admission: Option<Admission>,
+}
+
+impl Call {
+    pub(crate) fn new(state: AppState, id: String, form: Form, caller: Caller) -> Call {
+        Call {
+            state,
+            id,
+            form,
+            caller,
+            model: String::new(),
+            started: Instant::now(),
+            admission: None,
+        }
+    }
+
+    /// Holds the request to the caller's rate limit and daily allocation, reserving what it
+    /// can cost at most (`estimate`).
+    pub(crate) fn admit(&mut self, spec: &ModelSpec, estimate: &Usage) -> Result<(), ApiError> {
+        let gateway = &self.state.gateway;
+        let admission = gateway
+            .admit(&self.caller, spec, estimate.neurons)
+            .map_err(|error| match error {
+                GatewayError::RateLimited { retry_after_secs } => {
+                    ApiError::RateLimited { retry_after_secs }
+                }
+                GatewayError::AllocationUsed => ApiError::AllocationUsed {
+                    daily_free_neurons: self.caller.account.daily_free_neurons,
+                    retry_after_secs: seconds_to_midnight(gateway.now_ms()),
+                },
+                other => ApiError::Infer(InferError::Internal(other.to_string())),
+            })?;
+        self.admission = Some(admission);
+        Ok(())
+    }
+
+    /// Logs the failed request and answers its error in the route's form.
+    pub(crate) async fn fail(self, error: ApiError) -> Response {
+        if let ApiError::Infer(
+            InferError::Internal(detail) | InferError::LoadFailed { reason: detail, .. },
+        ) = &error
+        {
+            tracing::error!(request = %self.id, model = self.model, detail, "run failed");
+        }
+        let served_by = self
+            .state
+            .ember
+            .resolve(&self.model)
+            .ok()
+            .map(|spec| spec.id.clone());
+        let status = error.kind().status.as_u16();
+        let form = self.form;
+        self.finish(served_by.as_deref(), status, Err(error.clone()))
+            .await;
+        form.error(&error)
+    }
+
+    /// Settles the request's cost and writes its log row; returns once both are committed, so
+    /// the client never holds a cost the ledger lacks.
+    pub(crate) async fn finish(
+        self,
+        served_by: Option<&str>,
+        http_status: u16,
+        outcome: Result<Usage, ApiError>,
+    ) {
+        let (usage, error_code) = match &outcome {
+            Ok(usage) => (*usage, None),
+            Err(error) => (Usage::default(), Some(error.kind().code)),
+        };
+        let gateway = self.state.gateway.clone();
+        let record = RequestRecord {
+            id: self.id,
+            created_at_ms: gateway.now_ms(),
+            account_id: Some(self.caller.account.id),
+            route: self.form.route().to_string(),
+            model: self.model,
+            served_by: served_by.map(str::to_string),
+            http_status,
+            error_code,
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            neurons: usage.neurons,
+            billable_neurons: 0.0,
+            duration_ms: self.started.elapsed().as_millis() as u64,
+        };
+        let admission = self.admission;
+        let written = tokio::task::spawn_blocking(move || gateway.settle(admission, record)).await;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "could not write the request log"),
+            Err(error) => tracing::error!(%error, "the request log writer failed"),
+        }
+    }
+}
+
+/// Seconds until the next 00:00 UTC, when daily allocations reset.
+fn seconds_to_midnight(now_ms: i64) -> u64 {
+    const DAY_MS: i64 = 86_400_000;
+    let left_ms = DAY_MS - now_ms.rem_euclid(DAY_MS);
+    (left_ms as u64).div_ceil(1000)
+}
+
 pub async fn rest_run(
     State(state): State<AppState>,
-    axum::Extension(RequestId(id)): axum::Extension<RequestId>,
+    Extension(RequestId(id)): Extension<RequestId>,
+    Extension(caller): Extension<Caller>,
     Path((_account_id, model)): Path<(String, String)>,
     RawQuery(query): RawQuery,
     method: Method,
@@ -74,19 +190,20 @@ pub async fn rest_run(
     body: Body,
 ) -> Response {
     if model == "proxy" {
-        return proxy(state, id, headers, body).await;
+        return proxy(state, id, caller, headers, body).await;
     }
     if method != Method::POST {
         return ApiError::NoRoute.rest_response();
     }
-    let started = Instant::now();
-    match read_json(body, state.config.max_body_bytes).await {
+    let mut call = Call::new(state, id, Form::Rest, caller);
+    call.model = model;
+    match read_json(body, call.state.config.max_body_bytes).await {
         Ok(input) => {
-            let mut options = run_options(&state, &headers, input.get("options"));
+            let mut options = run_options(&call.state, &headers, input.get("options"));
             options.reject_if_busy |= query_flag(query.as_deref(), "rejectIfBusy");
-            execute(&state, id, Form::Rest, &model, input, options, started).await
+            execute(call, input, options).await
         }
-        Err(error) => fail(&state, id, Form::Rest, &model, error, started),
+        Err(error) => call.fail(error).await,
     }
 }
 
@@ -124,32 +241,40 @@ fn query_flag(query: Option<&str>, name: &str) -> bool {
 
 pub async fn binding_run(
     State(state): State<AppState>,
-    axum::Extension(RequestId(id)): axum::Extension<RequestId>,
+    Extension(RequestId(id)): Extension<RequestId>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    binding(state, id, &headers, body).await
+    binding(state, id, caller, &headers, body).await
 }
 
-async fn binding(state: AppState, id: String, headers: &HeaderMap, body: Body) -> Response {
-    let started = Instant::now();
+async fn binding(
+    state: AppState,
+    id: String,
+    caller: Caller,
+    headers: &HeaderMap,
+    body: Body,
+) -> Response {
+    let mut call = Call::new(state, id, Form::Binding, caller);
     let Some(model) = binding_model(headers) else {
         let error = ApiError::Incomplete("cf-consn-model-id header".into());
-        return fail(&state, id, Form::Binding, "", error, started);
+        return call.fail(error).await;
     };
-    let envelope = match read_json(body, state.config.max_body_bytes).await {
+    call.model = model;
+    let envelope = match read_json(body, call.state.config.max_body_bytes).await {
         Ok(envelope) => envelope,
-        Err(error) => return fail(&state, id, Form::Binding, &model, error, started),
+        Err(error) => return call.fail(error).await,
     };
-    let options = run_options(&state, headers, envelope.get("options"));
+    let options = run_options(&call.state, headers, envelope.get("options"));
     let Some(inputs) = envelope.get("inputs").cloned() else {
         let error = ApiError::Infer(InferError::invalid(
             "/",
             "the binding body must be {\"inputs\": ..., \"options\": ...}",
         ));
-        return fail(&state, id, Form::Binding, &model, error, started);
+        return call.fail(error).await;
     };
-    execute(&state, id, Form::Binding, &model, inputs, options, started).await
+    execute(call, inputs, options).await
 }
 
 /// The model a binding request names: `cf-consn-model-id`, minus an `options.prefix` (`<prefix>:@cf/...`).
@@ -163,7 +288,13 @@ fn binding_model(headers: &HeaderMap) -> Option<String> {
 }
 
 /// wrangler (≤ 4.44) local mode: the binding's request, with its real URL in `X-Forwarded`.
-async fn proxy(state: AppState, id: String, headers: HeaderMap, body: Body) -> Response {
+async fn proxy(
+    state: AppState,
+    id: String,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let forwarded = headers
         .get("x-forwarded")
         .and_then(|v| v.to_str().ok())
@@ -173,7 +304,7 @@ async fn proxy(state: AppState, id: String, headers: HeaderMap, body: Body) -> R
             .binding_response();
     };
     match url.path() {
-        "/run" | "/ai-gateway/run" => binding(state, id, &headers, body).await,
+        "/run" | "/ai-gateway/run" => binding(state, id, caller, &headers, body).await,
         "/ai-api/models/search" => {
             catalog::binding_search_query(&state, url.query().unwrap_or_default())
         }
@@ -203,38 +334,29 @@ pub(crate) async fn read_json(body: Body, limit: usize) -> Result<Value, ApiErro
     })
 }
 
-/// Runs the model and writes the result, stream or error in the route's form.
-#[allow(clippy::too_many_arguments)]
-async fn execute(
-    state: &AppState,
-    id: String,
-    form: Form,
-    model: &str,
-    input: Value,
-    options: RunOptions,
-    started: Instant,
-) -> Response {
+/// Admits the run, runs the model and writes the result, stream or error in the route's form.
+async fn execute(mut call: Call, input: Value, options: RunOptions) -> Response {
+    let state = call.state.clone();
+    let spec = match state.ember.resolve(&call.model) {
+        Ok(spec) => spec,
+        Err(error) => return call.fail(error.into()).await,
+    };
+    if let Err(error) = call.admit(spec, &tasks::estimate_usage(spec, &input)) {
+        return call.fail(error).await;
+    }
     let run = tokio::select! {
-        run = state.ember.run(model, &input, &options) => run,
+        run = state.ember.run(&call.model, &input, &options) => run,
         _ = aborted(state.abort.clone()) => Err(InferError::Aborted),
     };
     let run = match run {
         Ok(run) => run,
-        Err(error) => return fail(state, id, form, model, ApiError::Infer(error), started),
+        Err(error) => return call.fail(error.into()).await,
     };
     let served_by = run.served_by.clone();
+    let form = call.form;
     let mut response = match run.output {
         RunOutput::Json { result, usage } => {
-            log(
-                state,
-                &id,
-                form,
-                model,
-                Some(&served_by),
-                200,
-                Ok(usage),
-                started,
-            );
+            call.finish(Some(&served_by), 200, Ok(usage)).await;
             match form {
                 Form::Rest => axum::Json(
                     json!({ "result": result, "success": true, "errors": [], "messages": [] }),
@@ -243,19 +365,7 @@ async fn execute(
                 Form::Binding | Form::OpenAi => axum::Json(result).into_response(),
             }
         }
-        RunOutput::Stream(events) => {
-            stream_response(
-                state,
-                id,
-                form,
-                model,
-                &served_by,
-                events,
-                sse::Native,
-                started,
-            )
-            .await
-        }
+        RunOutput::Stream(events) => stream_response(call, &served_by, events, sse::Native).await,
     };
     served_by_header(&mut response, &served_by);
     response
@@ -268,52 +378,29 @@ pub(crate) fn served_by_header(response: &mut Response, served_by: &str) {
     }
 }
 
-/// Answers a started generation as SSE in `format`, logging the run when the stream ends.
-#[allow(clippy::too_many_arguments)]
+/// Answers a started generation as SSE in `format`; the request settles when the stream ends,
+/// before its last event goes out.
 pub(crate) async fn stream_response(
-    state: &AppState,
-    id: String,
-    form: Form,
-    model: &str,
+    call: Call,
     served_by: &str,
     mut events: mpsc::Receiver<TextEvent>,
     format: impl sse::StreamFormat,
-    started: Instant,
 ) -> Response {
     // Wait for the first event so a run that fails at once gets a proper error status.
     let first = tokio::select! {
         first = events.recv() => first,
-        _ = aborted(state.abort.clone()) => None,
+        _ = aborted(call.state.abort.clone()) => None,
     };
     let first = match first {
-        Some(TextEvent::Failed(error)) => {
-            return fail(state, id, form, model, ApiError::Infer(error), started);
-        }
-        None => {
-            return fail(
-                state,
-                id,
-                form,
-                model,
-                ApiError::Infer(InferError::Aborted),
-                started,
-            );
-        }
+        Some(TextEvent::Failed(error)) => return call.fail(ApiError::Infer(error)).await,
+        None => return call.fail(ApiError::Infer(InferError::Aborted)).await,
         Some(first) => first,
     };
-    let (state2, model2, served2) = (state.clone(), model.to_string(), served_by.to_string());
-    let body = sse::text_stream(first, events, state.abort.clone(), format, move |outcome| {
+    let abort = call.state.abort.clone();
+    let served_by = served_by.to_string();
+    let body = sse::text_stream(first, events, abort, format, move |outcome| {
         // The 200 went out with the headers; a failure shows in the error code.
-        log(
-            &state2,
-            &id,
-            form,
-            &model2,
-            Some(&served2),
-            200,
-            outcome,
-            started,
-        );
+        Box::pin(async move { call.finish(Some(&served_by), 200, outcome).await })
     });
     let mut response = Response::new(body);
     let headers = response.headers_mut();
@@ -323,72 +410,4 @@ pub(crate) async fn stream_response(
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
-}
-
-/// Logs a failed run and answers its error in the route's form.
-pub(crate) fn fail(
-    state: &AppState,
-    id: String,
-    form: Form,
-    model: &str,
-    error: ApiError,
-    started: Instant,
-) -> Response {
-    if let ApiError::Infer(
-        InferError::Internal(detail) | InferError::LoadFailed { reason: detail, .. },
-    ) = &error
-    {
-        tracing::error!(request = %id, model, detail, "run failed");
-    }
-    let served_by = state.ember.resolve(model).ok().map(|spec| spec.id.clone());
-    let status = error.kind().status.as_u16();
-    log(
-        state,
-        &id,
-        form,
-        model,
-        served_by.as_deref(),
-        status,
-        Err(error.clone()),
-        started,
-    );
-    form.error(&error)
-}
-
-/// Writes the request log row off the async threads.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn log(
-    state: &AppState,
-    id: &str,
-    form: Form,
-    model: &str,
-    served_by: Option<&str>,
-    http_status: u16,
-    outcome: Result<Usage, ApiError>,
-    started: Instant,
-) {
-    let (usage, error_code) = match &outcome {
-        Ok(usage) => (*usage, None),
-        Err(error) => (Usage::default(), Some(error.kind().code)),
-    };
-    let record = RequestRecord {
-        id: id.to_string(),
-        created_at_ms: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64),
-        route: form.route().to_string(),
-        model: model.to_string(),
-        served_by: served_by.map(str::to_string),
-        http_status,
-        error_code,
-        prompt_tokens: usage.prompt_tokens,
-        completion_tokens: usage.completion_tokens,
-        duration_ms: started.elapsed().as_millis() as u64,
-    };
-    let store = state.store.clone();
-    tokio::task::spawn_blocking(move || {
-        if let Err(error) = store.record_request(&record) {
-            tracing::error!(%error, "could not write the request log");
-        }
-    });
 }

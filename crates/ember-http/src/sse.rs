@@ -11,6 +11,7 @@ use ember_core::InferError;
 use ember_core::runner::TextEvent;
 use ember_core::tasks::{Completion, Usage};
 use ember_core::tools::ToolCall;
+use futures::future::BoxFuture;
 use serde_json::{Value, json};
 use std::convert::Infallible;
 use tokio::sync::{mpsc, watch};
@@ -73,24 +74,32 @@ impl StreamFormat for Native {
     }
 }
 
-/// Calls its callback exactly once: when the stream ends, or with `Aborted` if the client left.
-struct OnEnd<F: FnOnce(StreamOutcome)>(Option<F>);
+/// What runs when a stream ends (the request's settlement).
+pub type EndFuture = BoxFuture<'static, ()>;
 
-impl<F: FnOnce(StreamOutcome)> OnEnd<F> {
-    fn fire(&mut self, outcome: StreamOutcome) {
+/// Runs its callback exactly once: awaited when the stream ends, before the last bytes go out,
+/// or, if the client left, spawned with `Aborted`.
+struct OnEnd<F: FnOnce(StreamOutcome) -> EndFuture>(Option<F>);
+
+impl<F: FnOnce(StreamOutcome) -> EndFuture> OnEnd<F> {
+    async fn fire(&mut self, outcome: StreamOutcome) {
         if let Some(callback) = self.0.take() {
-            callback(outcome);
+            callback(outcome).await;
         }
     }
 }
 
-impl<F: FnOnce(StreamOutcome)> Drop for OnEnd<F> {
+impl<F: FnOnce(StreamOutcome) -> EndFuture> Drop for OnEnd<F> {
     fn drop(&mut self) {
-        self.fire(Err(ApiError::Infer(InferError::Aborted)));
+        if let Some(callback) = self.0.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(callback(Err(ApiError::Infer(InferError::Aborted))));
+        }
     }
 }
 
-struct Streaming<S: StreamFormat, F: FnOnce(StreamOutcome)> {
+struct Streaming<S: StreamFormat, F: FnOnce(StreamOutcome) -> EndFuture> {
     first: Option<TextEvent>,
     events: mpsc::Receiver<TextEvent>,
     abort: watch::Receiver<bool>,
@@ -108,7 +117,7 @@ pub fn text_stream<S, F>(
 ) -> Body
 where
     S: StreamFormat,
-    F: FnOnce(StreamOutcome) + Send + 'static,
+    F: FnOnce(StreamOutcome) -> EndFuture + Send + 'static,
 {
     let state = Some(Streaming {
         first: Some(first),
@@ -139,19 +148,19 @@ where
             }
             Some(TextEvent::Done(completion)) => {
                 let last = s.format.done(&completion);
-                s.on_end.fire(Ok(completion.usage));
+                s.on_end.fire(Ok(completion.usage)).await;
                 (format!("{last}data: [DONE]\n\n"), None)
             }
             Some(TextEvent::Failed(error)) => {
                 let error = ApiError::Infer(error);
                 let bytes = s.format.error(&error);
-                s.on_end.fire(Err(error));
+                s.on_end.fire(Err(error)).await;
                 (bytes, None)
             }
             None => {
                 let error = ApiError::Infer(InferError::Aborted);
                 let bytes = s.format.error(&error);
-                s.on_end.fire(Err(error));
+                s.on_end.fire(Err(error)).await;
                 (bytes, None)
             }
         };

@@ -1,25 +1,43 @@
-//! Ember's durable state in an embedded SQLite file: schema migrations and the request log (one
-//! row per `run`: which model was asked for and which served, outcome, tokens, duration).
-//! Every write is a single statement, so a crash never leaves half a row.
+//! Ember's durable state behind one trait, `Storage`: accounts, API tokens (hashed), the request
+//! log and the usage ledger (per account, UTC day and model). `sqlite` is the default backend; a
+//! scaled-out one implements the same trait and callers do not change.
 
-use rusqlite::{Connection, OptionalExtension, params};
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+mod sqlite;
 
-/// Migrations in order; `PRAGMA user_version` records how many have run.
-const MIGRATIONS: &[&str] = &["CREATE TABLE requests (
-        id                TEXT PRIMARY KEY,
-        created_at_ms     INTEGER NOT NULL,
-        route             TEXT NOT NULL,
-        model             TEXT NOT NULL,
-        served_by         TEXT,
-        http_status       INTEGER NOT NULL,
-        error_code        INTEGER,
-        prompt_tokens     INTEGER NOT NULL DEFAULT 0,
-        completion_tokens INTEGER NOT NULL DEFAULT 0,
-        duration_ms       INTEGER NOT NULL
-    );
-    CREATE INDEX requests_by_time ON requests (created_at_ms);"];
+pub use sqlite::SqliteStore;
+
+use std::sync::Arc;
+
+/// The storage every part of Ember shares.
+pub type Store = Arc<dyn Storage>;
+
+/// What Ember keeps durably. Every write is one transaction: a crash never leaves half of one.
+pub trait Storage: Send + Sync {
+    fn create_account(&self, account: &Account) -> Result<(), StoreError>;
+    /// Replaces an account's plan and allocation; false if there is no such account.
+    fn update_account(&self, account: &Account) -> Result<bool, StoreError>;
+    fn account(&self, id: &str) -> Result<Option<Account>, StoreError>;
+    fn accounts(&self) -> Result<Vec<Account>, StoreError>;
+    /// Whether any account exists (Ember's open dev mode ends with the first).
+    fn has_accounts(&self) -> Result<bool, StoreError>;
+
+    fn create_token(&self, token: &Token) -> Result<(), StoreError>;
+    fn token(&self, id: &str) -> Result<Option<Token>, StoreError>;
+    /// All tokens, or one account's.
+    fn tokens(&self, account_id: Option<&str>) -> Result<Vec<Token>, StoreError>;
+    /// Marks a token revoked at `at_ms`; false if there is no such live token.
+    fn revoke_token(&self, id: &str, at_ms: i64) -> Result<bool, StoreError>;
+
+    /// Writes a finished request to the log and, when it ran under an account, adds it to the
+    /// ledger row of its account, UTC day and model, in one transaction.
+    fn record_request(&self, record: &RequestRecord) -> Result<(), StoreError>;
+    fn request(&self, id: &str) -> Result<Option<RequestRecord>, StoreError>;
+    /// Neurons an account has been charged on a UTC day (`YYYY-MM-DD`), all models together.
+    fn neurons_spent(&self, account_id: &str, day: &str) -> Result<f64, StoreError>;
+    /// Daily ledger rows of an account from `since` to `until` (UTC days, inclusive), by day then
+    /// model.
+    fn usage(&self, query: &UsageQuery) -> Result<Vec<DailyUsage>, StoreError>;
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -35,6 +53,56 @@ pub enum StoreError {
     },
     #[error("database: {0}")]
     Sql(#[from] rusqlite::Error),
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// What an account pays: `free` stops at the daily allocation, `paid` goes on and the neurons
+/// beyond it are billable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    Free,
+    Paid,
+}
+
+impl Plan {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Plan::Free => "free",
+            Plan::Paid => "paid",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Plan> {
+        match text {
+            "free" => Some(Plan::Free),
+            "paid" => Some(Plan::Paid),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Account {
+    /// 32 hex digits, like a Cloudflare account id.
+    pub id: String,
+    pub name: String,
+    pub plan: Plan,
+    /// Neurons free per UTC day.
+    pub daily_free_neurons: f64,
+    pub created_at_ms: i64,
+}
+
+/// An API token as stored: the secret itself is never kept, only its SHA-256.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Token {
+    pub id: String,
+    pub account_id: String,
+    pub name: String,
+    pub secret_sha256: String,
+    pub created_at_ms: i64,
+    pub expires_at_ms: Option<i64>,
+    pub revoked_at_ms: Option<i64>,
 }
 
 /// One finished request.
@@ -42,6 +110,8 @@ pub enum StoreError {
 pub struct RequestRecord {
     pub id: String,
     pub created_at_ms: i64,
+    /// The account it ran under; none when it was refused before one was known.
+    pub account_id: Option<String>,
     pub route: String,
     pub model: String,
     pub served_by: Option<String>,
@@ -49,151 +119,86 @@ pub struct RequestRecord {
     pub error_code: Option<u32>,
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
+    pub neurons: f64,
+    /// The part of `neurons` beyond the account's free allocation (paid plans).
+    pub billable_neurons: f64,
     pub duration_ms: u64,
 }
 
-/// A handle to the database; clones share one connection.
-#[derive(Clone)]
-pub struct Store {
-    connection: Arc<Mutex<Connection>>,
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageQuery {
+    pub account_id: String,
+    /// First UTC day, `YYYY-MM-DD`.
+    pub since: String,
+    /// Last UTC day, inclusive.
+    pub until: String,
+    pub model: Option<String>,
 }
 
-impl Store {
-    /// Opens (creating if needed) the database file and brings its schema up to date.
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|source| StoreError::Folder {
-                path: path.display().to_string(),
-                source,
-            })?;
-        }
-        let connection = Connection::open(path).map_err(|source| StoreError::Open {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Store::init(connection)
-    }
-
-    /// A private in-memory database, for tests.
-    pub fn in_memory() -> Result<Store, StoreError> {
-        Store::init(Connection::open_in_memory()?)
-    }
-
-    fn init(mut connection: Connection) -> Result<Store, StoreError> {
-        connection.pragma_update(None, "journal_mode", "WAL")?;
-        connection.pragma_update(None, "synchronous", "NORMAL")?;
-        connection.busy_timeout(std::time::Duration::from_secs(5))?;
-        let done: usize = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
-        for (index, migration) in MIGRATIONS.iter().enumerate().skip(done) {
-            let tx = connection.transaction()?;
-            tx.execute_batch(migration)?;
-            tx.pragma_update(None, "user_version", index + 1)?;
-            tx.commit()?;
-        }
-        Ok(Store {
-            connection: Arc::new(Mutex::new(connection)),
-        })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.connection.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn record_request(&self, record: &RequestRecord) -> Result<(), StoreError> {
-        self.lock().execute(
-            "INSERT INTO requests (id, created_at_ms, route, model, served_by, http_status, error_code,
-                                   prompt_tokens, completion_tokens, duration_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            params![
-                record.id,
-                record.created_at_ms,
-                record.route,
-                record.model,
-                record.served_by,
-                record.http_status,
-                record.error_code,
-                record.prompt_tokens,
-                record.completion_tokens,
-                record.duration_ms as i64,
-            ],
-        )?;
-        Ok(())
-    }
-
-    pub fn request(&self, id: &str) -> Result<Option<RequestRecord>, StoreError> {
-        Ok(self
-            .lock()
-            .query_row(
-                "SELECT id, created_at_ms, route, model, served_by, http_status, error_code,
-                        prompt_tokens, completion_tokens, duration_ms
-                 FROM requests WHERE id = ?1",
-                [id],
-                |row| {
-                    Ok(RequestRecord {
-                        id: row.get(0)?,
-                        created_at_ms: row.get(1)?,
-                        route: row.get(2)?,
-                        model: row.get(3)?,
-                        served_by: row.get(4)?,
-                        http_status: row.get(5)?,
-                        error_code: row.get(6)?,
-                        prompt_tokens: row.get(7)?,
-                        completion_tokens: row.get(8)?,
-                        duration_ms: row.get::<_, i64>(9)? as u64,
-                    })
-                },
-            )
-            .optional()?)
-    }
-
-    pub fn request_count(&self) -> Result<u64, StoreError> {
-        Ok(self
-            .lock()
-            .query_row("SELECT count(*) FROM requests", [], |row| {
-                row.get::<_, i64>(0)
-            })? as u64)
-    }
+/// One ledger row: an account's use of one model on one UTC day.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DailyUsage {
+    pub day: String,
+    pub model: String,
+    pub requests: u64,
+    pub errors: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub neurons: f64,
+    pub billable_neurons: f64,
 }
+
+/// The UTC day (`YYYY-MM-DD`) a Unix time in milliseconds falls on.
+pub fn utc_day(unix_ms: i64) -> String {
+    let days = unix_ms.div_euclid(86_400_000);
+    let date =
+        time::Date::from_julian_day(UNIX_EPOCH_JULIAN_DAY + days as i32).unwrap_or(time::Date::MIN);
+    format!(
+        "{:04}-{:02}-{:02}",
+        date.year(),
+        u8::from(date.month()),
+        date.day()
+    )
+}
+
+/// The Unix time in milliseconds at which the UTC day `text` (`YYYY-MM-DD`) begins; none if
+/// `text` is no calendar date written so.
+pub fn utc_day_start_ms(text: &str) -> Option<i64> {
+    let parts: Vec<&str> = text.split('-').collect();
+    let [year, month, day] = parts.as_slice() else {
+        return None;
+    };
+    if year.len() != 4 || month.len() != 2 || day.len() != 2 {
+        return None;
+    }
+    let (year, day) = (year.parse().ok()?, day.parse().ok()?);
+    let month = time::Month::try_from(month.parse::<u8>().ok()?).ok()?;
+    let date = time::Date::from_calendar_date(year, month, day).ok()?;
+    Some(i64::from(date.to_julian_day() - UNIX_EPOCH_JULIAN_DAY) * 86_400_000)
+}
+
+/// The Julian day number of 1970-01-01.
+const UNIX_EPOCH_JULIAN_DAY: i32 = 2_440_588;
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn record(id: &str) -> RequestRecord {
-        RequestRecord {
-            id: id.into(),
-            created_at_ms: 1,
-            route: "rest".into(),
-            model: "@cf/meta/llama-3.1-8b-instruct".into(),
-            served_by: Some("@hf/qwen/qwen2.5-coder-0.5b-instruct".into()),
-            http_status: 200,
-            error_code: None,
-            prompt_tokens: 10,
-            completion_tokens: 5,
-            duration_ms: 42,
-        }
+    #[test]
+    fn utc_days_turn_at_midnight() {
+        assert_eq!(utc_day(0), "1970-01-01");
+        assert_eq!(utc_day(86_400_000 - 1), "1970-01-01");
+        assert_eq!(utc_day(86_400_000), "1970-01-02");
+        assert_eq!(utc_day(1_795_392_000_000), "2026-11-23");
+        assert_eq!(utc_day(-1), "1969-12-31");
     }
 
     #[test]
-    fn records_survive_reopening_the_file() {
-        let dir = std::env::temp_dir().join(format!("ember-store-{}", std::process::id()));
-        let path = dir.join("nested").join("ember.db");
-        let _ = std::fs::remove_dir_all(&dir);
-        {
-            let store = Store::open(&path).unwrap();
-            store.record_request(&record("a")).unwrap();
-        }
-        let store = Store::open(&path).unwrap();
-        assert_eq!(store.request("a").unwrap(), Some(record("a")));
-        assert_eq!(store.request_count().unwrap(), 1);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn duplicate_ids_are_refused() {
-        let store = Store::in_memory().unwrap();
-        store.record_request(&record("a")).unwrap();
-        assert!(store.record_request(&record("a")).is_err());
-        assert_eq!(store.request("missing").unwrap(), None);
+    fn utc_days_are_checked_dates() {
+        assert_eq!(utc_day_start_ms("1970-01-02"), Some(86_400_000));
+        assert_eq!(utc_day_start_ms("2026-11-23"), Some(1_795_392_000_000));
+        assert_eq!(utc_day_start_ms("2026-02-30"), None);
+        assert_eq!(utc_day_start_ms("2026-2-3"), None);
+        assert_eq!(utc_day_start_ms("yesterday"), None);
     }
 }

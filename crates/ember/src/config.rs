@@ -1,8 +1,8 @@
 //! Settings for `ember serve` and friends: built-in defaults, then an optional TOML config file,
 //! then environment variables and flags (clap merges those two; a flag beats its variable).
-//! The API token is a secret: it is never printed.
 
 use ember_core::MemoryLimits;
+use ember_core::catalog::Task;
 use ember_engines::llm::LlmSettings;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -18,7 +18,13 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
 pub struct FileConfig {
     pub listen: Option<SocketAddr>,
     pub db: Option<PathBuf>,
-    pub api_token: Option<String>,
+    /// Require API tokens even in the open dev mode (no accounts, loopback).
+    pub require_auth: Option<bool>,
+    /// Whether per-task rate limits apply (default true).
+    pub rate_limits: Option<bool>,
+    /// `[task_rate_limits]`: requests per minute by task (`text-generation = 600`).
+    #[serde(default)]
+    pub task_rate_limits: HashMap<Task, u32>,
     pub catalog: Option<PathBuf>,
     pub request_timeout_secs: Option<u64>,
     pub shutdown_grace_secs: Option<u64>,
@@ -130,6 +136,20 @@ pub fn parse_alias(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Parses `TASK=RPM` rate limit arguments, e.g. `text-generation=600`.
+pub fn parse_task_limit(text: &str) -> Result<(Task, u32), String> {
+    let problem = || {
+        format!(
+            "rate limit '{text}' must look like TASK=RPM, e.g. text-generation=600 or text-embeddings=3000"
+        )
+    };
+    let (task, per_minute) = text.split_once('=').ok_or_else(problem)?;
+    let task: Task = serde_json::from_value(serde_json::Value::String(task.trim().into()))
+        .map_err(|_| problem())?;
+    let per_minute = per_minute.trim().parse().map_err(|_| problem())?;
+    Ok((task, per_minute))
+}
+
 /// `~/.local/share/ember/ember.db`.
 pub fn default_db() -> PathBuf {
     let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
@@ -154,13 +174,25 @@ mod tests {
     }
 
     #[test]
+    fn task_limits_parse() {
+        assert_eq!(
+            parse_task_limit("text-generation=600"),
+            Ok((Task::TextGeneration, 600))
+        );
+        assert!(parse_task_limit("speech=1").is_err());
+        assert!(parse_task_limit("text-embeddings=lots").is_err());
+    }
+
+    #[test]
     fn config_file_keys() {
         let config: FileConfig = toml::from_str(
-            "listen = \"0.0.0.0:9000\"\napi_token = \"s\"\n[engine]\nmax_sequences = 8\n[aliases]\n\"@cf/meta/llama-3.1-8b-instruct\" = \"@hf/qwen/qwen2.5-coder-0.5b-instruct\"\n",
+            "listen = \"0.0.0.0:9000\"\nrequire_auth = true\n[task_rate_limits]\ntext-embeddings = 10\n[engine]\nmax_sequences = 8\n[aliases]\n\"@cf/meta/llama-3.1-8b-instruct\" = \"@hf/qwen/qwen2.5-coder-0.5b-instruct\"\n",
         )
         .unwrap();
         assert_eq!(config.listen.unwrap().port(), 9000);
         assert_eq!(config.aliases.len(), 1);
+        assert_eq!(config.require_auth, Some(true));
+        assert_eq!(config.task_rate_limits[&Task::TextEmbeddings], 10);
         let engine = EngineOptions::default().or(&config.engine).resolve();
         assert_eq!(engine.llm.max_sequences, 8);
         assert!(toml::from_str::<FileConfig>("bogus = 1").is_err());

@@ -1,6 +1,8 @@
-//! The `ember` command line: `serve`, `run` (in-process, no server), `models list` and
-//! `models pull`. Every flag can also be set by the environment variable shown in `--help`.
+//! The `ember` command line: `serve`, `run` (in-process, no server), `models list|pull`,
+//! `accounts`, `tokens`, `usage` and `bench`. Every flag can also be set by the environment
+//! variable shown in `--help`.
 
+mod admin;
 mod bench;
 
 use anyhow::Context;
@@ -10,6 +12,7 @@ use ember::pull::{self, Progress, PullOptions};
 use ember::{ServeConfig, open_ember};
 use ember_core::runner::TextEvent;
 use ember_core::{Catalog, RunOptions, RunOutput};
+use ember_store::SqliteStore;
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -33,9 +36,13 @@ struct Common {
     /// A catalog file whose entries override or extend the built-in catalog.
     #[arg(long, env = "EMBER_CATALOG", global = true)]
     catalog: Option<PathBuf>,
-    /// A TOML config file (listen, db, api_token, catalog, aliases, ...).
+    /// A TOML config file (listen, db, require_auth, catalog, aliases, ...).
     #[arg(long, env = "EMBER_CONFIG", global = true)]
     config: Option<PathBuf>,
+    /// SQLite database file: accounts, tokens, the request log and the usage ledger (created
+    /// on first use).
+    #[arg(long, env = "EMBER_DB", global = true)]
+    db: Option<PathBuf>,
     /// Serve FROM with model TO, e.g. @cf/meta/llama-3.1-8b-instruct=@hf/qwen/qwen2.5-coder-0.5b-instruct.
     #[arg(long = "alias", env = "EMBER_ALIASES", value_delimiter = ',', value_parser = config::parse_alias, global = true)]
     aliases: Vec<(String, String)>,
@@ -48,12 +55,16 @@ enum Command {
         /// Address to listen on.
         #[arg(long, env = "EMBER_LISTEN")]
         listen: Option<SocketAddr>,
-        /// SQLite database file (created on first run).
-        #[arg(long, env = "EMBER_DB")]
-        db: Option<PathBuf>,
-        /// Require `Authorization: Bearer <token>` on every request. Needed to listen beyond loopback.
-        #[arg(long, env = "EMBER_API_TOKEN", hide_env_values = true)]
-        api_token: Option<String>,
+        /// Require API tokens even while no account exists. Without it, Ember on loopback with
+        /// no account runs every request under a local account (dev mode).
+        #[arg(long, env = "EMBER_REQUIRE_AUTH")]
+        require_auth: bool,
+        /// Turn the per-task rate limits off.
+        #[arg(long, env = "EMBER_NO_RATE_LIMITS")]
+        no_rate_limits: bool,
+        /// Requests per minute for a task, replacing the published limit, e.g. text-generation=600.
+        #[arg(long = "rate-limit", env = "EMBER_RATE_LIMITS", value_delimiter = ',', value_parser = config::parse_task_limit)]
+        rate_limits: Vec<(ember_core::catalog::Task, u32)>,
         /// Seconds a non-streamed run may take before it fails with 3007.
         #[arg(long, env = "EMBER_REQUEST_TIMEOUT")]
         request_timeout: Option<u64>,
@@ -83,6 +94,29 @@ enum Command {
     Models {
         #[command(subcommand)]
         command: ModelsCommand,
+    },
+    /// Manage accounts.
+    Accounts {
+        #[command(subcommand)]
+        command: admin::AccountsCommand,
+    },
+    /// Manage API tokens.
+    Tokens {
+        #[command(subcommand)]
+        command: admin::TokensCommand,
+    },
+    /// Print an account's usage: daily totals per model.
+    Usage {
+        #[arg(long)]
+        account: String,
+        /// First UTC day (YYYY-MM-DD) [default: 29 days ago].
+        #[arg(long)]
+        since: Option<String>,
+        /// Last UTC day [default: today].
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        model: Option<String>,
     },
     /// Measure Ember against llama.cpp's own tools on the same models.
     Bench {
@@ -132,12 +166,19 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
     let catalog_file = cli.common.catalog.clone().or(file.catalog.clone());
     let mut aliases: HashMap<String, String> = file.aliases.clone();
     aliases.extend(cli.common.aliases.iter().cloned());
+    let db = cli
+        .common
+        .db
+        .clone()
+        .or(file.db.clone())
+        .unwrap_or_else(config::default_db);
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
         Command::Serve {
             listen,
-            db,
-            api_token,
+            require_auth,
+            no_rate_limits,
+            rate_limits,
             request_timeout,
             shutdown_grace,
             preload,
@@ -147,10 +188,16 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
                 listen: listen
                     .or(file.listen)
                     .unwrap_or_else(|| config::DEFAULT_LISTEN.parse().expect("valid default")),
-                db: db.or(file.db).unwrap_or_else(config::default_db),
+                db,
                 home,
                 catalog: catalog_file,
-                api_token: api_token.or(file.api_token).filter(|t| !t.is_empty()),
+                require_auth: require_auth || file.require_auth.unwrap_or(false),
+                rate_limits: !no_rate_limits && file.rate_limits.unwrap_or(true),
+                task_rate_limits: file
+                    .task_rate_limits
+                    .into_iter()
+                    .chain(rate_limits)
+                    .collect(),
                 aliases,
                 request_timeout: Duration::from_secs(
                     request_timeout.or(file.request_timeout_secs).unwrap_or(600),
@@ -185,6 +232,14 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
             let ember = open_ember(&home, catalog_file.as_deref(), aliases, &engine)?;
             runtime.block_on(run_once(&ember, &model, &input))
         }
+        Command::Accounts { command } => admin::accounts(&SqliteStore::open(&db)?, command),
+        Command::Tokens { command } => admin::tokens(&SqliteStore::open(&db)?, command),
+        Command::Usage {
+            account,
+            since,
+            until,
+            model,
+        } => admin::usage(&SqliteStore::open(&db)?, account, since, until, model),
         Command::Models {
             command: ModelsCommand::List,
         } => {

@@ -1092,7 +1092,7 @@ mod tests {
             max_input_tokens: None,
             output_dimensions: None,
             price: Price::default(),
-            rate_limit_per_minute: 1,
+            rate_limit_per_minute: None,
             default: false,
             files,
             sources,

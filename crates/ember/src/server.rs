@@ -1,11 +1,14 @@
-//! Wiring for `ember serve`: opens the store and the engines, refuses to expose an unauthenticated
-//! server beyond loopback, serves the router and shuts down gracefully (in-flight streams finish;
+//! Wiring for `ember serve`: opens the store, the gateway and the engines, says loudly whether
+//! requests need tokens, serves the router and shuts down gracefully (in-flight streams finish;
 //! runs still going after the grace period are aborted with 3008).
 
 use crate::config::EngineConfig;
+use ember_core::catalog::Task;
 use ember_core::{Catalog, Ember};
+use ember_gateway::clock::SystemClock;
+use ember_gateway::{Gateway, GatewayConfig};
 use ember_http::{AppState, HttpConfig};
-use ember_store::Store;
+use ember_store::SqliteStore;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -22,7 +25,11 @@ pub struct ServeConfig {
     pub db: PathBuf,
     pub home: PathBuf,
     pub catalog: Option<PathBuf>,
-    pub api_token: Option<String>,
+    /// Tokens are required even while no account exists (else only beyond loopback).
+    pub require_auth: bool,
+    pub rate_limits: bool,
+    /// Requests per minute by task, replacing the published ones.
+    pub task_rate_limits: HashMap<Task, u32>,
     pub aliases: HashMap<String, String>,
     pub request_timeout: Duration,
     pub shutdown_grace: Duration,
@@ -56,12 +63,6 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     ready: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
-    if config.api_token.is_none() && !config.listen.ip().is_loopback() {
-        anyhow::bail!(
-            "refusing to listen on {} without an API token: set --api-token (or EMBER_API_TOKEN), or listen on loopback",
-            config.listen
-        );
-    }
     let ember = Arc::new(open_ember(
         &config.home,
         config.catalog.as_deref(),
@@ -85,13 +86,20 @@ pub async fn serve(
             .await
             .map_err(|e| anyhow::anyhow!("preloading {id}: {e}"))?;
     }
-    let store = Store::open(&config.db)?;
+    let gateway = Arc::new(Gateway::new(
+        SqliteStore::open(&config.db)?,
+        Arc::new(SystemClock),
+        GatewayConfig {
+            open_without_accounts: !config.require_auth && config.listen.ip().is_loopback(),
+            rate_limits: config.rate_limits,
+            task_limits: config.task_rate_limits.clone(),
+        },
+    ));
     let (abort_tx, abort) = watch::channel(false);
     let state = AppState {
         ember: ember.clone(),
-        store,
+        gateway: gateway.clone(),
         config: Arc::new(HttpConfig {
-            api_token: config.api_token.clone(),
             request_timeout: config.request_timeout,
             ..HttpConfig::default()
         }),
@@ -101,7 +109,7 @@ pub async fn serve(
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let address = listener.local_addr()?;
-    banner(&config, &ember, address);
+    banner(&config, &ember, &gateway, address)?;
     ready(address);
 
     let grace = config.shutdown_grace;
@@ -124,16 +132,29 @@ pub async fn serve(
     Ok(())
 }
 
-fn banner(config: &ServeConfig, ember: &Ember, address: SocketAddr) {
+fn banner(
+    config: &ServeConfig,
+    ember: &Ember,
+    gateway: &Gateway,
+    address: SocketAddr,
+) -> anyhow::Result<()> {
     tracing::info!(
         "Ember listening on http://{address} (state in {})",
         config.db.display()
     );
-    match config.api_token {
-        Some(_) => tracing::info!("API token required: send `Authorization: Bearer <token>`"),
-        None => tracing::warn!(
-            "no API token configured: any local client may call Ember, so it listens on loopback only"
-        ),
+    if gateway.is_open()? {
+        tracing::warn!(
+            "DEV MODE: no accounts exist and Ember listens on loopback, so requests need no valid token and run under the local account. Create one (`ember accounts create`, then `ember tokens create`) to require tokens."
+        );
+    } else if !gateway.store().has_accounts()? {
+        tracing::warn!(
+            "API tokens are required but no account exists yet: every request is refused until you run `ember accounts create` and `ember tokens create --account <id>`"
+        );
+    } else {
+        tracing::info!("API tokens required: send `Authorization: Bearer <token>`");
+    }
+    if !config.rate_limits {
+        tracing::info!("rate limits are off");
     }
     for (from, to) in &config.aliases {
         tracing::info!("alias: {from} is served by {to}");
@@ -153,6 +174,7 @@ fn banner(config: &ServeConfig, ember: &Ember, address: SocketAddr) {
             installed.join(", ")
         }
     );
+    Ok(())
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

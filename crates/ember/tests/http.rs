@@ -9,7 +9,9 @@ mod common;
 use axum::body::{Body, Bytes};
 use axum::http::{Request, StatusCode, header};
 use common::*;
+use ember_gateway::credentials;
 use ember_http::HttpConfig;
+use ember_store::Plan;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -586,7 +588,7 @@ async fn prompts_longer_than_the_context_get_3030() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn slow_runs_time_out_with_3007() {
-    let app = app_with(HttpConfig {
+    let app = app_with_http(HttpConfig {
         request_timeout: Duration::from_millis(50),
         ..HttpConfig::default()
     });
@@ -611,27 +613,35 @@ async fn runs_aborted_at_shutdown_get_3008() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn api_token_is_required_when_configured() {
-    let app = app_with(HttpConfig {
-        api_token: Some("s3cret".into()),
-        ..HttpConfig::default()
-    });
+async fn tokens_are_required_once_an_account_exists() {
+    let app = app();
     let body = greedy_chat("hi", 2).to_string();
-    send(&app, post(&format!("{RUN}{SMOL}"), body.clone()))
+    // Dev mode: no account yet, so no token is needed.
+    assert_eq!(
+        send(&app, post(&format!("{RUN}{SMOL}"), body.clone()))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let account = credentials::create_account(&app.store, "team", Plan::Free, 10_000.0, 0).unwrap();
+    let token = credentials::issue_token(&app.store, &account.id, "t", None, 0)
+        .unwrap()
+        .bearer;
+    let path = format!("/client/v4/accounts/{}/ai/run/{SMOL}", account.id);
+    send(&app, post(&path, body.clone()))
         .await
         .rest_error(401, 10000);
-    let wrong = Request::post(format!("{RUN}{SMOL}"))
-        .header("authorization", "Bearer nope")
-        .body(Body::from(body.clone()))
-        .unwrap();
-    send(&app, wrong).await.rest_error(401, 10000);
+    send(&app, with_token(post(&path, body.clone()), "dummy"))
+        .await
+        .rest_error(401, 10000);
     let binding = binding_request("/run?version=3", SMOL, greedy_chat("hi", 2));
     send(&app, binding).await.binding_error(401, 10000);
-    let right = Request::post(format!("{RUN}{SMOL}"))
-        .header("authorization", "Bearer s3cret")
-        .body(Body::from(body))
-        .unwrap();
-    assert_eq!(send(&app, right).await.status, StatusCode::OK);
+    assert_eq!(
+        send(&app, with_token(post(&path, body), &token))
+            .await
+            .status,
+        StatusCode::OK
+    );
     assert_eq!(
         send(&app, get("/health")).await.status,
         StatusCode::OK,
@@ -650,7 +660,9 @@ async fn graceful_shutdown_lets_in_flight_streams_finish() {
         db: db.clone(),
         home,
         catalog: None,
-        api_token: None,
+        require_auth: false,
+        rate_limits: true,
+        task_rate_limits: HashMap::new(),
         aliases: HashMap::new(),
         request_timeout: Duration::from_secs(60),
         shutdown_grace: Duration::from_secs(60),

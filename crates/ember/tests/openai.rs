@@ -5,11 +5,11 @@
 
 mod common;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use base64::Engine as _;
 use common::*;
-use ember_http::HttpConfig;
+use ember_gateway::credentials;
+use ember_store::Plan;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -515,23 +515,24 @@ async fn unknown_models_routes_and_methods() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_api_token_is_checked_with_openai_errors() {
-    let app = app_with(HttpConfig {
-        api_token: Some("s3cret".into()),
-        ..HttpConfig::default()
-    });
+async fn tokens_are_checked_with_openai_errors() {
+    let app = app();
+    let account = credentials::create_account(&app.store, "team", Plan::Free, 10_000.0, 0).unwrap();
+    let token = credentials::issue_token(&app.store, &account.id, "t", None, 0)
+        .unwrap()
+        .bearer;
     let reply = send(&app, get(&format!("{V1}/models"))).await;
     let error = openai_error(&reply, 401, "authentication_error");
     assert_eq!(error["code"], "invalid_api_key");
-    let wrong = Request::get(format!("{CLOUDFLARE_V1}/models"))
-        .header("authorization", "Bearer nope")
-        .body(Body::empty())
-        .unwrap();
+    let wrong = with_token(get(&format!("{V1}/models")), "nope");
     openai_error(&send(&app, wrong).await, 401, "authentication_error");
-    let right = Request::get(format!("{V1}/models"))
-        .header("authorization", "Bearer s3cret")
-        .body(Body::empty())
-        .unwrap();
+    // A token of another account than the path's.
+    let elsewhere = with_token(get(&format!("{CLOUDFLARE_V1}/models")), &token);
+    openai_error(&send(&app, elsewhere).await, 403, "authentication_error");
+    let right = with_token(
+        get(&format!("/client/v4/accounts/{}/ai/v1/models", account.id)),
+        &token,
+    );
     assert_eq!(send(&app, right).await.status, StatusCode::OK);
 }
 

@@ -155,6 +155,7 @@ pub fn load(
         step_tokens: settings.step_tokens.max(max_sequences + 1),
         threads,
         sliding_window: shape.sliding_window,
+        price: spec.price,
     };
     scheduler::start(
         &spec.id,

@@ -17,6 +17,7 @@ use super::sampling::Sampler;
 use super::utf8::Utf8Stream;
 use ember_core::InferError;
 use ember_core::admission::Ticket;
+use ember_core::catalog::Price;
 use ember_core::metrics::ModelMetrics;
 use ember_core::runner::TextEvent;
 use ember_core::tasks::{Completion, FinishReason, Sampling, Usage};
@@ -45,6 +46,8 @@ pub(crate) struct Config {
     pub threads: i32,
     /// The model's sliding attention window, if some layers use one.
     pub sliding_window: Option<u32>,
+    /// The model's price, for each completion's `usage.neurons`.
+    pub price: Price,
 }
 
 impl Config {
@@ -353,6 +356,7 @@ struct Scheduler<'m, 'c> {
     piece: Vec<u8>,
     /// Logits with a grammar's mask applied, for constrained sequences.
     masked: Vec<f32>,
+    price: Price,
 }
 
 impl<'m, 'c> Scheduler<'m, 'c> {
@@ -381,6 +385,7 @@ impl<'m, 'c> Scheduler<'m, 'c> {
             planned: Vec::new(),
             piece: Vec::with_capacity(64),
             masked: Vec::new(),
+            price: config.price,
         }
     }
 
@@ -663,6 +668,7 @@ impl<'m, 'c> Scheduler<'m, 'c> {
 
     /// Completes a sequence: the last text, `Done`, the trace; its cells go to the prefix cache.
     fn finish(&mut self, i: usize, reason: FinishReason) {
+        let price = self.price;
         let sequence = &mut self.running[i];
         sequence.finished = true;
         let rest = sequence.utf8.finish();
@@ -670,7 +676,8 @@ impl<'m, 'c> Scheduler<'m, 'c> {
         events.extend(sequence.job.shaping.parser.finish());
         sequence.deliver(events);
         let usage = Usage::new(sequence.n_prompt as u32, sequence.generated)
-            .with_cached_tokens(sequence.cached as u32);
+            .with_cached_tokens(sequence.cached as u32)
+            .priced(&price);
         let parser = &sequence.job.shaping.parser;
         let finish_reason = match reason {
             FinishReason::Stop if !parser.calls().is_empty() => FinishReason::ToolCalls,

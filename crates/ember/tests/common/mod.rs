@@ -7,8 +7,10 @@
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::http::{Request, StatusCode, header};
+use ember_gateway::clock::{Clock, SystemClock};
+use ember_gateway::{Gateway, GatewayConfig};
 use ember_http::{AppState, HttpConfig};
-use ember_store::Store;
+use ember_store::{SqliteStore, Store};
 use http_body_util::BodyExt;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -65,12 +67,13 @@ pub struct App {
     pub abort: watch::Sender<bool>,
 }
 
-pub fn app_with(config: HttpConfig) -> App {
-    let store = Store::in_memory().unwrap();
+/// A router over a fresh in-memory store, with the gateway's settings and clock.
+pub fn app_with(config: HttpConfig, gateway: GatewayConfig, clock: Arc<dyn Clock>) -> App {
+    let store = SqliteStore::in_memory().unwrap();
     let (abort, abort_rx) = watch::channel(false);
     let state = AppState {
         ember: ember(),
-        store: store.clone(),
+        gateway: Arc::new(Gateway::new(store.clone(), clock, gateway)),
         config: Arc::new(config),
         abort: abort_rx,
     };
@@ -81,8 +84,23 @@ pub fn app_with(config: HttpConfig) -> App {
     }
 }
 
+/// The dev-mode app: no accounts, so no token needed.
 pub fn app() -> App {
-    app_with(HttpConfig::default())
+    app_with_http(HttpConfig::default())
+}
+
+/// The dev-mode app with these HTTP settings.
+pub fn app_with_http(config: HttpConfig) -> App {
+    app_with(config, GatewayConfig::default(), Arc::new(SystemClock))
+}
+
+/// `Authorization: Bearer <token>` on a request.
+pub fn with_token(mut request: Request<Body>, token: &str) -> Request<Body> {
+    request.headers_mut().insert(
+        header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    request
 }
 
 pub struct Reply {

@@ -1,0 +1,94 @@
+//! `GET /client/v4/accounts/{id}/ai/usage?since=&until=&model=` (Ember's extension): the
+//! caller's ledger, one row per UTC day and model, in the REST envelope.
+
+use crate::AppState;
+use crate::error::ApiError;
+use axum::Extension;
+use axum::extract::{RawQuery, State};
+use axum::response::{IntoResponse, Response};
+use ember_core::InferError;
+use ember_gateway::Caller;
+use ember_store::{UsageQuery, utc_day, utc_day_start_ms};
+use serde::Deserialize;
+use serde_json::json;
+
+/// Days shown when `since` is not given: the last 30, today included.
+const DEFAULT_DAYS: i64 = 30;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    since: Option<String>,
+    until: Option<String>,
+    model: Option<String>,
+}
+
+pub async fn rest_usage(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let query = match usage_query(&state, &caller, query.as_deref().unwrap_or_default()) {
+        Ok(query) => query,
+        Err(error) => return error.rest_response(),
+    };
+    let gateway = state.gateway.clone();
+    let rows = tokio::task::spawn_blocking(move || gateway.store().usage(&query)).await;
+    match rows {
+        Ok(Ok(rows)) => {
+            let result: Vec<_> = rows
+                .into_iter()
+                .map(|row| {
+                    json!({
+                        "date": row.day,
+                        "model": row.model,
+                        "requests": row.requests,
+                        "errors": row.errors,
+                        "input_tokens": row.input_tokens,
+                        "output_tokens": row.output_tokens,
+                        "neurons": row.neurons,
+                        "billable_neurons": row.billable_neurons,
+                    })
+                })
+                .collect();
+            axum::Json(json!({ "result": result, "success": true, "errors": [], "messages": [] }))
+                .into_response()
+        }
+        Ok(Err(error)) => ApiError::Infer(InferError::Internal(error.to_string())).rest_response(),
+        Err(error) => ApiError::Infer(InferError::Internal(error.to_string())).rest_response(),
+    }
+}
+
+fn usage_query(state: &AppState, caller: &Caller, query: &str) -> Result<UsageQuery, ApiError> {
+    let params: Params = serde_urlencoded::from_str(query).map_err(|e| {
+        ApiError::Infer(InferError::invalid(
+            "query",
+            format!("bad usage parameters: {e}"),
+        ))
+    })?;
+    let now_ms = state.gateway.now_ms();
+    let until = params.until.unwrap_or_else(|| utc_day(now_ms));
+    let since = params
+        .since
+        .unwrap_or_else(|| utc_day(now_ms - (DEFAULT_DAYS - 1) * 86_400_000));
+    for (field, day) in [("since", &since), ("until", &until)] {
+        if utc_day_start_ms(day).is_none() {
+            return Err(ApiError::Infer(InferError::invalid(
+                field,
+                format!("expected a UTC date written YYYY-MM-DD, got {day:?}"),
+            )));
+        }
+    }
+    if since > until {
+        return Err(ApiError::Infer(InferError::invalid(
+            "since",
+            format!("{since} is after until ({until})"),
+        )));
+    }
+    Ok(UsageQuery {
+        account_id: caller.account.id.clone(),
+        since,
+        until,
+        model: params.model,
+    })
+}

@@ -1,0 +1,254 @@
+//! `ember accounts`, `ember tokens` and `ember usage`: the administration commands. They act on
+//! the same SQLite file as `ember serve --db`, while it runs (the server checks tokens and
+//! accounts on every request, so a change takes effect at once).
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use ember_gateway::clock::{Clock, SystemClock};
+use ember_gateway::credentials::{self, DEFAULT_DAILY_FREE_NEURONS};
+use ember_store::{Plan, Store, UsageQuery, utc_day, utc_day_start_ms};
+
+const DAY_MS: i64 = 86_400_000;
+
+#[derive(Subcommand)]
+pub enum AccountsCommand {
+    /// Create an account and print its id.
+    Create {
+        #[arg(long, default_value = "default")]
+        name: String,
+        /// `free` stops at the daily allocation (429, code 3036); `paid` goes on and bills the rest.
+        #[arg(long, default_value = "free", value_parser = parse_plan)]
+        plan: Plan,
+        /// Neurons free per UTC day.
+        #[arg(long, default_value_t = DEFAULT_DAILY_FREE_NEURONS)]
+        daily_free_neurons: f64,
+    },
+    /// List accounts.
+    List,
+    /// Change an account's plan or daily allocation.
+    Update {
+        id: String,
+        #[arg(long, value_parser = parse_plan)]
+        plan: Option<Plan>,
+        #[arg(long)]
+        daily_free_neurons: Option<f64>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TokensCommand {
+    /// Create an API token for an account and print it (it is shown only this once).
+    Create {
+        #[arg(long)]
+        account: String,
+        #[arg(long, default_value = "")]
+        name: String,
+        /// When it stops working: a duration (`30d`, `12h`, `90m`) or a UTC date (`2027-01-31`).
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// List tokens (never their secrets).
+    List {
+        #[arg(long)]
+        account: Option<String>,
+    },
+    /// Revoke a token by id; requests with it are refused at once.
+    Revoke { id: String },
+}
+
+fn parse_plan(text: &str) -> Result<Plan, String> {
+    Plan::parse(text).ok_or_else(|| format!("plan '{text}' must be free or paid"))
+}
+
+pub fn accounts(store: &Store, command: AccountsCommand) -> anyhow::Result<()> {
+    match command {
+        AccountsCommand::Create {
+            name,
+            plan,
+            daily_free_neurons,
+        } => {
+            check_allocation(daily_free_neurons)?;
+            let account = credentials::create_account(
+                store,
+                &name,
+                plan,
+                daily_free_neurons,
+                SystemClock.now_ms(),
+            )?;
+            println!("{}", account.id);
+        }
+        AccountsCommand::List => {
+            println!(
+                "{:<32}  {:<4}  {:>18}  name",
+                "id", "plan", "daily free neurons"
+            );
+            for account in store.accounts()? {
+                println!(
+                    "{:<32}  {:<4}  {:>18}  {}",
+                    account.id,
+                    account.plan.as_str(),
+                    account.daily_free_neurons,
+                    account.name
+                );
+            }
+        }
+        AccountsCommand::Update {
+            id,
+            plan,
+            daily_free_neurons,
+        } => {
+            let mut account = store
+                .account(&id)?
+                .with_context(|| format!("no account {id}"))?;
+            if let Some(plan) = plan {
+                account.plan = plan;
+            }
+            if let Some(neurons) = daily_free_neurons {
+                check_allocation(neurons)?;
+                account.daily_free_neurons = neurons;
+            }
+            store.update_account(&account)?;
+            println!(
+                "{}: {}, {} neurons free per day",
+                account.id,
+                account.plan.as_str(),
+                account.daily_free_neurons
+            );
+        }
+    }
+    Ok(())
+}
+
+fn check_allocation(neurons: f64) -> anyhow::Result<()> {
+    if !(neurons.is_finite() && neurons >= 0.0) {
+        bail!("--daily-free-neurons must be a number of neurons, 0 or more");
+    }
+    Ok(())
+}
+
+pub fn tokens(store: &Store, command: TokensCommand) -> anyhow::Result<()> {
+    let now_ms = SystemClock.now_ms();
+    match command {
+        TokensCommand::Create {
+            account,
+            name,
+            expires,
+        } => {
+            if store.account(&account)?.is_none() {
+                bail!("no account {account} (see `ember accounts list`)");
+            }
+            let expires_at_ms = expires.map(|text| expiry_ms(&text, now_ms)).transpose()?;
+            let issued = credentials::issue_token(store, &account, &name, expires_at_ms, now_ms)?;
+            eprintln!(
+                "token {} for account {account}; it is shown only now:",
+                issued.token.id
+            );
+            println!("{}", issued.bearer);
+        }
+        TokensCommand::List { account } => {
+            println!(
+                "{:<16}  {:<32}  {:<10}  {:<10}  name",
+                "id", "account", "expires", "state"
+            );
+            for token in store.tokens(account.as_deref())? {
+                let state = match (token.revoked_at_ms, token.expires_at_ms) {
+                    (Some(_), _) => "revoked",
+                    (None, Some(at)) if at <= now_ms => "expired",
+                    _ => "live",
+                };
+                println!(
+                    "{:<16}  {:<32}  {:<10}  {:<10}  {}",
+                    token.id,
+                    token.account_id,
+                    token.expires_at_ms.map_or("never".to_string(), utc_day),
+                    state,
+                    token.name
+                );
+            }
+        }
+        TokensCommand::Revoke { id } => {
+            if !store.revoke_token(&id, now_ms)? {
+                bail!("no live token {id} (see `ember tokens list`)");
+            }
+            println!("revoked {id}");
+        }
+    }
+    Ok(())
+}
+
+/// `30d`, `12h`, `90m` from now, or the start of a UTC date.
+fn expiry_ms(text: &str, now_ms: i64) -> anyhow::Result<i64> {
+    if let Some(start) = utc_day_start_ms(text) {
+        return Ok(start);
+    }
+    let unit_ms = match text.chars().last() {
+        Some('d') => DAY_MS,
+        Some('h') => 3_600_000,
+        Some('m') => 60_000,
+        _ => bail!("--expires '{text}' must be a duration (30d, 12h, 90m) or a date (2027-01-31)"),
+    };
+    let count: i64 = text[..text.len() - 1]
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .with_context(|| format!("--expires '{text}' needs a positive number before its unit"))?;
+    Ok(now_ms + count * unit_ms)
+}
+
+/// Prints an account's daily totals per model, as `GET .../ai/usage` returns them.
+pub fn usage(
+    store: &Store,
+    account: String,
+    since: Option<String>,
+    until: Option<String>,
+    model: Option<String>,
+) -> anyhow::Result<()> {
+    let now_ms = SystemClock.now_ms();
+    let query = UsageQuery {
+        account_id: account,
+        since: since.unwrap_or_else(|| utc_day(now_ms - 29 * DAY_MS)),
+        until: until.unwrap_or_else(|| utc_day(now_ms)),
+        model,
+    };
+    for day in [&query.since, &query.until] {
+        if utc_day_start_ms(day).is_none() {
+            bail!("'{day}' is not a date written YYYY-MM-DD");
+        }
+    }
+    println!(
+        "{:<10}  {:<44}  {:>8}  {:>6}  {:>12}  {:>12}  {:>12}  {:>12}",
+        "date", "model", "requests", "errors", "input tok", "output tok", "neurons", "billable"
+    );
+    let rows = store.usage(&query)?;
+    for row in &rows {
+        println!(
+            "{:<10}  {:<44}  {:>8}  {:>6}  {:>12}  {:>12}  {:>12.4}  {:>12.4}",
+            row.day,
+            row.model,
+            row.requests,
+            row.errors,
+            row.input_tokens,
+            row.output_tokens,
+            row.neurons,
+            row.billable_neurons
+        );
+    }
+    let total: f64 = rows.iter().map(|row| row.neurons).sum();
+    println!("total neurons: {total:.4}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiries_are_durations_or_dates() {
+        assert_eq!(expiry_ms("2d", 5).unwrap(), 5 + 2 * DAY_MS);
+        assert_eq!(expiry_ms("90m", 0).unwrap(), 90 * 60_000);
+        assert_eq!(expiry_ms("1970-01-03", 0).unwrap(), 2 * DAY_MS);
+        assert!(expiry_ms("soon", 0).is_err());
+        assert!(expiry_ms("0d", 0).is_err());
+        assert!(expiry_ms("-3h", 0).is_err());
+    }
+}
