@@ -28,7 +28,9 @@ cargo test --workspace
 echo "== end-to-end clients"
 tmp="$(mktemp -d)"
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-"$ember" serve --listen "127.0.0.1:$port" --db "$tmp/ember.db" \
+db="$tmp/ember.db"
+embeddings_rpm=20
+"$ember" serve --listen "127.0.0.1:$port" --db "$db" --rate-limit "text-embeddings=$embeddings_rpm" \
   --alias @cf/meta/llama-3.1-8b-instruct=@hf/qwen/qwen2.5-coder-0.5b-instruct \
   --preload @hf/qwen/qwen2.5-coder-0.5b-instruct,@hf/qwen/qwen2.5-coder-1.5b-instruct,@cf/google/embeddinggemma-300m,@hf/sentence-transformers/all-minilm-l6-v2 \
   >"$tmp/ember.log" 2>&1 &
@@ -41,12 +43,19 @@ for _ in $(seq 1 300); do
 done
 export EMBER_URL="http://127.0.0.1:$port"
 
+status=0
+# Dev mode (no account yet): the README's wrangler recipe with a dummy token.
+tests/e2e/run_worker_test.sh || status=1
+
+# From here on tokens are required: the clients use a real account's.
+EMBER_ACCOUNT_ID="$("$ember" accounts create --db "$db" --name e2e --plan paid)"
+EMBER_TOKEN="$("$ember" tokens create --db "$db" --account "$EMBER_ACCOUNT_ID" --name e2e)"
+export EMBER_ACCOUNT_ID EMBER_TOKEN EMBER_BIN="$ember" EMBER_DB="$db" EMBER_EMBEDDINGS_RPM="$embeddings_rpm"
+
 python3 -m venv tests/e2e/.venv
 tests/e2e/.venv/bin/pip install -q -r tests/e2e/requirements.txt
-status=0
 tests/e2e/.venv/bin/python -m pytest -v -p no:cacheprovider tests/e2e/test_cloudflare_sdk.py tests/e2e/test_openai_sdk.py \
-  tests/e2e/test_structured_output.py || status=1
-tests/e2e/run_worker_test.sh || status=1
+  tests/e2e/test_structured_output.py tests/e2e/test_accounts.py || status=1
 if [ $status -ne 0 ]; then
   echo "== ember log"; tail -n 100 "$tmp/ember.log"
 fi

@@ -69,7 +69,7 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route(
             "/client/v4/accounts/{account_id}/ai/run/{*model}",
-            post(run::rest_run).get(run::rest_run),
+            post(run::rest_run).get(run::rest_run_get),
         )
         .route(
             "/client/v4/accounts/{account_id}/ai/models/search",

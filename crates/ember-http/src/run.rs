@@ -9,7 +9,7 @@ use crate::{AppState, RequestId, aborted, catalog, openai, sse};
 use axum::Extension;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, Method, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use ember_core::catalog::ModelSpec;
 use ember_core::runner::TextEvent;
@@ -185,15 +185,11 @@ pub async fn rest_run(
     Extension(caller): Extension<Caller>,
     Path((_account_id, model)): Path<(String, String)>,
     RawQuery(query): RawQuery,
-    method: Method,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     if model == "proxy" {
         return proxy(state, id, caller, headers, body).await;
-    }
-    if method != Method::POST {
-        return ApiError::NoRoute.rest_response();
     }
     let mut call = Call::new(state, id, Form::Rest, caller);
     call.model = model;
@@ -204,6 +200,21 @@ pub async fn rest_run(
             execute(call, input, options).await
         }
         Err(error) => call.fail(error).await,
+    }
+}
+
+/// `GET .../ai/run/proxy`: wrangler's proxied catalog search; no other run is a GET.
+pub async fn rest_run_get(
+    State(state): State<AppState>,
+    Extension(RequestId(id)): Extension<RequestId>,
+    Extension(caller): Extension<Caller>,
+    Path((_account_id, model)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match model.as_str() {
+        "proxy" => proxy(state, id, caller, headers, body).await,
+        _ => ApiError::NoRoute.rest_response(),
     }
 }
 

@@ -233,7 +233,7 @@ pub fn usage(
             row.billable_neurons
         );
     }
-    let total: f64 = rows.iter().map(|row| row.neurons).sum();
+    let total = rows.iter().fold(0.0, |total, row| total + row.neurons);
     println!("total neurons: {total:.4}");
     Ok(())
 }

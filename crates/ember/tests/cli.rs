@@ -1,8 +1,15 @@
 //! The `ember` binary as a user runs it: `run` in-process (JSON and streamed), `models list`,
-//! `models pull` on an installed model (verifies, downloads nothing), and `serve` refusing to
-//! expose an unauthenticated server beyond loopback. Needs the default models installed.
+//! `models pull` on an installed model (verifies, downloads nothing), `accounts`, `tokens` and
+//! `usage`, and `serve` killed with SIGKILL under load then restarted on the same database.
+//! Needs the default models installed.
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const MINILM: &str = "@hf/sentence-transformers/all-minilm-l6-v2";
 
 fn ember(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_ember"))
@@ -92,13 +99,219 @@ fn models_list_and_pull_of_an_installed_model() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("already installed"));
 }
 
-#[test]
-fn serve_refuses_to_listen_beyond_loopback_without_a_token() {
+/// A fresh database file for one test.
+fn temp_db(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ember-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir.join("ember.db")
+}
+
+/// Runs `ember` on `db`; its stdout, or the test fails with its stderr.
+fn admin(db: &Path, args: &[&str]) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_ember"))
-        .args(["serve", "--listen", "0.0.0.0:0"])
-        .env_remove("EMBER_API_TOKEN")
+        .args(args)
+        .arg("--db")
+        .arg(db)
         .output()
         .unwrap();
-    assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("without an API token"));
+    assert!(
+        output.status.success(),
+        "ember {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn accounts_tokens_and_usage_from_the_command_line() {
+    let db = temp_db("admin");
+    let id = admin(
+        &db,
+        &[
+            "accounts",
+            "create",
+            "--name",
+            "team",
+            "--daily-free-neurons",
+            "5",
+        ],
+    );
+    let id = id.trim();
+    assert_eq!(id.len(), 32);
+    assert!(admin(&db, &["accounts", "list"]).contains(id));
+    let updated = admin(&db, &["accounts", "update", id, "--plan", "paid"]);
+    assert!(updated.contains("paid, 5 neurons"), "{updated}");
+    let bearer = admin(
+        &db,
+        &[
+            "tokens",
+            "create",
+            "--account",
+            id,
+            "--name",
+            "ci",
+            "--expires",
+            "30d",
+        ],
+    );
+    assert!(bearer.trim().starts_with("ember_"));
+    let token_id = bearer.trim().split('_').nth(1).unwrap().to_string();
+    let listed = admin(&db, &["tokens", "list", "--account", id]);
+    assert!(
+        listed.contains(&token_id) && listed.contains("live"),
+        "{listed}"
+    );
+    assert!(!listed.contains(bearer.trim()), "secrets are never listed");
+    admin(&db, &["tokens", "revoke", &token_id]);
+    assert!(admin(&db, &["tokens", "list"]).contains("revoked"));
+    let refused = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(["tokens", "create", "--account", "nobody", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("no account nobody"));
+    let usage = admin(&db, &["usage", "--account", id]);
+    assert!(usage.contains("total neurons: 0.0000"), "{usage}");
+    let _ = std::fs::remove_dir_all(db.parent().unwrap());
+}
+
+/// `ember serve` on `db`, killed when dropped; `address` once it listens.
+struct Server {
+    child: Child,
+    address: String,
+}
+
+impl Server {
+    fn start(db: &Path) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ember"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--require-auth",
+                "--preload",
+                MINILM,
+            ])
+            .arg("--db")
+            .arg(db)
+            .env("EMBER_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut lines = stderr.lines();
+        let address = loop {
+            let line = lines
+                .next()
+                .expect("ember serve exited before listening")
+                .unwrap();
+            if let Some(at) = line.find("listening on http://") {
+                let rest = &line[at + "listening on http://".len()..];
+                break rest.split_whitespace().next().unwrap().to_string();
+            }
+        };
+        // Keep draining the log so the server never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Server { child, address }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn embed(client: &reqwest::Client, server: &str, account: &str, token: &str) -> Option<f64> {
+    let reply = client
+        .post(format!(
+            "http://{server}/client/v4/accounts/{account}/ai/v1/embeddings"
+        ))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"model": MINILM, "input": "hello world"}))
+        .send()
+        .await
+        .ok()?;
+    let body: serde_json::Value = reply.json().await.ok()?;
+    body["usage"]["neurons"].as_f64()
+}
+
+async fn ledger_total(client: &reqwest::Client, server: &str, account: &str, token: &str) -> f64 {
+    let body: serde_json::Value = client
+        .get(format!(
+            "http://{server}/client/v4/accounts/{account}/ai/usage"
+        ))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["neurons"].as_f64().unwrap())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_killed_under_load_loses_no_settled_request() {
+    let db = temp_db("kill");
+    let account = admin(&db, &["accounts", "create", "--plan", "paid"]);
+    let account = account.trim().to_string();
+    let token = admin(&db, &["tokens", "create", "--account", &account]);
+    let token = token.trim().to_string();
+    let client = reqwest::Client::new();
+
+    let server = Server::start(&db);
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let requests: Vec<_> = (0..200)
+        .map(|_| {
+            let (client, address) = (client.clone(), server.address.clone());
+            let (account, token, received) = (account.clone(), token.clone(), received.clone());
+            tokio::spawn(async move {
+                if let Some(neurons) = embed(&client, &address, &account, &token).await {
+                    received.lock().unwrap().push(neurons);
+                }
+            })
+        })
+        .collect();
+    while received.lock().unwrap().len() < 20 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(server); // SIGKILL, mid-load.
+    for request in requests {
+        request.await.unwrap();
+    }
+    let received = received.lock().unwrap().clone();
+    let cost = received[0];
+    let told: f64 = received.iter().sum();
+    assert!(received.len() < 200, "the kill came before the load ended");
+
+    let server = Server::start(&db);
+    let ledger = ledger_total(&client, &server.address, &account, &token).await;
+    let unanswered = (200 - received.len()) as f64;
+    assert!(
+        ledger >= told - 1e-9,
+        "every cost a client was told is in the ledger: {ledger} < {told}"
+    );
+    assert!(
+        ledger <= told + unanswered * cost + 1e-9,
+        "the ledger holds no more than the requests sent: {ledger}"
+    );
+    // The day's totals go on from there.
+    let more = embed(&client, &server.address, &account, &token)
+        .await
+        .unwrap();
+    let after = ledger_total(&client, &server.address, &account, &token).await;
+    assert!(
+        (after - (ledger + more)).abs() < 1e-9,
+        "{after} vs {ledger} + {more}"
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(db.parent().unwrap());
 }
