@@ -28,8 +28,8 @@ pub trait Storage: Send + Sync {
     /// Marks a token revoked at `at_ms`; false if there is no such live token.
     fn revoke_token(&self, id: &str, at_ms: i64) -> Result<bool, StoreError>;
 
-    /// Writes a finished request to the log and, when it ran under an account, adds it to the
-    /// ledger row of its account, UTC day and model, in one transaction.
+    /// Writes a finished request to the log and, when it ran under an account and named a
+    /// model, adds it to the ledger row of its account, UTC day and model, in one transaction.
     fn record_request(&self, record: &RequestRecord) -> Result<(), StoreError>;
     fn request(&self, id: &str) -> Result<Option<RequestRecord>, StoreError>;
     /// Neurons an account has been charged on a UTC day (`YYYY-MM-DD`), all models together.

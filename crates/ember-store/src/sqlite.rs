@@ -273,7 +273,9 @@ impl Storage for SqliteStore {
                 record.duration_ms as i64,
             ],
         )?;
-        if let Some(account_id) = &record.account_id {
+        let model = record.served_by.as_deref().unwrap_or(&record.model);
+        // A request that named no model (its body did not parse) stays in the log only.
+        if let Some(account_id) = record.account_id.as_ref().filter(|_| !model.is_empty()) {
             tx.execute(
                 "INSERT INTO ledger (account_id, day, model, requests, errors, input_tokens,
                                      output_tokens, neurons, billable_neurons)
@@ -288,7 +290,7 @@ impl Storage for SqliteStore {
                 params![
                     account_id,
                     utc_day(record.created_at_ms),
-                    record.served_by.as_deref().unwrap_or(&record.model),
+                    model,
                     i64::from(record.error_code.is_some()),
                     record.prompt_tokens,
                     record.completion_tokens,
@@ -452,8 +454,11 @@ mod tests {
         store
             .record_request(&record("5", Some("b"), 5, 8.0))
             .unwrap();
-        // Refused before an account was known: logged, not in any ledger.
+        // Refused before an account was known, or before a model was: logged, not in any ledger.
         store.record_request(&record("6", None, 5, 0.0)).unwrap();
+        let mut unparsed = record("7", Some("a"), 5, 0.0);
+        (unparsed.model, unparsed.served_by) = (String::new(), None);
+        store.record_request(&unparsed).unwrap();
 
         let rows = store.usage(&query("a")).unwrap();
         assert_eq!(rows.len(), 2);

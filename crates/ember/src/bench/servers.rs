@@ -65,6 +65,8 @@ impl Server {
             .arg("--db")
             .arg(db)
             .args(["--preload", model])
+            // llama-server has no rate limits; requests per minute must not cap the measurement.
+            .arg("--no-rate-limits")
             .args(["--max-sequences", &config.sequences.to_string()])
             .args(["--kv-cells", &config.kv_cells().to_string()])
             .env("EMBER_THREADS", config.threads.to_string());
