@@ -302,6 +302,7 @@ async fn reject_if_busy_gets_3040_while_the_model_is_full() {
     assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(reply.json()["internalCode"], 3040);
     drop(stream);
+    wait_until_model_is_free(QWEN).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -570,4 +570,5 @@ async fn reject_if_busy_gets_429_while_the_model_is_full() {
     );
     assert_eq!(reply.header("retry-after"), "1");
     drop(stream);
+    wait_until_model_is_free(SMOL).await;
 }

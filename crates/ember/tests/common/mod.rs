@@ -94,6 +94,18 @@ pub fn app_with_http(config: HttpConfig) -> App {
     app_with(config, GatewayConfig::default(), Arc::new(SystemClock))
 }
 
+/// Waits until `model`'s one sequence is free again after a test dropped a stream: a run that
+/// needs it completes. A test binary must not exit while a model thread is inside llama.cpp,
+/// whose static destructors run at exit.
+pub async fn wait_until_model_is_free(model: &str) {
+    let input = serde_json::json!({"prompt": "x", "raw": true, "max_tokens": 1});
+    let run = ember()
+        .run(model, &input, &ember_core::RunOptions::default())
+        .await
+        .unwrap();
+    assert!(matches!(run.output, ember_core::RunOutput::Json { .. }));
+}
+
 /// `Authorization: Bearer <token>` on a request.
 pub fn with_token(mut request: Request<Body>, token: &str) -> Request<Body> {
     request.headers_mut().insert(
