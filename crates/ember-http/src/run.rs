@@ -16,7 +16,7 @@ use ember_core::runner::TextEvent;
 use ember_core::tasks::{self, Usage};
 use ember_core::{InferError, RunOptions, RunOutput};
 use ember_gateway::{Admission, Caller, GatewayError};
-use ember_store::RequestRecord;
+use ember_store::{DAY_MS, RequestRecord};
 use serde_json::{Value, json};
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -174,7 +174,6 @@ impl Call {
 
 /// Seconds until the next 00:00 UTC, when daily allocations reset.
 fn seconds_to_midnight(now_ms: i64) -> u64 {
-    const DAY_MS: i64 = 86_400_000;
     let left_ms = DAY_MS - now_ms.rem_euclid(DAY_MS);
     (left_ms as u64).div_ceil(1000)
 }

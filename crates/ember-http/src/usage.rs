@@ -8,12 +8,9 @@ use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use ember_core::InferError;
 use ember_gateway::Caller;
-use ember_store::{UsageQuery, utc_day, utc_day_start_ms};
+use ember_store::UsageQuery;
 use serde::Deserialize;
 use serde_json::json;
-
-/// Days shown when `since` is not given: the last 30, today included.
-const DEFAULT_DAYS: i64 = 30;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -66,29 +63,12 @@ fn usage_query(state: &AppState, caller: &Caller, query: &str) -> Result<UsageQu
             format!("bad usage parameters: {e}"),
         ))
     })?;
-    let now_ms = state.gateway.now_ms();
-    let until = params.until.unwrap_or_else(|| utc_day(now_ms));
-    let since = params
-        .since
-        .unwrap_or_else(|| utc_day(now_ms - (DEFAULT_DAYS - 1) * 86_400_000));
-    for (field, day) in [("since", &since), ("until", &until)] {
-        if utc_day_start_ms(day).is_none() {
-            return Err(ApiError::Infer(InferError::invalid(
-                field,
-                format!("expected a UTC date written YYYY-MM-DD, got {day:?}"),
-            )));
-        }
-    }
-    if since > until {
-        return Err(ApiError::Infer(InferError::invalid(
-            "since",
-            format!("{since} is after until ({until})"),
-        )));
-    }
-    Ok(UsageQuery {
-        account_id: caller.account.id.clone(),
-        since,
-        until,
-        model: params.model,
-    })
+    UsageQuery::new(
+        caller.account.id.clone(),
+        params.since,
+        params.until,
+        params.model,
+        state.gateway.now_ms(),
+    )
+    .map_err(|(field, problem)| ApiError::Infer(InferError::invalid(field, problem)))
 }

@@ -135,6 +135,43 @@ pub struct UsageQuery {
     pub model: Option<String>,
 }
 
+impl UsageQuery {
+    /// Days shown when `since` is not given: the last 30, today included.
+    const DEFAULT_DAYS: i64 = 30;
+
+    /// A query from what a client gave, `until` defaulting to today and `since` to 29 days
+    /// before it; `Err((field, problem))` for a day not written `YYYY-MM-DD` or a range that
+    /// ends before it starts.
+    pub fn new(
+        account_id: String,
+        since: Option<String>,
+        until: Option<String>,
+        model: Option<String>,
+        now_ms: i64,
+    ) -> Result<UsageQuery, (&'static str, String)> {
+        let until = until.unwrap_or_else(|| utc_day(now_ms));
+        let since =
+            since.unwrap_or_else(|| utc_day(now_ms - (UsageQuery::DEFAULT_DAYS - 1) * DAY_MS));
+        for (field, day) in [("since", &since), ("until", &until)] {
+            if utc_day_start_ms(day).is_none() {
+                return Err((
+                    field,
+                    format!("expected a UTC date written YYYY-MM-DD, got {day:?}"),
+                ));
+            }
+        }
+        if since > until {
+            return Err(("since", format!("{since} is after until ({until})")));
+        }
+        Ok(UsageQuery {
+            account_id,
+            since,
+            until,
+            model,
+        })
+    }
+}
+
 /// One ledger row: an account's use of one model on one UTC day.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DailyUsage {
@@ -148,9 +185,12 @@ pub struct DailyUsage {
     pub billable_neurons: f64,
 }
 
+/// Milliseconds in a day (UTC days have no leap seconds in Unix time).
+pub const DAY_MS: i64 = 86_400_000;
+
 /// The UTC day (`YYYY-MM-DD`) a Unix time in milliseconds falls on.
 pub fn utc_day(unix_ms: i64) -> String {
-    let days = unix_ms.div_euclid(86_400_000);
+    let days = unix_ms.div_euclid(DAY_MS);
     let date =
         time::Date::from_julian_day(UNIX_EPOCH_JULIAN_DAY + days as i32).unwrap_or(time::Date::MIN);
     format!(
@@ -174,7 +214,7 @@ pub fn utc_day_start_ms(text: &str) -> Option<i64> {
     let (year, day) = (year.parse().ok()?, day.parse().ok()?);
     let month = time::Month::try_from(month.parse::<u8>().ok()?).ok()?;
     let date = time::Date::from_calendar_date(year, month, day).ok()?;
-    Some(i64::from(date.to_julian_day() - UNIX_EPOCH_JULIAN_DAY) * 86_400_000)
+    Some(i64::from(date.to_julian_day() - UNIX_EPOCH_JULIAN_DAY) * DAY_MS)
 }
 
 /// The Julian day number of 1970-01-01.
@@ -200,5 +240,19 @@ mod tests {
         assert_eq!(utc_day_start_ms("2026-02-30"), None);
         assert_eq!(utc_day_start_ms("2026-2-3"), None);
         assert_eq!(utc_day_start_ms("yesterday"), None);
+    }
+
+    #[test]
+    fn usage_queries_default_to_the_last_30_days_and_check_their_days() {
+        let now = utc_day_start_ms("2026-11-23").unwrap() + 5;
+        let query = UsageQuery::new("a".into(), None, None, None, now).unwrap();
+        assert_eq!(
+            (query.since.as_str(), query.until.as_str()),
+            ("2026-10-25", "2026-11-23")
+        );
+        let bad = UsageQuery::new("a".into(), Some("yesterday".into()), None, None, now);
+        assert_eq!(bad.unwrap_err().0, "since");
+        let reversed = UsageQuery::new("a".into(), None, Some("2026-01-01".into()), None, now);
+        assert_eq!(reversed.unwrap_err().0, "since");
     }
 }

@@ -6,9 +6,7 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use ember_gateway::clock::{Clock, SystemClock};
 use ember_gateway::credentials::{self, DEFAULT_DAILY_FREE_NEURONS};
-use ember_store::{Plan, Store, UsageQuery, utc_day, utc_day_start_ms};
-
-const DAY_MS: i64 = 86_400_000;
+use ember_store::{DAY_MS, Plan, Store, UsageQuery, utc_day, utc_day_start_ms};
 
 #[derive(Subcommand)]
 pub enum AccountsCommand {
@@ -203,18 +201,8 @@ pub fn usage(
     until: Option<String>,
     model: Option<String>,
 ) -> anyhow::Result<()> {
-    let now_ms = SystemClock.now_ms();
-    let query = UsageQuery {
-        account_id: account,
-        since: since.unwrap_or_else(|| utc_day(now_ms - 29 * DAY_MS)),
-        until: until.unwrap_or_else(|| utc_day(now_ms)),
-        model,
-    };
-    for day in [&query.since, &query.until] {
-        if utc_day_start_ms(day).is_none() {
-            bail!("'{day}' is not a date written YYYY-MM-DD");
-        }
-    }
+    let query = UsageQuery::new(account, since, until, model, SystemClock.now_ms())
+        .map_err(|(field, problem)| anyhow::anyhow!("--{field}: {problem}"))?;
     println!(
         "{:<10}  {:<44}  {:>8}  {:>6}  {:>12}  {:>12}  {:>12}  {:>12}",
         "date", "model", "requests", "errors", "input tok", "output tok", "neurons", "billable"
