@@ -1,6 +1,6 @@
 //! The scheduler under load on a real model (Qwen2.5-Coder-0.5B): seeded sampling repeats,
 //! chat turns reuse the prefix cache, cancelled streams free their cells
-//! within a step, admission refuses with `Overloaded` past its limits, and 200 requests with
+//! within a step, dropping the engine stops its thread mid-stream, admission refuses with `Overloaded` past its limits, and 200 requests with
 //! random client disconnects leave no cell, sequence or slot behind (seen through `/metrics`'
 //! registry). Needs the default models (`ember models pull --defaults`).
 
@@ -189,6 +189,33 @@ async fn a_cancelled_stream_frees_its_cells() {
     wait_idle(&engine, &metrics).await;
     // Nothing of the cancelled request went to the prefix cache either.
     assert_eq!(metric(&metrics, "kv_cells_cached"), 0.0);
+}
+
+/// Unloading a model mid-stream stops its scheduler thread before the drop returns (so llama.cpp
+/// never computes while the process exits); the stream then ends without a result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_engine_stops_its_thread_mid_stream() {
+    let (engine, _metrics) = load(settings(2));
+    let ticket = engine.admission().admit(false).await.unwrap();
+    let long = request(
+        &[("user", "Count from 1 to 500.")],
+        400,
+        sampling(0.0, None),
+    );
+    let mut events = engine.start(long, None, ticket).unwrap();
+    assert!(matches!(events.recv().await, Some(TextEvent::Text(_))));
+    drop(Arc::into_inner(engine).expect("the only handle"));
+    // The thread is gone: what it sent before stopping is there, then the channel is closed.
+    loop {
+        match events.try_recv() {
+            Ok(TextEvent::Text(_)) => {}
+            Ok(other) => panic!("a stopped stream sent {other:?}"),
+            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => break,
+            Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
+                panic!("the scheduler thread still holds the stream")
+            }
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

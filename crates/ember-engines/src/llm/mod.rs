@@ -95,7 +95,7 @@ pub struct LlmEngine {
     /// Longest sequence (prompt and output) one request may have.
     sequence_limit: u32,
     admission: Admission,
-    jobs: std_mpsc::SyncSender<Job>,
+    scheduler: scheduler::SchedulerHandle,
     memory_bytes: u64,
 }
 
@@ -148,7 +148,6 @@ pub fn load(
     let max_sequences = settings.max_sequences.clamp(1, 128);
     let threads = settings.threads.unwrap_or_else(default_threads);
     let model = Arc::new(model);
-    let (jobs, queue) = std_mpsc::sync_channel(max_sequences as usize);
     let config = scheduler::Config {
         kv_cells,
         max_sequences,
@@ -157,12 +156,12 @@ pub fn load(
         sliding_window: shape.sliding_window,
         price: spec.price,
     };
-    scheduler::start(
+    let scheduler = scheduler::start(
         &spec.id,
         backend,
         model.clone(),
         config,
-        queue,
+        max_sequences as usize,
         metrics.clone(),
     )
     .map_err(failed)?;
@@ -189,7 +188,7 @@ pub fn load(
         template,
         sequence_limit: context_window.min(kv_cells),
         admission,
-        jobs,
+        scheduler,
         memory_bytes: file_bytes + shape.cell_bytes * u64::from(kv_cells),
     })
 }
@@ -334,7 +333,7 @@ impl LlmEngine {
             _ticket: ticket,
             arrived: Instant::now(),
         };
-        self.jobs.try_send(job).map_err(|e| match e {
+        self.scheduler.submit(job).map_err(|e| match e {
             std_mpsc::TrySendError::Full(_) => InferError::Overloaded,
             std_mpsc::TrySendError::Disconnected(_) => {
                 InferError::Internal("the model's scheduler stopped".into())

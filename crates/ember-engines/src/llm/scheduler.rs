@@ -29,7 +29,9 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc as std_mpsc};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
@@ -158,16 +160,43 @@ self_cell::self_cell!(
     }
 );
 
-/// Creates the context and starts the scheduler thread, which ends once every job sender is
-/// gone and the last sequence has finished.
+/// The queue into a running scheduler thread. Dropping it stops the thread within one step
+/// (sequences still running end without a result) and waits for it: llama.cpp must not be
+/// computing when the process exits, or its static destructors crash under it.
+pub(crate) struct SchedulerHandle {
+    jobs: Option<std_mpsc::SyncSender<Job>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl SchedulerHandle {
+    pub fn submit(&self, job: Job) -> Result<(), std_mpsc::TrySendError<Job>> {
+        self.jobs.as_ref().expect("set until dropped").try_send(job)
+    }
+}
+
+impl Drop for SchedulerHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wakes the thread if it waits for a job.
+        self.jobs = None;
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the scheduler thread panicked");
+        }
+    }
+}
+
+/// Creates the context and starts the scheduler thread, with a queue of `queue_slots` jobs.
 pub(crate) fn start(
     name: &str,
     backend: &LlamaBackend,
     model: Arc<LlamaModel>,
     config: Config,
-    queue: std_mpsc::Receiver<Job>,
+    queue_slots: usize,
     metrics: ModelMetrics,
-) -> Result<(), String> {
+) -> Result<SchedulerHandle, String> {
     let params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(config.kv_cells))
         .with_n_batch(config.step_tokens)
@@ -181,16 +210,23 @@ pub(crate) fn start(
         .with_n_threads_batch(config.threads);
     let context = ModelContext::try_new(model, |model| model.new_context(backend, params))
         .map_err(|e| format!("context of {} cells: {e}", config.kv_cells))?;
-    std::thread::Builder::new()
+    let (jobs, queue) = std_mpsc::sync_channel(queue_slots);
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    let thread = std::thread::Builder::new()
         .name(format!("engine {name}"))
         .spawn(move || {
             let mut context = context;
             context.with_dependent_mut(|model, ctx| {
-                Scheduler::new(model, ctx, &config, metrics).run(&queue);
+                Scheduler::new(model, ctx, &config, metrics).run(&queue, &stopped);
             });
         })
         .map_err(|e| format!("cannot start the scheduler thread: {e}"))?;
-    Ok(())
+    Ok(SchedulerHandle {
+        jobs: Some(jobs),
+        stop,
+        thread: Some(thread),
+    })
 }
 
 struct Sequence {
@@ -389,8 +425,12 @@ impl<'m, 'c> Scheduler<'m, 'c> {
         }
     }
 
-    fn run(&mut self, queue: &std_mpsc::Receiver<Job>) {
+    /// Steps until `stop` is set or the queue's sender is gone with no work left.
+    fn run(&mut self, queue: &std_mpsc::Receiver<Job>, stop: &AtomicBool) {
         loop {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
             if self.running.is_empty() && self.waiting.is_empty() {
                 self.report();
                 match queue.recv() {
