@@ -1,7 +1,7 @@
 //! The scheduler under load on a real model (Qwen2.5-Coder-0.5B): seeded sampling repeats,
-//! chat turns reuse the prefix cache, cancelled streams free their cells
-//! within a step, dropping the engine stops its thread mid-stream, admission refuses with `Overloaded` past its limits, and 200 requests with
-//! random client disconnects leave no cell, sequence or slot behind (seen through `/metrics`'
+//! chat turns reuse the prefix cache, which is trimmed under concurrent load, cancelled streams
+//! free their cells within a step, dropping the engine stops its thread mid-stream, admission
+//! refuses with `Overloaded` past its limits, and 200 requests with random client disconnects leave no cell, sequence or slot behind (seen through `/metrics`'
 //! registry). Needs the default models (`ember models pull --defaults`).
 
 use ember_core::InferError;
@@ -168,6 +168,40 @@ async fn a_chat_turn_reuses_the_previous_turn_from_the_prefix_cache() {
         .unwrap();
     assert_eq!(miss.completion.usage.prompt_tokens_details.cached_tokens, 0);
     assert_eq!(miss.completion.text, second.completion.text);
+}
+
+/// Under concurrent load the prefix cache is trimmed, since every cached cell slows every
+/// running stream. Untrimmed, 48 distinct requests, 8 at a time, would leave all 48 entries
+/// (about 60 cells each) cached; trimmed, the cache keeps at most its floor (1,024 cells) plus
+/// the entries of the last 8.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_prefix_cache_is_trimmed_under_load() {
+    let (engine, metrics) = load(settings(8));
+    let mut entry_cells = 0.0f64;
+    for round in 0..6 {
+        let runs: Vec<_> = QUESTIONS
+            .iter()
+            .map(|question| {
+                let engine = engine.clone();
+                let question = format!("Round {round}. {question}");
+                tokio::spawn(async move {
+                    let request = request(&[("user", &question)], 16, sampling(0.0, None));
+                    engine.run_traced(&request, false).await.unwrap()
+                })
+            })
+            .collect();
+        for run in runs {
+            let usage = run.await.unwrap().completion.usage;
+            entry_cells = entry_cells.max(f64::from(usage.prompt_tokens + usage.completion_tokens));
+        }
+    }
+    wait_idle(&engine, &metrics).await;
+    let cached = metric(&metrics, "kv_cells_cached");
+    assert!(cached > 0.0);
+    assert!(
+        cached <= 1024.0 + 8.0 * entry_cells,
+        "{cached} cells cached (entries of at most {entry_cells})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,7 +25,7 @@ use llama_cpp_2::token::LlamaToken;
 use output::OutputParser;
 use scheduler::{Grammar, Job, Shaping, Trace};
 use std::path::Path;
-use std::sync::{Arc, OnceLock, mpsc as std_mpsc};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use template::ChatTemplate;
 use tokio::sync::{mpsc, oneshot};
@@ -333,12 +333,7 @@ impl LlmEngine {
             _ticket: ticket,
             arrived: Instant::now(),
         };
-        self.scheduler.submit(job).map_err(|e| match e {
-            std_mpsc::TrySendError::Full(_) => InferError::Overloaded,
-            std_mpsc::TrySendError::Disconnected(_) => {
-                InferError::Internal("the model's scheduler stopped".into())
-            }
-        })?;
+        self.scheduler.submit(job)?;
         Ok(receiver)
     }
 
