@@ -42,8 +42,9 @@ const PREFIX_ENTRIES: u32 = 64;
 /// (other sequences' cells are masked, not skipped), so cached prefixes slow every running
 /// stream: that cost grows with running sequences × cached cells / average sequence length. On
 /// SmolLM2 at N=8 on 2 cores, a full cache (64 entries, about 11,000 cells) cost 12–27% of
-/// throughput. Before a sequence joins, the cache is trimmed to `PREFIX_TAX - running` average
-/// sequences' cells (4 at N=8, measured to recover that loss; none from 12 on)...
+/// throughput, which trimming to the floor below recovered. Before a sequence joins, the cache is
+/// trimmed to `PREFIX_TAX - running` average sequences' cells (11 alone, 4 at N=8, none from 12
+/// on)...
 const PREFIX_TAX: usize = 12;
 /// ...but never below this many cells, so a few conversations or a long system prompt stay.
 const PREFIX_CAP_FLOOR: usize = 1024;
