@@ -1,8 +1,9 @@
 //! The scheduler under load on a real model (Qwen2.5-Coder-0.5B): seeded sampling repeats,
-//! chat turns reuse the prefix cache, which is trimmed under concurrent load, cancelled streams
-//! free their cells within a step, dropping the engine stops its thread mid-stream, admission
-//! refuses with `Overloaded` past its limits, and 200 requests with random client disconnects leave no cell, sequence or slot behind (seen through `/metrics`'
-//! registry). Needs the default models (`ember models pull --defaults`).
+//! chat turns reuse the prefix cache, which is trimmed under concurrent load, a short prompt is
+//! not stuck behind a long one, cancelled streams free their cells within a step, dropping the
+//! engine stops its thread mid-stream, admission refuses with `Overloaded` past its limits, and
+//! 200 requests with random client disconnects leave no cell, sequence or slot behind (seen
+//! through `/metrics`' registry). Needs the default models (`ember models pull --defaults`).
 
 use ember_core::InferError;
 use ember_core::metrics::Metrics;
@@ -202,6 +203,41 @@ async fn the_prefix_cache_is_trimmed_under_load() {
         cached <= 1024.0 + 8.0 * entry_cells,
         "{cached} cells cached (entries of at most {entry_cells})"
     );
+}
+
+/// A short prompt that arrives while a long one is being read gets its first token before the
+/// long one does: prompt chunks go to the shortest remaining prompt first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_prompt_is_not_stuck_behind_a_long_one() {
+    let mut small_steps = settings(4);
+    small_steps.step_tokens = 128;
+    let (engine, metrics) = load(small_steps);
+    let document = "The sensor reported a steady reading. ".repeat(200);
+    let long = request(
+        &[("user", &format!("{document}\nSummarize."))],
+        4,
+        sampling(0.0, None),
+    );
+    let ticket = engine.admission().admit(false).await.unwrap();
+    let mut long_events = engine.start(long, None, ticket).unwrap();
+    // Wait until the long prompt (about 1,400 tokens: eleven steps of 128) is being read.
+    while metric(&metrics, "running_sequences") < 1.0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let short = request(&[("user", QUESTIONS[1])], 4, sampling(0.0, None));
+    let ticket = engine.admission().admit(false).await.unwrap();
+    let mut short_events = engine.start(short, None, ticket).unwrap();
+    assert!(matches!(
+        short_events.recv().await,
+        Some(TextEvent::Text(_))
+    ));
+    assert!(
+        long_events.try_recv().is_err(),
+        "the long prompt produced a token before the short one"
+    );
+    while long_events.recv().await.is_some() {}
+    while short_events.recv().await.is_some() {}
+    wait_idle(&engine, &metrics).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,8 +3,8 @@
 //!
 //! Each step: drop sequences whose client left, deliver held-back events, admit waiting jobs
 //! while sequence ids and KV cells allow (copying cached prompt prefixes), then decode one
-//! batch holding the next token of every decoding sequence plus prompt chunks of the others, up
-//! to `step_tokens`; sample each sequence that produced logits. A client that reads slowly
+//! batch holding the next token of every decoding sequence plus prompt chunks of the others
+//! (shortest remaining prompt first), up to `step_tokens`; sample each sequence that produced logits. A client that reads slowly
 //! pauses only its own sequence. Finished sequences hand their cells to the prefix cache.
 //!
 //! KV accounting is by reservation: a sequence reserves its uncached prompt plus `max_tokens`
@@ -616,20 +616,23 @@ impl<'m, 'c> Scheduler<'m, 'c> {
                 logits: Some(index),
             });
         }
-        // Prompt chunks in admission order with what is left. While streams decode, prompts get
-        // at most a quarter of the step: a step's duration is every stream's inter-token gap,
-        // and on a CPU a 512-token chunk costs seconds while 128-token chunks prefill as fast
-        // per token.
+        // Prompt chunks with what is left. While streams decode, prompts get at most a quarter
+        // of the step: a step's duration is every stream's inter-token gap, and on a CPU a
+        // 512-token chunk costs seconds while 128-token chunks prefill as fast per token.
         if !self.planned.is_empty() {
             budget = budget.min((self.step_tokens / PREFILL_SHARE_WHILE_DECODING).max(1));
         }
-        for (i, sequence) in self.running.iter().enumerate() {
+        // Shortest remaining prompt first: a short prompt is never stuck behind the dozens of
+        // chunks of a long one, which loses only a few tokens of a step.
+        let mut prefilling: Vec<usize> = (0..self.running.len())
+            .filter(|&i| self.running[i].prefilling())
+            .collect();
+        prefilling.sort_by_key(|&i| self.running[i].n_prompt - self.running[i].n_past);
+        for i in prefilling {
             if budget == 0 {
                 break;
             }
-            if !sequence.prefilling() {
-                continue;
-            }
+            let sequence = &self.running[i];
             let seq_id = sequence.seq_id.expect("prefilling");
             let take = budget.min(sequence.n_prompt - sequence.n_past);
             let mut logits = None;
