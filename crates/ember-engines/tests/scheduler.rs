@@ -13,6 +13,7 @@ use ember_core::{Catalog, installed};
 use ember_engines::llm::{self, LlmEngine, LlmSettings};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 
 const MODEL: &str = "@hf/qwen/qwen2.5-coder-0.5b-instruct";
 
@@ -58,6 +59,21 @@ fn sampling(temperature: f32, seed: Option<u64>) -> Sampling {
         seed,
         ..Sampling::greedy()
     }
+}
+
+/// Admits `request` (waiting for a slot) and starts it.
+async fn stream(engine: &LlmEngine, request: TextGenerationRequest) -> mpsc::Receiver<TextEvent> {
+    let ticket = engine.admission().admit(false).await.unwrap();
+    engine.start(request, None, ticket).unwrap()
+}
+
+/// A greedy request that keeps generating for `max_tokens`.
+fn counting(max_tokens: u32) -> TextGenerationRequest {
+    request(
+        &[("user", "Count from 1 to 500.")],
+        max_tokens,
+        sampling(0.0, None),
+    )
 }
 
 /// The value of `ember_<name>{model="..."}` in the metrics text.
@@ -218,15 +234,13 @@ async fn a_short_prompt_is_not_stuck_behind_a_long_one() {
         4,
         sampling(0.0, None),
     );
-    let ticket = engine.admission().admit(false).await.unwrap();
-    let mut long_events = engine.start(long, None, ticket).unwrap();
+    let mut long_events = stream(&engine, long).await;
     // Wait until the long prompt (about 1,400 tokens: eleven steps of 128) is being read.
     while metric(&metrics, "running_sequences") < 1.0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let short = request(&[("user", QUESTIONS[1])], 4, sampling(0.0, None));
-    let ticket = engine.admission().admit(false).await.unwrap();
-    let mut short_events = engine.start(short, None, ticket).unwrap();
+    let mut short_events = stream(&engine, short).await;
     assert!(matches!(
         short_events.recv().await,
         Some(TextEvent::Text(_))
@@ -243,13 +257,7 @@ async fn a_short_prompt_is_not_stuck_behind_a_long_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_stream_frees_its_cells() {
     let (engine, metrics) = load(settings(4));
-    let ticket = engine.admission().admit(false).await.unwrap();
-    let long = request(
-        &[("user", "Count from 1 to 500.")],
-        400,
-        sampling(0.0, None),
-    );
-    let mut events = engine.start(long, None, ticket).unwrap();
+    let mut events = stream(&engine, counting(400)).await;
     for _ in 0..3 {
         assert!(matches!(events.recv().await, Some(TextEvent::Text(_))));
     }
@@ -266,13 +274,7 @@ async fn a_cancelled_stream_frees_its_cells() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_engine_stops_its_thread_mid_stream() {
     let (engine, _metrics) = load(settings(2));
-    let ticket = engine.admission().admit(false).await.unwrap();
-    let long = request(
-        &[("user", "Count from 1 to 500.")],
-        400,
-        sampling(0.0, None),
-    );
-    let mut events = engine.start(long, None, ticket).unwrap();
+    let mut events = stream(&engine, counting(400)).await;
     assert!(matches!(events.recv().await, Some(TextEvent::Text(_))));
     drop(Arc::into_inner(engine).expect("the only handle"));
     // The thread is gone: what it sent before stopping is there, then the channel is closed.
@@ -280,8 +282,8 @@ async fn dropping_the_engine_stops_its_thread_mid_stream() {
         match events.try_recv() {
             Ok(TextEvent::Text(_)) => {}
             Ok(other) => panic!("a stopped stream sent {other:?}"),
-            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => break,
-            Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+            Err(mpsc::error::TryRecvError::Empty) => {
                 panic!("the scheduler thread still holds the stream")
             }
         }
@@ -294,13 +296,7 @@ async fn admission_refuses_past_its_limits() {
     limited.max_waiting = 1;
     limited.max_wait = Duration::from_millis(300);
     let (engine, metrics) = load(limited);
-    let ticket = engine.admission().admit(false).await.unwrap();
-    let long = request(
-        &[("user", "Count from 1 to 500.")],
-        300,
-        sampling(0.0, None),
-    );
-    let events = engine.start(long, None, ticket).unwrap();
+    let events = stream(&engine, counting(300)).await;
     // The one slot is taken: rejectIfBusy fails at once.
     assert_eq!(
         engine.admission().admit(true).await.unwrap_err(),

@@ -379,6 +379,18 @@ impl Kv<'_, '_> {
         sequence.reserved = 0;
     }
 
+    /// Evicts the least recently used unpinned prefix cache entry and frees its cells; false
+    /// when every entry is pinned or none is left.
+    fn evict_one(&mut self) -> bool {
+        match self.prefix.evict() {
+            Some(evicted) => {
+                self.forget(evicted);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Removes every cell of a sequence id from the KV cache.
     fn forget(&mut self, seq_id: i32) {
         let _ = self.ctx.clear_kv_cache_seq(Some(seq_id as u32), None, None);
@@ -520,12 +532,7 @@ impl<'m, 'c> Scheduler<'m, 'c> {
                 self.kv.prefix.pin(entry);
             }
             self.trim_prefix_cache(job.prompt.len() + job.max_tokens as usize);
-            while self.free_cells() < needed {
-                match self.kv.prefix.evict() {
-                    Some(evicted) => self.kv.forget(evicted),
-                    None => break,
-                }
-            }
+            while self.free_cells() < needed && self.kv.evict_one() {}
             if self.free_cells() < needed {
                 if let Some((entry, _)) = reuse {
                     self.kv.prefix.unpin(entry);
@@ -578,12 +585,7 @@ impl<'m, 'c> Scheduler<'m, 'c> {
             .sum::<usize>()
             + joining;
         let cap = (PREFIX_TAX.saturating_sub(running) * live / running).max(PREFIX_CAP_FLOOR);
-        while self.kv.prefix.cells() as usize > cap {
-            match self.kv.prefix.evict() {
-                Some(evicted) => self.kv.forget(evicted),
-                None => break,
-            }
-        }
+        while self.kv.prefix.cells() as usize > cap && self.kv.evict_one() {}
     }
 
     /// Builds and decodes one batch, then samples. Returns false when there was nothing to do.
