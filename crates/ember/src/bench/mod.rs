@@ -1,9 +1,10 @@
-//! `ember bench llm`: Ember against llama.cpp's own tools on the same GGUF files, in one run and
-//! one side at a time. Kernel rows: prefill and decode rates of the engine in-process against
-//! `llama-bench`. Serving rows: aggregate generated tokens per second, time to first token and
-//! inter-token latency of `ember serve` against `llama-server -np N` with the same context per
-//! sequence, a mixed run where long prompts arrive during short streams, and each server's peak
-//! RSS. Prints one table and writes the rows as JSON. Never part of `cargo test`.
+//! `ember bench llm`: Ember against llama.cpp's own tools on the same GGUF files, in one run.
+//! Kernel rows: prefill and decode rates of the engine in-process against `llama-bench`, one side
+//! at a time. Serving rows: aggregate generated tokens per second (median of timed runs that
+//! alternate between the two servers), time to first token and inter-token latency of
+//! `ember serve` against `llama-server -np N` with the same context per sequence, a mixed run
+//! where long prompts arrive during short streams, and each server's peak RSS. Prints one table
+//! and writes the rows as JSON. Never part of `cargo test`.
 
 mod gguf;
 mod kernel;
@@ -62,8 +63,12 @@ pub struct LlmBench {
     #[arg(long, value_delimiter = ',', default_values_t = [1, 8, 32])]
     concurrency: Vec<u32>,
     /// Seconds each serving run keeps starting requests.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 20)]
     duration: u64,
+    /// Timed serving runs per server and concurrency, alternating between the two servers; the
+    /// median rate is reported.
+    #[arg(long, default_value_t = 5)]
+    rounds: u32,
     /// Folder with llama-bench and llama-server (default: scripts/bench/build-llama-tools.sh
     /// builds them once into ~/.cache/ember).
     #[arg(long)]
@@ -87,10 +92,28 @@ pub fn run(command: BenchCommand, env: &Env) -> Result<()> {
 }
 
 /// One server's serving results at one concurrency.
+#[derive(Default)]
 struct Serving {
-    load: LoadResult,
+    /// The timed runs, in order.
+    rounds: Vec<LoadResult>,
     mixed: Option<LoadResult>,
     peak_rss: u64,
+}
+
+impl Serving {
+    /// Median over the rounds of the generated tokens per second.
+    fn tokens_per_s(&self) -> Option<f64> {
+        let rates: Vec<f64> = self.rounds.iter().map(|r| r.tokens_per_s).collect();
+        median(&rates)
+    }
+
+    /// Every round's measurements of one kind, pooled.
+    fn pooled(&self, values: impl Fn(&LoadResult) -> &[f64]) -> Vec<f64> {
+        self.rounds
+            .iter()
+            .flat_map(|r| values(r).iter().copied())
+            .collect()
+    }
 }
 
 impl LlmBench {
@@ -147,6 +170,7 @@ impl LlmBench {
                 "repetitions": self.repetitions,
                 "concurrency": self.concurrency,
                 "serving_seconds": self.duration,
+                "serving_rounds": self.rounds,
                 "ctx_per_sequence": CTX_PER_SEQUENCE,
                 "short_max_tokens": SHORT_MAX_TOKENS,
                 "long_prompt_tokens": LONG_PROMPT_TOKENS,
@@ -247,90 +271,139 @@ impl LlmBench {
             .await
         })?;
         for &n in &self.concurrency {
-            eprintln!("== {}: llama-server, N={n}", spec.id);
-            let llama = keep(
-                errors,
-                format!("{name}: llama-server with {n} streams"),
-                env.runtime.block_on(self.serving(
+            eprintln!("== {}: llama-server and ember serve, N={n}", spec.id);
+            let sides = [
+                (
+                    format!("{name}: llama-server with {n} streams"),
                     Server::llama(bin, &config(n)),
                     Api::LlamaServer,
-                    &client,
-                    &prompts,
-                    n,
-                )),
-            );
-            eprintln!("== {}: ember serve, N={n}", spec.id);
-            let ember = keep(
-                errors,
-                format!("{name}: ember serve with {n} streams"),
-                env.runtime.block_on(self.serving(
+                ),
+                (
+                    format!("{name}: ember serve with {n} streams"),
                     Server::ember(&spec.id, env.home, env.catalog_file, &config(n)),
                     Api::Ember(spec.id.clone()),
-                    &client,
-                    &prompts,
-                    n,
-                )),
-            );
+                ),
+            ];
+            let [llama, ember] = env
+                .runtime
+                .block_on(self.serving(sides, &client, &prompts, n, errors));
             serving_rows(rows, name, n, ember.as_ref(), llama.as_ref());
         }
         Ok(())
     }
 
-    /// Warms the server up, runs `n` streams, then (at the mixed concurrency) the mixed run, and
-    /// reads the server's peak RSS.
+    /// Measures both servers at `n` streams. They run side by side, idle but for the one being
+    /// measured: after a warm-up request each, `rounds` timed runs alternate between them (in
+    /// ABBA order), so that the drift of a shared machine's speed falls on both alike and later
+    /// rounds see each server's caches filled. Then (at the mixed concurrency) the mixed run on
+    /// each, and each server's peak RSS. A side that fails is recorded in `errors` and dropped.
     async fn serving(
         &self,
-        server: Result<Server>,
-        api: Api,
+        servers: [(String, Result<Server>, Api); 2],
         client: &reqwest::Client,
         prompts: &Prompts,
         n: u32,
-    ) -> Result<Serving> {
-        let mut server = server?;
-        let run = async {
-            server.wait_ready(client).await?;
-            let target = Target {
-                client: client.clone(),
-                base: server.base.clone(),
-                api,
+        errors: &mut Vec<String>,
+    ) -> [Option<Serving>; 2] {
+        let mut sides: [Option<(String, Side)>; 2] = [None, None];
+        for (slot, (what, server, api)) in sides.iter_mut().zip(servers) {
+            let ready = async {
+                let mut server = server?;
+                server.wait_ready(client).await?;
+                let target = Target {
+                    client: client.clone(),
+                    base: server.base.clone(),
+                    api,
+                };
+                if let Err(error) = target.warm_up(&prompts.short[0]).await {
+                    bail!("{error:#}\nserver log:\n{}", server.log_tail());
+                }
+                anyhow::Ok(Side {
+                    server,
+                    target,
+                    serving: Serving::default(),
+                })
             };
-            let duration = Duration::from_secs(self.duration);
-            target.warm_up(&prompts.short[0]).await?;
-            let load = target
-                .load(&prompts.short, SHORT_MAX_TOKENS, n as usize, duration, None)
-                .await?;
-            let mixed = if n == MIXED_CONCURRENCY {
+            *slot = keep(errors, what.clone(), ready.await).map(|side| (what, side));
+        }
+        let duration = Duration::from_secs(self.duration);
+        for round in 0..self.rounds {
+            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            for i in order {
+                let Some((what, side)) = &mut sides[i] else {
+                    continue;
+                };
+                let run = side
+                    .target
+                    .load(&prompts.short, SHORT_MAX_TOKENS, n as usize, duration, None)
+                    .await;
+                match run {
+                    Ok(load) => {
+                        eprintln!(
+                            "   round {}: {what}: {:.1} tok/s",
+                            round + 1,
+                            load.tokens_per_s
+                        );
+                        side.serving.rounds.push(load);
+                    }
+                    Err(error) => {
+                        errors.push(side.failed(what, &error));
+                        sides[i] = None;
+                    }
+                }
+            }
+        }
+        if n == MIXED_CONCURRENCY {
+            for slot in &mut sides {
+                let Some((what, side)) = slot else {
+                    continue;
+                };
                 let long = LongLoad {
                     prompts: prompts.long.clone(),
                     max_tokens: LONG_MAX_TOKENS,
                     interval: LONG_INTERVAL,
                 };
                 let short_clients = n as usize - 1;
-                Some(
-                    target
-                        .load(
-                            &prompts.short,
-                            SHORT_MAX_TOKENS,
-                            short_clients,
-                            duration,
-                            Some(long),
-                        )
-                        .await?,
-                )
-            } else {
-                None
-            };
-            anyhow::Ok((load, mixed))
-        };
-        let (load, mixed) = match run.await {
-            Ok(results) => results,
-            Err(error) => bail!("{error:#}\nserver log:\n{}", server.log_tail()),
-        };
-        Ok(Serving {
-            load,
-            mixed,
-            peak_rss: server.peak_rss()?,
+                let run = side
+                    .target
+                    .load(
+                        &prompts.short,
+                        SHORT_MAX_TOKENS,
+                        short_clients,
+                        duration,
+                        Some(long),
+                    )
+                    .await;
+                match run {
+                    Ok(mixed) => side.serving.mixed = Some(mixed),
+                    Err(error) => {
+                        errors.push(side.failed(what, &error));
+                        *slot = None;
+                    }
+                }
+            }
+        }
+        sides.map(|slot| {
+            let (what, mut side) = slot?;
+            match side.server.peak_rss() {
+                Ok(peak_rss) => side.serving.peak_rss = peak_rss,
+                Err(error) => errors.push(format!("{what}: peak RSS: {error:#}")),
+            }
+            Some(side.serving)
         })
+    }
+}
+
+/// A server under measurement, and what it measured so far.
+struct Side {
+    server: Server,
+    target: Target,
+    serving: Serving,
+}
+
+impl Side {
+    fn failed(&self, what: &str, error: &anyhow::Error) -> String {
+        format!("{what}: {error:#}\nserver log:\n{}", self.server.log_tail())
     }
 }
 
@@ -357,20 +430,20 @@ fn serving_rows(
         format!("generated, N={n}"),
         "tok/s",
         throughput_goal,
-        &|s| Some(s.load.tokens_per_s),
+        &|s| s.tokens_per_s(),
     );
     // Percentiles over few requests are coarse (p99 of 20 is the maximum): say how many.
     push(format!("requests, N={n}"), "count", "", &|s| {
-        Some(s.load.ttft.len() as f64)
+        Some(s.pooled(|r| &r.ttft).len() as f64)
     });
     for p in [50.0, 99.0] {
         push(format!("TTFT p{p}, N={n}"), "ms", "", &|s| {
-            ms(&s.load.ttft, p)
+            ms(&s.pooled(|r| &r.ttft), p)
         });
     }
     for p in [50.0, 99.0] {
         push(format!("ITL p{p}, N={n}"), "ms", "", &|s| {
-            ms(&s.load.gaps, p)
+            ms(&s.pooled(|r| &r.gaps), p)
         });
     }
     if n == MIXED_CONCURRENCY && ember.or(llama).is_some_and(|s| s.mixed.is_some()) {

@@ -1,6 +1,6 @@
-//! The two servers as child processes on free loopback ports, one at a time: `llama-server` and
-//! `ember serve` with the same GGUF, threads, parallel sequences and KV cells. Waits until each
-//! is ready, reads its peak RSS (VmHWM) and kills it when dropped.
+//! The two servers as child processes on free loopback ports: `llama-server` and `ember serve`
+//! with the same GGUF, threads, parallel sequences and KV cells. Waits until each is ready, reads
+//! its peak RSS (VmHWM) and kills it when dropped.
 
 use anyhow::{Context, Result, bail};
 use std::fs::File;
