@@ -354,6 +354,8 @@ impl LlmBench {
             }
         }
         if n == MIXED_CONCURRENCY {
+            // As long as all timed runs together, so that several long prompts arrive.
+            let mixed_duration = duration * self.rounds.max(1);
             for slot in &mut sides {
                 let Some((what, side)) = slot else {
                     continue;
@@ -370,7 +372,7 @@ impl LlmBench {
                         &prompts.short,
                         SHORT_MAX_TOKENS,
                         short_clients,
-                        duration,
+                        mixed_duration,
                         Some(long),
                     )
                     .await;
