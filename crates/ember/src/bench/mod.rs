@@ -62,7 +62,8 @@ pub struct LlmBench {
     /// Concurrent streams of the serving runs.
     #[arg(long, value_delimiter = ',', default_values_t = [1, 8, 32])]
     concurrency: Vec<u32>,
-    /// Seconds each serving run keeps starting requests.
+    /// Seconds each timed serving run keeps starting requests (the mixed run: `rounds` times as
+    /// long).
     #[arg(long, default_value_t = 20)]
     duration: u64,
     /// Timed serving runs per server and concurrency, alternating between the two servers; the
