@@ -297,7 +297,8 @@ impl LlmBench {
     /// measured: after a warm-up request each, `rounds` timed runs alternate between them (in
     /// ABBA order), so that the drift of a shared machine's speed falls on both alike and later
     /// rounds see each server's caches filled. Then (at the mixed concurrency) the mixed run on
-    /// each, and each server's peak RSS. A side that fails is recorded in `errors` and dropped.
+    /// each, and each server's peak RSS. A run that fails is recorded in `errors`; its server is
+    /// measured no further, but its earlier runs count.
     async fn serving(
         &self,
         servers: [(String, Result<Server>, Api); 2],
@@ -323,6 +324,7 @@ impl LlmBench {
                     server,
                     target,
                     serving: Serving::default(),
+                    broken: false,
                 })
             };
             *slot = keep(errors, what.clone(), ready.await).map(|side| (what, side));
@@ -334,6 +336,9 @@ impl LlmBench {
                 let Some((what, side)) = &mut sides[i] else {
                     continue;
                 };
+                if side.broken {
+                    continue;
+                }
                 let run = side
                     .target
                     .load(&prompts.short, SHORT_MAX_TOKENS, n as usize, duration, None)
@@ -349,7 +354,7 @@ impl LlmBench {
                     }
                     Err(error) => {
                         errors.push(side.failed(what, &error));
-                        sides[i] = None;
+                        side.broken = true;
                     }
                 }
             }
@@ -361,6 +366,9 @@ impl LlmBench {
                 let Some((what, side)) = slot else {
                     continue;
                 };
+                if side.broken {
+                    continue;
+                }
                 let long = LongLoad {
                     prompts: prompts.long.clone(),
                     max_tokens: LONG_MAX_TOKENS,
@@ -381,7 +389,7 @@ impl LlmBench {
                     Ok(mixed) => side.serving.mixed = Some(mixed),
                     Err(error) => {
                         errors.push(side.failed(what, &error));
-                        *slot = None;
+                        side.broken = true;
                     }
                 }
             }
@@ -402,6 +410,8 @@ struct Side {
     server: Server,
     target: Target,
     serving: Serving,
+    /// A run failed: the side is measured no further, but what it measured before is kept.
+    broken: bool,
 }
 
 impl Side {
