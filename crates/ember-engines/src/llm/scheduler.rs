@@ -5,7 +5,8 @@
 //! while sequence ids and KV cells allow (copying cached prompt prefixes), then decode one
 //! batch holding the next token of every decoding sequence plus prompt chunks of the others
 //! (shortest remaining prompt first), up to `step_tokens`; sample each sequence that produced
-//! logits. A client that reads slowly pauses only its own sequence. Finished sequences hand their cells to the prefix cache.
+//! logits. A client that reads slowly pauses only its own sequence. Finished sequences hand their
+//! cells to the prefix cache.
 //!
 //! KV accounting is by reservation: a sequence reserves its uncached prompt plus `max_tokens`
 //! cells when admitted, so a decode never runs out of cells midway.

@@ -307,68 +307,54 @@ impl LlmBench {
         n: u32,
         errors: &mut Vec<String>,
     ) -> [Option<Serving>; 2] {
-        let mut sides: [Option<(String, Side)>; 2] = [None, None];
+        let mut sides: [Option<Side>; 2] = [None, None];
         for (slot, (what, server, api)) in sides.iter_mut().zip(servers) {
             let ready = async {
                 let mut server = server?;
                 server.wait_ready(client).await?;
-                let target = Target {
-                    client: client.clone(),
-                    base: server.base.clone(),
-                    api,
-                };
-                if let Err(error) = target.warm_up(&prompts.short[0]).await {
-                    bail!("{error:#}\nserver log:\n{}", server.log_tail());
-                }
-                anyhow::Ok(Side {
-                    server,
-                    target,
-                    serving: Serving::default(),
-                    broken: false,
-                })
+                anyhow::Ok(server)
             };
-            *slot = keep(errors, what.clone(), ready.await).map(|side| (what, side));
+            let Some(server) = keep(errors, what.clone(), ready.await) else {
+                continue;
+            };
+            let target = Target {
+                client: client.clone(),
+                base: server.base.clone(),
+                api,
+            };
+            let mut side = Side {
+                what,
+                server,
+                target,
+                serving: Serving::default(),
+                broken: false,
+            };
+            let warmed = side.target.warm_up(&prompts.short[0]).await;
+            side.record(errors, warmed);
+            *slot = Some(side);
         }
         let duration = Duration::from_secs(self.duration);
         for round in 0..self.rounds {
             let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
             for i in order {
-                let Some((what, side)) = &mut sides[i] else {
+                let Some(side) = sides[i].as_mut().filter(|side| !side.broken) else {
                     continue;
                 };
-                if side.broken {
-                    continue;
-                }
                 let run = side
                     .target
                     .load(&prompts.short, SHORT_MAX_TOKENS, n as usize, duration, None)
                     .await;
-                match run {
-                    Ok(load) => {
-                        eprintln!(
-                            "   round {}: {what}: {:.1} tok/s",
-                            round + 1,
-                            load.tokens_per_s
-                        );
-                        side.serving.rounds.push(load);
-                    }
-                    Err(error) => {
-                        errors.push(side.failed(what, &error));
-                        side.broken = true;
-                    }
+                if let Some(load) = side.record(errors, run) {
+                    let (round, rate) = (round + 1, load.tokens_per_s);
+                    eprintln!("   round {round}: {}: {rate:.1} tok/s", side.what);
+                    side.serving.rounds.push(load);
                 }
             }
         }
         if n == MIXED_CONCURRENCY {
             // As long as all timed runs together, so that several long prompts arrive.
             let mixed_duration = duration * self.rounds.max(1);
-            for slot in &mut sides {
-                let Some((what, side)) = slot else {
-                    continue;
-                };
-                if side.broken {
-                    continue;
-                }
+            for side in sides.iter_mut().flatten().filter(|side| !side.broken) {
                 let long = LongLoad {
                     prompts: prompts.long.clone(),
                     max_tokens: LONG_MAX_TOKENS,
@@ -385,20 +371,14 @@ impl LlmBench {
                         Some(long),
                     )
                     .await;
-                match run {
-                    Ok(mixed) => side.serving.mixed = Some(mixed),
-                    Err(error) => {
-                        errors.push(side.failed(what, &error));
-                        side.broken = true;
-                    }
-                }
+                side.serving.mixed = side.record(errors, run);
             }
         }
-        sides.map(|slot| {
-            let (what, mut side) = slot?;
+        sides.map(|side| {
+            let mut side = side?;
             match side.server.peak_rss() {
                 Ok(peak_rss) => side.serving.peak_rss = peak_rss,
-                Err(error) => errors.push(format!("{what}: peak RSS: {error:#}")),
+                Err(error) => errors.push(format!("{}: peak RSS: {error:#}", side.what)),
             }
             Some(side.serving)
         })
@@ -407,6 +387,8 @@ impl LlmBench {
 
 /// A server under measurement, and what it measured so far.
 struct Side {
+    /// Names the server and concurrency in errors and progress lines.
+    what: String,
     server: Server,
     target: Target,
     serving: Serving,
@@ -415,8 +397,18 @@ struct Side {
 }
 
 impl Side {
-    fn failed(&self, what: &str, error: &anyhow::Error) -> String {
-        format!("{what}: {error:#}\nserver log:\n{}", self.server.log_tail())
+    /// A run's result; a failure is recorded in `errors` with the server's log, and stops the
+    /// side.
+    fn record<T>(&mut self, errors: &mut Vec<String>, result: Result<T>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(error) => {
+                let log = self.server.log_tail();
+                errors.push(format!("{}: {error:#}\nserver log:\n{log}", self.what));
+                self.broken = true;
+                None
+            }
+        }
     }
 }
 
