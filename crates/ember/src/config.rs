@@ -94,6 +94,7 @@ impl EngineOptions {
                 max_sequences: self.max_sequences.unwrap_or(defaults.max_sequences),
                 kv_cells: self.kv_cells,
                 step_tokens: self.step_tokens.unwrap_or(defaults.step_tokens),
+                prefix_cache: defaults.prefix_cache,
                 threads: None,
                 max_waiting: self.max_waiting.unwrap_or(defaults.max_waiting),
                 max_wait: self

@@ -42,6 +42,9 @@ pub struct LlmSettings {
     pub kv_cells: Option<u32>,
     /// Tokens per forward pass: the next token of every decoding sequence plus prompt chunks.
     pub step_tokens: u32,
+    /// Keep finished requests' cells for later prompts that start the same way. Off, every
+    /// request starts on a cache holding only the running sequences.
+    pub prefix_cache: bool,
     /// llama.cpp threads; default `EMBER_THREADS` or every core.
     pub threads: Option<i32>,
     /// Requests that may wait for a sequence slot, and for how long.
@@ -55,6 +58,7 @@ impl Default for LlmSettings {
             max_sequences: 32,
             kv_cells: None,
             step_tokens: 512,
+            prefix_cache: true,
             threads: None,
             max_waiting: 256,
             max_wait: Duration::from_secs(30),
@@ -152,6 +156,7 @@ pub fn load(
         kv_cells,
         max_sequences,
         step_tokens: settings.step_tokens.max(max_sequences + 1),
+        prefix_cache: settings.prefix_cache,
         threads,
         sliding_window: shape.sliding_window,
         price: spec.price,

@@ -57,6 +57,7 @@ pub(crate) struct Config {
     pub kv_cells: u32,
     pub max_sequences: u32,
     pub step_tokens: u32,
+    pub prefix_cache: bool,
     pub threads: i32,
     /// The model's sliding attention window, if some layers use one.
     pub sliding_window: Option<u32>,
@@ -72,6 +73,7 @@ impl Config {
     /// llama-server's per-slot caches hold.
     fn prefix_entries(&self) -> u32 {
         match self.sliding_window {
+            _ if !self.prefix_cache => 0,
             Some(_) => self.max_sequences,
             None => PREFIX_ENTRIES,
         }

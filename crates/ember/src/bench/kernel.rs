@@ -1,12 +1,12 @@
-//! Ember's side of the kernel rows: loads the LLM engine in-process and times prefill and decode
-//! through its scheduler the way llama-bench times llama.cpp (random token ids, one warm-up, the
-//! median of the repetitions).
+//! Ember's side of the kernel rows: loads the LLM engine in-process once and times prefill and
+//! decode through its scheduler the way llama-bench times llama.cpp (random token ids, one
+//! warm-up), one sample of each row per round; and the samples of both sides.
 
 use super::report::median;
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use ember_core::ModelSpec;
 use ember_core::metrics::Metrics;
-use ember_engines::llm::{self, LlmSettings};
+use ember_engines::llm::{self, LlmEngine, LlmSettings};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -17,60 +17,88 @@ pub const DECODE_DEPTHS: [u32; 2] = [128, 512];
 /// Tokens generated (and timed) per decode sample.
 pub const DECODE_TOKENS: u32 = 128;
 
-/// Tokens per second: prefill by prompt length, decode by context depth.
+/// Samples in tokens per second: prefill by prompt length, decode by context depth.
 #[derive(Default)]
-pub struct KernelRates {
-    pub prefill: BTreeMap<u32, f64>,
-    pub decode: BTreeMap<u32, f64>,
+pub struct KernelSamples {
+    pub prefill: BTreeMap<u32, Vec<f64>>,
+    pub decode: BTreeMap<u32, Vec<f64>>,
 }
 
-pub fn ember(
-    spec: &ModelSpec,
-    dir: &Path,
-    n_vocab: u32,
-    threads: u32,
-    repetitions: u32,
-) -> Result<KernelRates> {
-    let settings = LlmSettings {
-        max_sequences: 1,
-        kv_cells: Some(1024),
-        threads: Some(i32::try_from(threads)?),
-        ..LlmSettings::default()
-    };
-    let engine = llm::load(spec, dir, &settings, Metrics::new().model(&spec.id))?;
-    let mut tokens = RandomTokens::new(n_vocab);
-    let mut rates = KernelRates::default();
-    for n in PREFILL_TOKENS {
-        let rate = timed(repetitions, || {
-            let timing = engine.timed_generation(tokens.take(n), 1)?;
-            Ok(f64::from(n) / timing.prefill.as_secs_f64())
-        })?;
-        rates.prefill.insert(n, rate);
+impl KernelSamples {
+    /// The median of one row's samples.
+    pub fn median(&self, prefill: bool, n: u32) -> Option<f64> {
+        let rows = if prefill { &self.prefill } else { &self.decode };
+        rows.get(&n).and_then(|samples| median(samples))
     }
-    for depth in DECODE_DEPTHS {
-        let rate = timed(repetitions, || {
+
+    /// The latest sample of every row, for the progress log.
+    pub fn latest(&self) -> String {
+        let prefill = self
+            .prefill
+            .iter()
+            .map(|(n, s)| (format!("prefill {n}"), s));
+        let decode = self
+            .decode
+            .iter()
+            .map(|(n, s)| (format!("decode after {n}"), s));
+        let latest: Vec<String> = prefill
+            .chain(decode)
+            .filter_map(|(row, samples)| Some(format!("{row} {:.1}", samples.last()?)))
+            .collect();
+        latest.join(", ")
+    }
+}
+
+/// Ember's engine with one sequence, loaded once for all of its samples.
+pub struct EmberKernels {
+    engine: LlmEngine,
+    tokens: RandomTokens,
+}
+
+impl EmberKernels {
+    /// Loads the engine and runs one warm-up sample.
+    pub fn load(spec: &ModelSpec, dir: &Path, n_vocab: u32, threads: u32) -> Result<Self> {
+        let settings = LlmSettings {
+            max_sequences: 1,
+            kv_cells: Some(1024),
+            // Every sample starts on an empty cache, as llama-bench's do: other requests' cached
+            // cells would lengthen each attention scan and shift where this one's cells land.
+            prefix_cache: false,
+            threads: Some(i32::try_from(threads)?),
+            ..LlmSettings::default()
+        };
+        let engine = llm::load(spec, dir, &settings, Metrics::new().model(&spec.id))?;
+        let mut kernels = EmberKernels {
+            engine,
+            tokens: RandomTokens::new(n_vocab),
+        };
+        kernels.sample(&mut KernelSamples::default())?;
+        Ok(kernels)
+    }
+
+    /// One sample of every row, added to `samples`.
+    pub fn sample(&mut self, samples: &mut KernelSamples) -> Result<()> {
+        for n in PREFILL_TOKENS {
+            let timing = self.engine.timed_generation(self.tokens.take(n), 1)?;
+            let rate = f64::from(n) / timing.prefill.as_secs_f64();
+            samples.prefill.entry(n).or_default().push(rate);
+        }
+        for depth in DECODE_DEPTHS {
             // The first token comes out of the prefill; the next DECODE_TOKENS are decode steps.
-            let timing = engine.timed_generation(tokens.take(depth), DECODE_TOKENS + 1)?;
+            let timing = self
+                .engine
+                .timed_generation(self.tokens.take(depth), DECODE_TOKENS + 1)?;
             ensure!(
                 timing.generated == DECODE_TOKENS + 1,
                 "generated {} tokens, asked for {}",
                 timing.generated,
                 DECODE_TOKENS + 1
             );
-            Ok(f64::from(DECODE_TOKENS) / timing.decode.as_secs_f64())
-        })?;
-        rates.decode.insert(depth, rate);
+            let rate = f64::from(DECODE_TOKENS) / timing.decode.as_secs_f64();
+            samples.decode.entry(depth).or_default().push(rate);
+        }
+        Ok(())
     }
-    Ok(rates)
-}
-
-/// One warm-up run, then the median of `repetitions` runs.
-fn timed(repetitions: u32, mut sample: impl FnMut() -> Result<f64>) -> Result<f64> {
-    sample()?;
-    let samples = (0..repetitions)
-        .map(|_| sample())
-        .collect::<Result<Vec<f64>>>()?;
-    median(&samples).context("no repetitions")
 }
 
 /// Uniformly spread token ids (xorshift64*), fixed seed so runs are repeatable.

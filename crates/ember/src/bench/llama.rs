@@ -2,8 +2,7 @@
 //! `llama-server` are built by `scripts/bench/build-llama-tools.sh` (cached outside the clone)
 //! unless `--llama-bin` names a folder holding them.
 
-use super::kernel::{DECODE_DEPTHS, DECODE_TOKENS, KernelRates, PREFILL_TOKENS};
-use super::report::median;
+use super::kernel::{DECODE_DEPTHS, DECODE_TOKENS, KernelSamples, PREFILL_TOKENS};
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -51,23 +50,20 @@ struct Test {
     samples_ts: Vec<f64>,
 }
 
-/// Prefill and decode rates from `llama-bench` (its own warm-up, then `repetitions` samples each;
-/// the median is kept).
-pub fn kernel(bin: &Path, gguf: &Path, threads: u32, repetitions: u32) -> Result<KernelRates> {
+/// One sample of every kernel row from `llama-bench` (after its own warm-up), added to `samples`.
+pub fn kernel(bin: &Path, gguf: &Path, threads: u32, samples: &mut KernelSamples) -> Result<()> {
     let (prefill_lengths, depths) = (list(&PREFILL_TOKENS), list(&DECODE_DEPTHS));
     let decode_tokens = DECODE_TOKENS.to_string();
     let prefill = run_bench(
         bin,
         gguf,
         threads,
-        repetitions,
         &["-p", prefill_lengths.as_str(), "-n", "0"],
     )?;
     let decode = run_bench(
         bin,
         gguf,
         threads,
-        repetitions,
         &[
             "-p",
             "0",
@@ -77,16 +73,18 @@ pub fn kernel(bin: &Path, gguf: &Path, threads: u32, repetitions: u32) -> Result
             depths.as_str(),
         ],
     )?;
-    let mut rates = KernelRates::default();
     for test in prefill.iter().chain(&decode) {
-        let rate = median(&test.samples_ts).context("llama-bench reported no samples")?;
-        match (test.n_prompt, test.n_gen) {
-            (n, 0) => rates.prefill.insert(n, rate),
-            (0, _) => rates.decode.insert(test.n_depth, rate),
+        let Some(&rate) = test.samples_ts.first() else {
+            bail!("llama-bench reported no samples");
+        };
+        let rows = match (test.n_prompt, test.n_gen) {
+            (n, 0) => samples.prefill.entry(n),
+            (0, _) => samples.decode.entry(test.n_depth),
             _ => bail!("unexpected llama-bench test"),
         };
+        rows.or_default().push(rate);
     }
-    Ok(rates)
+    Ok(())
 }
 
 fn list(values: &[u32]) -> String {
@@ -94,19 +92,13 @@ fn list(values: &[u32]) -> String {
     strings.join(",")
 }
 
-fn run_bench(
-    bin: &Path,
-    gguf: &Path,
-    threads: u32,
-    repetitions: u32,
-    tests: &[&str],
-) -> Result<Vec<Test>> {
+fn run_bench(bin: &Path, gguf: &Path, threads: u32, tests: &[&str]) -> Result<Vec<Test>> {
     let mut command = Command::new(bin.join("llama-bench"));
     command
         .arg("-m")
         .arg(gguf)
         .args(["-t", &threads.to_string()])
-        .args(["-r", &repetitions.to_string()])
+        .args(["-r", "1"])
         .args(["-o", "json"])
         .args(tests)
         .stderr(Stdio::piped());

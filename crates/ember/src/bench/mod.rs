@@ -18,7 +18,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use ember_core::catalog::Engine;
 use ember_core::{Catalog, ModelSpec, installed};
-use kernel::{DECODE_DEPTHS, DECODE_TOKENS, KernelRates, PREFILL_TOKENS};
+use kernel::{DECODE_DEPTHS, DECODE_TOKENS, EmberKernels, KernelSamples, PREFILL_TOKENS};
 use load::{Api, LoadResult, LongLoad, Target};
 use prompts::Prompts;
 use report::{Row, median, percentile};
@@ -206,23 +206,9 @@ impl LlmBench {
         let gguf = dir.join("model.gguf");
         let info = gguf::read(&gguf)?;
 
-        eprintln!("== {}: llama-bench", spec.id);
-        let llama = keep(
-            errors,
-            format!("{name}: llama-bench"),
-            llama::kernel(bin, &gguf, self.threads, self.repetitions),
-        );
-        eprintln!("== {}: Ember engine", spec.id);
-        let ember = keep(
-            errors,
-            format!("{name}: Ember kernels"),
-            kernel::ember(spec, &dir, info.n_vocab, self.threads, self.repetitions),
-        );
-        let rate = |side: &Option<KernelRates>, prefill: bool, n: u32| {
-            side.as_ref().and_then(|k| {
-                let rates = if prefill { &k.prefill } else { &k.decode };
-                rates.get(&n).copied()
-            })
+        let [llama, ember] = self.kernels(spec, &dir, &gguf, info.n_vocab, bin, errors);
+        let rate = |side: &Option<KernelSamples>, prefill: bool, n: u32| {
+            side.as_ref().and_then(|samples| samples.median(prefill, n))
         };
         for n in PREFILL_TOKENS {
             rows.push(Row::new(
@@ -291,6 +277,58 @@ impl LlmBench {
             serving_rows(rows, name, n, ember.as_ref(), llama.as_ref());
         }
         Ok(())
+    }
+
+    /// The kernel rows' samples, llama-bench's and Ember's: `repetitions` rounds that alternate
+    /// between the two (in ABBA order, as the serving runs do), so that the drift of a shared
+    /// machine's speed falls on both alike. A side that fails is recorded in `errors` and keeps
+    /// no samples.
+    fn kernels(
+        &self,
+        spec: &ModelSpec,
+        dir: &Path,
+        gguf: &Path,
+        n_vocab: u32,
+        bin: &Path,
+        errors: &mut Vec<String>,
+    ) -> [Option<KernelSamples>; 2] {
+        let name = spec.id.rsplit('/').next().unwrap_or(&spec.id);
+        eprintln!("== {}: kernels, llama-bench and Ember", spec.id);
+        let mut ember = keep(
+            errors,
+            format!("{name}: Ember kernels"),
+            EmberKernels::load(spec, dir, n_vocab, self.threads),
+        );
+        let mut samples = [
+            Some(KernelSamples::default()),
+            ember.as_ref().map(|_| KernelSamples::default()),
+        ];
+        for round in 0..self.repetitions {
+            let llama_first = matches!(round % 4, 0 | 3);
+            for llama_turn in [llama_first, !llama_first] {
+                let side = usize::from(!llama_turn);
+                let Some(side_samples) = samples[side].as_mut() else {
+                    continue;
+                };
+                let (what, result) = if llama_turn {
+                    (
+                        "llama-bench",
+                        llama::kernel(bin, gguf, self.threads, side_samples),
+                    )
+                } else {
+                    let kernels = ember
+                        .as_mut()
+                        .expect("Ember's samples exist only with its engine");
+                    ("Ember kernels", kernels.sample(side_samples))
+                };
+                if keep(errors, format!("{name}: {what}"), result).is_some() {
+                    eprintln!("   round {}, {what}: {}", round + 1, side_samples.latest());
+                } else {
+                    samples[side] = None;
+                }
+            }
+        }
+        samples
     }
 
     /// Measures both servers at `n` streams. They run side by side, idle but for the one being
