@@ -624,8 +624,9 @@ impl<'m, 'c> Scheduler<'m, 'c> {
         // Prompt chunks with what is left. While streams decode, prompts get at most a quarter
         // of the step: a step's duration is every stream's inter-token gap, and on a CPU a
         // 512-token chunk costs seconds while 128-token chunks prefill as fast per token.
+        let share = (self.step_tokens / PREFILL_SHARE_WHILE_DECODING).max(1);
         if !self.planned.is_empty() {
-            budget = budget.min((self.step_tokens / PREFILL_SHARE_WHILE_DECODING).max(1));
+            budget = budget.min(share);
         }
         // Shortest remaining prompt first: a short prompt is never stuck behind the dozens of
         // chunks of a long one, which loses only a few tokens of a step.
@@ -639,7 +640,14 @@ impl<'m, 'c> Scheduler<'m, 'c> {
             }
             let sequence = &self.running[i];
             let seq_id = sequence.seq_id.expect("prefilling");
-            let take = budget.min(sequence.n_prompt - sequence.n_past);
+            let remaining = sequence.n_prompt - sequence.n_past;
+            let mut take = budget.min(remaining);
+            // A prompt that needs further steps reads a quarter step at most while other
+            // requests run: a step's duration is also what a request arriving during it waits
+            // before its prompt starts.
+            if take < remaining && self.running.len() > 1 {
+                take = take.min(share);
+            }
             let mut logits = None;
             for offset in 0..take {
                 let pos = sequence.n_past + offset;
