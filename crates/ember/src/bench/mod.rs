@@ -56,7 +56,8 @@ pub struct LlmBench {
     /// CPU threads, on both sides.
     #[arg(long, default_value_t = 2)]
     threads: u32,
-    /// Timed repetitions of each kernel test, after one warm-up; the median is reported.
+    /// Rounds of the kernel tests, alternating between llama-bench and Ember, after one warm-up
+    /// each; the median is reported.
     #[arg(long, default_value_t = 5)]
     repetitions: u32,
     /// Concurrent streams of the serving runs.
@@ -304,13 +305,12 @@ impl LlmBench {
             ember.as_ref().map(|_| KernelSamples::default()),
         ];
         for round in 0..self.repetitions {
-            let llama_first = matches!(round % 4, 0 | 3);
-            for llama_turn in [llama_first, !llama_first] {
-                let side = usize::from(!llama_turn);
+            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            for side in order {
                 let Some(side_samples) = samples[side].as_mut() else {
                     continue;
                 };
-                let (what, result) = if llama_turn {
+                let (what, result) = if side == 0 {
                     (
                         "llama-bench",
                         llama::kernel(bin, gguf, self.threads, side_samples),
