@@ -94,16 +94,7 @@ impl Normaliser {
         if max == f32::NEG_INFINITY {
             return normaliser;
         }
-        let mut lanes = [0.0; LANES];
-        let chunks = logits.chunks_exact(LANES);
-        let rest = chunks.remainder();
-        for chunk in chunks {
-            for (lane, &logit) in lanes.iter_mut().zip(chunk) {
-                *lane += normaliser.weight(logit);
-            }
-        }
-        normaliser.sum =
-            lanes.iter().sum::<f32>() + rest.iter().map(|&l| normaliser.weight(l)).sum::<f32>();
+        normaliser.sum = reduce(logits, 0.0, |l| normaliser.weight(l), |a, b| a + b);
         for o in overrides {
             normaliser.sum += normaliser.weight(o.adjusted) - normaliser.weight(o.raw);
         }
@@ -295,20 +286,34 @@ fn argmax(logits: &[f32]) -> usize {
 
 /// The largest value (negative infinity when empty; NaNs are skipped).
 fn largest(values: &[f32]) -> f32 {
-    let mut lanes = [f32::NEG_INFINITY; LANES];
+    reduce(
+        values,
+        f32::NEG_INFINITY,
+        |v| v,
+        |max, v| if v > max { v } else { max },
+    )
+}
+
+/// `combine` over `map` of every value, starting from `identity`, in `LANES` independent
+/// accumulators so that the compiler vectorises the loop (one accumulator would fix the order
+/// of the float operations and keep it scalar).
+fn reduce(
+    values: &[f32],
+    identity: f32,
+    map: impl Fn(f32) -> f32,
+    combine: impl Fn(f32, f32) -> f32,
+) -> f32 {
+    let mut lanes = [identity; LANES];
     let chunks = values.chunks_exact(LANES);
     let rest = chunks.remainder();
     for chunk in chunks {
         for (lane, &value) in lanes.iter_mut().zip(chunk) {
-            if value > *lane {
-                *lane = value;
-            }
+            *lane = combine(*lane, map(value));
         }
     }
-    lanes.iter().chain(rest).fold(
-        f32::NEG_INFINITY,
-        |max, &value| if value > max { value } else { max },
-    )
+    let lanes = lanes.into_iter().fold(identity, &combine);
+    rest.iter()
+        .fold(lanes, |acc, &value| combine(acc, map(value)))
 }
 
 /// e^x for x ≤ 0 (weights of logits below the maximum) in plain arithmetic the compiler

@@ -305,8 +305,7 @@ impl LlmBench {
             ember.as_ref().map(|_| KernelSamples::default()),
         ];
         for round in 0..self.repetitions {
-            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
-            for side in order {
+            for side in turns(round) {
                 let Some(side_samples) = samples[side].as_mut() else {
                     continue;
                 };
@@ -373,8 +372,7 @@ impl LlmBench {
         }
         let duration = Duration::from_secs(self.duration);
         for round in 0..self.rounds {
-            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
-            for i in order {
+            for i in turns(round) {
                 let Some(side) = sides[i].as_mut().filter(|side| !side.broken) else {
                     continue;
                 };
@@ -515,6 +513,16 @@ fn serving_rows(
 }
 
 /// The value of one side's measurement, or `None` with the failure recorded.
+/// The order in which the two sides run in a round: swapped every round, so that over the rounds
+/// the runs go A B B A A B…, and a steady drift of the machine's speed falls on both alike.
+fn turns(round: u32) -> [usize; 2] {
+    if round.is_multiple_of(2) {
+        [0, 1]
+    } else {
+        [1, 0]
+    }
+}
+
 fn keep<T>(errors: &mut Vec<String>, what: String, result: Result<T>) -> Option<T> {
     match result {
         Ok(value) => Some(value),
