@@ -9,7 +9,8 @@ command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v c++ >/dev/null 2>&1 || need+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v curl >/dev/null 2>&1 || need+=(curl)
-ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev clang)
+# libclang itself: libclang-cpp (which some images carry without it) does not serve bindgen.
+ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || need+=(libclang-dev clang)
 if [ "${1:-}" = "--tests" ]; then
   command -v node >/dev/null 2>&1 || need+=(nodejs npm)
   python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
