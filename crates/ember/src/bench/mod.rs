@@ -19,7 +19,7 @@ use clap::{Args, Subcommand};
 use ember_core::catalog::Engine;
 use ember_core::{Catalog, ModelSpec, installed};
 use kernel::{DECODE_DEPTHS, DECODE_TOKENS, EmberKernels, KernelSamples, PREFILL_TOKENS};
-use load::{Api, LoadResult, LongLoad, Target};
+use load::{Api, Arrivals, LoadResult, LongLoad, Target};
 use prompts::Prompts;
 use report::{Row, median, percentile};
 use servers::{Server, ServerConfig};
@@ -38,8 +38,13 @@ const LONG_PROMPT_TOKENS: usize = 4000;
 const LONG_MAX_TOKENS: u32 = 16;
 /// Pause between one long prompt finishing and the next being sent, in the mixed run.
 const LONG_INTERVAL: Duration = Duration::from_secs(5);
-/// The concurrency of the mixed run: this many streams, one of them the long-prompt client.
+/// The concurrency at which the mixed run follows the timed runs; its calibration runs this many
+/// clients, one of them the long-prompt client.
 const MIXED_CONCURRENCY: u32 = 8;
+/// The mixed run's short requests arrive at this share of the slower server's short-request rate
+/// in the calibration, so that both servers have room to spare on average and only the long
+/// prompts make requests wait.
+const MIXED_LOAD: f64 = 0.5;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -63,8 +68,8 @@ pub struct LlmBench {
     /// Concurrent streams of the serving runs.
     #[arg(long, value_delimiter = ',', default_values_t = [1, 8, 32])]
     concurrency: Vec<u32>,
-    /// Seconds each timed serving run keeps starting requests (the mixed run: `rounds` times as
-    /// long).
+    /// Seconds each timed serving run keeps starting requests (the mixed run: twice as long to
+    /// calibrate, then `rounds` times as long).
     #[arg(long, default_value_t = 20)]
     duration: u64,
     /// Timed serving runs per server and concurrency, alternating between the two servers; the
@@ -98,7 +103,10 @@ pub fn run(command: BenchCommand, env: &Env) -> Result<()> {
 struct Serving {
     /// The timed runs, in order.
     rounds: Vec<LoadResult>,
-    mixed: Option<LoadResult>,
+    /// Short requests per second with the long-prompt client, closed loop (the calibration).
+    mixed_capacity: Option<f64>,
+    /// The open-loop mixed run, and its short requests' arrival rate.
+    mixed: Option<(f64, LoadResult)>,
     peak_rss: u64,
 }
 
@@ -107,6 +115,10 @@ impl Serving {
     fn tokens_per_s(&self) -> Option<f64> {
         let rates: Vec<f64> = self.rounds.iter().map(|r| r.tokens_per_s).collect();
         median(&rates)
+    }
+
+    fn mixed_run(&self) -> Option<&LoadResult> {
+        self.mixed.as_ref().map(|(_, load)| load)
     }
 
     /// Every round's measurements of one kind, pooled.
@@ -177,7 +189,11 @@ impl LlmBench {
                 "short_max_tokens": SHORT_MAX_TOKENS,
                 "long_prompt_tokens": LONG_PROMPT_TOKENS,
                 "long_max_tokens": LONG_MAX_TOKENS,
-                "mixed": format!("{} short streams + 1 long-prompt client", MIXED_CONCURRENCY - 1),
+                "mixed": format!(
+                    "short requests at {MIXED_LOAD} of the slower server's rate with {} closed-loop \
+                     short clients, + 1 long-prompt client",
+                    MIXED_CONCURRENCY - 1
+                ),
                 "llama_cpp": "llama-cpp-python 0.3.36 sdist (vendor/llama.cpp)",
                 "ember": env!("CARGO_PKG_VERSION"),
                 "optimized_build": !cfg!(debug_assertions),
@@ -378,7 +394,13 @@ impl LlmBench {
                 };
                 let run = side
                     .target
-                    .load(&prompts.short, SHORT_MAX_TOKENS, n as usize, duration, None)
+                    .load(
+                        &prompts.short,
+                        SHORT_MAX_TOKENS,
+                        Arrivals::Clients(n as usize),
+                        duration,
+                        None,
+                    )
                     .await;
                 if let Some(load) = side.record(errors, run) {
                     let (round, rate) = (round + 1, load.tokens_per_s);
@@ -388,27 +410,7 @@ impl LlmBench {
             }
         }
         if n == MIXED_CONCURRENCY {
-            // As long as all timed runs together, so that several long prompts arrive.
-            let mixed_duration = duration * self.rounds.max(1);
-            for side in sides.iter_mut().flatten().filter(|side| !side.broken) {
-                let long = LongLoad {
-                    prompts: prompts.long.clone(),
-                    max_tokens: LONG_MAX_TOKENS,
-                    interval: LONG_INTERVAL,
-                };
-                let short_clients = n as usize - 1;
-                let run = side
-                    .target
-                    .load(
-                        &prompts.short,
-                        SHORT_MAX_TOKENS,
-                        short_clients,
-                        mixed_duration,
-                        Some(long),
-                    )
-                    .await;
-                side.serving.mixed = side.record(errors, run);
-            }
+            self.mixed(&mut sides, prompts, n, errors).await;
         }
         sides.map(|side| {
             let mut side = side?;
@@ -418,6 +420,68 @@ impl LlmBench {
             }
             Some(side.serving)
         })
+    }
+
+    /// The mixed run, where ~4,000-token prompts arrive during short streams. First a calibration
+    /// on each server (closed loop: `n - 1` short clients and the long-prompt client, twice the
+    /// timed run's length) finds the short-request rate it sustains beside the long prompts. Then
+    /// the measured run (open loop, as long as all timed runs together so that several long
+    /// prompts arrive): short requests arrive at `MIXED_LOAD` of the slower server's rate on
+    /// both, whatever the server is doing, beside the same long-prompt client. In a closed loop a
+    /// server that stalls every stream on a long prompt meets no new request while it stalls, and
+    /// its p99 time to first token would hide the stall.
+    async fn mixed(
+        &self,
+        sides: &mut [Option<Side>; 2],
+        prompts: &Prompts,
+        n: u32,
+        errors: &mut Vec<String>,
+    ) {
+        let duration = Duration::from_secs(self.duration);
+        let long = || LongLoad {
+            prompts: prompts.long.clone(),
+            max_tokens: LONG_MAX_TOKENS,
+            interval: LONG_INTERVAL,
+        };
+        let mut capacities = Vec::new();
+        for side in sides.iter_mut().flatten().filter(|side| !side.broken) {
+            let clients = Arrivals::Clients(n as usize - 1);
+            let run = side
+                .target
+                .load(
+                    &prompts.short,
+                    SHORT_MAX_TOKENS,
+                    clients,
+                    duration * 2,
+                    Some(long()),
+                )
+                .await;
+            if let Some(load) = side.record(errors, run) {
+                eprintln!(
+                    "   mixed calibration: {}: {:.2} short requests/s",
+                    side.what, load.requests_per_s
+                );
+                side.serving.mixed_capacity = Some(load.requests_per_s);
+                capacities.push(load.requests_per_s);
+            }
+        }
+        let Some(slowest) = capacities.into_iter().reduce(f64::min) else {
+            return;
+        };
+        let rate = MIXED_LOAD * slowest;
+        for side in sides.iter_mut().flatten().filter(|side| !side.broken) {
+            let run = side
+                .target
+                .load(
+                    &prompts.short,
+                    SHORT_MAX_TOKENS,
+                    Arrivals::PerSecond(rate),
+                    duration * self.rounds.max(1),
+                    Some(long()),
+                )
+                .await;
+            side.serving.mixed = side.record(errors, run).map(|load| (rate, load));
+        }
     }
 }
 
@@ -487,24 +551,36 @@ fn serving_rows(
             ms(&s.pooled(|r| &r.gaps), p)
         });
     }
-    if n == MIXED_CONCURRENCY && ember.or(llama).is_some_and(|s| s.mixed.is_some()) {
+    if ember.or(llama).is_some_and(|s| s.mixed_capacity.is_some()) {
         let mixed = format!("mixed N={n}");
+        push(
+            format!("{mixed}: short requests, closed loop"),
+            "req/s",
+            "",
+            &|s| s.mixed_capacity,
+        );
+        push(
+            format!("{mixed}: short arrivals, open loop"),
+            "req/s",
+            "",
+            &|s| s.mixed.as_ref().map(|(rate, _)| *rate),
+        );
         push(format!("{mixed}: short requests"), "count", "", &|s| {
-            Some(s.mixed.as_ref()?.ttft.len() as f64)
+            Some(s.mixed_run()?.ttft.len() as f64)
         });
         push(format!("{mixed}: long requests"), "count", "", &|s| {
-            Some(s.mixed.as_ref()?.long_ttft.len() as f64)
+            Some(s.mixed_run()?.long_ttft.len() as f64)
         });
         for (p, goal) in [(50.0, ""), (99.0, "<= 0.5")] {
             push(format!("{mixed}: short TTFT p{p}"), "ms", goal, &|s| {
-                ms(&s.mixed.as_ref()?.ttft, p)
+                ms(&s.mixed_run()?.ttft, p)
             });
         }
         push(format!("{mixed}: short ITL p99"), "ms", "", &|s| {
-            ms(&s.mixed.as_ref()?.gaps, 99.0)
+            ms(&s.mixed_run()?.gaps, 99.0)
         });
         push(format!("{mixed}: long TTFT p50"), "ms", "", &|s| {
-            median(&s.mixed.as_ref()?.long_ttft).map(|v| v * 1000.0)
+            median(&s.mixed_run()?.long_ttft).map(|v| v * 1000.0)
         });
     }
     push(format!("peak RSS, N={n}"), "MiB", "<= 1.1", &|s| {
@@ -512,7 +588,6 @@ fn serving_rows(
     });
 }
 
-/// The value of one side's measurement, or `None` with the failure recorded.
 /// The order in which the two sides run in a round: swapped every round, so that over the rounds
 /// the runs go A B B A A B…, and a steady drift of the machine's speed falls on both alike.
 fn turns(round: u32) -> [usize; 2] {
@@ -523,6 +598,7 @@ fn turns(round: u32) -> [usize; 2] {
     }
 }
 
+/// The value of one side's measurement, or `None` with the failure recorded.
 fn keep<T>(errors: &mut Vec<String>, what: String, result: Result<T>) -> Option<T> {
     match result {
         Ok(value) => Some(value),

@@ -41,6 +41,7 @@ impl Row {
 pub fn print_table(rows: &[Row]) {
     let number = |v: Option<f64>, unit: &str| match v {
         Some(v) if v >= 100.0 || unit == "count" => format!("{v:.0}"),
+        Some(v) if v < 10.0 && unit == "req/s" => format!("{v:.2}"),
         Some(v) => format!("{v:.1}"),
         None => "-".into(),
     };
