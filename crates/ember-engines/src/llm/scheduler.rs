@@ -368,7 +368,7 @@ const SPLIT_PASSES: bool = !cfg!(feature = "cuda");
 /// join the last of them only while the batch stays under it; otherwise they get their own.
 fn passes(planned: &[Planned], split: bool) -> Vec<std::ops::Range<usize>> {
     if !split {
-        return vec![0..planned.len()];
+        return std::iter::once(0..planned.len()).collect();
     }
     let decodes = planned.iter().take_while(|p| p.decode).count();
     let mut passes = Vec::new();
@@ -870,22 +870,28 @@ mod tests {
             .collect()
     }
 
+    /// The passes of such a plan, as (start, end) pairs.
+    fn batches(decodes: usize, chunks: &[usize], split: bool) -> Vec<(usize, usize)> {
+        let passes = passes(&plan(decodes, chunks), split);
+        passes.into_iter().map(|p| (p.start, p.end)).collect()
+    }
+
     #[test]
     fn decode_rows_stay_under_the_tiled_attention_path() {
         // Under the tile size together: one batch.
-        assert_eq!(passes(&plan(8, &[40]), true), [0..9]);
-        assert_eq!(passes(&plan(32, &[]), true), [0..32]);
-        assert_eq!(passes(&plan(0, &[512]), true), [0..1]);
-        assert_eq!(passes(&plan(0, &[20, 30]), true), [0..2]);
+        assert_eq!(batches(8, &[40], true), [(0, 9)]);
+        assert_eq!(batches(32, &[], true), [(0, 32)]);
+        assert_eq!(batches(0, &[512], true), [(0, 1)]);
+        assert_eq!(batches(0, &[20, 30], true), [(0, 2)]);
         // Reaching it: prompt chunks get their own batch.
-        assert_eq!(passes(&plan(32, &[50]), true), [0..32, 32..33]);
-        assert_eq!(passes(&plan(8, &[40, 16]), true), [0..8, 8..10]);
+        assert_eq!(batches(32, &[50], true), [(0, 32), (32, 33)]);
+        assert_eq!(batches(8, &[40, 16], true), [(0, 8), (8, 10)]);
         // Decode rows in batches of 63.
-        assert_eq!(passes(&plan(63, &[]), true), [0..63]);
-        assert_eq!(passes(&plan(64, &[]), true), [0..63, 63..64]);
-        assert_eq!(passes(&plan(126, &[128]), true), [0..63, 63..126, 126..127]);
-        assert_eq!(passes(&plan(70, &[10]), true), [0..63, 63..71]);
+        assert_eq!(batches(63, &[], true), [(0, 63)]);
+        assert_eq!(batches(64, &[], true), [(0, 63), (63, 64)]);
+        assert_eq!(batches(126, &[128], true), [(0, 63), (63, 126), (126, 127)]);
+        assert_eq!(batches(70, &[10], true), [(0, 63), (63, 71)]);
         // Not split (GPU): everything in one batch.
-        assert_eq!(passes(&plan(70, &[128]), false), [0..71]);
+        assert_eq!(batches(70, &[128], false), [(0, 71)]);
     }
 }

@@ -58,7 +58,8 @@ pub struct LoadResult {
 }
 
 /// The long-prompt client of the mixed run: sends the next long prompt `interval` after the
-/// previous one finished.
+/// previous one finished, each prompt once (a repeat would come from the server's cache), until
+/// the run is over or the prompts are.
 pub struct LongLoad {
     pub prompts: Vec<String>,
     pub max_tokens: u32,
@@ -122,7 +123,7 @@ impl Target {
             tasks.spawn(async move {
                 let mut streams = Vec::new();
                 tokio::time::sleep(long.interval / 2).await;
-                for prompt in long.prompts.iter().cycle() {
+                for prompt in &long.prompts {
                     if started.elapsed() >= duration {
                         break;
                     }

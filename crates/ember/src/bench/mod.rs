@@ -261,7 +261,8 @@ impl LlmBench {
             .pool_max_idle_per_host(0)
             .build()?;
         eprintln!("== {}: prompts", spec.id);
-        let long_count = (self.duration / LONG_INTERVAL.as_secs()).max(1) as usize + 1;
+        let [calibration, measured] = self.mixed_durations();
+        let long_count = long_prompts_for(calibration) + long_prompts_for(measured);
         let prompts = env.runtime.block_on(async {
             let mut server = Server::llama(bin, &config(1))?;
             server.wait_ready(&client).await?;
@@ -422,12 +423,19 @@ impl LlmBench {
         })
     }
 
+    /// How long the mixed run's calibration and measured run last: twice a timed run, and as
+    /// long as all timed runs together (so that several long prompts arrive).
+    fn mixed_durations(&self) -> [Duration; 2] {
+        let duration = Duration::from_secs(self.duration);
+        [duration * 2, duration * self.rounds.max(1)]
+    }
+
     /// The mixed run, where ~4,000-token prompts arrive during short streams. First a calibration
     /// on each server (closed loop: `n - 1` short clients and the long-prompt client, twice the
     /// timed run's length) finds the short-request rate it sustains beside the long prompts. Then
     /// the measured run (open loop, as long as all timed runs together so that several long
     /// prompts arrive): short requests arrive at `MIXED_LOAD` of the slower server's rate on
-    /// both, whatever the server is doing, beside the same long-prompt client. In a closed loop a
+    /// both, whatever the server is doing, beside a long-prompt client with new prompts. In a closed loop a
     /// server that stalls every stream on a long prompt meets no new request while it stalls, and
     /// its p99 time to first token would hide the stall.
     async fn mixed(
@@ -437,9 +445,12 @@ impl LlmBench {
         n: u32,
         errors: &mut Vec<String>,
     ) {
-        let duration = Duration::from_secs(self.duration);
-        let long = || LongLoad {
-            prompts: prompts.long.clone(),
+        let [calibration, measured] = self.mixed_durations();
+        // Each run its own long prompts, so that none comes from a cache the other filled.
+        let (calibration_long, measured_long) =
+            prompts.long.split_at(long_prompts_for(calibration));
+        let long = |prompts: &[String]| LongLoad {
+            prompts: prompts.to_vec(),
             max_tokens: LONG_MAX_TOKENS,
             interval: LONG_INTERVAL,
         };
@@ -452,8 +463,8 @@ impl LlmBench {
                     &prompts.short,
                     SHORT_MAX_TOKENS,
                     clients,
-                    duration * 2,
-                    Some(long()),
+                    calibration,
+                    Some(long(calibration_long)),
                 )
                 .await;
             if let Some(load) = side.record(errors, run) {
@@ -476,8 +487,8 @@ impl LlmBench {
                     &prompts.short,
                     SHORT_MAX_TOKENS,
                     Arrivals::PerSecond(rate),
-                    duration * self.rounds.max(1),
-                    Some(long()),
+                    measured,
+                    Some(long(measured_long)),
                 )
                 .await;
             side.serving.mixed = side.record(errors, run).map(|load| (rate, load));
@@ -586,6 +597,12 @@ fn serving_rows(
     push(format!("peak RSS, N={n}"), "MiB", "<= 1.1", &|s| {
         Some(s.peak_rss as f64 / (1024.0 * 1024.0))
     });
+}
+
+/// Long prompts enough for a mixed run of `duration`: its client sends one at the start and then
+/// one at most every `LONG_INTERVAL`.
+fn long_prompts_for(duration: Duration) -> usize {
+    (duration.as_secs() / LONG_INTERVAL.as_secs()) as usize + 1
 }
 
 /// The order in which the two sides run in a round: swapped every round, so that over the rounds
