@@ -190,8 +190,8 @@ impl LlmBench {
                 "long_prompt_tokens": LONG_PROMPT_TOKENS,
                 "long_max_tokens": LONG_MAX_TOKENS,
                 "mixed": format!(
-                    "short requests at {MIXED_LOAD} of the slower server's rate with {} closed-loop \
-                     short clients, + 1 long-prompt client",
+                    "1 long-prompt client; short requests in an open loop at {MIXED_LOAD} of the \
+                     slower server's rate in a calibration with {} closed-loop short clients",
                     MIXED_CONCURRENCY - 1
                 ),
                 "llama_cpp": "llama-cpp-python 0.3.36 sdist (vendor/llama.cpp)",
