@@ -435,9 +435,9 @@ impl LlmBench {
     /// timed run's length) finds the short-request rate it sustains beside the long prompts. Then
     /// the measured run (open loop, as long as all timed runs together so that several long
     /// prompts arrive): short requests arrive at `MIXED_LOAD` of the slower server's rate on
-    /// both, whatever the server is doing, beside a long-prompt client with new prompts. In a closed loop a
-    /// server that stalls every stream on a long prompt meets no new request while it stalls, and
-    /// its p99 time to first token would hide the stall.
+    /// both, whatever the server is doing, beside a long-prompt client with new prompts. In a
+    /// closed loop a server that stalls every stream on a long prompt meets no new request while
+    /// it stalls, and its p99 time to first token would hide the stall.
     async fn mixed(
         &self,
         sides: &mut [Option<Side>; 2],
@@ -479,6 +479,10 @@ impl LlmBench {
         let Some(slowest) = capacities.into_iter().reduce(f64::min) else {
             return;
         };
+        if slowest <= 0.0 {
+            errors.push("mixed run: a server finished no short request in the calibration".into());
+            return;
+        }
         let rate = MIXED_LOAD * slowest;
         for side in sides.iter_mut().flatten().filter(|side| !side.broken) {
             let run = side
