@@ -12,7 +12,7 @@
 use ember_core::metrics::Metrics;
 use ember_core::tasks::{ChatMessage, FinishReason, PromptInput, Sampling, TextGenerationRequest};
 use ember_core::{Catalog, installed};
-use ember_engines::llm::{self, LlmEngine, LlmSettings, Traced};
+use ember_engines::llm::{self, KvLayout, LlmEngine, LlmSettings, Traced};
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -58,7 +58,7 @@ fn greedy(prompt: PromptInput, max_tokens: u32) -> TextGenerationRequest {
     TextGenerationRequest::new(prompt, max_tokens, Sampling::greedy())
 }
 
-fn load(model: &str) -> LlmEngine {
+fn load(model: &str, kv_layout: KvLayout) -> LlmEngine {
     let catalog = Catalog::builtin().unwrap();
     let spec = catalog.get(model).unwrap();
     let dir = installed::model_dir(&installed::default_home(), spec);
@@ -69,8 +69,14 @@ fn load(model: &str) -> LlmEngine {
         dir.display()
     );
     let settings = LlmSettings {
-        max_sequences: 8,
+        // With streams, prefix cache entries live in streams no request runs in: 8 spare ones
+        // keep every case's entry while the cases run again one at a time.
+        max_sequences: match kv_layout {
+            KvLayout::Unified => 8,
+            KvLayout::PerSequence => 16,
+        },
         kv_cells: Some(8192),
+        kv_layout,
         ..LlmSettings::default()
     };
     llm::load(spec, &dir, &settings, Metrics::new().model(model)).unwrap()
@@ -139,17 +145,17 @@ fn compare_until_near_tie(case: &Case, traced: &Traced, how: &str) {
     }
 }
 
-/// `batched`: also run the cases batched and from the prefix cache. Only for Qwen: SmolLM2-135M's
-/// logits move by more than `NEAR_TIE` between llama.cpp's flash attention paths (the one-query
-/// path accumulates in f16, the tiled and split paths in f32), so its outputs legitimately
-/// change with batch shape.
+/// For each of `batched_on` (KV layouts), also run the cases batched and from the prefix cache.
+/// Only for Qwen: SmolLM2-135M's logits move by more than `NEAR_TIE` between llama.cpp's flash
+/// attention paths (the one-query path accumulates in f16, the tiled and split paths in f32), so
+/// its outputs legitimately change with batch shape.
 #[tokio::main(flavor = "current_thread")]
-async fn check(fixture_file: &str, batched: bool) {
+async fn check(fixture_file: &str, batched_on: &[KvLayout]) {
     let fixture = fixture(fixture_file);
     assert!(fixture.cases.len() >= 7);
     // Alone on a fresh engine (no prefix cache hit): exactly the reference.
     for case in &fixture.cases {
-        let engine = load(&fixture.model);
+        let engine = load(&fixture.model, KvLayout::Unified);
         let prompt_tokens = engine
             .prompt_tokens(&greedy(prompt(case), case.max_tokens))
             .unwrap();
@@ -168,12 +174,16 @@ async fn check(fixture_file: &str, batched: bool) {
         );
         compare(case, &alone, "alone");
     }
-    if !batched {
-        return;
+    for &layout in batched_on {
+        batched_and_cached(&fixture, layout).await;
     }
-    // Every case at once (plus a repeat of the first, to make eight) on a fresh engine: prompts
-    // are read in shared chunks and all sequences decode in the same forward passes.
-    let engine = Arc::new(load(&fixture.model));
+}
+
+/// Every case at once (plus a repeat of the first, to make eight) on a fresh engine: prompts
+/// are read in shared chunks and all sequences decode in the same forward passes. Then again
+/// one at a time: every prompt now comes from the prefix cache.
+async fn batched_and_cached(fixture: &Fixture, layout: KvLayout) {
+    let engine = Arc::new(load(&fixture.model, layout));
     let eight: Vec<&Case> = fixture.cases.iter().chain(fixture.cases.first()).collect();
     let mut batched = Vec::new();
     for case in &eight {
@@ -184,9 +194,9 @@ async fn check(fixture_file: &str, batched: bool) {
         }));
     }
     for (case, run) in eight.iter().zip(batched) {
-        compare_until_near_tie(case, &run.await.unwrap().unwrap(), "batched with 7 others");
+        let how = format!("batched with 7 others ({layout:?})");
+        compare_until_near_tie(case, &run.await.unwrap().unwrap(), &how);
     }
-    // Again one at a time: every prompt now comes from the prefix cache.
     for case in &fixture.cases {
         let hit = engine
             .run_traced(&greedy(prompt(case), case.max_tokens), false)
@@ -198,18 +208,21 @@ async fn check(fixture_file: &str, batched: bool) {
             "{}: the repeated prompt should come from the prefix cache",
             case.name
         );
-        compare_until_near_tie(case, &hit, "prefix cache hit");
+        compare_until_near_tie(case, &hit, &format!("prefix cache hit ({layout:?})"));
     }
 }
 
 #[test]
 fn smollm2_greedy_matches_llama_cpp_python() {
-    check("smollm2-135m-instruct.json", false);
+    check("smollm2-135m-instruct.json", &[]);
 }
 
 #[test]
 fn qwen_coder_greedy_matches_llama_cpp_python() {
-    check("qwen2.5-coder-0.5b-instruct.json", true);
+    check(
+        "qwen2.5-coder-0.5b-instruct.json",
+        &[KvLayout::Unified, KvLayout::PerSequence],
+    );
 }
 
 #[derive(Deserialize)]
@@ -233,7 +246,7 @@ fn tool_prompts_match_transformers() {
         .join("../../tests/fixtures/generation/qwen2.5-coder-0.5b-instruct-tools.json");
     let fixture: ToolFixture =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    let engine = load(&fixture.model);
+    let engine = load(&fixture.model, KvLayout::Unified);
     let catalog = Catalog::builtin().unwrap();
     let spec = catalog.get(&fixture.model).unwrap();
     for case in &fixture.cases {

@@ -3,14 +3,15 @@
 //! not stuck behind a long one, cancelled streams free their cells within a step, dropping the
 //! engine stops its thread mid-stream, admission refuses with `Overloaded` past its limits, and
 //! 200 requests with random client disconnects leave no cell, sequence or slot behind (seen
-//! through `/metrics`' registry). Needs the default models (`ember models pull --defaults`).
+//! through `/metrics`' registry); prefix reuse and disconnects also on per-sequence streams.
+//! Needs the default models (`ember models pull --defaults`).
 
 use ember_core::InferError;
 use ember_core::metrics::Metrics;
 use ember_core::runner::{TextEvent, TextGenerator};
 use ember_core::tasks::{ChatMessage, PromptInput, Sampling, TextGenerationRequest};
 use ember_core::{Catalog, installed};
-use ember_engines::llm::{self, LlmEngine, LlmSettings};
+use ember_engines::llm::{self, KvLayout, LlmEngine, LlmSettings};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -141,7 +142,21 @@ async fn seeded_sampling_repeats_and_seeds_differ() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chat_turn_reuses_the_previous_turn_from_the_prefix_cache() {
-    let (engine, metrics) = load(settings(4));
+    chat_turn_reuses_the_previous_turn(KvLayout::Unified).await;
+}
+
+/// With a stream per sequence, the next turn takes the previous turn's stream over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_turn_reuses_the_previous_turn_on_per_sequence_streams() {
+    chat_turn_reuses_the_previous_turn(KvLayout::PerSequence).await;
+}
+
+async fn chat_turn_reuses_the_previous_turn(kv_layout: KvLayout) {
+    let settings = || LlmSettings {
+        kv_layout,
+        ..settings(4)
+    };
+    let (engine, metrics) = load(settings());
     let system = (
         "system",
         "You are a terse assistant. Answer in one sentence.",
@@ -178,7 +193,7 @@ async fn a_chat_turn_reuses_the_previous_turn_from_the_prefix_cache() {
     );
     assert!(metric(&metrics, "prefix_cache_hit_ratio") > 0.0);
     // The same turn on a fresh engine (a miss) gives the same answer.
-    let (fresh, _) = load(settings(4));
+    let (fresh, _) = load(settings());
     let miss = fresh
         .run_traced(&request(&turn, 32, sampling(0.0, None)), false)
         .await
@@ -321,7 +336,18 @@ async fn admission_refuses_past_its_limits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_disconnects_leave_nothing_behind() {
+    random_disconnects(KvLayout::Unified).await;
+}
+
+/// Streams are taken, copied into and given back as requests come and go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_disconnects_leave_nothing_behind_on_per_sequence_streams() {
+    random_disconnects(KvLayout::PerSequence).await;
+}
+
+async fn random_disconnects(kv_layout: KvLayout) {
     let mut many = settings(16);
+    many.kv_layout = kv_layout;
     many.max_waiting = 256;
     many.max_wait = Duration::from_secs(600);
     let (engine, metrics) = load(many);

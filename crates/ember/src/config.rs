@@ -3,7 +3,7 @@
 
 use ember_core::MemoryLimits;
 use ember_core::catalog::Task;
-use ember_engines::llm::LlmSettings;
+use ember_engines::llm::{KvLayout, LlmSettings};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -47,6 +47,12 @@ pub struct EngineOptions {
     /// [default: the model's context window, at most an eighth of the available memory].
     #[arg(long, env = "EMBER_KV_CELLS")]
     pub kv_cells: Option<u32>,
+    /// `unified`: one KV pool for every sequence, so one request may use all of it.
+    /// `per-sequence`: a stream of `kv-cells / max-sequences` cells per sequence (llama-server's
+    /// `-np` layout): each request is limited to its stream, and attention reads only its own
+    /// cells, which is faster with many streams on a CPU [default: unified].
+    #[arg(long, env = "EMBER_KV_LAYOUT")]
+    pub kv_layout: Option<KvLayout>,
     /// Tokens per forward pass (decode tokens plus prompt chunks).
     #[arg(long, env = "EMBER_STEP_TOKENS")]
     pub step_tokens: Option<u32>,
@@ -79,6 +85,7 @@ impl EngineOptions {
         EngineOptions {
             max_sequences: self.max_sequences.or(file.max_sequences),
             kv_cells: self.kv_cells.or(file.kv_cells),
+            kv_layout: self.kv_layout.or(file.kv_layout),
             step_tokens: self.step_tokens.or(file.step_tokens),
             max_waiting: self.max_waiting.or(file.max_waiting),
             max_wait_secs: self.max_wait_secs.or(file.max_wait_secs),
@@ -93,6 +100,7 @@ impl EngineOptions {
             llm: LlmSettings {
                 max_sequences: self.max_sequences.unwrap_or(defaults.max_sequences),
                 kv_cells: self.kv_cells,
+                kv_layout: self.kv_layout.unwrap_or(defaults.kv_layout),
                 step_tokens: self.step_tokens.unwrap_or(defaults.step_tokens),
                 prefix_cache: defaults.prefix_cache,
                 threads: None,
@@ -187,7 +195,7 @@ mod tests {
     #[test]
     fn config_file_keys() {
         let config: FileConfig = toml::from_str(
-            "listen = \"0.0.0.0:9000\"\nrequire_auth = true\n[task_rate_limits]\ntext-embeddings = 10\n[engine]\nmax_sequences = 8\n[aliases]\n\"@cf/meta/llama-3.1-8b-instruct\" = \"@hf/qwen/qwen2.5-coder-0.5b-instruct\"\n",
+            "listen = \"0.0.0.0:9000\"\nrequire_auth = true\n[task_rate_limits]\ntext-embeddings = 10\n[engine]\nmax_sequences = 8\nkv_layout = \"per-sequence\"\n[aliases]\n\"@cf/meta/llama-3.1-8b-instruct\" = \"@hf/qwen/qwen2.5-coder-0.5b-instruct\"\n",
         )
         .unwrap();
         assert_eq!(config.listen.unwrap().port(), 9000);
@@ -196,6 +204,11 @@ mod tests {
         assert_eq!(config.task_rate_limits[&Task::TextEmbeddings], 10);
         let engine = EngineOptions::default().or(&config.engine).resolve();
         assert_eq!(engine.llm.max_sequences, 8);
+        assert_eq!(engine.llm.kv_layout, KvLayout::PerSequence);
+        let bad_layout = toml::from_str::<FileConfig>("[engine]\nkv_layout = \"streams\"");
+        assert!(bad_layout.unwrap_err().to_string().contains("kv_layout"));
+        assert_eq!("unified".parse(), Ok(KvLayout::Unified));
+        assert!("streams".parse::<KvLayout>().is_err());
         assert!(toml::from_str::<FileConfig>("bogus = 1").is_err());
     }
 }

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use template::ChatTemplate;
 use tokio::sync::{mpsc, oneshot};
 
-pub use scheduler::GenerationTiming;
+pub use scheduler::{GenerationTiming, KvLayout};
 
 /// How a model's engine is sized.
 #[derive(Debug, Clone)]
@@ -40,6 +40,8 @@ pub struct LlmSettings {
     /// KV cache cells shared by all sequences and the prefix cache. Default: the model's
     /// context window, capped at an eighth of the available memory.
     pub kv_cells: Option<u32>,
+    /// One pool for all sequences, or a stream of `kv_cells / max_sequences` per sequence.
+    pub kv_layout: KvLayout,
     /// Tokens per forward pass: the next token of every decoding sequence plus prompt chunks.
     pub step_tokens: u32,
     /// Keep finished requests' cells for later prompts that start the same way. Off, every
@@ -57,6 +59,7 @@ impl Default for LlmSettings {
         LlmSettings {
             max_sequences: 32,
             kv_cells: None,
+            kv_layout: KvLayout::Unified,
             step_tokens: 512,
             prefix_cache: true,
             threads: None,
@@ -150,10 +153,19 @@ pub fn load(
         .unwrap_or_else(|| context_window.min(shape.cells_fitting(crate::available_memory() / 8)))
         .max(256);
     let max_sequences = settings.max_sequences.clamp(1, 128);
+    // A sequence's cells: the pool, or its stream, which llama.cpp rounds up to 256 cells.
+    let (kv_cells, sequence_cells) = match settings.kv_layout {
+        KvLayout::Unified => (kv_cells, kv_cells),
+        KvLayout::PerSequence => {
+            let stream = (kv_cells / max_sequences).next_multiple_of(256).max(256);
+            (stream * max_sequences, stream)
+        }
+    };
     let threads = settings.threads.unwrap_or_else(default_threads);
     let model = Arc::new(model);
     let config = scheduler::Config {
         kv_cells,
+        layout: settings.kv_layout,
         max_sequences,
         step_tokens: settings.step_tokens.max(max_sequences + 1),
         prefix_cache: settings.prefix_cache,
@@ -173,6 +185,8 @@ pub fn load(
     tracing::info!(
         model = %spec.id,
         kv_cells,
+        kv_layout = ?settings.kv_layout,
+        sequence_cells,
         max_sequences,
         threads,
         kv_mib = (shape.cell_bytes * u64::from(kv_cells)) >> 20,
@@ -191,7 +205,7 @@ pub fn load(
         grammars: Grammars::new(model.clone()),
         model,
         template,
-        sequence_limit: context_window.min(kv_cells),
+        sequence_limit: context_window.min(sequence_cells),
         admission,
         scheduler,
         memory_bytes: file_bytes + shape.cell_bytes * u64::from(kv_cells),

@@ -1,5 +1,6 @@
-//! The scheduler: one thread per model that owns its llama.cpp context (one unified KV cache,
-//! one sequence id per running request) and builds every `llama_decode` batch.
+//! The scheduler: one thread per model that owns its llama.cpp context (one KV cache, unified
+//! or a stream per sequence; one sequence id per running request) and builds every
+//! `llama_decode` batch.
 //!
 //! Each step: drop sequences whose client left, deliver held-back events, admit waiting jobs
 //! while sequence ids and KV cells allow (copying cached prompt prefixes), then decode one
@@ -9,7 +10,8 @@
 //! cells to the prefix cache.
 //!
 //! KV accounting is by reservation: a sequence reserves its uncached prompt plus `max_tokens`
-//! cells when admitted, so a decode never runs out of cells midway.
+//! cells when admitted (on a unified cache; a stream always holds a whole sequence), so a decode
+//! never runs out of cells midway.
 
 use super::constraint::Constraint;
 use super::output::{OutputEvent, OutputParser};
@@ -53,8 +55,45 @@ const PREFIX_CAP_FLOOR: usize = 1024;
 /// While sequences decode, prompt chunks take at most `step_tokens / PREFILL_SHARE_WHILE_DECODING`.
 const PREFILL_SHARE_WHILE_DECODING: usize = 4;
 
+/// How the KV cache's cells are shared between sequences.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KvLayout {
+    /// One pool for every sequence and the prefix cache: a request may use any number of cells,
+    /// and a cached prefix is shared without a copy. llama.cpp's attention then visits every
+    /// cell in use for every query, other sequences' masked.
+    #[default]
+    Unified,
+    /// One stream of `kv_cells / max_sequences` cells per sequence (llama-server's `-np`
+    /// layout): attention visits only a sequence's own cells, a request is limited to its
+    /// stream, and a cached prefix is reused by copying its whole stream.
+    PerSequence,
+}
+
+impl KvLayout {
+    /// The name flags and config files use.
+    pub fn name(self) -> &'static str {
+        match self {
+            KvLayout::Unified => "unified",
+            KvLayout::PerSequence => "per-sequence",
+        }
+    }
+}
+
+impl std::str::FromStr for KvLayout {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<KvLayout, String> {
+        [KvLayout::Unified, KvLayout::PerSequence]
+            .into_iter()
+            .find(|layout| layout.name() == text)
+            .ok_or_else(|| format!("`{text}`: expected unified or per-sequence"))
+    }
+}
+
 pub(crate) struct Config {
     pub kv_cells: u32,
+    pub layout: KvLayout,
     pub max_sequences: u32,
     pub step_tokens: u32,
     pub prefix_cache: bool,
@@ -70,10 +109,11 @@ impl Config {
     /// layers for a full window per sequence id (`n_swa * n_seq_max + n_ubatch` cells), so on a
     /// sliding-window model every id costs a window of cells whether used or not: there the
     /// cache gets one entry per running sequence, which keeps those layers at about what
-    /// llama-server's per-slot caches hold.
+    /// llama-server's per-slot caches hold. With per-sequence streams there are none: entries
+    /// stay in the streams of finished requests.
     fn prefix_entries(&self) -> u32 {
         match self.sliding_window {
-            _ if !self.prefix_cache => 0,
+            _ if !self.prefix_cache || self.layout == KvLayout::PerSequence => 0,
             Some(_) => self.max_sequences,
             None => PREFIX_ENTRIES,
         }
@@ -224,7 +264,7 @@ pub(crate) fn start(
         .with_n_ubatch(config.step_tokens)
         // Running sequences, then the prefix cache entries.
         .with_n_seq_max(config.max_sequences + config.prefix_entries())
-        .with_kv_unified(true)
+        .with_kv_unified(config.layout == KvLayout::Unified)
         // Sliding-window layers keep only their window (llama.cpp's default keeps every cell).
         .with_swa_full(false)
         .with_n_threads(config.threads)
@@ -359,8 +399,10 @@ struct Planned {
 /// alone 252 ms and a 63-token one 339 ms.
 const TILED_ATTENTION_ROWS: usize = 64;
 
-/// Whether a step is split into passes that keep decode rows on the one-query path. llama.cpp's
-/// CUDA kernels choose differently, and there one pass is one launch sequence instead of two.
+/// Whether a step is split into passes that keep decode rows on the one-query path (on a unified
+/// cache; with per-sequence streams each sequence's rows attend to its own stream only).
+/// llama.cpp's CUDA kernels choose differently, and there one pass is one launch sequence
+/// instead of two.
 const SPLIT_PASSES: bool = !cfg!(feature = "cuda");
 
 /// The `llama_decode` calls of a step, as ranges of its plan (decode entries first, then prompt
@@ -392,7 +434,11 @@ fn passes(planned: &[Planned], split: bool) -> Vec<std::ops::Range<usize>> {
 /// The KV cache: the context, the prefix cache index over it and the free sequence ids.
 struct Kv<'m, 'c> {
     ctx: &'c mut LlamaContext<'m>,
+    layout: KvLayout,
     prefix: PrefixCache,
+    /// Whether finished requests' cells are kept for later prompts.
+    keeps_prefixes: bool,
+    /// Ids no sequence or entry holds (with per-sequence streams: empty streams).
     free_ids: Vec<i32>,
     sliding_window: Option<u32>,
 }
@@ -407,38 +453,118 @@ impl Kv<'_, '_> {
         if let Some(source) = sequence.source.take() {
             self.prefix.unpin(source);
         }
-        if keep && sequence.n_past > 0 {
-            let insertion = self.prefix.insert(
-                sequence.tokens[..sequence.n_past].to_vec(),
-                sequence.job.session.clone(),
-            );
-            for dropped in insertion.dropped {
-                self.forget(dropped);
+        sequence.reserved = 0;
+        let keep = keep && self.keeps_prefixes && sequence.n_past > 0;
+        let tokens = || sequence.tokens[..sequence.n_past].to_vec();
+        let session = sequence.job.session.clone();
+        match self.layout {
+            KvLayout::Unified => {
+                if keep {
+                    let insertion = self.prefix.insert(tokens(), session);
+                    // Dropped entries' ids stay the prefix cache's.
+                    for dropped in insertion.dropped {
+                        self.forget(dropped);
+                    }
+                    if let Some(entry) = insertion.seq_id {
+                        let _ = self.ctx.kv_cache_seq_cp(seq_id, entry, None, None);
+                    }
+                }
+                self.free(seq_id);
             }
-            if let Some(entry) = insertion.seq_id {
-                let _ = self.ctx.kv_cache_seq_cp(seq_id, entry, None, None);
+            KvLayout::PerSequence => {
+                let given_up = match keep {
+                    true => self.prefix.adopt(seq_id, tokens(), session),
+                    false => vec![seq_id],
+                };
+                for id in given_up {
+                    self.free(id);
+                }
             }
         }
-        self.forget(seq_id);
-        self.free_ids.push(seq_id);
-        sequence.reserved = 0;
     }
 
-    /// Evicts the least recently used unpinned prefix cache entry and frees its cells; false
-    /// when every entry is pinned or none is left.
-    fn evict_one(&mut self) -> bool {
-        match self.prefix.evict() {
-            Some(evicted) => {
-                self.forget(evicted);
-                true
-            }
-            None => false,
-        }
+    /// Removes a sequence id's cells and returns the id to the free pool.
+    fn free(&mut self, seq_id: i32) {
+        self.forget(seq_id);
+        self.free_ids.push(seq_id);
+    }
+
+    /// The highest free id.
+    fn take_highest_free_id(&mut self) -> Option<i32> {
+        let index = (0..self.free_ids.len()).max_by_key(|&i| self.free_ids[i])?;
+        Some(self.free_ids.swap_remove(index))
+    }
+
+    /// Evicts the least recently used unpinned prefix cache entry and frees its cells; returns
+    /// its id (with per-sequence streams, now the caller's), or `None` when every entry is
+    /// pinned or none is left.
+    fn evict_one(&mut self) -> Option<i32> {
+        let evicted = self.prefix.evict()?;
+        self.forget(evicted);
+        Some(evicted)
     }
 
     /// Removes every cell of a sequence id from the KV cache.
     fn forget(&mut self, seq_id: i32) {
         let _ = self.ctx.clear_kv_cache_seq(Some(seq_id as u32), None, None);
+    }
+
+    /// Per-sequence streams: the stream a new sequence runs in, holding its cached prefix
+    /// (`reuse`: entry and shared length). llama.cpp puts only sequences with consecutive ids in
+    /// one ubatch, so the sequence takes the lowest stream no sequence runs in; an entry there
+    /// moves out of the way first (to a free stream, or the least recently used entry's). Then
+    /// the reused entry is copied in whole (llama.cpp copies between streams only whole streams)
+    /// and cut after the shared prefix, or taken over when it is that stream. `None` when every
+    /// stream runs a sequence.
+    fn stream_for(&mut self, reuse: Option<(i32, usize)>) -> Option<i32> {
+        let lowest_free = self.free_ids.iter().copied().min();
+        let target = match (lowest_free, self.prefix.lowest_id()) {
+            (Some(free), Some(entry)) => free.min(entry),
+            (free, entry) => free.or(entry)?,
+        };
+        let reused = reuse.map(|(entry, _)| entry);
+        if Some(target) == lowest_free {
+            self.free_ids.retain(|&id| id != target);
+        } else if reused != Some(target) {
+            self.move_entry_out_of(target, reused);
+        }
+        match reuse {
+            Some((entry, _)) if entry == target => self.prefix.take(entry),
+            Some((entry, _)) => {
+                let _ = self.ctx.kv_cache_seq_cp(entry, target, None, None);
+            }
+            None => {}
+        }
+        let shared = reuse.map_or(0, |(_, shared)| shared);
+        let _ = self
+            .ctx
+            .clear_kv_cache_seq(Some(target as u32), Some(shared as u32), None);
+        Some(target)
+    }
+
+    /// Moves the entry in stream `from` to the highest free stream (away from where sequences
+    /// start), or to the least recently used other entry's (dropping that one), keeping `keep`
+    /// (an entry about to be reused); drops it when it is itself the least recently used.
+    fn move_entry_out_of(&mut self, from: i32, keep: Option<i32>) {
+        self.prefix.pin(from);
+        if let Some(keep) = keep {
+            self.prefix.pin(keep);
+        }
+        let to = self.take_highest_free_id().or_else(|| self.evict_one());
+        self.prefix.unpin(from);
+        if let Some(keep) = keep {
+            self.prefix.unpin(keep);
+        }
+        match to {
+            Some(to) => {
+                let _ = self.ctx.kv_cache_seq_cp(from, to, None, None);
+                self.prefix.moved(from, to);
+            }
+            None => {
+                self.prefix.take(from);
+            }
+        }
+        self.forget(from);
     }
 
     /// Whether `shared` tokens of a prefix cache entry can be reused: with a sliding window,
@@ -479,11 +605,17 @@ impl<'m, 'c> Scheduler<'m, 'c> {
     ) -> Scheduler<'m, 'c> {
         let slots = config.max_sequences as i32;
         let pool = ctx.n_ctx();
+        let prefix = match config.layout {
+            KvLayout::Unified => PrefixCache::new(slots..slots + config.prefix_entries() as i32),
+            KvLayout::PerSequence => PrefixCache::in_place(),
+        };
         Scheduler {
             model,
             kv: Kv {
                 ctx,
-                prefix: PrefixCache::new(slots..slots + config.prefix_entries() as i32),
+                layout: config.layout,
+                prefix,
+                keeps_prefixes: config.prefix_cache,
                 free_ids: (0..slots).rev().collect(),
                 sliding_window: config.sliding_window,
             },
@@ -560,9 +692,6 @@ impl<'m, 'c> Scheduler<'m, 'c> {
     /// Starts waiting jobs, oldest first, while sequence ids and KV cells allow.
     fn admit(&mut self) {
         while let Some(job) = self.waiting.front() {
-            if self.kv.free_ids.is_empty() {
-                return;
-            }
             // At least the last prompt token is computed: its logits give the first token.
             let matches =
                 self.kv
@@ -573,25 +702,19 @@ impl<'m, 'c> Scheduler<'m, 'c> {
                 .find(|&(entry, shared)| self.kv.reusable(entry, shared));
             let cached = reuse.map_or(0, |(_, shared)| shared);
             let needed = (job.prompt.len() - cached) as u32 + job.max_tokens;
-            if let Some((entry, _)) = reuse {
-                self.kv.prefix.pin(entry);
-            }
-            self.trim_prefix_cache(job.prompt.len() + job.max_tokens as usize);
-            while self.free_cells() < needed && self.kv.evict_one() {}
-            if self.free_cells() < needed {
-                if let Some((entry, _)) = reuse {
-                    self.kv.prefix.unpin(entry);
-                }
+            let joining = job.prompt.len() + job.max_tokens as usize;
+            let placed = match self.kv.layout {
+                KvLayout::Unified => self.place_in_unified_cache(reuse, needed, joining),
+                KvLayout::PerSequence => self.kv.stream_for(reuse),
+            };
+            let Some(seq_id) = placed else {
                 return;
-            }
+            };
+            // Only an entry sharing cells with a running sequence is pinned.
+            let source = reuse
+                .filter(|_| self.kv.layout == KvLayout::Unified)
+                .map(|(entry, _)| entry);
             let mut job = self.waiting.pop_front().expect("peeked");
-            let seq_id = self.kv.free_ids.pop().expect("checked");
-            if let Some((entry, shared)) = reuse {
-                let _ = self
-                    .kv
-                    .ctx
-                    .kv_cache_seq_cp(entry, seq_id, Some(0), Some(shared as u32));
-            }
             let sampler = Sampler::new(&job.sampling, &job.prompt);
             self.metrics.prompt(job.prompt.len() as u32, cached as u32);
             let now = Instant::now();
@@ -601,7 +724,7 @@ impl<'m, 'c> Scheduler<'m, 'c> {
                 tokens: std::mem::take(&mut job.prompt),
                 n_past: cached,
                 cached,
-                source: reuse.map(|(entry, _)| entry),
+                source,
                 reserved: needed,
                 generated: 0,
                 sampler,
@@ -618,6 +741,39 @@ impl<'m, 'c> Scheduler<'m, 'c> {
         }
     }
 
+    /// Unified cache: a sequence id for a job of `joining` cells (prompt and output), `needed`
+    /// of them new, with the cached prefix (`reuse`) copied in (cells shared, the entry pinned).
+    /// `None` when no id is free or evicting prefix cache entries leaves too few cells.
+    fn place_in_unified_cache(
+        &mut self,
+        reuse: Option<(i32, usize)>,
+        needed: u32,
+        joining: usize,
+    ) -> Option<i32> {
+        if self.kv.free_ids.is_empty() {
+            return None;
+        }
+        if let Some((entry, _)) = reuse {
+            self.kv.prefix.pin(entry);
+        }
+        self.trim_prefix_cache(joining);
+        while self.free_cells() < needed && self.kv.evict_one().is_some() {}
+        if self.free_cells() < needed {
+            if let Some((entry, _)) = reuse {
+                self.kv.prefix.unpin(entry);
+            }
+            return None;
+        }
+        let seq_id = self.kv.free_ids.pop().expect("checked");
+        if let Some((entry, shared)) = reuse {
+            let _ = self
+                .kv
+                .ctx
+                .kv_cache_seq_cp(entry, seq_id, Some(0), Some(shared as u32));
+        }
+        Some(seq_id)
+    }
+
     /// Evicts least recently used prefix cache entries before a sequence of `joining` cells
     /// (prompt and output) joins, down to `PREFIX_TAX - running` average sequences' cells (at
     /// least `PREFIX_CAP_FLOOR`).
@@ -630,7 +786,7 @@ impl<'m, 'c> Scheduler<'m, 'c> {
             .sum::<usize>()
             + joining;
         let cap = (PREFIX_TAX.saturating_sub(running) * live / running).max(PREFIX_CAP_FLOOR);
-        while self.kv.prefix.cells() as usize > cap && self.kv.evict_one() {}
+        while self.kv.prefix.cells() as usize > cap && self.kv.evict_one().is_some() {}
     }
 
     /// Plans one step, decodes it in one or more passes, and samples after each. Returns false
@@ -641,7 +797,8 @@ impl<'m, 'c> Scheduler<'m, 'c> {
             return false;
         }
         let mut planned = std::mem::take(&mut self.planned);
-        for pass in passes(&planned, SPLIT_PASSES) {
+        let split = SPLIT_PASSES && self.kv.layout == KvLayout::Unified;
+        for pass in passes(&planned, split) {
             self.decode_pass(&mut planned[pass]);
         }
         self.planned = planned;
@@ -701,6 +858,13 @@ impl<'m, 'c> Scheduler<'m, 'c> {
                 decode: false,
                 logits: None,
             });
+        }
+        // llama.cpp splits a batch over per-sequence streams into ubatches of sequences with
+        // consecutive ids, taken in batch order: in id order, running sequences share one.
+        if self.kv.layout == KvLayout::PerSequence {
+            let running = &self.running;
+            self.planned
+                .sort_by_key(|plan| running[plan.sequence].seq_id);
         }
     }
 

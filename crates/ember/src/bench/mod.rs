@@ -18,6 +18,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use ember_core::catalog::Engine;
 use ember_core::{Catalog, ModelSpec, installed};
+use ember_engines::llm::KvLayout;
 use kernel::{DECODE_DEPTHS, DECODE_TOKENS, EmberKernels, KernelSamples, PREFILL_TOKENS};
 use load::{Api, Arrivals, LoadResult, LongLoad, Target};
 use prompts::Prompts;
@@ -76,6 +77,9 @@ pub struct LlmBench {
     /// median rate is reported.
     #[arg(long, default_value_t = 5)]
     rounds: u32,
+    /// Ember's KV cache layout in the serving runs (`--kv-layout` of `ember serve`).
+    #[arg(long, default_value = "unified")]
+    kv_layout: KvLayout,
     /// Folder with llama-bench and llama-server (default: scripts/bench/build-llama-tools.sh
     /// builds them once into ~/.cache/ember).
     #[arg(long)]
@@ -186,6 +190,7 @@ impl LlmBench {
                 "serving_seconds": self.duration,
                 "serving_rounds": self.rounds,
                 "ctx_per_sequence": CTX_PER_SEQUENCE,
+                "ember_kv_layout": self.kv_layout.name(),
                 "short_max_tokens": SHORT_MAX_TOKENS,
                 "long_prompt_tokens": LONG_PROMPT_TOKENS,
                 "long_max_tokens": LONG_MAX_TOKENS,
@@ -253,6 +258,7 @@ impl LlmBench {
             threads: self.threads,
             sequences,
             ctx_per_sequence: CTX_PER_SEQUENCE,
+            kv_layout: self.kv_layout,
             work_dir: work,
         };
         // A new connection per request: llama-server's HTTP library closes kept-alive connections

@@ -3,6 +3,7 @@
 //! its peak RSS (VmHWM) and kills it when dropped.
 
 use anyhow::{Context, Result, bail};
+use ember_engines::llm::KvLayout;
 use std::fs::File;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ pub struct ServerConfig<'a> {
     pub threads: u32,
     pub sequences: u32,
     pub ctx_per_sequence: u32,
+    pub kv_layout: KvLayout,
     /// For server logs and Ember's database.
     pub work_dir: &'a Path,
 }
@@ -69,6 +71,7 @@ impl Server {
             .arg("--no-rate-limits")
             .args(["--max-sequences", &config.sequences.to_string()])
             .args(["--kv-cells", &config.kv_cells().to_string()])
+            .args(["--kv-layout", config.kv_layout.name()])
             .env("EMBER_THREADS", config.threads.to_string());
         Server::spawn(command, port, &config.work_dir.join("ember.log"))
     }
