@@ -185,7 +185,7 @@ pub fn load(
     tracing::info!(
         model = %spec.id,
         kv_cells,
-        kv_layout = ?settings.kv_layout,
+        kv_layout = settings.kv_layout.name(),
         sequence_cells,
         max_sequences,
         threads,
