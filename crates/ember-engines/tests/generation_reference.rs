@@ -69,12 +69,7 @@ fn load(model: &str, kv_layout: KvLayout) -> LlmEngine {
         dir.display()
     );
     let settings = LlmSettings {
-        // With streams, prefix cache entries live in streams no request runs in: 8 spare ones
-        // keep every case's entry while the cases run again one at a time.
-        max_sequences: match kv_layout {
-            KvLayout::Unified => 8,
-            KvLayout::PerSequence => 16,
-        },
+        max_sequences: 8,
         kv_cells: Some(8192),
         kv_layout,
         ..LlmSettings::default()

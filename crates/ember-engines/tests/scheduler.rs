@@ -3,8 +3,9 @@
 //! not stuck behind a long one, cancelled streams free their cells within a step, dropping the
 //! engine stops its thread mid-stream, admission refuses with `Overloaded` past its limits, and
 //! 200 requests with random client disconnects leave no cell, sequence or slot behind (seen
-//! through `/metrics`' registry); prefix reuse and disconnects also on per-sequence streams.
-//! Needs the default models (`ember models pull --defaults`).
+//! through `/metrics`' registry); prefix reuse and disconnects also on per-sequence streams, and
+//! prefix reuse on a sliding-window model (Gemma 3 270M). Needs the default models and Gemma
+//! (`ember models pull --defaults`, then `ember models pull @hf/google/gemma-3-270m`).
 
 use ember_core::InferError;
 use ember_core::metrics::Metrics;
@@ -19,15 +20,19 @@ use tokio::sync::mpsc;
 const MODEL: &str = "@hf/qwen/qwen2.5-coder-0.5b-instruct";
 
 fn load(settings: LlmSettings) -> (Arc<LlmEngine>, Arc<Metrics>) {
+    load_model(MODEL, settings)
+}
+
+fn load_model(model: &str, settings: LlmSettings) -> (Arc<LlmEngine>, Arc<Metrics>) {
     let catalog = Catalog::builtin().unwrap();
-    let spec = catalog.get(MODEL).unwrap();
+    let spec = catalog.get(model).unwrap();
     let dir = installed::model_dir(&installed::default_home(), spec);
     assert!(
         installed::is_installed(spec, &dir),
-        "run `ember models pull --defaults` first"
+        "run `ember models pull {model}` first"
     );
     let metrics = Metrics::new();
-    let engine = llm::load(spec, &dir, &settings, metrics.model(MODEL)).unwrap();
+    let engine = llm::load(spec, &dir, &settings, metrics.model(model)).unwrap();
     (Arc::new(engine), metrics)
 }
 
@@ -145,7 +150,7 @@ async fn a_chat_turn_reuses_the_previous_turn_from_the_prefix_cache() {
     chat_turn_reuses_the_previous_turn(KvLayout::Unified).await;
 }
 
-/// With a stream per sequence, the next turn takes the previous turn's stream over.
+/// With a stream per sequence, the next turn is restored from the previous turn's snapshot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chat_turn_reuses_the_previous_turn_on_per_sequence_streams() {
     chat_turn_reuses_the_previous_turn(KvLayout::PerSequence).await;
@@ -200,6 +205,46 @@ async fn chat_turn_reuses_the_previous_turn(kv_layout: KvLayout) {
         .unwrap();
     assert_eq!(miss.completion.usage.prompt_tokens_details.cached_tokens, 0);
     assert_eq!(miss.completion.text, second.completion.text);
+}
+
+/// Gemma 3's sliding-window layers keep only their last 512 positions, so a cached text longer
+/// than the window can be continued only from its end: a continuation is served from the cache
+/// and answers as a miss does, on both layouts (a snapshot leaves out what the window dropped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sliding_window_model_continues_a_long_cached_text() {
+    let text: String = (1..=70)
+        .map(|i| {
+            format!(
+                "Reading {i}: the north pump runs at {} degrees.\n",
+                40 + i % 7
+            )
+        })
+        .collect();
+    let raw = |text: &str| {
+        let input = PromptInput::Prompt {
+            text: text.to_string(),
+            raw: true,
+        };
+        TextGenerationRequest::new(input, 16, sampling(0.0, None))
+    };
+    for kv_layout in [KvLayout::Unified, KvLayout::PerSequence] {
+        let settings = || LlmSettings {
+            kv_layout,
+            ..settings(2)
+        };
+        let (engine, _) = load_model("@hf/google/gemma-3-270m", settings());
+        let first = engine.run_traced(&raw(&text), false).await.unwrap();
+        let read = first.completion.usage.prompt_tokens;
+        assert!(read > 700, "{read} prompt tokens: not past the window");
+        let longer = format!("{text}{}\nReading 71:", first.completion.text);
+        let hit = engine.run_traced(&raw(&longer), false).await.unwrap();
+        let cached = hit.completion.usage.prompt_tokens_details.cached_tokens;
+        assert!(cached > read, "{kv_layout:?}: {cached} cached of {read}");
+        let (fresh, _) = load_model("@hf/google/gemma-3-270m", settings());
+        let miss = fresh.run_traced(&raw(&longer), false).await.unwrap();
+        assert_eq!(miss.completion.usage.prompt_tokens_details.cached_tokens, 0);
+        assert_eq!(hit.tokens, miss.tokens, "{kv_layout:?}");
+    }
 }
 
 /// Under concurrent load the prefix cache is trimmed, since every cached cell slows every
@@ -339,7 +384,7 @@ async fn random_disconnects_leave_nothing_behind() {
     random_disconnects(KvLayout::Unified).await;
 }
 
-/// Streams are taken, copied into and given back as requests come and go.
+/// Streams are taken, restored from snapshots and given back as requests come and go.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_disconnects_leave_nothing_behind_on_per_sequence_streams() {
     random_disconnects(KvLayout::PerSequence).await;

@@ -1,12 +1,12 @@
-//! The prefix cache index: token sequences whose KV cells stay in the cache under their own
-//! sequence id after their request ended, so a later prompt that starts the same way (a system
-//! prompt, the earlier turns of a chat) copies those cells instead of recomputing them.
+//! The prefix cache index: token sequences whose KV cells are kept after their request ended,
+//! so a later prompt that starts the same way (a system prompt, the earlier turns of a chat)
+//! copies those cells instead of recomputing them.
 //!
-//! Only bookkeeping lives here; the scheduler moves the cells. On a unified cache entries get
-//! sequence ids of their own; with per-sequence streams an entry stays in the stream its request
-//! ran in, and ids it gives up go back to the scheduler. Entries that a running sequence copied
-//! from are pinned until it ends. Eviction takes the least recently used unpinned entry, and
-//! entries of a session (`x-session-affinity`) only after every entry without one.
+//! Only bookkeeping lives here; the scheduler keeps the cells under each entry's id: a sequence
+//! id of their own on a unified cache, a slot of host-memory snapshots with per-sequence streams.
+//! Entries that a running sequence shares cells with are pinned until it ends. Eviction takes the
+//! least recently used unpinned entry, and entries of a session (`x-session-affinity`) only after
+//! every entry without one.
 
 use std::ops::Range;
 
@@ -22,12 +22,12 @@ struct Entry {
 #[derive(Debug)]
 pub struct PrefixCache {
     entries: Vec<Entry>,
-    /// Ids for new entries; `None` when entries keep their sequence's id.
-    free_ids: Option<Vec<i32>>,
+    /// Ids for new entries.
+    free_ids: Vec<i32>,
     clock: u64,
 }
 
-/// What `insert` decided: the id to move the finished sequence's cells to (if it is kept) and
+/// What `insert` decided: the id to keep the finished sequence's cells under (if they are kept) and
 /// entries dropped to make room or because the new one covers them; their cells must be removed.
 #[derive(Debug, PartialEq)]
 pub struct Insertion {
@@ -40,35 +40,8 @@ impl PrefixCache {
     pub fn new(ids: Range<i32>) -> PrefixCache {
         PrefixCache {
             entries: Vec::new(),
-            free_ids: Some(ids.rev().collect()),
+            free_ids: ids.rev().collect(),
             clock: 0,
-        }
-    }
-
-    /// An empty cache whose entries keep the id their sequence ran under (`adopt`).
-    pub fn in_place() -> PrefixCache {
-        PrefixCache {
-            entries: Vec::new(),
-            free_ids: None,
-            clock: 0,
-        }
-    }
-
-    /// Removes an entry from the index, leaving its cells to the caller (a sequence taking it
-    /// over).
-    pub fn take(&mut self, seq_id: i32) {
-        self.entries.retain(|e| e.seq_id != seq_id);
-    }
-
-    /// The lowest id an entry holds.
-    pub fn lowest_id(&self) -> Option<i32> {
-        self.entries.iter().map(|e| e.seq_id).min()
-    }
-
-    /// Records that an entry's cells moved to another id.
-    pub fn moved(&mut self, from: i32, to: i32) {
-        if let Some(entry) = self.entries.iter_mut().find(|e| e.seq_id == from) {
-            entry.seq_id = to;
         }
     }
 
@@ -104,9 +77,16 @@ impl PrefixCache {
 
     /// Marks an entry as in use by a running sequence (so it is neither evicted nor dropped).
     pub fn pin(&mut self, seq_id: i32) {
-        self.clock += 1;
+        self.touch(seq_id);
         if let Some(entry) = self.entries.iter_mut().find(|e| e.seq_id == seq_id) {
             entry.pins += 1;
+        }
+    }
+
+    /// Marks an entry as the most recently used.
+    pub fn touch(&mut self, seq_id: i32) {
+        self.clock += 1;
+        if let Some(entry) = self.entries.iter_mut().find(|e| e.seq_id == seq_id) {
             entry.last_used = self.clock;
         }
     }
@@ -134,14 +114,21 @@ impl PrefixCache {
     /// are dropped.
     pub fn insert(&mut self, tokens: Vec<i32>, session: Option<String>) -> Insertion {
         let mut dropped = Vec::new();
-        if !self.make_room(&tokens, &mut dropped) {
+        let covered = self.entries.iter().any(|e| e.tokens.starts_with(&tokens));
+        if tokens.is_empty() || covered {
             return Insertion {
                 seq_id: None,
                 dropped,
             };
         }
-        let ids = self.free_ids.as_ref().expect("a cache with ids of its own");
-        if ids.is_empty() {
+        while let Some(i) = self
+            .entries
+            .iter()
+            .position(|e| e.pins == 0 && tokens.starts_with(&e.tokens))
+        {
+            dropped.push(self.remove(i));
+        }
+        if self.free_ids.is_empty() {
             match self.evict() {
                 Some(id) => dropped.push(id),
                 None => {
@@ -152,45 +139,12 @@ impl PrefixCache {
                 }
             }
         }
-        let seq_id = self
-            .free_ids
-            .as_mut()
-            .and_then(Vec::pop)
-            .expect("an id was freed");
+        let seq_id = self.free_ids.pop().expect("an id was freed");
         self.push(seq_id, tokens, session);
         Insertion {
             seq_id: Some(seq_id),
             dropped,
         }
-    }
-
-    /// Keeps `tokens` as an entry under the id their sequence ran under, unless an entry already
-    /// covers them (then `seq_id` is among the returned ids). Returns the ids given up: entries
-    /// that `tokens` covers, whose cells the caller removes.
-    pub fn adopt(&mut self, seq_id: i32, tokens: Vec<i32>, session: Option<String>) -> Vec<i32> {
-        let mut dropped = Vec::new();
-        if self.make_room(&tokens, &mut dropped) {
-            self.push(seq_id, tokens, session);
-        } else {
-            dropped.push(seq_id);
-        }
-        dropped
-    }
-
-    /// Drops the unpinned entries that `tokens` covers; false when `tokens` is empty or an entry
-    /// already covers it.
-    fn make_room(&mut self, tokens: &[i32], dropped: &mut Vec<i32>) -> bool {
-        if tokens.is_empty() || self.entries.iter().any(|e| e.tokens.starts_with(tokens)) {
-            return false;
-        }
-        while let Some(i) = self
-            .entries
-            .iter()
-            .position(|e| e.pins == 0 && tokens.starts_with(&e.tokens))
-        {
-            dropped.push(self.remove(i));
-        }
-        true
     }
 
     fn push(&mut self, seq_id: i32, tokens: Vec<i32>, session: Option<String>) {
@@ -206,9 +160,7 @@ impl PrefixCache {
 
     fn remove(&mut self, index: usize) -> i32 {
         let entry = self.entries.swap_remove(index);
-        if let Some(ids) = &mut self.free_ids {
-            ids.push(entry.seq_id);
-        }
+        self.free_ids.push(entry.seq_id);
         entry.seq_id
     }
 }
@@ -258,22 +210,5 @@ mod tests {
         assert_eq!(cache.evict(), None);
         cache.unpin(pinned);
         assert_eq!(cache.evict(), Some(pinned));
-    }
-
-    #[test]
-    fn adopted_entries_keep_their_ids_and_give_back_covered_ones() {
-        let mut cache = PrefixCache::in_place();
-        assert!(cache.adopt(5, vec![1, 2, 3], None).is_empty());
-        // A longer conversation replaces it; the old stream is given back.
-        assert_eq!(cache.adopt(2, vec![1, 2, 3, 4], None), vec![5]);
-        assert_eq!(cache.matches(&[1, 2, 3, 4, 5], 9, None), vec![(2, 4)]);
-        // Already covered: the finished sequence's own id is given back.
-        assert_eq!(cache.adopt(7, vec![1, 2], None), vec![7]);
-        assert_eq!(cache.lowest_id(), Some(2));
-        cache.moved(2, 9);
-        assert_eq!(cache.matches(&[1, 2, 3, 4, 5], 9, None), vec![(9, 4)]);
-        cache.take(9);
-        assert!(cache.matches(&[1, 2, 3, 4, 5], 9, None).is_empty());
-        assert_eq!(cache.evict(), None);
     }
 }

@@ -26,6 +26,7 @@ use ember_core::runner::TextEvent;
 use ember_core::tasks::{Completion, FinishReason, Sampling, Usage};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::session::{LlamaStateSeqFlags, SeqState};
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
@@ -38,8 +39,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
-/// Prefix cache entries (each under its own sequence id) kept next to the running sequences.
+/// Prefix cache entries: each under its own sequence id next to the running sequences on a
+/// unified cache, each a snapshot in host memory with per-sequence streams.
 const PREFIX_ENTRIES: u32 = 64;
+
+/// With per-sequence streams, snapshots hold at most this share of the KV pool's cells (or one
+/// stream's, if more), so the host memory they take stays a fraction of the cache's.
+const SNAPSHOT_SHARE: u32 = 8;
 
 /// llama.cpp's attention visits every cell of the unified cache for every query of every step
 /// (other sequences' cells are masked, not skipped), so cached prefixes slow every running
@@ -66,7 +72,8 @@ pub enum KvLayout {
     Unified,
     /// One stream of `kv_cells / max_sequences` cells per sequence (llama-server's `-np`
     /// layout): attention visits only a sequence's own cells, a request is limited to its
-    /// stream, and a cached prefix is reused by copying its whole stream.
+    /// stream, and finished requests' cells are kept as snapshots in host memory, from which a
+    /// cached prefix is restored.
     PerSequence,
 }
 
@@ -110,7 +117,7 @@ impl Config {
     /// sliding-window model every id costs a window of cells whether used or not: there the
     /// cache gets one entry per running sequence, which keeps those layers at about what
     /// llama-server's per-slot caches hold. With per-sequence streams there are none: entries
-    /// stay in the streams of finished requests.
+    /// are snapshots in host memory.
     fn prefix_entries(&self) -> u32 {
         match self.sliding_window {
             _ if !self.prefix_cache || self.layout == KvLayout::PerSequence => 0,
@@ -431,7 +438,7 @@ fn passes(planned: &[Planned], split: bool) -> Vec<std::ops::Range<usize>> {
     passes
 }
 
-/// The KV cache: the context, the prefix cache index over it and the free sequence ids.
+/// The KV cache: the context, the prefix cache index and its cells, and the free sequence ids.
 struct Kv<'m, 'c> {
     ctx: &'c mut LlamaContext<'m>,
     layout: KvLayout,
@@ -441,11 +448,25 @@ struct Kv<'m, 'c> {
     /// Ids no sequence or entry holds (with per-sequence streams: empty streams).
     free_ids: Vec<i32>,
     sliding_window: Option<u32>,
+    /// Per-sequence streams: the prefix cache entries' cells, by entry id.
+    snapshots: Vec<Option<Snapshot>>,
+    /// Per-sequence streams: the most cells the snapshots hold together.
+    snapshot_cells: u32,
+}
+
+/// A finished sequence's cells copied out of its stream into host memory. llama.cpp copies
+/// between streams only whole streams (a hit would copy every cell of one), and an entry kept in
+/// a stream would take that stream from running sequences.
+struct Snapshot {
+    state: SeqState,
+    /// The first position its cells start at (later than 0 where sliding-window layers dropped
+    /// cells out of their window).
+    first_pos: i32,
 }
 
 impl Kv<'_, '_> {
-    /// Gives a sequence's cells back: to the prefix cache when `keep` (a finished request),
-    /// else to the free pool. Safe to call twice.
+    /// Gives a sequence's cells back, keeping them in the prefix cache when `keep` (a finished
+    /// request). Safe to call twice.
     fn release(&mut self, sequence: &mut Sequence, keep: bool) {
         let Some(seq_id) = sequence.seq_id.take() else {
             return;
@@ -454,54 +475,63 @@ impl Kv<'_, '_> {
             self.prefix.unpin(source);
         }
         sequence.reserved = 0;
-        let keep = keep && self.keeps_prefixes && sequence.n_past > 0;
-        let tokens = || sequence.tokens[..sequence.n_past].to_vec();
-        let session = sequence.job.session.clone();
-        match self.layout {
-            KvLayout::Unified => {
-                if keep {
-                    let insertion = self.prefix.insert(tokens(), session);
-                    // Dropped entries' ids stay the prefix cache's.
-                    for dropped in insertion.dropped {
-                        self.forget(dropped);
-                    }
-                    if let Some(entry) = insertion.seq_id {
-                        let _ = self.ctx.kv_cache_seq_cp(seq_id, entry, None, None);
-                    }
-                }
-                self.free(seq_id);
+        if keep && self.keeps_prefixes && sequence.n_past > 0 {
+            let tokens = sequence.tokens[..sequence.n_past].to_vec();
+            let insertion = self.prefix.insert(tokens, sequence.job.session.clone());
+            for dropped in insertion.dropped {
+                self.drop_entry(dropped);
             }
-            KvLayout::PerSequence => {
-                let given_up = match keep {
-                    true => self.prefix.adopt(seq_id, tokens(), session),
-                    false => vec![seq_id],
-                };
-                for id in given_up {
-                    self.free(id);
-                }
+            if let Some(entry) = insertion.seq_id {
+                self.keep_cells(seq_id, entry);
             }
         }
-    }
-
-    /// Removes a sequence id's cells and returns the id to the free pool.
-    fn free(&mut self, seq_id: i32) {
         self.forget(seq_id);
         self.free_ids.push(seq_id);
     }
 
-    /// The highest free id.
-    fn take_highest_free_id(&mut self) -> Option<i32> {
-        let index = (0..self.free_ids.len()).max_by_key(|&i| self.free_ids[i])?;
-        Some(self.free_ids.swap_remove(index))
+    /// Copies a finished sequence's cells to a new prefix cache entry: shared cells under the
+    /// entry's sequence id on a unified cache, a snapshot with per-sequence streams (then the
+    /// least recently used snapshots go while they hold more than `snapshot_cells`).
+    fn keep_cells(&mut self, seq_id: i32, entry: i32) {
+        match self.layout {
+            KvLayout::Unified => {
+                let _ = self.ctx.kv_cache_seq_cp(seq_id, entry, None, None);
+            }
+            KvLayout::PerSequence => {
+                match self.ctx.state_seq_get(seq_id, LlamaStateSeqFlags::empty()) {
+                    Ok(state) => {
+                        let mut first_pos = self.ctx.kv_cache_seq_pos_min(seq_id);
+                        // A snapshot leaves out the cells its sliding window no longer reaches.
+                        if let Some(window) = self.sliding_window {
+                            let last = self.ctx.kv_cache_seq_pos_max(seq_id);
+                            first_pos = first_pos.max(last - window as i32 + 1);
+                        }
+                        self.snapshots[entry as usize] = Some(Snapshot { state, first_pos });
+                    }
+                    // Without a snapshot the entry is never reused, and goes by LRU.
+                    Err(error) => tracing::warn!("cannot keep a prefix: {error}"),
+                }
+                while self.prefix.cells() > self.snapshot_cells && self.evict_one() {}
+            }
+        }
     }
 
-    /// Evicts the least recently used unpinned prefix cache entry and frees its cells; returns
-    /// its id (with per-sequence streams, now the caller's), or `None` when every entry is
-    /// pinned or none is left.
-    fn evict_one(&mut self) -> Option<i32> {
-        let evicted = self.prefix.evict()?;
-        self.forget(evicted);
-        Some(evicted)
+    /// Removes a prefix cache entry's cells (its id is the prefix cache's again).
+    fn drop_entry(&mut self, entry: i32) {
+        match self.layout {
+            KvLayout::Unified => self.forget(entry),
+            KvLayout::PerSequence => self.snapshots[entry as usize] = None,
+        }
+    }
+
+    /// Evicts the least recently used unpinned prefix cache entry and frees its cells; false
+    /// when every entry is pinned or none is left.
+    fn evict_one(&mut self) -> bool {
+        let Some(evicted) = self.prefix.evict() else {
+            return false;
+        };
+        self.drop_entry(evicted);
+        true
     }
 
     /// Removes every cell of a sequence id from the KV cache.
@@ -509,73 +539,43 @@ impl Kv<'_, '_> {
         let _ = self.ctx.clear_kv_cache_seq(Some(seq_id as u32), None, None);
     }
 
-    /// Per-sequence streams: the stream a new sequence runs in, holding its cached prefix
-    /// (`reuse`: entry and shared length). llama.cpp puts only sequences with consecutive ids in
-    /// one ubatch, so the sequence takes the lowest stream no sequence runs in; an entry there
-    /// moves out of the way first (to a free stream, or the least recently used entry's). Then
-    /// the reused entry is copied in whole (llama.cpp copies between streams only whole streams)
-    /// and cut after the shared prefix, or taken over when it is that stream. `None` when every
+    /// Per-sequence streams: the stream a new sequence runs in and how many prompt tokens it
+    /// holds already. llama.cpp puts only sequences with consecutive ids in one ubatch, so the
+    /// sequence takes the lowest empty stream; a reused entry (`reuse`: entry and shared length)
+    /// is restored there from its snapshot and cut after the shared prefix. `None` when every
     /// stream runs a sequence.
-    fn stream_for(&mut self, reuse: Option<(i32, usize)>) -> Option<i32> {
-        let lowest_free = self.free_ids.iter().copied().min();
-        let target = match (lowest_free, self.prefix.lowest_id()) {
-            (Some(free), Some(entry)) => free.min(entry),
-            (free, entry) => free.or(entry)?,
+    fn stream_for(&mut self, reuse: Option<(i32, usize)>) -> Option<(i32, usize)> {
+        let lowest = (0..self.free_ids.len()).min_by_key(|&i| self.free_ids[i])?;
+        let stream = self.free_ids.swap_remove(lowest);
+        let Some((entry, shared)) = reuse else {
+            return Some((stream, 0));
         };
-        let reused = reuse.map(|(entry, _)| entry);
-        if Some(target) == lowest_free {
-            self.free_ids.retain(|&id| id != target);
-        } else if reused != Some(target) {
-            self.move_entry_out_of(target, reused);
+        let snapshot = self.snapshots[entry as usize].as_ref().expect("reusable");
+        if let Err(error) = self.ctx.state_seq_set(&snapshot.state, stream) {
+            tracing::warn!("cannot restore a cached prefix: {error}");
+            self.forget(stream);
+            return Some((stream, 0));
         }
-        match reuse {
-            Some((entry, _)) if entry == target => self.prefix.take(entry),
-            Some((entry, _)) => {
-                let _ = self.ctx.kv_cache_seq_cp(entry, target, None, None);
-            }
-            None => {}
-        }
-        let shared = reuse.map_or(0, |(_, shared)| shared);
+        self.prefix.touch(entry);
         let _ = self
             .ctx
-            .clear_kv_cache_seq(Some(target as u32), Some(shared as u32), None);
-        Some(target)
-    }
-
-    /// Moves the entry in stream `from` to the highest free stream (away from where sequences
-    /// start), or to the least recently used other entry's (dropping that one), keeping `keep`
-    /// (an entry about to be reused); drops it when it is itself the least recently used.
-    fn move_entry_out_of(&mut self, from: i32, keep: Option<i32>) {
-        self.prefix.pin(from);
-        if let Some(keep) = keep {
-            self.prefix.pin(keep);
-        }
-        let to = self.take_highest_free_id().or_else(|| self.evict_one());
-        self.prefix.unpin(from);
-        if let Some(keep) = keep {
-            self.prefix.unpin(keep);
-        }
-        match to {
-            Some(to) => {
-                let _ = self.ctx.kv_cache_seq_cp(from, to, None, None);
-                self.prefix.moved(from, to);
-            }
-            None => {
-                self.prefix.take(from);
-            }
-        }
-        self.forget(from);
+            .clear_kv_cache_seq(Some(stream as u32), Some(shared as u32), None);
+        Some((stream, shared))
     }
 
     /// Whether `shared` tokens of a prefix cache entry can be reused: with a sliding window,
     /// the entry must still hold the window's cells before that point.
     fn reusable(&self, entry: i32, shared: usize) -> bool {
+        let first = match self.layout {
+            KvLayout::Unified => self.ctx.kv_cache_seq_pos_min(entry),
+            KvLayout::PerSequence => match &self.snapshots[entry as usize] {
+                Some(snapshot) => snapshot.first_pos,
+                None => return false,
+            },
+        };
         match self.sliding_window {
             None => true,
-            Some(window) => {
-                let first = self.ctx.kv_cache_seq_pos_min(entry);
-                first <= 0 || i64::from(first) <= shared as i64 - i64::from(window)
-            }
+            Some(window) => first <= 0 || i64::from(first) <= shared as i64 - i64::from(window),
         }
     }
 }
@@ -605,9 +605,15 @@ impl<'m, 'c> Scheduler<'m, 'c> {
     ) -> Scheduler<'m, 'c> {
         let slots = config.max_sequences as i32;
         let pool = ctx.n_ctx();
-        let prefix = match config.layout {
-            KvLayout::Unified => PrefixCache::new(slots..slots + config.prefix_entries() as i32),
-            KvLayout::PerSequence => PrefixCache::in_place(),
+        let (prefix, snapshots) = match config.layout {
+            KvLayout::Unified => (
+                PrefixCache::new(slots..slots + config.prefix_entries() as i32),
+                Vec::new(),
+            ),
+            KvLayout::PerSequence => (
+                PrefixCache::new(0..PREFIX_ENTRIES as i32),
+                (0..PREFIX_ENTRIES).map(|_| None).collect(),
+            ),
         };
         Scheduler {
             model,
@@ -618,6 +624,8 @@ impl<'m, 'c> Scheduler<'m, 'c> {
                 keeps_prefixes: config.prefix_cache,
                 free_ids: (0..slots).rev().collect(),
                 sliding_window: config.sliding_window,
+                snapshots,
+                snapshot_cells: (pool / SNAPSHOT_SHARE).max(pool / config.max_sequences),
             },
             metrics,
             step_tokens: config.step_tokens as usize,
@@ -660,15 +668,19 @@ impl<'m, 'c> Scheduler<'m, 'c> {
 
     fn report(&self) {
         let used: u32 = self.running.iter().map(|s| s.reserved).sum();
-        let cached = self.kv.prefix.cells();
         self.metrics.set_running(self.running.len());
         self.metrics
-            .set_kv_cells(used, cached, self.pool.saturating_sub(used + cached));
+            .set_kv_cells(used, self.kv.prefix.cells(), self.free_cells());
     }
 
+    /// Cells of the KV cache that neither running sequences nor prefix cache entries hold.
     fn free_cells(&self) -> u32 {
         let used: u32 = self.running.iter().map(|s| s.reserved).sum();
-        self.pool.saturating_sub(used + self.kv.prefix.cells())
+        let cached = match self.kv.layout {
+            KvLayout::Unified => self.kv.prefix.cells(),
+            KvLayout::PerSequence => 0,
+        };
+        self.pool.saturating_sub(used + cached)
     }
 
     /// Ends sequences whose client went away and those that delivered their last event, and
@@ -700,16 +712,17 @@ impl<'m, 'c> Scheduler<'m, 'c> {
             let reuse = matches
                 .into_iter()
                 .find(|&(entry, shared)| self.kv.reusable(entry, shared));
-            let cached = reuse.map_or(0, |(_, shared)| shared);
-            let needed = (job.prompt.len() - cached) as u32 + job.max_tokens;
-            let joining = job.prompt.len() + job.max_tokens as usize;
+            let (prompt, max_tokens) = (job.prompt.len(), job.max_tokens);
             let placed = match self.kv.layout {
-                KvLayout::Unified => self.place_in_unified_cache(reuse, needed, joining),
+                KvLayout::Unified => self
+                    .place_in_unified_cache(reuse, prompt, max_tokens)
+                    .map(|seq_id| (seq_id, reuse.map_or(0, |(_, shared)| shared))),
                 KvLayout::PerSequence => self.kv.stream_for(reuse),
             };
-            let Some(seq_id) = placed else {
+            let Some((seq_id, cached)) = placed else {
                 return;
             };
+            let needed = (prompt - cached) as u32 + max_tokens;
             // Only an entry sharing cells with a running sequence is pinned.
             let source = reuse
                 .filter(|_| self.kv.layout == KvLayout::Unified)
@@ -741,14 +754,14 @@ impl<'m, 'c> Scheduler<'m, 'c> {
         }
     }
 
-    /// Unified cache: a sequence id for a job of `joining` cells (prompt and output), `needed`
-    /// of them new, with the cached prefix (`reuse`) copied in (cells shared, the entry pinned).
-    /// `None` when no id is free or evicting prefix cache entries leaves too few cells.
+    /// Unified cache: a sequence id for a job of `prompt` tokens and up to `max_tokens`, with the
+    /// cached prefix (`reuse`) copied in (cells shared, the entry pinned). `None` when no id is
+    /// free or evicting prefix cache entries leaves too few cells.
     fn place_in_unified_cache(
         &mut self,
         reuse: Option<(i32, usize)>,
-        needed: u32,
-        joining: usize,
+        prompt: usize,
+        max_tokens: u32,
     ) -> Option<i32> {
         if self.kv.free_ids.is_empty() {
             return None;
@@ -756,8 +769,10 @@ impl<'m, 'c> Scheduler<'m, 'c> {
         if let Some((entry, _)) = reuse {
             self.kv.prefix.pin(entry);
         }
-        self.trim_prefix_cache(joining);
-        while self.free_cells() < needed && self.kv.evict_one().is_some() {}
+        self.trim_prefix_cache(prompt + max_tokens as usize);
+        let cached = reuse.map_or(0, |(_, shared)| shared);
+        let needed = (prompt - cached) as u32 + max_tokens;
+        while self.free_cells() < needed && self.kv.evict_one() {}
         if self.free_cells() < needed {
             if let Some((entry, _)) = reuse {
                 self.kv.prefix.unpin(entry);
@@ -786,7 +801,7 @@ impl<'m, 'c> Scheduler<'m, 'c> {
             .sum::<usize>()
             + joining;
         let cap = (PREFIX_TAX.saturating_sub(running) * live / running).max(PREFIX_CAP_FLOOR);
-        while self.kv.prefix.cells() as usize > cap && self.kv.evict_one().is_some() {}
+        while self.kv.prefix.cells() as usize > cap && self.kv.evict_one() {}
     }
 
     /// Plans one step, decodes it in one or more passes, and samples after each. Returns false
