@@ -1,6 +1,7 @@
-//! llama.cpp's side of the kernel rows, and where its tools come from: `llama-bench` and
-//! `llama-server` are built by `scripts/bench/build-llama-tools.sh` (cached outside the clone)
-//! unless `--llama-bin` names a folder holding them.
+//! llama.cpp's side of the kernel rows, its batched decode rate (the serving rows' ceiling), and
+//! where its tools come from: `llama-bench`, `llama-batched-bench` and `llama-server` are built by
+//! `scripts/bench/build-llama-tools.sh` (cached outside the clone) unless `--llama-bin` names a
+//! folder holding them.
 
 use super::kernel::{DECODE_DEPTHS, DECODE_TOKENS, KernelSamples, PREFILL_TOKENS};
 use anyhow::{Context, Result, bail};
@@ -8,7 +9,7 @@ use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-/// The folder with `llama-bench` and `llama-server`: `given`, or the build script's output.
+/// The folder with llama.cpp's tools: `given`, or the build script's output.
 pub fn tools_dir(given: Option<PathBuf>) -> Result<PathBuf> {
     let dir = match given {
         Some(dir) => dir,
@@ -17,7 +18,8 @@ pub fn tools_dir(given: Option<PathBuf>) -> Result<PathBuf> {
                 .join("../../scripts/bench/build-llama-tools.sh");
             if !script.exists() {
                 bail!(
-                    "{} is missing: pass --llama-bin with llama-bench and llama-server",
+                    "{} is missing: pass --llama-bin with llama-bench, llama-batched-bench and \
+                     llama-server",
                     script.display()
                 );
             }
@@ -34,7 +36,7 @@ pub fn tools_dir(given: Option<PathBuf>) -> Result<PathBuf> {
             PathBuf::from(stdout.lines().last().unwrap_or_default().trim())
         }
     };
-    for tool in ["llama-bench", "llama-server"] {
+    for tool in ["llama-bench", "llama-batched-bench", "llama-server"] {
         if !dir.join(tool).is_file() {
             bail!("{} has no {tool}", dir.display());
         }
@@ -85,6 +87,51 @@ pub fn kernel(bin: &Path, gguf: &Path, threads: u32, samples: &mut KernelSamples
         rows.or_default().push(rate);
     }
     Ok(())
+}
+
+/// llama.cpp's own decode rate with `sequences` sequences at once, each in a stream of
+/// `ctx_per_sequence` cells as `llama-server -np` has them, after a `prompt_tokens` prompt each:
+/// `llama-batched-bench`'s tokens per second while all generate `generated` tokens in lockstep.
+/// A server reaches at most this, less the time its prompts and its requests' turnarounds take.
+pub fn batched_decode(
+    bin: &Path,
+    gguf: &Path,
+    threads: u32,
+    sequences: u32,
+    ctx_per_sequence: u32,
+    prompt_tokens: u32,
+    generated: u32,
+) -> Result<f64> {
+    let output = Command::new(bin.join("llama-batched-bench"))
+        .arg("-m")
+        .arg(gguf)
+        .args(["-t", &threads.to_string(), "-tb", &threads.to_string()])
+        .args(["-c", &(ctx_per_sequence * sequences).to_string()])
+        .args(["-b", "2048", "-ub", "512", "--no-kv-unified"])
+        .args(["-npp", &prompt_tokens.to_string()])
+        .args(["-ntg", &generated.to_string()])
+        .args(["-npl", &sequences.to_string()])
+        .args(["--output-format", "jsonl"])
+        .output()
+        .context("running llama-batched-bench")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        bail!(
+            "llama-batched-bench failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    #[derive(Deserialize)]
+    struct Result {
+        speed_tg: f64,
+    }
+    let line = text
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .context("llama-batched-bench printed no result")?;
+    let result: Result = serde_json::from_str(line).context("reading llama-batched-bench")?;
+    Ok(result.speed_tg)
 }
 
 fn list(values: &[u32]) -> String {

@@ -1,7 +1,8 @@
 //! `ember bench llm`: Ember against llama.cpp's own tools on the same GGUF files, in one run.
 //! Kernel rows: prefill and decode rates of the engine in-process against `llama-bench`, one side
 //! at a time. Serving rows: aggregate generated tokens per second (median of timed runs that
-//! alternate between the two servers), time to first token and inter-token latency of
+//! alternate between the two servers) and its share of llama.cpp's own batched decode rate
+//! (`llama-batched-bench`, the ceiling), time to first token and inter-token latency of
 //! `ember serve` against `llama-server -np N` with the same context per sequence, a mixed run
 //! where long prompts arrive during short streams, and each server's peak RSS. Prints one table
 //! and writes the rows as JSON. Never part of `cargo test`.
@@ -298,7 +299,21 @@ impl LlmBench {
             let [llama, ember] = env
                 .runtime
                 .block_on(self.serving(sides, &client, &prompts, n, errors));
-            serving_rows(rows, name, n, ember.as_ref(), llama.as_ref());
+            let ceiling = llama::batched_decode(
+                bin,
+                &gguf,
+                self.threads,
+                n,
+                CTX_PER_SEQUENCE,
+                prompts.short_tokens,
+                SHORT_MAX_TOKENS,
+            );
+            let what = format!("{name}: llama-batched-bench with {n} sequences");
+            let ceiling = keep(errors, what.clone(), ceiling);
+            if let Some(rate) = ceiling {
+                eprintln!("   {what}: {rate:.1} tok/s");
+            }
+            serving_rows(rows, name, n, ember.as_ref(), llama.as_ref(), ceiling);
         }
         Ok(())
     }
@@ -533,13 +548,24 @@ impl Side {
     }
 }
 
+/// The serving rows at `n` streams; `ceiling` is llama.cpp's batched decode rate at `n`.
 fn serving_rows(
     rows: &mut Vec<Row>,
     name: &str,
     n: u32,
     ember: Option<&Serving>,
     llama: Option<&Serving>,
+    ceiling: Option<f64>,
 ) {
+    // What the kernels allow: no server generates faster than llama.cpp decodes in lockstep.
+    rows.push(Row::new(
+        name,
+        format!("llama.cpp batched decode, N={n}"),
+        "tok/s",
+        None,
+        ceiling,
+        "",
+    ));
     let mut push = |metric: String, unit, goal, value: &dyn Fn(&Serving) -> Option<f64>| {
         rows.push(Row::new(
             name,
@@ -557,6 +583,12 @@ fn serving_rows(
         "tok/s",
         throughput_goal,
         &|s| s.tokens_per_s(),
+    );
+    push(
+        format!("generated, share of batched decode, N={n}"),
+        "%",
+        "",
+        &|s| Some(100.0 * s.tokens_per_s()? / ceiling?),
     );
     // Percentiles over few requests are coarse (p99 of 20 is the maximum): say how many.
     push(format!("requests, N={n}"), "count", "", &|s| {

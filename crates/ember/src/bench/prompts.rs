@@ -41,6 +41,8 @@ const SENSORS: [&str; 8] = [
 
 pub struct Prompts {
     pub short: Vec<String>,
+    /// The short prompts' mean length in tokens.
+    pub short_tokens: u32,
     pub long: Vec<String>,
 }
 
@@ -77,10 +79,13 @@ pub async fn build(
             .context("/tokenize gave no tokens")
     };
 
-    let mut short = Vec::new();
+    let (mut short, mut short_tokens) = (Vec::new(), 0);
     for question in QUESTIONS {
-        short.push(render(question.to_string()).await?);
+        let prompt = render(question.to_string()).await?;
+        short_tokens += count(&prompt).await?;
+        short.push(prompt);
     }
+    let short_tokens = (short_tokens / QUESTIONS.len()) as u32;
 
     // Tokens per log line, measured on the rendered prompt with 0 and 100 lines.
     let empty = count(&render(document(0, 0)).await?).await?;
@@ -96,7 +101,11 @@ pub async fn build(
         }
         long.push(prompt);
     }
-    Ok(Prompts { short, long })
+    Ok(Prompts {
+        short,
+        short_tokens,
+        long,
+    })
 }
 
 /// Log `k`: `lines` lines of readings, starting with a line unique to `k`.
