@@ -79,7 +79,7 @@ impl Metrics {
         );
         r.register(
             "kv_cells_cached",
-            "KV cache cells held by the prefix cache (reclaimable)",
+            "KV cells held by the prefix cache (reclaimable; in host memory with per-sequence streams)",
             kv_cached.clone(),
         );
         r.register("kv_cells_free", "Unused KV cache cells", kv_free.clone());
