@@ -123,15 +123,15 @@ pub fn batched_decode(
         );
     }
     #[derive(Deserialize)]
-    struct Result {
+    struct Measured {
         speed_tg: f64,
     }
     let line = text
         .lines()
         .find(|l| l.starts_with('{'))
         .context("llama-batched-bench printed no result")?;
-    let result: Result = serde_json::from_str(line).context("reading llama-batched-bench")?;
-    Ok(result.speed_tg)
+    let measured: Measured = serde_json::from_str(line).context("reading llama-batched-bench")?;
+    Ok(measured.speed_tg)
 }
 
 fn list(values: &[u32]) -> String {
