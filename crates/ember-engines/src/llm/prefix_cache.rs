@@ -114,8 +114,7 @@ impl PrefixCache {
     /// are dropped.
     pub fn insert(&mut self, tokens: Vec<i32>, session: Option<String>) -> Insertion {
         let mut dropped = Vec::new();
-        let covered = self.entries.iter().any(|e| e.tokens.starts_with(&tokens));
-        if tokens.is_empty() || covered {
+        if tokens.is_empty() || self.entries.iter().any(|e| e.tokens.starts_with(&tokens)) {
             return Insertion {
                 seq_id: None,
                 dropped,
@@ -140,14 +139,6 @@ impl PrefixCache {
             }
         }
         let seq_id = self.free_ids.pop().expect("an id was freed");
-        self.push(seq_id, tokens, session);
-        Insertion {
-            seq_id: Some(seq_id),
-            dropped,
-        }
-    }
-
-    fn push(&mut self, seq_id: i32, tokens: Vec<i32>, session: Option<String>) {
         self.clock += 1;
         self.entries.push(Entry {
             seq_id,
@@ -156,6 +147,10 @@ impl PrefixCache {
             last_used: self.clock,
             pins: 0,
         });
+        Insertion {
+            seq_id: Some(seq_id),
+            dropped,
+        }
     }
 
     fn remove(&mut self, index: usize) -> i32 {

@@ -112,17 +112,25 @@ pub(crate) struct Config {
 }
 
 impl Config {
-    /// Sequence ids for prefix cache entries. llama.cpp sizes a unified cache's sliding-window
-    /// layers for a full window per sequence id (`n_swa * n_seq_max + n_ubatch` cells), so on a
-    /// sliding-window model every id costs a window of cells whether used or not: there the
-    /// cache gets one entry per running sequence, which keeps those layers at about what
-    /// llama-server's per-slot caches hold. With per-sequence streams there are none: entries
-    /// are snapshots in host memory.
+    /// Prefix cache entries. On a unified cache each is a sequence id, and llama.cpp sizes its
+    /// sliding-window layers for a full window per sequence id (`n_swa * n_seq_max + n_ubatch`
+    /// cells), so on a sliding-window model every id costs a window of cells whether used or
+    /// not: there the cache gets one entry per running sequence, which keeps those layers at
+    /// about what llama-server's per-slot caches hold.
     fn prefix_entries(&self) -> u32 {
         match self.sliding_window {
-            _ if !self.prefix_cache || self.layout == KvLayout::PerSequence => 0,
-            Some(_) => self.max_sequences,
-            None => PREFIX_ENTRIES,
+            _ if !self.prefix_cache => 0,
+            Some(_) if self.layout == KvLayout::Unified => self.max_sequences,
+            _ => PREFIX_ENTRIES,
+        }
+    }
+
+    /// Sequence ids beyond the running sequences': the prefix cache's on a unified cache; with
+    /// per-sequence streams none, since entries are snapshots in host memory.
+    fn entry_seq_ids(&self) -> u32 {
+        match self.layout {
+            KvLayout::Unified => self.prefix_entries(),
+            KvLayout::PerSequence => 0,
         }
     }
 }
@@ -270,7 +278,7 @@ pub(crate) fn start(
         .with_n_batch(config.step_tokens)
         .with_n_ubatch(config.step_tokens)
         // Running sequences, then the prefix cache entries.
-        .with_n_seq_max(config.max_sequences + config.prefix_entries())
+        .with_n_seq_max(config.max_sequences + config.entry_seq_ids())
         .with_kv_unified(config.layout == KvLayout::Unified)
         // Sliding-window layers keep only their window (llama.cpp's default keeps every cell).
         .with_swa_full(false)
@@ -443,8 +451,6 @@ struct Kv<'m, 'c> {
     ctx: &'c mut LlamaContext<'m>,
     layout: KvLayout,
     prefix: PrefixCache,
-    /// Whether finished requests' cells are kept for later prompts.
-    keeps_prefixes: bool,
     /// Ids no sequence or entry holds (with per-sequence streams: empty streams).
     free_ids: Vec<i32>,
     sliding_window: Option<u32>,
@@ -475,7 +481,7 @@ impl Kv<'_, '_> {
             self.prefix.unpin(source);
         }
         sequence.reserved = 0;
-        if keep && self.keeps_prefixes && sequence.n_past > 0 {
+        if keep && sequence.n_past > 0 {
             let tokens = sequence.tokens[..sequence.n_past].to_vec();
             let insertion = self.prefix.insert(tokens, sequence.job.session.clone());
             for dropped in insertion.dropped {
@@ -605,14 +611,12 @@ impl<'m, 'c> Scheduler<'m, 'c> {
     ) -> Scheduler<'m, 'c> {
         let slots = config.max_sequences as i32;
         let pool = ctx.n_ctx();
+        let entries = config.prefix_entries() as i32;
         let (prefix, snapshots) = match config.layout {
-            KvLayout::Unified => (
-                PrefixCache::new(slots..slots + config.prefix_entries() as i32),
-                Vec::new(),
-            ),
+            KvLayout::Unified => (PrefixCache::new(slots..slots + entries), Vec::new()),
             KvLayout::PerSequence => (
-                PrefixCache::new(0..PREFIX_ENTRIES as i32),
-                (0..PREFIX_ENTRIES).map(|_| None).collect(),
+                PrefixCache::new(0..entries),
+                (0..entries).map(|_| None).collect(),
             ),
         };
         Scheduler {
@@ -621,7 +625,6 @@ impl<'m, 'c> Scheduler<'m, 'c> {
                 ctx,
                 layout: config.layout,
                 prefix,
-                keeps_prefixes: config.prefix_cache,
                 free_ids: (0..slots).rev().collect(),
                 sliding_window: config.sliding_window,
                 snapshots,
@@ -714,9 +717,7 @@ impl<'m, 'c> Scheduler<'m, 'c> {
                 .find(|&(entry, shared)| self.kv.reusable(entry, shared));
             let (prompt, max_tokens) = (job.prompt.len(), job.max_tokens);
             let placed = match self.kv.layout {
-                KvLayout::Unified => self
-                    .place_in_unified_cache(reuse, prompt, max_tokens)
-                    .map(|seq_id| (seq_id, reuse.map_or(0, |(_, shared)| shared))),
+                KvLayout::Unified => self.place_in_unified_cache(reuse, prompt, max_tokens),
                 KvLayout::PerSequence => self.kv.stream_for(reuse),
             };
             let Some((seq_id, cached)) = placed else {
@@ -754,15 +755,16 @@ impl<'m, 'c> Scheduler<'m, 'c> {
         }
     }
 
-    /// Unified cache: a sequence id for a job of `prompt` tokens and up to `max_tokens`, with the
-    /// cached prefix (`reuse`) copied in (cells shared, the entry pinned). `None` when no id is
-    /// free or evicting prefix cache entries leaves too few cells.
+    /// Unified cache: a sequence id for a job of `prompt` tokens and up to `max_tokens`, and how
+    /// many prompt tokens it holds already: the cached prefix (`reuse`) copied in (cells shared,
+    /// the entry pinned). `None` when no id is free or evicting prefix cache entries leaves too
+    /// few cells.
     fn place_in_unified_cache(
         &mut self,
         reuse: Option<(i32, usize)>,
         prompt: usize,
         max_tokens: u32,
-    ) -> Option<i32> {
+    ) -> Option<(i32, usize)> {
         if self.kv.free_ids.is_empty() {
             return None;
         }
@@ -786,7 +788,7 @@ impl<'m, 'c> Scheduler<'m, 'c> {
                 .ctx
                 .kv_cache_seq_cp(entry, seq_id, Some(0), Some(shared as u32));
         }
-        Some(seq_id)
+        Some((seq_id, cached))
     }
 
     /// Evicts least recently used prefix cache entries before a sequence of `joining` cells
