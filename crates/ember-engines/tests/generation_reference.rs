@@ -7,6 +7,7 @@
 //! attention picks its path by the number of queries, repacked weights switch between GEMV and
 //! GEMM), so values move by rounding; the tokens must match until the first step where the
 //! best two logits are within `NEAR_TIE` of each other, where such rounding may flip the choice.
+//! (`batch_invariance.rs` tests the mode in which they are bit-identical.)
 //! Needs the default models in the model cache (`ember models pull --defaults`).
 
 use ember_core::metrics::Metrics;

@@ -53,6 +53,12 @@ pub struct EngineOptions {
     /// cells, which is faster with many streams on a CPU [default: unified].
     #[arg(long, env = "EMBER_KV_LAYOUT")]
     pub kv_layout: Option<KvLayout>,
+    /// Bit-identical output for a request alone, beside others or from the prefix cache, at
+    /// some speed: per-sequence streams, no flash attention, kernels that do not change with
+    /// the batch. Refuses models whose weights llama.cpp repacks on this CPU (Q4_0, Q4_K: most
+    /// Q4_K_M files) [default: false].
+    #[arg(long, env = "EMBER_BATCH_INVARIANT", num_args = 0..=1, default_missing_value = "true")]
+    pub batch_invariant: Option<bool>,
     /// Tokens per forward pass (decode tokens plus prompt chunks).
     #[arg(long, env = "EMBER_STEP_TOKENS")]
     pub step_tokens: Option<u32>,
@@ -86,6 +92,7 @@ impl EngineOptions {
             max_sequences: self.max_sequences.or(file.max_sequences),
             kv_cells: self.kv_cells.or(file.kv_cells),
             kv_layout: self.kv_layout.or(file.kv_layout),
+            batch_invariant: self.batch_invariant.or(file.batch_invariant),
             step_tokens: self.step_tokens.or(file.step_tokens),
             max_waiting: self.max_waiting.or(file.max_waiting),
             max_wait_secs: self.max_wait_secs.or(file.max_wait_secs),
@@ -108,6 +115,7 @@ impl EngineOptions {
                 max_wait: self
                     .max_wait_secs
                     .map_or(defaults.max_wait, Duration::from_secs),
+                batch_invariant: self.batch_invariant.unwrap_or(defaults.batch_invariant),
             },
             memory: MemoryLimits {
                 budget: self
@@ -195,7 +203,7 @@ mod tests {
     #[test]
     fn config_file_keys() {
         let config: FileConfig = toml::from_str(
-            "listen = \"0.0.0.0:9000\"\nrequire_auth = true\n[task_rate_limits]\ntext-embeddings = 10\n[engine]\nmax_sequences = 8\nkv_layout = \"per-sequence\"\n[aliases]\n\"@cf/meta/llama-3.1-8b-instruct\" = \"@hf/qwen/qwen2.5-coder-0.5b-instruct\"\n",
+            "listen = \"0.0.0.0:9000\"\nrequire_auth = true\n[task_rate_limits]\ntext-embeddings = 10\n[engine]\nmax_sequences = 8\nkv_layout = \"per-sequence\"\nbatch_invariant = true\n[aliases]\n\"@cf/meta/llama-3.1-8b-instruct\" = \"@hf/qwen/qwen2.5-coder-0.5b-instruct\"\n",
         )
         .unwrap();
         assert_eq!(config.listen.unwrap().port(), 9000);
@@ -205,6 +213,7 @@ mod tests {
         let engine = EngineOptions::default().or(&config.engine).resolve();
         assert_eq!(engine.llm.max_sequences, 8);
         assert_eq!(engine.llm.kv_layout, KvLayout::PerSequence);
+        assert!(engine.llm.batch_invariant);
         let bad_layout = toml::from_str::<FileConfig>("[engine]\nkv_layout = \"streams\"");
         assert!(bad_layout.unwrap_err().to_string().contains("kv_layout"));
         assert_eq!("unified".parse(), Ok(KvLayout::Unified));

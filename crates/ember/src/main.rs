@@ -172,6 +172,15 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
         .clone()
         .or(file.db.clone())
         .unwrap_or_else(config::default_db);
+    if let Command::Serve { engine, .. } | Command::Run { engine, .. } = &cli.command
+        && engine.batch_invariant.or(file.engine.batch_invariant) == Some(true)
+    {
+        // SAFETY: no other thread exists yet (the runtime starts below).
+        #[allow(unsafe_code)]
+        unsafe {
+            ember_engines::llm::use_batch_invariant_kernels()
+        };
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
         Command::Serve {

@@ -1,4 +1,5 @@
-//! The `ember` binary as a user runs it: `run` in-process (JSON and streamed), `models list`,
+//! The `ember` binary as a user runs it: `run` in-process (JSON and streamed, and with batch
+//! invariance, which the binary sets up before any thread starts), `models list`,
 //! `models pull` on an installed model (verifies, downloads nothing), `accounts`, `tokens` and
 //! `usage`, and `serve` killed with SIGKILL under load then restarted on the same database.
 //! Needs the default models installed.
@@ -67,6 +68,36 @@ fn run_reports_bad_input_and_unknown_models() {
         r#"{"prompt": 1}"#,
     ]);
     assert!(String::from_utf8_lossy(&output.stderr).contains("/prompt"));
+}
+
+#[test]
+fn run_with_batch_invariance_serves_smollm2_and_refuses_a_q4_k_model() {
+    let input =
+        r#"{"prompt": "The capital of France is", "raw": true, "temperature": 0, "max_tokens": 8}"#;
+    let output = ember(&[
+        "run",
+        "@hf/huggingfacetb/smollm2-135m-instruct",
+        "--batch-invariant",
+        "--input",
+        input,
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(result["response"].as_str().unwrap().starts_with(" Paris."));
+    let output = ember(&[
+        "run",
+        "@hf/qwen/qwen2.5-coder-0.5b-instruct",
+        "--batch-invariant",
+        "--input",
+        input,
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("llama.cpp repacks Q4_K weights"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! scheduler (`scheduler.rs`), which runs every sequence in one llama.cpp context.
 
 mod constraint;
+mod invariance;
 mod output;
 mod prefix_cache;
 mod sampling;
@@ -30,6 +31,7 @@ use std::time::{Duration, Instant};
 use template::ChatTemplate;
 use tokio::sync::{mpsc, oneshot};
 
+pub use invariance::use_batch_invariant_kernels;
 pub use scheduler::{GenerationTiming, KvLayout};
 
 /// How a model's engine is sized.
@@ -52,6 +54,10 @@ pub struct LlmSettings {
     /// Requests that may wait for a sequence slot, and for how long.
     pub max_waiting: usize,
     pub max_wait: Duration,
+    /// Bit-identical logits for a sequence alone, batched or from the prefix cache, at some
+    /// speed (see `invariance.rs`); implies the per-sequence layout. Needs
+    /// `use_batch_invariant_kernels` first, and refuses models whose weights llama.cpp repacks.
+    pub batch_invariant: bool,
 }
 
 impl Default for LlmSettings {
@@ -65,6 +71,7 @@ impl Default for LlmSettings {
             threads: None,
             max_waiting: 256,
             max_wait: Duration::from_secs(30),
+            batch_invariant: false,
         }
     }
 }
@@ -119,6 +126,11 @@ pub fn load(
     };
     let backend = backend()?;
     let path = dir.join("model.gguf");
+    if settings.batch_invariant
+        && let Some(reason) = invariance::refusal(&path)
+    {
+        return Err(failed(reason));
+    }
     let file_bytes = ember_core::installed::files_bytes(spec, dir);
     let id = spec.id.clone();
     let mut logged = 0;
@@ -153,8 +165,13 @@ pub fn load(
         .unwrap_or_else(|| context_window.min(shape.cells_fitting(crate::available_memory() / 8)))
         .max(256);
     let max_sequences = settings.max_sequences.clamp(1, 128);
+    let layout = if settings.batch_invariant {
+        KvLayout::PerSequence
+    } else {
+        settings.kv_layout
+    };
     // A sequence's cells: the pool, or its stream, which llama.cpp rounds up to 256 cells.
-    let (kv_cells, sequence_cells) = match settings.kv_layout {
+    let (kv_cells, sequence_cells) = match layout {
         KvLayout::Unified => (kv_cells, kv_cells),
         KvLayout::PerSequence => {
             let stream = (kv_cells / max_sequences).next_multiple_of(256).max(256);
@@ -165,9 +182,14 @@ pub fn load(
     let model = Arc::new(model);
     let config = scheduler::Config {
         kv_cells,
-        layout: settings.kv_layout,
+        layout,
+        batch_invariant: settings.batch_invariant,
         max_sequences,
-        step_tokens: settings.step_tokens.max(max_sequences + 1),
+        // Room for a prompt chunk beside every decode row; batch invariance needs chunks of at
+        // least 2 rows that leave at least 2, so 4 even in the quarter step prompts get then.
+        step_tokens: settings
+            .step_tokens
+            .max(max_sequences + if settings.batch_invariant { 16 } else { 1 }),
         prefix_cache: settings.prefix_cache,
         threads,
         sliding_window: shape.sliding_window,
@@ -185,7 +207,8 @@ pub fn load(
     tracing::info!(
         model = %spec.id,
         kv_cells,
-        kv_layout = settings.kv_layout.name(),
+        kv_layout = layout.name(),
+        batch_invariant = settings.batch_invariant,
         sequence_cells,
         max_sequences,
         threads,

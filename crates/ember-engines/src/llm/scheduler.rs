@@ -101,6 +101,9 @@ impl std::str::FromStr for KvLayout {
 pub(crate) struct Config {
     pub kv_cells: u32,
     pub layout: KvLayout,
+    /// Per-sequence streams, and steps shaped so that no kernel's choice depends on the batch
+    /// (see `invariance.rs`).
+    pub batch_invariant: bool,
     pub max_sequences: u32,
     pub step_tokens: u32,
     pub prefix_cache: bool,
@@ -284,6 +287,11 @@ pub(crate) fn start(
         .with_swa_full(false)
         .with_n_threads(config.threads)
         .with_n_threads_batch(config.threads);
+    let params = if config.batch_invariant {
+        params.with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED)
+    } else {
+        params
+    };
     let context = ModelContext::try_new(model, |model| model.new_context(backend, params))
         .map_err(|e| format!("context of {} cells: {e}", config.kv_cells))?;
     let (jobs, queue) = std_mpsc::sync_channel(queue_slots);
@@ -446,6 +454,18 @@ fn passes(planned: &[Planned], split: bool) -> Vec<std::ops::Range<usize>> {
     passes
 }
 
+/// Batch invariance: the decode rows (planned first) in one pass, then each prompt chunk in its
+/// own, so llama.cpp does not cut a chunk to the length of the rows beside it.
+fn invariant_passes(planned: &[Planned]) -> Vec<std::ops::Range<usize>> {
+    let decodes = planned.iter().take_while(|p| p.decode).count();
+    let prompts = (decodes..planned.len()).map(|i| i..i + 1);
+    (decodes > 0)
+        .then_some(0..decodes)
+        .into_iter()
+        .chain(prompts)
+        .collect()
+}
+
 /// The KV cache: the context, the prefix cache index and its cells, and the free sequence ids.
 struct Kv<'m, 'c> {
     ctx: &'c mut LlamaContext<'m>,
@@ -591,6 +611,7 @@ struct Scheduler<'m, 'c> {
     kv: Kv<'m, 'c>,
     metrics: ModelMetrics,
     step_tokens: usize,
+    batch_invariant: bool,
     pool: u32,
     waiting: VecDeque<Job>,
     running: Vec<Sequence>,
@@ -632,6 +653,7 @@ impl<'m, 'c> Scheduler<'m, 'c> {
             },
             metrics,
             step_tokens: config.step_tokens as usize,
+            batch_invariant: config.batch_invariant,
             pool,
             waiting: VecDeque::new(),
             running: Vec::new(),
@@ -707,11 +729,11 @@ impl<'m, 'c> Scheduler<'m, 'c> {
     /// Starts waiting jobs, oldest first, while sequence ids and KV cells allow.
     fn admit(&mut self) {
         while let Some(job) = self.waiting.front() {
-            // At least the last prompt token is computed: its logits give the first token.
-            let matches =
-                self.kv
-                    .prefix
-                    .matches(&job.prompt, job.prompt.len() - 1, job.session.as_deref());
+            let matches = self.kv.prefix.matches(
+                &job.prompt,
+                job.prompt.len().saturating_sub(self.min_prompt_rows()),
+                job.session.as_deref(),
+            );
             let reuse = matches
                 .into_iter()
                 .find(|&(entry, shared)| self.kv.reusable(entry, shared));
@@ -806,6 +828,13 @@ impl<'m, 'c> Scheduler<'m, 'c> {
         while self.kv.prefix.cells() as usize > cap && self.kv.evict_one() {}
     }
 
+    /// Prompt rows computed in one pass at least (unless the prompt is shorter): the last one,
+    /// whose logits give the first token, and with batch invariance two, because llama.cpp
+    /// computes one row's attention with another kernel than several rows'.
+    fn min_prompt_rows(&self) -> usize {
+        if self.batch_invariant { 2 } else { 1 }
+    }
+
     /// Plans one step, decodes it in one or more passes, and samples after each. Returns false
     /// when there was nothing to do.
     fn decode_step(&mut self) -> bool {
@@ -815,7 +844,12 @@ impl<'m, 'c> Scheduler<'m, 'c> {
         }
         let mut planned = std::mem::take(&mut self.planned);
         let split = SPLIT_PASSES && self.kv.layout == KvLayout::Unified;
-        for pass in passes(&planned, split) {
+        let passes = if self.batch_invariant {
+            invariant_passes(&planned)
+        } else {
+            passes(&planned, split)
+        };
+        for pass in passes {
             self.decode_pass(&mut planned[pass]);
         }
         self.planned = planned;
@@ -868,6 +902,14 @@ impl<'m, 'c> Scheduler<'m, 'c> {
             if take < remaining && self.running.len() > 1 {
                 take = take.min(share);
             }
+            let rows = self.min_prompt_rows();
+            if take < remaining && rows > 1 {
+                // Leave no row to be computed alone later, and compute none alone now.
+                take = take.min(remaining - rows);
+                if take < rows {
+                    continue;
+                }
+            }
             budget -= take;
             self.planned.push(Planned {
                 sequence: i,
@@ -878,10 +920,11 @@ impl<'m, 'c> Scheduler<'m, 'c> {
         }
         // llama.cpp splits a batch over per-sequence streams into ubatches of sequences with
         // consecutive ids, taken in batch order: in id order, running sequences share one.
+        // Batch invariance decodes prompt chunks in passes of their own, after the decode rows.
         if self.kv.layout == KvLayout::PerSequence {
-            let running = &self.running;
+            let (running, invariant) = (&self.running, self.batch_invariant);
             self.planned
-                .sort_by_key(|plan| running[plan.sequence].seq_id);
+                .sort_by_key(|plan| (invariant && !plan.decode, running[plan.sequence].seq_id));
         }
     }
 
@@ -1074,5 +1117,19 @@ mod tests {
         assert_eq!(batches(70, &[10], true), [(0, 63), (63, 71)]);
         // Not split (GPU): everything in one batch.
         assert_eq!(batches(70, &[128], false), [(0, 71)]);
+    }
+
+    #[test]
+    fn batch_invariance_gives_each_prompt_chunk_a_pass() {
+        let passes = |decodes, chunks: &[usize]| {
+            let passes = invariant_passes(&plan(decodes, chunks));
+            passes
+                .into_iter()
+                .map(|p| (p.start, p.end))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(passes(8, &[40, 16]), [(0, 8), (8, 9), (9, 10)]);
+        assert_eq!(passes(0, &[20, 30]), [(0, 1), (1, 2)]);
+        assert_eq!(passes(32, &[]), [(0, 32)]);
     }
 }

@@ -81,6 +81,9 @@ pub struct LlmBench {
     /// Ember's KV cache layout in the serving runs (`--kv-layout` of `ember serve`).
     #[arg(long, default_value = "unified")]
     kv_layout: KvLayout,
+    /// Ember's serving runs with `--batch-invariant` (implies the per-sequence layout).
+    #[arg(long)]
+    batch_invariant: bool,
     /// Folder with llama-bench and llama-server (default: scripts/bench/build-llama-tools.sh
     /// builds them once into ~/.cache/ember).
     #[arg(long)]
@@ -192,6 +195,7 @@ impl LlmBench {
                 "serving_rounds": self.rounds,
                 "ctx_per_sequence": CTX_PER_SEQUENCE,
                 "ember_kv_layout": self.kv_layout.name(),
+                "ember_batch_invariant": self.batch_invariant,
                 "short_max_tokens": SHORT_MAX_TOKENS,
                 "long_prompt_tokens": LONG_PROMPT_TOKENS,
                 "long_max_tokens": LONG_MAX_TOKENS,
@@ -260,6 +264,7 @@ impl LlmBench {
             sequences,
             ctx_per_sequence: CTX_PER_SEQUENCE,
             kv_layout: self.kv_layout,
+            batch_invariant: self.batch_invariant,
             work_dir: work,
         };
         // A new connection per request: llama-server's HTTP library closes kept-alive connections

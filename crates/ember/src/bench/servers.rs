@@ -24,6 +24,7 @@ pub struct ServerConfig<'a> {
     pub sequences: u32,
     pub ctx_per_sequence: u32,
     pub kv_layout: KvLayout,
+    pub batch_invariant: bool,
     /// For server logs and Ember's database.
     pub work_dir: &'a Path,
 }
@@ -72,6 +73,7 @@ impl Server {
             .args(["--max-sequences", &config.sequences.to_string()])
             .args(["--kv-cells", &config.kv_cells().to_string()])
             .args(["--kv-layout", config.kv_layout.name()])
+            .args(config.batch_invariant.then_some("--batch-invariant"))
             .env("EMBER_THREADS", config.threads.to_string());
         Server::spawn(command, port, &config.work_dir.join("ember.log"))
     }
