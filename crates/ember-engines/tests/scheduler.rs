@@ -126,7 +126,8 @@ const QUESTIONS: [&str; 8] = [
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeded_sampling_repeats_and_seeds_differ() {
     // Under load the same seed draws from logits that llama.cpp computed with differently shaped
-    // kernels (see generation_reference.rs), so only runs of the same shape repeat exactly.
+    // kernels (see generation_reference.rs), so only runs of the same shape repeat exactly
+    // (batch_invariance.rs tests the mode in which they repeat under load too).
     let seeded = |seed| {
         request(
             &[("user", "Tell me a short story about a lighthouse keeper.")],

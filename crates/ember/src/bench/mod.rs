@@ -194,7 +194,7 @@ impl LlmBench {
                 "serving_seconds": self.duration,
                 "serving_rounds": self.rounds,
                 "ctx_per_sequence": CTX_PER_SEQUENCE,
-                "ember_kv_layout": self.kv_layout.name(),
+                "ember_kv_layout": self.ember_layout().name(),
                 "ember_batch_invariant": self.batch_invariant,
                 "short_max_tokens": SHORT_MAX_TOKENS,
                 "long_prompt_tokens": LONG_PROMPT_TOKENS,
@@ -263,7 +263,7 @@ impl LlmBench {
             threads: self.threads,
             sequences,
             ctx_per_sequence: CTX_PER_SEQUENCE,
-            kv_layout: self.kv_layout,
+            kv_layout: self.ember_layout(),
             batch_invariant: self.batch_invariant,
             work_dir: work,
         };
@@ -451,6 +451,15 @@ impl LlmBench {
 
     /// How long the mixed run's calibration and measured run last: twice a timed run, and as
     /// long as all timed runs together (so that several long prompts arrive).
+    /// The KV layout Ember serves with: batch invariance implies per-sequence streams.
+    fn ember_layout(&self) -> KvLayout {
+        if self.batch_invariant {
+            KvLayout::PerSequence
+        } else {
+            self.kv_layout
+        }
+    }
+
     fn mixed_durations(&self) -> [Duration; 2] {
         let duration = Duration::from_secs(self.duration);
         [duration * 2, duration * self.rounds.max(1)]
