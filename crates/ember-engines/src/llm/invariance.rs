@@ -66,7 +66,8 @@ pub(crate) fn refusal(gguf: &Path) -> Option<String> {
     if std::env::var(TILED_MATMUL).as_deref() != Ok("0") {
         return Some(format!(
             "batch invariance needs {TILED_MATMUL}=0 set before the first model runs \
-             (`ember serve --batch-invariant` sets it)"
+             (`ember serve --batch-invariant` sets it; in-process, call \
+             `use_batch_invariant_kernels`)"
         ));
     }
     let content = std::fs::File::open(gguf)

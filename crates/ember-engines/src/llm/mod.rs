@@ -185,8 +185,9 @@ pub fn load(
         layout,
         batch_invariant: settings.batch_invariant,
         max_sequences,
-        // Room for a prompt chunk beside every decode row; batch invariance needs chunks of at
-        // least 2 rows that leave at least 2, so 4 even in the quarter step prompts get then.
+        // Room for a prompt chunk beside every decode row. Batch invariance reads chunks of at
+        // least 2 rows that leave at least 2: 4 rows, even in the quarter step that prompts get
+        // while others decode.
         step_tokens: settings
             .step_tokens
             .max(max_sequences + if settings.batch_invariant { 16 } else { 1 }),
