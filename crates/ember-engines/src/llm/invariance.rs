@@ -94,7 +94,7 @@ pub(crate) fn refusal(gguf: &Path) -> Option<String> {
         format!(
             "batch invariance: llama.cpp repacks {} weights on this CPU, and its repacked \
              kernels change with batch size; use a file of other types (Q4_1, Q5_0, Q5_1, Q8_0, \
-             F16)",
+             F16), e.g. from llama.cpp's `llama-quantize --allow-requantize IN OUT Q8_0`",
             repacked.join(", ")
         )
     })
