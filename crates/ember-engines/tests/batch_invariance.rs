@@ -7,11 +7,13 @@
 //!
 //! One test function: the mode needs a process-wide setting made before any model runs.
 
+use ember_core::InferError;
 use ember_core::metrics::Metrics;
 use ember_core::tasks::{ChatMessage, PromptInput, Sampling, TextGenerationRequest};
-use ember_core::{Catalog, InferError, installed};
 use ember_engines::llm::{self, LlmEngine, LlmSettings, Traced};
 use std::sync::Arc;
+
+mod common;
 
 const MODEL: &str = "@hf/huggingfacetb/smollm2-135m-instruct";
 
@@ -26,13 +28,6 @@ const QUESTIONS: [&str; 7] = [
 ];
 
 fn load(model: &str, prefix_cache: bool) -> Result<LlmEngine, InferError> {
-    let catalog = Catalog::builtin().unwrap();
-    let spec = catalog.get(model).unwrap();
-    let dir = installed::model_dir(&installed::default_home(), spec);
-    assert!(
-        installed::is_installed(spec, &dir),
-        "run `ember models pull --defaults` first"
-    );
     let settings = LlmSettings {
         max_sequences: 8,
         kv_cells: Some(8192),
@@ -40,7 +35,7 @@ fn load(model: &str, prefix_cache: bool) -> Result<LlmEngine, InferError> {
         batch_invariant: true,
         ..LlmSettings::default()
     };
-    llm::load(spec, &dir, &settings, Metrics::new().model(model))
+    common::load_llm(model, &settings, Metrics::new().model(model))
 }
 
 /// The seven questions, then a prompt of about 750 tokens: alone it is read in chunks of 512

@@ -10,13 +10,15 @@
 //! (`batch_invariance.rs` tests the mode in which they are bit-identical.)
 //! Needs the default models in the model cache (`ember models pull --defaults`).
 
+use ember_core::Catalog;
 use ember_core::metrics::Metrics;
 use ember_core::tasks::{ChatMessage, FinishReason, PromptInput, Sampling, TextGenerationRequest};
-use ember_core::{Catalog, installed};
-use ember_engines::llm::{self, KvLayout, LlmEngine, LlmSettings, Traced};
+use ember_engines::llm::{KvLayout, LlmEngine, LlmSettings, Traced};
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::sync::Arc;
+
+mod common;
 
 /// Logit margin below which a greedy choice may legitimately differ between batch shapes. The
 /// divergences seen batched on these models happened at margins of 0.004 to 0.15.
@@ -60,22 +62,13 @@ fn greedy(prompt: PromptInput, max_tokens: u32) -> TextGenerationRequest {
 }
 
 fn load(model: &str, kv_layout: KvLayout) -> LlmEngine {
-    let catalog = Catalog::builtin().unwrap();
-    let spec = catalog.get(model).unwrap();
-    let dir = installed::model_dir(&installed::default_home(), spec);
-    assert!(
-        installed::is_installed(spec, &dir),
-        "{} is not installed in {}: run `ember models pull --defaults`",
-        spec.id,
-        dir.display()
-    );
     let settings = LlmSettings {
         max_sequences: 8,
         kv_cells: Some(8192),
         kv_layout,
         ..LlmSettings::default()
     };
-    llm::load(spec, &dir, &settings, Metrics::new().model(model)).unwrap()
+    common::load_llm(model, &settings, Metrics::new().model(model)).unwrap()
 }
 
 fn prompt(case: &Case) -> PromptInput {

@@ -11,11 +11,12 @@ use ember_core::InferError;
 use ember_core::metrics::Metrics;
 use ember_core::runner::{TextEvent, TextGenerator};
 use ember_core::tasks::{ChatMessage, PromptInput, Sampling, TextGenerationRequest};
-use ember_core::{Catalog, installed};
-use ember_engines::llm::{self, KvLayout, LlmEngine, LlmSettings};
+use ember_engines::llm::{KvLayout, LlmEngine, LlmSettings};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+
+mod common;
 
 const MODEL: &str = "@hf/qwen/qwen2.5-coder-0.5b-instruct";
 
@@ -24,15 +25,8 @@ fn load(settings: LlmSettings) -> (Arc<LlmEngine>, Arc<Metrics>) {
 }
 
 fn load_model(model: &str, settings: LlmSettings) -> (Arc<LlmEngine>, Arc<Metrics>) {
-    let catalog = Catalog::builtin().unwrap();
-    let spec = catalog.get(model).unwrap();
-    let dir = installed::model_dir(&installed::default_home(), spec);
-    assert!(
-        installed::is_installed(spec, &dir),
-        "run `ember models pull {model}` first"
-    );
     let metrics = Metrics::new();
-    let engine = llm::load(spec, &dir, &settings, metrics.model(model)).unwrap();
+    let engine = common::load_llm(model, &settings, metrics.model(model)).unwrap();
     (Arc::new(engine), metrics)
 }
 

@@ -1094,10 +1094,13 @@ mod tests {
             .collect()
     }
 
+    fn pairs(passes: Vec<std::ops::Range<usize>>) -> Vec<(usize, usize)> {
+        passes.into_iter().map(|p| (p.start, p.end)).collect()
+    }
+
     /// The passes of such a plan, as (start, end) pairs.
     fn batches(decodes: usize, chunks: &[usize], split: bool) -> Vec<(usize, usize)> {
-        let passes = passes(&plan(decodes, chunks), split);
-        passes.into_iter().map(|p| (p.start, p.end)).collect()
+        pairs(passes(&plan(decodes, chunks), split))
     }
 
     #[test]
@@ -1121,13 +1124,7 @@ mod tests {
 
     #[test]
     fn batch_invariance_gives_each_prompt_chunk_a_pass() {
-        let passes = |decodes, chunks: &[usize]| {
-            let passes = invariant_passes(&plan(decodes, chunks));
-            passes
-                .into_iter()
-                .map(|p| (p.start, p.end))
-                .collect::<Vec<_>>()
-        };
+        let passes = |decodes, chunks: &[usize]| pairs(invariant_passes(&plan(decodes, chunks)));
         assert_eq!(passes(8, &[40, 16]), [(0, 8), (8, 9), (9, 10)]);
         assert_eq!(passes(0, &[20, 30]), [(0, 1), (1, 2)]);
         assert_eq!(passes(32, &[]), [(0, 32)]);
