@@ -15,8 +15,6 @@ ember="$root/target/debug/ember"
 
 echo "== models"
 "$ember" models pull --defaults
-# The parallel tool-call tests need a model that makes parallel calls.
-"$ember" models pull @hf/qwen/qwen2.5-coder-1.5b-instruct
 # The sliding-window prefix cache test needs a model with a sliding window.
 "$ember" models pull @hf/google/gemma-3-270m
 

@@ -222,6 +222,38 @@ check "/embed returns shape [1,768] and 768 floats" '
   if (v.every(x => x === 0)) return "all-zero vector";
   return true;'
 
+# ---------------------------------------------------------------- /run: the text tasks
+request POST /run '{"model":"@cf/huggingface/distilbert-sst-2-int8","inputs":{"text":"I love this movie"}}'
+check "/run classification: both labels, POSITIVE wins, scores sum to 1" '
+  if (status !== "200") return "status " + status;
+  const j = JSON.parse(body);
+  if (!Array.isArray(j) || j.length !== 2) return "not two labels";
+  const p = j.find(l => l.label === "POSITIVE"), n = j.find(l => l.label === "NEGATIVE");
+  if (!p || !n) return "labels " + JSON.stringify(j);
+  if (Math.abs(p.score + n.score - 1) > 1e-4) return "scores do not sum to 1";
+  return p.score > n.score ? true : "POSITIVE lost";'
+request POST /run '{"model":"@cf/baai/bge-reranker-base","inputs":{"query":"Which planet is the Red Planet?","contexts":[{"text":"Venus is hot."},{"text":"Mars is the Red Planet."}],"top_k":1}}'
+check "/run reranking: {response: [{id, score}]}, the relevant passage first" '
+  if (status !== "200") return "status " + status;
+  const j = JSON.parse(body);
+  if (!Array.isArray(j.response) || j.response.length !== 1) return "response " + JSON.stringify(j);
+  return j.response[0].id === 1 && typeof j.response[0].score === "number" ? true : JSON.stringify(j);'
+request POST /run '{"model":"@cf/meta/m2m100-1.2b","inputs":{"text":"Thank you very much.","target_lang":"spanish"}}'
+check "/run translation: {translated_text}" '
+  if (status !== "200") return "status " + status;
+  const j = JSON.parse(body);
+  return typeof j.translated_text === "string" && /gracias/i.test(j.translated_text) ? true : JSON.stringify(j);'
+request POST /run '{"model":"@cf/facebook/bart-large-cnn","inputs":{"input_text":"The museum reopened on Monday after a two-year renovation that cost 40 million euros. Visitors queued for hours to see the restored paintings.","max_length":60}}'
+check "/run summarization: {summary}" '
+  if (status !== "200") return "status " + status;
+  const j = JSON.parse(body);
+  return typeof j.summary === "string" && j.summary.trim().length > 0 ? true : JSON.stringify(j);'
+request POST /run '{"model":"@cf/meta/m2m100-1.2b","inputs":{"text":"hi","target_lang":"klingon"}}'
+check "/run translation of an unknown language: binding threw 5006 naming target_lang" '
+  if (status !== "500") return "status " + status;
+  const j = JSON.parse(body);
+  return String(j.message).includes("5006") && String(j.message).includes("target_lang") ? true : j.message;'
+
 # ---------------------------------------------------------------- /models (AI.models -> GET .../ai/run/proxy)
 request GET /models
 check "/models (env.AI.models({task: \"Text Embeddings\"})) lists embeddinggemma" '

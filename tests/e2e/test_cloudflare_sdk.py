@@ -129,6 +129,61 @@ def test_embeddings_minilm(client: Cloudflare):
     assert data[0] != data[1], "two different texts produced identical embeddings"
 
 
+# ---------------------------------------------------------------- the text tasks
+# Each catalog id answers in its exact Workers AI shape; without the real weights installed, a
+# stand-in serves it and x-ember-model names it.
+
+
+def run_raw(client: Cloudflare, model: str, **inputs):
+    raw = client.ai.with_raw_response.run(model, account_id=ACCOUNT_ID, **inputs)
+    assert raw.status_code == 200
+    return raw.http_response.json()["result"], raw.headers.get("x-ember-model")
+
+
+def test_text_classification(client: Cloudflare):
+    result, served_by = run_raw(client, "@cf/huggingface/distilbert-sst-2-int8", text="I love this movie")
+    assert served_by in ("@cf/huggingface/distilbert-sst-2-int8", "@hf/ember/sentiment-embeddinggemma")
+    assert [r["label"] for r in result] == ["NEGATIVE", "POSITIVE"], result
+    assert abs(sum(r["score"] for r in result) - 1) < 1e-4, result
+    assert result[1]["score"] > result[0]["score"], result
+
+
+def test_reranking(client: Cloudflare):
+    # The SDK has no reranking overload; its inputs go as extra body fields.
+    result, _ = run_raw(
+        client,
+        "@cf/baai/bge-reranker-base",
+        extra_body={
+            "query": "Which planet is known as the Red Planet?",
+            "contexts": [{"text": "Venus is the hottest planet."}, {"text": "Mars is called the Red Planet."}],
+            "top_k": 2,
+        },
+    )
+    assert [r["id"] for r in result["response"]] == [1, 0], result
+    assert result["response"][0]["score"] > result["response"][1]["score"]
+
+
+def test_translation(client: Cloudflare):
+    result, _ = run_raw(client, "@cf/meta/m2m100-1.2b", text="Thank you very much.", target_lang="es")
+    assert "gracias" in result["translated_text"].lower(), result
+
+
+def test_summarization(client: Cloudflare):
+    text = (
+        "The museum reopened on Monday after a two-year renovation that cost 40 million euros. "
+        "Visitors queued for hours to see the restored paintings, and the director said that "
+        "ticket sales in the first week were the highest in the museum's history."
+    )
+    result, _ = run_raw(client, "@cf/facebook/bart-large-cnn", input_text=text, max_length=60)
+    assert result["summary"].strip() and len(result["summary"]) < len(text), result
+
+
+def test_unknown_language_is_5006_naming_the_field(client: Cloudflare):
+    with pytest.raises(cloudflare.BadRequestError) as ei:
+        client.ai.run("@cf/meta/m2m100-1.2b", account_id=ACCOUNT_ID, text="hi", target_lang="klingon")
+    assert "5006" in json.dumps(ei.value.body) and "target_lang" in json.dumps(ei.value.body), ei.value.body
+
+
 # ---------------------------------------------------------------- catalog
 
 

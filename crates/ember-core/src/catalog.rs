@@ -2,57 +2,13 @@
 //! come from, and their published limits and prices. Compiled in from `data/catalog.toml`; a user
 //! catalog file overrides or adds entries by id.
 
+pub use crate::tasks::Task;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The catalog file compiled into the binary.
 pub const BUILTIN_CATALOG: &str = include_str!("../data/catalog.toml");
-
-/// Workers AI task kinds Ember serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Task {
-    TextGeneration,
-    TextEmbeddings,
-}
-
-impl Task {
-    /// The name Workers AI uses for the task in catalog results and `task=` filters.
-    pub fn display_name(self) -> &'static str {
-        match self {
-            Task::TextGeneration => "Text Generation",
-            Task::TextEmbeddings => "Text Embeddings",
-        }
-    }
-
-    /// Stable task UUID published by Workers AI.
-    pub fn uuid(self) -> &'static str {
-        match self {
-            Task::TextGeneration => "c329a1f9-323d-4e91-b2aa-582dd4188d34",
-            Task::TextEmbeddings => "0137cdcf-162a-4108-94f2-1ca59e8c65ee",
-        }
-    }
-
-    /// Requests per minute per account and task, as Workers AI publishes them.
-    pub fn requests_per_minute(self) -> u32 {
-        match self {
-            Task::TextGeneration => 300,
-            Task::TextEmbeddings => 3000,
-        }
-    }
-
-    pub fn description(self) -> &'static str {
-        match self {
-            Task::TextGeneration => {
-                "Family of generative text models, such as large language models (LLM), that can be adapted for a variety of natural language tasks."
-            }
-            Task::TextEmbeddings => {
-                "Feature extraction models transform raw data into numerical features that can be processed while preserving the information in the original dataset. These models are ideal as part of building vector search applications or Retrieval Augmented Generation workflows with Large Language Models (LLM)."
-            }
-        }
-    }
-}
 
 /// Which engine runs a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +20,14 @@ pub enum Engine {
     CandleBert,
     /// EmbeddingGemma (bidirectional Gemma 3 encoder + dense head) on candle.
     CandleGemma3Embedding,
+    /// A `*ForSequenceClassification` encoder (DistilBERT) on candle.
+    CandleSequenceClassifier,
+    /// An XLM-RoBERTa cross-encoder (query, passage) → relevance, on candle.
+    CandleCrossEncoder,
+    /// An encoder-decoder translation or summarization model (BART, M2M100) on candle.
+    CandleSeq2seq,
+    /// No weights of its own: serves its task through its `base` model (see `standin.rs`).
+    StandIn,
 }
 
 /// Prices in Neurons (1 neuron = $0.000011).
@@ -173,9 +137,16 @@ pub struct ModelSpec {
     /// Fetched by the setup command and used by the tests.
     #[serde(default)]
     pub default: bool,
+    #[serde(default)]
     pub files: Vec<ModelFile>,
+    #[serde(default)]
     pub sources: Vec<Source>,
-    /// Extra catalog properties shown in model search (`info`, `terms`, ...).
+    /// A model that serves this one's id while this one is not installed (its weights cannot
+    /// be had everywhere); `x-ember-model` names it.
+    pub stand_in: Option<String>,
+    /// For `engine = "stand-in"`: the installed model it runs on.
+    pub base: Option<String>,
+    /// Extra catalog properties shown in model search (`info`, `terms`, `languages`, ...).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
 }
@@ -267,6 +238,21 @@ impl Catalog {
                 None => self.models.push(spec),
             }
         }
+        self.check_references()
+    }
+
+    /// Checks that every `stand_in` and `base` names a model of the catalog.
+    fn check_references(&self) -> Result<(), CatalogError> {
+        for spec in &self.models {
+            for reference in [&spec.stand_in, &spec.base].into_iter().flatten() {
+                if self.get(reference).is_none() {
+                    return Err(CatalogError::Invalid {
+                        id: spec.id.clone(),
+                        problem: format!("{reference} is not in the catalog"),
+                    });
+                }
+            }
+        }
         Ok(())
     }
 
@@ -290,6 +276,14 @@ fn validate(spec: &ModelSpec) -> Result<(), CatalogError> {
         return Err(invalid(
             "id must look like @cf/<author>/<name> or @hf/<org>/<name>",
         ));
+    }
+    if spec.engine == Engine::StandIn {
+        return match (&spec.base, spec.files.is_empty() && spec.sources.is_empty()) {
+            (Some(_), true) => Ok(()),
+            _ => Err(invalid(
+                "a stand-in names its base model and has no files or sources of its own",
+            )),
+        };
     }
     if spec.files.is_empty() {
         return Err(invalid("lists no files"));

@@ -1,15 +1,18 @@
 //! `Ember`: the in-process `run(model, input)` API shared by the CLI and the HTTP server. It
-//! resolves aliases, checks the model is installed, loads it on first use within the memory
-//! budget (unloading idle models to make room), validates the input for the model's task, admits
-//! it and returns a JSON result or a text stream.
+//! resolves aliases, picks the model that serves (the model itself, or its stand-in while it is
+//! not installed), loads it on first use within the memory budget (unloading idle models to make
+//! room; a model whose thread died is loaded again), validates the input for the model's task,
+//! admits it and returns a JSON result or a text stream, priced at the requested model's price.
 
 use crate::InferError;
+use crate::catalog::Engine;
 use crate::catalog::{Catalog, ModelSpec, Task};
 use crate::installed;
 use crate::metrics::{Metrics, ModelMetrics};
 use crate::runner::{LoadedModel, TextEvent};
+use crate::standin;
 use crate::tasks::{
-    self, Completion, EmbeddingsOutput, EmbeddingsRequest, TextGenerationRequest, Usage,
+    self, Completion, TaskInput, TaskOutput, TaskRequest, TextGenerationRequest, Usage,
 };
 use serde_json::Value;
 use std::collections::HashMap;
@@ -69,6 +72,7 @@ pub struct Ember {
     metrics: Arc<Metrics>,
     memory: MemoryLimits,
     resident: Mutex<HashMap<String, Resident>>,
+    stand_in_memo: standin::Memo,
 }
 
 impl Ember {
@@ -94,12 +98,17 @@ impl Ember {
             metrics: Metrics::new(),
             memory,
             resident: Mutex::new(HashMap::new()),
+            stand_in_memo: standin::Memo::default(),
         })
     }
 
     /// The serving metrics of every model.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    pub(crate) fn stand_in_memo(&self) -> &standin::Memo {
+        &self.stand_in_memo
     }
 
     pub fn catalog(&self) -> &Catalog {
@@ -118,8 +127,21 @@ impl Ember {
             .ok_or_else(|| InferError::NoSuchModel(model.to_string()))
     }
 
+    /// Whether `spec` can run here: its files are installed, or, for a stand-in, its base's are.
     pub fn is_installed(&self, spec: &ModelSpec) -> bool {
-        installed::is_installed(spec, &installed::model_dir(&self.home, spec))
+        installed::can_run(&self.catalog, &self.home, spec)
+    }
+
+    /// The model that serves requests for `spec`: itself when installed, else its stand-in.
+    pub fn serving<'a>(&'a self, spec: &'a ModelSpec) -> Result<&'a ModelSpec, InferError> {
+        if self.is_installed(spec) {
+            return Ok(spec);
+        }
+        spec.stand_in
+            .as_deref()
+            .and_then(|id| self.catalog.get(id))
+            .filter(|stand_in| self.is_installed(stand_in))
+            .ok_or_else(|| InferError::NotInstalled(spec.id.clone()))
     }
 
     /// The loaded model, loading it on first use. Concurrent first requests share one load.
@@ -134,6 +156,11 @@ impl Ember {
                 last_used: Instant::now(),
             });
             entry.last_used = Instant::now();
+            if entry.model.get().is_some_and(|model| !model.is_alive()) {
+                tracing::warn!(model = %spec.id, "the model's thread died; loading it again");
+                self.metrics.model(&spec.id).restarted();
+                entry.model = Arc::default();
+            }
             entry.model.clone()
         };
         let loaded = cell
@@ -229,8 +256,8 @@ impl Ember {
     }
 
     /// Starts a validated text generation on `spec`'s model (loading it on first use) once it
-    /// is admitted. Its text arrives on the returned channel. `run` calls this (and `embed`) with
-    /// the request it parsed, the OpenAI routes with the one they build.
+    /// is admitted. Its text arrives on the returned channel. `run` calls this with the request it
+    /// parsed, the OpenAI routes with the one they build.
     pub async fn generate(
         &self,
         spec: &ModelSpec,
@@ -244,44 +271,64 @@ impl Ember {
             )));
         };
         let ticket = generator.admission().admit(options.reject_if_busy).await?;
-        generator.start(request, options.session.clone(), ticket)
+        let session = options.session.clone();
+        // Templating, tokenizing and compiling a grammar are CPU work: off the async workers.
+        tokio::task::spawn_blocking(move || generator.start(request, session, ticket))
+            .await
+            .map_err(|e| InferError::Internal(format!("preparing the prompt panicked: {e}")))?
     }
 
-    /// Embeds validated texts on `spec`'s model (loading it on first use), within
-    /// `options.timeout`.
-    pub async fn embed(
+    /// Runs a validated request of any task but text generation on `spec`'s serving model
+    /// (loading it on first use), within `options.timeout`. The usage is priced at `spec`'s
+    /// price, whichever model served.
+    pub async fn run_task(
         &self,
         spec: &ModelSpec,
-        request: EmbeddingsRequest,
+        request: TaskRequest,
         options: &RunOptions,
-    ) -> Result<EmbeddingsOutput, InferError> {
-        let LoadedModel::Embeddings(worker) = self.model(spec).await? else {
+    ) -> Result<TaskRun, InferError> {
+        let served = self.serving(spec)?;
+        let output = match served.engine {
+            Engine::StandIn => standin::run(self, served, request, options).await?,
+            _ => self.run_on_worker(served, request, options).await?,
+        };
+        Ok(TaskRun {
+            usage: output.usage().priced(&spec.price),
+            output,
+            served_by: served.id.clone(),
+        })
+    }
+
+    /// Runs `request` on `spec`'s own worker thread (loading it on first use).
+    pub(crate) async fn run_on_worker(
+        &self,
+        spec: &ModelSpec,
+        request: TaskRequest,
+        options: &RunOptions,
+    ) -> Result<TaskOutput, InferError> {
+        let LoadedModel::Worker(worker) = self.model(spec).await? else {
             return Err(InferError::Internal(format!(
-                "{} is not an embeddings model",
+                "{} runs on no worker thread",
                 spec.id
             )));
         };
-        with_timeout(
-            options.timeout,
-            worker.embed(request.texts, request.pooling),
-        )
-        .await
+        with_timeout(options.timeout, worker.run(request)).await
     }
 
-    /// Runs `model` on a task input, the way `env.AI.run(model, input)` does.
+    /// Runs `spec` (a resolved catalog entry, see `resolve`) on a task input, the way
+    /// `env.AI.run(model, input)` does.
     pub async fn run(
         &self,
-        model: &str,
+        spec: &ModelSpec,
         input: &Value,
         options: &RunOptions,
     ) -> Result<Run, InferError> {
-        let spec = self.resolve(model)?;
-        let output = match spec.task {
-            Task::TextGeneration => {
-                let request = tasks::parse_text_generation(input, spec)?;
+        let served = self.serving(spec)?;
+        let (served_by, output) = match tasks::parse(served, input)? {
+            TaskInput::TextGeneration(request) => {
                 let stream = request.stream;
-                let events = self.generate(spec, request, options).await?;
-                if stream {
+                let events = self.generate(served, request, options).await?;
+                let output = if stream {
                     RunOutput::Stream(events)
                 } else {
                     let completion = complete(events, options.timeout).await?;
@@ -289,24 +336,34 @@ impl Ember {
                         result: completion.to_json(),
                         usage: completion.usage,
                     }
-                }
+                };
+                (served.id.clone(), output)
             }
-            Task::TextEmbeddings => {
-                let request = tasks::parse_embeddings(input)?;
-                let pooling = request.pooling;
-                let embedded = self.embed(spec, request, options).await?;
-                RunOutput::Json {
-                    result: embedded.to_json(pooling),
-                    usage: Usage::new(embedded.input_tokens(), 0).priced(&spec.price),
-                }
+            TaskInput::Task(request) => {
+                let run = self.run_task(spec, request, options).await?;
+                let result = run.output.to_json();
+                (
+                    run.served_by,
+                    RunOutput::Json {
+                        result,
+                        usage: run.usage,
+                    },
+                )
             }
         };
         Ok(Run {
-            served_by: spec.id.clone(),
+            served_by,
             task: spec.task,
             output,
         })
     }
+}
+
+/// What `run_task` produced, its priced usage, and the model that served it.
+pub struct TaskRun {
+    pub output: TaskOutput,
+    pub usage: Usage,
+    pub served_by: String,
 }
 
 /// Waits for a generation to finish, at most `timeout`. Dropping the receiver (on timeout) stops

@@ -2,7 +2,7 @@
 //! once every file has been verified. A model counts as installed only with a manifest that lists
 //! each catalog file at its recorded size.
 
-use crate::catalog::ModelSpec;
+use crate::catalog::{Catalog, Engine, ModelSpec};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -69,4 +69,14 @@ pub fn is_installed(spec: &ModelSpec, dir: &Path) -> bool {
             std::fs::metadata(dir.join(&file.path)).is_ok_and(|m| m.len() == recorded.size)
         })
     })
+}
+
+/// Whether `spec` can run from `home`: its files are installed, or, for a stand-in, its base's are.
+pub fn can_run(catalog: &Catalog, home: &Path, spec: &ModelSpec) -> bool {
+    match (spec.engine, &spec.base) {
+        (Engine::StandIn, Some(base)) => catalog
+            .get(base)
+            .is_some_and(|base| can_run(catalog, home, base)),
+        _ => is_installed(spec, &model_dir(home, spec)),
+    }
 }

@@ -9,9 +9,10 @@ pub mod error;
 pub mod installed;
 pub mod metrics;
 pub mod runner;
+mod standin;
 pub mod tasks;
 pub mod tools;
 
 pub use catalog::{Catalog, ModelSpec, Task};
-pub use ember::{Ember, MemoryLimits, Run, RunOptions, RunOutput};
+pub use ember::{Ember, MemoryLimits, Run, RunOptions, RunOutput, TaskRun};
 pub use error::InferError;

@@ -36,6 +36,7 @@ pub struct Metrics {
     hit_ratio: Family<ModelLabel, Gauge<f64, AtomicU64>>,
     generated: Family<ModelLabel, Counter>,
     rejected: Family<ModelLabel, Counter>,
+    restarts: Family<ModelLabel, Counter>,
     ttft: Latency,
     itl: Latency,
 }
@@ -54,6 +55,7 @@ impl Metrics {
         let hit_ratio = Family::default();
         let generated = Family::default();
         let rejected = Family::default();
+        let restarts = Family::default();
         let ttft = Latency::new_with_constructor(latency_histogram);
         let itl = Latency::new_with_constructor(latency_histogram);
         let r = &mut registry;
@@ -101,6 +103,11 @@ impl Metrics {
             rejected.clone(),
         );
         r.register(
+            "model_restarts",
+            "Times the model was loaded again after its engine panicked",
+            restarts.clone(),
+        );
+        r.register(
             "time_to_first_token_seconds",
             "From arrival to the first generated token",
             ttft.clone(),
@@ -123,6 +130,7 @@ impl Metrics {
             hit_ratio,
             generated,
             rejected,
+            restarts,
             ttft,
             itl,
         })
@@ -145,9 +153,18 @@ impl Metrics {
             hit_ratio: self.hit_ratio.get_or_create(&label).clone(),
             generated: self.generated.get_or_create(&label).clone(),
             rejected: self.rejected.get_or_create(&label).clone(),
+            restarts: self.restarts.get_or_create(&label).clone(),
             ttft: self.ttft.get_or_create(&label).clone(),
             itl: self.itl.get_or_create(&label).clone(),
         }
+    }
+
+    /// How often `model` was loaded again after its engine panicked.
+    pub fn restarts(&self, model: &str) -> u64 {
+        let label = ModelLabel {
+            model: model.to_string(),
+        };
+        self.restarts.get_or_create(&label).get()
     }
 
     /// The OpenMetrics text exposition of every metric.
@@ -173,11 +190,17 @@ pub struct ModelMetrics {
     hit_ratio: Gauge<f64, AtomicU64>,
     generated: Counter,
     rejected: Counter,
+    restarts: Counter,
     ttft: Histogram,
     itl: Histogram,
 }
 
 impl ModelMetrics {
+    /// The model was found dead and is being loaded again.
+    pub fn restarted(&self) {
+        self.restarts.inc();
+    }
+
     pub fn set_loaded(&self, loaded: bool) {
         self.loaded.set(i64::from(loaded));
     }

@@ -1,20 +1,23 @@
 //! What engines implement: a `TextGenerator` (an engine with its own scheduler thread, fed
-//! admitted requests) and an `EmbeddingsRunner` (run on the model's worker thread), plus the
-//! worker thread that owns an embeddings model.
+//! admitted requests) and a `Runner` (any other task's engine, run on the model's worker thread),
+//! plus the worker thread that owns such a model.
 //!
-//! Invariant: an embeddings model lives on exactly one named OS thread, fed by a bounded queue of
-//! jobs that carry their own reply channel. Async code never touches the model; a job whose caller
-//! has gone (reply channel closed) is skipped.
+//! Invariant: a worker model lives on exactly one named OS thread, fed by a bounded queue of jobs
+//! that carry their own reply channel. Async code never touches the model; a job whose caller has
+//! gone (reply channel closed) is skipped. A panic inside the engine is caught on that thread: the
+//! caller gets an internal error, the thread ends and the handle reports the model dead, so the
+//! next request loads it afresh (`Ember::model`).
 
 use crate::InferError;
 use crate::admission::{Admission, Ticket};
-use crate::tasks::{Completion, EmbeddingsOutput, Pooling, TextGenerationRequest};
+use crate::tasks::{Completion, TaskOutput, TaskRequest, TextGenerationRequest};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
 use tokio::sync::{mpsc, oneshot};
 
-/// Embeddings jobs waiting for a model beyond the one it is running; more are refused with
+/// Jobs waiting for a worker model beyond the one it is running; more are refused with
 /// `Overloaded`.
 pub const QUEUE_DEPTH: usize = 64;
 /// Streamed events buffered per request; a client that falls this far behind pauses its own
@@ -26,8 +29,9 @@ pub trait TextGenerator: Send + Sync {
     /// The engine's sequence slots; a request holds a ticket from here before `start`.
     fn admission(&self) -> &Admission;
 
-    /// Prepares the prompt and hands the request to the engine. Its text arrives on the returned
-    /// channel, ending with `Done` or `Failed`; dropping the receiver cancels it within one step.
+    /// Prepares the prompt (template, tokens, grammar: CPU work, so callers run it off the async
+    /// runtime) and hands the request to the engine. Its text arrives on the returned channel,
+    /// ending with `Done` or `Failed`; dropping the receiver cancels it within one step.
     /// `session` (`x-session-affinity`) keeps the conversation's prefix cache entries longest.
     fn start(
         &self,
@@ -38,13 +42,16 @@ pub trait TextGenerator: Send + Sync {
 
     /// Bytes the loaded model holds (weights and caches), for the memory budget.
     fn memory_bytes(&self) -> u64;
+
+    /// False once the engine's thread has ended (it panicked); the model must be loaded again.
+    fn is_alive(&self) -> bool;
 }
 
 /// A loaded model, ready to serve its task.
 #[derive(Clone)]
 pub enum LoadedModel {
     TextGeneration(Arc<dyn TextGenerator>),
-    Embeddings(ModelWorker),
+    Worker(ModelWorker),
 }
 
 impl LoadedModel {
@@ -52,23 +59,31 @@ impl LoadedModel {
     pub fn is_busy(&self) -> bool {
         match self {
             LoadedModel::TextGeneration(generator) => generator.admission().in_flight() > 0,
-            LoadedModel::Embeddings(worker) => worker.is_busy(),
+            LoadedModel::Worker(worker) => worker.is_busy(),
         }
     }
 
     pub fn memory_bytes(&self) -> u64 {
         match self {
             LoadedModel::TextGeneration(generator) => generator.memory_bytes(),
-            LoadedModel::Embeddings(worker) => worker.memory_bytes,
+            LoadedModel::Worker(worker) => worker.memory_bytes,
+        }
+    }
+
+    /// False once the model's thread has died; it takes no more work.
+    pub fn is_alive(&self) -> bool {
+        match self {
+            LoadedModel::TextGeneration(generator) => generator.is_alive(),
+            LoadedModel::Worker(worker) => worker.alive.load(Ordering::SeqCst),
         }
     }
 }
 
-/// A text embeddings engine. Runs on the model's thread.
-pub trait EmbeddingsRunner {
-    /// Embeds every text (truncated to the model's input limit) with the given pooling.
-    fn embed(&mut self, texts: &[String], pooling: Pooling)
-    -> Result<EmbeddingsOutput, InferError>;
+/// An engine for every task but text generation: one request at a time, on the model's thread.
+pub trait Runner {
+    /// Runs a validated request of the model's task. A request of another task is a bug of the
+    /// caller (`InferError::Internal`).
+    fn run(&mut self, request: TaskRequest) -> Result<TaskOutput, InferError>;
 }
 
 /// One event of a streamed generation.
@@ -90,42 +105,43 @@ pub enum TextEvent {
     Failed(InferError),
 }
 
-struct EmbedJob {
-    texts: Vec<String>,
-    pooling: Pooling,
-    reply: oneshot::Sender<Result<EmbeddingsOutput, InferError>>,
+struct Job {
+    request: TaskRequest,
+    reply: oneshot::Sender<Result<TaskOutput, InferError>>,
 }
 
-/// A handle to an embeddings model's worker thread. Cheap to clone; the thread ends when the last handle drops.
+/// A handle to a worker model's thread. Cheap to clone; the thread ends when the last handle
+/// drops, or when the engine panics.
 #[derive(Clone)]
 pub struct ModelWorker {
-    jobs: std_mpsc::SyncSender<EmbedJob>,
+    jobs: std_mpsc::SyncSender<Job>,
     /// Jobs queued or running.
     pending: Arc<AtomicUsize>,
+    alive: Arc<AtomicBool>,
     memory_bytes: u64,
 }
 
 impl ModelWorker {
-    /// Starts a thread that builds an embeddings runner with `build` and then serves jobs.
-    /// Returns once the model has loaded, or with the load error. `memory_bytes` is what the
-    /// model holds, for the memory budget.
-    pub fn embeddings<F, R>(
-        name: &str,
-        memory_bytes: u64,
-        build: F,
-    ) -> Result<ModelWorker, InferError>
+    /// Starts a thread that builds a runner with `build` and then serves jobs. Returns once the
+    /// model has loaded, or with the load error. `memory_bytes` is what the model holds, for the
+    /// memory budget.
+    pub fn start<F, R>(name: &str, memory_bytes: u64, build: F) -> Result<ModelWorker, InferError>
     where
         F: FnOnce() -> Result<R, InferError> + Send + 'static,
-        R: EmbeddingsRunner + 'static,
+        R: Runner + 'static,
     {
-        let (jobs, queue) = std_mpsc::sync_channel::<EmbedJob>(QUEUE_DEPTH);
+        let (jobs, queue) = std_mpsc::sync_channel::<Job>(QUEUE_DEPTH);
         let (ready_tx, ready_rx) = std_mpsc::sync_channel::<Result<(), InferError>>(1);
         let pending = Arc::new(AtomicUsize::new(0));
-        let pending_in_thread = pending.clone();
+        let alive = Arc::new(AtomicBool::new(true));
+        let (pending_in_thread, alive_in_thread) = (pending.clone(), alive.clone());
+        let thread_name = format!("model {name}");
         std::thread::Builder::new()
-            .name(format!("model {name}"))
+            .name(thread_name.clone())
             .spawn(move || {
-                let mut runner = match build() {
+                let built = catch_unwind(AssertUnwindSafe(build))
+                    .unwrap_or_else(|panic| Err(panicked(&thread_name, &*panic)));
+                let mut runner = match built {
                     Ok(runner) => {
                         let _ = ready_tx.send(Ok(()));
                         runner
@@ -137,7 +153,19 @@ impl ModelWorker {
                 };
                 while let Ok(job) = queue.recv() {
                     if !job.reply.is_closed() {
-                        let _ = job.reply.send(runner.embed(&job.texts, job.pooling));
+                        let result = catch_unwind(AssertUnwindSafe(|| runner.run(job.request)));
+                        match result {
+                            Ok(result) => {
+                                let _ = job.reply.send(result);
+                            }
+                            Err(panic) => {
+                                // The runner's state is unknown after a panic: stop serving it.
+                                alive_in_thread.store(false, Ordering::SeqCst);
+                                let _ = job.reply.send(Err(panicked(&thread_name, &*panic)));
+                                pending_in_thread.fetch_sub(1, Ordering::SeqCst);
+                                return;
+                            }
+                        }
                     }
                     pending_in_thread.fetch_sub(1, Ordering::SeqCst);
                 }
@@ -149,6 +177,7 @@ impl ModelWorker {
         Ok(ModelWorker {
             jobs,
             pending,
+            alive,
             memory_bytes,
         })
     }
@@ -157,20 +186,11 @@ impl ModelWorker {
         self.pending.load(Ordering::SeqCst) > 0
     }
 
-    /// Queues an embeddings job and waits for its result.
-    pub async fn embed(
-        &self,
-        texts: Vec<String>,
-        pooling: Pooling,
-    ) -> Result<EmbeddingsOutput, InferError> {
+    /// Queues a job and waits for its result.
+    pub async fn run(&self, request: TaskRequest) -> Result<TaskOutput, InferError> {
         let (reply, result) = oneshot::channel();
         self.pending.fetch_add(1, Ordering::SeqCst);
-        let job = EmbedJob {
-            texts,
-            pooling,
-            reply,
-        };
-        if let Err(error) = self.jobs.try_send(job) {
+        if let Err(error) = self.jobs.try_send(Job { request, reply }) {
             self.pending.fetch_sub(1, Ordering::SeqCst);
             return Err(match error {
                 std_mpsc::TrySendError::Full(_) => InferError::Overloaded,
@@ -183,4 +203,19 @@ impl ModelWorker {
             .await
             .map_err(|_| InferError::Internal("model thread stopped".into()))?
     }
+}
+
+/// The error a caller gets for a panic on a model's thread; the panic's message goes to the log.
+fn panicked(thread: &str, panic: &(dyn std::any::Any + Send)) -> InferError {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    tracing::error!(
+        thread,
+        message,
+        "engine panicked; the model will be loaded again"
+    );
+    InferError::Internal(format!("{thread} panicked: {message}"))
 }

@@ -1,14 +1,18 @@
 //! Ember's engines: the code that runs model weights. Text generation on llama.cpp (`llm`), text
-//! embeddings on candle (`embed`). `load` picks the engine a catalog entry names and starts it.
+//! embeddings (`embed`), classification and reranking (`encoders`), translation and
+//! summarization (`seq2seq`) on candle. `load` picks the engine a catalog entry names and starts it.
 //! This is the only crate with kernel dependencies.
 
 pub mod embed;
+pub mod encoders;
 pub mod llm;
+pub mod seq2seq;
 
 use ember_core::InferError;
 use ember_core::catalog::{Engine, ModelSpec};
 use ember_core::metrics::ModelMetrics;
-use ember_core::runner::{LoadedModel, ModelWorker};
+use ember_core::runner::{LoadedModel, ModelWorker, Runner};
+use ember_core::tasks::TaskRequest;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -24,15 +28,39 @@ pub fn load(
             let engine = llm::load(spec, dir, llm_settings, metrics)?;
             Ok(LoadedModel::TextGeneration(Arc::new(engine)))
         }
-        Engine::CandleBert | Engine::CandleGemma3Embedding => {
-            let file_bytes = ember_core::installed::files_bytes(spec, dir);
-            let (spec, dir) = (spec.clone(), dir.to_path_buf());
-            let worker = ModelWorker::embeddings(&spec.id.clone(), file_bytes, move || {
-                embed::load(&spec, &dir)
-            })?;
-            Ok(LoadedModel::Embeddings(worker))
+        Engine::CandleBert | Engine::CandleGemma3Embedding => on_worker(spec, dir, embed::load),
+        Engine::CandleSequenceClassifier => {
+            on_worker(spec, dir, |_, dir| encoders::SequenceClassifier::load(dir))
         }
+        Engine::CandleCrossEncoder => {
+            on_worker(spec, dir, |_, dir| encoders::CrossEncoder::load(dir))
+        }
+        Engine::CandleSeq2seq => on_worker(spec, dir, |_, dir| seq2seq::Seq2Seq::load(dir)),
+        Engine::StandIn => Err(InferError::Internal(format!(
+            "{} is a stand-in and loads nothing of its own",
+            spec.id
+        ))),
     }
+}
+
+/// Starts a worker thread that loads the model with `build` and serves its requests.
+fn on_worker<R, F>(spec: &ModelSpec, dir: &Path, build: F) -> Result<LoadedModel, InferError>
+where
+    R: Runner + 'static,
+    F: FnOnce(&ModelSpec, &Path) -> Result<R, InferError> + Send + 'static,
+{
+    let file_bytes = ember_core::installed::files_bytes(spec, dir);
+    let (spec, dir) = (spec.clone(), dir.to_path_buf());
+    let worker = ModelWorker::start(&spec.id.clone(), file_bytes, move || build(&spec, &dir))?;
+    Ok(LoadedModel::Worker(worker))
+}
+
+/// The error for a request of a task the engine does not run (a bug of the caller).
+pub(crate) fn wrong_task(request: &TaskRequest) -> InferError {
+    InferError::Internal(format!(
+        "this engine runs no {} requests",
+        request.task().display_name()
+    ))
 }
 
 /// `MemAvailable` from /proc/meminfo, or 8 GiB where that cannot be read.

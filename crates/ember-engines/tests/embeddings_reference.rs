@@ -5,7 +5,6 @@
 //! defaulting to `~/.cache/ember`); a missing model fails the test.
 
 use ember_core::catalog::Catalog;
-use ember_core::runner::EmbeddingsRunner;
 use ember_core::tasks::Pooling;
 use ember_core::{InferError, ModelSpec};
 use ember_engines::embed;
@@ -81,7 +80,7 @@ fn check_model(fixture_file: &str, id: &str) -> f64 {
     let fixture = fixture(fixture_file);
     let spec = spec(id);
     let dir = model_dir(&spec);
-    let mut model = embed::load(&spec, &dir).unwrap_or_else(|e| panic!("{id}: {e}"));
+    let model = embed::load(&spec, &dir).unwrap_or_else(|e| panic!("{id}: {e}"));
     let texts: Vec<String> = fixture.cases.iter().map(|c| c.text.clone()).collect();
 
     // Tokenization, truncation included, is exactly the reference's.
@@ -186,7 +185,7 @@ fn load_reports_a_missing_folder() {
 #[test]
 fn runner_embeds_and_normalizes() {
     let spec = spec("@hf/sentence-transformers/all-minilm-l6-v2");
-    let mut runner = embed::load(&spec, &model_dir(&spec)).unwrap();
+    let runner = embed::load(&spec, &model_dir(&spec)).unwrap();
     let texts: Vec<String> = [
         "A man is eating food.",
         "A man is eating a piece of bread.",

@@ -157,14 +157,15 @@ impl Gateway {
         match spec.rate_limit_per_minute {
             Some(per_minute) => (format!("{account} model {}", spec.id), per_minute),
             None => {
+                let task = spec.task.rate_limited_as();
                 let per_minute = self
                     .config
                     .task_limits
-                    .get(&spec.task)
+                    .get(&task)
                     .copied()
-                    .unwrap_or_else(|| spec.task.requests_per_minute());
+                    .unwrap_or_else(|| task.requests_per_minute());
                 (
-                    format!("{account} task {}", spec.task.display_name()),
+                    format!("{account} task {}", task.display_name()),
                     per_minute,
                 )
             }

@@ -10,8 +10,17 @@ use ember_core::catalog::{ModelSpec, Task};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-const TEXT_GENERATION_SCHEMA: &str = include_str!("../schemas/text-generation.json");
-const TEXT_EMBEDDINGS_SCHEMA: &str = include_str!("../schemas/text-embeddings.json");
+/// Each task's input and output JSON Schema, as `models/schema` returns them.
+fn schema_text(task: Task) -> &'static str {
+    match task {
+        Task::TextGeneration => include_str!("../schemas/text-generation.json"),
+        Task::TextEmbeddings => include_str!("../schemas/text-embeddings.json"),
+        Task::TextClassification => include_str!("../schemas/text-classification.json"),
+        Task::Reranking => include_str!("../schemas/reranking.json"),
+        Task::Translation => include_str!("../schemas/translation.json"),
+        Task::Summarization => include_str!("../schemas/summarization.json"),
+    }
+}
 
 #[derive(Debug, Default, Deserialize)]
 pub struct SearchParams {
@@ -90,11 +99,7 @@ pub async fn rest_schema(
         Ok(spec) => spec,
         Err(error) => return ApiError::Infer(error).rest_response(),
     };
-    let schema: Value = serde_json::from_str(match spec.task {
-        Task::TextGeneration => TEXT_GENERATION_SCHEMA,
-        Task::TextEmbeddings => TEXT_EMBEDDINGS_SCHEMA,
-    })
-    .unwrap_or(Value::Null);
+    let schema: Value = serde_json::from_str(schema_text(spec.task)).unwrap_or(Value::Null);
     axum::Json(json!({ "result": schema, "success": true, "errors": [], "messages": [] }))
         .into_response()
 }
@@ -146,6 +151,9 @@ fn model_object(spec: &ModelSpec) -> Value {
     if let Some(tokens) = spec.max_input_tokens {
         property("max_input_tokens", json!(tokens.to_string()));
     }
+    if let Some(stand_in) = &spec.stand_in {
+        property("stand_in", json!(stand_in));
+    }
     if let Some(dims) = spec.output_dimensions {
         property("output_dimensions", json!(dims.to_string()));
     }
@@ -176,4 +184,27 @@ fn model_object(spec: &ModelSpec) -> Value {
 
 fn dollars(neurons: f64) -> f64 {
     (neurons * 0.000011 * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_task_has_an_input_and_output_schema() {
+        for task in [
+            Task::TextGeneration,
+            Task::TextEmbeddings,
+            Task::TextClassification,
+            Task::Reranking,
+            Task::Translation,
+            Task::Summarization,
+        ] {
+            let schema: Value = serde_json::from_str(schema_text(task)).unwrap();
+            assert!(
+                schema["input"].is_object() && schema["output"].is_object(),
+                "{task:?}"
+            );
+        }
+    }
 }

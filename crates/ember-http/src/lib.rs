@@ -7,6 +7,7 @@
 mod catalog;
 mod error;
 mod openai;
+mod rerank;
 mod run;
 mod sse;
 mod usage;
@@ -98,10 +99,19 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Liveness, the models that can run, and the loaded ones with how often each was loaded again
+/// after its engine panicked.
 async fn health(State(state): State<AppState>) -> impl IntoResponse {
+    let ember = &state.ember;
+    let loaded: Vec<serde_json::Value> = ember
+        .loaded_models()
+        .into_iter()
+        .map(|id| serde_json::json!({ "restarts": ember.metrics().restarts(&id), "model": id }))
+        .collect();
     axum::Json(serde_json::json!({
         "status": "ok",
-        "models": state.ember.catalog().models().iter().filter(|m| state.ember.is_installed(m)).map(|m| &m.id).collect::<Vec<_>>(),
+        "models": ember.catalog().models().iter().filter(|m| ember.is_installed(m)).map(|m| &m.id).collect::<Vec<_>>(),
+        "loaded": loaded,
     }))
 }
 

@@ -6,7 +6,7 @@
 use crate::error::{ApiError, openai_stream_error_event};
 use crate::run::{self, Call, Form};
 use crate::sse::{self, StreamFormat};
-use crate::{AppState, RequestId, aborted};
+use crate::{AppState, RequestId, aborted, rerank};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -15,10 +15,13 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 use base64::Engine as _;
 use ember_core::InferError;
+use ember_core::TaskRun;
 use ember_core::catalog::{ModelSpec, Task};
 use ember_core::ember::complete;
 use ember_core::installed;
-use ember_core::tasks::{self, Completion, FinishReason, TextGenerationRequest, Usage};
+use ember_core::tasks::{
+    self, Completion, FinishReason, TaskOutput, TaskRequest, TextGenerationRequest, Usage,
+};
 use ember_core::tools::ToolCall;
 use ember_gateway::Caller;
 use serde_json::{Map, Value, json};
@@ -37,6 +40,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
             )
             .route(&format!("{prefix}/completions"), post(completions))
             .route(&format!("{prefix}/embeddings"), post(embeddings))
+            .route(&format!("{prefix}/rerank"), post(rerank::rerank))
             .route(&format!("{prefix}/models"), get(models))
     })
 }
@@ -115,6 +119,7 @@ async fn generate(mut call: Call, headers: &HeaderMap, body: Body, endpoint: End
         Ok(generation) => generation,
         Err(error) => return call.fail(error).await,
     };
+    call.served_by = Some(spec.id.clone());
     if let Err(error) = call.admit(spec, &estimate) {
         return call.fail(error).await;
     }
@@ -456,16 +461,25 @@ async fn embeddings(
         Ok(parsed) => parsed,
         Err(error) => return call.fail(error).await,
     };
+    call.served_by = Some(spec.id.clone());
     if let Err(error) = call.admit(spec, &tasks::estimate_usage(spec, &body)) {
         return call.fail(error).await;
     }
     let options = run::run_options(&state, &headers, body.get("options"));
-    let embedded = tokio::select! {
-        embedded = state.ember.embed(spec, request, &options) => embedded,
+    let run = tokio::select! {
+        run = state.ember.run_task(spec, TaskRequest::Embeddings(request), &options) => run,
         _ = aborted(state.abort.clone()) => Err(InferError::Aborted),
     };
-    let embedded = match embedded {
-        Ok(embedded) => embedded,
+    let (embedded, usage, served_by) = match run {
+        Ok(TaskRun {
+            output: TaskOutput::Embeddings(embedded),
+            usage,
+            served_by,
+        }) => (embedded, usage, served_by),
+        Ok(_) => {
+            let error = InferError::Internal(format!("{} gave no embeddings", spec.id));
+            return call.fail(error.into()).await;
+        }
         Err(error) => return call.fail(error.into()).await,
     };
     let data: Vec<Value> = embedded
@@ -483,10 +497,9 @@ async fn embeddings(
             json!({ "object": "embedding", "index": index, "embedding": embedding })
         })
         .collect();
-    let tokens = embedded.input_tokens();
-    let usage = Usage::new(tokens, 0).priced(&spec.price);
+    let tokens = usage.prompt_tokens;
     let model = call.model.clone();
-    call.finish(Some(&spec.id), 200, Ok(usage)).await;
+    call.finish(Some(&served_by), 200, Ok(usage)).await;
     let mut response = axum::Json(json!({
         "object": "list",
         "data": data,
@@ -494,7 +507,7 @@ async fn embeddings(
         "usage": { "prompt_tokens": tokens, "total_tokens": tokens, "neurons": usage.neurons },
     }))
     .into_response();
-    run::served_by_header(&mut response, &spec.id);
+    run::served_by_header(&mut response, &served_by);
     response
 }
 
@@ -568,17 +581,17 @@ async fn models(State(state): State<AppState>) -> Response {
 
 // ------------------------------------------------------------------ helpers
 
-fn invalid(field: &str, problem: impl Into<String>) -> ApiError {
+pub(crate) fn invalid(field: &str, problem: impl Into<String>) -> ApiError {
     ApiError::Infer(InferError::invalid(field, problem))
 }
 
-fn as_object(body: &Value) -> Result<&Map<String, Value>, ApiError> {
+pub(crate) fn as_object(body: &Value) -> Result<&Map<String, Value>, ApiError> {
     body.as_object()
         .ok_or_else(|| invalid("/", "the body must be a JSON object"))
 }
 
 /// The model the client named, for the request log (empty when it named none).
-fn requested_model(body: &Value) -> String {
+pub(crate) fn requested_model(body: &Value) -> String {
     body.get("model")
         .and_then(Value::as_str)
         .unwrap_or_default()
@@ -586,7 +599,7 @@ fn requested_model(body: &Value) -> String {
 }
 
 /// The catalog model `model` names (an id or an alias, as on `/ai/run`), if it serves `task`.
-fn resolve_model<'a>(
+pub(crate) fn resolve_model<'a>(
     state: &'a AppState,
     object: &Map<String, Value>,
     task: Task,
@@ -614,7 +627,7 @@ fn resolve_model<'a>(
 /// Renames the field of a validation error (a JSON pointer starting with `from`): the Workers AI
 /// input a request became says `max_tokens` or `text` where the client said
 /// `max_completion_tokens` or `input`.
-fn renamed(error: InferError, from: &str, to: &str) -> ApiError {
+pub(crate) fn renamed(error: InferError, from: &str, to: &str) -> ApiError {
     match error {
         InferError::InvalidInput { field, problem } => {
             let field = match field.strip_prefix(from) {

@@ -76,6 +76,8 @@ pub(crate) struct Call {
     pub(crate) caller: Caller,
     /// The model as the client named it (empty until known).
     pub(crate) model: String,
+    /// The catalog model that serves it, once resolved (after aliases and stand-ins).
+    pub(crate) served_by: Option<String>,
     started: Instant,
     admission: Option<Admission>,
 }
@@ -88,6 +90,7 @@ impl Call {
             form,
             caller,
             model: String::new(),
+            served_by: None,
             started: Instant::now(),
             admission: None,
         }
@@ -121,14 +124,9 @@ impl Call {
         {
             tracing::error!(request = %self.id, model = self.model, detail, "run failed");
         }
-        let served_by = self
-            .state
-            .ember
-            .resolve(&self.model)
-            .ok()
-            .map(|spec| spec.id.clone());
         let status = error.kind().status.as_u16();
         let form = self.form;
+        let served_by = self.served_by.clone();
         self.finish(served_by.as_deref(), status, Err(error.clone()))
             .await;
         form.error(&error)
@@ -351,11 +349,12 @@ async fn execute(mut call: Call, input: Value, options: RunOptions) -> Response 
         Ok(spec) => spec,
         Err(error) => return call.fail(error.into()).await,
     };
+    call.served_by = Some(state.ember.serving(spec).unwrap_or(spec).id.clone());
     if let Err(error) = call.admit(spec, &tasks::estimate_usage(spec, &input)) {
         return call.fail(error).await;
     }
     let run = tokio::select! {
-        run = state.ember.run(&call.model, &input, &options) => run,
+        run = state.ember.run(spec, &input, &options) => run,
         _ = aborted(state.abort.clone()) => Err(InferError::Aborted),
     };
     let run = match run {

@@ -283,7 +283,8 @@ async fn run_once(
     model: &str,
     input: &serde_json::Value,
 ) -> anyhow::Result<()> {
-    let run = ember.run(model, input, &RunOptions::default()).await?;
+    let spec = ember.resolve(model)?;
+    let run = ember.run(spec, input, &RunOptions::default()).await?;
     if run.served_by != model {
         eprintln!("(served by {})", run.served_by);
     }
@@ -322,9 +323,11 @@ fn list(catalog: &Catalog, home: &std::path::Path) -> std::io::Result<()> {
         "MODEL", "TASK", "INSTALLED"
     )?;
     for spec in catalog.models() {
-        let dir = ember_core::installed::model_dir(home, spec);
-        let installed = if ember_core::installed::is_installed(spec, &dir) {
+        let stand_in = spec.stand_in.as_deref().and_then(|id| catalog.get(id));
+        let installed = if ember_core::installed::can_run(catalog, home, spec) {
             "yes"
+        } else if stand_in.is_some_and(|s| ember_core::installed::can_run(catalog, home, s)) {
+            "stand-in"
         } else {
             "no"
         };
@@ -336,10 +339,8 @@ fn list(catalog: &Catalog, home: &std::path::Path) -> std::io::Result<()> {
                 ember_core::catalog::Source::HuggingFace { .. } => "hugging-face",
             })
             .collect();
-        let task = match spec.task {
-            ember_core::Task::TextGeneration => "text-generation",
-            ember_core::Task::TextEmbeddings => "text-embeddings",
-        };
+        let task = serde_json::to_value(spec.task)?;
+        let task = task.as_str().unwrap_or_default();
         writeln!(
             out,
             "{:<48} {:<16} {:<10} {}",
@@ -363,11 +364,14 @@ fn pull_models(
         specs.extend(catalog.models().iter().filter(|m| m.default));
     }
     for id in ids {
-        specs.push(
-            catalog
-                .get(id)
-                .with_context(|| format!("{id} is not in the catalog (see `ember models list`)"))?,
-        );
+        let spec = catalog
+            .get(id)
+            .with_context(|| format!("{id} is not in the catalog (see `ember models list`)"))?;
+        // A stand-in has no files of its own: what it needs is its base model.
+        match spec.base.as_deref().and_then(|base| catalog.get(base)) {
+            Some(base) => specs.push(base),
+            None => specs.push(spec),
+        }
     }
     if specs.is_empty() {
         anyhow::bail!("name the models to pull, or pass --defaults");
@@ -399,8 +403,13 @@ fn pull_models(
                 eprintln!("  source {source} failed: {error}")
             }
         };
-        pull::pull(spec, &options, &mut reporter)
-            .with_context(|| format!("pulling {}", spec.id))?;
+        pull::pull(spec, &options, &mut reporter).with_context(|| match &spec.stand_in {
+            Some(stand_in) => format!(
+                "pulling {} (until it is installed, its stand-in {stand_in} serves its id)",
+                spec.id
+            ),
+            None => format!("pulling {}", spec.id),
+        })?;
         eprintln!(
             "  done: {}",
             ember_core::installed::model_dir(home, spec).display()

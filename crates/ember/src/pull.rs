@@ -1094,6 +1094,8 @@ mod tests {
             price: Price::default(),
             rate_limit_per_minute: None,
             default: false,
+            stand_in: None,
+            base: None,
             files,
             sources,
             properties: BTreeMap::new(),

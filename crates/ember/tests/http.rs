@@ -128,17 +128,6 @@ async fn embeddings_over_rest() {
 
 // ------------------------------------------------------------------ binding protocol
 
-fn binding_request(path: &str, model: &str, inputs: Value) -> Request<Body> {
-    Request::post(path)
-        .header(header::CONTENT_TYPE, "application/json")
-        .header("cf-consn-model-id", model)
-        .header("cf-consn-sdk-version", "2.0.0")
-        .body(Body::from(
-            json!({"inputs": inputs, "options": {}}).to_string(),
-        ))
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn native_binding_returns_bare_json_with_exact_content_type() {
     let app = app();

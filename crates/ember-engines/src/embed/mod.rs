@@ -26,8 +26,8 @@ pub mod gemma3;
 
 use candle_core::{D, DType, Device, Tensor};
 use ember_core::catalog::Engine;
-use ember_core::runner::EmbeddingsRunner;
-use ember_core::tasks::{EmbeddingsOutput, Pooling};
+use ember_core::runner::Runner;
+use ember_core::tasks::{EmbeddingsOutput, Pooling, TaskOutput, TaskRequest};
 use ember_core::{InferError, ModelSpec};
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
@@ -150,9 +150,10 @@ impl SentenceEmbedder {
     }
 }
 
-impl EmbeddingsRunner for SentenceEmbedder {
-    fn embed(
-        &mut self,
+impl SentenceEmbedder {
+    /// Embeds every text (truncated to the model's input limit) with the given pooling.
+    pub fn embed(
+        &self,
         texts: &[String],
         pooling: Pooling,
     ) -> Result<EmbeddingsOutput, InferError> {
@@ -162,7 +163,19 @@ impl EmbeddingsRunner for SentenceEmbedder {
         Ok(EmbeddingsOutput {
             vectors,
             token_counts,
+            pooling,
         })
+    }
+}
+
+impl Runner for SentenceEmbedder {
+    fn run(&mut self, request: TaskRequest) -> Result<TaskOutput, InferError> {
+        match request {
+            TaskRequest::Embeddings(request) => self
+                .embed(&request.texts, request.pooling)
+                .map(TaskOutput::Embeddings),
+            other => Err(crate::wrong_task(&other)),
+        }
     }
 }
 

@@ -507,6 +507,10 @@ impl TextGenerator for LlmEngine {
     fn memory_bytes(&self) -> u64 {
         self.memory_bytes
     }
+
+    fn is_alive(&self) -> bool {
+        self.scheduler.is_alive()
+    }
 }
 
 /// Whether the tool choice makes the model call a tool (the prompt then opens the call).

@@ -252,6 +252,12 @@ impl SchedulerHandle {
             }
         })
     }
+
+    /// False once the scheduler thread has ended (a panic): the running requests' channels
+    /// closed with it, and the model must be loaded again.
+    pub fn is_alive(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
 }
 
 impl Drop for SchedulerHandle {

@@ -4,6 +4,8 @@
 // Each test binary uses its own part of the harness.
 #![allow(dead_code)]
 
+pub mod fake;
+
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::http::{Request, StatusCode, header};
@@ -69,10 +71,20 @@ pub struct App {
 
 /// A router over a fresh in-memory store, with the gateway's settings and clock.
 pub fn app_with(config: HttpConfig, gateway: GatewayConfig, clock: Arc<dyn Clock>) -> App {
+    app_on(ember(), config, gateway, clock)
+}
+
+/// A router over `ember` (real models or the fake kit's) and a fresh in-memory store.
+pub fn app_on(
+    ember: Arc<ember_core::Ember>,
+    config: HttpConfig,
+    gateway: GatewayConfig,
+    clock: Arc<dyn Clock>,
+) -> App {
     let store = SqliteStore::in_memory().unwrap();
     let (abort, abort_rx) = watch::channel(false);
     let state = AppState {
-        ember: ember(),
+        ember,
         gateway: Arc::new(Gateway::new(store.clone(), clock, gateway)),
         config: Arc::new(config),
         abort: abort_rx,
@@ -99,8 +111,13 @@ pub fn app_with_http(config: HttpConfig) -> App {
 /// whose static destructors run at exit.
 pub async fn wait_until_model_is_free(model: &str) {
     let input = serde_json::json!({"prompt": "x", "raw": true, "max_tokens": 1});
-    let run = ember()
-        .run(model, &input, &ember_core::RunOptions::default())
+    let ember = ember();
+    let run = ember
+        .run(
+            ember.resolve(model).unwrap(),
+            &input,
+            &ember_core::RunOptions::default(),
+        )
         .await
         .unwrap();
     assert!(matches!(run.output, ember_core::RunOutput::Json { .. }));
@@ -178,6 +195,18 @@ pub fn post(path: &str, body: impl Into<Body>) -> Request<Body> {
     Request::post(path)
         .header(header::CONTENT_TYPE, "application/json")
         .body(body.into())
+        .unwrap()
+}
+
+/// A binding request (`env.AI.run(model, inputs)`) as workerd sends it.
+pub fn binding_request(path: &str, model: &str, inputs: Value) -> Request<Body> {
+    Request::post(path)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("cf-consn-model-id", model)
+        .header("cf-consn-sdk-version", "2.0.0")
+        .body(Body::from(
+            serde_json::json!({"inputs": inputs, "options": {}}).to_string(),
+        ))
         .unwrap()
 }
 

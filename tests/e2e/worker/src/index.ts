@@ -38,6 +38,12 @@ app.post("/embed", async (c) => {
   return c.json(await c.env.AI.run(EMBED_MODEL, { text }));
 });
 
+// Any model, any inputs: the text tasks (classification, reranking, translation, summarization).
+app.post("/run", async (c) => {
+  const { model, inputs } = await c.req.json<{ model: string; inputs: Record<string, unknown> }>();
+  return c.json(await c.env.AI.run(model, inputs));
+});
+
 app.get("/models", async (c) => {
   return c.json(await c.env.AI.models({ task: "Text Embeddings" }));
 });

@@ -1,27 +1,24 @@
-//! Workers AI task inputs and outputs: parsing and validating the JSON a caller sends into typed
-//! requests (errors name the offending field as a JSON pointer), and shaping results as the
-//! contract's result objects.
+//! Text generation: a chat (`messages`) or a bare `prompt`, sampling settings, tools, JSON mode and
+//! stop sequences; parsed and validated from the Workers AI schema. The completion's result object.
 
+use super::{
+    Usage, as_object, bounded_string, optional_bool, optional_integer, optional_number,
+    type_mismatch,
+};
 use crate::InferError;
-use crate::catalog::{ModelSpec, Price, Task};
+use crate::catalog::ModelSpec;
 use crate::tools::{
     self, ResponseFormat, ToolCall, ToolChoice, ToolDefinition, parse_history_calls,
 };
 use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 /// Workers AI's default `max_tokens` for text generation.
 pub const DEFAULT_MAX_TOKENS: u32 = 256;
 /// Workers AI's default sampling temperature.
 pub const DEFAULT_TEMPERATURE: f32 = 0.6;
-/// Most tokens a chat template adds around the caller's text (system prompt, tool instructions).
-const TEMPLATE_TOKENS: u32 = 256;
-/// Most texts in one embeddings request.
-pub const MAX_EMBEDDING_TEXTS: usize = 100;
 /// Longest `prompt` or message `content`, in characters, per the published schemas.
 pub const MAX_PROMPT_CHARS: usize = 131_072;
-
-// ------------------------------------------------------------------ text generation
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChatMessage {
@@ -134,64 +131,6 @@ pub enum FinishReason {
     ToolCalls,
     /// The client went away.
     Cancelled,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
-pub struct Usage {
-    pub prompt_tokens: u32,
-    pub completion_tokens: u32,
-    pub total_tokens: u32,
-    pub prompt_tokens_details: PromptTokensDetails,
-    /// What the request costs at the model's published price (fractional, like Workers AI's).
-    pub neurons: f64,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct PromptTokensDetails {
-    /// Prompt tokens whose KV cells came from the prefix cache instead of being computed.
-    pub cached_tokens: u32,
-}
-
-impl Usage {
-    pub fn new(prompt_tokens: u32, completion_tokens: u32) -> Usage {
-        Usage {
-            prompt_tokens,
-            completion_tokens,
-            total_tokens: prompt_tokens + completion_tokens,
-            prompt_tokens_details: PromptTokensDetails::default(),
-            neurons: 0.0,
-        }
-    }
-
-    /// The usage with its cost at `price`.
-    pub fn priced(mut self, price: &Price) -> Usage {
-        self.neurons = price.neurons(self.prompt_tokens.into(), self.completion_tokens.into());
-        self
-    }
-
-    pub fn with_cached_tokens(mut self, cached_tokens: u32) -> Usage {
-        self.prompt_tokens_details.cached_tokens = cached_tokens;
-        self
-    }
-}
-
-/// What running `input` on `spec` can cost at most, known before the model runs: every byte of
-/// the input may be a token, plus the chat template's own, and all of `max_tokens` generated.
-/// It is held against an account's daily allocation until the real usage is known.
-pub fn estimate_usage(spec: &ModelSpec, input: &Value) -> Usage {
-    let input_bytes = u32::try_from(input.to_string().len()).unwrap_or(u32::MAX);
-    let usage = match spec.task {
-        Task::TextGeneration => {
-            let max_tokens = input
-                .get("max_tokens")
-                .and_then(Value::as_u64)
-                .map_or(DEFAULT_MAX_TOKENS, |n| n.min(u64::from(u32::MAX)) as u32)
-                .min(spec.max_output_tokens);
-            Usage::new(input_bytes.saturating_add(TEMPLATE_TOKENS), max_tokens)
-        }
-        Task::TextEmbeddings => Usage::new(input_bytes, 0),
-    };
-    usage.priced(&spec.price)
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -418,181 +357,11 @@ fn text_parts(parts: &[Value], at: &str) -> Result<String, InferError> {
     Ok(text)
 }
 
-// ------------------------------------------------------------------ embeddings
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Pooling {
-    Mean,
-    Cls,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct EmbeddingsRequest {
-    pub texts: Vec<String>,
-    pub pooling: Pooling,
-}
-
-/// Vectors in input order, and the tokens each text used after truncation.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EmbeddingsOutput {
-    pub vectors: Vec<Vec<f32>>,
-    pub token_counts: Vec<u32>,
-}
-
-impl EmbeddingsOutput {
-    /// The result object: `{shape, data, pooling}`.
-    pub fn to_json(&self, pooling: Pooling) -> Value {
-        let dims = self.vectors.first().map_or(0, Vec::len);
-        json!({ "shape": [self.vectors.len(), dims], "data": self.vectors, "pooling": pooling })
-    }
-
-    pub fn input_tokens(&self) -> u32 {
-        self.token_counts.iter().sum()
-    }
-}
-
-/// Parses `{text: string | string[], pooling?: "mean" | "cls"}`.
-pub fn parse_embeddings(input: &Value) -> Result<EmbeddingsRequest, InferError> {
-    let object = as_object(input)?;
-    if object.get("requests").is_some() {
-        return Err(InferError::invalid(
-            "/requests",
-            "async batch requests are not supported by this version of Ember",
-        ));
-    }
-    let texts = match object.get("text") {
-        None => return Err(InferError::invalid("/", "required properties are 'text'")),
-        Some(Value::String(_)) => vec![nonempty_string(&object["text"], "/text")?],
-        Some(Value::Array(items)) => {
-            if items.is_empty() || items.len() > MAX_EMBEDDING_TEXTS {
-                return Err(InferError::invalid(
-                    "/text",
-                    format!(
-                        "must hold 1 to {MAX_EMBEDDING_TEXTS} strings, got {}",
-                        items.len()
-                    ),
-                ));
-            }
-            items
-                .iter()
-                .enumerate()
-                .map(|(i, item)| nonempty_string(item, &format!("/text/{i}")))
-                .collect::<Result<_, _>>()?
-        }
-        Some(other) => return Err(type_mismatch("/text", "string or array", other)),
-    };
-    let pooling = match object.get("pooling") {
-        None | Some(Value::Null) => Pooling::Mean,
-        Some(Value::String(p)) if p == "mean" => Pooling::Mean,
-        Some(Value::String(p)) if p == "cls" => Pooling::Cls,
-        Some(Value::String(p)) => {
-            return Err(InferError::invalid(
-                "/pooling",
-                format!("'{p}' is not one of mean, cls"),
-            ));
-        }
-        Some(other) => return Err(type_mismatch("/pooling", "string", other)),
-    };
-    Ok(EmbeddingsRequest { texts, pooling })
-}
-
-// ------------------------------------------------------------------ helpers
-
-fn as_object(input: &Value) -> Result<&Map<String, Value>, InferError> {
-    input
-        .as_object()
-        .ok_or_else(|| type_mismatch("/", "object", input))
-}
-
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
-}
-
-fn type_mismatch(at: &str, expected: &str, got: &Value) -> InferError {
-    InferError::invalid(at, format!("expected {expected}, got {}", kind(got)))
-}
-
-fn nonempty_string(value: &Value, at: &str) -> Result<String, InferError> {
-    match value {
-        Value::String(s) if s.is_empty() => Err(InferError::invalid(at, "must not be empty")),
-        Value::String(s) => Ok(s.clone()),
-        other => Err(type_mismatch(at, "string", other)),
-    }
-}
-
-fn bounded_string(value: &Value, at: &str) -> Result<String, InferError> {
-    let text = nonempty_string(value, at)?;
-    if text.chars().count() > MAX_PROMPT_CHARS {
-        return Err(InferError::invalid(
-            at,
-            format!("must be at most {MAX_PROMPT_CHARS} characters"),
-        ));
-    }
-    Ok(text)
-}
-
-fn optional_bool(object: &Map<String, Value>, key: &str) -> Result<Option<bool>, InferError> {
-    match object.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(other) => Err(type_mismatch(&format!("/{key}"), "boolean", other)),
-    }
-}
-
-fn optional_number(
-    object: &Map<String, Value>,
-    key: &str,
-    min: f64,
-    max: f64,
-) -> Result<Option<f32>, InferError> {
-    match object.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => {
-            let n = n.as_f64().unwrap_or(f64::NAN);
-            if (min..=max).contains(&n) {
-                Ok(Some(n as f32))
-            } else {
-                Err(InferError::invalid(
-                    format!("/{key}"),
-                    format!("must be between {min} and {max}, got {n}"),
-                ))
-            }
-        }
-        Some(other) => Err(type_mismatch(&format!("/{key}"), "number", other)),
-    }
-}
-
-fn optional_integer(
-    object: &Map<String, Value>,
-    key: &str,
-    min: u64,
-    max: u64,
-) -> Result<Option<u64>, InferError> {
-    match object.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => match n.as_u64() {
-            Some(v) if (min..=max).contains(&v) => Ok(Some(v)),
-            _ => Err(InferError::invalid(
-                format!("/{key}"),
-                format!("must be an integer between {min} and {max}, got {n}"),
-            )),
-        },
-        Some(other) => Err(type_mismatch(&format!("/{key}"), "integer", other)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::Catalog;
+    use crate::tasks::field_of;
 
     fn qwen() -> ModelSpec {
         Catalog::builtin()
@@ -600,13 +369,6 @@ mod tests {
             .get("@hf/qwen/qwen2.5-coder-0.5b-instruct")
             .unwrap()
             .clone()
-    }
-
-    fn field_of(error: InferError) -> String {
-        match error {
-            InferError::InvalidInput { field, .. } => field,
-            other => panic!("expected invalid input, got {other:?}"),
-        }
     }
 
     #[test]
@@ -670,39 +432,5 @@ mod tests {
                 "{input}"
             );
         }
-    }
-
-    #[test]
-    fn embeddings_inputs() {
-        let request = parse_embeddings(&json!({"text": ["a", "b"], "pooling": "cls"})).unwrap();
-        assert_eq!(request.texts, vec!["a", "b"]);
-        assert_eq!(request.pooling, Pooling::Cls);
-        let too_many: Vec<String> = (0..101).map(|i| i.to_string()).collect();
-        for (input, field) in [
-            (json!({"text": too_many}), "/text"),
-            (json!({"text": []}), "/text"),
-            (json!({"text": ["a", ""]}), "/text/1"),
-            (json!({"text": ["a", 1]}), "/text/1"),
-            (json!({"text": "a", "pooling": "max"}), "/pooling"),
-            (json!({"prompt": "a"}), "/"),
-        ] {
-            assert_eq!(
-                field_of(parse_embeddings(&input).unwrap_err()),
-                field,
-                "{input}"
-            );
-        }
-    }
-
-    #[test]
-    fn embeddings_json_shape() {
-        let output = EmbeddingsOutput {
-            vectors: vec![vec![0.5, 0.5], vec![1.0, 0.0]],
-            token_counts: vec![3, 4],
-        };
-        assert_eq!(
-            output.to_json(Pooling::Mean),
-            json!({"shape": [2, 2], "data": [[0.5, 0.5], [1.0, 0.0]], "pooling": "mean"})
-        );
     }
 }

@@ -1,0 +1,299 @@
+//! Stand-ins: catalog models with no weights of their own that serve a task through an installed
+//! base model, for catalog ids whose real weights cannot be had on every machine (see the catalog's
+//! `stand_in`). Classification and reranking run on an embeddings model (cosine similarity to label
+//! prototypes, or between query and passages); translation and summarization run on an instruct
+//! LLM with a fixed prompt, greedy. Each keeps its task's exact output contract.
+
+use crate::catalog::ModelSpec;
+use crate::ember::{Ember, complete};
+use crate::tasks::classification::{ClassificationOutput, ClassificationRequest, LabelScore};
+use crate::tasks::reranking::{RerankOutput, RerankRequest};
+use crate::tasks::summarization::{SummarizationOutput, SummarizationRequest};
+use crate::tasks::translation::{self, TranslationOutput, TranslationRequest};
+use crate::tasks::{
+    ChatMessage, EmbeddingsRequest, Pooling, PromptInput, Sampling, TaskOutput, TaskRequest,
+    TextGenerationRequest, Usage,
+};
+use crate::{InferError, RunOptions};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// What stand-ins compute once per base model and keep: the label centroids of the sentiment
+/// prototypes (embedding them on every request would cost twelve embeddings a call).
+#[derive(Default)]
+pub(crate) struct Memo {
+    centroids: Mutex<HashMap<String, Arc<Vec<Vec<f32>>>>>,
+}
+
+/// Example sentences of each sentiment label; a text's label probabilities come from its cosine
+/// similarity to each label's mean embedding.
+const SENTIMENT_PROTOTYPES: [(&str, [&str; 6]); 2] = [
+    (
+        "NEGATIVE",
+        [
+            "This is terrible.",
+            "I hated it, a complete waste of time.",
+            "The worst experience, boring and badly made.",
+            "Disappointing and awful.",
+            "I would not recommend it to anyone.",
+            "It made me sad and angry.",
+        ],
+    ),
+    (
+        "POSITIVE",
+        [
+            "This is wonderful.",
+            "I loved it, a delight from start to finish.",
+            "The best experience, moving and beautifully made.",
+            "Impressive and great fun.",
+            "I would recommend it to everyone.",
+            "It made me happy.",
+        ],
+    ),
+];
+
+/// Sharpens cosine similarities into probabilities: softmax(SCALE × cos). Similarities to the two
+/// prototypes differ by a few hundredths, so a scale of this size makes clear texts near-certain.
+const SIMILARITY_SCALE: f32 = 40.0;
+
+/// Runs `request` on the stand-in `spec` through its base model.
+pub(crate) async fn run(
+    ember: &Ember,
+    spec: &ModelSpec,
+    request: TaskRequest,
+    options: &RunOptions,
+) -> Result<TaskOutput, InferError> {
+    let base = spec
+        .base
+        .as_deref()
+        .and_then(|id| ember.catalog().get(id))
+        .ok_or_else(|| InferError::Internal(format!("stand-in {} has no base model", spec.id)))?;
+    match request {
+        TaskRequest::Classification(request) => classify(ember, base, request, options).await,
+        TaskRequest::Reranking(request) => rerank(ember, base, request, options).await,
+        TaskRequest::Translation(request) => translate(ember, base, request, options).await,
+        TaskRequest::Summarization(request) => summarize(ember, base, request, options).await,
+        TaskRequest::Embeddings(_) => Err(InferError::Internal(format!(
+            "stand-in {} does not embed",
+            spec.id
+        ))),
+    }
+}
+
+/// Prompts an embeddings model expects before queries and documents (EmbeddingGemma's, from its
+/// sentence-transformers configuration); other models take texts as they are.
+fn prompts(base: &ModelSpec) -> (&'static str, &'static str, &'static str) {
+    match base.architecture.as_str() {
+        "gemma3-embedding" => (
+            "task: classification | query: ",
+            "task: search result | query: ",
+            "title: none | text: ",
+        ),
+        _ => ("", "", ""),
+    }
+}
+
+/// Embeds `texts` on `base`; returns the vectors (L2-normalised) and each text's tokens.
+async fn embed(
+    ember: &Ember,
+    base: &ModelSpec,
+    texts: Vec<String>,
+    options: &RunOptions,
+) -> Result<(Vec<Vec<f32>>, Vec<u32>), InferError> {
+    let request = TaskRequest::Embeddings(EmbeddingsRequest {
+        texts,
+        pooling: Pooling::Mean,
+    });
+    match ember.run_on_worker(base, request, options).await? {
+        TaskOutput::Embeddings(output) => Ok((
+            output.vectors.into_iter().map(normalised).collect(),
+            output.token_counts,
+        )),
+        _ => Err(InferError::Internal(format!(
+            "{} gave no embeddings",
+            base.id
+        ))),
+    }
+}
+
+fn normalised(mut vector: Vec<f32>) -> Vec<f32> {
+    let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    vector.iter_mut().for_each(|x| *x /= norm);
+    vector
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Each sentiment label's mean prototype embedding on `base` (normalised), computed once.
+async fn centroids(
+    ember: &Ember,
+    base: &ModelSpec,
+    options: &RunOptions,
+) -> Result<Arc<Vec<Vec<f32>>>, InferError> {
+    let memo = &ember.stand_in_memo().centroids;
+    if let Some(known) = memo.lock().unwrap_or_else(|e| e.into_inner()).get(&base.id) {
+        return Ok(known.clone());
+    }
+    let (prompt, _, _) = prompts(base);
+    let texts = SENTIMENT_PROTOTYPES
+        .iter()
+        .flat_map(|(_, examples)| examples.iter().map(|e| format!("{prompt}{e}")))
+        .collect();
+    let (vectors, _) = embed(ember, base, texts, options).await?;
+    let centroids: Vec<Vec<f32>> = vectors
+        .chunks(SENTIMENT_PROTOTYPES[0].1.len())
+        .map(|examples| {
+            let mut centre = vec![0.0; examples[0].len()];
+            for example in examples {
+                centre.iter_mut().zip(example).for_each(|(c, x)| *c += x);
+            }
+            normalised(centre)
+        })
+        .collect();
+    let centroids = Arc::new(centroids);
+    memo.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(base.id.clone(), centroids.clone());
+    Ok(centroids)
+}
+
+async fn classify(
+    ember: &Ember,
+    base: &ModelSpec,
+    request: ClassificationRequest,
+    options: &RunOptions,
+) -> Result<TaskOutput, InferError> {
+    let centroids = centroids(ember, base, options).await?;
+    let (prompt, _, _) = prompts(base);
+    let (vectors, tokens) = embed(
+        ember,
+        base,
+        vec![format!("{prompt}{}", request.text)],
+        options,
+    )
+    .await?;
+    let similarities: Vec<f32> = centroids.iter().map(|c| dot(&vectors[0], c)).collect();
+    let top = similarities.iter().copied().fold(f32::MIN, f32::max);
+    let weights: Vec<f32> = similarities
+        .iter()
+        .map(|s| ((s - top) * SIMILARITY_SCALE).exp())
+        .collect();
+    let total: f32 = weights.iter().sum();
+    let labels = SENTIMENT_PROTOTYPES
+        .iter()
+        .zip(weights)
+        .map(|((label, _), weight)| LabelScore {
+            label: label.to_string(),
+            score: weight / total,
+        })
+        .collect();
+    Ok(TaskOutput::Classification(ClassificationOutput {
+        labels,
+        input_tokens: tokens[0],
+    }))
+}
+
+async fn rerank(
+    ember: &Ember,
+    base: &ModelSpec,
+    request: RerankRequest,
+    options: &RunOptions,
+) -> Result<TaskOutput, InferError> {
+    let (_, query_prompt, document_prompt) = prompts(base);
+    let mut texts = vec![format!("{query_prompt}{}", request.query)];
+    texts.extend(
+        request
+            .contexts
+            .iter()
+            .map(|c| format!("{document_prompt}{c}")),
+    );
+    let (vectors, tokens) = embed(ember, base, texts, options).await?;
+    let scores: Vec<f32> = vectors[1..].iter().map(|v| dot(&vectors[0], v)).collect();
+    Ok(TaskOutput::Reranking(RerankOutput::new(
+        &scores,
+        request.top_k,
+        tokens.iter().sum(),
+    )))
+}
+
+/// Generates greedily on `base` for a system instruction and the caller's text.
+async fn instruct(
+    ember: &Ember,
+    base: &ModelSpec,
+    instruction: String,
+    text: &str,
+    max_tokens: u32,
+    options: &RunOptions,
+) -> Result<(String, Usage), InferError> {
+    let prompt = PromptInput::Messages(vec![
+        ChatMessage::text("system", instruction),
+        ChatMessage::text("user", text),
+    ]);
+    let max_tokens = max_tokens.min(base.max_output_tokens);
+    let request = TextGenerationRequest::new(prompt, max_tokens, Sampling::greedy());
+    let events = ember.generate(base, request, options).await?;
+    let completion = complete(events, options.timeout).await?;
+    Ok((completion.text.trim().to_string(), completion.usage))
+}
+
+async fn translate(
+    ember: &Ember,
+    base: &ModelSpec,
+    request: TranslationRequest,
+    options: &RunOptions,
+) -> Result<TaskOutput, InferError> {
+    let mut texts = Vec::with_capacity(request.items.len());
+    let mut usage = Usage::default();
+    for item in &request.items {
+        let name = |code: &str| {
+            translation::language_name(code)
+                .unwrap_or("the language")
+                .to_string()
+        };
+        let instruction = format!(
+            "You are a translation engine. Translate the user's text from {} into {}. Reply with \
+             the translation only: no notes, no quotes, no explanations.",
+            name(&item.source_lang),
+            name(&item.target_lang)
+        );
+        let most = translation::most_tokens_for(&item.text);
+        let (text, used) = instruct(ember, base, instruction, &item.text, most, options).await?;
+        texts.push(text);
+        usage = Usage::new(
+            usage.prompt_tokens + used.prompt_tokens,
+            usage.completion_tokens + used.completion_tokens,
+        );
+    }
+    Ok(TaskOutput::Translation(TranslationOutput {
+        texts,
+        batch: request.batch,
+        usage,
+    }))
+}
+
+async fn summarize(
+    ember: &Ember,
+    base: &ModelSpec,
+    request: SummarizationRequest,
+    options: &RunOptions,
+) -> Result<TaskOutput, InferError> {
+    let instruction = "You are a summarization engine. Summarize the user's text in at most two \
+                       short sentences, far shorter than the text, keeping its key facts (who, \
+                       what, numbers). Reply with the summary only."
+        .to_string();
+    let (summary, usage) = instruct(
+        ember,
+        base,
+        instruction,
+        &request.input_text,
+        request.max_length,
+        options,
+    )
+    .await?;
+    Ok(TaskOutput::Summarization(SummarizationOutput {
+        summary,
+        usage: Usage::new(usage.prompt_tokens, usage.completion_tokens),
+    }))
+}

@@ -1,0 +1,120 @@
+//! `POST /v1/rerank` (and under `.../ai/v1`): reranking in the shape Cohere, Jina and TEI clients
+//! send, `{model, query, documents, top_n?, return_documents?}` → `{id, model, results: [{index,
+//! relevance_score, document?}], usage}`, run as the model's Workers AI reranking task.
+
+use crate::RequestId;
+use crate::error::ApiError;
+use crate::openai::{as_object, invalid, renamed, requested_model, resolve_model};
+use crate::run::{self, Call, Form};
+use crate::{AppState, aborted};
+use axum::Extension;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use ember_core::catalog::Task;
+use ember_core::tasks::reranking::RerankRequest;
+use ember_core::tasks::{self, TaskOutput, TaskRequest};
+use ember_core::{InferError, TaskRun};
+use ember_gateway::Caller;
+use serde_json::{Value, json};
+
+pub(crate) async fn rerank(
+    State(state): State<AppState>,
+    Extension(RequestId(id)): Extension<RequestId>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let mut call = Call::new(state.clone(), id.clone(), Form::OpenAi, caller);
+    let body = match run::read_json(body, state.config.max_body_bytes).await {
+        Ok(body) => body,
+        Err(error) => return call.fail(error).await,
+    };
+    call.model = requested_model(&body);
+    let (spec, request, return_documents) = match parse(&state, &body) {
+        Ok(parsed) => parsed,
+        Err(error) => return call.fail(error).await,
+    };
+    call.served_by = Some(spec.id.clone());
+    if let Err(error) = call.admit(spec, &tasks::estimate_usage(spec, &body)) {
+        return call.fail(error).await;
+    }
+    let documents = request.contexts.clone();
+    let options = run::run_options(&state, &headers, body.get("options"));
+    let run = tokio::select! {
+        run = state.ember.run_task(spec, TaskRequest::Reranking(request), &options) => run,
+        _ = aborted(state.abort.clone()) => Err(InferError::Aborted),
+    };
+    let (ranked, usage, served_by) = match run {
+        Ok(TaskRun {
+            output: TaskOutput::Reranking(ranked),
+            usage,
+            served_by,
+        }) => (ranked, usage, served_by),
+        Ok(_) => {
+            let error = InferError::Internal(format!("{} gave no ranking", spec.id));
+            return call.fail(error.into()).await;
+        }
+        Err(error) => return call.fail(error.into()).await,
+    };
+    let results: Vec<Value> = ranked
+        .ranked
+        .iter()
+        .map(|&(index, score)| {
+            let mut result = json!({ "index": index, "relevance_score": score });
+            if return_documents {
+                result["document"] = json!({ "text": documents[index] });
+            }
+            result
+        })
+        .collect();
+    let model = call.model.clone();
+    call.finish(Some(&served_by), 200, Ok(usage)).await;
+    let mut response = axum::Json(json!({
+        "id": id,
+        "model": model,
+        "results": results,
+        "usage": { "total_tokens": usage.prompt_tokens, "neurons": usage.neurons },
+    }))
+    .into_response();
+    run::served_by_header(&mut response, &served_by);
+    response
+}
+
+/// The model, the request, and whether results carry their documents. `documents` may be strings
+/// or `{text}` objects (Cohere accepts both); `top_n` is Workers AI's `top_k`.
+fn parse<'a>(
+    state: &'a AppState,
+    body: &Value,
+) -> Result<(&'a ember_core::ModelSpec, RerankRequest, bool), ApiError> {
+    let object = as_object(body)?;
+    let spec = resolve_model(state, object, Task::Reranking)?;
+    let query = object
+        .get("query")
+        .ok_or_else(|| invalid("/query", "is required"))?;
+    let documents = match object.get("documents") {
+        Some(Value::Array(documents)) => documents,
+        Some(_) => return Err(invalid("/documents", "must be an array")),
+        None => return Err(invalid("/documents", "is required")),
+    };
+    let texts = documents
+        .iter()
+        .map(|document| document.get("text").unwrap_or(document))
+        .collect();
+    let top_n = match object.get("top_n") {
+        None | Some(Value::Null) => None,
+        Some(n) => match n.as_u64() {
+            Some(n) if n >= 1 => Some(n as usize),
+            _ => return Err(invalid("/top_n", "must be an integer of at least 1")),
+        },
+    };
+    let return_documents = match object.get("return_documents") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(flag)) => *flag,
+        Some(_) => return Err(invalid("/return_documents", "must be a boolean")),
+    };
+    let request = RerankRequest::new(query, texts, top_n)
+        .map_err(|error| renamed(error, "/contexts", "/documents"))?;
+    Ok((spec, request, return_documents))
+}

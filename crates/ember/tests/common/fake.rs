@@ -1,0 +1,175 @@
+//! The fake runner kit: an `Ember` over the built-in catalog whose every non-generation model is
+//! a small deterministic runner, installed in a temporary model cache, so that envelope,
+//! validation and error tests of every route run without real models. A text containing
+//! `PANIC` makes a runner panic, as an engine bug would.
+
+use ember_core::catalog::{Engine, ModelSpec};
+use ember_core::installed::{self, InstallManifest, InstalledFile};
+use ember_core::runner::{LoadedModel, ModelWorker, Runner};
+use ember_core::tasks::classification::{ClassificationOutput, LabelScore};
+use ember_core::tasks::reranking::RerankOutput;
+use ember_core::tasks::summarization::SummarizationOutput;
+use ember_core::tasks::translation::TranslationOutput;
+use ember_core::tasks::{EmbeddingsOutput, TaskOutput, TaskRequest, Usage};
+use ember_core::{Catalog, Ember, InferError, MemoryLimits};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Text that makes a fake runner panic.
+pub const PANIC: &str = "PANIC";
+
+/// Models the kit installs: one per task that runs on a worker thread.
+pub const FAKE_MODELS: [&str; 5] = [
+    "@hf/sentence-transformers/all-minilm-l6-v2",
+    "@cf/huggingface/distilbert-sst-2-int8",
+    "@cf/baai/bge-reranker-base",
+    "@cf/meta/m2m100-1.2b",
+    "@cf/facebook/bart-large-cnn",
+];
+
+/// An `Ember` whose `FAKE_MODELS` are installed (empty files) and served by fake runners; its
+/// model cache is a fresh temporary folder.
+pub fn fake_ember() -> Arc<Ember> {
+    let home = std::env::temp_dir().join(format!("ember-fake-{}", uuid_like()));
+    let catalog = Catalog::builtin().unwrap();
+    for id in FAKE_MODELS {
+        install(&home, catalog.get(id).unwrap());
+    }
+    let ember = Ember::new(
+        catalog,
+        HashMap::new(),
+        home,
+        Arc::new(|spec: &ModelSpec, _dir: &std::path::Path, _metrics| {
+            assert_ne!(spec.engine, Engine::LlamaCpp, "the kit fakes no LLM");
+            let worker = ModelWorker::start(&spec.id, 1, || Ok(FakeRunner))?;
+            Ok(LoadedModel::Worker(worker))
+        }),
+        MemoryLimits { budget: u64::MAX },
+    )
+    .unwrap();
+    Arc::new(ember)
+}
+
+fn uuid_like() -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{}-{nanos}", std::process::id())
+}
+
+/// Writes the model's files (empty) and a manifest, so it counts as installed.
+fn install(home: &std::path::Path, spec: &ModelSpec) {
+    let dir: PathBuf = installed::model_dir(home, spec);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut files = BTreeMap::new();
+    for file in &spec.files {
+        std::fs::write(dir.join(&file.path), b"").unwrap();
+        files.insert(
+            file.path.clone(),
+            InstalledFile {
+                sha256: String::new(),
+                size: 0,
+            },
+        );
+    }
+    let manifest = InstallManifest {
+        model: spec.id.clone(),
+        source: "fake".into(),
+        files,
+    };
+    installed::write_manifest(&dir, &manifest).unwrap();
+}
+
+/// Deterministic answers: a text's length is its token count; classification is POSITIVE for
+/// "good"; reranking scores by shared words; translation tags the text; summarization keeps the
+/// first sentence.
+struct FakeRunner;
+
+fn tokens(text: &str) -> u32 {
+    text.split_whitespace().count() as u32
+}
+
+fn check(text: &str) {
+    assert!(!text.contains(PANIC), "the fake engine was told to panic");
+}
+
+impl Runner for FakeRunner {
+    fn run(&mut self, request: TaskRequest) -> Result<TaskOutput, InferError> {
+        Ok(match request {
+            TaskRequest::Embeddings(request) => {
+                request.texts.iter().for_each(|t| check(t));
+                TaskOutput::Embeddings(EmbeddingsOutput {
+                    vectors: request
+                        .texts
+                        .iter()
+                        .map(|t| vec![t.len() as f32, 1.0])
+                        .collect(),
+                    token_counts: request.texts.iter().map(|t| tokens(t)).collect(),
+                    pooling: request.pooling,
+                })
+            }
+            TaskRequest::Classification(request) => {
+                check(&request.text);
+                let positive = if request.text.contains("good") {
+                    0.75
+                } else {
+                    0.25
+                };
+                TaskOutput::Classification(ClassificationOutput {
+                    labels: vec![
+                        LabelScore {
+                            label: "NEGATIVE".into(),
+                            score: 1.0 - positive,
+                        },
+                        LabelScore {
+                            label: "POSITIVE".into(),
+                            score: positive,
+                        },
+                    ],
+                    input_tokens: tokens(&request.text),
+                })
+            }
+            TaskRequest::Reranking(request) => {
+                check(&request.query);
+                let scores: Vec<f32> = request
+                    .contexts
+                    .iter()
+                    .map(|c| {
+                        let shared = c.split_whitespace().filter(|w| request.query.contains(w));
+                        shared.count() as f32
+                    })
+                    .collect();
+                let used = tokens(&request.query)
+                    + request.contexts.iter().map(|c| tokens(c)).sum::<u32>();
+                TaskOutput::Reranking(RerankOutput::new(&scores, request.top_k, used))
+            }
+            TaskRequest::Translation(request) => {
+                let texts: Vec<String> = request
+                    .items
+                    .iter()
+                    .map(|item| {
+                        check(&item.text);
+                        format!("[{}] {}", item.target_lang, item.text)
+                    })
+                    .collect();
+                let used: u32 = request.items.iter().map(|i| tokens(&i.text)).sum();
+                TaskOutput::Translation(TranslationOutput {
+                    texts,
+                    batch: request.batch,
+                    usage: Usage::new(used, used + 1),
+                })
+            }
+            TaskRequest::Summarization(request) => {
+                check(&request.input_text);
+                let summary = request.input_text.split('.').next().unwrap_or_default();
+                TaskOutput::Summarization(SummarizationOutput {
+                    summary: summary.to_string(),
+                    usage: Usage::new(tokens(&request.input_text), tokens(summary)),
+                })
+            }
+        })
+    }
+}

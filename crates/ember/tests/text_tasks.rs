@@ -1,0 +1,188 @@
+//! The text tasks on real models. Where a catalog model's weights are not installed (none can be
+//! had from the registries), its stand-in serves the same id; these tests check the stand-ins'
+//! answers for sense and against independent references: a committed labelled sentiment set,
+//! EmbeddingGemma's published model-card similarities, and facts the outputs must keep.
+
+mod common;
+
+use axum::http::StatusCode;
+use common::*;
+use serde_json::{Value, json};
+
+const RUN: &str = "/client/v4/accounts/local/ai/run/";
+
+async fn run(app: &App, model: &str, input: Value) -> (Value, String) {
+    let reply = send(app, post(&format!("{RUN}{model}"), input.to_string())).await;
+    assert_eq!(reply.status, StatusCode::OK, "{model}: {:?}", reply.body);
+    let served_by = reply.header("x-ember-model").to_string();
+    (reply.json()["result"].clone(), served_by)
+}
+
+fn positive_score(result: &Value) -> f64 {
+    let labels = result.as_array().unwrap();
+    assert_eq!(labels.len(), 2, "{result}");
+    assert_eq!(
+        (&labels[0]["label"], &labels[1]["label"]),
+        (&json!("NEGATIVE"), &json!("POSITIVE"))
+    );
+    let (negative, positive) = (
+        labels[0]["score"].as_f64().unwrap(),
+        labels[1]["score"].as_f64().unwrap(),
+    );
+    assert!((negative + positive - 1.0).abs() < 1e-5, "{result}");
+    positive
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sentiment_stand_in_labels_the_committed_set() {
+    let app = app();
+    let (result, served_by) = run(
+        &app,
+        "@cf/huggingface/distilbert-sst-2-int8",
+        json!({"text": "I love this movie"}),
+    )
+    .await;
+    assert_eq!(served_by, "@hf/ember/sentiment-embeddinggemma");
+    assert!(positive_score(&result) > 0.9, "{result}");
+    let set = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/sentiment.jsonl"
+    ))
+    .unwrap();
+    let (mut right, mut total, mut wrong) = (0, 0, Vec::new());
+    for line in set.lines() {
+        let case: Value = serde_json::from_str(line).unwrap();
+        let (result, _) = run(
+            &app,
+            "@cf/huggingface/distilbert-sst-2-int8",
+            json!({"text": case["text"]}),
+        )
+        .await;
+        let label = if positive_score(&result) > 0.5 {
+            "POSITIVE"
+        } else {
+            "NEGATIVE"
+        };
+        total += 1;
+        if label == case["label"] {
+            right += 1;
+        } else {
+            wrong.push(case["text"].clone());
+        }
+    }
+    // Measured 40 of 40 when written; a few misses are tolerated, a broken model is not.
+    assert!(
+        right * 100 >= total * 90,
+        "{right}/{total} right; wrong: {wrong:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rerank_stand_in_matches_embeddinggemma_model_card() {
+    let app = app();
+    let documents = [
+        "Venus is often called Earth's twin because of its similar size and proximity.",
+        "Mars, known for its reddish appearance, is often referred to as the Red Planet.",
+        "Jupiter, the largest planet in our solar system, has a prominent red spot.",
+        "Saturn, famous for its rings, is sometimes mistaken for the Red Planet.",
+    ];
+    let contexts: Vec<Value> = documents.iter().map(|d| json!({"text": d})).collect();
+    let (result, served_by) = run(
+        &app,
+        "@cf/baai/bge-reranker-base",
+        json!({"query": "Which planet is known as the Red Planet?", "contexts": contexts}),
+    )
+    .await;
+    assert_eq!(served_by, "@hf/ember/rerank-embeddinggemma");
+    // The model card's similarities for this query and these documents, with its prompts.
+    let published = [0.3011, 0.6359, 0.4930, 0.4889];
+    let response = result["response"].as_array().unwrap();
+    let ids: Vec<u64> = response.iter().map(|r| r["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, [1, 2, 3, 0], "{result}");
+    for ranked in response {
+        let id = ranked["id"].as_u64().unwrap() as usize;
+        let score = ranked["score"].as_f64().unwrap();
+        assert!(
+            (score - published[id]).abs() < 2e-3,
+            "document {id}: {score} vs {}",
+            published[id]
+        );
+    }
+    let (top, _) = run(
+        &app,
+        "@cf/baai/bge-reranker-base",
+        json!({"query": "Which planet is known as the Red Planet?", "contexts": contexts, "top_k": 1}),
+    )
+    .await;
+    assert_eq!(top["response"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn translation_stand_in_translates_the_listed_languages() {
+    let app = app();
+    for (text, target, expected) in [
+        ("Hello, how are you?", "french", "bonjour"),
+        ("I love my cat.", "es", "gato"),
+        ("Good morning, my friend.", "german", "guten morgen"),
+    ] {
+        let (result, served_by) = run(
+            &app,
+            "@cf/meta/m2m100-1.2b",
+            json!({"text": text, "target_lang": target}),
+        )
+        .await;
+        assert_eq!(served_by, "@hf/ember/translate-qwen2.5-coder-1.5b");
+        let translated = result["translated_text"].as_str().unwrap().to_lowercase();
+        assert!(
+            translated.contains(expected),
+            "{text} → {target}: {translated}"
+        );
+    }
+    let (batch, _) = run(
+        &app,
+        "@cf/meta/m2m100-1.2b",
+        json!({"requests": [{"text": "Thank you very much.", "target_lang": "es"}, {"text": "Merci beaucoup.", "source_lang": "fr", "target_lang": "en"}]}),
+    )
+    .await;
+    let batch = batch.as_array().unwrap();
+    assert!(
+        batch[0]["translated_text"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("gracias"),
+        "{batch:?}"
+    );
+    assert!(
+        batch[1]["translated_text"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("thank"),
+        "{batch:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn summarization_stand_in_is_shorter_and_keeps_the_key_fact() {
+    let app = app();
+    let article = "The city council of Springfield voted on Tuesday to build a new public library \
+        on Main Street. The library will cost 12 million dollars and is expected to open in 2027. \
+        Council members said the old library, built in 1952, had become too small for the growing \
+        population and could not be repaired. Construction will begin in the spring, and the \
+        council promised that the new building will include a children's reading room, a cafe \
+        and free meeting spaces for local groups.";
+    let (result, served_by) = run(
+        &app,
+        "@cf/facebook/bart-large-cnn",
+        json!({"input_text": article, "max_length": 120}),
+    )
+    .await;
+    assert_eq!(served_by, "@hf/ember/summarize-qwen2.5-coder-1.5b");
+    let summary = result["summary"].as_str().unwrap();
+    assert!(
+        summary.len() < article.len() * 3 / 4,
+        "not shorter: {summary}"
+    );
+    assert!(summary.to_lowercase().contains("library"), "{summary}");
+}
