@@ -1,7 +1,10 @@
 //! The text tasks on real models. Where a catalog model's weights are not installed (none can be
 //! had from the registries), its stand-in serves the same id; these tests check the stand-ins'
 //! answers for sense and against independent references: a committed labelled sentiment set,
-//! EmbeddingGemma's published model-card similarities, and facts the outputs must keep.
+//! EmbeddingGemma's published model-card similarities, and facts the outputs must keep. Once a
+//! catalog model's own files are installed, its real architecture serves instead: the last test
+//! installs the tiny generated models the engine tests check against transformers under the
+//! catalog ids, and runs them through the same routes.
 
 mod common;
 
@@ -185,4 +188,125 @@ async fn summarization_stand_in_is_shorter_and_keeps_the_key_fact() {
         "not shorter: {summary}"
     );
     assert!(summary.to_lowercase().contains("library"), "{summary}");
+}
+
+/// A model cache holding the generated fixture models under the four catalog ids.
+fn fixture_home() -> std::path::PathBuf {
+    use ember_core::installed::{self, InstallManifest, InstalledFile};
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../ember-engines/tests/fixtures/architectures");
+    let home = std::env::temp_dir().join(format!("ember-architectures-{}", std::process::id()));
+    let catalog = ember_core::Catalog::builtin().unwrap();
+    for (id, fixture) in [
+        ("@cf/huggingface/distilbert-sst-2-int8", "distilbert"),
+        ("@cf/baai/bge-reranker-base", "reranker"),
+        ("@cf/meta/m2m100-1.2b", "m2m100"),
+        ("@cf/facebook/bart-large-cnn", "bart"),
+    ] {
+        let spec = catalog.get(id).unwrap();
+        let dir = installed::model_dir(&home, spec);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut files = std::collections::BTreeMap::new();
+        for file in &spec.files {
+            let size = std::fs::copy(
+                fixtures.join(fixture).join(&file.path),
+                dir.join(&file.path),
+            )
+            .unwrap_or_else(|e| panic!("{fixture}/{}: {e}", file.path));
+            let sha256 = String::new();
+            files.insert(file.path.clone(), InstalledFile { sha256, size });
+        }
+        let manifest = InstallManifest {
+            model: id.into(),
+            source: "fixture".into(),
+            files,
+        };
+        installed::write_manifest(&dir, &manifest).unwrap();
+    }
+    home
+}
+
+fn fixture_reference(name: &str) -> Value {
+    let path = format!(
+        "{}/../ember-engines/tests/fixtures/architectures/{name}/reference.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn installed_architectures_serve_the_catalog_ids() {
+    let engine = engine_config(1);
+    let ember = ember::open_ember(&fixture_home(), None, Default::default(), &engine).unwrap();
+    let app = app_on(
+        std::sync::Arc::new(ember),
+        ember_http::HttpConfig::default(),
+        ember_gateway::GatewayConfig::default(),
+        std::sync::Arc::new(ember_gateway::clock::SystemClock),
+    );
+
+    let classifier = fixture_reference("distilbert");
+    let case = &classifier["cases"][0];
+    let (result, served_by) = run(
+        &app,
+        "@cf/huggingface/distilbert-sst-2-int8",
+        json!({"text": case["text"]}),
+    )
+    .await;
+    assert_eq!(served_by, "@cf/huggingface/distilbert-sst-2-int8");
+    for (i, label) in result.as_array().unwrap().iter().enumerate() {
+        assert_eq!(label["label"], classifier["labels"][i]);
+        let expected = case["probabilities"][i].as_f64().unwrap();
+        assert!(
+            (label["score"].as_f64().unwrap() - expected).abs() < 1e-4,
+            "{result}"
+        );
+    }
+
+    let reranker = fixture_reference("reranker");
+    // The engine's cases include an empty passage, which the Workers AI schema refuses.
+    let cases: Vec<&Value> = reranker["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["passage"] != "")
+        .collect();
+    let contexts: Vec<Value> = cases
+        .iter()
+        .map(|c| json!({"text": c["passage"]}))
+        .collect();
+    let (result, served_by) = run(
+        &app,
+        "@cf/baai/bge-reranker-base",
+        json!({"query": reranker["query"], "contexts": contexts}),
+    )
+    .await;
+    assert_eq!(served_by, "@cf/baai/bge-reranker-base");
+    for ranked in result["response"].as_array().unwrap() {
+        let case = cases[ranked["id"].as_u64().unwrap() as usize];
+        assert!(
+            (ranked["score"].as_f64().unwrap() - case["score"].as_f64().unwrap()).abs() < 1e-4,
+            "{result}"
+        );
+    }
+
+    // Beam search as configured (4 beams, length penalty, no repeated trigrams) over the
+    // fixture's 24 decoder positions: exactly transformers' summary.
+    let bart = fixture_reference("bart");
+    let case = &bart["cases"][0];
+    let (result, served_by) = run(
+        &app,
+        "@cf/facebook/bart-large-cnn",
+        json!({"input_text": case["text"], "max_length": 23}),
+    )
+    .await;
+    assert_eq!(served_by, "@cf/facebook/bart-large-cnn");
+    assert_eq!(result["summary"], case["beam_text"]);
+
+    let m2m100 = fixture_reference("m2m100");
+    let case = &m2m100["cases"][0];
+    let input = json!({"text": case["text"], "source_lang": case["source_lang"], "target_lang": case["target_lang"]});
+    let (result, served_by) = run(&app, "@cf/meta/m2m100-1.2b", input).await;
+    assert_eq!(served_by, "@cf/meta/m2m100-1.2b");
+    assert!(result["translated_text"].is_string(), "{result}");
 }
