@@ -461,26 +461,19 @@ async fn embeddings(
         Ok(parsed) => parsed,
         Err(error) => return call.fail(error).await,
     };
-    call.served_by = Some(spec.id.clone());
-    if let Err(error) = call.admit(spec, &tasks::estimate_usage(spec, &body)) {
-        return call.fail(error).await;
-    }
-    let options = run::run_options(&state, &headers, body.get("options"));
-    let run = tokio::select! {
-        run = state.ember.run_task(spec, TaskRequest::Embeddings(request), &options) => run,
-        _ = aborted(state.abort.clone()) => Err(InferError::Aborted),
-    };
-    let (embedded, usage, served_by) = match run {
-        Ok(TaskRun {
-            output: TaskOutput::Embeddings(embedded),
-            usage,
-            served_by,
-        }) => (embedded, usage, served_by),
-        Ok(_) => {
-            let error = InferError::Internal(format!("{} gave no embeddings", spec.id));
-            return call.fail(error.into()).await;
-        }
-        Err(error) => return call.fail(error.into()).await,
+    let run = call
+        .run_task(spec, &body, TaskRequest::Embeddings(request), &headers)
+        .await;
+    let TaskRun {
+        output: TaskOutput::Embeddings(embedded),
+        usage,
+        served_by,
+    } = (match run {
+        Ok(run) => run,
+        Err(error) => return call.fail(error).await,
+    })
+    else {
+        return call.fail(run::unexpected_output(spec)).await;
     };
     let data: Vec<Value> = embedded
         .vectors

@@ -2,20 +2,20 @@
 //! send, `{model, query, documents, top_n?, return_documents?}` → `{id, model, results: [{index,
 //! relevance_score, document?}], usage}`, run as the model's Workers AI reranking task.
 
+use crate::AppState;
 use crate::RequestId;
 use crate::error::ApiError;
 use crate::openai::{as_object, invalid, renamed, requested_model, resolve_model};
 use crate::run::{self, Call, Form};
-use crate::{AppState, aborted};
 use axum::Extension;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use ember_core::TaskRun;
 use ember_core::catalog::Task;
 use ember_core::tasks::reranking::RerankRequest;
-use ember_core::tasks::{self, TaskOutput, TaskRequest};
-use ember_core::{InferError, TaskRun};
+use ember_core::tasks::{TaskOutput, TaskRequest};
 use ember_gateway::Caller;
 use serde_json::{Value, json};
 
@@ -36,27 +36,20 @@ pub(crate) async fn rerank(
         Ok(parsed) => parsed,
         Err(error) => return call.fail(error).await,
     };
-    call.served_by = Some(spec.id.clone());
-    if let Err(error) = call.admit(spec, &tasks::estimate_usage(spec, &body)) {
-        return call.fail(error).await;
-    }
     let documents = request.contexts.clone();
-    let options = run::run_options(&state, &headers, body.get("options"));
-    let run = tokio::select! {
-        run = state.ember.run_task(spec, TaskRequest::Reranking(request), &options) => run,
-        _ = aborted(state.abort.clone()) => Err(InferError::Aborted),
-    };
-    let (ranked, usage, served_by) = match run {
-        Ok(TaskRun {
-            output: TaskOutput::Reranking(ranked),
-            usage,
-            served_by,
-        }) => (ranked, usage, served_by),
-        Ok(_) => {
-            let error = InferError::Internal(format!("{} gave no ranking", spec.id));
-            return call.fail(error.into()).await;
-        }
-        Err(error) => return call.fail(error.into()).await,
+    let run = call
+        .run_task(spec, &body, TaskRequest::Reranking(request), &headers)
+        .await;
+    let TaskRun {
+        output: TaskOutput::Reranking(ranked),
+        usage,
+        served_by,
+    } = (match run {
+        Ok(run) => run,
+        Err(error) => return call.fail(error).await,
+    })
+    else {
+        return call.fail(run::unexpected_output(spec)).await;
     };
     let results: Vec<Value> = ranked
         .ranked

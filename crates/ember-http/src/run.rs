@@ -13,8 +13,8 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use ember_core::catalog::ModelSpec;
 use ember_core::runner::TextEvent;
-use ember_core::tasks::{self, Usage};
-use ember_core::{InferError, RunOptions, RunOutput};
+use ember_core::tasks::{self, TaskRequest, Usage};
+use ember_core::{InferError, RunOptions, RunOutput, TaskRun};
 use ember_gateway::{Admission, Caller, GatewayError};
 use ember_store::{DAY_MS, RequestRecord};
 use serde_json::{Value, json};
@@ -116,6 +116,26 @@ impl Call {
         Ok(())
     }
 
+    /// For routes with wire shapes of their own: admits `request` on `spec` (reserving what
+    /// `body` may cost) and runs it until it ends or the server aborts. The caller answers an
+    /// error with `fail`.
+    pub(crate) async fn run_task(
+        &mut self,
+        spec: &ModelSpec,
+        body: &Value,
+        request: TaskRequest,
+        headers: &HeaderMap,
+    ) -> Result<TaskRun, ApiError> {
+        self.served_by = Some(spec.id.clone());
+        self.admit(spec, &tasks::estimate_usage(spec, body))?;
+        let options = run_options(&self.state, headers, body.get("options"));
+        let state = self.state.clone();
+        tokio::select! {
+            run = state.ember.run_task(spec, request, &options) => Ok(run?),
+            _ = aborted(state.abort.clone()) => Err(InferError::Aborted.into()),
+        }
+    }
+
     /// Logs the failed request and answers its error in the route's form.
     pub(crate) async fn fail(self, error: ApiError) -> Response {
         if let ApiError::Infer(
@@ -168,6 +188,11 @@ impl Call {
             Err(error) => tracing::error!(%error, "the request log writer failed"),
         }
     }
+}
+
+/// A run that produced another task's output: a bug, answered as an internal error.
+pub(crate) fn unexpected_output(spec: &ModelSpec) -> ApiError {
+    InferError::Internal(format!("{} answered another task's output", spec.id)).into()
 }
 
 /// Seconds until the next 00:00 UTC, when daily allocations reset.

@@ -23,7 +23,10 @@ pub const MAX_PROMPT_CHARS: usize = 131_072;
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChatMessage {
     pub role: String,
+    /// The text of the message (its text parts joined, when it came as content parts).
     pub content: String,
+    /// Images among the message's content parts, for models that see them.
+    pub images: Vec<ImagePart>,
     /// Calls an assistant message made (chat history for a multi-turn tool conversation).
     pub tool_calls: Vec<ToolCall>,
     /// On a `tool` message: the call this is the result of.
@@ -35,10 +38,22 @@ impl ChatMessage {
         ChatMessage {
             role: role.into(),
             content: content.into(),
+            images: Vec::new(),
             tool_calls: Vec::new(),
             tool_call_id: None,
         }
     }
+}
+
+/// An `image_url` content part: where the image is, and where it stood among the text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImagePart {
+    /// A `data:image/...;base64,` URL or an `http(s)://` URL.
+    pub url: String,
+    /// Byte offset in `content` at which the image came.
+    pub text_offset: usize,
+    /// The part's JSON pointer, for errors about it.
+    pub at: String,
 }
 
 /// What the model is asked: a chat, rendered through its template, or a bare prompt.
@@ -195,6 +210,15 @@ pub fn parse_text_generation(
         },
         (None, Some(messages)) => PromptInput::Messages(parse_messages(messages)?),
     };
+    if let PromptInput::Messages(messages) = &prompt
+        && let Some(image) = messages.iter().flat_map(|m| &m.images).next()
+        && spec.properties.get("vision").is_none_or(|v| v != "true")
+    {
+        return Err(InferError::invalid(
+            &image.at,
+            format!("{} does not take images", spec.id),
+        ));
+    }
     let max_tokens =
         match optional_integer(object, "max_tokens", 1, u64::from(spec.max_output_tokens))? {
             Some(n) => n as u32,
@@ -298,8 +322,13 @@ fn parse_messages(messages: &Value) -> Result<Vec<ChatMessage>, InferError> {
                     ));
                 }
             };
+            let mut images = Vec::new();
             let content = match message.get("content") {
-                Some(Value::Array(parts)) => text_parts(parts, &format!("{at}/content"))?,
+                Some(Value::Array(parts)) => {
+                    let (text, parts_images) = content_parts(parts, &format!("{at}/content"))?;
+                    images = parts_images;
+                    text
+                }
                 // An assistant turn that only called tools has no content.
                 None | Some(Value::Null) if !tool_calls.is_empty() => String::new(),
                 Some(Value::String(text)) if text.is_empty() && !tool_calls.is_empty() => {
@@ -327,6 +356,7 @@ fn parse_messages(messages: &Value) -> Result<Vec<ChatMessage>, InferError> {
             Ok(ChatMessage {
                 role,
                 content,
+                images,
                 tool_calls,
                 tool_call_id,
             })
@@ -334,16 +364,48 @@ fn parse_messages(messages: &Value) -> Result<Vec<ChatMessage>, InferError> {
         .collect()
 }
 
-/// OpenAI-style content parts: only text parts are accepted, joined in order.
-fn text_parts(parts: &[Value], at: &str) -> Result<String, InferError> {
+/// OpenAI-style content parts: text parts joined in order, and `image_url` parts
+/// (`{"type": "image_url", "image_url": {"url": ...}}`, or the URL as a plain string).
+fn content_parts(parts: &[Value], at: &str) -> Result<(String, Vec<ImagePart>), InferError> {
     let mut text = String::new();
+    let mut images = Vec::new();
     for (i, part) in parts.iter().enumerate() {
-        match (part.get("type").and_then(Value::as_str), part.get("text")) {
-            (Some("text"), Some(Value::String(piece))) => text.push_str(piece),
+        let part_at = format!("{at}/{i}");
+        match (part.get("type").and_then(Value::as_str), part) {
+            (Some("text"), _) => match part.get("text") {
+                Some(Value::String(piece)) => text.push_str(piece),
+                _ => {
+                    return Err(InferError::invalid(
+                        format!("{part_at}/text"),
+                        "expected a string",
+                    ));
+                }
+            },
+            (Some("image_url"), _) => {
+                let url = part
+                    .get("image_url")
+                    .and_then(|image| image.get("url").unwrap_or(image).as_str())
+                    .filter(|url| {
+                        url.starts_with("data:image/")
+                            || url.starts_with("https://")
+                            || url.starts_with("http://")
+                    })
+                    .ok_or_else(|| {
+                        InferError::invalid(
+                            format!("{part_at}/image_url"),
+                            "expected {\"url\": \"data:image/...;base64,...\"} or an http(s) URL",
+                        )
+                    })?;
+                images.push(ImagePart {
+                    url: url.to_string(),
+                    text_offset: text.len(),
+                    at: part_at,
+                });
+            }
             _ => {
                 return Err(InferError::invalid(
-                    format!("{at}/{i}"),
-                    "expected a text part {\"type\": \"text\", \"text\": \"...\"}",
+                    part_at,
+                    "expected a text part {\"type\": \"text\", \"text\": \"...\"} or an image_url part",
                 ));
             }
         }
@@ -354,7 +416,7 @@ fn text_parts(parts: &[Value], at: &str) -> Result<String, InferError> {
             format!("must be at most {MAX_PROMPT_CHARS} characters"),
         ));
     }
-    Ok(text)
+    Ok((text, images))
 }
 
 #[cfg(test)]
@@ -383,6 +445,32 @@ mod tests {
                 text: "hi".into(),
                 raw: false
             }
+        );
+    }
+
+    #[test]
+    fn image_parts_are_kept_and_refused_by_models_without_vision() {
+        let image = json!({"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}});
+        let messages = json!([{"role": "user", "content": [{"type": "text", "text": "What is "}, image, {"type": "text", "text": "this?"}]}]);
+        let parsed = parse_messages(&messages).unwrap();
+        assert_eq!(parsed[0].content, "What is this?");
+        assert_eq!(
+            parsed[0].images,
+            vec![ImagePart {
+                url: "data:image/png;base64,iVBORw0KGgo=".into(),
+                text_offset: 8,
+                at: "/messages/0/content/1".into()
+            }]
+        );
+        let error = parse_text_generation(&json!({ "messages": messages }), &qwen()).unwrap_err();
+        assert_eq!(field_of(error), "/messages/0/content/1");
+        let mut vision = qwen();
+        vision.properties.insert("vision".into(), "true".into());
+        assert!(parse_text_generation(&json!({ "messages": messages }), &vision).is_ok());
+        let bad = json!([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}]}]);
+        assert_eq!(
+            field_of(parse_messages(&bad).unwrap_err()),
+            "/messages/0/content/0/image_url"
         );
     }
 

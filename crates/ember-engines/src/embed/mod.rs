@@ -184,7 +184,7 @@ fn internal(error: candle_core::Error) -> InferError {
 }
 
 /// Loads `tokenizer.json` with its padding off and truncation to `max_tokens` tokens in all.
-fn load_tokenizer(path: &Path, max_tokens: usize) -> Result<Tokenizer, String> {
+pub(crate) fn load_tokenizer(path: &Path, max_tokens: usize) -> Result<Tokenizer, String> {
     let mut tokenizer =
         Tokenizer::from_file(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let added = tokenizer

@@ -26,7 +26,7 @@ use ember_core::tasks::classification::{ClassificationOutput, LabelScore};
 use ember_core::tasks::reranking::RerankOutput;
 use ember_core::tasks::{TaskOutput, TaskRequest};
 use std::path::Path;
-use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+use tokenizers::Tokenizer;
 
 /// Most padded tokens (batch size × longest text) run through an encoder at once.
 const BATCH_TOKENS: usize = 4096;
@@ -79,22 +79,10 @@ fn labels_in_order(
         .ok_or_else(|| "config.json: id2label is empty or has repeated ids".to_string())
 }
 
-/// Loads `tokenizer.json` with its padding off and truncation to `max_tokens` tokens in all,
-/// special tokens included (for pairs, the longer text is cut first, as `truncation=True`).
+/// Loads the folder's `tokenizer.json` with its padding off and truncation to `max_tokens` tokens
+/// in all, special tokens included (for pairs, the longer text is cut first, as `truncation=True`).
 fn load_tokenizer(dir: &Path, max_tokens: usize) -> Result<Tokenizer, String> {
-    let path = dir.join("tokenizer.json");
-    let mut tokenizer =
-        Tokenizer::from_file(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    tokenizer.with_padding(None);
-    tokenizer
-        .with_truncation(Some(TruncationParams {
-            direction: TruncationDirection::Right,
-            max_length: max_tokens,
-            strategy: TruncationStrategy::LongestFirst,
-            stride: 0,
-        }))
-        .map_err(|e| format!("cannot set truncation: {e}"))?;
-    Ok(tokenizer)
+    crate::embed::load_tokenizer(&dir.join("tokenizer.json"), max_tokens)
 }
 
 /// Runs `forward` over the rows in batches of at most [`BATCH_TOKENS`] padded tokens (longest
