@@ -241,14 +241,24 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
             let ember = open_ember(&home, catalog_file.as_deref(), aliases, &engine)?;
             runtime.block_on(run_once(&ember, &model, &input))
         }
-        Command::Accounts { command } => admin::accounts(&SqliteStore::open(&db)?, command),
-        Command::Tokens { command } => admin::tokens(&SqliteStore::open(&db)?, command),
+        Command::Accounts { command } => {
+            runtime.block_on(admin::accounts(&SqliteStore::open(&db)?, command))
+        }
+        Command::Tokens { command } => {
+            runtime.block_on(admin::tokens(&SqliteStore::open(&db)?, command))
+        }
         Command::Usage {
             account,
             since,
             until,
             model,
-        } => admin::usage(&SqliteStore::open(&db)?, account, since, until, model),
+        } => runtime.block_on(admin::usage(
+            &SqliteStore::open(&db)?,
+            account,
+            since,
+            until,
+            model,
+        )),
         Command::Models {
             command: ModelsCommand::List,
         } => {
@@ -319,7 +329,7 @@ fn list(catalog: &Catalog, home: &std::path::Path) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "{:<48} {:<16} {:<10} SOURCES",
+        "{:<48} {:<20} {:<10} SOURCES",
         "MODEL", "TASK", "INSTALLED"
     )?;
     for spec in catalog.models() {
@@ -343,7 +353,7 @@ fn list(catalog: &Catalog, home: &std::path::Path) -> std::io::Result<()> {
         let task = task.as_str().unwrap_or_default();
         writeln!(
             out,
-            "{:<48} {:<16} {:<10} {}",
+            "{:<48} {:<20} {:<10} {}",
             spec.id,
             task,
             installed,
