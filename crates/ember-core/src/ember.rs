@@ -5,8 +5,7 @@
 //! admits it and returns a JSON result or a text stream, priced at the requested model's price.
 
 use crate::InferError;
-use crate::catalog::Engine;
-use crate::catalog::{Catalog, ModelSpec, Task};
+use crate::catalog::{Catalog, Engine, ModelSpec, Task};
 use crate::installed;
 use crate::metrics::{Metrics, ModelMetrics};
 use crate::runner::{LoadedModel, TextEvent};

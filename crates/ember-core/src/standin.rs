@@ -80,16 +80,27 @@ pub(crate) async fn run(
     }
 }
 
-/// Prompts an embeddings model expects before queries and documents (EmbeddingGemma's, from its
-/// sentence-transformers configuration); other models take texts as they are.
-fn prompts(base: &ModelSpec) -> (&'static str, &'static str, &'static str) {
+/// What an embeddings model expects before a text, by use.
+struct Prompts {
+    classification: &'static str,
+    query: &'static str,
+    document: &'static str,
+}
+
+/// EmbeddingGemma's prompts (from its sentence-transformers configuration); other models take
+/// texts as they are.
+fn prompts(base: &ModelSpec) -> Prompts {
     match base.architecture.as_str() {
-        "gemma3-embedding" => (
-            "task: classification | query: ",
-            "task: search result | query: ",
-            "title: none | text: ",
-        ),
-        _ => ("", "", ""),
+        "gemma3-embedding" => Prompts {
+            classification: "task: classification | query: ",
+            query: "task: search result | query: ",
+            document: "title: none | text: ",
+        },
+        _ => Prompts {
+            classification: "",
+            query: "",
+            document: "",
+        },
     }
 }
 
@@ -136,7 +147,7 @@ async fn centroids(
     if let Some(known) = memo.lock().unwrap_or_else(|e| e.into_inner()).get(&base.id) {
         return Ok(known.clone());
     }
-    let (prompt, _, _) = prompts(base);
+    let prompt = prompts(base).classification;
     let texts = SENTIMENT_PROTOTYPES
         .iter()
         .flat_map(|(_, examples)| examples.iter().map(|e| format!("{prompt}{e}")))
@@ -166,7 +177,7 @@ async fn classify(
     options: &RunOptions,
 ) -> Result<TaskOutput, InferError> {
     let centroids = centroids(ember, base, options).await?;
-    let (prompt, _, _) = prompts(base);
+    let prompt = prompts(base).classification;
     let (vectors, tokens) = embed(
         ember,
         base,
@@ -201,13 +212,13 @@ async fn rerank(
     request: RerankRequest,
     options: &RunOptions,
 ) -> Result<TaskOutput, InferError> {
-    let (_, query_prompt, document_prompt) = prompts(base);
-    let mut texts = vec![format!("{query_prompt}{}", request.query)];
+    let prompts = prompts(base);
+    let mut texts = vec![format!("{}{}", prompts.query, request.query)];
     texts.extend(
         request
             .contexts
             .iter()
-            .map(|c| format!("{document_prompt}{c}")),
+            .map(|c| format!("{}{c}", prompts.document)),
     );
     let (vectors, tokens) = embed(ember, base, texts, options).await?;
     let scores: Vec<f32> = vectors[1..].iter().map(|v| dot(&vectors[0], v)).collect();
