@@ -4,7 +4,7 @@
 //! A token reads `ember_<id>_<secret>`: the id finds the stored row, the secret is compared by
 //! hash, so a lookup never depends on the secret and a stolen database holds no usable token.
 
-use ember_store::{Account, Plan, Store, StoreError, Token};
+use ember_store::{Account, AccountStore, Plan, StoreError, Token};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -25,8 +25,8 @@ fn sha256_hex(text: &str) -> String {
 }
 
 /// Creates an account with a new 32-hex-digit id.
-pub fn create_account(
-    store: &Store,
+pub async fn create_account(
+    store: &dyn AccountStore,
     name: &str,
     plan: Plan,
     daily_free_neurons: f64,
@@ -39,7 +39,7 @@ pub fn create_account(
         daily_free_neurons,
         created_at_ms: now_ms,
     };
-    store.create_account(&account)?;
+    store.create_account(&account).await?;
     Ok(account)
 }
 
@@ -49,8 +49,8 @@ pub struct IssuedToken {
     pub bearer: String,
 }
 
-pub fn issue_token(
-    store: &Store,
+pub async fn issue_token(
+    store: &dyn AccountStore,
     account_id: &str,
     name: &str,
     expires_at_ms: Option<i64>,
@@ -66,7 +66,7 @@ pub fn issue_token(
         expires_at_ms,
         revoked_at_ms: None,
     };
-    store.create_token(&token)?;
+    store.create_token(&token).await?;
     Ok(IssuedToken {
         token,
         bearer: format!("{TOKEN_PREFIX}{id}_{secret}"),
@@ -85,14 +85,19 @@ pub enum Refusal {
 }
 
 /// The stored token a bearer token proves, if it is live at `now_ms`.
-pub fn verify(store: &Store, bearer: Option<&str>, now_ms: i64) -> Result<Token, VerifyError> {
+pub async fn verify(
+    store: &dyn AccountStore,
+    bearer: Option<&str>,
+    now_ms: i64,
+) -> Result<Token, VerifyError> {
     let bearer = bearer.ok_or(VerifyError::Refused(Refusal::Missing))?;
     let (id, secret) = bearer
         .strip_prefix(TOKEN_PREFIX)
         .and_then(|rest| rest.split_once('_'))
         .ok_or(VerifyError::Refused(Refusal::Malformed))?;
     let token = store
-        .token(id)?
+        .token(id)
+        .await?
         .ok_or(VerifyError::Refused(Refusal::Unknown))?;
     let matches: bool = sha256_hex(secret)
         .as_bytes()
@@ -133,40 +138,47 @@ mod tests {
         }
     }
 
-    #[test]
-    fn issued_tokens_verify_until_revoked_or_expired() {
-        let store = SqliteStore::in_memory().unwrap();
-        let account = create_account(&store, "team", Plan::Free, 10.0, 0).unwrap();
+    #[tokio::test]
+    async fn issued_tokens_verify_until_revoked_or_expired() {
+        let stores = SqliteStore::in_memory().unwrap();
+        let store = stores.accounts.as_ref();
+        let account = create_account(store, "team", Plan::Free, 10.0, 0)
+            .await
+            .unwrap();
         assert_eq!(account.id.len(), 32);
-        let issued = issue_token(&store, &account.id, "ci", Some(1_000), 0).unwrap();
+        let issued = issue_token(store, &account.id, "ci", Some(1_000), 0)
+            .await
+            .unwrap();
         assert!(!issued.token.secret_sha256.contains(&issued.bearer[20..]));
-        let token = verify(&store, Some(&issued.bearer), 999).unwrap();
+        let token = verify(store, Some(&issued.bearer), 999).await.unwrap();
         assert_eq!(token.account_id, account.id);
         assert_eq!(
-            refusal(verify(&store, Some(&issued.bearer), 1_000)),
+            refusal(verify(store, Some(&issued.bearer), 1_000).await),
             Refusal::Expired
         );
 
-        let forever = issue_token(&store, &account.id, "app", None, 0).unwrap();
+        let forever = issue_token(store, &account.id, "app", None, 0)
+            .await
+            .unwrap();
         let mut wrong = forever.bearer.clone();
         wrong.pop();
         wrong.push('x');
         assert_eq!(
-            refusal(verify(&store, Some(&wrong), 5)),
+            refusal(verify(store, Some(&wrong), 5).await),
             Refusal::WrongSecret
         );
-        assert_eq!(refusal(verify(&store, None, 5)), Refusal::Missing);
+        assert_eq!(refusal(verify(store, None, 5).await), Refusal::Missing);
         assert_eq!(
-            refusal(verify(&store, Some("dummy"), 5)),
+            refusal(verify(store, Some("dummy"), 5).await),
             Refusal::Malformed
         );
         assert_eq!(
-            refusal(verify(&store, Some("ember_0000_ffff"), 5)),
+            refusal(verify(store, Some("ember_0000_ffff"), 5).await),
             Refusal::Unknown
         );
-        store.revoke_token(&forever.token.id, 6).unwrap();
+        store.revoke_token(&forever.token.id, 6).await.unwrap();
         assert_eq!(
-            refusal(verify(&store, Some(&forever.bearer), 7)),
+            refusal(verify(store, Some(&forever.bearer), 7).await),
             Refusal::Revoked
         );
     }

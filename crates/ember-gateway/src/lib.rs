@@ -1,21 +1,22 @@
 //! What stands between a request and the models: who is calling (an account, proved by an API
 //! token, or the local account of the open dev mode), whether they may run now (per-task rate
 //! limits, the daily free allocation of Neurons) and what they used (each request's cost
-//! settled into the ledger). Knows nothing of HTTP.
+//! settled into the ledger). The state lives behind `ember_store`'s async traits; the rules
+//! (which window, how long a reservation may live, when dev mode is on) are here. Knows nothing
+//! of HTTP.
 
 pub mod clock;
 pub mod credentials;
-mod limits;
-mod meter;
 
 use clock::Clock;
 use credentials::{DEFAULT_DAILY_FREE_NEURONS, Refusal, VerifyError};
 use ember_core::catalog::{ModelSpec, Task};
-use ember_store::{Account, Plan, RequestRecord, Store, StoreError};
-use limits::RateLimiter;
-use meter::{Meter, MeterError, Reservation};
+use ember_store::{
+    Account, Hold, Plan, RequestRecord, Reservation, Reservations, StoreError, Stores, Window,
+};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The account requests run under in the open dev mode. Its plan is `paid`, so local work is
 /// never refused, and the usage API shows what it would have cost.
@@ -29,6 +30,9 @@ pub struct GatewayConfig {
     pub rate_limits: bool,
     /// Requests per minute per task, replacing the published ones.
     pub task_limits: HashMap<Task, u32>,
+    /// How long a request's reservation counts if it is never settled (its server was
+    /// killed): longer than any request runs.
+    pub reservation_ttl: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -37,6 +41,7 @@ impl Default for GatewayConfig {
             open_without_accounts: true,
             rate_limits: true,
             task_limits: HashMap::new(),
+            reservation_ttl: Duration::from_secs(3_600),
         }
     }
 }
@@ -63,26 +68,22 @@ pub enum GatewayError {
 }
 
 pub struct Gateway {
-    store: Store,
+    stores: Stores,
     clock: Arc<dyn Clock>,
     config: GatewayConfig,
-    meter: Meter,
-    limiter: RateLimiter,
 }
 
 impl Gateway {
-    pub fn new(store: Store, clock: Arc<dyn Clock>, config: GatewayConfig) -> Gateway {
+    pub fn new(stores: Stores, clock: Arc<dyn Clock>, config: GatewayConfig) -> Gateway {
         Gateway {
-            store,
+            stores,
             clock,
             config,
-            meter: Meter::default(),
-            limiter: RateLimiter::default(),
         }
     }
 
-    pub fn store(&self) -> &Store {
-        &self.store
+    pub fn stores(&self) -> &Stores {
+        &self.stores
     }
 
     pub fn now_ms(&self) -> i64 {
@@ -91,40 +92,42 @@ impl Gateway {
 
     /// Whether requests run without a token now: the dev mode, which ends when the first
     /// account is created (checked on every request, so the CLI's change takes effect at once).
-    pub fn is_open(&self) -> Result<bool, StoreError> {
-        Ok(self.config.open_without_accounts && !self.store.has_accounts()?)
+    pub async fn is_open(&self) -> Result<bool, StoreError> {
+        Ok(self.config.open_without_accounts && !self.stores.accounts.has_accounts().await?)
     }
 
     /// The caller a request's bearer token proves, checked against the account its path
     /// names (`/client/v4/accounts/{id}/...`), if any.
-    pub fn authenticate(
+    pub async fn authenticate(
         &self,
         bearer: Option<&str>,
         path_account: Option<&str>,
     ) -> Result<Caller, GatewayError> {
-        if self.is_open()? {
+        if self.is_open().await? {
             return Ok(Caller {
                 account: local_account(),
             });
         }
-        let token =
-            credentials::verify(&self.store, bearer, self.now_ms()).map_err(|e| match e {
+        let accounts = self.stores.accounts.as_ref();
+        let token = credentials::verify(accounts, bearer, self.now_ms())
+            .await
+            .map_err(|e| match e {
                 VerifyError::Refused(refusal) => GatewayError::Unauthenticated(refusal),
                 VerifyError::Store(error) => GatewayError::Store(error),
             })?;
         if path_account.is_some_and(|id| id != token.account_id) {
             return Err(GatewayError::WrongAccount);
         }
-        let account = self
-            .store
-            .account(&token.account_id)?
+        let account = accounts
+            .account(&token.account_id)
+            .await?
             .ok_or(GatewayError::Unauthenticated(Refusal::Unknown))?;
         Ok(Caller { account })
     }
 
     /// Lets a request on `spec` run if its rate limit and allocation allow, holding
     /// `estimated_neurons` of the allocation until it settles.
-    pub fn admit(
+    pub async fn admit(
         &self,
         caller: &Caller,
         spec: &ModelSpec,
@@ -133,20 +136,21 @@ impl Gateway {
         let now_ms = self.now_ms();
         if self.config.rate_limits {
             let (key, per_minute) = self.rate_limit(caller, spec);
-            self.limiter
-                .check(&key, per_minute, now_ms)
-                .map_err(|retry_after_secs| GatewayError::RateLimited { retry_after_secs })?;
+            let window = self.stores.windows.count(&key, per_minute, now_ms).await?;
+            if let Window::Full { retry_after_secs } = window {
+                return Err(GatewayError::RateLimited { retry_after_secs });
+            }
         }
-        let reservation = self
-            .meter
-            .reserve(&self.store, &caller.account, now_ms, estimated_neurons)
-            .map_err(|error| match error {
-                MeterError::AllocationUsed => GatewayError::AllocationUsed,
-                MeterError::Store(error) => GatewayError::Store(error),
-            })?;
+        let hold = Hold {
+            account: caller.account.clone(),
+            neurons: estimated_neurons,
+            at_ms: now_ms,
+            expires_at_ms: now_ms + self.config.reservation_ttl.as_millis() as i64,
+        };
+        let reservation = self.stores.reservations.reserve(&hold).await?;
         Ok(Admission {
-            reservation,
-            started_ms: now_ms,
+            reservation: Some(reservation.ok_or(GatewayError::AllocationUsed)?),
+            reservations: self.stores.reservations.clone(),
         })
     }
 
@@ -173,27 +177,45 @@ impl Gateway {
     }
 
     /// Writes a finished request to the log and the ledger. With its admission, the request's
-    /// real cost replaces the reservation first (`record.neurons`; the billable part is filled
-    /// in here). Returns once the write is committed, so a client never sees a cost the
-    /// ledger lacks.
-    pub fn settle(
+    /// real cost (`record.neurons`) settles the reservation, dated when it was admitted, and
+    /// the billable part is filled in. Returns once the write is committed, so a client never
+    /// sees a cost the ledger lacks; a caller that may be cancelled runs it as its own task.
+    pub async fn settle(
         &self,
         admission: Option<Admission>,
         mut record: RequestRecord,
     ) -> Result<(), StoreError> {
-        if let Some(admission) = admission {
-            record.created_at_ms = admission.started_ms;
-            record.billable_neurons = admission.reservation.settle(record.neurons);
-        }
-        self.store.record_request(&record)
+        let Some(reservation) = admission.and_then(|mut a| a.reservation.take()) else {
+            return self.stores.ledger.record_request(&record).await;
+        };
+        record.created_at_ms = reservation.hold.at_ms;
+        self.stores.reservations.settle(&reservation, record).await
     }
 }
 
 /// A request let through: its reservation of the allocation, given back if it is dropped
 /// unsettled.
 pub struct Admission {
-    reservation: Reservation,
-    started_ms: i64,
+    /// None once taken to be settled.
+    reservation: Option<Reservation>,
+    reservations: Arc<dyn Reservations>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        // A release cannot be awaited here, so it runs as a task; with no runtime left (the
+        // process is ending) the reservation's expiry ends it.
+        if let Some(reservation) = self.reservation.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let reservations = self.reservations.clone();
+            runtime.spawn(async move {
+                if let Err(error) = reservations.release(&reservation).await {
+                    tracing::warn!(%error, "could not release a reservation");
+                }
+            });
+        }
+    }
 }
 
 fn local_account() -> Account {
@@ -203,5 +225,63 @@ fn local_account() -> Account {
         plan: Plan::Paid,
         daily_free_neurons: DEFAULT_DAILY_FREE_NEURONS,
         created_at_ms: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clock::ManualClock;
+    use ember_core::catalog::Catalog;
+    use ember_store::SqliteStore;
+
+    fn record(id: &str, account: &Account, neurons: f64) -> RequestRecord {
+        RequestRecord {
+            id: id.into(),
+            created_at_ms: 0,
+            account_id: Some(account.id.clone()),
+            route: "rest".into(),
+            model: "m".into(),
+            served_by: None,
+            http_status: 200,
+            error_code: None,
+            prompt_tokens: 1,
+            completion_tokens: 1,
+            neurons,
+            billable_neurons: 0.0,
+            duration_ms: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn admissions_settle_at_their_start_or_give_back_when_dropped() {
+        let stores = SqliteStore::in_memory().unwrap();
+        let clock = Arc::new(ManualClock::new(5));
+        let config = GatewayConfig {
+            open_without_accounts: false,
+            ..GatewayConfig::default()
+        };
+        let gateway = Gateway::new(stores.clone(), clock.clone(), config);
+        let accounts = stores.accounts.as_ref();
+        let account = credentials::create_account(accounts, "t", Plan::Free, 2.0, 0).await;
+        let caller = Caller {
+            account: account.unwrap(),
+        };
+        let catalog = Catalog::builtin().unwrap();
+        let spec = &catalog.models()[0];
+
+        let dropped = gateway.admit(&caller, spec, 2.0).await.unwrap();
+        let refused = gateway.admit(&caller, spec, 1.0).await;
+        assert!(matches!(refused, Err(GatewayError::AllocationUsed)));
+        drop(dropped);
+        // The release runs as a task; let it.
+        tokio::task::yield_now().await;
+        let admission = gateway.admit(&caller, spec, 2.0).await.unwrap();
+        clock.advance(1_000);
+        let settled = record("r", &caller.account, 1.0);
+        gateway.settle(Some(admission), settled).await.unwrap();
+        let logged = stores.ledger.request("r").await.unwrap().unwrap();
+        assert_eq!(logged.created_at_ms, 5, "dated when admitted");
+        assert!(gateway.admit(&caller, spec, 1.0).await.is_ok());
     }
 }

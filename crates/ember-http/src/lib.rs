@@ -158,7 +158,7 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
     let path_account = path
         .strip_prefix("/client/v4/accounts/")
         .and_then(|rest| rest.split('/').next());
-    match state.gateway.authenticate(bearer, path_account) {
+    match state.gateway.authenticate(bearer, path_account).await {
         Ok(caller) => {
             request.extensions_mut().insert(caller);
             next.run(request).await

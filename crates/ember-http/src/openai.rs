@@ -15,7 +15,6 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 use base64::Engine as _;
 use ember_core::InferError;
-use ember_core::TaskRun;
 use ember_core::catalog::{ModelSpec, Task};
 use ember_core::ember::complete;
 use ember_core::installed;
@@ -120,7 +119,7 @@ async fn generate(mut call: Call, headers: &HeaderMap, body: Body, endpoint: End
         Err(error) => return call.fail(error).await,
     };
     call.served_by = Some(spec.id.clone());
-    if let Err(error) = call.admit(spec, &estimate) {
+    if let Err(error) = call.admit(spec, &estimate).await {
         return call.fail(error).await;
     }
     let options = run::run_options(&state, headers, body.get("options"));
@@ -451,57 +450,39 @@ async fn embeddings(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let mut call = Call::new(state.clone(), id, Form::OpenAi, caller);
-    let body = match run::read_json(body, state.config.max_body_bytes).await {
-        Ok(body) => body,
-        Err(error) => return call.fail(error).await,
+    let call = Call::new(state.clone(), id, Form::OpenAi, caller);
+    let parse = |body: &Value| {
+        let (spec, request, base64) = parse_embeddings(&state, body)?;
+        Ok((spec.clone(), TaskRequest::Embeddings(request), base64))
     };
-    call.model = requested_model(&body);
-    let (spec, request, base64) = match parse_embeddings(&state, &body) {
-        Ok(parsed) => parsed,
-        Err(error) => return call.fail(error).await,
-    };
-    let run = call
-        .run_task(spec, &body, TaskRequest::Embeddings(request), &headers)
-        .await;
-    let TaskRun {
-        output: TaskOutput::Embeddings(embedded),
-        usage,
-        served_by,
-    } = (match run {
-        Ok(run) => run,
-        Err(error) => return call.fail(error).await,
+    run::task_route(call, &headers, body, parse, |model, output, usage, base64| {
+        let TaskOutput::Embeddings(embedded) = output else {
+            return None;
+        };
+        let data: Vec<Value> = embedded
+            .vectors
+            .iter()
+            .enumerate()
+            .map(|(index, vector)| {
+                let embedding = if base64 {
+                    // OpenAI's base64 form: the little-endian f32 bytes of the vector.
+                    let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+                    json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+                } else {
+                    json!(vector)
+                };
+                json!({ "object": "embedding", "index": index, "embedding": embedding })
+            })
+            .collect();
+        let tokens = usage.prompt_tokens;
+        Some(json!({
+            "object": "list",
+            "data": data,
+            "model": model,
+            "usage": { "prompt_tokens": tokens, "total_tokens": tokens, "neurons": usage.neurons },
+        }))
     })
-    else {
-        return call.fail(run::unexpected_output(spec)).await;
-    };
-    let data: Vec<Value> = embedded
-        .vectors
-        .iter()
-        .enumerate()
-        .map(|(index, vector)| {
-            let embedding = if base64 {
-                // OpenAI's base64 form: the little-endian f32 bytes of the vector.
-                let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
-                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
-            } else {
-                json!(vector)
-            };
-            json!({ "object": "embedding", "index": index, "embedding": embedding })
-        })
-        .collect();
-    let tokens = usage.prompt_tokens;
-    let model = call.model.clone();
-    call.finish(Some(&served_by), 200, Ok(usage)).await;
-    let mut response = axum::Json(json!({
-        "object": "list",
-        "data": data,
-        "model": model,
-        "usage": { "prompt_tokens": tokens, "total_tokens": tokens, "neurons": usage.neurons },
-    }))
-    .into_response();
-    run::served_by_header(&mut response, &served_by);
-    response
+    .await
 }
 
 /// The model, the texts as a Workers AI embeddings request, and whether vectors go out as base64.

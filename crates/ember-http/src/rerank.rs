@@ -5,14 +5,13 @@
 use crate::AppState;
 use crate::RequestId;
 use crate::error::ApiError;
-use crate::openai::{as_object, invalid, renamed, requested_model, resolve_model};
+use crate::openai::{as_object, invalid, renamed, resolve_model};
 use crate::run::{self, Call, Form};
 use axum::Extension;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
-use ember_core::TaskRun;
+use axum::response::Response;
 use ember_core::catalog::Task;
 use ember_core::tasks::reranking::RerankRequest;
 use ember_core::tasks::{TaskOutput, TaskRequest};
@@ -26,53 +25,42 @@ pub(crate) async fn rerank(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let mut call = Call::new(state.clone(), id.clone(), Form::OpenAi, caller);
-    let body = match run::read_json(body, state.config.max_body_bytes).await {
-        Ok(body) => body,
-        Err(error) => return call.fail(error).await,
+    let call = Call::new(state.clone(), id.clone(), Form::OpenAi, caller);
+    let parse = |body: &Value| {
+        let (spec, request, return_documents) = parse(&state, body)?;
+        // The documents go back with their results when asked for.
+        let documents = return_documents.then(|| request.contexts.clone());
+        Ok((spec.clone(), TaskRequest::Reranking(request), documents))
     };
-    call.model = requested_model(&body);
-    let (spec, request, return_documents) = match parse(&state, &body) {
-        Ok(parsed) => parsed,
-        Err(error) => return call.fail(error).await,
-    };
-    let documents = request.contexts.clone();
-    let run = call
-        .run_task(spec, &body, TaskRequest::Reranking(request), &headers)
-        .await;
-    let TaskRun {
-        output: TaskOutput::Reranking(ranked),
-        usage,
-        served_by,
-    } = (match run {
-        Ok(run) => run,
-        Err(error) => return call.fail(error).await,
-    })
-    else {
-        return call.fail(run::unexpected_output(spec)).await;
-    };
-    let results: Vec<Value> = ranked
-        .ranked
-        .iter()
-        .map(|&(index, score)| {
-            let mut result = json!({ "index": index, "relevance_score": score });
-            if return_documents {
-                result["document"] = json!({ "text": documents[index] });
-            }
-            result
-        })
-        .collect();
-    let model = call.model.clone();
-    call.finish(Some(&served_by), 200, Ok(usage)).await;
-    let mut response = axum::Json(json!({
-        "id": id,
-        "model": model,
-        "results": results,
-        "usage": { "total_tokens": usage.prompt_tokens, "neurons": usage.neurons },
-    }))
-    .into_response();
-    run::served_by_header(&mut response, &served_by);
-    response
+    run::task_route(
+        call,
+        &headers,
+        body,
+        parse,
+        |model, output, usage, documents| {
+            let TaskOutput::Reranking(ranked) = output else {
+                return None;
+            };
+            let results: Vec<Value> = ranked
+                .ranked
+                .iter()
+                .map(|&(index, score)| {
+                    let mut result = json!({ "index": index, "relevance_score": score });
+                    if let Some(documents) = &documents {
+                        result["document"] = json!({ "text": documents[index] });
+                    }
+                    result
+                })
+                .collect();
+            Some(json!({
+                "id": id,
+                "model": model,
+                "results": results,
+                "usage": { "total_tokens": usage.prompt_tokens, "neurons": usage.neurons },
+            }))
+        },
+    )
+    .await
 }
 
 /// The model, the request, and whether results carry their documents. `documents` may be strings

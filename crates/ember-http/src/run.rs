@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use ember_core::catalog::ModelSpec;
 use ember_core::runner::TextEvent;
-use ember_core::tasks::{self, TaskRequest, Usage};
+use ember_core::tasks::{self, TaskOutput, TaskRequest, Usage};
 use ember_core::{InferError, RunOptions, RunOutput, TaskRun};
 use ember_gateway::{Admission, Caller, GatewayError};
 use ember_store::{DAY_MS, RequestRecord};
@@ -98,10 +98,15 @@ impl Call {
 
     /// Holds the request to the caller's rate limit and daily allocation, reserving what it
     /// can cost at most (`estimate`).
-    pub(crate) fn admit(&mut self, spec: &ModelSpec, estimate: &Usage) -> Result<(), ApiError> {
+    pub(crate) async fn admit(
+        &mut self,
+        spec: &ModelSpec,
+        estimate: &Usage,
+    ) -> Result<(), ApiError> {
         let gateway = &self.state.gateway;
         let admission = gateway
             .admit(&self.caller, spec, estimate.neurons)
+            .await
             .map_err(|error| match error {
                 GatewayError::RateLimited { retry_after_secs } => {
                     ApiError::RateLimited { retry_after_secs }
@@ -127,7 +132,7 @@ impl Call {
         headers: &HeaderMap,
     ) -> Result<TaskRun, ApiError> {
         self.served_by = Some(spec.id.clone());
-        self.admit(spec, &tasks::estimate_usage(spec, body))?;
+        self.admit(spec, &tasks::estimate_usage(spec, body)).await?;
         let options = run_options(&self.state, headers, body.get("options"));
         let state = self.state.clone();
         tokio::select! {
@@ -181,18 +186,14 @@ impl Call {
             duration_ms: self.started.elapsed().as_millis() as u64,
         };
         let admission = self.admission;
-        let written = tokio::task::spawn_blocking(move || gateway.settle(admission, record)).await;
+        // Its own task: settlement completes even if this request's future is dropped.
+        let written = tokio::spawn(async move { gateway.settle(admission, record).await }).await;
         match written {
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::error!(%error, "could not write the request log"),
             Err(error) => tracing::error!(%error, "the request log writer failed"),
         }
     }
-}
-
-/// A run that produced another task's output: a bug, answered as an internal error.
-pub(crate) fn unexpected_output(spec: &ModelSpec) -> ApiError {
-    InferError::Internal(format!("{} answered another task's output", spec.id)).into()
 }
 
 /// Seconds until the next 00:00 UTC, when daily allocations reset.
@@ -375,7 +376,7 @@ async fn execute(mut call: Call, input: Value, options: RunOptions) -> Response 
         Err(error) => return call.fail(error.into()).await,
     };
     call.served_by = Some(state.ember.serving(spec).unwrap_or(spec).id.clone());
-    if let Err(error) = call.admit(spec, &tasks::estimate_usage(spec, &input)) {
+    if let Err(error) = call.admit(spec, &tasks::estimate_usage(spec, &input)).await {
         return call.fail(error).await;
     }
     let run = tokio::select! {
@@ -402,6 +403,40 @@ async fn execute(mut call: Call, input: Value, options: RunOptions) -> Response 
         RunOutput::Stream(events) => stream_response(call, &served_by, events, sse::Native).await,
     };
     served_by_header(&mut response, &served_by);
+    response
+}
+
+/// A route with its own wire shape around one whole-result task (OpenAI's embeddings, `/v1/rerank`):
+/// reads the JSON body, `parse`s it into the model, the task request and what the answer needs
+/// besides the output, admits and runs it, and answers `answer(requested model, output, usage,
+/// extra)`, or the error in the route's form. `answer` gives `None` for another task's output.
+pub(crate) async fn task_route<E>(
+    mut call: Call,
+    headers: &HeaderMap,
+    body: Body,
+    parse: impl FnOnce(&Value) -> Result<(ModelSpec, TaskRequest, E), ApiError>,
+    answer: impl FnOnce(&str, TaskOutput, Usage, E) -> Option<Value>,
+) -> Response {
+    let body = match read_json(body, call.state.config.max_body_bytes).await {
+        Ok(body) => body,
+        Err(error) => return call.fail(error).await,
+    };
+    call.model = openai::requested_model(&body);
+    let (spec, request, extra) = match parse(&body) {
+        Ok(parsed) => parsed,
+        Err(error) => return call.fail(error).await,
+    };
+    let run = match call.run_task(&spec, &body, request, headers).await {
+        Ok(run) => run,
+        Err(error) => return call.fail(error).await,
+    };
+    let Some(result) = answer(&call.model, run.output, run.usage, extra) else {
+        let error = InferError::Internal(format!("{} answered another task's output", spec.id));
+        return call.fail(error.into()).await;
+    };
+    call.finish(Some(&run.served_by), 200, Ok(run.usage)).await;
+    let mut response = axum::Json(result).into_response();
+    served_by_header(&mut response, &run.served_by);
     response
 }
 

@@ -29,10 +29,8 @@ pub async fn rest_usage(
         Ok(query) => query,
         Err(error) => return error.rest_response(),
     };
-    let gateway = state.gateway.clone();
-    let rows = tokio::task::spawn_blocking(move || gateway.store().usage(&query)).await;
-    match rows {
-        Ok(Ok(rows)) => {
+    match state.gateway.stores().ledger.usage(&query).await {
+        Ok(rows) => {
             let result: Vec<_> = rows
                 .into_iter()
                 .map(|row| {
@@ -51,7 +49,6 @@ pub async fn rest_usage(
             axum::Json(json!({ "result": result, "success": true, "errors": [], "messages": [] }))
                 .into_response()
         }
-        Ok(Err(error)) => ApiError::Infer(InferError::Internal(error.to_string())).rest_response(),
         Err(error) => ApiError::Infer(InferError::Internal(error.to_string())).rest_response(),
     }
 }

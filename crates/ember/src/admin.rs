@@ -6,7 +6,7 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use ember_gateway::clock::{Clock, SystemClock};
 use ember_gateway::credentials::{self, DEFAULT_DAILY_FREE_NEURONS};
-use ember_store::{DAY_MS, Plan, Store, UsageQuery, utc_day, utc_day_start_ms};
+use ember_store::{DAY_MS, Plan, Stores, UsageQuery, utc_day, utc_day_start_ms};
 
 #[derive(Subcommand)]
 pub enum AccountsCommand {
@@ -58,7 +58,8 @@ fn parse_plan(text: &str) -> Result<Plan, String> {
     Plan::parse(text).ok_or_else(|| format!("plan '{text}' must be free or paid"))
 }
 
-pub fn accounts(store: &Store, command: AccountsCommand) -> anyhow::Result<()> {
+pub async fn accounts(stores: &Stores, command: AccountsCommand) -> anyhow::Result<()> {
+    let store = stores.accounts.as_ref();
     match command {
         AccountsCommand::Create {
             name,
@@ -72,7 +73,8 @@ pub fn accounts(store: &Store, command: AccountsCommand) -> anyhow::Result<()> {
                 plan,
                 daily_free_neurons,
                 SystemClock.now_ms(),
-            )?;
+            )
+            .await?;
             println!("{}", account.id);
         }
         AccountsCommand::List => {
@@ -80,7 +82,7 @@ pub fn accounts(store: &Store, command: AccountsCommand) -> anyhow::Result<()> {
                 "{:<32}  {:<4}  {:>18}  name",
                 "id", "plan", "daily free neurons"
             );
-            for account in store.accounts()? {
+            for account in store.accounts().await? {
                 println!(
                     "{:<32}  {:<4}  {:>18}  {}",
                     account.id,
@@ -96,7 +98,8 @@ pub fn accounts(store: &Store, command: AccountsCommand) -> anyhow::Result<()> {
             daily_free_neurons,
         } => {
             let mut account = store
-                .account(&id)?
+                .account(&id)
+                .await?
                 .with_context(|| format!("no account {id}"))?;
             if let Some(plan) = plan {
                 account.plan = plan;
@@ -105,7 +108,7 @@ pub fn accounts(store: &Store, command: AccountsCommand) -> anyhow::Result<()> {
                 check_allocation(neurons)?;
                 account.daily_free_neurons = neurons;
             }
-            store.update_account(&account)?;
+            store.update_account(&account).await?;
             println!(
                 "{}: {}, {} neurons free per day",
                 account.id,
@@ -124,7 +127,8 @@ fn check_allocation(neurons: f64) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn tokens(store: &Store, command: TokensCommand) -> anyhow::Result<()> {
+pub async fn tokens(stores: &Stores, command: TokensCommand) -> anyhow::Result<()> {
+    let store = stores.accounts.as_ref();
     let now_ms = SystemClock.now_ms();
     match command {
         TokensCommand::Create {
@@ -132,11 +136,12 @@ pub fn tokens(store: &Store, command: TokensCommand) -> anyhow::Result<()> {
             name,
             expires,
         } => {
-            if store.account(&account)?.is_none() {
+            if store.account(&account).await?.is_none() {
                 bail!("no account {account} (see `ember accounts list`)");
             }
             let expires_at_ms = expires.map(|text| expiry_ms(&text, now_ms)).transpose()?;
-            let issued = credentials::issue_token(store, &account, &name, expires_at_ms, now_ms)?;
+            let issued =
+                credentials::issue_token(store, &account, &name, expires_at_ms, now_ms).await?;
             eprintln!(
                 "token {} for account {account}; it is shown only now:",
                 issued.token.id
@@ -148,7 +153,7 @@ pub fn tokens(store: &Store, command: TokensCommand) -> anyhow::Result<()> {
                 "{:<16}  {:<32}  {:<10}  {:<10}  name",
                 "id", "account", "expires", "state"
             );
-            for token in store.tokens(account.as_deref())? {
+            for token in store.tokens(account.as_deref()).await? {
                 let state = match (token.revoked_at_ms, token.expires_at_ms) {
                     (Some(_), _) => "revoked",
                     (None, Some(at)) if at <= now_ms => "expired",
@@ -165,7 +170,7 @@ pub fn tokens(store: &Store, command: TokensCommand) -> anyhow::Result<()> {
             }
         }
         TokensCommand::Revoke { id } => {
-            if !store.revoke_token(&id, now_ms)? {
+            if !store.revoke_token(&id, now_ms).await? {
                 bail!("no live token {id} (see `ember tokens list`)");
             }
             println!("revoked {id}");
@@ -194,8 +199,8 @@ fn expiry_ms(text: &str, now_ms: i64) -> anyhow::Result<i64> {
 }
 
 /// Prints an account's daily totals per model, as `GET .../ai/usage` returns them.
-pub fn usage(
-    store: &Store,
+pub async fn usage(
+    stores: &Stores,
     account: String,
     since: Option<String>,
     until: Option<String>,
@@ -207,7 +212,7 @@ pub fn usage(
         "{:<10}  {:<44}  {:>8}  {:>6}  {:>12}  {:>12}  {:>12}  {:>12}",
         "date", "model", "requests", "errors", "input tok", "output tok", "neurons", "billable"
     );
-    let rows = store.usage(&query)?;
+    let rows = stores.ledger.usage(&query).await?;
     for row in &rows {
         println!(
             "{:<10}  {:<44}  {:>8}  {:>6}  {:>12}  {:>12}  {:>12.4}  {:>12.4}",

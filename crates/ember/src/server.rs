@@ -93,6 +93,9 @@ pub async fn serve(
             open_without_accounts: !config.require_auth && config.listen.ip().is_loopback(),
             rate_limits: config.rate_limits,
             task_limits: config.task_rate_limits.clone(),
+            // A run ends at the request timeout; twice that (an hour at least) also covers
+            // waiting for a model, so only a killed server's reservations expire.
+            reservation_ttl: (2 * config.request_timeout).max(Duration::from_secs(3_600)),
         },
     ));
     let (abort_tx, abort) = watch::channel(false);
@@ -109,7 +112,7 @@ pub async fn serve(
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let address = listener.local_addr()?;
-    banner(&config, &ember, &gateway, address)?;
+    banner(&config, &ember, &gateway, address).await?;
     ready(address);
 
     let grace = config.shutdown_grace;
@@ -132,7 +135,7 @@ pub async fn serve(
     Ok(())
 }
 
-fn banner(
+async fn banner(
     config: &ServeConfig,
     ember: &Ember,
     gateway: &Gateway,
@@ -142,11 +145,11 @@ fn banner(
         "Ember listening on http://{address} (state in {})",
         config.db.display()
     );
-    if gateway.is_open()? {
+    if gateway.is_open().await? {
         tracing::warn!(
             "DEV MODE: no accounts exist and Ember listens on loopback, so requests need no valid token and run under the local account. Create one (`ember accounts create`, then `ember tokens create`) to require tokens."
         );
-    } else if !gateway.store().has_accounts()? {
+    } else if !gateway.stores().accounts.has_accounts().await? {
         tracing::warn!(
             "API tokens are required but no account exists yet: every request is refused until you run `ember accounts create` and `ember tokens create --account <id>`"
         );

@@ -39,9 +39,13 @@ fn locked() -> GatewayConfig {
 }
 
 /// An account with a token.
-fn account(app: &App, plan: Plan, allocation: f64) -> (Account, String) {
-    let account = credentials::create_account(&app.store, "team", plan, allocation, 0).unwrap();
-    let token = credentials::issue_token(&app.store, &account.id, "t", None, 0)
+async fn account(app: &App, plan: Plan, allocation: f64) -> (Account, String) {
+    let accounts = app.store.accounts.as_ref();
+    let account = credentials::create_account(accounts, "team", plan, allocation, 0)
+        .await
+        .unwrap();
+    let token = credentials::issue_token(accounts, &account.id, "t", None, 0)
+        .await
         .unwrap()
         .bearer;
     (account, token)
@@ -68,7 +72,7 @@ fn neurons_of(reply: &Reply) -> f64 {
 
 /// What one "hello world" embedding costs on MiniLM, measured on a paid account.
 async fn cost_of_one(app: &App) -> f64 {
-    let (paid, token) = account(app, Plan::Paid, 0.0);
+    let (paid, token) = account(app, Plan::Paid, 0.0).await;
     neurons_of(&embed(app, &paid, &token).await)
 }
 
@@ -92,7 +96,7 @@ async fn the_free_allocation_runs_out_exactly_at_its_boundary_and_resets_at_midn
     // 4 tokens at 1841 neurons per million.
     assert!((cost - 4.0 * 1841.0 / 1e6).abs() < 1e-9, "{cost}");
     // An allocation of exactly three requests, summed as the meter sums them.
-    let (free, token) = account(&app, Plan::Free, cost + cost + cost);
+    let (free, token) = account(&app, Plan::Free, cost + cost + cost).await;
     clock.set(MIDNIGHT + DAY_MS - 2_000);
     for _ in 0..3 {
         assert_eq!(neurons_of(&embed(&app, &free, &token).await), cost);
@@ -142,7 +146,7 @@ async fn parallel_requests_never_overshoot_by_more_than_what_was_in_flight() {
     let Setup { app, .. } = setup(locked());
     let cost = cost_of_one(&app).await;
     let allocation = 20.0 * cost;
-    let (free, token) = account(&app, Plan::Free, allocation);
+    let (free, token) = account(&app, Plan::Free, allocation).await;
     let app = Arc::new(app);
     let replies = futures::future::join_all((0..200).map(|_| {
         let (app, free, token) = (app.clone(), free.clone(), token.clone());
@@ -183,7 +187,7 @@ async fn parallel_requests_never_overshoot_by_more_than_what_was_in_flight() {
 async fn a_paid_account_goes_on_and_the_excess_is_billable() {
     let Setup { app, .. } = setup(locked());
     let cost = cost_of_one(&app).await;
-    let (paid, token) = account(&app, Plan::Paid, cost + cost);
+    let (paid, token) = account(&app, Plan::Paid, cost + cost).await;
     for _ in 0..3 {
         neurons_of(&embed(&app, &paid, &token).await);
     }
@@ -198,7 +202,7 @@ async fn rate_limits_slide_per_task_and_say_when_to_retry() {
         task_limits: HashMap::from([(ember_core::catalog::Task::TextEmbeddings, 3)]),
         ..locked()
     });
-    let (team, token) = account(&app, Plan::Paid, 10_000.0);
+    let (team, token) = account(&app, Plan::Paid, 10_000.0).await;
     for _ in 0..3 {
         neurons_of(&embed(&app, &team, &token).await);
         clock.advance(10_000);
@@ -222,21 +226,22 @@ async fn rate_limits_slide_per_task_and_say_when_to_retry() {
     clock.advance(30_000);
     neurons_of(&embed(&app, &team, &token).await);
     // Another account has its own window.
-    let (other, other_token) = account(&app, Plan::Paid, 10_000.0);
+    let (other, other_token) = account(&app, Plan::Paid, 10_000.0).await;
     neurons_of(&embed(&app, &other, &other_token).await);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn revoked_and_expired_tokens_are_refused_at_once() {
     let Setup { app, clock } = setup(locked());
-    let (team, token) = account(&app, Plan::Paid, 10_000.0);
+    let (team, token) = account(&app, Plan::Paid, 10_000.0).await;
     let expiring = credentials::issue_token(
-        &app.store,
+        app.store.accounts.as_ref(),
         &team.id,
         "short",
         Some(clock.now_ms() + 1_000),
         0,
     )
+    .await
     .unwrap();
     neurons_of(&embed(&app, &team, &expiring.bearer).await);
     clock.advance(1_000);
@@ -244,15 +249,15 @@ async fn revoked_and_expired_tokens_are_refused_at_once() {
     assert_eq!(expired.status.as_u16(), 401);
     neurons_of(&embed(&app, &team, &token).await);
     let id = token.split('_').nth(1).unwrap();
-    assert!(app.store.revoke_token(id, 0).unwrap());
+    assert!(app.store.accounts.revoke_token(id, 0).await.unwrap());
     assert_eq!(embed(&app, &team, &token).await.status.as_u16(), 401);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn accounts_cannot_run_under_or_read_each_other() {
     let Setup { app, .. } = setup(locked());
-    let (a, a_token) = account(&app, Plan::Paid, 10_000.0);
-    let (b, b_token) = account(&app, Plan::Paid, 10_000.0);
+    let (a, a_token) = account(&app, Plan::Paid, 10_000.0).await;
+    let (b, b_token) = account(&app, Plan::Paid, 10_000.0).await;
     neurons_of(&embed(&app, &b, &b_token).await);
     // A's token on B's paths.
     let run = format!("/client/v4/accounts/{}/ai/run/{MINILM}", b.id);
@@ -297,7 +302,7 @@ async fn dev_mode_runs_under_the_local_account_until_an_account_exists() {
     )
     .await;
     assert_eq!(rows[0]["requests"], 1);
-    account(&app, Plan::Free, 1.0);
+    account(&app, Plan::Free, 1.0).await;
     send(&app, post(&path, json!({"text": "hi"}).to_string()))
         .await
         .rest_error(401, 10000);

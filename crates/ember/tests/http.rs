@@ -58,7 +58,8 @@ async fn rest_chat_returns_the_envelope_with_usage_and_is_logged() {
     // The log row is written off the async threads; wait for it rather than for a fixed time.
     let mut record = None;
     for _ in 0..100 {
-        record = app.store.request(reply.header("cf-ai-req-id")).unwrap();
+        let id = reply.header("cf-ai-req-id");
+        record = app.store.ledger.request(id).await.unwrap();
         if record.is_some() {
             break;
         }
@@ -613,8 +614,12 @@ async fn tokens_are_required_once_an_account_exists() {
             .status,
         StatusCode::OK
     );
-    let account = credentials::create_account(&app.store, "team", Plan::Free, 10_000.0, 0).unwrap();
-    let token = credentials::issue_token(&app.store, &account.id, "t", None, 0)
+    let accounts = app.store.accounts.as_ref();
+    let account = credentials::create_account(accounts, "team", Plan::Free, 10_000.0, 0)
+        .await
+        .unwrap();
+    let token = credentials::issue_token(accounts, &account.id, "t", None, 0)
+        .await
         .unwrap()
         .bearer;
     let path = format!("/client/v4/accounts/{}/ai/run/{SMOL}", account.id);

@@ -109,7 +109,7 @@ async fn chat_completion_shape_and_request_log() {
 
     let mut record = None;
     for _ in 0..100 {
-        record = app.store.request(request_id).unwrap();
+        record = app.store.ledger.request(request_id).await.unwrap();
         if record.is_some() {
             break;
         }
@@ -517,8 +517,12 @@ async fn unknown_models_routes_and_methods() {
 #[tokio::test(flavor = "multi_thread")]
 async fn tokens_are_checked_with_openai_errors() {
     let app = app();
-    let account = credentials::create_account(&app.store, "team", Plan::Free, 10_000.0, 0).unwrap();
-    let token = credentials::issue_token(&app.store, &account.id, "t", None, 0)
+    let accounts = app.store.accounts.as_ref();
+    let account = credentials::create_account(accounts, "team", Plan::Free, 10_000.0, 0)
+        .await
+        .unwrap();
+    let token = credentials::issue_token(accounts, &account.id, "t", None, 0)
+        .await
         .unwrap()
         .bearer;
     let reply = send(&app, get(&format!("{V1}/models"))).await;

@@ -103,7 +103,7 @@ async fn runs_are_priced_at_the_model_price_from_their_tokens() {
     let id = reply.header("cf-ai-req-id").to_string();
     let mut record = None;
     for _ in 0..100 {
-        record = app.store.request(&id).unwrap();
+        record = app.store.ledger.request(&id).await.unwrap();
         if record.is_some() {
             break;
         }

@@ -12,7 +12,7 @@ use axum::http::{Request, StatusCode, header};
 use ember_gateway::clock::{Clock, SystemClock};
 use ember_gateway::{Gateway, GatewayConfig};
 use ember_http::{AppState, HttpConfig};
-use ember_store::{SqliteStore, Store};
+use ember_store::{SqliteStore, Stores};
 use http_body_util::BodyExt;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -65,7 +65,7 @@ pub fn engine_config(max_sequences: u32) -> ember::config::EngineConfig {
 
 pub struct App {
     pub router: Router,
-    pub store: Store,
+    pub store: Stores,
     pub abort: watch::Sender<bool>,
 }
 

@@ -1,0 +1,174 @@
+//! The embedded SQLite backend: one file in WAL mode, versioned migrations, one connection
+//! shared behind a mutex (SQLite writes one transaction at a time anyway). Every call runs on
+//! tokio's blocking pool, never on an async worker. Rate windows and reservations live in
+//! process memory (`MemoryWindows`, `MemoryReservations`): one server owns the file, and a
+//! request then pays a lock for them instead of three more SQLite write transactions.
+
+mod accounts;
+mod ledger;
+
+use crate::{MemoryReservations, MemoryWindows, StoreError, Stores};
+use rusqlite::Connection;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// Migrations in order; `PRAGMA user_version` records how many have run.
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE requests (
+        id                TEXT PRIMARY KEY,
+        created_at_ms     INTEGER NOT NULL,
+        route             TEXT NOT NULL,
+        model             TEXT NOT NULL,
+        served_by         TEXT,
+        http_status       INTEGER NOT NULL,
+        error_code        INTEGER,
+        prompt_tokens     INTEGER NOT NULL DEFAULT 0,
+        completion_tokens INTEGER NOT NULL DEFAULT 0,
+        duration_ms       INTEGER NOT NULL
+    );
+    CREATE INDEX requests_by_time ON requests (created_at_ms);",
+    "CREATE TABLE accounts (
+        id                 TEXT PRIMARY KEY,
+        name               TEXT NOT NULL,
+        plan               TEXT NOT NULL,
+        daily_free_neurons REAL NOT NULL,
+        created_at_ms      INTEGER NOT NULL
+    );
+    CREATE TABLE tokens (
+        id            TEXT PRIMARY KEY,
+        account_id    TEXT NOT NULL REFERENCES accounts (id),
+        name          TEXT NOT NULL,
+        secret_sha256 TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        expires_at_ms INTEGER,
+        revoked_at_ms INTEGER
+    );
+    CREATE TABLE ledger (
+        account_id       TEXT NOT NULL,
+        day              TEXT NOT NULL,
+        model            TEXT NOT NULL,
+        requests         INTEGER NOT NULL,
+        errors           INTEGER NOT NULL,
+        input_tokens     INTEGER NOT NULL,
+        output_tokens    INTEGER NOT NULL,
+        neurons          REAL NOT NULL,
+        billable_neurons REAL NOT NULL,
+        PRIMARY KEY (account_id, day, model)
+    );
+    ALTER TABLE requests ADD COLUMN account_id TEXT;
+    ALTER TABLE requests ADD COLUMN neurons REAL NOT NULL DEFAULT 0;
+    ALTER TABLE requests ADD COLUMN billable_neurons REAL NOT NULL DEFAULT 0;",
+];
+
+/// A handle to the database; clones share one connection.
+#[derive(Clone)]
+pub struct SqliteStore {
+    connection: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and brings its schema up to date: the
+    /// stores of one server.
+    pub fn open(path: &Path) -> Result<Stores, StoreError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|source| StoreError::Folder {
+                path: path.display().to_string(),
+                source,
+            })?;
+        }
+        let connection = Connection::open(path).map_err(|source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(SqliteStore::init(connection)?.stores())
+    }
+
+    /// A private in-memory database, for tests.
+    pub fn in_memory() -> Result<Stores, StoreError> {
+        Ok(SqliteStore::init(Connection::open_in_memory()?)?.stores())
+    }
+
+    fn stores(self) -> Stores {
+        let store = Arc::new(self);
+        Stores {
+            accounts: store.clone(),
+            ledger: store.clone(),
+            windows: Arc::new(MemoryWindows::default()),
+            reservations: Arc::new(MemoryReservations::new(store)),
+        }
+    }
+
+    fn init(mut connection: Connection) -> Result<SqliteStore, StoreError> {
+        connection.pragma_update(None, "journal_mode", "WAL")?;
+        // A commit is in the WAL before it returns, so a killed process loses nothing
+        // committed; only a power cut may drop the last commits (FULL would fsync each one).
+        connection.pragma_update(None, "synchronous", "NORMAL")?;
+        connection.pragma_update(None, "foreign_keys", "ON")?;
+        // The CLI and the server may write the same file at once.
+        connection.busy_timeout(std::time::Duration::from_secs(5))?;
+        let done: usize = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        for (index, migration) in MIGRATIONS.iter().enumerate().skip(done) {
+            let tx = connection.transaction()?;
+            tx.execute_batch(migration)?;
+            tx.pragma_update(None, "user_version", index + 1)?;
+            tx.commit()?;
+        }
+        Ok(SqliteStore {
+            connection: Arc::new(Mutex::new(connection)),
+        })
+    }
+
+    /// Runs `work` on the connection on tokio's blocking pool: SQLite calls block (disk, the
+    /// connection lock, another process's write), which an async worker must never do.
+    async fn run<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let connection = self.connection.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut connection = connection.lock().unwrap_or_else(|e| e.into_inner());
+            work(&mut connection)
+        })
+        .await?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RequestRecord;
+
+    #[tokio::test]
+    async fn records_and_the_ledger_survive_reopening_the_file() {
+        let dir = std::env::temp_dir().join(format!("ember-store-{}", std::process::id()));
+        let path = dir.join("nested").join("ember.db");
+        let _ = std::fs::remove_dir_all(&dir);
+        let record = RequestRecord {
+            id: "r1".into(),
+            created_at_ms: 5,
+            account_id: Some("a".into()),
+            route: "rest".into(),
+            model: "m".into(),
+            served_by: None,
+            http_status: 200,
+            error_code: None,
+            prompt_tokens: 10,
+            completion_tokens: 5,
+            neurons: 1.5,
+            billable_neurons: 0.0,
+            duration_ms: 42,
+        };
+        SqliteStore::open(&path)
+            .unwrap()
+            .ledger
+            .record_request(&record)
+            .await
+            .unwrap();
+        let stores = SqliteStore::open(&path).unwrap();
+        assert_eq!(stores.ledger.request("r1").await.unwrap(), Some(record));
+        let spent = stores.ledger.neurons_spent("a", "1970-01-01").await;
+        assert_eq!(spent.unwrap(), 1.5);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
