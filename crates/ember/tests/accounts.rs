@@ -38,19 +38,6 @@ fn locked() -> GatewayConfig {
     }
 }
 
-/// An account with a token.
-async fn account(app: &App, plan: Plan, allocation: f64) -> (Account, String) {
-    let accounts = app.store.accounts.as_ref();
-    let account = credentials::create_account(accounts, "team", plan, allocation, 0)
-        .await
-        .unwrap();
-    let token = credentials::issue_token(accounts, &account.id, "t", None, 0)
-        .await
-        .unwrap()
-        .bearer;
-    (account, token)
-}
-
 fn embeddings_body() -> Value {
     json!({"model": MINILM, "input": "hello world"})
 }

@@ -9,7 +9,6 @@ mod common;
 use axum::body::{Body, Bytes};
 use axum::http::{Request, StatusCode, header};
 use common::*;
-use ember_gateway::credentials;
 use ember_http::HttpConfig;
 use ember_store::Plan;
 use serde_json::{Value, json};
@@ -614,14 +613,7 @@ async fn tokens_are_required_once_an_account_exists() {
             .status,
         StatusCode::OK
     );
-    let accounts = app.store.accounts.as_ref();
-    let account = credentials::create_account(accounts, "team", Plan::Free, 10_000.0, 0)
-        .await
-        .unwrap();
-    let token = credentials::issue_token(accounts, &account.id, "t", None, 0)
-        .await
-        .unwrap()
-        .bearer;
+    let (account, token) = account(&app, Plan::Free, 10_000.0).await;
     let path = format!("/client/v4/accounts/{}/ai/run/{SMOL}", account.id);
     send(&app, post(&path, body.clone()))
         .await

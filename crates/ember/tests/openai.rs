@@ -8,7 +8,6 @@ mod common;
 use axum::http::StatusCode;
 use base64::Engine as _;
 use common::*;
-use ember_gateway::credentials;
 use ember_store::Plan;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
@@ -517,14 +516,7 @@ async fn unknown_models_routes_and_methods() {
 #[tokio::test(flavor = "multi_thread")]
 async fn tokens_are_checked_with_openai_errors() {
     let app = app();
-    let accounts = app.store.accounts.as_ref();
-    let account = credentials::create_account(accounts, "team", Plan::Free, 10_000.0, 0)
-        .await
-        .unwrap();
-    let token = credentials::issue_token(accounts, &account.id, "t", None, 0)
-        .await
-        .unwrap()
-        .bearer;
+    let (account, token) = account(&app, Plan::Free, 10_000.0).await;
     let reply = send(&app, get(&format!("{V1}/models"))).await;
     let error = openai_error(&reply, 401, "authentication_error");
     assert_eq!(error["code"], "invalid_api_key");

@@ -10,9 +10,9 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::http::{Request, StatusCode, header};
 use ember_gateway::clock::{Clock, SystemClock};
-use ember_gateway::{Gateway, GatewayConfig};
+use ember_gateway::{Gateway, GatewayConfig, credentials};
 use ember_http::{AppState, HttpConfig};
-use ember_store::{SqliteStore, Stores};
+use ember_store::{Account, Plan, SqliteStore, Stores};
 use http_body_util::BodyExt;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -121,6 +121,19 @@ pub async fn wait_until_model_is_free(model: &str) {
         .await
         .unwrap();
     assert!(matches!(run.output, ember_core::RunOutput::Json { .. }));
+}
+
+/// A new account on `app`'s store, with a token for it.
+pub async fn account(app: &App, plan: Plan, allocation: f64) -> (Account, String) {
+    let accounts = app.store.accounts.as_ref();
+    let account = credentials::create_account(accounts, "team", plan, allocation, 0)
+        .await
+        .unwrap();
+    let token = credentials::issue_token(accounts, &account.id, "t", None, 0)
+        .await
+        .unwrap()
+        .bearer;
+    (account, token)
 }
 
 /// `Authorization: Bearer <token>` on a request.
