@@ -286,7 +286,18 @@ impl Ember {
         request: TaskRequest,
         options: &RunOptions,
     ) -> Result<TaskRun, InferError> {
-        let served = self.serving(spec)?;
+        self.run_task_on(spec, self.serving(spec)?, request, options)
+            .await
+    }
+
+    /// `run_task` on `served`, the model `serving` picked for `spec`.
+    async fn run_task_on(
+        &self,
+        spec: &ModelSpec,
+        served: &ModelSpec,
+        request: TaskRequest,
+        options: &RunOptions,
+    ) -> Result<TaskRun, InferError> {
         let output = match served.engine {
             Engine::StandIn => standin::run(self, served, request, options).await?,
             _ => self.run_on_worker(served, request, options).await?,
@@ -339,7 +350,7 @@ impl Ember {
                 (served.id.clone(), output)
             }
             TaskInput::Task(request) => {
-                let run = self.run_task(spec, request, options).await?;
+                let run = self.run_task_on(spec, served, request, options).await?;
                 let result = run.output.to_json();
                 (
                     run.served_by,

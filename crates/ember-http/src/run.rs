@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use ember_core::catalog::ModelSpec;
 use ember_core::runner::TextEvent;
 use ember_core::tasks::{self, TaskOutput, TaskRequest, Usage};
-use ember_core::{InferError, RunOptions, RunOutput, TaskRun};
+use ember_core::{InferError, RunOptions, RunOutput};
 use ember_gateway::{Admission, Caller, GatewayError};
 use ember_store::{DAY_MS, RequestRecord};
 use serde_json::{Value, json};
@@ -76,7 +76,8 @@ pub(crate) struct Call {
     pub(crate) caller: Caller,
     /// The model as the client named it (empty until known).
     pub(crate) model: String,
-    /// The catalog model that serves it, once resolved (after aliases and stand-ins).
+    /// The catalog model it resolved to (after aliases), logged for a failed request; one that
+    /// succeeds logs the model that served it.
     pub(crate) served_by: Option<String>,
     started: Instant,
     admission: Option<Admission>,
@@ -119,26 +120,6 @@ impl Call {
             })?;
         self.admission = Some(admission);
         Ok(())
-    }
-
-    /// For routes with wire shapes of their own: admits `request` on `spec` (reserving what
-    /// `body` may cost) and runs it until it ends or the server aborts. The caller answers an
-    /// error with `fail`.
-    pub(crate) async fn run_task(
-        &mut self,
-        spec: &ModelSpec,
-        body: &Value,
-        request: TaskRequest,
-        headers: &HeaderMap,
-    ) -> Result<TaskRun, ApiError> {
-        self.served_by = Some(spec.id.clone());
-        self.admit(spec, &tasks::estimate_usage(spec, body)).await?;
-        let options = run_options(&self.state, headers, body.get("options"));
-        let state = self.state.clone();
-        tokio::select! {
-            run = state.ember.run_task(spec, request, &options) => Ok(run?),
-            _ = aborted(state.abort.clone()) => Err(InferError::Aborted.into()),
-        }
     }
 
     /// Logs the failed request and answers its error in the route's form.
@@ -375,7 +356,7 @@ async fn execute(mut call: Call, input: Value, options: RunOptions) -> Response 
         Ok(spec) => spec,
         Err(error) => return call.fail(error.into()).await,
     };
-    call.served_by = Some(state.ember.serving(spec).unwrap_or(spec).id.clone());
+    call.served_by = Some(spec.id.clone());
     if let Err(error) = call.admit(spec, &tasks::estimate_usage(spec, &input)).await {
         return call.fail(error).await;
     }
@@ -426,9 +407,22 @@ pub(crate) async fn task_route<E>(
         Ok(parsed) => parsed,
         Err(error) => return call.fail(error).await,
     };
-    let run = match call.run_task(&spec, &body, request, headers).await {
+    call.served_by = Some(spec.id.clone());
+    if let Err(error) = call
+        .admit(&spec, &tasks::estimate_usage(&spec, &body))
+        .await
+    {
+        return call.fail(error).await;
+    }
+    let options = run_options(&call.state, headers, body.get("options"));
+    let state = call.state.clone();
+    let run = tokio::select! {
+        run = state.ember.run_task(&spec, request, &options) => run,
+        _ = aborted(state.abort.clone()) => Err(InferError::Aborted),
+    };
+    let run = match run {
         Ok(run) => run,
-        Err(error) => return call.fail(error).await,
+        Err(error) => return call.fail(error.into()).await,
     };
     let Some(result) = answer(&call.model, run.output, run.usage, extra) else {
         let error = InferError::Internal(format!("{} answered another task's output", spec.id));

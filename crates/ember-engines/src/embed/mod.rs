@@ -124,33 +124,20 @@ impl SentenceEmbedder {
         ids: &[Vec<u32>],
         pooling: Pooling,
     ) -> Result<Vec<Vec<f32>>, InferError> {
-        let lengths: Vec<usize> = ids.iter().map(Vec::len).collect();
-        let mut vectors: Vec<Vec<f32>> = vec![Vec::new(); ids.len()];
-        for batch in plan_batches(&lengths, BATCH_TOKENS) {
-            let rows: Vec<&[u32]> = batch.iter().map(|&i| ids[i].as_slice()).collect();
-            let embedded = self.embed_batch(&rows, pooling).map_err(internal)?;
-            for (i, vector) in batch.into_iter().zip(embedded) {
-                vectors[i] = vector;
+        run_batched(ids, self.encoder.pad_id(), |input_ids, mask| {
+            let hidden = self.encoder.forward(input_ids, mask)?;
+            let mut pooled = match pooling {
+                Pooling::Mean => mean_pool(&hidden, mask)?,
+                Pooling::Cls => cls_pool(&hidden)?,
+            };
+            for module in &self.head {
+                pooled = module.forward(&pooled)?;
             }
-        }
-        Ok(vectors)
+            Ok(pooled)
+        })
+        .map_err(internal)
     }
 
-    fn embed_batch(&self, rows: &[&[u32]], pooling: Pooling) -> candle_core::Result<Vec<Vec<f32>>> {
-        let (input_ids, mask) = pad_batch(rows, self.encoder.pad_id())?;
-        let hidden = self.encoder.forward(&input_ids, &mask)?;
-        let mut pooled = match pooling {
-            Pooling::Mean => mean_pool(&hidden, &mask)?,
-            Pooling::Cls => cls_pool(&hidden)?,
-        };
-        for module in &self.head {
-            pooled = module.forward(&pooled)?;
-        }
-        pooled.to_vec2::<f32>()
-    }
-}
-
-impl SentenceEmbedder {
     /// Embeds every text (truncated to the model's input limit) with the given pooling.
     pub fn embed(
         &self,
@@ -205,6 +192,29 @@ pub(crate) fn load_tokenizer(path: &Path, max_tokens: usize) -> Result<Tokenizer
         }))
         .map_err(|e| format!("cannot set truncation: {e}"))?;
     Ok(tokenizer)
+}
+
+/// Runs `forward` over the rows in batches of at most [`BATCH_TOKENS`] padded tokens (longest
+/// first, right padding with `pad_id` and an f32 attention mask) and returns its per-row output
+/// rows in input order. `forward` gets `[batch, seq]` u32 ids and mask and returns `[batch, n]`.
+pub(crate) fn run_batched(
+    rows: &[Vec<u32>],
+    pad_id: u32,
+    forward: impl Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<Vec<Vec<f32>>> {
+    let lengths: Vec<usize> = rows.iter().map(Vec::len).collect();
+    let mut outputs = vec![Vec::new(); rows.len()];
+    for batch in plan_batches(&lengths, BATCH_TOKENS) {
+        let batch_rows: Vec<&[u32]> = batch.iter().map(|&i| rows[i].as_slice()).collect();
+        let (ids, mask) = pad_batch(&batch_rows, pad_id)?;
+        for (i, row) in batch
+            .into_iter()
+            .zip(forward(&ids, &mask)?.to_vec2::<f32>()?)
+        {
+            outputs[i] = row;
+        }
+    }
+    Ok(outputs)
 }
 
 /// Groups text indices into batches: longest first, each batch at most `budget` padded tokens

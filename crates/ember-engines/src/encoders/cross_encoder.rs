@@ -11,7 +11,8 @@
 //! of the classification head (dense → tanh → out_proj on token 0), as `FlagReranker` with
 //! `normalize=True`.
 
-use super::{load_failed, load_tokenizer, read_config, read_weights, run_batched, sigmoid};
+use super::{internal, load_failed, load_tokenizer, read_config, read_weights, sigmoid};
+use crate::embed::run_batched;
 use candle_nn::Activation;
 use candle_transformers::models::xlm_roberta::{self, XLMRobertaForSequenceClassification};
 use ember_core::InferError;
@@ -133,7 +134,8 @@ impl CrossEncoder {
         let logits = run_batched(&rows, self.pad_id, |ids, mask| {
             // XLM-R has a single token type; every token is type 0.
             self.model.forward(ids, mask, &ids.zeros_like()?)
-        })?;
+        })
+        .map_err(internal)?;
         let scores = logits.iter().map(|row| sigmoid(row[0])).collect();
         let tokens = rows.iter().map(|r| r.len() as u32).sum();
         Ok((scores, tokens))

@@ -11,8 +11,9 @@
 //! (`[CLS]`) → `pre_classifier` → ReLU → `classifier` → softmax.
 
 use super::{
-    labels_in_order, load_failed, load_tokenizer, read_config, read_weights, run_batched, softmax,
+    internal, labels_in_order, load_failed, load_tokenizer, read_config, read_weights, softmax,
 };
+use crate::embed::run_batched;
 use candle_core::{Module, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder, layer_norm, linear};
 use ember_core::InferError;
@@ -251,7 +252,8 @@ impl SequenceClassifier {
             .collect();
         let logits = run_batched(&rows, self.pad_id, |ids, mask| {
             self.model.forward(ids, mask)
-        })?;
+        })
+        .map_err(internal)?;
         Ok(logits
             .into_iter()
             .zip(&rows)

@@ -19,7 +19,7 @@ pub use cross_encoder::CrossEncoder;
 pub use distilbert::SequenceClassifier;
 
 use crate::embed::load_safetensors;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use ember_core::InferError;
 use ember_core::tasks::classification::{ClassificationOutput, LabelScore};
@@ -27,9 +27,6 @@ use ember_core::tasks::reranking::RerankOutput;
 use ember_core::tasks::{TaskOutput, TaskRequest};
 use std::path::Path;
 use tokenizers::Tokenizer;
-
-/// Most padded tokens (batch size × longest text) run through an encoder at once.
-const BATCH_TOKENS: usize = 4096;
 
 /// `InferError::LoadFailed` for a model known only by its folder.
 fn load_failed(dir: &Path, reason: impl Into<String>) -> InferError {
@@ -83,29 +80,6 @@ fn labels_in_order(
 /// in all, special tokens included (for pairs, the longer text is cut first, as `truncation=True`).
 fn load_tokenizer(dir: &Path, max_tokens: usize) -> Result<Tokenizer, String> {
     crate::embed::load_tokenizer(&dir.join("tokenizer.json"), max_tokens)
-}
-
-/// Runs `forward` over the rows in batches of at most [`BATCH_TOKENS`] padded tokens (longest
-/// first, right padding with `pad_id` and an f32 attention mask) and returns its per-row output
-/// rows in input order. `forward` gets `[batch, seq]` u32 ids and mask and returns `[batch, n]`.
-fn run_batched(
-    rows: &[Vec<u32>],
-    pad_id: u32,
-    forward: impl Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>,
-) -> Result<Vec<Vec<f32>>, InferError> {
-    let lengths: Vec<usize> = rows.iter().map(Vec::len).collect();
-    let mut outputs = vec![Vec::new(); rows.len()];
-    for batch in crate::embed::plan_batches(&lengths, BATCH_TOKENS) {
-        let batch_rows: Vec<&[u32]> = batch.iter().map(|&i| rows[i].as_slice()).collect();
-        let (ids, mask) = crate::embed::pad_batch(&batch_rows, pad_id).map_err(internal)?;
-        let out = forward(&ids, &mask)
-            .and_then(|t| t.to_vec2::<f32>())
-            .map_err(internal)?;
-        for (i, row) in batch.into_iter().zip(out) {
-            outputs[i] = row;
-        }
-    }
-    Ok(outputs)
 }
 
 /// Numerically stable softmax of one row of logits.
