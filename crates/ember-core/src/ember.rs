@@ -2,7 +2,7 @@
 //! resolves aliases, picks the model that serves (the model itself, or its stand-in while it is
 //! not installed), loads it on first use within the memory budget (unloading idle models to make
 //! room; a model whose thread died is loaded again), validates the input for the model's task,
-//! admits it and returns a JSON result or a text stream, priced at the requested model's price.
+//! admits it and returns the task's output or a text stream, priced at the requested model's price.
 
 use crate::InferError;
 use crate::catalog::{Catalog, Engine, ModelSpec, Task};
@@ -10,10 +10,7 @@ use crate::installed;
 use crate::metrics::{Metrics, ModelMetrics};
 use crate::runner::{LoadedModel, TextEvent};
 use crate::standin;
-use crate::tasks::{
-    self, Completion, TaskInput, TaskOutput, TaskRequest, TextGenerationRequest, Usage,
-};
-use serde_json::Value;
+use crate::tasks::{Completion, TaskInput, TaskOutput, TaskRequest, TextGenerationRequest, Usage};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -50,8 +47,10 @@ struct Resident {
 
 /// What a run produced.
 pub enum RunOutput {
-    /// A JSON result object (the `result` of the REST envelope).
-    Json { result: Value, usage: Usage },
+    /// A whole-result task's output, priced.
+    Task { output: TaskOutput, usage: Usage },
+    /// A text generation that was not streamed.
+    Completion(Completion),
     /// Streamed text generation: text pieces, then `Done` or `Failed`.
     Stream(mpsc::Receiver<TextEvent>),
 }
@@ -326,39 +325,32 @@ impl Ember {
     }
 
     /// Runs `spec` (a resolved catalog entry, see `resolve`) on a task input, the way
-    /// `env.AI.run(model, input)` does.
+    /// `env.AI.run(model, input)` does. `input` was validated for `serving(spec)`.
     pub async fn run(
         &self,
         spec: &ModelSpec,
-        input: &Value,
+        input: TaskInput,
         options: &RunOptions,
     ) -> Result<Run, InferError> {
         let served = self.serving(spec)?;
-        let (served_by, output) = match tasks::parse(served, input)? {
+        let (served_by, output) = match input {
             TaskInput::TextGeneration(request) => {
                 let stream = request.stream;
                 let events = self.generate(served, request, options).await?;
                 let output = if stream {
                     RunOutput::Stream(events)
                 } else {
-                    let completion = complete(events, options.timeout).await?;
-                    RunOutput::Json {
-                        result: completion.to_json(),
-                        usage: completion.usage,
-                    }
+                    RunOutput::Completion(complete(events, options.timeout).await?)
                 };
                 (served.id.clone(), output)
             }
             TaskInput::Task(request) => {
                 let run = self.run_task_on(spec, served, request, options).await?;
-                let result = run.output.to_json();
-                (
-                    run.served_by,
-                    RunOutput::Json {
-                        result,
-                        usage: run.usage,
-                    },
-                )
+                let output = RunOutput::Task {
+                    output: run.output,
+                    usage: run.usage,
+                };
+                (run.served_by, output)
             }
         };
         Ok(Run {

@@ -239,7 +239,7 @@ fn tool_prompts_match_transformers() {
     let catalog = Catalog::builtin().unwrap();
     let spec = catalog.get(&fixture.model).unwrap();
     for case in &fixture.cases {
-        let request = ember_core::tasks::parse_text_generation(&case.input, spec).unwrap();
+        let request = ember_http::wire::text_generation::parse(&case.input, spec).unwrap();
         assert_eq!(
             engine.prompt_tokens(&request).unwrap(),
             case.prompt_tokens,

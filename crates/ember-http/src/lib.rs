@@ -11,6 +11,7 @@ mod rerank;
 mod run;
 mod sse;
 mod usage;
+pub mod wire;
 
 pub use error::ApiError;
 

@@ -1,11 +1,12 @@
 //! The OpenAI-compatible API, under Cloudflare's `.../ai/v1/` and under `/v1/` for clients that
 //! assume OpenAI's root: chat completions, completions (raw prompts), embeddings and the model
-//! list. Requests become Workers AI task inputs, checked by the same validation as `/ai/run`, and
-//! run on the same engine path; answers, streams and errors take OpenAI's shapes.
+//! list. Requests become core's typed task requests, read by the same field readers as `/ai/run`'s,
+//! and run on the same engine path; answers, streams and errors take OpenAI's shapes.
 
 use crate::error::{ApiError, openai_stream_error_event};
 use crate::run::{self, Call, Form};
 use crate::sse::{self, StreamFormat};
+use crate::wire::{self, text_generation};
 use crate::{AppState, RequestId, aborted, rerank};
 use axum::body::Body;
 use axum::extract::State;
@@ -19,9 +20,9 @@ use ember_core::catalog::{ModelSpec, Task};
 use ember_core::ember::complete;
 use ember_core::installed;
 use ember_core::tasks::{
-    self, Completion, FinishReason, TaskOutput, TaskRequest, TextGenerationRequest, Usage,
+    self, Completion, FinishReason, PromptInput, TaskOutput, TaskRequest, TextGenerationRequest,
+    Usage,
 };
-use ember_core::tools::ToolCall;
 use ember_gateway::Caller;
 use serde_json::{Map, Value, json};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -164,8 +165,8 @@ async fn generate(mut call: Call, headers: &HeaderMap, body: Body, endpoint: End
     response
 }
 
-/// Builds the Workers AI input the request amounts to and validates it as `/ai/run` does; the
-/// fields OpenAI and Workers AI share keep their names, so errors name the client's field.
+/// Reads the request into a text generation; the fields OpenAI and Workers AI share are read by
+/// the same code as `/ai/run`'s, so errors name the client's field.
 fn parse_generation<'a>(
     state: &'a AppState,
     body: &Value,
@@ -174,62 +175,36 @@ fn parse_generation<'a>(
     let object = as_object(body)?;
     let spec = resolve_model(state, object, Task::TextGeneration)?;
     refuse_unsupported(object)?;
-    let mut input = Map::new();
-    match endpoint {
+    let prompt = match endpoint {
         Endpoint::Chat => {
             let messages = object
                 .get("messages")
                 .ok_or_else(|| invalid("/messages", "is required"))?;
-            input.insert("messages".into(), messages.clone());
-            for field in ["tools", "tool_choice"] {
-                if let Some(value) = object.get(field) {
-                    input.insert(field.into(), value.clone());
-                }
-            }
+            PromptInput::Messages(text_generation::parse_messages(messages)?)
         }
         Endpoint::Completion => {
             let prompt = match object.get("prompt") {
                 None | Some(Value::Null) => return Err(invalid("/prompt", "is required")),
-                Some(Value::Array(prompts)) if prompts.len() == 1 => prompts[0].clone(),
+                Some(Value::Array(prompts)) if prompts.len() == 1 => &prompts[0],
                 Some(Value::Array(_)) => {
                     return Err(invalid("/prompt", "must be one prompt"));
                 }
-                Some(prompt) => prompt.clone(),
+                Some(prompt) => prompt,
             };
-            input.insert("prompt".into(), prompt);
             // A completion continues the text itself: no chat template.
-            input.insert("raw".into(), Value::Bool(true));
+            PromptInput::Prompt {
+                text: wire::bounded_string(prompt, "/prompt")?,
+                raw: true,
+            }
         }
-    }
+    };
     // `max_completion_tokens` replaces `max_tokens` in OpenAI's chat API; either is taken.
     let max_field = ["max_completion_tokens", "max_tokens"]
         .into_iter()
-        .find(|field| object.get(*field).is_some_and(|v| !v.is_null()));
-    if let Some(field) = max_field {
-        input.insert("max_tokens".into(), object[field].clone());
-    }
-    for field in [
-        "temperature",
-        "top_p",
-        "seed",
-        "frequency_penalty",
-        "presence_penalty",
-        "stream",
-        "stop",
-        "response_format",
-    ] {
-        if let Some(value) = object.get(field) {
-            input.insert(field.into(), value.clone());
-        }
-    }
-    let input = Value::Object(input);
-    let request = tasks::parse_text_generation(&input, spec).map_err(|error| {
-        renamed(
-            error,
-            "/max_tokens",
-            &format!("/{}", max_field.unwrap_or("max_tokens")),
-        )
-    })?;
+        .find(|field| object.get(*field).is_some_and(|v| !v.is_null()))
+        .unwrap_or("max_tokens");
+    let max_tokens = text_generation::max_tokens(object, max_field, spec)?;
+    let request = text_generation::request(object, spec, prompt, max_tokens)?;
     let include_usage = match object.get("stream_options") {
         None | Some(Value::Null) => false,
         Some(Value::Object(options)) => match options.get("include_usage") {
@@ -243,8 +218,8 @@ fn parse_generation<'a>(
     };
     Ok(Generation {
         spec,
+        estimate: tasks::estimate_generation(spec, &request, body.to_string().len()),
         request,
-        estimate: tasks::estimate_usage(spec, &input),
         include_usage,
     })
 }
@@ -319,7 +294,7 @@ impl Answer {
                 let mut message =
                     json!({ "role": "assistant", "content": completion.text, "refusal": null });
                 if !completion.tool_calls.is_empty() {
-                    let calls = completion.tool_calls.iter().map(ToolCall::openai_json);
+                    let calls = completion.tool_calls.iter().map(wire::tools::openai_call);
                     message["tool_calls"] = calls.collect();
                     if completion.text.is_empty() {
                         message["content"] = Value::Null;
@@ -502,7 +477,7 @@ fn parse_embeddings<'a>(
         }
         Some(input) => input.clone(),
     };
-    let request = tasks::parse_embeddings(&json!({ "text": input }))
+    let request = wire::embeddings::parse(&json!({ "text": input }))
         .map_err(|error| renamed(error, "/text", "/input"))?;
     let base64 = match object.get("encoding_format") {
         None | Some(Value::Null) => false,

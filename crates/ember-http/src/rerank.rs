@@ -2,11 +2,11 @@
 //! send, `{model, query, documents, top_n?, return_documents?}` → `{id, model, results: [{index,
 //! relevance_score, document?}], usage}`, run as the model's Workers AI reranking task.
 
-use crate::AppState;
 use crate::RequestId;
 use crate::error::ApiError;
 use crate::openai::{as_object, invalid, renamed, resolve_model};
 use crate::run::{self, Call, Form};
+use crate::{AppState, wire};
 use axum::Extension;
 use axum::body::Body;
 use axum::extract::State;
@@ -95,7 +95,7 @@ fn parse<'a>(
         Some(Value::Bool(flag)) => *flag,
         Some(_) => return Err(invalid("/return_documents", "must be a boolean")),
     };
-    let request = RerankRequest::new(query, texts, top_n)
+    let request = wire::reranking::request(query, texts, top_n)
         .map_err(|error| renamed(error, "/contexts", "/documents"))?;
     Ok((spec, request, return_documents))
 }

@@ -5,7 +5,7 @@
 //! the helpers that read bodies and answer streams serve the OpenAI routes too.
 
 use crate::error::ApiError;
-use crate::{AppState, RequestId, aborted, catalog, openai, sse};
+use crate::{AppState, RequestId, aborted, catalog, openai, sse, wire};
 use axum::Extension;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
@@ -349,19 +349,25 @@ pub(crate) async fn read_json(body: Body, limit: usize) -> Result<Value, ApiErro
     })
 }
 
-/// Admits the run, runs the model and writes the result, stream or error in the route's form.
+/// Reads `input` for the model, admits the run, runs it and writes the result, stream or error in
+/// the route's form.
 async fn execute(mut call: Call, input: Value, options: RunOptions) -> Response {
     let state = call.state.clone();
-    let spec = match state.ember.resolve(&call.model) {
-        Ok(spec) => spec,
+    let parsed = state.ember.resolve(&call.model).and_then(|spec| {
+        let input = wire::parse(state.ember.serving(spec)?, &input)?;
+        Ok((spec, input))
+    });
+    let (spec, task_input) = match parsed {
+        Ok(parsed) => parsed,
         Err(error) => return call.fail(error.into()).await,
     };
     call.served_by = Some(spec.id.clone());
-    if let Err(error) = call.admit(spec, &tasks::estimate_usage(spec, &input)).await {
+    let estimate = tasks::estimate_usage(spec, &task_input, input.to_string().len());
+    if let Err(error) = call.admit(spec, &estimate).await {
         return call.fail(error).await;
     }
     let run = tokio::select! {
-        run = state.ember.run(spec, &input, &options) => run,
+        run = state.ember.run(spec, task_input, &options) => run,
         _ = aborted(state.abort.clone()) => Err(InferError::Aborted),
     };
     let run = match run {
@@ -370,18 +376,24 @@ async fn execute(mut call: Call, input: Value, options: RunOptions) -> Response 
     };
     let served_by = run.served_by.clone();
     let form = call.form;
-    let mut response = match run.output {
-        RunOutput::Json { result, usage } => {
-            call.finish(Some(&served_by), 200, Ok(usage)).await;
-            match form {
-                Form::Rest => axum::Json(
-                    json!({ "result": result, "success": true, "errors": [], "messages": [] }),
-                )
-                .into_response(),
-                Form::Binding | Form::OpenAi => axum::Json(result).into_response(),
-            }
+    let (result, usage) = match run.output {
+        RunOutput::Task { output, usage } => (wire::result(&output), usage),
+        RunOutput::Completion(completion) => {
+            (wire::text_generation::result(&completion), completion.usage)
         }
-        RunOutput::Stream(events) => stream_response(call, &served_by, events, sse::Native).await,
+        RunOutput::Stream(events) => {
+            let mut response = stream_response(call, &served_by, events, sse::Native).await;
+            served_by_header(&mut response, &served_by);
+            return response;
+        }
+    };
+    call.finish(Some(&served_by), 200, Ok(usage)).await;
+    let mut response = match form {
+        Form::Rest => {
+            axum::Json(json!({ "result": result, "success": true, "errors": [], "messages": [] }))
+                .into_response()
+        }
+        Form::Binding | Form::OpenAi => axum::Json(result).into_response(),
     };
     served_by_header(&mut response, &served_by);
     response
@@ -408,10 +420,8 @@ pub(crate) async fn task_route<E>(
         Err(error) => return call.fail(error).await,
     };
     call.served_by = Some(spec.id.clone());
-    if let Err(error) = call
-        .admit(&spec, &tasks::estimate_usage(&spec, &body))
-        .await
-    {
+    let estimate = tasks::estimate_task(&spec, &request, body.to_string().len());
+    if let Err(error) = call.admit(&spec, &estimate).await {
         return call.fail(error).await;
     }
     let options = run_options(&call.state, headers, body.get("options"));

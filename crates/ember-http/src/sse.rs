@@ -6,11 +6,11 @@
 
 use crate::aborted;
 use crate::error::{ApiError, stream_error_event};
+use crate::wire::tools::native_call;
 use axum::body::{Body, Bytes};
 use ember_core::InferError;
 use ember_core::runner::TextEvent;
 use ember_core::tasks::{Completion, Usage};
-use ember_core::tools::ToolCall;
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 use std::convert::Infallible;
@@ -59,11 +59,7 @@ impl StreamFormat for Native {
     fn done(&self, completion: &Completion) -> String {
         let mut events = String::new();
         if !completion.tool_calls.is_empty() {
-            let calls: Vec<Value> = completion
-                .tool_calls
-                .iter()
-                .map(ToolCall::native_json)
-                .collect();
+            let calls: Vec<Value> = completion.tool_calls.iter().map(native_call).collect();
             events.push_str(&data(&json!({ "response": "", "tool_calls": calls })));
         }
         events + &data(&json!({ "response": "", "usage": completion.usage }))

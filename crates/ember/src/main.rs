@@ -12,6 +12,7 @@ use ember::pull::{self, Progress, PullOptions};
 use ember::{ServeConfig, open_ember};
 use ember_core::runner::TextEvent;
 use ember_core::{Catalog, RunOptions, RunOutput};
+use ember_http::wire;
 use ember_store::SqliteStore;
 use std::collections::HashMap;
 use std::io::Write;
@@ -294,12 +295,19 @@ async fn run_once(
     input: &serde_json::Value,
 ) -> anyhow::Result<()> {
     let spec = ember.resolve(model)?;
+    let input = ember_http::wire::parse(ember.serving(spec)?, input)?;
     let run = ember.run(spec, input, &RunOptions::default()).await?;
     if run.served_by != model {
         eprintln!("(served by {})", run.served_by);
     }
     match run.output {
-        RunOutput::Json { result, .. } => println!("{}", serde_json::to_string_pretty(&result)?),
+        RunOutput::Task { output, .. } => {
+            println!("{}", serde_json::to_string_pretty(&wire::result(&output))?);
+        }
+        RunOutput::Completion(completion) => println!(
+            "{}",
+            serde_json::to_string_pretty(&wire::text_generation::result(&completion))?
+        ),
         RunOutput::Stream(mut events) => {
             let mut stdout = std::io::stdout();
             while let Some(event) = events.recv().await {
@@ -313,7 +321,7 @@ async fn run_once(
                     TextEvent::Done(completion) => {
                         println!();
                         for call in &completion.tool_calls {
-                            println!("tool call: {}", call.native_json());
+                            println!("tool call: {}", wire::tools::native_call(call));
                         }
                         eprintln!("usage: {}", serde_json::to_string(&completion.usage)?);
                     }

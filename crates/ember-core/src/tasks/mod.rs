@@ -1,8 +1,7 @@
-//! Workers AI tasks, one module per task family: its typed request and output, the parsing and
-//! validation of the JSON a caller sends (errors name the offending field as a JSON pointer), the
-//! contract's result object, and what the request may cost before it runs. This module holds what
-//! they share: the task-neutral request and output, `Usage` and its one pricing rule, and the
-//! JSON field readers.
+//! Workers AI tasks, one module per task family: its typed request and output, plain Rust (the
+//! wire formats that carry them live in ember-http). This module registers them: the `Task` kinds
+//! with their published names, UUIDs and rate limits, the task-neutral request and output, `Usage`
+//! with its one pricing rule, and what a request may cost before it runs.
 
 pub mod classification;
 pub mod embeddings;
@@ -14,12 +13,10 @@ pub mod translation;
 pub use embeddings::*;
 pub use text_generation::*;
 
-use crate::InferError;
 use crate::catalog::{ModelSpec, Price};
 use classification::{ClassificationOutput, ClassificationRequest};
 use reranking::{RerankOutput, RerankRequest};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 use summarization::{SummarizationOutput, SummarizationRequest};
 use translation::{TranslationOutput, TranslationRequest};
 
@@ -136,17 +133,6 @@ pub enum TaskOutput {
 }
 
 impl TaskOutput {
-    /// The contract's result object.
-    pub fn to_json(&self) -> Value {
-        match self {
-            TaskOutput::Embeddings(output) => output.to_json(),
-            TaskOutput::Classification(output) => output.to_json(),
-            TaskOutput::Reranking(output) => output.to_json(),
-            TaskOutput::Translation(output) => output.to_json(),
-            TaskOutput::Summarization(output) => output.to_json(),
-        }
-    }
-
     /// The tokens the run used, not yet priced.
     pub fn usage(&self) -> Usage {
         match self {
@@ -164,23 +150,6 @@ impl TaskOutput {
 pub enum TaskInput {
     TextGeneration(TextGenerationRequest),
     Task(TaskRequest),
-}
-
-/// Parses and validates `input` for `spec`'s task.
-pub fn parse(spec: &ModelSpec, input: &Value) -> Result<TaskInput, InferError> {
-    let request = match spec.task {
-        Task::TextGeneration => {
-            return Ok(TaskInput::TextGeneration(parse_text_generation(
-                input, spec,
-            )?));
-        }
-        Task::TextEmbeddings => TaskRequest::Embeddings(parse_embeddings(input)?),
-        Task::TextClassification => TaskRequest::Classification(classification::parse(input)?),
-        Task::Reranking => TaskRequest::Reranking(reranking::parse(input)?),
-        Task::Translation => TaskRequest::Translation(translation::parse(input, spec)?),
-        Task::Summarization => TaskRequest::Summarization(summarization::parse(input)?),
-    };
-    Ok(TaskInput::Task(request))
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
@@ -222,32 +191,24 @@ impl Usage {
     }
 }
 
-/// What running `input` on `spec` can cost at most, known before the model runs: every byte of
-/// the input may be a token (plus a chat template's own), and every token the request allows may
-/// be generated. It is held against an account's daily allocation until the real usage is known.
-pub fn estimate_usage(spec: &ModelSpec, input: &Value) -> Usage {
-    let input_bytes = u32::try_from(input.to_string().len()).unwrap_or(u32::MAX);
-    let most = |key: &str, default: u32, cap: u32| {
-        input
-            .get(key)
-            .and_then(Value::as_u64)
-            .map_or(default, |n| n.min(u64::from(u32::MAX)) as u32)
-            .min(cap)
-    };
-    let usage = match spec.task {
-        Task::TextGeneration => Usage::new(
-            input_bytes.saturating_add(TEMPLATE_TOKENS),
-            most("max_tokens", DEFAULT_MAX_TOKENS, spec.max_output_tokens),
-        ),
-        Task::TextEmbeddings | Task::TextClassification | Task::Reranking => {
-            Usage::new(input_bytes, 0)
-        }
-        Task::Translation => {
+/// What running `input` on `spec` can cost at most, known before the model runs: each of the
+/// `input_bytes` the caller sent may be a token (plus a chat template's own), and every token the
+/// request allows may be generated. It is held against an account's daily allocation until the
+/// real usage is known.
+pub fn estimate_usage(spec: &ModelSpec, input: &TaskInput, input_bytes: usize) -> Usage {
+    match input {
+        TaskInput::TextGeneration(request) => estimate_generation(spec, request, input_bytes),
+        TaskInput::Task(request) => estimate_task(spec, request, input_bytes),
+    }
+}
+
+/// `estimate_usage` of a whole-result task.
+pub fn estimate_task(spec: &ModelSpec, request: &TaskRequest, input_bytes: usize) -> Usage {
+    let input_bytes = u32::try_from(input_bytes).unwrap_or(u32::MAX);
+    let usage = match request {
+        TaskRequest::Translation(request) => {
             // Each text is prompted on its own, so each has its template.
-            let texts = input
-                .get("requests")
-                .and_then(Value::as_array)
-                .map_or(1, Vec::len) as u32;
+            let texts = u32::try_from(request.items.len()).unwrap_or(u32::MAX);
             Usage::new(
                 input_bytes.saturating_add(TEMPLATE_TOKENS.saturating_mul(texts)),
                 input_bytes
@@ -255,118 +216,27 @@ pub fn estimate_usage(spec: &ModelSpec, input: &Value) -> Usage {
                     .saturating_add(32u32.saturating_mul(texts)),
             )
         }
-        Task::Summarization => Usage::new(
+        TaskRequest::Summarization(request) => Usage::new(
             input_bytes.saturating_add(TEMPLATE_TOKENS),
-            most(
-                "max_length",
-                summarization::DEFAULT_MAX_LENGTH,
-                summarization::MAX_LENGTH,
-            ),
+            request.max_length,
         ),
+        TaskRequest::Embeddings(_) | TaskRequest::Classification(_) | TaskRequest::Reranking(_) => {
+            Usage::new(input_bytes, 0)
+        }
     };
     usage.priced(&spec.price)
 }
 
-// ------------------------------------------------------------------ helpers
-
-pub(crate) fn as_object(input: &Value) -> Result<&Map<String, Value>, InferError> {
-    input
-        .as_object()
-        .ok_or_else(|| type_mismatch("/", "object", input))
-}
-
-pub(crate) fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
-}
-
-pub(crate) fn type_mismatch(at: &str, expected: &str, got: &Value) -> InferError {
-    InferError::invalid(at, format!("expected {expected}, got {}", kind(got)))
-}
-
-pub(crate) fn nonempty_string(value: &Value, at: &str) -> Result<String, InferError> {
-    match value {
-        Value::String(s) if s.is_empty() => Err(InferError::invalid(at, "must not be empty")),
-        Value::String(s) => Ok(s.clone()),
-        other => Err(type_mismatch(at, "string", other)),
-    }
-}
-
-pub(crate) fn bounded_string(value: &Value, at: &str) -> Result<String, InferError> {
-    let text = nonempty_string(value, at)?;
-    if text.chars().count() > MAX_PROMPT_CHARS {
-        return Err(InferError::invalid(
-            at,
-            format!("must be at most {MAX_PROMPT_CHARS} characters"),
-        ));
-    }
-    Ok(text)
-}
-
-pub(crate) fn optional_bool(
-    object: &Map<String, Value>,
-    key: &str,
-) -> Result<Option<bool>, InferError> {
-    match object.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(other) => Err(type_mismatch(&format!("/{key}"), "boolean", other)),
-    }
-}
-
-pub(crate) fn optional_number(
-    object: &Map<String, Value>,
-    key: &str,
-    min: f64,
-    max: f64,
-) -> Result<Option<f32>, InferError> {
-    match object.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => {
-            let n = n.as_f64().unwrap_or(f64::NAN);
-            if (min..=max).contains(&n) {
-                Ok(Some(n as f32))
-            } else {
-                Err(InferError::invalid(
-                    format!("/{key}"),
-                    format!("must be between {min} and {max}, got {n}"),
-                ))
-            }
-        }
-        Some(other) => Err(type_mismatch(&format!("/{key}"), "number", other)),
-    }
-}
-
-pub(crate) fn optional_integer(
-    object: &Map<String, Value>,
-    key: &str,
-    min: u64,
-    max: u64,
-) -> Result<Option<u64>, InferError> {
-    match object.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => match n.as_u64() {
-            Some(v) if (min..=max).contains(&v) => Ok(Some(v)),
-            _ => Err(InferError::invalid(
-                format!("/{key}"),
-                format!("must be an integer between {min} and {max}, got {n}"),
-            )),
-        },
-        Some(other) => Err(type_mismatch(&format!("/{key}"), "integer", other)),
-    }
-}
-
-/// The field an `InvalidInput` names (test helper).
-#[cfg(test)]
-pub(crate) fn field_of(error: InferError) -> String {
-    match error {
-        InferError::InvalidInput { field, .. } => field,
-        other => panic!("expected invalid input, got {other:?}"),
-    }
+/// `estimate_usage` of a text generation.
+pub fn estimate_generation(
+    spec: &ModelSpec,
+    request: &TextGenerationRequest,
+    input_bytes: usize,
+) -> Usage {
+    let input_bytes = u32::try_from(input_bytes).unwrap_or(u32::MAX);
+    Usage::new(
+        input_bytes.saturating_add(TEMPLATE_TOKENS),
+        request.max_tokens,
+    )
+    .priced(&spec.price)
 }

@@ -1,8 +1,7 @@
-//! Summarization (`@cf/facebook/bart-large-cnn`): `{input_text, max_length?}` in, `{summary}` out.
+//! Summarization (`@cf/facebook/bart-large-cnn`): a text and the longest summary wanted in, the
+//! summary out.
 
-use super::{Usage, as_object, bounded_string, optional_integer};
-use crate::InferError;
-use serde_json::{Value, json};
+use super::Usage;
 
 /// Workers AI's default `max_length` (tokens of summary).
 pub const DEFAULT_MAX_LENGTH: u32 = 1024;
@@ -20,49 +19,4 @@ pub struct SummarizationRequest {
 pub struct SummarizationOutput {
     pub summary: String,
     pub usage: Usage,
-}
-
-impl SummarizationOutput {
-    pub fn to_json(&self) -> Value {
-        json!({ "summary": self.summary })
-    }
-}
-
-/// Parses `{input_text: string, max_length?: integer}`.
-pub fn parse(input: &Value) -> Result<SummarizationRequest, InferError> {
-    let object = as_object(input)?;
-    let text = object
-        .get("input_text")
-        .ok_or_else(|| InferError::invalid("/", "required properties are 'input_text'"))?;
-    let max_length = optional_integer(object, "max_length", 1, u64::from(MAX_LENGTH))?
-        .map_or(DEFAULT_MAX_LENGTH, |n| n as u32);
-    Ok(SummarizationRequest {
-        input_text: bounded_string(text, "/input_text")?,
-        max_length,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::tasks::field_of;
-
-    #[test]
-    fn inputs_and_errors() {
-        let request = parse(&json!({"input_text": "long text"})).unwrap();
-        assert_eq!(request.max_length, DEFAULT_MAX_LENGTH);
-        for (input, field) in [
-            (json!({"text": "a"}), "/"),
-            (json!({"input_text": ""}), "/input_text"),
-            (json!({"input_text": ["a"]}), "/input_text"),
-            (json!({"input_text": "a", "max_length": 0}), "/max_length"),
-            (
-                json!({"input_text": "a", "max_length": 5000}),
-                "/max_length",
-            ),
-            (json!({"input_text": "a", "max_length": "9"}), "/max_length"),
-        ] {
-            assert_eq!(field_of(parse(&input).unwrap_err()), field, "{input}");
-        }
-    }
 }

@@ -1,18 +1,15 @@
-//! Translation (`@cf/meta/m2m100-1.2b`): `{text, source_lang?, target_lang}` or
-//! `{requests: [{text, source_lang?, target_lang}, ...]}` in, `{translated_text}` (an array of them
-//! for `requests`) out. Languages are ISO 639-1 codes or the English names Workers AI lists; a
-//! model's catalog property `languages` says which codes it translates.
+//! Translation (`@cf/meta/m2m100-1.2b`): texts with their source and target languages in, their
+//! translations out. Languages are ISO 639-1 codes; a model's catalog property `languages` says
+//! which it translates, and Workers AI also accepts the English names listed here.
 
-use super::{Usage, as_object, bounded_string, type_mismatch};
-use crate::InferError;
+use super::Usage;
 use crate::catalog::ModelSpec;
-use serde_json::{Map, Value, json};
 
 /// Most texts in one `requests` batch.
 pub const MAX_REQUESTS: usize = 100;
 
 /// The languages Workers AI lists for m2m100, by name, with their ISO 639-1 codes.
-const NAMED_LANGUAGES: [(&str, &str); 10] = [
+pub const NAMED_LANGUAGES: [(&str, &str); 10] = [
     ("english", "en"),
     ("chinese", "zh"),
     ("french", "fr"),
@@ -48,17 +45,6 @@ pub struct TranslationOutput {
     pub usage: Usage,
 }
 
-impl TranslationOutput {
-    /// `{translated_text}`, or an array of them for a batch.
-    pub fn to_json(&self) -> Value {
-        let mut results = self.texts.iter().map(|t| json!({ "translated_text": t }));
-        match self.batch {
-            true => results.collect(),
-            false => results.next().unwrap_or(Value::Null),
-        }
-    }
-}
-
 /// The English name of a language code, for models that are told the language in words.
 pub fn language_name(code: &str) -> Option<&'static str> {
     NAMED_LANGUAGES
@@ -76,167 +62,11 @@ pub fn most_tokens_for(text: &str) -> u32 {
         .saturating_add(32)
 }
 
-/// Parses a single translation or a `requests` batch for `spec`, whose `languages` property
-/// (comma-separated codes) limits the languages; without it, the named languages are accepted.
-pub fn parse(input: &Value, spec: &ModelSpec) -> Result<TranslationRequest, InferError> {
-    let object = as_object(input)?;
-    let supported: Vec<&str> = match spec.properties.get("languages") {
+/// The language codes `spec` translates: its `languages` property (comma-separated), or the
+/// named languages when it has none.
+pub fn supported_languages(spec: &ModelSpec) -> Vec<&str> {
+    match spec.properties.get("languages") {
         Some(list) => list.split(',').map(str::trim).collect(),
         None => NAMED_LANGUAGES.iter().map(|(_, code)| *code).collect(),
-    };
-    let Some(requests) = object.get("requests") else {
-        return Ok(TranslationRequest {
-            items: vec![parse_item(object, "", &supported)?],
-            batch: false,
-        });
-    };
-    let Value::Array(requests) = requests else {
-        return Err(type_mismatch("/requests", "array", requests));
-    };
-    if requests.is_empty() || requests.len() > MAX_REQUESTS {
-        return Err(InferError::invalid(
-            "/requests",
-            format!(
-                "must hold 1 to {MAX_REQUESTS} requests, got {}",
-                requests.len()
-            ),
-        ));
-    }
-    let items = requests
-        .iter()
-        .enumerate()
-        .map(|(i, request)| {
-            let at = format!("/requests/{i}");
-            let object = request
-                .as_object()
-                .ok_or_else(|| type_mismatch(&at, "object", request))?;
-            parse_item(object, &at, &supported)
-        })
-        .collect::<Result<_, _>>()?;
-    Ok(TranslationRequest { items, batch: true })
-}
-
-fn parse_item(
-    object: &Map<String, Value>,
-    at: &str,
-    supported: &[&str],
-) -> Result<TranslationItem, InferError> {
-    let (Some(text), Some(target)) = (object.get("text"), object.get("target_lang")) else {
-        return Err(InferError::invalid(
-            if at.is_empty() { "/" } else { at },
-            "required properties are 'text,target_lang'",
-        ));
-    };
-    let source_lang = match object.get("source_lang") {
-        None | Some(Value::Null) => "en".to_string(),
-        Some(source) => language(source, &format!("{at}/source_lang"), supported)?,
-    };
-    Ok(TranslationItem {
-        text: bounded_string(text, &format!("{at}/text"))?,
-        source_lang,
-        target_lang: language(target, &format!("{at}/target_lang"), supported)?,
-    })
-}
-
-/// A language by ISO code or English name (any case), as the code the model knows.
-fn language(value: &Value, at: &str, supported: &[&str]) -> Result<String, InferError> {
-    let Value::String(given) = value else {
-        return Err(type_mismatch(at, "string", value));
-    };
-    let wanted = given.trim().to_lowercase();
-    let code = NAMED_LANGUAGES
-        .iter()
-        .find(|(name, _)| *name == wanted)
-        .map_or(wanted.as_str(), |(_, code)| code);
-    match supported.contains(&code) {
-        true => Ok(code.to_string()),
-        false => Err(InferError::invalid(
-            at,
-            format!(
-                "'{given}' is not a language this model translates; use one of {}",
-                supported.join(", ")
-            ),
-        )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::Catalog;
-    use crate::tasks::field_of;
-
-    fn m2m100() -> ModelSpec {
-        Catalog::builtin()
-            .unwrap()
-            .get("@cf/meta/m2m100-1.2b")
-            .unwrap()
-            .clone()
-    }
-
-    #[test]
-    fn languages_by_name_or_code() {
-        let request = parse(&json!({"text": "hi", "target_lang": "French"}), &m2m100()).unwrap();
-        assert_eq!(
-            request.items,
-            vec![TranslationItem {
-                text: "hi".into(),
-                source_lang: "en".into(),
-                target_lang: "fr".into()
-            }]
-        );
-        assert!(!request.batch);
-        let batch = parse(
-            &json!({"requests": [{"text": "a", "source_lang": "de", "target_lang": "es"}]}),
-            &m2m100(),
-        )
-        .unwrap();
-        assert!(batch.batch);
-        assert_eq!(batch.items[0].source_lang, "de");
-    }
-
-    #[test]
-    fn errors_name_the_field() {
-        for (input, field) in [
-            (json!({"text": "a"}), "/"),
-            (json!({"text": "", "target_lang": "fr"}), "/text"),
-            (
-                json!({"text": "a", "target_lang": "klingon"}),
-                "/target_lang",
-            ),
-            (json!({"text": "a", "target_lang": 3}), "/target_lang"),
-            (
-                json!({"text": "a", "source_lang": "xx", "target_lang": "fr"}),
-                "/source_lang",
-            ),
-            (json!({"requests": []}), "/requests"),
-            (json!({"requests": [{"text": "a"}]}), "/requests/0"),
-            (json!({"requests": ["a"]}), "/requests/0"),
-            (
-                json!({"requests": [{"text": "a", "target_lang": "x"}]}),
-                "/requests/0/target_lang",
-            ),
-        ] {
-            assert_eq!(
-                field_of(parse(&input, &m2m100()).unwrap_err()),
-                field,
-                "{input}"
-            );
-        }
-    }
-
-    #[test]
-    fn one_result_or_an_array() {
-        let output = TranslationOutput {
-            texts: vec!["bonjour".into()],
-            batch: false,
-            usage: Usage::default(),
-        };
-        assert_eq!(output.to_json(), json!({"translated_text": "bonjour"}));
-        let batch = TranslationOutput {
-            batch: true,
-            ..output
-        };
-        assert_eq!(batch.to_json(), json!([{"translated_text": "bonjour"}]));
     }
 }

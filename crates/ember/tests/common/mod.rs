@@ -112,15 +112,13 @@ pub fn app_with_http(config: HttpConfig) -> App {
 pub async fn wait_until_model_is_free(model: &str) {
     let input = serde_json::json!({"prompt": "x", "raw": true, "max_tokens": 1});
     let ember = ember();
+    let spec = ember.resolve(model).unwrap();
+    let input = ember_http::wire::parse(spec, &input).unwrap();
     let run = ember
-        .run(
-            ember.resolve(model).unwrap(),
-            &input,
-            &ember_core::RunOptions::default(),
-        )
+        .run(spec, input, &ember_core::RunOptions::default())
         .await
         .unwrap();
-    assert!(matches!(run.output, ember_core::RunOutput::Json { .. }));
+    assert!(matches!(run.output, ember_core::RunOutput::Completion(_)));
 }
 
 /// A new account on `app`'s store, with a token for it.

@@ -1,0 +1,68 @@
+//! Text classification in Workers AI's JSON: `{text}` in, `[{label, score}, ...]` out.
+
+use super::{as_object, bounded_string};
+use ember_core::InferError;
+use ember_core::tasks::classification::{ClassificationOutput, ClassificationRequest};
+use serde_json::{Value, json};
+
+/// Parses `{text: string}`.
+pub fn parse(input: &Value) -> Result<ClassificationRequest, InferError> {
+    let object = as_object(input)?;
+    let text = object
+        .get("text")
+        .ok_or_else(|| InferError::invalid("/", "required properties are 'text'"))?;
+    Ok(ClassificationRequest {
+        text: bounded_string(text, "/text")?,
+    })
+}
+
+/// The result: `[{label, score}, ...]`.
+pub fn result(output: &ClassificationOutput) -> Value {
+    output
+        .labels
+        .iter()
+        .map(|l| json!({ "label": l.label, "score": l.score }))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::field_of;
+    use ember_core::tasks::classification::LabelScore;
+
+    #[test]
+    fn inputs_and_errors() {
+        assert_eq!(parse(&json!({"text": "good"})).unwrap().text, "good");
+        for (input, field) in [
+            (json!({}), "/"),
+            (json!({"text": ""}), "/text"),
+            (json!({"text": 3}), "/text"),
+            (json!({"text": "x".repeat(200_000)}), "/text"),
+            (json!("text"), "/"),
+        ] {
+            assert_eq!(field_of(parse(&input).unwrap_err()), field, "{input}");
+        }
+    }
+
+    #[test]
+    fn every_label_in_order() {
+        let output = ClassificationOutput {
+            labels: vec![
+                LabelScore {
+                    label: "NEGATIVE".into(),
+                    score: 0.25,
+                },
+                LabelScore {
+                    label: "POSITIVE".into(),
+                    score: 0.75,
+                },
+            ],
+            input_tokens: 3,
+        };
+        assert_eq!(
+            result(&output),
+            json!([{"label": "NEGATIVE", "score": 0.25}, {"label": "POSITIVE", "score": 0.75}])
+        );
+    }
+}

@@ -1,0 +1,147 @@
+//! Workers AI's JSON for every task, converted once, at the edge: `parse` turns a model input into
+//! core's typed request (every error names the offending field as a JSON pointer) and `result`
+//! turns a typed output into the contract's result object. One module per task; this one
+//! dispatches and holds the field readers they share.
+
+pub mod classification;
+pub mod embeddings;
+pub mod reranking;
+pub mod summarization;
+pub mod text_generation;
+pub mod tools;
+pub mod translation;
+
+use ember_core::InferError;
+use ember_core::catalog::{ModelSpec, Task};
+use ember_core::tasks::{MAX_PROMPT_CHARS, TaskInput, TaskOutput, TaskRequest};
+use serde_json::{Map, Value};
+
+/// Parses and validates `input` for `spec`'s task.
+pub fn parse(spec: &ModelSpec, input: &Value) -> Result<TaskInput, InferError> {
+    let request = match spec.task {
+        Task::TextGeneration => {
+            return Ok(TaskInput::TextGeneration(text_generation::parse(
+                input, spec,
+            )?));
+        }
+        Task::TextEmbeddings => TaskRequest::Embeddings(embeddings::parse(input)?),
+        Task::TextClassification => TaskRequest::Classification(classification::parse(input)?),
+        Task::Reranking => TaskRequest::Reranking(reranking::parse(input)?),
+        Task::Translation => TaskRequest::Translation(translation::parse(input, spec)?),
+        Task::Summarization => TaskRequest::Summarization(summarization::parse(input)?),
+    };
+    Ok(TaskInput::Task(request))
+}
+
+/// The contract's result object for `output`.
+pub fn result(output: &TaskOutput) -> Value {
+    match output {
+        TaskOutput::Embeddings(output) => embeddings::result(output),
+        TaskOutput::Classification(output) => classification::result(output),
+        TaskOutput::Reranking(output) => reranking::result(output),
+        TaskOutput::Translation(output) => translation::result(output),
+        TaskOutput::Summarization(output) => summarization::result(output),
+    }
+}
+
+pub(crate) fn as_object(input: &Value) -> Result<&Map<String, Value>, InferError> {
+    input
+        .as_object()
+        .ok_or_else(|| type_mismatch("/", "object", input))
+}
+
+pub(crate) fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+pub(crate) fn type_mismatch(at: &str, expected: &str, got: &Value) -> InferError {
+    InferError::invalid(at, format!("expected {expected}, got {}", kind(got)))
+}
+
+pub(crate) fn nonempty_string(value: &Value, at: &str) -> Result<String, InferError> {
+    match value {
+        Value::String(s) if s.is_empty() => Err(InferError::invalid(at, "must not be empty")),
+        Value::String(s) => Ok(s.clone()),
+        other => Err(type_mismatch(at, "string", other)),
+    }
+}
+
+pub(crate) fn bounded_string(value: &Value, at: &str) -> Result<String, InferError> {
+    let text = nonempty_string(value, at)?;
+    if text.chars().count() > MAX_PROMPT_CHARS {
+        return Err(InferError::invalid(
+            at,
+            format!("must be at most {MAX_PROMPT_CHARS} characters"),
+        ));
+    }
+    Ok(text)
+}
+
+pub(crate) fn optional_bool(
+    object: &Map<String, Value>,
+    key: &str,
+) -> Result<Option<bool>, InferError> {
+    match object.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(type_mismatch(&format!("/{key}"), "boolean", other)),
+    }
+}
+
+pub(crate) fn optional_number(
+    object: &Map<String, Value>,
+    key: &str,
+    min: f64,
+    max: f64,
+) -> Result<Option<f32>, InferError> {
+    match object.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => {
+            let n = n.as_f64().unwrap_or(f64::NAN);
+            if (min..=max).contains(&n) {
+                Ok(Some(n as f32))
+            } else {
+                Err(InferError::invalid(
+                    format!("/{key}"),
+                    format!("must be between {min} and {max}, got {n}"),
+                ))
+            }
+        }
+        Some(other) => Err(type_mismatch(&format!("/{key}"), "number", other)),
+    }
+}
+
+pub(crate) fn optional_integer(
+    object: &Map<String, Value>,
+    key: &str,
+    min: u64,
+    max: u64,
+) -> Result<Option<u64>, InferError> {
+    match object.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(v) if (min..=max).contains(&v) => Ok(Some(v)),
+            _ => Err(InferError::invalid(
+                format!("/{key}"),
+                format!("must be an integer between {min} and {max}, got {n}"),
+            )),
+        },
+        Some(other) => Err(type_mismatch(&format!("/{key}"), "integer", other)),
+    }
+}
+
+/// The field an `InvalidInput` names (test helper).
+#[cfg(test)]
+pub(crate) fn field_of(error: InferError) -> String {
+    match error {
+        InferError::InvalidInput { field, .. } => field,
+        other => panic!("expected invalid input, got {other:?}"),
+    }
+}

@@ -1,0 +1,402 @@
+//! Text generation in Workers AI's JSON: `prompt` or `messages` (with OpenAI-style content parts),
+//! sampling settings, tools, JSON mode and stop sequences in; the completion's result object out.
+
+use super::tools;
+use super::{
+    as_object, bounded_string, optional_bool, optional_integer, optional_number, type_mismatch,
+};
+use ember_core::InferError;
+use ember_core::catalog::ModelSpec;
+use ember_core::tasks::{
+    ChatMessage, Completion, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, ImagePart, MAX_PROMPT_CHARS,
+    PromptInput, Sampling, TextGenerationRequest,
+};
+use ember_core::tools::{ResponseFormat, ToolChoice};
+use serde_json::{Map, Value, json};
+
+/// `response` as Workers AI returns it: the text, or in JSON mode the parsed value.
+pub fn response(completion: &Completion) -> Value {
+    match completion.json {
+        true => serde_json::from_str(&completion.text).unwrap_or_else(|_| json!(completion.text)),
+        false => json!(completion.text),
+    }
+}
+
+/// The result object of a non-streamed generation.
+pub fn result(completion: &Completion) -> Value {
+    let mut result = json!({ "response": response(completion), "usage": completion.usage });
+    if !completion.tool_calls.is_empty() {
+        result["tool_calls"] = completion
+            .tool_calls
+            .iter()
+            .map(tools::native_call)
+            .collect();
+    }
+    result
+}
+
+/// Parses a text generation input per the Workers AI schema (`prompt` or `messages`, not both).
+pub fn parse(input: &Value, spec: &ModelSpec) -> Result<TextGenerationRequest, InferError> {
+    let object = as_object(input)?;
+    for unsupported in ["functions", "lora", "requests"] {
+        if object.get(unsupported).is_some_and(|v| !v.is_null()) {
+            return Err(InferError::invalid(
+                format!("/{unsupported}"),
+                "is not supported by this version of Ember",
+            ));
+        }
+    }
+    let prompt = match (object.get("prompt"), object.get("messages")) {
+        (Some(_), Some(_)) => {
+            return Err(InferError::invalid(
+                "/",
+                "prompt and messages are mutually exclusive",
+            ));
+        }
+        (None, None) => {
+            return Err(InferError::invalid(
+                "/",
+                "required properties are 'prompt' or 'messages'",
+            ));
+        }
+        (Some(prompt), None) => PromptInput::Prompt {
+            text: bounded_string(prompt, "/prompt")?,
+            raw: optional_bool(object, "raw")?.unwrap_or(false),
+        },
+        (None, Some(messages)) => PromptInput::Messages(parse_messages(messages)?),
+    };
+    let max_tokens = max_tokens(object, "max_tokens", spec)?;
+    request(object, spec, prompt, max_tokens)
+}
+
+/// `field` (`max_tokens`, or OpenAI's `max_completion_tokens`): at most the model's output limit,
+/// Workers AI's default when absent.
+pub fn max_tokens(
+    object: &Map<String, Value>,
+    field: &str,
+    spec: &ModelSpec,
+) -> Result<u32, InferError> {
+    Ok(
+        match optional_integer(object, field, 1, u64::from(spec.max_output_tokens))? {
+            Some(n) => n as u32,
+            None => DEFAULT_MAX_TOKENS.min(spec.max_output_tokens),
+        },
+    )
+}
+
+/// The request for `prompt`, with the settings Workers AI and OpenAI name alike read from
+/// `object`: sampling, `stream`, tools, `response_format` and `stop`.
+pub fn request(
+    object: &Map<String, Value>,
+    spec: &ModelSpec,
+    prompt: PromptInput,
+    max_tokens: u32,
+) -> Result<TextGenerationRequest, InferError> {
+    if let PromptInput::Messages(messages) = &prompt
+        && let Some(image) = messages.iter().flat_map(|m| &m.images).next()
+        && spec.properties.get("vision").is_none_or(|v| v != "true")
+    {
+        return Err(InferError::invalid(
+            &image.at,
+            format!("{} does not take images", spec.id),
+        ));
+    }
+    let sampling = Sampling {
+        temperature: optional_number(object, "temperature", 0.0, 5.0)?
+            .unwrap_or(DEFAULT_TEMPERATURE),
+        top_p: optional_number(object, "top_p", 0.0, 2.0)?,
+        top_k: optional_integer(object, "top_k", 1, 50)?.map(|k| k as u32),
+        min_p: optional_number(object, "min_p", 0.0, 1.0)?,
+        seed: optional_integer(object, "seed", 1, 9_999_999_999)?,
+        repetition_penalty: optional_number(object, "repetition_penalty", 0.0, 2.0)?,
+        frequency_penalty: optional_number(object, "frequency_penalty", 0.0, 2.0)?,
+        presence_penalty: optional_number(object, "presence_penalty", 0.0, 2.0)?,
+    };
+    let tools = match object.get("tools") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(value) => tools::parse_tools(value)?,
+    };
+    let tool_choice = match object.get("tool_choice") {
+        None | Some(Value::Null) => ToolChoice::Auto,
+        Some(value) => tools::parse_tool_choice(value, &tools)?,
+    };
+    let response_format = match object.get("response_format") {
+        None | Some(Value::Null) => ResponseFormat::Text,
+        Some(value) => tools::parse_response_format(value)?,
+    };
+    if response_format != ResponseFormat::Text
+        && tool_choice != ToolChoice::None
+        && !tools.is_empty()
+    {
+        return Err(InferError::invalid(
+            "/response_format",
+            "JSON mode cannot be combined with tools",
+        ));
+    }
+    let stop = match object.get("stop") {
+        None => Vec::new(),
+        Some(value) => tools::parse_stop(value)?,
+    };
+    Ok(TextGenerationRequest {
+        prompt,
+        max_tokens,
+        sampling,
+        stream: optional_bool(object, "stream")?.unwrap_or(false),
+        tools,
+        tool_choice,
+        response_format,
+        stop,
+    })
+}
+
+/// `messages`: a non-empty array of chat messages (content as text or OpenAI-style parts).
+pub fn parse_messages(messages: &Value) -> Result<Vec<ChatMessage>, InferError> {
+    let Value::Array(items) = messages else {
+        return Err(type_mismatch("/messages", "array", messages));
+    };
+    if items.is_empty() {
+        return Err(InferError::invalid(
+            "/messages",
+            "must hold at least one message",
+        ));
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let at = format!("/messages/{i}");
+            let Value::Object(message) = item else {
+                return Err(type_mismatch(&at, "object", item));
+            };
+            let role = match message.get("role") {
+                Some(Value::String(role))
+                    if ["system", "user", "assistant", "tool"].contains(&role.as_str()) =>
+                {
+                    role.clone()
+                }
+                Some(Value::String(role)) => {
+                    return Err(InferError::invalid(
+                        format!("{at}/role"),
+                        format!("'{role}' is not one of system, user, assistant, tool"),
+                    ));
+                }
+                Some(other) => return Err(type_mismatch(&format!("{at}/role"), "string", other)),
+                None => {
+                    return Err(InferError::invalid(
+                        &at,
+                        "required properties are 'role,content'",
+                    ));
+                }
+            };
+            let tool_calls = match message.get("tool_calls") {
+                None | Some(Value::Null) => Vec::new(),
+                Some(calls) if role == "assistant" => {
+                    tools::parse_history_calls(calls, &format!("{at}/tool_calls"))?
+                }
+                Some(_) => {
+                    return Err(InferError::invalid(
+                        format!("{at}/tool_calls"),
+                        "only assistant messages carry tool calls",
+                    ));
+                }
+            };
+            let mut images = Vec::new();
+            let content = match message.get("content") {
+                Some(Value::Array(parts)) => {
+                    let (text, parts_images) = content_parts(parts, &format!("{at}/content"))?;
+                    images = parts_images;
+                    text
+                }
+                // An assistant turn that only called tools has no content.
+                None | Some(Value::Null) if !tool_calls.is_empty() => String::new(),
+                Some(Value::String(text)) if text.is_empty() && !tool_calls.is_empty() => {
+                    String::new()
+                }
+                Some(content) => bounded_string(content, &format!("{at}/content"))?,
+                None => {
+                    return Err(InferError::invalid(
+                        &at,
+                        "required properties are 'role,content'",
+                    ));
+                }
+            };
+            let tool_call_id = match message.get("tool_call_id") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(id)) => Some(id.clone()),
+                Some(other) => {
+                    return Err(type_mismatch(
+                        &format!("{at}/tool_call_id"),
+                        "string",
+                        other,
+                    ));
+                }
+            };
+            Ok(ChatMessage {
+                role,
+                content,
+                images,
+                tool_calls,
+                tool_call_id,
+            })
+        })
+        .collect()
+}
+
+/// OpenAI-style content parts: text parts joined in order, and `image_url` parts
+/// (`{"type": "image_url", "image_url": {"url": ...}}`, or the URL as a plain string).
+fn content_parts(parts: &[Value], at: &str) -> Result<(String, Vec<ImagePart>), InferError> {
+    let mut text = String::new();
+    let mut images = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        let part_at = format!("{at}/{i}");
+        match (part.get("type").and_then(Value::as_str), part) {
+            (Some("text"), _) => match part.get("text") {
+                Some(Value::String(piece)) => text.push_str(piece),
+                _ => {
+                    return Err(InferError::invalid(
+                        format!("{part_at}/text"),
+                        "expected a string",
+                    ));
+                }
+            },
+            (Some("image_url"), _) => {
+                let url = part
+                    .get("image_url")
+                    .and_then(|image| image.get("url").unwrap_or(image).as_str())
+                    .filter(|url| {
+                        url.starts_with("data:image/")
+                            || url.starts_with("https://")
+                            || url.starts_with("http://")
+                    })
+                    .ok_or_else(|| {
+                        InferError::invalid(
+                            format!("{part_at}/image_url"),
+                            "expected {\"url\": \"data:image/...;base64,...\"} or an http(s) URL",
+                        )
+                    })?;
+                images.push(ImagePart {
+                    url: url.to_string(),
+                    text_offset: text.len(),
+                    at: part_at,
+                });
+            }
+            _ => {
+                return Err(InferError::invalid(
+                    part_at,
+                    "expected a text part {\"type\": \"text\", \"text\": \"...\"} or an image_url part",
+                ));
+            }
+        }
+    }
+    if text.chars().count() > MAX_PROMPT_CHARS {
+        return Err(InferError::invalid(
+            at,
+            format!("must be at most {MAX_PROMPT_CHARS} characters"),
+        ));
+    }
+    Ok((text, images))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::field_of;
+    use ember_core::Catalog;
+
+    fn qwen() -> ModelSpec {
+        Catalog::builtin()
+            .unwrap()
+            .get("@hf/qwen/qwen2.5-coder-0.5b-instruct")
+            .unwrap()
+            .clone()
+    }
+
+    #[test]
+    fn defaults_follow_the_schema() {
+        let request = parse(&json!({"prompt": "hi"}), &qwen()).unwrap();
+        assert_eq!(request.max_tokens, 256);
+        assert_eq!(request.sampling.temperature, 0.6);
+        assert!(!request.stream);
+        assert_eq!(
+            request.prompt,
+            PromptInput::Prompt {
+                text: "hi".into(),
+                raw: false
+            }
+        );
+    }
+
+    #[test]
+    fn image_parts_are_kept_and_refused_by_models_without_vision() {
+        let image = json!({"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}});
+        let messages = json!([{"role": "user", "content": [{"type": "text", "text": "What is "}, image, {"type": "text", "text": "this?"}]}]);
+        let parsed = parse_messages(&messages).unwrap();
+        assert_eq!(parsed[0].content, "What is this?");
+        assert_eq!(
+            parsed[0].images,
+            vec![ImagePart {
+                url: "data:image/png;base64,iVBORw0KGgo=".into(),
+                text_offset: 8,
+                at: "/messages/0/content/1".into()
+            }]
+        );
+        let error = parse(&json!({ "messages": messages }), &qwen()).unwrap_err();
+        assert_eq!(field_of(error), "/messages/0/content/1");
+        let mut vision = qwen();
+        vision.properties.insert("vision".into(), "true".into());
+        assert!(parse(&json!({ "messages": messages }), &vision).is_ok());
+        let bad = json!([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}]}]);
+        assert_eq!(
+            field_of(parse_messages(&bad).unwrap_err()),
+            "/messages/0/content/0/image_url"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let spec = qwen();
+        let cases = [
+            (json!({"prompt": "a", "messages": []}), "/"),
+            (json!({}), "/"),
+            (json!({"prompt": ""}), "/prompt"),
+            (json!({"prompt": 3}), "/prompt"),
+            (
+                json!({"messages": [{"role": "user", "content": ["x"]}]}),
+                "/messages/0/content/0",
+            ),
+            (
+                json!({"messages": [{"role": "king", "content": "x"}]}),
+                "/messages/0/role",
+            ),
+            (json!({"messages": [{"role": "user"}]}), "/messages/0"),
+            (json!({"messages": "hi"}), "/messages"),
+            (json!({"prompt": "a", "temperature": 9}), "/temperature"),
+            (json!({"prompt": "a", "max_tokens": 0}), "/max_tokens"),
+            (json!({"prompt": "a", "max_tokens": 1.5}), "/max_tokens"),
+            (json!({"prompt": "a", "top_k": 51}), "/top_k"),
+            (json!({"prompt": "a", "stream": "yes"}), "/stream"),
+            (json!({"prompt": "a", "tools": "add"}), "/tools"),
+            (
+                json!({"prompt": "a", "tools": [{"name": "add"}], "tool_choice": "maybe"}),
+                "/tool_choice",
+            ),
+            (
+                json!({"prompt": "a", "response_format": {"type": "xml"}}),
+                "/response_format/type",
+            ),
+            (json!({"prompt": "a", "stop": [1]}), "/stop/0"),
+            (
+                json!({"messages": [{"role": "user", "content": "a", "tool_calls": []}]}),
+                "/messages/0/tool_calls",
+            ),
+            (json!([1, 2]), "/"),
+        ];
+        for (input, field) in cases {
+            assert_eq!(
+                field_of(parse(&input, &spec).unwrap_err()),
+                field,
+                "{input}"
+            );
+        }
+    }
+}
