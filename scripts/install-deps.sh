@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building Ember needs on a Debian/Ubuntu machine: cmake and libclang for the
 # vendored llama.cpp (llama-cpp-sys-2 builds it with cmake and generates bindings with bindgen),
-# a C/C++ compiler, and python3-venv/node for the end-to-end client tests. Needs root (or sudo).
+# cmake also for the vendored libopus (opusic-sys), a C/C++ compiler, and python3-venv/node for
+# the end-to-end client tests. Needs root (or sudo).
 set -euo pipefail
 
 need=()

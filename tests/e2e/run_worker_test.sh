@@ -254,6 +254,23 @@ check "/run translation of an unknown language: binding threw 5006 naming target
   const j = JSON.parse(body);
   return String(j.message).includes("5006") && String(j.message).includes("target_lang") ? true : j.message;'
 
+# ---------------------------------------------------------------- speech: binary inputs
+SPEECH="$HERE/../../crates/ember-engines/tests/fixtures/whisper/short.wav"
+request POST /transcribe/bytes "@$SPEECH"
+check "/transcribe/bytes: whisper-tiny-en on {audio: [bytes]} gives {text, word_count, words, vtt}" '
+  if (status !== "200") return "status " + status;
+  const j = JSON.parse(body);
+  if (!/lazy dog/i.test(j.text)) return "text " + j.text;
+  if (j.word_count !== j.words.length) return "word_count " + j.word_count;
+  return j.vtt.startsWith("WEBVTT") ? true : "vtt " + j.vtt;'
+request POST /transcribe/stream "@$SPEECH"
+check "/transcribe/stream: whisper-large-v3-turbo on {audio: {body: stream}} gives segments" '
+  if (status !== "200") return "status " + status;
+  const j = JSON.parse(body);
+  if (!/lazy dog/i.test(j.text)) return "text " + j.text;
+  if (j.transcription_info.language !== "en") return "language " + j.transcription_info.language;
+  return Array.isArray(j.segments) && j.segments.length > 0 ? true : "segments " + JSON.stringify(j.segments);'
+
 # ---------------------------------------------------------------- /models (AI.models -> GET .../ai/run/proxy)
 request GET /models
 check "/models (env.AI.models({task: \"Text Embeddings\"})) lists embeddinggemma" '

@@ -30,6 +30,7 @@ import itertools
 import json
 import math
 import os
+from pathlib import Path
 
 import cloudflare
 import httpx
@@ -166,6 +167,18 @@ def test_reranking(client: Cloudflare):
 def test_translation(client: Cloudflare):
     result, _ = run_raw(client, "@cf/meta/m2m100-1.2b", text="Thank you very much.", target_lang="es")
     assert "gracias" in result["translated_text"].lower(), result
+
+
+SPEECH = Path(__file__).parents[2] / "crates/ember-engines/tests/fixtures/whisper/short.wav"
+
+
+def test_speech_recognition(client: Cloudflare):
+    # The SDK's overload for whisper takes the audio as an array of byte values.
+    result, served_by = run_raw(client, "@cf/openai/whisper-tiny-en", audio=list(SPEECH.read_bytes()))
+    assert served_by == "@cf/openai/whisper-tiny-en"
+    assert "lazy dog" in result["text"].lower(), result
+    assert result["word_count"] == len(result["words"]) > 5, result
+    assert result["vtt"].startswith("WEBVTT"), result
 
 
 def test_summarization(client: Cloudflare):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 import openai
 import pytest
@@ -186,6 +187,36 @@ def test_embeddings(client: OpenAI, model: str, dims: int):
 
 
 # ---------------------------------------------------------------- models
+
+
+SPEECH = Path(__file__).parents[2] / "crates/ember-engines/tests/fixtures/whisper/short.wav"
+
+
+def test_audio_transcriptions(client: OpenAI):
+    # `whisper-1`, the SDK's usual model name, is served by @cf/openai/whisper.
+    with SPEECH.open("rb") as audio:
+        transcript = client.audio.transcriptions.create(model="whisper-1", file=audio)
+    assert "lazy dog" in transcript.text.lower(), transcript
+    with SPEECH.open("rb") as audio:
+        verbose = client.audio.transcriptions.create(
+            model="@cf/openai/whisper-tiny-en",
+            file=audio,
+            response_format="verbose_json",
+            timestamp_granularities=["word", "segment"],
+        )
+    assert verbose.language == "english"
+    assert verbose.words and all(w.start <= w.end <= verbose.duration + 0.01 for w in verbose.words)
+    assert verbose.segments[0].text.strip()
+    with SPEECH.open("rb") as audio:
+        srt = client.audio.transcriptions.create(model="@cf/openai/whisper-tiny-en", file=audio, response_format="srt")
+    assert srt.startswith("1\n00:00:00,000 --> "), srt
+
+
+def test_audio_bad_request_names_the_param(client: OpenAI):
+    with pytest.raises(openai.BadRequestError) as raised:
+        with SPEECH.open("rb") as audio:
+            client.audio.transcriptions.create(model="whisper-1", file=audio, response_format="xml")
+    assert raised.value.param == "response_format"
 
 
 def test_models_list(client: OpenAI):

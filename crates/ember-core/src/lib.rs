@@ -14,5 +14,5 @@ pub mod tasks;
 pub mod tools;
 
 pub use catalog::{Catalog, ModelSpec, Task};
-pub use ember::{Ember, MemoryLimits, Run, RunOptions, RunOutput, TaskRun};
+pub use ember::{Ember, MemoryLimits, Run, RunOptions, RunOutput, Target, TaskRun};
 pub use error::InferError;

@@ -73,10 +73,13 @@ pub(crate) async fn run(
         TaskRequest::Reranking(request) => rerank(ember, base, request, options).await,
         TaskRequest::Translation(request) => translate(ember, base, request, options).await,
         TaskRequest::Summarization(request) => summarize(ember, base, request, options).await,
-        TaskRequest::Embeddings(_) => Err(InferError::Internal(format!(
-            "stand-in {} does not embed",
-            spec.id
-        ))),
+        TaskRequest::Embeddings(_) | TaskRequest::SpeechRecognition(_) => {
+            Err(InferError::Internal(format!(
+                "stand-in {} does not run {:?}",
+                spec.id,
+                request.task()
+            )))
+        }
     }
 }
 

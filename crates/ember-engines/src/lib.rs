@@ -1,12 +1,16 @@
 //! Ember's engines: the code that runs model weights. Text generation on llama.cpp (`llm`), text
 //! embeddings (`embed`), classification and reranking (`encoders`), translation and
-//! summarization (`seq2seq`) on candle. `load` picks the engine a catalog entry names and starts it.
-//! This is the only crate with kernel dependencies.
+//! summarization (`seq2seq`), speech recognition (`speech`: `audio` decoding, `whisper`) on
+//! candle. `load` picks the engine a catalog entry names and starts it. This is the only crate with
+//! kernel dependencies.
 
+pub mod audio;
 pub mod embed;
 pub mod encoders;
 pub mod llm;
 pub mod seq2seq;
+pub mod speech;
+pub mod whisper;
 
 use ember_core::InferError;
 use ember_core::catalog::{Engine, ModelSpec};
@@ -36,6 +40,7 @@ pub fn load(
             on_worker(spec, dir, |_, dir| encoders::CrossEncoder::load(dir))
         }
         Engine::CandleSeq2seq => on_worker(spec, dir, |_, dir| seq2seq::Seq2Seq::load(dir)),
+        Engine::CandleWhisper => on_worker(spec, dir, |_, dir| speech::SpeechRecognizer::load(dir)),
         Engine::StandIn => Err(InferError::Internal(format!(
             "{} is a stand-in and loads nothing of its own",
             spec.id

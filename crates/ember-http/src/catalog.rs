@@ -1,8 +1,8 @@
 //! Catalog routes: model search (REST with `result_info` paging, and the binding's
 //! `/ai-api/models/search`) and per-model input/output JSON Schemas.
 
-use crate::AppState;
 use crate::error::ApiError;
+use crate::{AppState, wire};
 use axum::extract::{Query, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use ember_core::InferError;
@@ -11,14 +11,18 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 /// Each task's input and output JSON Schema, as `models/schema` returns them.
-fn schema_text(task: Task) -> &'static str {
-    match task {
+fn schema_text(spec: &ModelSpec) -> &'static str {
+    match spec.task {
         Task::TextGeneration => include_str!("../schemas/text-generation.json"),
         Task::TextEmbeddings => include_str!("../schemas/text-embeddings.json"),
         Task::TextClassification => include_str!("../schemas/text-classification.json"),
         Task::Reranking => include_str!("../schemas/reranking.json"),
         Task::Translation => include_str!("../schemas/translation.json"),
         Task::Summarization => include_str!("../schemas/summarization.json"),
+        Task::SpeechRecognition if wire::speech_recognition::answers_segments(spec) => {
+            include_str!("../schemas/automatic-speech-recognition-segments.json")
+        }
+        Task::SpeechRecognition => include_str!("../schemas/automatic-speech-recognition.json"),
     }
 }
 
@@ -99,7 +103,7 @@ pub async fn rest_schema(
         Ok(spec) => spec,
         Err(error) => return ApiError::Infer(error).rest_response(),
     };
-    let schema: Value = serde_json::from_str(schema_text(spec.task)).unwrap_or(Value::Null);
+    let schema: Value = serde_json::from_str(schema_text(spec)).unwrap_or(Value::Null);
     axum::Json(json!({ "result": schema, "success": true, "errors": [], "messages": [] }))
         .into_response()
 }
@@ -191,19 +195,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_task_has_an_input_and_output_schema() {
-        for task in [
-            Task::TextGeneration,
-            Task::TextEmbeddings,
-            Task::TextClassification,
-            Task::Reranking,
-            Task::Translation,
-            Task::Summarization,
-        ] {
-            let schema: Value = serde_json::from_str(schema_text(task)).unwrap();
+    fn every_model_has_an_input_and_output_schema() {
+        use ember_core::Catalog;
+        for spec in Catalog::builtin().unwrap().models() {
+            let schema: Value = serde_json::from_str(schema_text(spec)).unwrap();
             assert!(
-                schema["input"].is_object() && schema["output"].is_object(),
-                "{task:?}"
+                (schema["input"].is_object() && schema["output"].is_object()),
+                "{}",
+                spec.id
             );
         }
     }

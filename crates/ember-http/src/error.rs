@@ -64,6 +64,7 @@ impl ApiError {
                     (StatusCode::BAD_REQUEST, 5007, "InvalidModel")
                 }
                 InferError::InvalidInput { .. } => (StatusCode::BAD_REQUEST, 5006, "InvalidInput"),
+                InferError::InvalidData(_) => (StatusCode::BAD_REQUEST, 5004, "InvalidData"),
                 InferError::ModelInputRejected(_) => {
                     (StatusCode::BAD_REQUEST, 3030, "InvalidModelInput")
                 }
@@ -175,6 +176,7 @@ impl ApiError {
                     ("invalid_request_error", Some("model_not_found".into()))
                 }
                 InferError::InvalidInput { .. }
+                | InferError::InvalidData(_)
                 | InferError::ModelInputRejected(_)
                 | InferError::TooLarge => ("invalid_request_error", workers_code),
                 InferError::Overloaded => ("rate_limit_error", workers_code),

@@ -1,9 +1,11 @@
 //! Ember's HTTP face, the only layer that speaks wire formats: the Workers AI REST routes, the
-//! Worker binding protocol (native and through wrangler's proxy), the OpenAI-compatible API, the
+//! Worker binding protocol (native and through wrangler's proxy), the OpenAI-compatible API (with
+//! its audio uploads), the
 //! catalog routes, the usage route, health and `/metrics`.
 //! Every route but `/health` runs for a caller the gateway authenticated; every response carries
 //! `cf-ai-req-id`; every run is admitted by the gateway and settled in the request log and ledger.
 
+mod audio;
 mod catalog;
 mod error;
 mod openai;
@@ -16,7 +18,7 @@ pub mod wire;
 pub use error::ApiError;
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -90,6 +92,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/metrics", get(metrics));
     let api = openai::routes(api)
+        // Multipart uploads are read by axum's extractor, which applies this limit.
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));

@@ -7,7 +7,7 @@ use crate::error::{ApiError, openai_stream_error_event};
 use crate::run::{self, Call, Form};
 use crate::sse::{self, StreamFormat};
 use crate::wire::{self, text_generation};
-use crate::{AppState, RequestId, aborted, rerank};
+use crate::{AppState, RequestId, aborted, audio, rerank};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -41,6 +41,14 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
             .route(&format!("{prefix}/completions"), post(completions))
             .route(&format!("{prefix}/embeddings"), post(embeddings))
             .route(&format!("{prefix}/rerank"), post(rerank::rerank))
+            .route(
+                &format!("{prefix}/audio/transcriptions"),
+                post(audio::transcriptions),
+            )
+            .route(
+                &format!("{prefix}/audio/translations"),
+                post(audio::translations),
+            )
             .route(&format!("{prefix}/models"), get(models))
     })
 }

@@ -5,7 +5,8 @@
 //! the helpers that read bodies and answer streams serve the OpenAI routes too.
 
 use crate::error::ApiError;
-use crate::{AppState, RequestId, aborted, catalog, openai, sse, wire};
+use crate::wire::{self, binary, binary::BinaryBody};
+use crate::{AppState, RequestId, aborted, catalog, openai, sse};
 use axum::Extension;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
@@ -197,11 +198,17 @@ pub async fn rest_run(
     }
     let mut call = Call::new(state, id, Form::Rest, caller);
     call.model = model;
-    match read_json(body, call.state.config.max_body_bytes).await {
-        Ok(input) => {
+    // Raw audio or image bytes are the model's one binary input, with no other inputs.
+    let read = match read_body(&headers, body, call.state.config.max_body_bytes).await {
+        Ok(RunBody::Json(input)) => Ok((input, None)),
+        Ok(RunBody::Binary(body)) => Ok((json!({}), Some(body))),
+        Err(error) => Err(error),
+    };
+    match read {
+        Ok((input, body)) => {
             let mut options = run_options(&call.state, &headers, input.get("options"));
             options.reject_if_busy |= query_flag(query.as_deref(), "rejectIfBusy");
-            execute(call, input, options).await
+            execute(call, input, body, options).await
         }
         Err(error) => call.fail(error).await,
     }
@@ -258,10 +265,11 @@ pub async fn binding_run(
     State(state): State<AppState>,
     Extension(RequestId(id)): Extension<RequestId>,
     Extension(caller): Extension<Caller>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    binding(state, id, caller, &headers, body).await
+    binding(state, id, caller, &headers, query.as_deref(), body).await
 }
 
 async fn binding(
@@ -269,6 +277,7 @@ async fn binding(
     id: String,
     caller: Caller,
     headers: &HeaderMap,
+    query: Option<&str>,
     body: Body,
 ) -> Response {
     let mut call = Call::new(state, id, Form::Binding, caller);
@@ -277,19 +286,56 @@ async fn binding(
         return call.fail(error).await;
     };
     call.model = model;
-    let envelope = match read_json(body, call.state.config.max_body_bytes).await {
-        Ok(envelope) => envelope,
-        Err(error) => return call.fail(error).await,
+    let read = match read_body(headers, body, call.state.config.max_body_bytes).await {
+        Ok(RunBody::Json(envelope)) => binding_envelope(envelope).map(|(inputs, options)| {
+            let options = run_options(&call.state, headers, options.as_ref());
+            (inputs, None, options)
+        }),
+        Ok(RunBody::Binary(body)) => binding_stream_inputs(query).map(|(inputs, options)| {
+            let options = run_options(&call.state, headers, Some(&options));
+            (inputs, Some(body), options)
+        }),
+        Err(error) => Err(error),
     };
-    let options = run_options(&call.state, headers, envelope.get("options"));
-    let Some(inputs) = envelope.get("inputs").cloned() else {
-        let error = ApiError::Infer(InferError::invalid(
+    match read {
+        Ok((inputs, body, options)) => execute(call, inputs, body, options).await,
+        Err(error) => call.fail(error).await,
+    }
+}
+
+/// The `{inputs, options}` of a binding request with a JSON body.
+fn binding_envelope(mut envelope: Value) -> Result<(Value, Option<Value>), ApiError> {
+    let options = envelope.get_mut("options").map(Value::take);
+    match envelope.get_mut("inputs") {
+        Some(inputs) => Ok((inputs.take(), options)),
+        None => Err(ApiError::Infer(InferError::invalid(
             "/",
             "the binding body must be {\"inputs\": ..., \"options\": ...}",
-        ));
-        return call.fail(error).await;
-    };
-    execute(call, inputs, options).await
+        ))),
+    }
+}
+
+/// The inputs and options of a binding request whose one stream input is the body: the other
+/// inputs are JSON in the `userInputs` query parameter, each run option a parameter of its own.
+fn binding_stream_inputs(query: Option<&str>) -> Result<(Value, Value), ApiError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or_default())
+        .map_err(|e| ApiError::Infer(InferError::invalid("userInputs", e.to_string())))?;
+    let mut inputs = json!({});
+    let mut options = serde_json::Map::new();
+    for (key, value) in pairs {
+        match key.as_str() {
+            "userInputs" => {
+                inputs = serde_json::from_str(&value).map_err(|e| {
+                    ApiError::Infer(InferError::invalid("userInputs", format!("not JSON: {e}")))
+                })?;
+            }
+            "version" => {}
+            _ => {
+                options.insert(key, Value::String(value));
+            }
+        }
+    }
+    Ok((inputs, Value::Object(options)))
 }
 
 /// The model a binding request names: `cf-consn-model-id`, minus an `options.prefix` (`<prefix>:@cf/...`).
@@ -319,7 +365,7 @@ async fn proxy(
             .binding_response();
     };
     match url.path() {
-        "/run" | "/ai-gateway/run" => binding(state, id, caller, &headers, body).await,
+        "/run" | "/ai-gateway/run" => binding(state, id, caller, &headers, url.query(), body).await,
         "/ai-api/models/search" => {
             catalog::binding_search_query(&state, url.query().unwrap_or_default())
         }
@@ -327,17 +373,32 @@ async fn proxy(
     }
 }
 
+/// A run route's body: JSON, or the bytes of a binary input (any content type but JSON's).
+enum RunBody {
+    Json(Value),
+    Binary(BinaryBody),
+}
+
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<RunBody, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok());
+    if binary::is_json(content_type) {
+        return read_json(body, limit).await.map(RunBody::Json);
+    }
+    let bytes = read_bytes(body, limit).await?;
+    if bytes.is_empty() {
+        return Err(ApiError::Incomplete("a body".into()));
+    }
+    Ok(RunBody::Binary(BinaryBody {
+        bytes: bytes.to_vec(),
+        content_type: content_type.unwrap_or_default().to_string(),
+    }))
+}
+
 /// Reads the body (at most `limit` bytes, chunked or not) and parses it as JSON.
 pub(crate) async fn read_json(body: Body, limit: usize) -> Result<Value, ApiError> {
-    let bytes: Bytes = axum::body::to_bytes(body, limit).await.map_err(|error| {
-        let too_large = std::error::Error::source(&error)
-            .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
-        if too_large {
-            ApiError::Infer(InferError::TooLarge)
-        } else {
-            ApiError::Incomplete(format!("body could not be read: {error}"))
-        }
-    })?;
+    let bytes = read_bytes(body, limit).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::Incomplete("a JSON body".into()));
     }
@@ -349,25 +410,45 @@ pub(crate) async fn read_json(body: Body, limit: usize) -> Result<Value, ApiErro
     })
 }
 
+/// Reads the body: at most `limit` bytes, chunked or not.
+async fn read_bytes(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|error| {
+        let too_large = std::error::Error::source(&error)
+            .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            ApiError::Infer(InferError::TooLarge)
+        } else {
+            ApiError::Incomplete(format!("body could not be read: {error}"))
+        }
+    })
+}
+
 /// Reads `input` for the model, admits the run, runs it and writes the result, stream or error in
 /// the route's form.
-async fn execute(mut call: Call, input: Value, options: RunOptions) -> Response {
+async fn execute(
+    mut call: Call,
+    input: Value,
+    body: Option<BinaryBody>,
+    options: RunOptions,
+) -> Response {
     let state = call.state.clone();
-    let parsed = state.ember.resolve(&call.model).and_then(|spec| {
-        let input = wire::parse(state.ember.serving(spec)?, &input)?;
-        Ok((spec, input))
+    let input_bytes = input.to_string().len() + body.as_ref().map_or(0, |b| b.bytes.len());
+    let parsed = state.ember.target(&call.model).and_then(|target| {
+        let input = wire::parse(target, &input, body)?;
+        Ok((target, input))
     });
-    let (spec, task_input) = match parsed {
+    let (target, task_input) = match parsed {
         Ok(parsed) => parsed,
         Err(error) => return call.fail(error.into()).await,
     };
+    let spec = target.requested;
     call.served_by = Some(spec.id.clone());
-    let estimate = tasks::estimate_usage(spec, &task_input, input.to_string().len());
+    let estimate = tasks::estimate_usage(spec, &task_input, input_bytes);
     if let Err(error) = call.admit(spec, &estimate).await {
         return call.fail(error).await;
     }
     let run = tokio::select! {
-        run = state.ember.run(spec, task_input, &options) => run,
+        run = state.ember.run(target, task_input, &options) => run,
         _ = aborted(state.abort.clone()) => Err(InferError::Aborted),
     };
     let run = match run {
@@ -399,10 +480,9 @@ async fn execute(mut call: Call, input: Value, options: RunOptions) -> Response 
     response
 }
 
-/// A route with its own wire shape around one whole-result task (OpenAI's embeddings, `/v1/rerank`):
-/// reads the JSON body, `parse`s it into the model, the task request and what the answer needs
-/// besides the output, admits and runs it, and answers `answer(requested model, output, usage,
-/// extra)`, or the error in the route's form. `answer` gives `None` for another task's output.
+/// A route with its own JSON shape around one whole-result task (OpenAI's embeddings,
+/// `/v1/rerank`): reads the JSON body, `parse`s it into the model, the task request and what the
+/// answer needs besides the output, and runs it with `run_task_route`.
 pub(crate) async fn task_route<E>(
     mut call: Call,
     headers: &HeaderMap,
@@ -419,27 +499,51 @@ pub(crate) async fn task_route<E>(
         Ok(parsed) => parsed,
         Err(error) => return call.fail(error).await,
     };
+    let options = run_options(&call.state, headers, body.get("options"));
+    let input_bytes = body.to_string().len();
+    run_task_route(
+        call,
+        &spec,
+        request,
+        input_bytes,
+        options,
+        |model, output, usage| {
+            answer(model, output, usage, extra).map(|result| axum::Json(result).into_response())
+        },
+    )
+    .await
+}
+
+/// Admits and runs a parsed request of a route with its own wire shape, and answers
+/// `answer(requested model, output, usage)`, or the error in the route's form. `answer` gives
+/// `None` for another task's output.
+pub(crate) async fn run_task_route(
+    mut call: Call,
+    spec: &ModelSpec,
+    request: TaskRequest,
+    input_bytes: usize,
+    options: RunOptions,
+    answer: impl FnOnce(&str, TaskOutput, Usage) -> Option<Response>,
+) -> Response {
     call.served_by = Some(spec.id.clone());
-    let estimate = tasks::estimate_task(&spec, &request, body.to_string().len());
-    if let Err(error) = call.admit(&spec, &estimate).await {
+    let estimate = tasks::estimate_task(spec, &request, input_bytes);
+    if let Err(error) = call.admit(spec, &estimate).await {
         return call.fail(error).await;
     }
-    let options = run_options(&call.state, headers, body.get("options"));
     let state = call.state.clone();
     let run = tokio::select! {
-        run = state.ember.run_task(&spec, request, &options) => run,
+        run = state.ember.run_task(spec, request, &options) => run,
         _ = aborted(state.abort.clone()) => Err(InferError::Aborted),
     };
     let run = match run {
         Ok(run) => run,
         Err(error) => return call.fail(error.into()).await,
     };
-    let Some(result) = answer(&call.model, run.output, run.usage, extra) else {
+    let Some(mut response) = answer(&call.model, run.output, run.usage) else {
         let error = InferError::Internal(format!("{} answered another task's output", spec.id));
         return call.fail(error.into()).await;
     };
     call.finish(Some(&run.served_by), 200, Ok(run.usage)).await;
-    let mut response = axum::Json(result).into_response();
     served_by_header(&mut response, &run.served_by);
     response
 }

@@ -294,9 +294,9 @@ async fn run_once(
     model: &str,
     input: &serde_json::Value,
 ) -> anyhow::Result<()> {
-    let spec = ember.resolve(model)?;
-    let input = ember_http::wire::parse(ember.serving(spec)?, input)?;
-    let run = ember.run(spec, input, &RunOptions::default()).await?;
+    let target = ember.target(model)?;
+    let input = wire::parse(target, input, None)?;
+    let run = ember.run(target, input, &RunOptions::default()).await?;
     if run.served_by != model {
         eprintln!("(served by {})", run.served_by);
     }

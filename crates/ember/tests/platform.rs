@@ -177,7 +177,9 @@ async fn bad_input_is_a_400_naming_the_field() {
 #[tokio::test(flavor = "multi_thread")]
 async fn garbage_bodies_are_refused_without_harm() {
     let app = fake_app();
-    for model in FAKE_MODELS {
+    // Bytes are audio to a speech model: its decoder refuses garbage (tests/speech.rs).
+    let json_models = FAKE_MODELS.iter().filter(|m| !m.contains("whisper"));
+    for model in json_models {
         for body in [
             Body::from(vec![0xff, 0x00, 0xfe, 0x89, 0x50, 0x4e, 0x47]),
             Body::from("{\"text\": "),
@@ -321,4 +323,243 @@ async fn the_catalog_lists_and_describes_the_text_tasks() {
     .await
     .json();
     assert!(translation["result"]["input"]["oneOf"].is_array());
+}
+
+const WHISPER: &str = "@cf/openai/whisper-tiny-en";
+const WHISPER_TURBO: &str = "@cf/openai/whisper-large-v3-turbo";
+
+/// A POST of raw bytes with their content type.
+fn binary_post(path: &str, content_type: &str, bytes: &[u8]) -> Request<Body> {
+    Request::post(path)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Body::from(bytes.to_vec()))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn binary_inputs_arrive_in_every_form_on_rest_and_the_binding() {
+    use base64::Engine as _;
+    let app = fake_app();
+    // The fake recognizer hears the audio bytes as text.
+    let audio = b"hello binary world";
+    let expected_words = json!([
+        {"word": "hello", "start": 0.0, "end": 1.0},
+        {"word": "binary", "start": 1.0, "end": 2.0},
+        {"word": "world", "start": 2.0, "end": 3.0},
+    ]);
+    let base64 = base64::engine::general_purpose::STANDARD.encode(audio);
+    let rest_bodies = [
+        binary_post(&format!("{RUN}{WHISPER}"), "audio/wav", audio),
+        binary_post(
+            &format!("{RUN}{WHISPER}"),
+            "application/octet-stream",
+            audio,
+        ),
+        post(
+            &format!("{RUN}{WHISPER}"),
+            json!({ "audio": audio.to_vec() }).to_string(),
+        ),
+        post(
+            &format!("{RUN}{WHISPER}"),
+            json!({ "audio": base64 }).to_string(),
+        ),
+    ];
+    for request in rest_bodies {
+        let reply = send(&app, request).await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        assert_eq!(reply.header("x-ember-model"), WHISPER);
+        let result = &reply.json()["result"];
+        assert_eq!(result["text"], "hello binary world");
+        assert_eq!(result["word_count"], 3);
+        assert_eq!(result["words"], expected_words);
+        assert_eq!(
+            result["vtt"],
+            "WEBVTT\n\n00:00:00.000 --> 00:00:03.000\nhello binary world\n\n"
+        );
+    }
+    // The binding sends a ReadableStream input as the body, the other inputs in `userInputs`.
+    let stream = Request::post("/run?version=3&userInputs=%7B%22language%22%3A%22de%22%7D")
+        .header(header::CONTENT_TYPE, "audio/mpeg")
+        .header("cf-consn-model-id", WHISPER_TURBO)
+        .body(Body::from(audio.to_vec()))
+        .unwrap();
+    let reply = send(&app, stream).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let result = reply.json();
+    assert_eq!(result["transcription_info"]["language"], "de");
+    assert_eq!(result["segments"][0]["text"], "hello binary world");
+    assert_eq!(result["segments"][0]["words"], expected_words);
+    // ... and a JSON input as {inputs}, here the turbo shape's {body, contentType}.
+    let wrapped =
+        json!({"audio": {"body": base64, "contentType": "audio/wav"}, "task": "transcribe"});
+    let reply = send(&app, binding_request("/run", WHISPER_TURBO, wrapped)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.json()["text"], "hello binary world");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_binary_inputs_are_refused_naming_the_field() {
+    let app = fake_app();
+    for (input, code, field) in [
+        (json!({}), 5006, "/"),
+        (json!({"audio": []}), 5006, "/audio"),
+        (json!({"audio": [1, 300]}), 5006, "/audio/1"),
+        (json!({"audio": "%%% not base64"}), 5004, "/audio"),
+        (json!({"audio": [1], "task": "sing"}), 5006, "/task"),
+        (json!({"audio": [1], "language": 7}), 5006, "/language"),
+        (json!({"audio": [1], "beam_size": 99}), 5006, "/beam_size"),
+    ] {
+        let reply = rest(&app, WHISPER, input.clone()).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{input}");
+        let error = &reply.json()["errors"][0];
+        assert_eq!(error["code"], code, "{input}: {error}");
+        assert!(
+            error["message"].as_str().unwrap().contains(field),
+            "{input}: {error}"
+        );
+    }
+    // Raw bytes for a model that takes JSON, and an empty binary body.
+    let reply = send(
+        &app,
+        binary_post(&format!("{RUN}{CLASSIFIER}"), "image/png", b"\x89PNG"),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&reply.body).contains("takes a JSON body"));
+    let reply = send(
+        &app,
+        binary_post(&format!("{RUN}{WHISPER}"), "audio/wav", b""),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    // Bad `userInputs` on the binding's stream form.
+    let stream = Request::post("/run?version=3&userInputs=%7Bnot-json")
+        .header(header::CONTENT_TYPE, "audio/wav")
+        .header("cf-consn-model-id", WHISPER)
+        .body(Body::from(b"abc".to_vec()))
+        .unwrap();
+    let reply = send(&app, stream).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(reply.json()["internalCode"], 5006);
+}
+
+/// A multipart/form-data upload as OpenAI's clients send it: text fields, then the file.
+fn upload(path: &str, fields: &[(&str, &str)], file: Option<&[u8]>) -> Request<Body> {
+    let boundary = "ember-test-boundary";
+    let mut body = Vec::new();
+    for (name, value) in fields {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+            )
+            .as_bytes(),
+        );
+    }
+    if let Some(file) = file {
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"speech.wav\"\r\nContent-Type: audio/wav\r\n\r\n")
+                .as_bytes(),
+        );
+        body.extend_from_slice(file);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    Request::post(path)
+        .header(
+            header::CONTENT_TYPE,
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(Body::from(body))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn openai_audio_uploads_answer_in_each_response_format() {
+    let app = fake_app();
+    let audio: &[u8] = b"hello upload";
+    let path = "/v1/audio/transcriptions";
+    let model = ("model", WHISPER);
+    let reply = send(&app, upload(path, &[model], Some(audio))).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.header("x-ember-model"), WHISPER);
+    assert_eq!(
+        reply.json(),
+        json!({"text": "hello upload", "usage": {"type": "duration", "seconds": 2}})
+    );
+    let reply = send(
+        &app,
+        upload(path, &[model, ("response_format", "text")], Some(audio)),
+    )
+    .await;
+    assert_eq!(reply.header("content-type"), "text/plain; charset=utf-8");
+    assert_eq!(&reply.body[..], b"hello upload\n");
+    let reply = send(
+        &app,
+        upload(path, &[model, ("response_format", "srt")], Some(audio)),
+    )
+    .await;
+    assert_eq!(
+        String::from_utf8_lossy(&reply.body),
+        "1\n00:00:00,000 --> 00:00:02,000\nhello upload\n\n"
+    );
+    let fields = [
+        model,
+        ("response_format", "verbose_json"),
+        ("timestamp_granularities[]", "word"),
+        ("timestamp_granularities[]", "segment"),
+        ("language", "de"),
+    ];
+    let reply = send(&app, upload(path, &fields, Some(audio))).await;
+    let verbose = reply.json();
+    assert_eq!(verbose["task"], "transcribe");
+    assert_eq!(verbose["language"], "german");
+    assert_eq!(
+        verbose["words"][1],
+        json!({"word": "upload", "start": 1.0, "end": 2.0})
+    );
+    assert_eq!(verbose["segments"][0]["end"], 2.0);
+    let reply = send(
+        &app,
+        upload(
+            "/v1/audio/translations",
+            &[model, ("response_format", "verbose_json")],
+            Some(audio),
+        ),
+    )
+    .await;
+    assert_eq!(reply.json()["task"], "translate");
+    // Errors in OpenAI's shape, naming the parameter.
+    for (fields, file, param) in [
+        (vec![model], None, "file"),
+        (vec![], Some(audio), "model"),
+        (
+            vec![model, ("response_format", "xml")],
+            Some(audio),
+            "response_format",
+        ),
+        (
+            vec![model, ("timestamp_granularities[]", "letter")],
+            Some(audio),
+            "timestamp_granularities",
+        ),
+        (
+            vec![model, ("temperature", "0.7")],
+            Some(audio),
+            "temperature",
+        ),
+        (vec![("model", CLASSIFIER)], Some(audio), "model"),
+    ] {
+        let reply = send(&app, upload(path, &fields, file)).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{param}: {:?}",
+            reply.body
+        );
+        assert_eq!(reply.json()["error"]["param"], param);
+    }
+    // Not multipart at all.
+    let reply = send(&app, post(path, json!({"model": WHISPER}).to_string())).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert!(reply.json()["error"]["message"].is_string());
 }

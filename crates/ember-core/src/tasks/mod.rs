@@ -6,6 +6,7 @@
 pub mod classification;
 pub mod embeddings;
 pub mod reranking;
+pub mod speech_recognition;
 pub mod summarization;
 pub mod text_generation;
 pub mod translation;
@@ -17,6 +18,7 @@ use crate::catalog::{ModelSpec, Price};
 use classification::{ClassificationOutput, ClassificationRequest};
 use reranking::{RerankOutput, RerankRequest};
 use serde::{Deserialize, Serialize};
+use speech_recognition::{SpeechRecognitionOutput, SpeechRecognitionRequest};
 use summarization::{SummarizationOutput, SummarizationRequest};
 use translation::{TranslationOutput, TranslationRequest};
 
@@ -31,6 +33,7 @@ pub enum Task {
     Reranking,
     Translation,
     Summarization,
+    SpeechRecognition,
 }
 
 impl Task {
@@ -42,6 +45,7 @@ impl Task {
             Task::TextClassification | Task::Reranking => "Text Classification",
             Task::Translation => "Translation",
             Task::Summarization => "Summarization",
+            Task::SpeechRecognition => "Automatic Speech Recognition",
         }
     }
 
@@ -53,6 +57,7 @@ impl Task {
             Task::TextClassification | Task::Reranking => "19606750-23ed-4371-aab2-c20349b53a60",
             Task::Translation => "f57d07cb-9087-487a-bbbf-bc3e17fecc4b",
             Task::Summarization => "6f4e65d8-da0f-40d2-9aa4-db582a5a04fd",
+            Task::SpeechRecognition => "dfce1c48-2a81-462e-a7fd-de97ce985207",
         }
     }
 
@@ -64,6 +69,7 @@ impl Task {
             Task::TextClassification | Task::Reranking => 2000,
             Task::Translation => 720,
             Task::Summarization => 1500,
+            Task::SpeechRecognition => 720,
         }
     }
 
@@ -89,6 +95,9 @@ impl Task {
             Task::Translation => {
                 "Translation models convert a sequence of text from one language to another."
             }
+            Task::SpeechRecognition => {
+                "Automatic speech recognition (ASR) models convert a speech signal, typically an audio input, to text."
+            }
             Task::Summarization => {
                 "Summarization is the task of producing a shorter version of a document while preserving its important information. Some models can extract text from the original input, while other models can generate entirely new text."
             }
@@ -108,6 +117,7 @@ pub enum TaskRequest {
     Reranking(RerankRequest),
     Translation(TranslationRequest),
     Summarization(SummarizationRequest),
+    SpeechRecognition(SpeechRecognitionRequest),
 }
 
 impl TaskRequest {
@@ -118,6 +128,7 @@ impl TaskRequest {
             TaskRequest::Reranking(_) => Task::Reranking,
             TaskRequest::Translation(_) => Task::Translation,
             TaskRequest::Summarization(_) => Task::Summarization,
+            TaskRequest::SpeechRecognition(_) => Task::SpeechRecognition,
         }
     }
 }
@@ -130,6 +141,7 @@ pub enum TaskOutput {
     Reranking(RerankOutput),
     Translation(TranslationOutput),
     Summarization(SummarizationOutput),
+    SpeechRecognition(SpeechRecognitionOutput),
 }
 
 impl TaskOutput {
@@ -141,6 +153,7 @@ impl TaskOutput {
             TaskOutput::Reranking(output) => Usage::new(output.input_tokens, 0),
             TaskOutput::Translation(output) => output.usage,
             TaskOutput::Summarization(output) => output.usage,
+            TaskOutput::SpeechRecognition(output) => Usage::of_audio(output.duration),
         }
     }
 }
@@ -158,6 +171,9 @@ pub struct Usage {
     pub completion_tokens: u32,
     pub total_tokens: u32,
     pub prompt_tokens_details: PromptTokensDetails,
+    /// Seconds of audio the request processed (speech recognition is priced by the minute).
+    #[serde(skip)]
+    pub audio_seconds: f64,
     /// What the request costs at the model's published price (fractional, like Workers AI's).
     pub neurons: f64,
 }
@@ -175,13 +191,26 @@ impl Usage {
             completion_tokens,
             total_tokens: prompt_tokens + completion_tokens,
             prompt_tokens_details: PromptTokensDetails::default(),
+            audio_seconds: 0.0,
             neurons: 0.0,
+        }
+    }
+
+    /// The usage of a request that processed `seconds` of audio.
+    pub fn of_audio(seconds: f64) -> Usage {
+        Usage {
+            audio_seconds: seconds,
+            ..Usage::new(0, 0)
         }
     }
 
     /// The usage with its cost at `price`: the one rule by which every request is charged.
     pub fn priced(mut self, price: &Price) -> Usage {
-        self.neurons = price.neurons(self.prompt_tokens.into(), self.completion_tokens.into());
+        self.neurons = price.neurons(
+            self.prompt_tokens.into(),
+            self.completion_tokens.into(),
+            self.audio_seconds,
+        );
         self
     }
 
@@ -222,6 +251,9 @@ pub fn estimate_task(spec: &ModelSpec, request: &TaskRequest, input_bytes: usize
         ),
         TaskRequest::Embeddings(_) | TaskRequest::Classification(_) | TaskRequest::Reranking(_) => {
             Usage::new(input_bytes, 0)
+        }
+        TaskRequest::SpeechRecognition(request) => {
+            Usage::of_audio(speech_recognition::most_seconds(&request.audio))
         }
     };
     usage.priced(&spec.price)

@@ -1,23 +1,44 @@
-//! Workers AI's JSON for every task, converted once, at the edge: `parse` turns a model input into
-//! core's typed request (every error names the offending field as a JSON pointer) and `result`
-//! turns a typed output into the contract's result object. One module per task; this one
-//! dispatches and holds the field readers they share.
+//! Workers AI's JSON for every task, converted once, at the edge: `parse` turns a model input (and
+//! a binary body, for tasks with a binary input) into core's typed request, every error naming the
+//! offending field as a JSON pointer, and `result` turns a typed output into the contract's result
+//! object. One module per task; this one dispatches and holds the field readers they share.
 
+pub mod binary;
 pub mod classification;
 pub mod embeddings;
 pub mod reranking;
+pub mod speech_recognition;
 pub mod summarization;
 pub mod text_generation;
 pub mod tools;
 pub mod translation;
 
-use ember_core::InferError;
-use ember_core::catalog::{ModelSpec, Task};
+use binary::BinaryBody;
+use ember_core::catalog::Task;
 use ember_core::tasks::{MAX_PROMPT_CHARS, TaskInput, TaskOutput, TaskRequest};
+use ember_core::{InferError, Target};
 use serde_json::{Map, Value};
 
-/// Parses and validates `input` for `spec`'s task.
-pub fn parse(spec: &ModelSpec, input: &Value) -> Result<TaskInput, InferError> {
+/// Parses and validates `input` for `target`'s task: the requested model's contract, the serving
+/// model's abilities. `body` is the request body when it was bytes rather than JSON.
+pub fn parse(
+    target: Target<'_>,
+    input: &Value,
+    body: Option<BinaryBody>,
+) -> Result<TaskInput, InferError> {
+    let spec = target.served;
+    let takes_bytes = spec.task == Task::SpeechRecognition;
+    if let Some(body) = &body
+        && !takes_bytes
+    {
+        return Err(InferError::invalid(
+            "/",
+            format!(
+                "{} takes a JSON body, not {}",
+                target.requested.id, body.content_type
+            ),
+        ));
+    }
     let request = match spec.task {
         Task::TextGeneration => {
             return Ok(TaskInput::TextGeneration(text_generation::parse(
@@ -29,6 +50,9 @@ pub fn parse(spec: &ModelSpec, input: &Value) -> Result<TaskInput, InferError> {
         Task::Reranking => TaskRequest::Reranking(reranking::parse(input)?),
         Task::Translation => TaskRequest::Translation(translation::parse(input, spec)?),
         Task::Summarization => TaskRequest::Summarization(summarization::parse(input)?),
+        Task::SpeechRecognition => {
+            TaskRequest::SpeechRecognition(speech_recognition::parse(target, input, body)?)
+        }
     };
     Ok(TaskInput::Task(request))
 }
@@ -41,6 +65,7 @@ pub fn result(output: &TaskOutput) -> Value {
         TaskOutput::Reranking(output) => reranking::result(output),
         TaskOutput::Translation(output) => translation::result(output),
         TaskOutput::Summarization(output) => summarization::result(output),
+        TaskOutput::SpeechRecognition(output) => speech_recognition::result(output),
     }
 }
 

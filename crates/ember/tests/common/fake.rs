@@ -8,6 +8,9 @@ use ember_core::installed::{self, InstallManifest, InstalledFile};
 use ember_core::runner::{LoadedModel, ModelWorker, Runner};
 use ember_core::tasks::classification::{ClassificationOutput, LabelScore};
 use ember_core::tasks::reranking::RerankOutput;
+use ember_core::tasks::speech_recognition::{
+    SpeechRecognitionOutput, TimedWord, TranscriptSegment,
+};
 use ember_core::tasks::summarization::SummarizationOutput;
 use ember_core::tasks::translation::TranslationOutput;
 use ember_core::tasks::{EmbeddingsOutput, TaskOutput, TaskRequest, Usage};
@@ -20,12 +23,14 @@ use std::sync::Arc;
 pub const PANIC: &str = "PANIC";
 
 /// Models the kit installs: one per task that runs on a worker thread.
-pub const FAKE_MODELS: [&str; 5] = [
+pub const FAKE_MODELS: [&str; 7] = [
     "@hf/sentence-transformers/all-minilm-l6-v2",
     "@cf/huggingface/distilbert-sst-2-int8",
     "@cf/baai/bge-reranker-base",
     "@cf/meta/m2m100-1.2b",
     "@cf/facebook/bart-large-cnn",
+    "@cf/openai/whisper-tiny-en",
+    "@cf/openai/whisper-large-v3-turbo",
 ];
 
 /// An `Ember` whose `FAKE_MODELS` are installed (empty files) and served by fake runners; its
@@ -85,7 +90,7 @@ fn install(home: &std::path::Path, spec: &ModelSpec) {
 
 /// Deterministic answers: a text's length is its token count; classification is POSITIVE for
 /// "good"; reranking scores by shared words; translation tags the text; summarization keeps the
-/// first sentence.
+/// first sentence; speech recognition "hears" the audio bytes as UTF-8 text, a word a second.
 struct FakeRunner;
 
 fn tokens(text: &str) -> u32 {
@@ -168,6 +173,37 @@ impl Runner for FakeRunner {
                 TaskOutput::Summarization(SummarizationOutput {
                     summary: summary.to_string(),
                     usage: Usage::new(tokens(&request.input_text), tokens(summary)),
+                })
+            }
+            TaskRequest::SpeechRecognition(request) => {
+                let text = String::from_utf8_lossy(&request.audio).to_string();
+                check(&text);
+                let words: Vec<TimedWord> = text
+                    .split_whitespace()
+                    .enumerate()
+                    .map(|(i, word)| TimedWord {
+                        word: format!(" {word}"),
+                        start: i as f64,
+                        end: i as f64 + 1.0,
+                    })
+                    .collect();
+                let duration = words.len() as f64;
+                TaskOutput::SpeechRecognition(SpeechRecognitionOutput {
+                    language: request.settings.language.unwrap_or("en".into()),
+                    language_probability: 1.0,
+                    duration,
+                    duration_after_vad: duration,
+                    segments: vec![TranscriptSegment {
+                        start: 0.0,
+                        end: duration,
+                        text: format!(" {text}"),
+                        temperature: 0.0,
+                        avg_logprob: -0.1,
+                        compression_ratio: 1.0,
+                        no_speech_prob: 0.0,
+                        words,
+                    }],
+                    detailed: request.detailed,
                 })
             }
         })

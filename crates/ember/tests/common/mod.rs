@@ -112,10 +112,10 @@ pub fn app_with_http(config: HttpConfig) -> App {
 pub async fn wait_until_model_is_free(model: &str) {
     let input = serde_json::json!({"prompt": "x", "raw": true, "max_tokens": 1});
     let ember = ember();
-    let spec = ember.resolve(model).unwrap();
-    let input = ember_http::wire::parse(spec, &input).unwrap();
+    let target = ember.target(model).unwrap();
+    let input = ember_http::wire::parse(target, &input, None).unwrap();
     let run = ember
-        .run(spec, input, &ember_core::RunOptions::default())
+        .run(target, input, &ember_core::RunOptions::default())
         .await
         .unwrap();
     assert!(matches!(run.output, ember_core::RunOutput::Completion(_)));

@@ -44,6 +44,18 @@ app.post("/run", async (c) => {
   return c.json(await c.env.AI.run(model, inputs));
 });
 
+// Speech: the request body is the audio, passed on as an array of byte values, or as a stream,
+// which the binding posts as the raw body with the other inputs in the query string.
+app.post("/transcribe/bytes", async (c) => {
+  const audio = [...new Uint8Array(await c.req.arrayBuffer())];
+  return c.json(await c.env.AI.run("@cf/openai/whisper-tiny-en", { audio }));
+});
+
+app.post("/transcribe/stream", async (c) => {
+  const audio = { body: c.req.raw.body, contentType: "audio/wav" };
+  return c.json(await c.env.AI.run("@cf/openai/whisper-large-v3-turbo", { audio, language: "en" }));
+});
+
 app.get("/models", async (c) => {
   return c.json(await c.env.AI.models({ task: "Text Embeddings" }));
 });

@@ -1,0 +1,468 @@
+//! The Whisper transformer on candle, f32 on the CPU: the audio encoder (two convolutions with
+//! GELU, positions, pre-norm blocks) and the text decoder (learned positions, a key/value cache,
+//! cross-attention to the encoder, output projection tied to the token embeddings) that can hand
+//! back the raw cross-attention scores of chosen heads, which word timestamps are made from.
+//!
+//! Weights are read by CTranslate2 name (see `weights.rs`); q, k and v of a self-attention are one
+//! fused projection, as are k and v of a cross-attention. LayerNorm eps is 1e-5 and GELU the exact
+//! (erf) one, as in OpenAI's model. Attention scales the queries by `head_dim^-1/2` before the
+//! product, which CTranslate2 folds into the matmul.
+
+use super::weights::Weights;
+use anyhow::{Context, ensure};
+use candle_core::{Device, IndexOp, Tensor};
+
+const LAYER_NORM_EPS: f32 = 1e-5;
+
+/// The sizes a model is built with, read from its tensors.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Dims {
+    pub n_mels: usize,
+    pub d_model: usize,
+    pub n_vocab: usize,
+    /// Decoder positions (448).
+    pub n_text_ctx: usize,
+}
+
+/// A projection with its weight stored `[in, out]`: for the decoder's one-row inputs gemm then
+/// takes its column-major matrix-vector path, ~1.5× faster than against `[out, in]` rows
+/// (tiny.en, one decoding step's projections), and the encoder's products are no slower.
+struct Linear {
+    weight_t: Tensor,
+    bias: Tensor,
+}
+
+impl Linear {
+    fn load(w: &Weights, name: &str) -> anyhow::Result<Linear> {
+        Ok(Linear {
+            weight_t: w.get(&format!("{name}/weight"))?.t()?.contiguous()?,
+            bias: w.get(&format!("{name}/bias"))?,
+        })
+    }
+
+    /// `[n, in]` → `[n, out]`.
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        xs.matmul(&self.weight_t)?.broadcast_add(&self.bias)
+    }
+}
+
+/// The token embeddings, which are also the output projection, stored transposed `[d_model,
+/// vocab]` in column blocks, one per thread. The logits of a decoding step (a 51k × d product
+/// for one or a few rows, 80 MB of f32 on tiny) are bound by memory bandwidth, and gemm runs
+/// one-row products on one thread: the blocks run in parallel, ~1.8× faster with 2 threads.
+struct Vocab {
+    blocks: Vec<Tensor>,
+    block_cols: usize,
+    size: usize,
+}
+
+impl Vocab {
+    fn new(embeddings: &Tensor) -> candle_core::Result<Vocab> {
+        let size = embeddings.dim(0)?;
+        let threads = candle_core::utils::get_num_threads().max(1);
+        let block_cols = size.div_ceil(threads);
+        let transposed = embeddings.t()?;
+        let blocks = (0..size)
+            .step_by(block_cols)
+            .map(|start| transposed.narrow(1, start, block_cols.min(size - start))?.contiguous())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Vocab { blocks, block_cols, size })
+    }
+
+    /// The embeddings of `ids`: `[n, d_model]`.
+    fn embed(&self, ids: &[u32]) -> candle_core::Result<Tensor> {
+        let columns = ids
+            .iter()
+            .map(|&id| {
+                let (block, col) = (id as usize / self.block_cols, id as usize % self.block_cols);
+                self.blocks[block].narrow(1, col, 1)
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Tensor::cat(&columns, 1)?.t()?.contiguous()
+    }
+
+    /// Logits of `hidden` (`[n, d_model]`) as `n` rows over the vocabulary.
+    fn logits(&self, hidden: &Tensor) -> candle_core::Result<Vec<Vec<f32>>> {
+        use rayon::prelude::*;
+        let parts = self
+            .blocks
+            .par_iter()
+            .map(|block| hidden.matmul(block)?.to_vec2::<f32>())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let mut rows = vec![Vec::with_capacity(self.size); hidden.dim(0)?];
+        for part in parts {
+            for (row, values) in rows.iter_mut().zip(part) {
+                row.extend(values);
+            }
+        }
+        Ok(rows)
+    }
+}
+
+struct LayerNorm {
+    gamma: Tensor,
+    beta: Tensor,
+}
+
+impl LayerNorm {
+    fn load(w: &Weights, name: &str) -> anyhow::Result<LayerNorm> {
+        Ok(LayerNorm {
+            gamma: w.get(&format!("{name}/gamma"))?,
+            beta: w.get(&format!("{name}/beta"))?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        candle_nn::ops::layer_norm(xs, &self.gamma, &self.beta, LAYER_NORM_EPS)
+    }
+}
+
+struct FeedForward {
+    norm: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl FeedForward {
+    fn load(w: &Weights, name: &str) -> anyhow::Result<FeedForward> {
+        Ok(FeedForward {
+            norm: LayerNorm::load(w, &format!("{name}/layer_norm"))?,
+            fc1: Linear::load(w, &format!("{name}/linear_0"))?,
+            fc2: Linear::load(w, &format!("{name}/linear_1"))?,
+        })
+    }
+
+    /// `xs + fc2(gelu(fc1(norm(xs))))`.
+    fn residual(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let h = self.fc1.forward(&self.norm.forward(xs)?)?.gelu_erf()?;
+        xs + self.fc2.forward(&h)?
+    }
+}
+
+/// Softmax attention of `q` (`[.., t, head_dim]`, already scaled) over `k`, `v` (`[.., s, head_dim]`),
+/// with an additive mask broadcast over the leading dimensions.
+fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+) -> candle_core::Result<Tensor> {
+    let mut scores = q.matmul(&k.t()?)?;
+    if let Some(mask) = mask {
+        scores = scores.broadcast_add(mask)?;
+    }
+    candle_nn::ops::softmax_last_dim(&scores)?.matmul(v)
+}
+
+struct EncoderLayer {
+    norm: LayerNorm,
+    qkv: Linear,
+    out: Linear,
+    ffn: FeedForward,
+}
+
+/// The audio encoder.
+struct Encoder {
+    conv1: (Tensor, Tensor),
+    conv2: (Tensor, Tensor),
+    positions: Tensor,
+    layers: Vec<EncoderLayer>,
+    norm: LayerNorm,
+    heads: usize,
+}
+
+impl Encoder {
+    /// `[1, n_mels, 2 · n_audio_ctx]` → `[n_audio_ctx, d_model]`.
+    fn forward(&self, mel: &Tensor) -> candle_core::Result<Tensor> {
+        let conv =
+            |xs: &Tensor, (w, b): &(Tensor, Tensor), stride| -> candle_core::Result<Tensor> {
+                xs.conv1d(w, 1, stride, 1, 1)?
+                    .broadcast_add(&b.reshape((1, (), 1))?)?
+                    .gelu_erf()
+            };
+        let xs = conv(&conv(mel, &self.conv1, 1)?, &self.conv2, 2)?;
+        let xs = xs.squeeze(0)?.t()?;
+        let n = xs.dim(0)?;
+        let mut xs = (xs + self.positions.narrow(0, 0, n)?)?;
+        let d = xs.dim(1)?;
+        let head_dim = d / self.heads;
+        let scale = (head_dim as f64).powf(-0.5);
+        for layer in &self.layers {
+            let qkv = layer.qkv.forward(&layer.norm.forward(&xs)?)?;
+            // [n, 3d] → [3, heads, n, head_dim]
+            let qkv = qkv
+                .reshape((n, 3, self.heads, head_dim))?
+                .permute((1, 2, 0, 3))?
+                .contiguous()?;
+            let q = (qkv.i(0)? * scale)?;
+            let context = attend(&q, &qkv.i(1)?, &qkv.i(2)?, None)?;
+            let context = context.transpose(0, 1)?.reshape((n, d))?;
+            xs = (&xs + layer.out.forward(&context)?)?;
+            xs = layer.ffn.residual(&xs)?;
+        }
+        self.norm.forward(&xs)
+    }
+}
+
+struct DecoderLayer {
+    self_norm: LayerNorm,
+    self_qkv: Linear,
+    self_out: Linear,
+    cross_norm: LayerNorm,
+    cross_q: Linear,
+    cross_kv: Linear,
+    cross_out: Linear,
+    ffn: FeedForward,
+}
+
+/// The cross-attention keys and values of one window's encoder output, per decoder layer: keys
+/// transposed `[heads, head_dim, n_audio_ctx]` (so a decoding step's scores are column-major
+/// matrix-vector products), values `[heads, n_audio_ctx, head_dim]`. Computed once per window
+/// and shared by every beam.
+pub(crate) struct CrossKv {
+    layers: Vec<(Tensor, Tensor)>,
+}
+
+/// The self-attention cache of a batch of sequences of equal length: per layer, keys and values
+/// `[batch, heads, len, head_dim]`. Cloning shares the tensors (decoding never writes into them).
+#[derive(Clone)]
+pub(crate) struct SelfKv {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    len: usize,
+}
+
+impl SelfKv {
+    /// Keeps the sequences `rows` (indices into the batch, repeats allowed), in that order.
+    pub(crate) fn select(&mut self, rows: &[u32]) -> candle_core::Result<()> {
+        let index = Tensor::new(rows, &Device::Cpu)?;
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.index_select(&index, 0)?;
+            *v = v.index_select(&index, 0)?;
+        }
+        Ok(())
+    }
+}
+
+/// The text decoder.
+struct Decoder {
+    vocab: Vocab,
+    positions: Tensor,
+    layers: Vec<DecoderLayer>,
+    norm: LayerNorm,
+    heads: usize,
+}
+
+/// Whisper: encoder, decoder and its sizes.
+pub(crate) struct Model {
+    pub dims: Dims,
+    encoder: Encoder,
+    decoder: Decoder,
+}
+
+impl Model {
+    pub(crate) fn new(
+        w: &Weights,
+        encoder_heads: usize,
+        decoder_heads: usize,
+    ) -> anyhow::Result<Model> {
+        let conv = |name: &str| -> anyhow::Result<(Tensor, Tensor)> {
+            Ok((
+                w.get(&format!("{name}/weight"))?,
+                w.get(&format!("{name}/bias"))?,
+            ))
+        };
+        let conv1 = conv("encoder/conv1")?;
+        let (d_model, n_mels, _) = conv1.0.dims3().context("encoder/conv1/weight")?;
+        let encoder_layers = (0..w.count_layers("encoder/layer"))
+            .map(|i| {
+                let name = format!("encoder/layer_{i}");
+                Ok(EncoderLayer {
+                    norm: LayerNorm::load(w, &format!("{name}/self_attention/layer_norm"))?,
+                    qkv: Linear::load(w, &format!("{name}/self_attention/linear_0"))?,
+                    out: Linear::load(w, &format!("{name}/self_attention/linear_1"))?,
+                    ffn: FeedForward::load(w, &format!("{name}/ffn"))?,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let decoder_layers = (0..w.count_layers("decoder/layer"))
+            .map(|i| {
+                let name = format!("decoder/layer_{i}");
+                Ok(DecoderLayer {
+                    self_norm: LayerNorm::load(w, &format!("{name}/self_attention/layer_norm"))?,
+                    self_qkv: Linear::load(w, &format!("{name}/self_attention/linear_0"))?,
+                    self_out: Linear::load(w, &format!("{name}/self_attention/linear_1"))?,
+                    cross_norm: LayerNorm::load(w, &format!("{name}/attention/layer_norm"))?,
+                    cross_q: Linear::load(w, &format!("{name}/attention/linear_0"))?,
+                    cross_kv: Linear::load(w, &format!("{name}/attention/linear_1"))?,
+                    cross_out: Linear::load(w, &format!("{name}/attention/linear_2"))?,
+                    ffn: FeedForward::load(w, &format!("{name}/ffn"))?,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        ensure!(
+            !encoder_layers.is_empty() && !decoder_layers.is_empty(),
+            "the model has no layers"
+        );
+        let encoder_positions = w.get("encoder/position_encodings/encodings")?;
+        let decoder_positions = w.get("decoder/position_encodings/encodings")?;
+        let embeddings = w.get("decoder/embeddings/weight")?;
+        ensure!(
+            d_model % encoder_heads == 0 && d_model % decoder_heads == 0,
+            "{d_model} dimensions do not split into {encoder_heads} / {decoder_heads} heads"
+        );
+        let dims = Dims {
+            n_mels,
+            d_model,
+            n_vocab: embeddings.dim(0)?,
+            n_text_ctx: decoder_positions.dim(0)?,
+        };
+        Ok(Model {
+            dims,
+            encoder: Encoder {
+                conv1,
+                conv2: conv("encoder/conv2")?,
+                positions: encoder_positions,
+                layers: encoder_layers,
+                norm: LayerNorm::load(w, "encoder/layer_norm")?,
+                heads: encoder_heads,
+            },
+            decoder: Decoder {
+                vocab: Vocab::new(&embeddings)?,
+                positions: decoder_positions,
+                layers: decoder_layers,
+                norm: LayerNorm::load(w, "decoder/layer_norm")?,
+                heads: decoder_heads,
+            },
+        })
+    }
+
+    pub(crate) fn decoder_layers(&self) -> usize {
+        self.decoder.layers.len()
+    }
+
+    pub(crate) fn decoder_heads(&self) -> usize {
+        self.decoder.heads
+    }
+
+    /// Encodes one 30 s window (`[1, n_mels, 3000]`) and computes every decoder layer's
+    /// cross-attention keys and values from it.
+    pub(crate) fn encode(&self, mel: &Tensor) -> candle_core::Result<CrossKv> {
+        let audio = self.encoder.forward(mel)?;
+        let (n, d) = audio.dims2()?;
+        let heads = self.decoder.heads;
+        let layers = self
+            .decoder
+            .layers
+            .iter()
+            .map(|layer| {
+                let kv = layer.cross_kv.forward(&audio)?;
+                let kv = kv.reshape((n, 2, heads, d / heads))?.permute((1, 2, 0, 3))?;
+                Ok((kv.i(0)?.t()?.contiguous()?, kv.i(1)?.contiguous()?))
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(CrossKv { layers })
+    }
+
+    /// An empty self-attention cache.
+    pub(crate) fn new_cache(&self) -> SelfKv {
+        SelfKv {
+            layers: vec![None; self.decoder.layers.len()],
+            len: 0,
+        }
+    }
+
+    /// Runs `tokens` (`[batch, t]` row-major) through the decoder after the `cache.len()` tokens
+    /// the cache holds, and appends them to it. Returns the final hidden states `[batch · t,
+    /// d_model]` and, for each `(layer, head)` of `heads`, that head's raw (scaled, pre-softmax)
+    /// cross-attention scores `[batch · t, n_audio_ctx]`.
+    pub(crate) fn decode(
+        &self,
+        tokens: &[u32],
+        batch: usize,
+        cache: &mut SelfKv,
+        cross: &CrossKv,
+        heads: &[(usize, usize)],
+    ) -> candle_core::Result<(Tensor, Vec<Tensor>)> {
+        let dec = &self.decoder;
+        let t = tokens.len() / batch;
+        let past = cache.len;
+        let d = self.dims.d_model;
+        let head_dim = d / dec.heads;
+        let scale = (head_dim as f64).powf(-0.5);
+        let positions = dec.positions.narrow(0, past, t)?;
+        let mut xs = dec
+            .vocab
+            .embed(tokens)?
+            .reshape((batch, t, d))?
+            .broadcast_add(&positions)?
+            .reshape((batch * t, d))?;
+        // Causal within the new tokens; every cached position is visible.
+        let mask = (t > 1)
+            .then(|| {
+                let mask: Vec<f32> = (0..t)
+                    .flat_map(|i| {
+                        (0..past + t)
+                            .map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })
+                    })
+                    .collect();
+                Tensor::from_vec(mask, (t, past + t), &Device::Cpu)
+            })
+            .transpose()?;
+        let mut attention = vec![None; heads.len()];
+        for (l, layer) in dec.layers.iter().enumerate() {
+            // Self-attention: [batch·t, 3d] → [3, batch, heads, t, head_dim].
+            let qkv = layer.self_qkv.forward(&layer.self_norm.forward(&xs)?)?;
+            let qkv = qkv
+                .reshape((batch, t, 3, dec.heads, head_dim))?
+                .permute((2, 0, 3, 1, 4))?
+                .contiguous()?;
+            let (q, k, v) = ((qkv.i(0)? * scale)?, qkv.i(1)?, qkv.i(2)?);
+            let (k, v) = match &cache.layers[l] {
+                Some((past_k, past_v)) => (
+                    Tensor::cat(&[past_k, &k], 2)?,
+                    Tensor::cat(&[past_v, &v], 2)?,
+                ),
+                None => (k, v),
+            };
+            let context = attend(&q, &k, &v, mask.as_ref())?;
+            cache.layers[l] = Some((k, v));
+            let context = context.transpose(1, 2)?.reshape((batch * t, d))?;
+            xs = (&xs + layer.self_out.forward(&context)?)?;
+
+            // Cross-attention: every row of every sequence against the same keys, so the batch
+            // and time rows become one dimension: [heads, batch·t, head_dim].
+            let q = layer.cross_q.forward(&layer.cross_norm.forward(&xs)?)?;
+            let q = (q
+                .reshape((batch * t, dec.heads, head_dim))?
+                .transpose(0, 1)?
+                .contiguous()?
+                * scale)?;
+            let (keys_t, values) = &cross.layers[l];
+            let scores = q.matmul(keys_t)?;
+            for (slot, &(_, h)) in attention
+                .iter_mut()
+                .zip(heads)
+                .filter(|(_, (hl, _))| *hl == l)
+            {
+                *slot = Some(scores.i(h)?);
+            }
+            let context = candle_nn::ops::softmax_last_dim(&scores)?.matmul(values)?;
+            let context = context.transpose(0, 1)?.reshape((batch * t, d))?;
+            xs = (&xs + layer.cross_out.forward(&context)?)?;
+            xs = layer.ffn.residual(&xs)?;
+        }
+        cache.len += t;
+        let attention = attention
+            .into_iter()
+            .map(|a| {
+                a.ok_or_else(|| candle_core::Error::Msg("alignment head layer out of range".into()))
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok((dec.norm.forward(&xs)?, attention))
+    }
+
+    /// Logits over the vocabulary for hidden states `[n, d_model]`: `n` rows of `n_vocab`.
+    pub(crate) fn logits(&self, hidden: &Tensor) -> candle_core::Result<Vec<Vec<f32>>> {
+        self.decoder.vocab.logits(hidden)
+    }
+}

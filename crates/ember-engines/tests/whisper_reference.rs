@@ -1,0 +1,273 @@
+//! The Whisper engine against faster-whisper 1.2.1 on CTranslate2 4.8.5 (float32, CPU), from
+//! `crates/ember-engines/tests/fixtures/whisper/{tiny-en,base}.json` made by
+//! `scripts/reference/whisper.py` on the clips beside them (espeak-ng speech, 4 s and 44 s, the
+//! latter over two windows), greedy and with a beam of 5, temperature 0, word timestamps.
+//!
+//! Needs `cf--openai--whisper-tiny-en` and `cf--openai--whisper` in the model cache
+//! (`$EMBER_HOME/models`, EMBER_HOME defaulting to `~/.cache/ember`); a missing one fails.
+//!
+//! Tolerances: tokens, text, segment count and words exactly; segment and word times within
+//! 0.1 s (word times are DTW path positions of 20 ms: a different cell in a near-tie moves a
+//! boundary by 20-40 ms); avg_logprob within 0.05 and probabilities within 0.05 (both sides
+//! compute in f32 with different summation orders; greedy choices with a margin under ~1e-4 could
+//! flip, and none does on these clips); the language probability within 0.01 (faster-whisper
+//! detects on the features including the frame past the audio, this engine on the first window).
+
+use ember_engines::whisper::{Segment, TranscribeOptions, Transcription, Whisper};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+const TIME_TOLERANCE: f64 = 0.1;
+const LOGPROB_TOLERANCE: f64 = 0.05;
+const PROBABILITY_TOLERANCE: f64 = 0.05;
+const LANGUAGE_PROBABILITY_TOLERANCE: f64 = 0.01;
+
+#[derive(Deserialize)]
+struct Fixture {
+    reference: String,
+    cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    clip: String,
+    beam_size: usize,
+    language: String,
+    language_probability: f64,
+    duration: f64,
+    segments: Vec<RefSegment>,
+}
+
+#[derive(Deserialize)]
+struct RefSegment {
+    start: f64,
+    end: f64,
+    text: String,
+    tokens: Vec<u32>,
+    avg_logprob: f64,
+    no_speech_prob: f64,
+    words: Vec<RefWord>,
+}
+
+#[derive(Deserialize)]
+struct RefWord {
+    word: String,
+    start: f64,
+    end: f64,
+    probability: f64,
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/whisper")
+}
+
+fn model_dir(name: &str) -> PathBuf {
+    let home = std::env::var_os("EMBER_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is not set")).join(".cache/ember")
+        });
+    let dir = home.join("models").join(name);
+    assert!(
+        dir.join("model.bin").is_file() && dir.join("tokenizer.json").is_file(),
+        "the Whisper model is not installed at {} (model.bin, config.json, tokenizer.json; \
+         set EMBER_HOME or install it as scripts/reference/whisper.py describes)",
+        dir.display()
+    );
+    dir
+}
+
+/// The samples of a 16 kHz mono 16-bit PCM WAV, as faster-whisper was given them (/ 32768).
+fn read_wav(path: &Path) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(&bytes[..4], b"RIFF");
+    let mut at = 12;
+    let mut format_ok = false;
+    while at + 8 <= bytes.len() {
+        let id = &bytes[at..at + 4];
+        let len = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
+        let body = &bytes[at + 8..at + 8 + len];
+        if id == b"fmt " {
+            let word = |i: usize| u16::from_le_bytes([body[i], body[i + 1]]);
+            let rate = u32::from_le_bytes(body[4..8].try_into().unwrap());
+            format_ok = word(0) == 1 && word(2) == 1 && rate == 16_000 && word(14) == 16;
+        } else if id == b"data" {
+            assert!(format_ok, "{}: not 16 kHz mono 16-bit PCM", path.display());
+            return body
+                .chunks_exact(2)
+                .map(|b| i16::from_le_bytes([b[0], b[1]]) as f32 / 32768.0)
+                .collect();
+        }
+        at += 8 + len + len % 2;
+    }
+    panic!("{}: no data chunk", path.display());
+}
+
+fn close(what: &str, ours: f64, theirs: f64, tolerance: f64, failures: &mut Vec<String>) {
+    if (ours - theirs).abs() > tolerance {
+        failures.push(format!(
+            "{what}: {ours} vs faster-whisper {theirs} (tolerance {tolerance})"
+        ));
+    }
+}
+
+fn compare(case: &Case, got: &Transcription) -> Vec<String> {
+    let mut failures = Vec::new();
+    let f = &mut failures;
+    if got.language != case.language {
+        f.push(format!(
+            "language {} vs faster-whisper {}",
+            got.language, case.language
+        ));
+    }
+    close(
+        "language probability",
+        got.language_probability,
+        case.language_probability,
+        LANGUAGE_PROBABILITY_TOLERANCE,
+        f,
+    );
+    close("duration", got.duration, case.duration, 1e-9, f);
+    let texts = |s: &[Segment]| s.iter().map(|s| s.text.clone()).collect::<Vec<_>>();
+    if got.segments.len() != case.segments.len() {
+        f.push(format!(
+            "{} segments vs faster-whisper {}:\n  ours {:?}\n  theirs {:?}",
+            got.segments.len(),
+            case.segments.len(),
+            texts(&got.segments),
+            case.segments.iter().map(|s| &s.text).collect::<Vec<_>>()
+        ));
+        return failures;
+    }
+    for (i, (ours, theirs)) in got.segments.iter().zip(&case.segments).enumerate() {
+        if ours.tokens != theirs.tokens {
+            f.push(format!(
+                "segment {i} tokens:\n  ours   {:?}\n  theirs {:?}",
+                ours.tokens, theirs.tokens
+            ));
+        }
+        if ours.text != theirs.text {
+            f.push(format!(
+                "segment {i} text: {:?} vs {:?}",
+                ours.text, theirs.text
+            ));
+        }
+        close(
+            &format!("segment {i} start"),
+            ours.start,
+            theirs.start,
+            TIME_TOLERANCE,
+            f,
+        );
+        close(
+            &format!("segment {i} end"),
+            ours.end,
+            theirs.end,
+            TIME_TOLERANCE,
+            f,
+        );
+        close(
+            &format!("segment {i} avg_logprob"),
+            ours.avg_logprob,
+            theirs.avg_logprob,
+            LOGPROB_TOLERANCE,
+            f,
+        );
+        close(
+            &format!("segment {i} no_speech_prob"),
+            ours.no_speech_prob,
+            theirs.no_speech_prob,
+            PROBABILITY_TOLERANCE,
+            f,
+        );
+        let words = |w: &[String]| w.join("|");
+        let ours_words: Vec<String> = ours.words.iter().map(|w| w.word.clone()).collect();
+        let theirs_words: Vec<String> = theirs.words.iter().map(|w| w.word.clone()).collect();
+        if ours_words != theirs_words {
+            f.push(format!(
+                "segment {i} words: {} vs {}",
+                words(&ours_words),
+                words(&theirs_words)
+            ));
+            continue;
+        }
+        for (w, (a, b)) in ours.words.iter().zip(&theirs.words).enumerate() {
+            close(
+                &format!("segment {i} word {w} {:?} start", a.word),
+                a.start,
+                b.start,
+                TIME_TOLERANCE,
+                f,
+            );
+            close(
+                &format!("segment {i} word {w} {:?} end", a.word),
+                a.end,
+                b.end,
+                TIME_TOLERANCE,
+                f,
+            );
+            close(
+                &format!("segment {i} word {w} {:?} probability", a.word),
+                a.probability,
+                b.probability,
+                PROBABILITY_TOLERANCE,
+                f,
+            );
+        }
+    }
+    // Words never run backwards nor past the audio.
+    let mut last = 0.0;
+    for word in got.segments.iter().flat_map(|s| &s.words) {
+        if word.start < last - 1e-9 || word.end < word.start || word.end > got.duration + 1e-9 {
+            f.push(format!(
+                "word {:?} at {}..{} after {last} (duration {})",
+                word.word, word.start, word.end, got.duration
+            ));
+        }
+        last = word.end;
+    }
+    failures
+}
+
+fn check_model(fixture_file: &str, model: &str) {
+    let path = fixtures().join(fixture_file);
+    let fixture: Fixture = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let whisper = Whisper::load(&model_dir(model)).unwrap();
+    let mut failures = Vec::new();
+    for case in &fixture.cases {
+        let samples = read_wav(&fixtures().join(&case.clip));
+        let options = TranscribeOptions {
+            beam_size: case.beam_size,
+            temperatures: vec![0.0],
+            word_timestamps: true,
+            ..TranscribeOptions::default()
+        };
+        let started = std::time::Instant::now();
+        let got = whisper.transcribe(&samples, &options).unwrap();
+        eprintln!(
+            "{model} {} beam {}: {:.2} s",
+            case.clip,
+            case.beam_size,
+            started.elapsed().as_secs_f64()
+        );
+        for failure in compare(case, &got) {
+            failures.push(format!("{} beam {}: {failure}", case.clip, case.beam_size));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{model} against {}:\n{}",
+        fixture.reference,
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn tiny_en_matches_faster_whisper() {
+    check_model("tiny-en.json", "cf--openai--whisper-tiny-en");
+}
+
+#[test]
+fn base_matches_faster_whisper() {
+    check_model("base.json", "cf--openai--whisper");
+}

@@ -1,0 +1,198 @@
+//! Speech recognition on the real Whisper models through the routes: tiny.en from the raw body,
+//! byte arrays and base64 on REST, base on the binding's stream form under the turbo id it stands
+//! in for, every audio container the decoder reads, and garbage audio refused. Transcripts are compared with
+//! faster-whisper's on the same clip (`scripts/reference/whisper.py`); the engine test
+//! (`ember-engines/tests/whisper_reference.rs`) checks tokens and timings in detail.
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use common::*;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+
+const RUN: &str = "/client/v4/accounts/local/ai/run/";
+const TINY_EN: &str = "@cf/openai/whisper-tiny-en";
+const BASE: &str = "@cf/openai/whisper";
+const TURBO: &str = "@cf/openai/whisper-large-v3-turbo";
+
+fn fixture(path: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../ember-engines/tests/fixtures")
+        .join(path);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// faster-whisper's greedy transcript of `short.wav` on a model (`tiny-en` or `base`), and its
+/// word timings.
+fn reference(model: &str) -> (String, Vec<(String, f64, f64)>) {
+    let reference: Value =
+        serde_json::from_slice(&fixture(&format!("whisper/{model}.json"))).unwrap();
+    let case = reference["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|case| case["clip"] == "short.wav" && case["beam_size"] == 1)
+        .unwrap();
+    let segments = case["segments"].as_array().unwrap();
+    let text: String = segments
+        .iter()
+        .map(|s| s["text"].as_str().unwrap())
+        .collect();
+    let words = segments
+        .iter()
+        .flat_map(|s| s["words"].as_array().unwrap())
+        .map(|w| {
+            let word = w["word"].as_str().unwrap().trim().to_string();
+            (
+                word,
+                w["start"].as_f64().unwrap(),
+                w["end"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    (text.trim().to_string(), words)
+}
+
+fn raw(model: &str, content_type: &str, bytes: Vec<u8>) -> Request<Body> {
+    Request::post(format!("{RUN}{model}"))
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Body::from(bytes))
+        .unwrap()
+}
+
+async fn transcribe(app: &App, request: Request<Body>) -> (Value, String) {
+    let reply = send(app, request).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let served_by = reply.header("x-ember-model").to_string();
+    (reply.json()["result"].clone(), served_by)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tiny_en_transcribes_as_faster_whisper_does_in_every_input_form() {
+    use base64::Engine as _;
+    let app = app();
+    let (text, words) = reference("tiny-en");
+    let wav = fixture("whisper/short.wav");
+    let base64 = base64::engine::general_purpose::STANDARD.encode(&wav);
+    let requests = [
+        raw(TINY_EN, "audio/wav", wav.clone()),
+        post(
+            &format!("{RUN}{TINY_EN}"),
+            json!({ "audio": wav.clone() }).to_string(),
+        ),
+        post(
+            &format!("{RUN}{TINY_EN}"),
+            json!({ "audio": base64 }).to_string(),
+        ),
+    ];
+    for request in requests {
+        let (result, served_by) = transcribe(&app, request).await;
+        assert_eq!(served_by, TINY_EN);
+        assert_eq!(result["text"], text.as_str(), "{result}");
+        assert_eq!(result["word_count"], words.len());
+        let got = result["words"].as_array().unwrap();
+        assert_eq!(got.len(), words.len());
+        // faster-whisper's word timings to within 0.1 s (its DTW on float32 CTranslate2 versus
+        // ours on candle: the same alignment up to rounding of the attention weights).
+        for (got, (word, start, end)) in got.iter().zip(&words) {
+            assert_eq!(got["word"], word.as_str());
+            assert!(
+                (got["start"].as_f64().unwrap() - start).abs() <= 0.1,
+                "{got}"
+            );
+            assert!((got["end"].as_f64().unwrap() - end).abs() <= 0.1, "{got}");
+        }
+        assert!(
+            result["vtt"]
+                .as_str()
+                .unwrap()
+                .starts_with("WEBVTT\n\n00:00:00.000 --> ")
+        );
+    }
+    // The binding's stream form, on the turbo id that base stands in for.
+    let (text, _) = reference("base");
+    let stream = Request::post(
+        "/run?version=3&userInputs=%7B%22language%22%3A%22en%22%2C%22beam_size%22%3A1%7D",
+    )
+    .header(header::CONTENT_TYPE, "audio/wav")
+    .header("cf-consn-model-id", TURBO)
+    .body(Body::from(wav))
+    .unwrap();
+    let reply = send(&app, stream).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.header("x-ember-model"), BASE);
+    let result = reply.json();
+    assert_eq!(result["text"], text.as_str());
+    assert_eq!(result["transcription_info"]["language"], "en");
+    let duration = result["transcription_info"]["duration"].as_f64().unwrap();
+    for segment in result["segments"].as_array().unwrap() {
+        let (start, end) = (
+            segment["start"].as_f64().unwrap(),
+            segment["end"].as_f64().unwrap(),
+        );
+        assert!(
+            0.0 <= start && start <= end && end <= duration + 0.01,
+            "{segment}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_container_decodes_to_the_same_words() {
+    let app = app();
+    let (flac, _) = transcribe(
+        &app,
+        raw(TINY_EN, "audio/flac", fixture("audio/speech.flac")),
+    )
+    .await;
+    let expected = flac["text"].as_str().unwrap().to_lowercase();
+    assert!(expected.split_whitespace().count() >= 3, "{flac}");
+    for (file, content_type) in [
+        ("speech.mp3", "audio/mpeg"),
+        ("speech.ogg", "audio/ogg"),
+        ("speech.opus", "audio/ogg"),
+        ("speech.m4a", "audio/mp4"),
+        ("speech_opus.webm", "audio/webm"),
+        // A wrong content type is only a hint: the bytes decide.
+        ("speech.mp3", "application/octet-stream"),
+    ] {
+        let (result, _) = transcribe(
+            &app,
+            raw(TINY_EN, content_type, fixture(&format!("audio/{file}"))),
+        )
+        .await;
+        assert_eq!(
+            result["text"].as_str().unwrap().to_lowercase(),
+            expected,
+            "{file}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn garbage_audio_is_refused_naming_the_field() {
+    let app = app();
+    let mut truncated = fixture("audio/speech.mp3");
+    truncated.truncate(40);
+    for bytes in [
+        vec![0x13, 0x37, 0x00, 0xff, 0x42],
+        b"RIFF\x00\x00\x00\x00WAVEfmt ".to_vec(),
+        truncated,
+    ] {
+        let reply = send(&app, raw(TINY_EN, "audio/wav", bytes)).await;
+        let message = reply.rest_error(400, 5006);
+        assert!(message.contains("/audio"), "{message}");
+    }
+    // English-only: no translation.
+    let input = json!({"audio": fixture("whisper/short.wav"), "task": "translate"});
+    let reply = send(&app, post(&format!("{RUN}{TINY_EN}"), input.to_string())).await;
+    assert!(reply.rest_error(400, 5006).contains("/task"));
+    // Still serving.
+    transcribe(
+        &app,
+        raw(TINY_EN, "audio/wav", fixture("whisper/short.wav")),
+    )
+    .await;
+}
