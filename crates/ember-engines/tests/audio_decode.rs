@@ -11,69 +11,29 @@ use symphonia::core::io::MediaSourceStream;
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/audio");
 const RATE: u32 = 16_000;
 
-/// A fixture file, how long its audio is (the 2 s master or the 0.3 s PCM excerpt), the MIME type
-/// or extension a client might send with it, and the reference it must match: ffmpeg's decode of
-/// the same audio, or for speech.flac (16 kHz mono already) the file itself, bit for bit.
-struct Case {
-    file: &'static str,
-    seconds: f64,
-    hint: Option<&'static str>,
-    reference: &'static str,
-}
-
-const fn case(
-    file: &'static str,
-    seconds: f64,
-    hint: Option<&'static str>,
-    reference: &'static str,
-) -> Case {
-    Case {
-        file,
-        seconds,
-        hint,
-        reference,
-    }
-}
-
-const CASES: &[Case] = &[
-    case("speech.mp3", 2.0, Some("audio/mpeg"), "speech.mp3.ref.flac"),
-    case("speech.flac", 2.0, None, "speech.flac"),
-    case("speech.ogg", 2.0, Some("ogg"), "speech.ogg.ref.flac"),
-    case("speech.opus", 2.0, None, "speech.opus.ref.flac"),
-    case("speech.m4a", 2.0, Some("audio/mp4"), "speech.m4a.ref.flac"),
-    case(
-        "speech_opus.webm",
-        2.0,
-        Some("audio/webm"),
-        "speech_opus.webm.ref.flac",
-    ),
-    case(
-        "speech_vorbis.webm",
-        2.0,
-        None,
-        "speech_vorbis.webm.ref.flac",
-    ),
+/// Each fixture: its file, how long its audio is (the 2 s master or the 0.3 s PCM excerpt), the
+/// MIME type or extension a client might send with it, and the reference it must match: ffmpeg's
+/// decode of the same audio, or for speech.flac (16 kHz mono already) the file itself, bit for bit.
+#[rustfmt::skip]
+const CASES: &[(&str, f64, Option<&str>, &str)] = &[
+    ("speech.mp3", 2.0, Some("audio/mpeg"), "speech.mp3.ref.flac"),
+    ("speech.flac", 2.0, None, "speech.flac"),
+    ("speech.ogg", 2.0, Some("ogg"), "speech.ogg.ref.flac"),
+    ("speech.opus", 2.0, None, "speech.opus.ref.flac"),
+    ("speech.m4a", 2.0, Some("audio/mp4"), "speech.m4a.ref.flac"),
+    ("speech_opus.webm", 2.0, Some("audio/webm"), "speech_opus.webm.ref.flac"),
+    ("speech_vorbis.webm", 2.0, None, "speech_vorbis.webm.ref.flac"),
     // The same packets as speech_opus.webm, muxed as a browser's MediaRecorder does.
-    case(
-        "recorder_opus.webm",
-        2.0,
-        Some("audio/webm;codecs=opus"),
-        "speech_opus.webm.ref.flac",
-    ),
-    case(
-        "pcm_s16_stereo_22k.wav",
-        0.3,
-        Some("wav"),
-        "pcm_s16_stereo_22k.wav.ref.flac",
-    ),
-    case("pcm_s24_16k.wav", 0.3, None, "pcm_s24_16k.wav.ref.flac"),
-    case("pcm_s32_8k.wav", 0.3, None, "pcm_s32_8k.wav.ref.flac"),
-    case("pcm_f32_8k.wav", 0.3, None, "pcm_f32_8k.wav.ref.flac"),
-    case("pcm_u8_8k.wav", 0.3, None, "pcm_u8_8k.wav.ref.flac"),
-    case("pcm_mulaw_8k.wav", 0.3, None, "pcm_mulaw_8k.wav.ref.flac"),
-    case("pcm_alaw_8k.wav", 0.3, None, "pcm_alaw_8k.wav.ref.flac"),
+    ("recorder_opus.webm", 2.0, Some("audio/webm;codecs=opus"), "speech_opus.webm.ref.flac"),
+    ("pcm_s16_stereo_22k.wav", 0.3, Some("wav"), "pcm_s16_stereo_22k.wav.ref.flac"),
+    ("pcm_s24_16k.wav", 0.3, None, "pcm_s24_16k.wav.ref.flac"),
+    ("pcm_s32_8k.wav", 0.3, None, "pcm_s32_8k.wav.ref.flac"),
+    ("pcm_f32_8k.wav", 0.3, None, "pcm_f32_8k.wav.ref.flac"),
+    ("pcm_u8_8k.wav", 0.3, None, "pcm_u8_8k.wav.ref.flac"),
+    ("pcm_mulaw_8k.wav", 0.3, None, "pcm_mulaw_8k.wav.ref.flac"),
+    ("pcm_alaw_8k.wav", 0.3, None, "pcm_alaw_8k.wav.ref.flac"),
     // pcm_u8_8k.wav piped out of ffmpeg: RIFF and data sizes 0xFFFFFFFF.
-    case("streamed_u8_8k.wav", 0.3, None, "pcm_u8_8k.wav.ref.flac"),
+    ("streamed_u8_8k.wav", 0.3, None, "pcm_u8_8k.wav.ref.flac"),
 ];
 
 /// Decoded length within this of the audio's true length.
@@ -150,28 +110,23 @@ fn snr_db(reference: &[f32], decoded: &[f32]) -> f64 {
 
 #[test]
 fn every_format_decodes_to_16khz_mono_like_ffmpeg() {
-    for case in CASES {
-        let name = case.file;
-        let decoded = decode_to_mono(&fixture(name), &options(case.hint))
+    for &(name, seconds, hint, reference) in CASES {
+        let decoded = decode_to_mono(&fixture(name), &options(hint))
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let duration = decoded.len() as f64 / f64::from(RATE);
         assert!(
-            (duration - case.seconds).abs() <= DURATION_TOLERANCE_S,
-            "{name}: {duration:.4} s, want {} s",
-            case.seconds
+            (duration - seconds).abs() <= DURATION_TOLERANCE_S,
+            "{name}: {duration:.4} s, want {seconds} s"
         );
         assert!(
             decoded.iter().all(|s| s.is_finite() && s.abs() <= 1.0),
             "{name}: out of range"
         );
-        let reference = read_flac(case.reference);
-        let snr = snr_db(&reference, &decoded);
-        eprintln!(
-            "{name:24} {duration:.4} s, {snr:6.1} dB against {}",
-            case.reference
-        );
-        if case.reference == name {
-            assert_eq!(decoded, reference, "{name}: not bit-exact");
+        let expected = read_flac(reference);
+        let snr = snr_db(&expected, &decoded);
+        eprintln!("{name:24} {duration:.4} s, {snr:6.1} dB against {reference}");
+        if reference == name {
+            assert_eq!(decoded, expected, "{name}: not bit-exact");
         } else {
             assert!(
                 snr >= MIN_SNR_DB,
@@ -218,8 +173,8 @@ fn empty_input_and_a_zero_target_rate_are_errors() {
 
 /// Streamed files declare no sizes: cut short, or followed by what the reader cannot parse
 /// (and skips), they read as a shorter recording, as they do for ffmpeg.
-fn declares_its_length(case: &Case) -> bool {
-    !case.file.starts_with("recorder_") && !case.file.starts_with("streamed_")
+fn declares_its_length(name: &str) -> bool {
+    !name.starts_with("recorder_") && !name.starts_with("streamed_")
 }
 
 /// A deterministic byte stream (xorshift64*).
@@ -255,8 +210,8 @@ fn random_bytes_are_errors() {
 fn damaged_files_neither_panic_nor_hang() {
     // Bytes overwritten at random: some files still decode (a damaged packet is skipped), most
     // fail, none may panic (caught, it would read "the decoder failed") or run away.
-    for case in CASES {
-        let file = fixture(case.file);
+    for &(name, _, hint, _) in CASES {
+        let file = fixture(name);
         for seed in 0..25u64 {
             let mut damaged = file.clone();
             let positions = noise(seed, 24);
@@ -265,16 +220,14 @@ fn damaged_files_neither_panic_nor_hang() {
                 damaged[at] = pair[2];
             }
             let started = std::time::Instant::now();
-            let result = decode_to_mono(&damaged, &options(case.hint));
+            let result = decode_to_mono(&damaged, &options(hint));
             assert!(
                 !matches!(&result, Err(AudioError::Corrupt(why)) if why.contains("decoder failed")),
-                "{}: seed {seed} panicked",
-                case.file
+                "{name}: seed {seed} panicked"
             );
             assert!(
                 started.elapsed().as_secs() < 5,
-                "{}: seed {seed} ran away",
-                case.file
+                "{name}: seed {seed} ran away"
             );
         }
     }
@@ -285,11 +238,10 @@ fn garbage_after_a_real_header_is_an_error() {
     // Each compressed fixture's first bytes (its container's signature and headers) followed by
     // noise: the demuxers get past probing and meet garbage. Not WAV (after its header noise is
     // PCM, as good as any other) nor streamed files (see `declares_its_length`).
-    for case in CASES
-        .iter()
-        .filter(|case| declares_its_length(case) && !case.file.ends_with(".wav"))
-    {
-        let (name, hint) = (case.file, case.hint);
+    for &(name, _, hint, _) in CASES {
+        if !declares_its_length(name) || name.ends_with(".wav") {
+            continue;
+        }
         let file = fixture(name);
         for (seed, keep) in [(1, 4), (2, 12), (3, 64), (4, 512)] {
             let mut damaged = file[..keep.min(file.len())].to_vec();
@@ -305,8 +257,10 @@ fn garbage_after_a_real_header_is_an_error() {
 
 #[test]
 fn truncated_files_are_errors() {
-    for case in CASES.iter().filter(|case| declares_its_length(case)) {
-        let (name, hint) = (case.file, case.hint);
+    for &(name, _, hint, _) in CASES {
+        if !declares_its_length(name) {
+            continue;
+        }
         let file = fixture(name);
         for fraction in [0.01, 0.1, 0.5, 0.9] {
             let cut = (file.len() as f64 * fraction) as usize;

@@ -139,35 +139,30 @@ async fn tiny_en_transcribes_as_faster_whisper_does_in_every_input_form() {
     }
 }
 
+/// The audio fixtures say "Ember turns this sentence into text." (espeak-ng, fast), and each
+/// container reaches Whisper base. The samples themselves are checked against ffmpeg's decodes in
+/// `ember-engines/tests/audio_decode.rs`. faster-whisper (decoding with ffmpeg) hears the lossless
+/// and high-rate files as "and returns this sentence into text.", the 48 kbit/s MP3 as "and return
+/// with M2010." and the Opus file as "and becomes this sentence interesting.": for those two only
+/// some words are asked for.
 #[tokio::test(flavor = "multi_thread")]
-async fn every_container_decodes_to_the_same_words() {
+async fn every_container_is_heard() {
     let app = app();
-    let (flac, _) = transcribe(
-        &app,
-        raw(TINY_EN, "audio/flac", fixture("audio/speech.flac")),
-    )
-    .await;
-    let expected = flac["text"].as_str().unwrap().to_lowercase();
-    assert!(expected.split_whitespace().count() >= 3, "{flac}");
-    for (file, content_type) in [
-        ("speech.mp3", "audio/mpeg"),
-        ("speech.ogg", "audio/ogg"),
-        ("speech.opus", "audio/ogg"),
-        ("speech.m4a", "audio/mp4"),
-        ("speech_opus.webm", "audio/webm"),
+    for (file, content_type, words) in [
+        ("speech.flac", "audio/flac", &["sentence", "text"][..]),
+        ("speech.ogg", "audio/ogg", &["sentence", "text"]),
+        ("speech.m4a", "audio/mp4", &["sentence", "text"]),
+        ("speech_vorbis.webm", "audio/webm", &["sentence", "text"]),
+        ("speech.opus", "audio/ogg", &["sentence"]),
+        ("speech_opus.webm", "audio/webm", &["sentence"]),
+        ("speech.mp3", "audio/mpeg", &["and", "return"]),
         // A wrong content type is only a hint: the bytes decide.
-        ("speech.mp3", "application/octet-stream"),
+        ("speech.m4a", "application/octet-stream", &["sentence", "text"]),
     ] {
-        let (result, _) = transcribe(
-            &app,
-            raw(TINY_EN, content_type, fixture(&format!("audio/{file}"))),
-        )
-        .await;
-        assert_eq!(
-            result["text"].as_str().unwrap().to_lowercase(),
-            expected,
-            "{file}"
-        );
+        let request = raw(BASE, content_type, fixture(&format!("audio/{file}")));
+        let (result, _) = transcribe(&app, request).await;
+        let text = result["text"].as_str().unwrap().to_lowercase();
+        assert!(words.iter().all(|w| text.contains(w)), "{file}: {text}");
     }
 }
 

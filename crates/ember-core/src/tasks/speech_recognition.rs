@@ -2,9 +2,10 @@
 //! audio bytes in (any container the decoder knows) with Whisper's decoding settings, the
 //! transcription out with segment and word timings. Charged per minute of audio.
 
-/// Longest audio accepted, in seconds (Workers AI takes files of about 25 MB; at 16 kHz mono that
-/// is far more than an hour, so the bound is on what a request may hold a model for).
-pub const MAX_AUDIO_SECONDS: f64 = 2.0 * 3600.0;
+/// Longest audio accepted, in seconds. Its decoded samples take 230 MB at 16 kHz, and a few
+/// hundred bytes of a compressed file can claim that much silence, so the bound is on what one
+/// request may make a model hold and decode.
+pub const MAX_AUDIO_SECONDS: f64 = 3600.0;
 
 /// The most seconds `audio` can hold: no codec a caller would use goes below 6 kbit/s, and the
 /// decoder refuses more than `MAX_AUDIO_SECONDS`.

@@ -15,6 +15,7 @@ use symphonia::core::formats::probe::Hint;
 use symphonia::core::formats::well_known::{FORMAT_ID_ISOMP4, FORMAT_ID_OGG};
 use symphonia::core::formats::{FormatReader, Track};
 use symphonia::core::io::MediaSourceStream;
+use symphonia::core::units::TimeBase;
 
 /// Symphonia's codecs plus Opus.
 static CODECS: LazyLock<CodecRegistry> = LazyLock::new(|| {
@@ -35,17 +36,18 @@ const RATES: std::ops::RangeInclusive<u32> = 1_000..=768_000;
 struct AudioTrack {
     id: u32,
     params: AudioCodecParameters,
-    /// Its length as the container declares it, in frames, where it does.
-    declared_frames: Option<u64>,
+    /// Its duration as the container declares it, where it does, in its time base.
+    declared: Option<(u64, TimeBase)>,
 }
 
 /// What the decode loop gives back.
 struct Decoded {
     /// Mono at the target rate.
     samples: Vec<f32>,
-    /// The source's rate, and how many frames of it were decoded (cut ones included).
-    rate: u32,
-    frames: u64,
+    /// Where the last packet ends, in the track's time base.
+    end_ts: i64,
+    /// Whether the data ran out in the middle of something.
+    ran_out: bool,
 }
 
 /// Decodes the first decodable audio track of `bytes` to mono at `target_rate`. `hint` (MIME
@@ -87,17 +89,22 @@ pub(super) fn decode(
         target_rate,
         max_seconds,
     )?;
-    let rate = decoded.rate;
 
-    // 10 ms of slack for demuxers and decoders that disagree on a partial last frame.
-    if let Some(declared) = track.declared_frames
-        && decoded.frames + u64::from(rate / 100) < declared
-    {
-        return Err(AudioError::Corrupt(format!(
-            "the stream is truncated or damaged ({:.2} s of the {:.2} s it declares)",
-            decoded.frames as f64 / f64::from(rate),
-            declared as f64 / f64::from(rate),
-        )));
+    // A file cut short runs out of data mid-packet, or ends before the duration its header
+    // declares. Timestamps, not a count of samples: a stream with gaps in its timestamps (an
+    // encoder that dropped frames) declares the span they cover. 10 ms of slack for containers
+    // that disagree on a partial last frame.
+    if let Some((duration, time_base)) = track.declared {
+        let seconds = |ticks: f64| {
+            ticks * f64::from(time_base.numer.get()) / f64::from(time_base.denom.get())
+        };
+        let end = seconds(decoded.end_ts as f64);
+        if decoded.ran_out || end + 0.010 < seconds(duration as f64) {
+            return Err(AudioError::Corrupt(format!(
+                "the stream is truncated (it ends at {end:.2} s of the {:.2} s it declares)",
+                seconds(duration as f64),
+            )));
+        }
     }
     // Symphonia takes an Ogg file's length from its last page, so a cut one declares no more
     // than it holds.
@@ -159,10 +166,10 @@ fn pick_track(tracks: &[Track], container: &str) -> Result<AudioTrack, AudioErro
     Ok(AudioTrack {
         id: track.id,
         params: params.clone(),
-        // Ogg Opus counts its pre-skip in the length, which is then never decoded.
-        declared_frames: track
-            .num_frames
-            .map(|n| n.saturating_sub(track.delay.unwrap_or(0).into())),
+        declared: track
+            .duration
+            .zip(track.time_base)
+            .map(|(d, tb)| (d.get(), tb)),
     })
 }
 
@@ -188,7 +195,7 @@ fn decode_track(
 ) -> Result<Decoded, AudioError> {
     // Made at the first decoded packet, which tells the rate.
     let mut resampler = None;
-    let (mut rate, mut frames) = (0, 0u64);
+    let (mut rate, mut frames, mut end_ts, mut ran_out) = (0, 0u64, i64::MIN, false);
     let mut frame = Vec::new();
     let mut bad_in_a_row = 0;
     // Every packet consumes input; one per byte (plus headers' worth) is more than any real
@@ -199,9 +206,12 @@ fn decode_track(
             Ok(Some(packet)) => packet,
             Ok(None) => break,
             // The data ran out mid-element. Streamed files end so (WebM from a browser's
-            // MediaRecorder, WAV piped out of ffmpeg: sizes unknown); a file cut short of the
-            // length its header declares fails in `decode`.
-            Err(Error::IoError(e)) if e.kind() == ErrorKind::UnexpectedEof => break,
+            // MediaRecorder, WAV piped out of ffmpeg: sizes unknown); `decode` fails a file
+            // whose header declares its length.
+            Err(Error::IoError(e)) if e.kind() == ErrorKind::UnexpectedEof => {
+                ran_out = true;
+                break;
+            }
             Err(Error::ResetRequired) => {
                 return Err(AudioError::Corrupt(
                     "the stream changes format midway".into(),
@@ -215,6 +225,7 @@ fn decode_track(
         if packet.track_id != stream.track_id {
             continue;
         }
+        end_ts = end_ts.max(packet.pts.get().saturating_add_unsigned(packet.dur.get()));
         let decoded = match decoder.decode(&packet) {
             Ok(decoded) => decoded,
             // A damaged packet (or one using a feature the decoder lacks) is skipped, as players
@@ -271,8 +282,8 @@ fn decode_track(
     match resampler {
         Some(resampler) if frames > 0 => Ok(Decoded {
             samples: resampler.finish(),
-            rate,
-            frames,
+            end_ts,
+            ran_out,
         }),
         _ => Err(AudioError::Corrupt("no audio could be decoded".into())),
     }
