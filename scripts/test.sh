@@ -15,8 +15,9 @@ ember="$root/target/debug/ember"
 
 echo "== models"
 "$ember" models pull --defaults
-# The sliding-window prefix cache test needs a model with a sliding window.
-"$ember" models pull @hf/google/gemma-3-270m
+# The sliding-window prefix cache test needs a model with a sliding window; the voice tests run
+# Kokoro too.
+"$ember" models pull @hf/google/gemma-3-270m @hf/hexgrad/kokoro-82m
 
 echo "== format and lints"
 cargo fmt --all -- --check

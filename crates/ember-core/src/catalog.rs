@@ -3,6 +3,7 @@
 //! catalog file overrides or adds entries by id.
 
 pub use crate::tasks::Task;
+use crate::tasks::Usage;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,6 +29,8 @@ pub enum Engine {
     CandleSeq2seq,
     /// Whisper speech recognition on candle (CTranslate2 or Hugging Face weights).
     CandleWhisper,
+    /// An ONNX text-to-speech voice (Piper's VITS, Kokoro) on ONNX Runtime.
+    OnnxVoice,
     /// No weights of its own: serves its task through its `base` model (see `standin.rs`).
     StandIn,
 }
@@ -42,15 +45,18 @@ pub struct Price {
     pub neurons_per_m_output_tokens: f64,
     #[serde(default)]
     pub neurons_per_audio_minute: f64,
+    #[serde(default)]
+    pub neurons_per_k_characters: f64,
 }
 
 impl Price {
-    /// Neurons charged for one request with these token counts and seconds of audio.
-    pub fn neurons(&self, input_tokens: u64, output_tokens: u64, audio_seconds: f64) -> f64 {
-        (input_tokens as f64 * self.neurons_per_m_input_tokens
-            + output_tokens as f64 * self.neurons_per_m_output_tokens)
+    /// Neurons charged for a request that used this much.
+    pub fn neurons(&self, usage: &Usage) -> f64 {
+        (f64::from(usage.prompt_tokens) * self.neurons_per_m_input_tokens
+            + f64::from(usage.completion_tokens) * self.neurons_per_m_output_tokens)
             / 1_000_000.0
-            + audio_seconds / 60.0 * self.neurons_per_audio_minute
+            + usage.audio_seconds / 60.0 * self.neurons_per_audio_minute
+            + f64::from(usage.characters) / 1000.0 * self.neurons_per_k_characters
     }
 }
 
@@ -429,13 +435,22 @@ sources = [{{ kind = "hugging-face", repo = "a/b", revision = "main", checksums 
         let price = Price {
             neurons_per_m_input_tokens: 9091.0,
             neurons_per_m_output_tokens: 27273.0,
-            neurons_per_audio_minute: 0.0,
+            ..Price::default()
         };
-        assert!((price.neurons(147, 16, 0.0) - 1.7727).abs() < 1e-3);
+        assert!((price.neurons(&Usage::new(147, 16)) - 1.7727).abs() < 1e-3);
         let whisper = Price {
             neurons_per_audio_minute: 41.14,
             ..Price::default()
         };
-        assert!((whisper.neurons(0, 0, 90.0) - 61.71).abs() < 1e-9);
+        assert!((whisper.neurons(&Usage::of_audio(90.0)) - 61.71).abs() < 1e-9);
+        let aura = Price {
+            neurons_per_k_characters: 1363.64,
+            ..Price::default()
+        };
+        let spoken = Usage {
+            characters: 500,
+            ..Usage::of_audio(30.0)
+        };
+        assert!((aura.neurons(&spoken) - 681.82).abs() < 1e-9);
     }
 }

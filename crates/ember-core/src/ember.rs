@@ -146,16 +146,23 @@ impl Ember {
         })
     }
 
-    /// The model that serves requests for `spec`: itself when installed, else its stand-in.
+    /// The model that serves requests for `spec`: itself when installed, else its stand-in. A
+    /// stand-in whose base does the same task (a local voice for a hosted one) is that base.
     pub fn serving<'a>(&'a self, spec: &'a ModelSpec) -> Result<&'a ModelSpec, InferError> {
-        if self.is_installed(spec) {
-            return Ok(spec);
-        }
-        spec.stand_in
-            .as_deref()
-            .and_then(|id| self.catalog.get(id))
-            .filter(|stand_in| self.is_installed(stand_in))
-            .ok_or_else(|| InferError::NotInstalled(spec.id.clone()))
+        let serving = if self.is_installed(spec) {
+            spec
+        } else {
+            spec.stand_in
+                .as_deref()
+                .and_then(|id| self.catalog.get(id))
+                .filter(|stand_in| self.is_installed(stand_in))
+                .ok_or_else(|| InferError::NotInstalled(spec.id.clone()))?
+        };
+        let same_task_base = (serving.engine == Engine::StandIn)
+            .then(|| serving.base.as_deref().and_then(|id| self.catalog.get(id)))
+            .flatten()
+            .filter(|base| base.task == serving.task);
+        Ok(same_task_base.unwrap_or(serving))
     }
 
     /// The loaded model, loading it on first use. Concurrent first requests share one load.

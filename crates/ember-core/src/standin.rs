@@ -2,7 +2,8 @@
 //! base model, for catalog ids whose real weights cannot be had on every machine (see the catalog's
 //! `stand_in`). Classification and reranking run on an embeddings model (cosine similarity to label
 //! prototypes, or between query and passages); translation and summarization run on an instruct
-//! LLM with a fixed prompt, greedy. Each keeps its task's exact output contract.
+//! LLM with a fixed prompt, greedy. Each keeps its task's exact output contract. A stand-in whose
+//! base does its own task (a local voice for a hosted one) is served by the base directly.
 
 use crate::catalog::ModelSpec;
 use crate::ember::{Ember, complete};
@@ -73,13 +74,14 @@ pub(crate) async fn run(
         TaskRequest::Reranking(request) => rerank(ember, base, request, options).await,
         TaskRequest::Translation(request) => translate(ember, base, request, options).await,
         TaskRequest::Summarization(request) => summarize(ember, base, request, options).await,
-        TaskRequest::Embeddings(_) | TaskRequest::SpeechRecognition(_) => {
-            Err(InferError::Internal(format!(
-                "stand-in {} does not run {:?}",
-                spec.id,
-                request.task()
-            )))
-        }
+        // A stand-in of its base's own task is served by the base itself (`Ember::serving`).
+        TaskRequest::Embeddings(_)
+        | TaskRequest::SpeechRecognition(_)
+        | TaskRequest::TextToSpeech(_) => Err(InferError::Internal(format!(
+            "stand-in {} does not run {:?}",
+            spec.id,
+            request.task()
+        ))),
     }
 }
 

@@ -13,8 +13,9 @@
 //! flip, and none does on these clips); the language probability within 0.01 (faster-whisper
 //! detects on the features including the frame past the audio, this engine on the first window).
 
-use ember_engines::whisper::{Segment, TranscribeOptions, Transcription, Whisper};
+use ember_engines::whisper::{TranscribeOptions, Transcription, Whisper, Word};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 const TIME_TOLERANCE: f64 = 0.1;
@@ -103,115 +104,91 @@ fn read_wav(path: &Path) -> Vec<f32> {
     panic!("{}: no data chunk", path.display());
 }
 
-fn close(what: &str, ours: f64, theirs: f64, tolerance: f64, failures: &mut Vec<String>) {
-    if (ours - theirs).abs() > tolerance {
-        failures.push(format!(
-            "{what}: {ours} vs faster-whisper {theirs} (tolerance {tolerance})"
-        ));
+/// The failed comparisons of one case, and the largest difference seen per quantity.
+#[derive(Default)]
+struct Checks {
+    failures: Vec<String>,
+    largest: BTreeMap<&'static str, f64>,
+}
+
+impl Checks {
+    fn close(&mut self, quantity: &'static str, at: &str, ours: f64, theirs: f64, tolerance: f64) {
+        let difference = (ours - theirs).abs();
+        let largest = self.largest.entry(quantity).or_default();
+        *largest = largest.max(difference);
+        if difference > tolerance {
+            self.failures.push(format!(
+                "{at} {quantity}: {ours} vs faster-whisper {theirs} (tolerance {tolerance})"
+            ));
+        }
+    }
+
+    fn equal<T: PartialEq + std::fmt::Debug>(&mut self, what: &str, ours: T, theirs: T) -> bool {
+        if ours != theirs {
+            self.failures
+                .push(format!("{what}:\n  ours   {ours:?}\n  theirs {theirs:?}"));
+        }
+        ours == theirs
     }
 }
 
-fn compare(case: &Case, got: &Transcription) -> Vec<String> {
-    let mut failures = Vec::new();
-    let f = &mut failures;
-    if got.language != case.language {
-        f.push(format!(
-            "language {} vs faster-whisper {}",
-            got.language, case.language
-        ));
-    }
-    close(
+fn compare(case: &Case, got: &Transcription) -> Checks {
+    let mut c = Checks::default();
+    c.equal("language", &got.language, &case.language);
+    let probability = (got.language_probability, case.language_probability);
+    c.close(
         "language probability",
-        got.language_probability,
-        case.language_probability,
+        "",
+        probability.0,
+        probability.1,
         LANGUAGE_PROBABILITY_TOLERANCE,
-        f,
     );
-    close("duration", got.duration, case.duration, 1e-9, f);
-    let texts = |s: &[Segment]| s.iter().map(|s| s.text.clone()).collect::<Vec<_>>();
-    if got.segments.len() != case.segments.len() {
-        f.push(format!(
-            "{} segments vs faster-whisper {}:\n  ours {:?}\n  theirs {:?}",
-            got.segments.len(),
-            case.segments.len(),
-            texts(&got.segments),
-            case.segments.iter().map(|s| &s.text).collect::<Vec<_>>()
-        ));
-        return failures;
+    c.close("duration", "", got.duration, case.duration, 1e-9);
+    let texts: Vec<&str> = got.segments.iter().map(|s| s.text.as_str()).collect();
+    let theirs: Vec<&str> = case.segments.iter().map(|s| s.text.as_str()).collect();
+    if !c.equal("segments", texts, theirs) {
+        return c;
     }
     for (i, (ours, theirs)) in got.segments.iter().zip(&case.segments).enumerate() {
-        if ours.tokens != theirs.tokens {
-            f.push(format!(
-                "segment {i} tokens:\n  ours   {:?}\n  theirs {:?}",
-                ours.tokens, theirs.tokens
-            ));
-        }
-        if ours.text != theirs.text {
-            f.push(format!(
-                "segment {i} text: {:?} vs {:?}",
-                ours.text, theirs.text
-            ));
-        }
-        close(
-            &format!("segment {i} start"),
+        let at = format!("segment {i}");
+        c.equal(&format!("{at} tokens"), &ours.tokens, &theirs.tokens);
+        c.close(
+            "segment time",
+            &at,
             ours.start,
             theirs.start,
             TIME_TOLERANCE,
-            f,
         );
-        close(
-            &format!("segment {i} end"),
-            ours.end,
-            theirs.end,
-            TIME_TOLERANCE,
-            f,
-        );
-        close(
-            &format!("segment {i} avg_logprob"),
+        c.close("segment time", &at, ours.end, theirs.end, TIME_TOLERANCE);
+        c.close(
+            "avg_logprob",
+            &at,
             ours.avg_logprob,
             theirs.avg_logprob,
             LOGPROB_TOLERANCE,
-            f,
         );
-        close(
-            &format!("segment {i} no_speech_prob"),
+        c.close(
+            "no_speech_prob",
+            &at,
             ours.no_speech_prob,
             theirs.no_speech_prob,
             PROBABILITY_TOLERANCE,
-            f,
         );
-        let words = |w: &[String]| w.join("|");
-        let ours_words: Vec<String> = ours.words.iter().map(|w| w.word.clone()).collect();
+        let words = |w: &[Word]| w.iter().map(|w| w.word.clone()).collect::<Vec<_>>();
         let theirs_words: Vec<String> = theirs.words.iter().map(|w| w.word.clone()).collect();
-        if ours_words != theirs_words {
-            f.push(format!(
-                "segment {i} words: {} vs {}",
-                words(&ours_words),
-                words(&theirs_words)
-            ));
+        if !c.equal(&format!("{at} words"), words(&ours.words), theirs_words) {
             continue;
         }
-        for (w, (a, b)) in ours.words.iter().zip(&theirs.words).enumerate() {
-            close(
-                &format!("segment {i} word {w} {:?} start", a.word),
-                a.start,
-                b.start,
-                TIME_TOLERANCE,
-                f,
-            );
-            close(
-                &format!("segment {i} word {w} {:?} end", a.word),
-                a.end,
-                b.end,
-                TIME_TOLERANCE,
-                f,
-            );
-            close(
-                &format!("segment {i} word {w} {:?} probability", a.word),
+        for (a, b) in ours.words.iter().zip(&theirs.words) {
+            let at = format!("{at} word {:?}", a.word);
+            c.close("word time", &at, a.start, b.start, TIME_TOLERANCE);
+            c.close("word time", &at, a.end, b.end, TIME_TOLERANCE);
+            c.close(
+                "word probability",
+                &at,
                 a.probability,
                 b.probability,
                 PROBABILITY_TOLERANCE,
-                f,
             );
         }
     }
@@ -219,14 +196,14 @@ fn compare(case: &Case, got: &Transcription) -> Vec<String> {
     let mut last = 0.0;
     for word in got.segments.iter().flat_map(|s| &s.words) {
         if word.start < last - 1e-9 || word.end < word.start || word.end > got.duration + 1e-9 {
-            f.push(format!(
+            c.failures.push(format!(
                 "word {:?} at {}..{} after {last} (duration {})",
                 word.word, word.start, word.end, got.duration
             ));
         }
         last = word.end;
     }
-    failures
+    c
 }
 
 fn check_model(fixture_file: &str, model: &str) {
@@ -244,13 +221,20 @@ fn check_model(fixture_file: &str, model: &str) {
         };
         let started = std::time::Instant::now();
         let got = whisper.transcribe(&samples, &options).unwrap();
+        let seconds = started.elapsed().as_secs_f64();
+        let checks = compare(case, &got);
+        let largest: Vec<String> = checks
+            .largest
+            .iter()
+            .map(|(q, d)| format!("{q} {d:.1e}"))
+            .collect();
         eprintln!(
-            "{model} {} beam {}: {:.2} s",
+            "{model} {} beam {}: {seconds:.2} s; largest differences: {}",
             case.clip,
             case.beam_size,
-            started.elapsed().as_secs_f64()
+            largest.join(", ")
         );
-        for failure in compare(case, &got) {
+        for failure in checks.failures {
             failures.push(format!("{} beam {}: {failure}", case.clip, case.beam_size));
         }
     }

@@ -1,28 +1,33 @@
-//! OpenAI's audio routes, `POST /v1/audio/transcriptions` and `/v1/audio/translations`: a
+//! OpenAI's audio routes. `POST /v1/audio/transcriptions` and `/v1/audio/translations`: a
 //! multipart upload (`file`, `model`, `language`, `prompt`, `response_format`,
 //! `timestamp_granularities[]`, `temperature`) run as Workers AI speech recognition, answered as
-//! `json`, `text`, `srt`, `vtt` or `verbose_json`. `whisper-1` names `@cf/openai/whisper`.
+//! `json`, `text`, `srt`, `vtt` or `verbose_json`; `whisper-1` names `@cf/openai/whisper`.
+//! `POST /v1/audio/speech`: `{model, input, voice, response_format, speed}` run as text-to-speech,
+//! answered with the audio; `tts-1` and `tts-1-hd` name `@cf/myshell-ai/melotts`.
 
 use crate::error::ApiError;
 use crate::openai::invalid;
 use crate::run::{self, Call, Form};
 use crate::wire::speech_recognition::vtt;
-use crate::{AppState, RequestId};
+use crate::{AppState, RequestId, openai};
 use axum::Extension;
+use axum::body::Body;
 use axum::extract::{FromRequest, Multipart, Request, State};
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use ember_core::InferError;
-use ember_core::catalog::Task;
+use ember_core::catalog::{ModelSpec, Task};
 use ember_core::tasks::speech_recognition::{
     SpeechRecognitionOutput, SpeechRecognitionRequest, TranscribeSettings,
 };
+use ember_core::tasks::text_to_speech::{AudioFormat, MAX_TEXT_CHARS, SpeechSynthesisRequest};
 use ember_core::tasks::{TaskOutput, TaskRequest};
 use ember_gateway::Caller;
 use serde_json::{Value, json};
 
-/// The model OpenAI's clients name by default.
+/// The models OpenAI's clients name by default.
 const WHISPER_1: &str = "@cf/openai/whisper";
+const TTS_1: &str = "@cf/myshell-ai/melotts";
 
 pub async fn transcriptions(
     State(state): State<AppState>,
@@ -70,7 +75,7 @@ async fn recognize(mut call: Call, request: Request, translate: bool) -> Respons
         Err(error) => return call.fail(error).await,
     };
     call.model = upload.model.clone();
-    let spec = match resolve(&call.state, &upload.model) {
+    let spec = match resolve(&call.state, &upload.model, Task::SpeechRecognition) {
         Ok(spec) => spec.clone(),
         Err(error) => return call.fail(error).await,
     };
@@ -99,23 +104,124 @@ async fn recognize(mut call: Call, request: Request, translate: bool) -> Respons
     .await
 }
 
-fn resolve<'a>(state: &'a AppState, model: &str) -> Result<&'a ember_core::ModelSpec, ApiError> {
-    let id = if model == "whisper-1" {
-        WHISPER_1
-    } else {
-        model
+/// The catalog model `model` names (OpenAI's own names included), which must do `task`.
+fn resolve<'a>(state: &'a AppState, model: &str, task: Task) -> Result<&'a ModelSpec, ApiError> {
+    let id = match model {
+        "whisper-1" => WHISPER_1,
+        "tts-1" | "tts-1-hd" => TTS_1,
+        model => model,
     };
     let spec = state.ember.resolve(id)?;
-    if spec.task != Task::SpeechRecognition {
+    if spec.task != task {
         return Err(invalid(
             "/model",
             format!(
-                "{model} is a {} model and cannot transcribe",
+                "{model} is a {} model and cannot serve this endpoint",
                 spec.task.display_name()
             ),
         ));
     }
     Ok(spec)
+}
+
+pub async fn speech(
+    State(state): State<AppState>,
+    Extension(RequestId(id)): Extension<RequestId>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let mut call = Call::new(state, id, Form::OpenAi, caller);
+    let body = match run::read_json(body, call.state.config.max_body_bytes).await {
+        Ok(body) => body,
+        Err(error) => return call.fail(error).await,
+    };
+    call.model = openai::requested_model(&body);
+    let (spec, request) = match parse_speech(&call.state, &body) {
+        Ok(parsed) => parsed,
+        Err(error) => return call.fail(error).await,
+    };
+    let options = run::run_options(&call.state, &headers, None);
+    let input_bytes = body.to_string().len();
+    run::run_task_route(
+        call,
+        &spec,
+        request,
+        input_bytes,
+        options,
+        |_, output, _| {
+            let TaskOutput::TextToSpeech(spoken) = output else {
+                return None;
+            };
+            let content_type = HeaderValue::from_str(&spoken.content_type).ok()?;
+            let mut response = spoken.audio.into_response();
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, content_type);
+            Some(response)
+        },
+    )
+    .await
+}
+
+/// `{model, input, voice, response_format?, speed?}`: `voice` names a speaker of the voice model
+/// (OpenAI's voice names are spoken by its first).
+fn parse_speech(state: &AppState, body: &Value) -> Result<(ModelSpec, TaskRequest), ApiError> {
+    let object = openai::as_object(body)?;
+    let model = match object.get("model") {
+        Some(Value::String(model)) if !model.is_empty() => model,
+        _ => return Err(invalid("/model", "is required")),
+    };
+    let spec = resolve(state, model, Task::TextToSpeech)?.clone();
+    let text = match object.get("input") {
+        Some(Value::String(text)) if !text.is_empty() => text.clone(),
+        _ => return Err(invalid("/input", "is required: the text to speak")),
+    };
+    if text.chars().count() > MAX_TEXT_CHARS {
+        return Err(invalid(
+            "/input",
+            format!("must be at most {MAX_TEXT_CHARS} characters"),
+        ));
+    }
+    let speaker = match object.get("voice") {
+        Some(Value::String(voice)) if !voice.is_empty() => Some(voice.clone()),
+        _ => return Err(invalid("/voice", "is required")),
+    };
+    let format = match object.get("response_format").and_then(Value::as_str) {
+        None | Some("mp3") => AudioFormat::Mp3,
+        Some("opus") => AudioFormat::OggOpus,
+        Some("flac") => AudioFormat::Flac,
+        Some("wav") => AudioFormat::Wav,
+        Some("pcm") => AudioFormat::Linear16,
+        Some("aac") => {
+            return Err(invalid(
+                "/response_format",
+                "aac is not supported by this version of Ember",
+            ));
+        }
+        Some(other) => {
+            return Err(invalid(
+                "/response_format",
+                format!("'{other}' is not one of mp3, opus, flac, wav, pcm"),
+            ));
+        }
+    };
+    if let Some(speed) = object.get("speed").filter(|s| !s.is_null())
+        && speed.as_f64() != Some(1.0)
+    {
+        return Err(invalid("/speed", "only 1 is supported"));
+    }
+    let request = SpeechSynthesisRequest {
+        text,
+        speaker,
+        language: None,
+        format,
+        // OpenAI's `pcm` is 24 kHz; the other formats carry their rate.
+        sample_rate: (format == AudioFormat::Linear16).then_some(24_000),
+        bit_rate: None,
+        base64_json: false,
+    };
+    Ok((spec, TaskRequest::TextToSpeech(request)))
 }
 
 async fn read_upload(

@@ -23,6 +23,10 @@ fn schema_text(spec: &ModelSpec) -> &'static str {
             include_str!("../schemas/automatic-speech-recognition-segments.json")
         }
         Task::SpeechRecognition => include_str!("../schemas/automatic-speech-recognition.json"),
+        Task::TextToSpeech if wire::text_to_speech::speaks_aura(spec) => {
+            include_str!("../schemas/text-to-speech-aura.json")
+        }
+        Task::TextToSpeech => include_str!("../schemas/text-to-speech.json"),
     }
 }
 

@@ -49,6 +49,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
                 &format!("{prefix}/audio/translations"),
                 post(audio::translations),
             )
+            .route(&format!("{prefix}/audio/speech"), post(audio::speech))
             .route(&format!("{prefix}/models"), get(models))
     })
 }

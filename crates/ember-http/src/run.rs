@@ -5,7 +5,7 @@
 //! the helpers that read bodies and answer streams serve the OpenAI routes too.
 
 use crate::error::ApiError;
-use crate::wire::{self, binary, binary::BinaryBody};
+use crate::wire::{self, Answer, binary, binary::BinaryBody};
 use crate::{AppState, RequestId, aborted, catalog, openai, sse};
 use axum::Extension;
 use axum::body::{Body, Bytes};
@@ -457,11 +457,12 @@ async fn execute(
     };
     let served_by = run.served_by.clone();
     let form = call.form;
-    let (result, usage) = match run.output {
+    let (answer, usage) = match run.output {
         RunOutput::Task { output, usage } => (wire::result(&output), usage),
-        RunOutput::Completion(completion) => {
-            (wire::text_generation::result(&completion), completion.usage)
-        }
+        RunOutput::Completion(completion) => (
+            Answer::Json(wire::text_generation::result(&completion)),
+            completion.usage,
+        ),
         RunOutput::Stream(events) => {
             let mut response = stream_response(call, &served_by, events, sse::Native).await;
             served_by_header(&mut response, &served_by);
@@ -469,12 +470,26 @@ async fn execute(
         }
     };
     call.finish(Some(&served_by), 200, Ok(usage)).await;
-    let mut response = match form {
-        Form::Rest => {
+    let mut response = match (answer, form) {
+        (Answer::Json(result), Form::Rest) => {
             axum::Json(json!({ "result": result, "success": true, "errors": [], "messages": [] }))
                 .into_response()
         }
-        Form::Binding | Form::OpenAi => axum::Json(result).into_response(),
+        (Answer::Json(result), Form::Binding | Form::OpenAi) => axum::Json(result).into_response(),
+        // Audio and images go out as they are, on every route: no envelope.
+        (
+            Answer::Binary {
+                bytes,
+                content_type,
+            },
+            _,
+        ) => {
+            let mut response = bytes.into_response();
+            if let Ok(value) = HeaderValue::from_str(&content_type) {
+                response.headers_mut().insert(header::CONTENT_TYPE, value);
+            }
+            response
+        }
     };
     served_by_header(&mut response, &served_by);
     response

@@ -301,9 +301,16 @@ async fn run_once(
         eprintln!("(served by {})", run.served_by);
     }
     match run.output {
-        RunOutput::Task { output, .. } => {
-            println!("{}", serde_json::to_string_pretty(&wire::result(&output))?);
-        }
+        RunOutput::Task { output, .. } => match wire::result(&output) {
+            wire::Answer::Json(result) => println!("{}", serde_json::to_string_pretty(&result)?),
+            wire::Answer::Binary {
+                bytes,
+                content_type,
+            } => {
+                eprintln!("({content_type}, {} bytes)", bytes.len());
+                std::io::stdout().write_all(&bytes)?;
+            }
+        },
         RunOutput::Completion(completion) => println!(
             "{}",
             serde_json::to_string_pretty(&wire::text_generation::result(&completion))?

@@ -563,3 +563,96 @@ async fn openai_audio_uploads_answer_in_each_response_format() {
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
     assert!(reply.json()["error"]["message"].is_string());
 }
+
+const MELOTTS: &str = "@cf/myshell-ai/melotts";
+const AURA: &str = "@cf/deepgram/aura-1";
+const PIPER: &str = "@hf/rhasspy/piper-en-us-joe-medium";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn speech_answers_as_base64_json_or_as_audio_bytes() {
+    use base64::Engine as _;
+    let app = fake_app();
+    // MeloTTS: {audio: <base64 MP3>} in the envelope (the fake voice "says" the text's bytes).
+    let reply = rest(&app, MELOTTS, json!({"prompt": "Hello there"})).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.header("x-ember-model"), PIPER);
+    let audio = reply.json()["result"]["audio"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(audio)
+        .unwrap();
+    assert_eq!(decoded, b"Hello there");
+    // Aura: the audio itself, with its content type, on REST and through the binding alike.
+    for (input, content_type) in [
+        (json!({"text": "Hi"}), "audio/mpeg"),
+        (json!({"text": "Hi", "encoding": "linear16"}), "audio/wav"),
+        (
+            json!({"text": "Hi", "encoding": "opus", "speaker": "luna"}),
+            "audio/ogg",
+        ),
+        (
+            json!({"text": "Hi", "encoding": "mulaw", "container": "none", "sample_rate": 8000}),
+            "application/octet-stream",
+        ),
+    ] {
+        let reply = rest(&app, AURA, input.clone()).await;
+        assert_eq!(reply.status, StatusCode::OK, "{input}: {:?}", reply.body);
+        assert_eq!(reply.header("content-type"), content_type, "{input}");
+        assert_eq!(&reply.body[..], b"Hi");
+        let reply = send(&app, binding_request("/run", AURA, input.clone())).await;
+        assert_eq!(reply.header("content-type"), content_type, "{input}");
+        assert_eq!(&reply.body[..], b"Hi");
+    }
+    for (model, input, field) in [
+        (MELOTTS, json!({"text": "Hi"}), "/"),
+        (MELOTTS, json!({"prompt": "Hi", "lang": "xx"}), "/lang"),
+        (AURA, json!({"text": "Hi", "encoding": "aac"}), "/encoding"),
+        (AURA, json!({"text": "Hi", "speaker": "nobody"}), "/speaker"),
+        (
+            AURA,
+            json!({"text": "Hi", "encoding": "flac", "container": "ogg"}),
+            "/container",
+        ),
+    ] {
+        let message = rest(&app, model, input.clone()).await.rest_error(400, 5006);
+        assert!(message.contains(field), "{input}: {message}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn openai_speech_answers_with_the_audio() {
+    let app = fake_app();
+    let path = "/v1/audio/speech";
+    let body = json!({"model": "tts-1", "input": "Hello", "voice": "alloy"});
+    let reply = send(&app, post(path, body.to_string())).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.header("content-type"), "audio/mpeg");
+    assert_eq!(reply.header("x-ember-model"), PIPER);
+    assert_eq!(&reply.body[..], b"Hello");
+    let wav = json!({"model": AURA, "input": "Hi", "voice": "luna", "response_format": "wav"});
+    let reply = send(&app, post(path, wav.to_string())).await;
+    assert_eq!(reply.header("content-type"), "audio/wav");
+    for (body, param) in [
+        (json!({"model": "tts-1", "voice": "alloy"}), "input"),
+        (json!({"model": "tts-1", "input": "Hi"}), "voice"),
+        (json!({"input": "Hi", "voice": "alloy"}), "model"),
+        (
+            json!({"model": "tts-1", "input": "Hi", "voice": "alloy", "response_format": "aac"}),
+            "response_format",
+        ),
+        (
+            json!({"model": "tts-1", "input": "Hi", "voice": "alloy", "speed": 2}),
+            "speed",
+        ),
+        (
+            json!({"model": WHISPER, "input": "Hi", "voice": "alloy"}),
+            "model",
+        ),
+    ] {
+        let reply = send(&app, post(path, body.to_string())).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(reply.json()["error"]["param"], param, "{body}");
+    }
+}

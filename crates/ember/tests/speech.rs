@@ -157,7 +157,11 @@ async fn every_container_is_heard() {
         ("speech_opus.webm", "audio/webm", &["sentence"]),
         ("speech.mp3", "audio/mpeg", &["and", "return"]),
         // A wrong content type is only a hint: the bytes decide.
-        ("speech.m4a", "application/octet-stream", &["sentence", "text"]),
+        (
+            "speech.m4a",
+            "application/octet-stream",
+            &["sentence", "text"],
+        ),
     ] {
         let request = raw(BASE, content_type, fixture(&format!("audio/{file}")));
         let (result, _) = transcribe(&app, request).await;
@@ -190,4 +194,66 @@ async fn garbage_audio_is_refused_naming_the_field() {
         raw(TINY_EN, "audio/wav", fixture("whisper/short.wav")),
     )
     .await;
+}
+
+/// Text-to-speech on the real Piper voice, heard back by Whisper: MeloTTS's base64 MP3 and Aura's
+/// audio bytes in each encoding decode to speech that says the text.
+#[tokio::test(flavor = "multi_thread")]
+async fn spoken_text_is_heard_back() {
+    use base64::Engine as _;
+    let app = app();
+    let sentence = "The quick brown fox jumps over the lazy dog.";
+    let reply = send(
+        &app,
+        post(
+            &format!("{RUN}@cf/myshell-ai/melotts"),
+            json!({ "prompt": sentence }).to_string(),
+        ),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(
+        reply.header("x-ember-model"),
+        "@hf/rhasspy/piper-en-us-joe-medium"
+    );
+    let audio = reply.json()["result"]["audio"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut spoken = vec![(
+        "audio/mpeg".to_string(),
+        base64::engine::general_purpose::STANDARD
+            .decode(audio)
+            .unwrap(),
+    )];
+    for encoding in [
+        json!({"encoding": "mp3"}),
+        json!({"encoding": "linear16", "container": "wav", "sample_rate": 16000}),
+        json!({"encoding": "flac"}),
+        json!({"encoding": "opus"}),
+    ] {
+        let mut input = json!({ "text": sentence, "speaker": "luna" });
+        input
+            .as_object_mut()
+            .unwrap()
+            .extend(encoding.as_object().unwrap().clone());
+        let reply = send(
+            &app,
+            post(&format!("{RUN}@cf/deepgram/aura-1"), input.to_string()),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK, "{input}: {:?}", reply.body);
+        spoken.push((
+            reply.header("content-type").to_string(),
+            reply.body.to_vec(),
+        ));
+    }
+    for (content_type, audio) in spoken {
+        let (result, _) = transcribe(&app, raw(TINY_EN, &content_type, audio)).await;
+        let heard = result["text"].as_str().unwrap().to_lowercase();
+        assert!(
+            heard.contains("quick brown fox") && heard.contains("lazy dog"),
+            "{content_type}: {heard}"
+        );
+    }
 }

@@ -9,6 +9,7 @@ pub mod reranking;
 pub mod speech_recognition;
 pub mod summarization;
 pub mod text_generation;
+pub mod text_to_speech;
 pub mod translation;
 
 pub use embeddings::*;
@@ -20,6 +21,7 @@ use reranking::{RerankOutput, RerankRequest};
 use serde::{Deserialize, Serialize};
 use speech_recognition::{SpeechRecognitionOutput, SpeechRecognitionRequest};
 use summarization::{SummarizationOutput, SummarizationRequest};
+use text_to_speech::{SpeechSynthesisOutput, SpeechSynthesisRequest};
 use translation::{TranslationOutput, TranslationRequest};
 
 /// Workers AI task kinds Ember serves.
@@ -34,6 +36,7 @@ pub enum Task {
     Translation,
     Summarization,
     SpeechRecognition,
+    TextToSpeech,
 }
 
 impl Task {
@@ -46,6 +49,7 @@ impl Task {
             Task::Translation => "Translation",
             Task::Summarization => "Summarization",
             Task::SpeechRecognition => "Automatic Speech Recognition",
+            Task::TextToSpeech => "Text-to-Speech",
         }
     }
 
@@ -58,6 +62,7 @@ impl Task {
             Task::Translation => "f57d07cb-9087-487a-bbbf-bc3e17fecc4b",
             Task::Summarization => "6f4e65d8-da0f-40d2-9aa4-db582a5a04fd",
             Task::SpeechRecognition => "dfce1c48-2a81-462e-a7fd-de97ce985207",
+            Task::TextToSpeech => "b52660a1-9a95-4ab2-8b1d-f232be34604a",
         }
     }
 
@@ -70,6 +75,8 @@ impl Task {
             Task::Translation => 720,
             Task::Summarization => 1500,
             Task::SpeechRecognition => 720,
+            // Not in the published table; as speech recognition.
+            Task::TextToSpeech => 720,
         }
     }
 
@@ -98,6 +105,9 @@ impl Task {
             Task::SpeechRecognition => {
                 "Automatic speech recognition (ASR) models convert a speech signal, typically an audio input, to text."
             }
+            Task::TextToSpeech => {
+                "Text-to-Speech (TTS) is the task of generating natural sounding speech given text input."
+            }
             Task::Summarization => {
                 "Summarization is the task of producing a shorter version of a document while preserving its important information. Some models can extract text from the original input, while other models can generate entirely new text."
             }
@@ -118,6 +128,7 @@ pub enum TaskRequest {
     Translation(TranslationRequest),
     Summarization(SummarizationRequest),
     SpeechRecognition(SpeechRecognitionRequest),
+    TextToSpeech(SpeechSynthesisRequest),
 }
 
 impl TaskRequest {
@@ -129,6 +140,7 @@ impl TaskRequest {
             TaskRequest::Translation(_) => Task::Translation,
             TaskRequest::Summarization(_) => Task::Summarization,
             TaskRequest::SpeechRecognition(_) => Task::SpeechRecognition,
+            TaskRequest::TextToSpeech(_) => Task::TextToSpeech,
         }
     }
 }
@@ -142,6 +154,7 @@ pub enum TaskOutput {
     Translation(TranslationOutput),
     Summarization(SummarizationOutput),
     SpeechRecognition(SpeechRecognitionOutput),
+    TextToSpeech(SpeechSynthesisOutput),
 }
 
 impl TaskOutput {
@@ -154,6 +167,10 @@ impl TaskOutput {
             TaskOutput::Translation(output) => output.usage,
             TaskOutput::Summarization(output) => output.usage,
             TaskOutput::SpeechRecognition(output) => Usage::of_audio(output.duration),
+            TaskOutput::TextToSpeech(output) => Usage {
+                characters: output.characters,
+                ..Usage::of_audio(output.duration)
+            },
         }
     }
 }
@@ -171,9 +188,12 @@ pub struct Usage {
     pub completion_tokens: u32,
     pub total_tokens: u32,
     pub prompt_tokens_details: PromptTokensDetails,
-    /// Seconds of audio the request processed (speech recognition is priced by the minute).
+    /// Seconds of audio the request heard or spoke (speech is priced by the minute).
     #[serde(skip)]
     pub audio_seconds: f64,
+    /// Characters of text spoken (some speech models are priced by the thousand).
+    #[serde(skip)]
+    pub characters: u32,
     /// What the request costs at the model's published price (fractional, like Workers AI's).
     pub neurons: f64,
 }
@@ -192,6 +212,7 @@ impl Usage {
             total_tokens: prompt_tokens + completion_tokens,
             prompt_tokens_details: PromptTokensDetails::default(),
             audio_seconds: 0.0,
+            characters: 0,
             neurons: 0.0,
         }
     }
@@ -206,11 +227,7 @@ impl Usage {
 
     /// The usage with its cost at `price`: the one rule by which every request is charged.
     pub fn priced(mut self, price: &Price) -> Usage {
-        self.neurons = price.neurons(
-            self.prompt_tokens.into(),
-            self.completion_tokens.into(),
-            self.audio_seconds,
-        );
+        self.neurons = price.neurons(&self);
         self
     }
 
@@ -254,6 +271,13 @@ pub fn estimate_task(spec: &ModelSpec, request: &TaskRequest, input_bytes: usize
         }
         TaskRequest::SpeechRecognition(request) => {
             Usage::of_audio(speech_recognition::most_seconds(&request.audio))
+        }
+        TaskRequest::TextToSpeech(request) => {
+            let characters = u32::try_from(request.text.chars().count()).unwrap_or(u32::MAX);
+            Usage {
+                characters,
+                ..Usage::of_audio(text_to_speech::most_seconds(characters))
+            }
         }
     };
     usage.priced(&spec.price)

@@ -6,7 +6,7 @@ mod constraint;
 mod invariance;
 mod output;
 mod prefix_cache;
-mod sampling;
+pub(crate) mod sampling;
 mod scheduler;
 mod template;
 mod utf8;

@@ -321,7 +321,7 @@ fn reduce(
 /// of the vocabulary (with it, sampling over Gemma's 262,144 took 1.6 ms a token; now 0.6).
 /// Cephes' `expf`: x = n ln 2 + r with |r| ≤ ln 2 / 2, e^r from its polynomial, 2^n from the
 /// exponent bits; relative error about 2e-7. Below -87, where f32 turns subnormal, and at -∞: 0.
-fn exp_nonpositive(x: f32) -> f32 {
+pub(crate) fn exp_nonpositive(x: f32) -> f32 {
     // ln 2 split in two, so that n ln 2 is exact for the n that occur.
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;

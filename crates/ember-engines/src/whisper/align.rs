@@ -12,6 +12,7 @@
 
 use super::decode::softmax_at;
 use super::model::{CrossKv, Model};
+use super::softmax::softmax_last_dim;
 use super::tokens::Tokens;
 use crate::whisper::Word;
 use candle_core::{D, Tensor};
@@ -115,8 +116,7 @@ pub(crate) fn find_alignment(
 fn attention_matrix(scores: &[Tensor], frames: usize) -> anyhow::Result<Vec<f32>> {
     let mut sum: Option<Vec<f32>> = None;
     for head in scores {
-        let p =
-            candle_nn::ops::softmax_last_dim(&head.narrow(D::Minus1, 0, frames)?.contiguous()?)?;
+        let p = softmax_last_dim(&head.narrow(D::Minus1, 0, frames)?.contiguous()?)?;
         let mean = p.mean_keepdim(0)?;
         let centered = p.broadcast_sub(&mean)?;
         let std = centered.sqr()?.mean_keepdim(0)?.sqrt()?;
@@ -375,7 +375,10 @@ mod tests {
         // Two tokens over four frames: the first holds frames 0-1, the second 2-3. Entering
         // (1, 2) from (0, 1), (0, 2) or (1, 1) costs the same: ties step along time, through (1, 1).
         let x = [1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0];
-        assert_eq!(negative_dtw(&x, 2, 4), [(0, 0), (0, 1), (1, 1), (1, 2), (1, 3)]);
+        assert_eq!(
+            negative_dtw(&x, 2, 4),
+            [(0, 0), (0, 1), (1, 1), (1, 2), (1, 3)]
+        );
         // The diagonal where it is strictly the cheapest.
         let x = [1.0, -1.0, -1.0, -1.0, 1.0, -1.0, -1.0, -1.0, 1.0];
         assert_eq!(negative_dtw(&x, 3, 3), [(0, 0), (1, 1), (2, 2)]);

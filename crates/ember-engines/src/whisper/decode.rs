@@ -314,8 +314,10 @@ impl Search<'_> {
                 logits[id as usize] = DISABLED;
             }
         }
-        if let Some(max_initial) = o.max_initial_timestamp {
-            self.timestamp_rules(step, logits, sequence, max_initial);
+        if let Some(max_initial) = o.max_initial_timestamp
+            && let Some(log_probs) = self.timestamp_rules(step, logits, sequence, max_initial)
+        {
+            return log_probs;
         }
         log_softmax(logits)
     }
@@ -324,7 +326,14 @@ impl Search<'_> {
     /// timestamp no later than `max_initial`; timestamps come in pairs (two in a row must be
     /// followed by text, a lone one by a timestamp not earlier than it or EOT) and never decrease;
     /// and when the timestamps together are likelier than any single text token, a timestamp.
-    fn timestamp_rules(&self, step: usize, logits: &mut [f32], sequence: &[u32], max_initial: u32) {
+    /// Returns the row's log-probabilities when the check computed them and they stand.
+    fn timestamp_rules(
+        &self,
+        step: usize,
+        logits: &mut [f32],
+        sequence: &[u32],
+        max_initial: u32,
+    ) -> Option<Vec<f32>> {
         let Specials {
             eot,
             timestamp_begin: begin,
@@ -337,14 +346,14 @@ impl Search<'_> {
         if step == 0 {
             disable(logits, 0..begin_i);
             disable(logits, (begin + max_initial) as usize + 1..end_i + 1);
-            return;
+            return None;
         }
         let last = sequence[step - 1];
         if last >= begin {
             let penultimate = if step >= 2 { sequence[step - 2] } else { last };
             if penultimate >= begin {
                 disable(logits, begin_i..end_i + 1);
-                return;
+                return None;
             }
             disable(logits, 0..eot as usize);
             disable(logits, begin_i..last as usize);
@@ -358,7 +367,9 @@ impl Search<'_> {
             .fold(f32::NEG_INFINITY, f32::max);
         if log_sum_exp(&log_probs[begin_i..]) > max_text {
             disable(logits, 0..begin_i);
+            return None;
         }
+        Some(log_probs)
     }
 }
 
@@ -394,7 +405,7 @@ pub(crate) fn log_sum_exp(values: &[f32]) -> f32 {
     if max == f32::NEG_INFINITY {
         return max;
     }
-    let sum: f64 = values.iter().map(|&v| ((v - max) as f64).exp()).sum();
+    let sum: f64 = values.iter().map(|&v| (v - max).exp() as f64).sum();
     max + sum.ln() as f32
 }
 

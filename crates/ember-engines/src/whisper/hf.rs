@@ -226,3 +226,158 @@ fn attention(
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::whisper::model::Model;
+    use candle_core::IndexOp;
+
+    const D: usize = 8;
+    const FFN: usize = 16;
+    const MELS: usize = 4;
+    const VOCAB: usize = 12;
+
+    fn random(shape: &[usize]) -> Tensor {
+        Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap()
+    }
+
+    /// A one-layer Whisper in Hugging Face's names, as `WhisperForConditionalGeneration` saves it.
+    fn toy_checkpoint() -> HashMap<String, Tensor> {
+        let mut t = HashMap::new();
+        let mut put = |name: &str, shape: &[usize]| {
+            t.insert(format!("model.{name}"), random(shape));
+        };
+        put("encoder.conv1.weight", &[D, MELS, 3]);
+        put("encoder.conv1.bias", &[D]);
+        put("encoder.conv2.weight", &[D, D, 3]);
+        put("encoder.conv2.bias", &[D]);
+        put("encoder.embed_positions.weight", &[4, D]);
+        put("decoder.embed_positions.weight", &[6, D]);
+        put("decoder.embed_tokens.weight", &[VOCAB, D]);
+        for side in ["encoder", "decoder"] {
+            put(&format!("{side}.layer_norm.weight"), &[D]);
+            put(&format!("{side}.layer_norm.bias"), &[D]);
+            let mut blocks = vec!["self_attn"];
+            if side == "decoder" {
+                blocks.push("encoder_attn");
+            }
+            for block in blocks {
+                for p in ["q_proj", "k_proj", "v_proj", "out_proj"] {
+                    put(&format!("{side}.layers.0.{block}.{p}.weight"), &[D, D]);
+                    if p != "k_proj" {
+                        put(&format!("{side}.layers.0.{block}.{p}.bias"), &[D]);
+                    }
+                }
+                put(&format!("{side}.layers.0.{block}_layer_norm.weight"), &[D]);
+                put(&format!("{side}.layers.0.{block}_layer_norm.bias"), &[D]);
+            }
+            put(&format!("{side}.layers.0.fc1.weight"), &[FFN, D]);
+            put(&format!("{side}.layers.0.fc1.bias"), &[FFN]);
+            put(&format!("{side}.layers.0.fc2.weight"), &[D, FFN]);
+            put(&format!("{side}.layers.0.fc2.bias"), &[D]);
+            put(&format!("{side}.layers.0.final_layer_norm.weight"), &[D]);
+            put(&format!("{side}.layers.0.final_layer_norm.bias"), &[D]);
+        }
+        t
+    }
+
+    fn same(a: &Tensor, b: &Tensor) -> bool {
+        a.dims() == b.dims()
+            && (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                == 0.0
+    }
+
+    #[test]
+    fn fuses_projections_into_ct2_names() {
+        let hf = toy_checkpoint();
+        let get = |name: &str| hf[&format!("model.{name}")].clone();
+        let ct2 = rename(hf.clone()).unwrap();
+        // Self-attention: q, k, v rows in that order, k without bias.
+        let qkv = &ct2["decoder/layer_0/self_attention/linear_0/weight"];
+        assert!(same(
+            &qkv.i(0..D).unwrap(),
+            &get("decoder.layers.0.self_attn.q_proj.weight")
+        ));
+        assert!(same(
+            &qkv.i(D..2 * D).unwrap(),
+            &get("decoder.layers.0.self_attn.k_proj.weight")
+        ));
+        assert!(same(
+            &qkv.i(2 * D..).unwrap(),
+            &get("decoder.layers.0.self_attn.v_proj.weight")
+        ));
+        let bias = &ct2["encoder/layer_0/self_attention/linear_0/bias"];
+        assert!(same(
+            &bias.i(D..2 * D).unwrap(),
+            &Tensor::zeros(D, DType::F32, &Device::Cpu).unwrap()
+        ));
+        assert!(same(
+            &bias.i(2 * D..).unwrap(),
+            &get("encoder.layers.0.self_attn.v_proj.bias")
+        ));
+        // Cross-attention: q alone, then [k; v], then the output.
+        let cross = "decoder/layer_0/attention";
+        assert!(same(
+            &ct2[&format!("{cross}/linear_0/weight")],
+            &get("decoder.layers.0.encoder_attn.q_proj.weight")
+        ));
+        assert!(same(
+            &ct2[&format!("{cross}/linear_1/weight")].i(D..).unwrap(),
+            &get("decoder.layers.0.encoder_attn.v_proj.weight")
+        ));
+        assert!(same(
+            &ct2[&format!("{cross}/linear_2/bias")],
+            &get("decoder.layers.0.encoder_attn.out_proj.bias")
+        ));
+        assert!(same(
+            &ct2["decoder/layer_0/ffn/linear_1/weight"],
+            &get("decoder.layers.0.fc2.weight")
+        ));
+        assert!(same(
+            &ct2["encoder/layer_norm/gamma"],
+            &get("encoder.layer_norm.weight")
+        ));
+        // Five attention tensors (q, k, v weights, q, v biases) become two per self-attention
+        // and four per cross-attention: 7 fewer. The model builds and runs from them.
+        assert_eq!(ct2.len(), hf.len() - 7);
+        let model = Model::new(&Weights::new(ct2), 2, 2).unwrap();
+        let cross = model.encode(&random(&[1, MELS, 8])).unwrap();
+        let mut cache = model.new_cache();
+        let (hidden, _) = model
+            .decode(&[1, 2, 3], 1, &mut cache, &cross, &[])
+            .unwrap();
+        assert_eq!(model.logits(&hidden).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn loads_a_folder() {
+        let dir = std::env::temp_dir().join(format!("ember-whisper-hf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        candle_core::safetensors::save(&toy_checkpoint(), dir.join("model.safetensors")).unwrap();
+        std::fs::write(
+            dir.join("config.json"),
+            r#"{"encoder_attention_heads": 2, "decoder_attention_heads": 2, "begin_suppress_tokens": [3, 11]}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("generation_config.json"),
+            r#"{"alignment_heads": [[0, 1]], "lang_to_id": {"<|fr|>": 6, "<|en|>": 5}}"#,
+        )
+        .unwrap();
+        let loaded = load(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!((loaded.encoder_heads, loaded.decoder_heads), (2, 2));
+        assert_eq!(loaded.alignment_heads, Some(vec![(0, 1)]));
+        assert_eq!(loaded.lang_ids, Some(vec![5, 6]));
+        assert_eq!(loaded.suppress_ids_begin, Some(vec![3, 11]));
+        assert!(loaded.weights.get("decoder/embeddings/weight").is_ok());
+    }
+}

@@ -167,7 +167,8 @@ mod tests {
     use super::*;
 
     /// Rows of librosa 0.11's `filters.mel(sr=16000, n_fft=400, n_mels=80 | 128)`: (row, first
-    /// non-zero bin, its values).
+    /// non-zero bin, its values), as numpy printed them.
+    #[allow(clippy::excessive_precision)]
     const LIBROSA_80: &[(usize, usize, &[f32])] = &[
         (0, 1, &[0.024862595]),
         (1, 1, &[0.0019908219, 0.022871772]),
@@ -193,6 +194,7 @@ mod tests {
             ],
         ),
     ];
+    #[allow(clippy::excessive_precision)]
     const LIBROSA_128: &[(usize, usize, &[f32])] = &[
         (0, 1, &[0.012373987]),
         (

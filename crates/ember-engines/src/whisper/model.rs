@@ -8,6 +8,8 @@
 //! (erf) one, as in OpenAI's model. Attention scales the queries by `head_dim^-1/2` before the
 //! product, which CTranslate2 folds into the matmul.
 
+use super::matvec;
+use super::softmax::softmax_last_dim;
 use super::weights::Weights;
 use anyhow::{Context, ensure};
 use candle_core::{Device, IndexOp, Tensor};
@@ -24,9 +26,7 @@ pub(crate) struct Dims {
     pub n_text_ctx: usize,
 }
 
-/// A projection with its weight stored `[in, out]`: for the decoder's one-row inputs gemm then
-/// takes its column-major matrix-vector path, ~1.5× faster than against `[out, in]` rows
-/// (tiny.en, one decoding step's projections), and the encoder's products are no slower.
+/// A projection with its weight stored `[in, out]`, the layout `matvec` streams.
 struct Linear {
     weight_t: Tensor,
     bias: Tensor,
@@ -42,60 +42,7 @@ impl Linear {
 
     /// `[n, in]` → `[n, out]`.
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        xs.matmul(&self.weight_t)?.broadcast_add(&self.bias)
-    }
-}
-
-/// The token embeddings, which are also the output projection, stored transposed `[d_model,
-/// vocab]` in column blocks, one per thread. The logits of a decoding step (a 51k × d product
-/// for one or a few rows, 80 MB of f32 on tiny) are bound by memory bandwidth, and gemm runs
-/// one-row products on one thread: the blocks run in parallel, ~1.8× faster with 2 threads.
-struct Vocab {
-    blocks: Vec<Tensor>,
-    block_cols: usize,
-    size: usize,
-}
-
-impl Vocab {
-    fn new(embeddings: &Tensor) -> candle_core::Result<Vocab> {
-        let size = embeddings.dim(0)?;
-        let threads = candle_core::utils::get_num_threads().max(1);
-        let block_cols = size.div_ceil(threads);
-        let transposed = embeddings.t()?;
-        let blocks = (0..size)
-            .step_by(block_cols)
-            .map(|start| transposed.narrow(1, start, block_cols.min(size - start))?.contiguous())
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(Vocab { blocks, block_cols, size })
-    }
-
-    /// The embeddings of `ids`: `[n, d_model]`.
-    fn embed(&self, ids: &[u32]) -> candle_core::Result<Tensor> {
-        let columns = ids
-            .iter()
-            .map(|&id| {
-                let (block, col) = (id as usize / self.block_cols, id as usize % self.block_cols);
-                self.blocks[block].narrow(1, col, 1)
-            })
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        Tensor::cat(&columns, 1)?.t()?.contiguous()
-    }
-
-    /// Logits of `hidden` (`[n, d_model]`) as `n` rows over the vocabulary.
-    fn logits(&self, hidden: &Tensor) -> candle_core::Result<Vec<Vec<f32>>> {
-        use rayon::prelude::*;
-        let parts = self
-            .blocks
-            .par_iter()
-            .map(|block| hidden.matmul(block)?.to_vec2::<f32>())
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let mut rows = vec![Vec::with_capacity(self.size); hidden.dim(0)?];
-        for part in parts {
-            for (row, values) in rows.iter_mut().zip(part) {
-                row.extend(values);
-            }
-        }
-        Ok(rows)
+        matvec::matmul(xs, &self.weight_t)?.broadcast_add(&self.bias)
     }
 }
 
@@ -151,7 +98,7 @@ fn attend(
     if let Some(mask) = mask {
         scores = scores.broadcast_add(mask)?;
     }
-    candle_nn::ops::softmax_last_dim(&scores)?.matmul(v)
+    softmax_last_dim(&scores)?.matmul(v)
 }
 
 struct EncoderLayer {
@@ -245,7 +192,8 @@ impl SelfKv {
 
 /// The text decoder.
 struct Decoder {
-    vocab: Vocab,
+    /// The token embeddings, which are also the output projection, transposed: `[d_model, vocab]`.
+    embeddings_t: Tensor,
     positions: Tensor,
     layers: Vec<DecoderLayer>,
     norm: LayerNorm,
@@ -327,7 +275,7 @@ impl Model {
                 heads: encoder_heads,
             },
             decoder: Decoder {
-                vocab: Vocab::new(&embeddings)?,
+                embeddings_t: embeddings.t()?.contiguous()?,
                 positions: decoder_positions,
                 layers: decoder_layers,
                 norm: LayerNorm::load(w, "decoder/layer_norm")?,
@@ -356,7 +304,9 @@ impl Model {
             .iter()
             .map(|layer| {
                 let kv = layer.cross_kv.forward(&audio)?;
-                let kv = kv.reshape((n, 2, heads, d / heads))?.permute((1, 2, 0, 3))?;
+                let kv = kv
+                    .reshape((n, 2, heads, d / heads))?
+                    .permute((1, 2, 0, 3))?;
                 Ok((kv.i(0)?.t()?.contiguous()?, kv.i(1)?.contiguous()?))
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
@@ -390,9 +340,11 @@ impl Model {
         let head_dim = d / dec.heads;
         let scale = (head_dim as f64).powf(-0.5);
         let positions = dec.positions.narrow(0, past, t)?;
+        let ids = Tensor::new(tokens, &Device::Cpu)?;
         let mut xs = dec
-            .vocab
-            .embed(tokens)?
+            .embeddings_t
+            .index_select(&ids, 1)?
+            .t()?
             .reshape((batch, t, d))?
             .broadcast_add(&positions)?
             .reshape((batch * t, d))?;
@@ -438,7 +390,7 @@ impl Model {
                 .contiguous()?
                 * scale)?;
             let (keys_t, values) = &cross.layers[l];
-            let scores = q.matmul(keys_t)?;
+            let scores = matvec::matmul_heads(&q, keys_t)?;
             for (slot, &(_, h)) in attention
                 .iter_mut()
                 .zip(heads)
@@ -446,7 +398,7 @@ impl Model {
             {
                 *slot = Some(scores.i(h)?);
             }
-            let context = candle_nn::ops::softmax_last_dim(&scores)?.matmul(values)?;
+            let context = matvec::matmul_heads(&softmax_last_dim(&scores)?, values)?;
             let context = context.transpose(0, 1)?.reshape((batch * t, d))?;
             xs = (&xs + layer.cross_out.forward(&context)?)?;
             xs = layer.ffn.residual(&xs)?;
@@ -463,6 +415,6 @@ impl Model {
 
     /// Logits over the vocabulary for hidden states `[n, d_model]`: `n` rows of `n_vocab`.
     pub(crate) fn logits(&self, hidden: &Tensor) -> candle_core::Result<Vec<Vec<f32>>> {
-        self.decoder.vocab.logits(hidden)
+        matvec::matmul(hidden, &self.decoder.embeddings_t)?.to_vec2::<f32>()
     }
 }

@@ -218,7 +218,11 @@ fn detect_language(w: &Whisper, cross: &CrossKv) -> anyhow::Result<(String, f64)
     let mut cache = w.model.new_cache();
     let (hidden, _) = w.model.decode(&[w.tokens.sot], 1, &mut cache, cross, &[])?;
     let logits = w.model.logits(&hidden)?;
-    let language_logits: Vec<f32> = w.lang_ids.iter().map(|&id| logits[0][id as usize]).collect();
+    let language_logits: Vec<f32> = w
+        .lang_ids
+        .iter()
+        .map(|&id| logits[0][id as usize])
+        .collect();
     let log_probs = decode::log_softmax(&language_logits);
     let (best, &lp) = log_probs
         .iter()

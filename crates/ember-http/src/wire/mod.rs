@@ -10,6 +10,7 @@ pub mod reranking;
 pub mod speech_recognition;
 pub mod summarization;
 pub mod text_generation;
+pub mod text_to_speech;
 pub mod tools;
 pub mod translation;
 
@@ -53,20 +54,33 @@ pub fn parse(
         Task::SpeechRecognition => {
             TaskRequest::SpeechRecognition(speech_recognition::parse(target, input, body)?)
         }
+        Task::TextToSpeech => TaskRequest::TextToSpeech(text_to_speech::parse(target, input)?),
     };
     Ok(TaskInput::Task(request))
 }
 
-/// The contract's result object for `output`.
-pub fn result(output: &TaskOutput) -> Value {
-    match output {
+/// A task's answer: the contract's result object, or bytes with their MIME type (audio, images).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    Json(Value),
+    Binary {
+        bytes: Vec<u8>,
+        content_type: String,
+    },
+}
+
+/// The contract's answer for `output`.
+pub fn result(output: &TaskOutput) -> Answer {
+    let json = match output {
         TaskOutput::Embeddings(output) => embeddings::result(output),
         TaskOutput::Classification(output) => classification::result(output),
         TaskOutput::Reranking(output) => reranking::result(output),
         TaskOutput::Translation(output) => translation::result(output),
         TaskOutput::Summarization(output) => summarization::result(output),
         TaskOutput::SpeechRecognition(output) => speech_recognition::result(output),
-    }
+        TaskOutput::TextToSpeech(output) => return text_to_speech::result(output),
+    };
+    Answer::Json(json)
 }
 
 pub(crate) fn as_object(input: &Value) -> Result<&Map<String, Value>, InferError> {

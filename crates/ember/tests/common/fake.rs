@@ -12,6 +12,7 @@ use ember_core::tasks::speech_recognition::{
     SpeechRecognitionOutput, TimedWord, TranscriptSegment,
 };
 use ember_core::tasks::summarization::SummarizationOutput;
+use ember_core::tasks::text_to_speech::{AudioFormat, SpeechSynthesisOutput};
 use ember_core::tasks::translation::TranslationOutput;
 use ember_core::tasks::{EmbeddingsOutput, TaskOutput, TaskRequest, Usage};
 use ember_core::{Catalog, Ember, InferError, MemoryLimits};
@@ -23,7 +24,7 @@ use std::sync::Arc;
 pub const PANIC: &str = "PANIC";
 
 /// Models the kit installs: one per task that runs on a worker thread.
-pub const FAKE_MODELS: [&str; 7] = [
+pub const FAKE_MODELS: [&str; 8] = [
     "@hf/sentence-transformers/all-minilm-l6-v2",
     "@cf/huggingface/distilbert-sst-2-int8",
     "@cf/baai/bge-reranker-base",
@@ -31,6 +32,7 @@ pub const FAKE_MODELS: [&str; 7] = [
     "@cf/facebook/bart-large-cnn",
     "@cf/openai/whisper-tiny-en",
     "@cf/openai/whisper-large-v3-turbo",
+    "@hf/rhasspy/piper-en-us-joe-medium",
 ];
 
 /// An `Ember` whose `FAKE_MODELS` are installed (empty files) and served by fake runners; its
@@ -90,7 +92,8 @@ fn install(home: &std::path::Path, spec: &ModelSpec) {
 
 /// Deterministic answers: a text's length is its token count; classification is POSITIVE for
 /// "good"; reranking scores by shared words; translation tags the text; summarization keeps the
-/// first sentence; speech recognition "hears" the audio bytes as UTF-8 text, a word a second.
+/// first sentence; speech recognition "hears" the audio bytes as UTF-8 text, a word a second, and
+/// speech synthesis "says" the text as its UTF-8 bytes, labelled with the format asked for.
 struct FakeRunner;
 
 fn tokens(text: &str) -> u32 {
@@ -204,6 +207,26 @@ impl Runner for FakeRunner {
                         words,
                     }],
                     detailed: request.detailed,
+                })
+            }
+            TaskRequest::TextToSpeech(request) => {
+                check(&request.text);
+                let content_type = match request.format {
+                    AudioFormat::Mp3 => "audio/mpeg",
+                    AudioFormat::Wav | AudioFormat::MulawWav | AudioFormat::AlawWav => "audio/wav",
+                    AudioFormat::Flac => "audio/flac",
+                    AudioFormat::OggOpus => "audio/ogg",
+                    AudioFormat::Linear16 | AudioFormat::Mulaw | AudioFormat::Alaw => {
+                        "application/octet-stream"
+                    }
+                };
+                let characters = request.text.chars().count() as u32;
+                TaskOutput::TextToSpeech(SpeechSynthesisOutput {
+                    audio: request.text.into_bytes(),
+                    content_type: content_type.into(),
+                    duration: f64::from(characters) / 10.0,
+                    characters,
+                    base64_json: request.base64_json,
                 })
             }
         })

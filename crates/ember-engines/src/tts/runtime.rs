@@ -1,0 +1,80 @@
+//! ONNX Runtime for the voices: its shared library, found and loaded once per process, and the
+//! sessions the voices run in.
+//!
+//! The library is loaded at run time (`ort`'s `load-dynamic`) rather than linked: `ort` would
+//! otherwise download a build at compile time, and the build hosts are offline. The file is the
+//! `libonnxruntime.so` of PyPI's onnxruntime wheel, which `scripts/install-deps.sh` unpacks into
+//! `$EMBER_HOME/lib` (`ORT_DYLIB_PATH` names another file).
+
+use anyhow::{Context, anyhow, bail};
+use ort::session::Session;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// The library's file name inside `$EMBER_HOME/lib`.
+const LIBRARY: &str = "libonnxruntime.so";
+
+/// Opens the ONNX model at `path` for inference on the CPU with `threads` threads.
+pub(super) fn session(path: &Path, threads: usize) -> anyhow::Result<Session> {
+    load_library()?;
+    let build = || -> ort::Result<Session> {
+        Session::builder()?
+            .with_intra_threads(threads)?
+            // One model call at a time per voice: no graph-level parallelism to feed.
+            .with_inter_threads(1)?
+            // The worker thread shares the CPU with other models: idle threads sleep instead of
+            // spinning for the next call.
+            .with_intra_op_spinning(false)?
+            .commit_from_file(path)
+    };
+    build().with_context(|| format!("opening {} with ONNX Runtime", path.display()))
+}
+
+/// Loads the library once; every later call returns the first outcome.
+fn load_library() -> anyhow::Result<()> {
+    static LOADED: OnceLock<Result<(), String>> = OnceLock::new();
+    LOADED
+        .get_or_init(|| {
+            let path = library_path();
+            if !path.is_file() {
+                return Err(format!(
+                    "ONNX Runtime is not installed: no {} (scripts/install-deps.sh puts it there; \
+                     ORT_DYLIB_PATH may name another libonnxruntime.so)",
+                    path.display()
+                ));
+            }
+            // The environment keeps ONNX Runtime's defaults; `commit` only fails to take effect if
+            // one was made before, which nothing else in the process does.
+            ort::init_from(&path)
+                .map(|environment| {
+                    environment.commit();
+                })
+                .map_err(|e| format!("loading ONNX Runtime: {e}"))
+        })
+        .clone()
+        .map_err(|e| anyhow!(e))
+}
+
+fn library_path() -> PathBuf {
+    match std::env::var_os("ORT_DYLIB_PATH") {
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => ember_core::installed::default_home()
+            .join("lib")
+            .join(LIBRARY),
+    }
+}
+
+/// The input names a model must have, checked at load so a wrong file fails there and not on
+/// the first request.
+pub(super) fn check_inputs(session: &Session, names: &[&str], model: &Path) -> anyhow::Result<()> {
+    let has = |name: &str| session.inputs().iter().any(|i| i.name() == name);
+    if let Some(missing) = names.iter().find(|n| !has(n)) {
+        let found: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
+        bail!(
+            "{} has no input `{missing}` (inputs: {}): not a model this engine runs",
+            model.display(),
+            found.join(", ")
+        );
+    }
+    Ok(())
+}
