@@ -15,6 +15,8 @@ ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || need+=(libclang-dev clang
 # The text-to-speech voices read text as phonemes from espeak-ng (run as a command).
 command -v espeak-ng >/dev/null 2>&1 || need+=(espeak-ng)
 command -v unzip >/dev/null 2>&1 || need+=(unzip)
+# pip fetches ONNX Runtime's library from its PyPI wheel (below).
+python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 if [ "${1:-}" = "--tests" ]; then
   command -v node >/dev/null 2>&1 || need+=(nodejs npm)
   python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
@@ -34,15 +36,15 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 # ONNX Runtime for the text-to-speech engine, which loads it at run time (nothing is downloaded
-# at build time): the libonnxruntime.so of PyPI's onnxruntime wheel (any Python's wheel carries
-# the same library), checked against its pinned SHA-256, into $EMBER_HOME/lib.
+# at build time): the libonnxruntime.so of PyPI's onnxruntime wheel (every Python's wheel carries
+# the same library), fetched by pip and checked against its pinned SHA-256, into $EMBER_HOME/lib.
 ort_version=1.28.0
 case "$(uname -m)" in
   x86_64)
-    ort_wheel=https://files.pythonhosted.org/packages/f3/17/4e5ecd8764f87573c495d834ce79e61ecca47f7a01d1e444a606e570edcb/onnxruntime-1.28.0-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl
+    ort_platform=manylinux_2_28_x86_64
     ort_sha256=a166b78ee04f3a37fa1ef82034b6a3ce96d9684e582d4d30b296de83e9998bb5 ;;
   aarch64)
-    ort_wheel=https://files.pythonhosted.org/packages/ea/97/b7ce1bc8bb6048b5fe9129f55d6506dc19499068ef2e0a0af1ae3c8aa4e7/onnxruntime-1.28.0-cp311-cp311-manylinux_2_27_aarch64.manylinux_2_28_aarch64.whl
+    ort_platform=manylinux_2_28_aarch64
     ort_sha256=8d66f9ceb29909c70839e4e4fb3435c7b490050d8f162bd5f3aba4ca01ee517f ;;
   *)
     echo "no onnxruntime wheel is pinned for $(uname -m)" >&2
@@ -52,9 +54,11 @@ ort_lib="${EMBER_HOME:-$HOME/.cache/ember}/lib"
 if [ ! -f "$ort_lib/libonnxruntime.so.$ort_version" ]; then
   echo "installing ONNX Runtime $ort_version into $ort_lib"
   ort_tmp="$(mktemp -d)"
-  curl -fsSL -o "$ort_tmp/onnxruntime.whl" "$ort_wheel"
-  echo "$ort_sha256  $ort_tmp/onnxruntime.whl" | sha256sum -c --quiet
-  unzip -q -j "$ort_tmp/onnxruntime.whl" "onnxruntime/capi/libonnxruntime.so.$ort_version" -d "$ort_tmp"
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.11 \
+    --platform "$ort_platform" -d "$ort_tmp" "onnxruntime==$ort_version"
+  ort_wheel="$(ls "$ort_tmp"/onnxruntime-*.whl)"
+  echo "$ort_sha256  $ort_wheel" | sha256sum -c --quiet
+  unzip -q -j "$ort_wheel" "onnxruntime/capi/libonnxruntime.so.$ort_version" -d "$ort_tmp"
   mkdir -p "$ort_lib"
   mv "$ort_tmp/libonnxruntime.so.$ort_version" "$ort_lib/"
   rm -rf "$ort_tmp"
