@@ -5,7 +5,7 @@ ONNX Runtime's Python API.
 Usage (from the repository root, in a venv in /tmp with `pip install onnxruntime==1.28.0 numpy`, and
 espeak-ng installed):
     python scripts/reference/tts.py \
-        --piper-dir ~/.cache/ember/models/cf--myshell-ai--melotts \
+        --piper-dir ~/.cache/ember/models/hf--rhasspy--piper-en-us-joe-medium \
         --kokoro-dir ~/.cache/ember/models/hf--hexgrad--kokoro-82m \
         --out crates/ember-engines/tests/fixtures/tts/reference.json
 

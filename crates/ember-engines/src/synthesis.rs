@@ -34,10 +34,12 @@ impl SpeechSynthesizer {
             language: request.language.as_deref().and_then(espeak_voice),
             ..SynthesisOptions::default()
         };
+        // What fails here is the text (nothing espeak-ng can read aloud, a language it lacks):
+        // the caller's to change.
         let pcm = self
             .voice
             .synthesize(&request.text, &options)
-            .map_err(|error| InferError::Internal(format!("speech synthesis failed: {error:#}")))?;
+            .map_err(|error| InferError::ModelInputRejected(format!("{error:#}")))?;
         let (audio, content_type) = tts::encode(
             &pcm,
             encoding(request.format),

@@ -5,7 +5,7 @@
 //! encoders (each file decoded back by `audio::decode_to_mono`) and a round trip through Whisper.
 //!
 //! Needs the voices in the model cache (`$EMBER_HOME/models`, EMBER_HOME defaulting to
-//! `~/.cache/ember`): `cf--myshell-ai--melotts` (Piper en_US-joe-medium) and
+//! `~/.cache/ember`): `hf--rhasspy--piper-en-us-joe-medium` (Piper en_US-joe-medium) and
 //! `hf--hexgrad--kokoro-82m` (Kokoro v1.0 int8), `cf--openai--whisper-tiny-en` for the round trip,
 //! ONNX Runtime (`scripts/install-deps.sh`) and espeak-ng; a missing one fails.
 //!
@@ -74,12 +74,9 @@ fn fixture() -> &'static Fixture {
 }
 
 fn model_dir(name: &str) -> PathBuf {
-    let home = std::env::var_os("EMBER_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is not set")).join(".cache/ember")
-        });
-    let dir = home.join("models").join(name);
+    let dir = ember_core::installed::default_home()
+        .join("models")
+        .join(name);
     assert!(
         dir.is_dir(),
         "{} is missing (install it with `ember models pull`)",
@@ -90,7 +87,7 @@ fn model_dir(name: &str) -> PathBuf {
 
 fn piper() -> &'static Voice {
     static VOICE: OnceLock<Voice> = OnceLock::new();
-    VOICE.get_or_init(|| Voice::load(&model_dir("cf--myshell-ai--melotts")).unwrap())
+    VOICE.get_or_init(|| Voice::load(&model_dir("hf--rhasspy--piper-en-us-joe-medium")).unwrap())
 }
 
 fn kokoro() -> &'static Voice {

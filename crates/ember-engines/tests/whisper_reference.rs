@@ -63,12 +63,9 @@ fn fixtures() -> PathBuf {
 }
 
 fn model_dir(name: &str) -> PathBuf {
-    let home = std::env::var_os("EMBER_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is not set")).join(".cache/ember")
-        });
-    let dir = home.join("models").join(name);
+    let dir = ember_core::installed::default_home()
+        .join("models")
+        .join(name);
     assert!(
         dir.join("model.bin").is_file() && dir.join("tokenizer.json").is_file(),
         "the Whisper model is not installed at {} (model.bin, config.json, tokenizer.json; \

@@ -25,10 +25,6 @@ use ember_core::tasks::{TaskOutput, TaskRequest};
 use ember_gateway::Caller;
 use serde_json::{Value, json};
 
-/// The models OpenAI's clients name by default.
-const WHISPER_1: &str = "@cf/openai/whisper";
-const TTS_1: &str = "@cf/myshell-ai/melotts";
-
 pub async fn transcriptions(
     State(state): State<AppState>,
     Extension(RequestId(id)): Extension<RequestId>,
@@ -75,7 +71,7 @@ async fn recognize(mut call: Call, request: Request, translate: bool) -> Respons
         Err(error) => return call.fail(error).await,
     };
     call.model = upload.model.clone();
-    let spec = match resolve(&call.state, &upload.model, Task::SpeechRecognition) {
+    let spec = match openai::resolve_for(&call.state, &upload.model, Task::SpeechRecognition) {
         Ok(spec) => spec.clone(),
         Err(error) => return call.fail(error).await,
     };
@@ -102,26 +98,6 @@ async fn recognize(mut call: Call, request: Request, translate: bool) -> Respons
         },
     )
     .await
-}
-
-/// The catalog model `model` names (OpenAI's own names included), which must do `task`.
-fn resolve<'a>(state: &'a AppState, model: &str, task: Task) -> Result<&'a ModelSpec, ApiError> {
-    let id = match model {
-        "whisper-1" => WHISPER_1,
-        "tts-1" | "tts-1-hd" => TTS_1,
-        model => model,
-    };
-    let spec = state.ember.resolve(id)?;
-    if spec.task != task {
-        return Err(invalid(
-            "/model",
-            format!(
-                "{model} is a {} model and cannot serve this endpoint",
-                spec.task.display_name()
-            ),
-        ));
-    }
-    Ok(spec)
 }
 
 pub async fn speech(
@@ -172,7 +148,7 @@ fn parse_speech(state: &AppState, body: &Value) -> Result<(ModelSpec, TaskReques
         Some(Value::String(model)) if !model.is_empty() => model,
         _ => return Err(invalid("/model", "is required")),
     };
-    let spec = resolve(state, model, Task::TextToSpeech)?.clone();
+    let spec = openai::resolve_for(state, model, Task::TextToSpeech)?.clone();
     let text = match object.get("input") {
         Some(Value::String(text)) if !text.is_empty() => text.clone(),
         _ => return Err(invalid("/input", "is required: the text to speak")),

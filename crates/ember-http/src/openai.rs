@@ -569,7 +569,23 @@ pub(crate) fn resolve_model<'a>(
         }
         Some(_) => return Err(invalid("/model", "expected string")),
     };
-    let spec = state.ember.resolve(model)?;
+    resolve_for(state, model, task)
+}
+
+/// The catalog model `model` names, which must do `task`. OpenAI's own names for its speech
+/// models name Ember's: `whisper-1` `@cf/openai/whisper`, `tts-1` and `tts-1-hd`
+/// `@cf/myshell-ai/melotts`.
+pub(crate) fn resolve_for<'a>(
+    state: &'a AppState,
+    model: &str,
+    task: Task,
+) -> Result<&'a ModelSpec, ApiError> {
+    let id = match model {
+        "whisper-1" => "@cf/openai/whisper",
+        "tts-1" | "tts-1-hd" => "@cf/myshell-ai/melotts",
+        model => model,
+    };
+    let spec = state.ember.resolve(id)?;
     if spec.task != task {
         return Err(invalid(
             "/model",

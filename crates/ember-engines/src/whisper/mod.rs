@@ -178,8 +178,8 @@ impl Whisper {
             hf::load(dir)
         }
         .with_context(|| format!("loading the Whisper model in {}", dir.display()))?;
-        let model = model::Model::new(&loaded.weights, loaded.encoder_heads, loaded.decoder_heads)?;
-        drop(loaded.weights);
+        let mut weights = loaded.weights;
+        let model = model::Model::new(&mut weights, loaded.encoder_heads, loaded.decoder_heads)?;
         let tokens = tokens::Tokens::load(dir)?;
         let (layers, heads) = (model.decoder_layers(), model.decoder_heads());
         // Without a list, the second half of the decoder layers' heads (OpenAI's default).
@@ -194,15 +194,15 @@ impl Whisper {
                 .all(|&(l, h)| l < layers && h < heads),
             "an alignment head is outside the decoder's {layers} layers × {heads} heads"
         );
-        let suppress_ids_begin = loaded.suppress_ids_begin.unwrap_or_else(|| {
-            tokens
-                .encode(" ")
-                .map(|mut ids| {
-                    ids.push(tokens.eot);
-                    ids
-                })
-                .unwrap_or_default()
-        });
+        let suppress_ids_begin = match loaded.suppress_ids_begin {
+            Some(ids) => ids,
+            // A space and end of text, what the converters write.
+            None => {
+                let mut ids = tokens.encode(" ")?;
+                ids.push(tokens.eot);
+                ids
+            }
+        };
         Ok(Whisper {
             mel: mel::LogMel::new(model.dims.n_mels)?,
             lang_ids: loaded.lang_ids.unwrap_or_else(|| tokens.language_ids()),

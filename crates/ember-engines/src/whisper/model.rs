@@ -33,10 +33,10 @@ struct Linear {
 }
 
 impl Linear {
-    fn load(w: &Weights, name: &str) -> anyhow::Result<Linear> {
+    fn load(w: &mut Weights, name: &str) -> anyhow::Result<Linear> {
         Ok(Linear {
-            weight_t: w.get(&format!("{name}/weight"))?.t()?.contiguous()?,
-            bias: w.get(&format!("{name}/bias"))?,
+            weight_t: w.take(&format!("{name}/weight"))?.t()?.contiguous()?,
+            bias: w.take(&format!("{name}/bias"))?,
         })
     }
 
@@ -52,10 +52,10 @@ struct LayerNorm {
 }
 
 impl LayerNorm {
-    fn load(w: &Weights, name: &str) -> anyhow::Result<LayerNorm> {
+    fn load(w: &mut Weights, name: &str) -> anyhow::Result<LayerNorm> {
         Ok(LayerNorm {
-            gamma: w.get(&format!("{name}/gamma"))?,
-            beta: w.get(&format!("{name}/beta"))?,
+            gamma: w.take(&format!("{name}/gamma"))?,
+            beta: w.take(&format!("{name}/beta"))?,
         })
     }
 
@@ -71,7 +71,7 @@ struct FeedForward {
 }
 
 impl FeedForward {
-    fn load(w: &Weights, name: &str) -> anyhow::Result<FeedForward> {
+    fn load(w: &mut Weights, name: &str) -> anyhow::Result<FeedForward> {
         Ok(FeedForward {
             norm: LayerNorm::load(w, &format!("{name}/layer_norm"))?,
             fc1: Linear::load(w, &format!("{name}/linear_0"))?,
@@ -208,56 +208,55 @@ pub(crate) struct Model {
 }
 
 impl Model {
+    /// Builds the model from `w`, taking its tensors (each original is freed once its
+    /// transposed copy exists, so loading peaks near one copy of the weights).
     pub(crate) fn new(
-        w: &Weights,
+        w: &mut Weights,
         encoder_heads: usize,
         decoder_heads: usize,
     ) -> anyhow::Result<Model> {
-        let conv = |name: &str| -> anyhow::Result<(Tensor, Tensor)> {
+        let mut conv = |name: &str| -> anyhow::Result<(Tensor, Tensor)> {
             Ok((
-                w.get(&format!("{name}/weight"))?,
-                w.get(&format!("{name}/bias"))?,
+                w.take(&format!("{name}/weight"))?,
+                w.take(&format!("{name}/bias"))?,
             ))
         };
-        let conv1 = conv("encoder/conv1")?;
+        let (conv1, conv2) = (conv("encoder/conv1")?, conv("encoder/conv2")?);
         let (d_model, n_mels, _) = conv1.0.dims3().context("encoder/conv1/weight")?;
-        let encoder_layers = (0..w.count_layers("encoder/layer"))
-            .map(|i| {
-                let name = format!("encoder/layer_{i}");
-                Ok(EncoderLayer {
-                    norm: LayerNorm::load(w, &format!("{name}/self_attention/layer_norm"))?,
-                    qkv: Linear::load(w, &format!("{name}/self_attention/linear_0"))?,
-                    out: Linear::load(w, &format!("{name}/self_attention/linear_1"))?,
-                    ffn: FeedForward::load(w, &format!("{name}/ffn"))?,
-                })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let decoder_layers = (0..w.count_layers("decoder/layer"))
-            .map(|i| {
-                let name = format!("decoder/layer_{i}");
-                Ok(DecoderLayer {
-                    self_norm: LayerNorm::load(w, &format!("{name}/self_attention/layer_norm"))?,
-                    self_qkv: Linear::load(w, &format!("{name}/self_attention/linear_0"))?,
-                    self_out: Linear::load(w, &format!("{name}/self_attention/linear_1"))?,
-                    cross_norm: LayerNorm::load(w, &format!("{name}/attention/layer_norm"))?,
-                    cross_q: Linear::load(w, &format!("{name}/attention/linear_0"))?,
-                    cross_kv: Linear::load(w, &format!("{name}/attention/linear_1"))?,
-                    cross_out: Linear::load(w, &format!("{name}/attention/linear_2"))?,
-                    ffn: FeedForward::load(w, &format!("{name}/ffn"))?,
-                })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        ensure!(
-            !encoder_layers.is_empty() && !decoder_layers.is_empty(),
-            "the model has no layers"
-        );
-        let encoder_positions = w.get("encoder/position_encodings/encodings")?;
-        let decoder_positions = w.get("decoder/position_encodings/encodings")?;
-        let embeddings = w.get("decoder/embeddings/weight")?;
         ensure!(
             d_model % encoder_heads == 0 && d_model % decoder_heads == 0,
             "{d_model} dimensions do not split into {encoder_heads} / {decoder_heads} heads"
         );
+        let mut encoder_layers = Vec::new();
+        for i in 0..w.count_layers("encoder/layer") {
+            let name = format!("encoder/layer_{i}");
+            encoder_layers.push(EncoderLayer {
+                norm: LayerNorm::load(w, &format!("{name}/self_attention/layer_norm"))?,
+                qkv: Linear::load(w, &format!("{name}/self_attention/linear_0"))?,
+                out: Linear::load(w, &format!("{name}/self_attention/linear_1"))?,
+                ffn: FeedForward::load(w, &format!("{name}/ffn"))?,
+            });
+        }
+        let mut decoder_layers = Vec::new();
+        for i in 0..w.count_layers("decoder/layer") {
+            let name = format!("decoder/layer_{i}");
+            decoder_layers.push(DecoderLayer {
+                self_norm: LayerNorm::load(w, &format!("{name}/self_attention/layer_norm"))?,
+                self_qkv: Linear::load(w, &format!("{name}/self_attention/linear_0"))?,
+                self_out: Linear::load(w, &format!("{name}/self_attention/linear_1"))?,
+                cross_norm: LayerNorm::load(w, &format!("{name}/attention/layer_norm"))?,
+                cross_q: Linear::load(w, &format!("{name}/attention/linear_0"))?,
+                cross_kv: Linear::load(w, &format!("{name}/attention/linear_1"))?,
+                cross_out: Linear::load(w, &format!("{name}/attention/linear_2"))?,
+                ffn: FeedForward::load(w, &format!("{name}/ffn"))?,
+            });
+        }
+        ensure!(
+            !encoder_layers.is_empty() && !decoder_layers.is_empty(),
+            "the model has no layers"
+        );
+        let embeddings = w.take("decoder/embeddings/weight")?;
+        let decoder_positions = w.take("decoder/position_encodings/encodings")?;
         let dims = Dims {
             n_mels,
             d_model,
@@ -268,8 +267,8 @@ impl Model {
             dims,
             encoder: Encoder {
                 conv1,
-                conv2: conv("encoder/conv2")?,
-                positions: encoder_positions,
+                conv2,
+                positions: w.take("encoder/position_encodings/encodings")?,
                 layers: encoder_layers,
                 norm: LayerNorm::load(w, "encoder/layer_norm")?,
                 heads: encoder_heads,

@@ -29,10 +29,10 @@ impl Weights {
         Weights { tensors }
     }
 
-    pub(crate) fn get(&self, name: &str) -> anyhow::Result<Tensor> {
+    /// Removes and returns a tensor: each is used once, by the layer built from it.
+    pub(crate) fn take(&mut self, name: &str) -> anyhow::Result<Tensor> {
         self.tensors
-            .get(name)
-            .cloned()
+            .remove(name)
             .with_context(|| format!("the model has no tensor {name}"))
     }
 
