@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Reference transcriptions for Ember's Whisper engine, computed with faster-whisper.
 
-Usage (from the repository root, in a venv with `pip install faster-whisper==1.2.1 librosa`):
+Usage (from the repository root, in a venv with `pip install faster-whisper==1.2.1`, which brings
+ctranslate2 4.8.5):
     python scripts/reference/whisper.py --model-dir ~/.cache/ember/models/cf--openai--whisper-tiny-en \
         --out crates/ember-engines/tests/fixtures/whisper/tiny-en.json
     python scripts/reference/whisper.py --model-dir ~/.cache/ember/models/cf--openai--whisper \

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes the Whisper test clips: English speech synthesized by espeak-ng (Debian's 1.51), resampled
-# by sox to 16 kHz mono 16-bit PCM WAV (no dither, so reruns give the same bytes). Synthetic speech keeps the fixtures free of recordings'
-# licences; the clips are committed, so this runs only when they must change.
+# by sox to 16 kHz mono 16-bit PCM WAV (no dither, so reruns give the same bytes). Synthetic
+# speech keeps the fixtures free of recordings' licences; the clips are committed, so this runs
+# only when they must change.
 #   apt-get install -y espeak-ng sox
 #   scripts/reference/whisper_audio.sh [OUT_DIR]
 set -euo pipefail

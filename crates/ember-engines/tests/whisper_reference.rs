@@ -252,3 +252,64 @@ fn tiny_en_matches_faster_whisper() {
 fn base_matches_faster_whisper() {
     check_model("base.json", "cf--openai--whisper");
 }
+
+/// The temperature fallback, which the fixtures (temperature 0) never reach: with a
+/// log-probability threshold no decoding meets, every temperature is tried (sampling two
+/// candidates above 0), the likeliest result is kept and reported with the last temperature, as faster-whisper
+/// does; the same seed gives the same result.
+#[test]
+fn temperature_fallback_keeps_the_likeliest() {
+    let whisper = Whisper::load(&model_dir("cf--openai--whisper-tiny-en")).unwrap();
+    let samples = read_wav(&fixtures().join("short.wav"));
+    let greedy = TranscribeOptions {
+        beam_size: 1,
+        temperatures: vec![0.0],
+        ..TranscribeOptions::default()
+    };
+    let fallback = TranscribeOptions {
+        beam_size: 1,
+        best_of: 2,
+        temperatures: vec![0.0, 0.5, 1.0],
+        log_prob_threshold: Some(0.0),
+        no_speech_threshold: None,
+        ..TranscribeOptions::default()
+    };
+    let greedy = whisper.transcribe(&samples, &greedy).unwrap();
+    let first = whisper.transcribe(&samples, &fallback).unwrap();
+    let again = whisper.transcribe(&samples, &fallback).unwrap();
+    assert!(!first.segments.is_empty());
+    for segment in &first.segments {
+        assert_eq!(segment.temperature, 1.0);
+    }
+    let tokens = |t: &Transcription| {
+        t.segments
+            .iter()
+            .map(|s| s.tokens.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(tokens(&first), tokens(&again));
+    // The greedy decoding was one of the candidates.
+    assert!(first.segments[0].avg_logprob >= greedy.segments[0].avg_logprob - 1e-9);
+}
+
+/// Silence and empty input give no segments (faster-whisper: none for both).
+#[test]
+fn silence_gives_no_segments() {
+    let whisper = Whisper::load(&model_dir("cf--openai--whisper-tiny-en")).unwrap();
+    let options = TranscribeOptions {
+        beam_size: 1,
+        word_timestamps: true,
+        ..TranscribeOptions::default()
+    };
+    for seconds in [3, 0] {
+        let got = whisper
+            .transcribe(&vec![0.0; 16_000 * seconds], &options)
+            .unwrap();
+        assert!(
+            got.segments.is_empty(),
+            "{seconds} s of silence: {:?}",
+            got.segments
+        );
+        assert_eq!(got.duration, seconds as f64);
+    }
+}
