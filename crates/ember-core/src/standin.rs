@@ -70,12 +70,12 @@ pub(crate) async fn run(
         .and_then(|id| ember.catalog().get(id))
         .ok_or_else(|| InferError::Internal(format!("stand-in {} has no base model", spec.id)))?;
     match request {
-        TaskRequest::Classification(request) => classify(ember, base, request, options).await,
+        TaskRequest::TextClassification(request) => classify(ember, base, request, options).await,
         TaskRequest::Reranking(request) => rerank(ember, base, request, options).await,
         TaskRequest::Translation(request) => translate(ember, base, request, options).await,
         TaskRequest::Summarization(request) => summarize(ember, base, request, options).await,
         // A stand-in of its base's own task is served by the base itself (`Ember::serving`).
-        TaskRequest::Embeddings(_)
+        TaskRequest::TextEmbeddings(_)
         | TaskRequest::SpeechRecognition(_)
         | TaskRequest::TextToSpeech(_) => Err(InferError::Internal(format!(
             "stand-in {} does not run {:?}",
@@ -116,12 +116,12 @@ async fn embed(
     texts: Vec<String>,
     options: &RunOptions,
 ) -> Result<(Vec<Vec<f32>>, Vec<u32>), InferError> {
-    let request = TaskRequest::Embeddings(EmbeddingsRequest {
+    let request = TaskRequest::TextEmbeddings(EmbeddingsRequest {
         texts,
         pooling: Pooling::Mean,
     });
     match ember.run_on_worker(base, request, options).await? {
-        TaskOutput::Embeddings(output) => Ok((
+        TaskOutput::TextEmbeddings(output) => Ok((
             output.vectors.into_iter().map(normalised).collect(),
             output.token_counts,
         )),
@@ -205,7 +205,7 @@ async fn classify(
             score: weight / total,
         })
         .collect();
-    Ok(TaskOutput::Classification(ClassificationOutput {
+    Ok(TaskOutput::TextClassification(ClassificationOutput {
         labels,
         input_tokens: tokens[0],
     }))

@@ -6,29 +6,9 @@ use crate::{AppState, wire};
 use axum::extract::{Query, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use ember_core::InferError;
-use ember_core::catalog::{ModelSpec, Task};
+use ember_core::catalog::ModelSpec;
 use serde::Deserialize;
 use serde_json::{Value, json};
-
-/// Each task's input and output JSON Schema, as `models/schema` returns them.
-fn schema_text(spec: &ModelSpec) -> &'static str {
-    match spec.task {
-        Task::TextGeneration => include_str!("../schemas/text-generation.json"),
-        Task::TextEmbeddings => include_str!("../schemas/text-embeddings.json"),
-        Task::TextClassification => include_str!("../schemas/text-classification.json"),
-        Task::Reranking => include_str!("../schemas/reranking.json"),
-        Task::Translation => include_str!("../schemas/translation.json"),
-        Task::Summarization => include_str!("../schemas/summarization.json"),
-        Task::SpeechRecognition if wire::speech_recognition::answers_segments(spec) => {
-            include_str!("../schemas/automatic-speech-recognition-segments.json")
-        }
-        Task::SpeechRecognition => include_str!("../schemas/automatic-speech-recognition.json"),
-        Task::TextToSpeech if wire::text_to_speech::speaks_aura(spec) => {
-            include_str!("../schemas/text-to-speech-aura.json")
-        }
-        Task::TextToSpeech => include_str!("../schemas/text-to-speech.json"),
-    }
-}
 
 #[derive(Debug, Default, Deserialize)]
 pub struct SearchParams {
@@ -107,7 +87,7 @@ pub async fn rest_schema(
         Ok(spec) => spec,
         Err(error) => return ApiError::Infer(error).rest_response(),
     };
-    let schema: Value = serde_json::from_str(schema_text(spec)).unwrap_or(Value::Null);
+    let schema: Value = serde_json::from_str(wire::schema(spec)).unwrap_or(Value::Null);
     axum::Json(json!({ "result": schema, "success": true, "errors": [], "messages": [] }))
         .into_response()
 }
@@ -202,7 +182,7 @@ mod tests {
     fn every_model_has_an_input_and_output_schema() {
         use ember_core::Catalog;
         for spec in Catalog::builtin().unwrap().models() {
-            let schema: Value = serde_json::from_str(schema_text(spec)).unwrap();
+            let schema: Value = serde_json::from_str(wire::schema(spec)).unwrap();
             assert!(
                 (schema["input"].is_object() && schema["output"].is_object()),
                 "{}",

@@ -437,10 +437,10 @@ async fn embeddings(
     let call = Call::new(state.clone(), id, Form::OpenAi, caller);
     let parse = |body: &Value| {
         let (spec, request, base64) = parse_embeddings(&state, body)?;
-        Ok((spec.clone(), TaskRequest::Embeddings(request), base64))
+        Ok((spec.clone(), TaskRequest::TextEmbeddings(request), base64))
     };
     run::task_route(call, &headers, body, parse, |model, output, usage, base64| {
-        let TaskOutput::Embeddings(embedded) = output else {
+        let TaskOutput::TextEmbeddings(embedded) = output else {
             return None;
         };
         let data: Vec<Value> = embedded

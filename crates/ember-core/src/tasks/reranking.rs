@@ -1,6 +1,20 @@
 //! Reranking (`@cf/baai/bge-reranker-base`): a query and passages in, the passages' indices with
 //! their relevance scores out, best first, at most `top_k` of them.
 
+use super::{TaskInfo, Usage};
+
+/// Workers AI files its reranker under Text Classification (and limits it as one); its schema is
+/// its own.
+pub const INFO: TaskInfo = super::classification::INFO;
+
+pub fn usage(output: &RerankOutput) -> Usage {
+    Usage::new(output.input_tokens, 0)
+}
+
+pub fn most_usage(_: &RerankRequest, input_bytes: u32) -> Usage {
+    Usage::new(input_bytes, 0)
+}
+
 /// Most contexts in one request.
 pub const MAX_CONTEXTS: usize = 1000;
 

@@ -2,6 +2,23 @@
 //! audio bytes in (any container the decoder knows) with Whisper's decoding settings, the
 //! transcription out with segment and word timings. Charged per minute of audio.
 
+use super::{TaskInfo, Usage};
+
+pub const INFO: TaskInfo = TaskInfo {
+    name: "Automatic Speech Recognition",
+    uuid: "dfce1c48-2a81-462e-a7fd-de97ce985207",
+    requests_per_minute: 720,
+    description: "Automatic speech recognition (ASR) models convert a speech signal, typically an audio input, to text.",
+};
+
+pub fn usage(output: &SpeechRecognitionOutput) -> Usage {
+    Usage::of_audio(output.duration)
+}
+
+pub fn most_usage(request: &SpeechRecognitionRequest, _input_bytes: u32) -> Usage {
+    Usage::of_audio(most_seconds(&request.audio))
+}
+
 /// Longest audio accepted, in seconds. Its decoded samples take 230 MB at 16 kHz, and a few
 /// hundred bytes of a compressed file can claim that much silence, so the bound is on what one
 /// request may make a model hold and decode.

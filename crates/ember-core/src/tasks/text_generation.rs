@@ -1,9 +1,16 @@
 //! Text generation: a chat (`messages`) or a bare `prompt`, sampling settings, tools, JSON mode and
 //! stop sequences; the completion a model returns.
 
-use super::Usage;
+use super::{TaskInfo, Usage};
 use crate::tools::{ResponseFormat, ToolCall, ToolChoice, ToolDefinition};
 use serde::Serialize;
+
+pub const INFO: TaskInfo = TaskInfo {
+    name: "Text Generation",
+    uuid: "c329a1f9-323d-4e91-b2aa-582dd4188d34",
+    requests_per_minute: 300,
+    description: "Family of generative text models, such as large language models (LLM), that can be adapted for a variety of natural language tasks.",
+};
 
 /// Workers AI's default `max_tokens` for text generation.
 pub const DEFAULT_MAX_TOKENS: u32 = 256;

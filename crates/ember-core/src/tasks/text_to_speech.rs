@@ -2,6 +2,31 @@
 //! audio out, as base64 in JSON (MeloTTS) or as the response body (Aura). Charged per minute of
 //! audio or per thousand characters, as the model's price says.
 
+use super::{TaskInfo, Usage};
+
+pub const INFO: TaskInfo = TaskInfo {
+    name: "Text-to-Speech",
+    uuid: "b52660a1-9a95-4ab2-8b1d-f232be34604a",
+    // Not in the published table; as speech recognition.
+    requests_per_minute: 720,
+    description: "Text-to-Speech (TTS) is the task of generating natural sounding speech given text input.",
+};
+
+pub fn usage(output: &SpeechSynthesisOutput) -> Usage {
+    Usage {
+        characters: output.characters,
+        ..Usage::of_audio(output.duration)
+    }
+}
+
+pub fn most_usage(request: &SpeechSynthesisRequest, _input_bytes: u32) -> Usage {
+    let characters = u32::try_from(request.text.chars().count()).unwrap_or(u32::MAX);
+    Usage {
+        characters,
+        ..Usage::of_audio(most_seconds(characters))
+    }
+}
+
 /// Longest text accepted, in characters (Aura takes 2,000).
 pub const MAX_TEXT_CHARS: usize = 2000;
 

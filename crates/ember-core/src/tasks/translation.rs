@@ -2,8 +2,31 @@
 //! translations out. Languages are ISO 639-1 codes; a model's catalog property `languages` says
 //! which it translates, and Workers AI also accepts the English names listed here.
 
-use super::Usage;
+use super::{TEMPLATE_TOKENS, TaskInfo, Usage};
 use crate::catalog::ModelSpec;
+
+pub const INFO: TaskInfo = TaskInfo {
+    name: "Translation",
+    uuid: "f57d07cb-9087-487a-bbbf-bc3e17fecc4b",
+    requests_per_minute: 720,
+    description: "Translation models convert a sequence of text from one language to another.",
+};
+
+pub fn usage(output: &TranslationOutput) -> Usage {
+    output.usage
+}
+
+/// Each text is prompted on its own, so each has its template; a translation may be twice as long
+/// as its source.
+pub fn most_usage(request: &TranslationRequest, input_bytes: u32) -> Usage {
+    let texts = u32::try_from(request.items.len()).unwrap_or(u32::MAX);
+    Usage::new(
+        input_bytes.saturating_add(TEMPLATE_TOKENS.saturating_mul(texts)),
+        input_bytes
+            .saturating_mul(2)
+            .saturating_add(32u32.saturating_mul(texts)),
+    )
+}
 
 /// Most texts in one `requests` batch.
 pub const MAX_REQUESTS: usize = 100;

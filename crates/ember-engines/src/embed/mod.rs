@@ -158,9 +158,9 @@ impl SentenceEmbedder {
 impl Runner for SentenceEmbedder {
     fn run(&mut self, request: TaskRequest) -> Result<TaskOutput, InferError> {
         match request {
-            TaskRequest::Embeddings(request) => self
+            TaskRequest::TextEmbeddings(request) => self
                 .embed(&request.texts, request.pooling)
-                .map(TaskOutput::Embeddings),
+                .map(TaskOutput::TextEmbeddings),
             other => Err(crate::wrong_task(&other)),
         }
     }

@@ -96,7 +96,7 @@ fn sigmoid(x: f32) -> f32 {
 
 impl ember_core::runner::Runner for SequenceClassifier {
     fn run(&mut self, request: TaskRequest) -> Result<TaskOutput, InferError> {
-        let TaskRequest::Classification(request) = request else {
+        let TaskRequest::TextClassification(request) = request else {
             return Err(crate::wrong_task(&request));
         };
         let (probabilities, tokens) = self
@@ -112,7 +112,7 @@ impl ember_core::runner::Runner for SequenceClassifier {
                 score,
             })
             .collect();
-        Ok(TaskOutput::Classification(ClassificationOutput {
+        Ok(TaskOutput::TextClassification(ClassificationOutput {
             labels,
             input_tokens: tokens,
         }))

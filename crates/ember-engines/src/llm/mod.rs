@@ -81,6 +81,14 @@ fn backend() -> Result<&'static LlamaBackend, InferError> {
     static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
     BACKEND
         .get_or_init(|| {
+            // A portable build's ggml CPU variants are modules: load the best one this CPU runs,
+            // from the build's folder or the one holding the executable.
+            #[cfg(feature = "portable")]
+            #[allow(unsafe_code)]
+            // SAFETY: no arguments; called once, before the backend is initialised.
+            unsafe {
+                llama_cpp_sys_2::ggml_backend_load_all()
+            };
             let mut backend = LlamaBackend::init().map_err(|e| e.to_string())?;
             if std::env::var_os("EMBER_LLAMA_LOG").is_none() {
                 backend.void_logs();

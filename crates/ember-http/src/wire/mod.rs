@@ -1,7 +1,8 @@
 //! Workers AI's JSON for every task, converted once, at the edge: `parse` turns a model input (and
 //! a binary body, for tasks with a binary input) into core's typed request, every error naming the
-//! offending field as a JSON pointer, and `result` turns a typed output into the contract's result
-//! object. One module per task; this one dispatches and holds the field readers they share.
+//! offending field as a JSON pointer, `result` turns a typed output into the contract's result
+//! object, and `schema` is what `models/schema` shows. One module per task; this one registers them
+//! (one arm per task in each of the three) and holds the field readers they share.
 
 pub mod binary;
 pub mod classification;
@@ -15,7 +16,7 @@ pub mod tools;
 pub mod translation;
 
 use binary::BinaryBody;
-use ember_core::catalog::Task;
+use ember_core::catalog::{ModelSpec, Task};
 use ember_core::tasks::{MAX_PROMPT_CHARS, TaskInput, TaskOutput, TaskRequest};
 use ember_core::{InferError, Target};
 use serde_json::{Map, Value};
@@ -46,8 +47,8 @@ pub fn parse(
                 input, spec,
             )?));
         }
-        Task::TextEmbeddings => TaskRequest::Embeddings(embeddings::parse(input)?),
-        Task::TextClassification => TaskRequest::Classification(classification::parse(input)?),
+        Task::TextEmbeddings => TaskRequest::TextEmbeddings(embeddings::parse(input)?),
+        Task::TextClassification => TaskRequest::TextClassification(classification::parse(input)?),
         Task::Reranking => TaskRequest::Reranking(reranking::parse(input)?),
         Task::Translation => TaskRequest::Translation(translation::parse(input, spec)?),
         Task::Summarization => TaskRequest::Summarization(summarization::parse(input)?),
@@ -69,18 +70,43 @@ pub enum Answer {
     },
 }
 
+impl From<Value> for Answer {
+    fn from(json: Value) -> Answer {
+        Answer::Json(json)
+    }
+}
+
 /// The contract's answer for `output`.
 pub fn result(output: &TaskOutput) -> Answer {
-    let json = match output {
-        TaskOutput::Embeddings(output) => embeddings::result(output),
-        TaskOutput::Classification(output) => classification::result(output),
-        TaskOutput::Reranking(output) => reranking::result(output),
-        TaskOutput::Translation(output) => translation::result(output),
-        TaskOutput::Summarization(output) => summarization::result(output),
-        TaskOutput::SpeechRecognition(output) => speech_recognition::result(output),
-        TaskOutput::TextToSpeech(output) => return text_to_speech::result(output),
-    };
-    Answer::Json(json)
+    match output {
+        TaskOutput::TextEmbeddings(output) => embeddings::result(output).into(),
+        TaskOutput::TextClassification(output) => classification::result(output).into(),
+        TaskOutput::Reranking(output) => reranking::result(output).into(),
+        TaskOutput::Translation(output) => translation::result(output).into(),
+        TaskOutput::Summarization(output) => summarization::result(output).into(),
+        TaskOutput::SpeechRecognition(output) => speech_recognition::result(output).into(),
+        TaskOutput::TextToSpeech(output) => text_to_speech::result(output),
+    }
+}
+
+/// The model's input and output JSON Schema, as `models/schema` returns it.
+pub fn schema(spec: &ModelSpec) -> &'static str {
+    match spec.task {
+        Task::TextGeneration => include_str!("../../schemas/text-generation.json"),
+        Task::TextEmbeddings => include_str!("../../schemas/text-embeddings.json"),
+        Task::TextClassification => include_str!("../../schemas/text-classification.json"),
+        Task::Reranking => include_str!("../../schemas/reranking.json"),
+        Task::Translation => include_str!("../../schemas/translation.json"),
+        Task::Summarization => include_str!("../../schemas/summarization.json"),
+        Task::SpeechRecognition if speech_recognition::answers_segments(spec) => {
+            include_str!("../../schemas/automatic-speech-recognition-segments.json")
+        }
+        Task::SpeechRecognition => include_str!("../../schemas/automatic-speech-recognition.json"),
+        Task::TextToSpeech if text_to_speech::speaks_aura(spec) => {
+            include_str!("../../schemas/text-to-speech-aura.json")
+        }
+        Task::TextToSpeech => include_str!("../../schemas/text-to-speech.json"),
+    }
 }
 
 pub(crate) fn as_object(input: &Value) -> Result<&Map<String, Value>, InferError> {

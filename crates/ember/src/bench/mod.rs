@@ -1,5 +1,6 @@
-//! `ember bench llm`: Ember against llama.cpp's own tools on the same GGUF files, in one run.
-//! Kernel rows: prefill and decode rates of the engine in-process against `llama-bench`, one side
+//! `ember bench`: Ember against the runtimes its users would otherwise pick, in one run per
+//! family; `ember bench speech` is `speech.rs`. `ember bench llm`: Ember against llama.cpp's own
+//! tools on the same GGUF files. Kernel rows: prefill and decode rates of the engine in-process against `llama-bench`, one side
 //! at a time. Serving rows: aggregate generated tokens per second (median of timed runs that
 //! alternate between the two servers) and its share of llama.cpp's own batched decode rate
 //! (`llama-batched-bench`, the ceiling), time to first token and inter-token latency of
@@ -14,6 +15,7 @@ mod load;
 mod prompts;
 mod report;
 mod servers;
+mod speech;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
@@ -53,6 +55,8 @@ pub enum BenchCommand {
     /// Text generation: Ember against llama-bench and llama-server (llama.cpp from the
     /// llama-cpp-python 0.3.36 sdist) on the same GGUF.
     Llm(LlmBench),
+    /// Speech recognition: Ember's Whisper against faster-whisper on the same weights.
+    Speech(speech::SpeechBench),
 }
 
 #[derive(Args)]
@@ -102,8 +106,29 @@ pub struct Env<'a> {
 }
 
 pub fn run(command: BenchCommand, env: &Env) -> Result<()> {
-    let BenchCommand::Llm(bench) = command;
-    bench.run(env)
+    match command {
+        BenchCommand::Llm(bench) => bench.run(env),
+        BenchCommand::Speech(bench) => bench.run(env),
+    }
+}
+
+fn warn_if_debug_build() {
+    if cfg!(debug_assertions) {
+        eprintln!("warning: a debug build of ember; build with --release for real numbers");
+    }
+}
+
+/// `/proc/loadavg`, with a warning when the machine was busy: other work skews every number.
+fn load_average() -> String {
+    let load_average = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let busy = load_average
+        .split(' ')
+        .next()
+        .and_then(|l| l.parse::<f64>().ok());
+    if let Some(load) = busy.filter(|l| *l > 0.5) {
+        eprintln!("warning: load average {load}: other work on the machine skews the numbers");
+    }
+    load_average.trim().to_string()
 }
 
 /// One server's serving results at one concurrency.
@@ -140,9 +165,7 @@ impl Serving {
 
 impl LlmBench {
     fn run(&self, env: &Env) -> Result<()> {
-        if cfg!(debug_assertions) {
-            eprintln!("warning: a debug build of ember; build with --release for real numbers");
-        }
+        warn_if_debug_build();
         let mut specs = Vec::new();
         for id in &self.models {
             let spec = env
@@ -166,15 +189,7 @@ impl LlmBench {
         let work = std::env::temp_dir().join(format!("ember-bench-{}", std::process::id()));
         std::fs::create_dir_all(&work)?;
 
-        // Other work on the machine skews every number: record how busy it was.
-        let load_average = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-        let busy = load_average
-            .split(' ')
-            .next()
-            .and_then(|l| l.parse::<f64>().ok());
-        if let Some(load) = busy.filter(|l| *l > 0.5) {
-            eprintln!("warning: load average {load}: other work on the machine skews the numbers");
-        }
+        let load_average = load_average();
         let mut rows = Vec::new();
         let mut errors = Vec::new();
         for spec in specs {
@@ -182,7 +197,7 @@ impl LlmBench {
                 .with_context(|| format!("{} (logs in {})", spec.id, work.display()))?;
         }
         println!();
-        report::print_table(&rows);
+        report::print_table(&rows, "llama.cpp");
         for error in &errors {
             println!("failed: {error}");
         }
@@ -207,7 +222,7 @@ impl LlmBench {
                 "llama_cpp": "llama-cpp-python 0.3.36 sdist (vendor/llama.cpp)",
                 "ember": env!("CARGO_PKG_VERSION"),
                 "optimized_build": !cfg!(debug_assertions),
-                "load_average_at_start": load_average.trim(),
+                "load_average_at_start": load_average,
             },
             "rows": rows,
             "errors": errors,

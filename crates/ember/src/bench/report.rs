@@ -1,5 +1,5 @@
-//! The results of `ember bench llm`: one row per model and metric with both sides, their ratio
-//! (Ember / llama.cpp) and the goal, printed as a table and written as JSON; and the statistics
+//! The results of `ember bench`: one row per model and metric with both sides, their ratio
+//! (Ember / the anchor) and the goal, printed as a table and written as JSON; and the statistics
 //! (median, percentiles) the rows are made of.
 
 use serde::Serialize;
@@ -10,7 +10,8 @@ pub struct Row {
     pub metric: String,
     pub unit: &'static str,
     pub ember: Option<f64>,
-    pub llama_cpp: Option<f64>,
+    /// The same measure of the runtime Ember is compared with (llama.cpp, faster-whisper).
+    pub anchor: Option<f64>,
     pub ratio: Option<f64>,
     /// The target for the ratio, e.g. `>= 0.95`; empty where there is none.
     pub goal: &'static str,
@@ -22,23 +23,24 @@ impl Row {
         metric: String,
         unit: &'static str,
         ember: Option<f64>,
-        llama_cpp: Option<f64>,
+        anchor: Option<f64>,
         goal: &'static str,
     ) -> Row {
-        let ratio = ember.zip(llama_cpp).map(|(e, l)| e / l);
+        let ratio = ember.zip(anchor).map(|(e, l)| e / l);
         Row {
             model: model.to_string(),
             metric,
             unit,
             ember,
-            llama_cpp,
+            anchor,
             ratio,
             goal,
         }
     }
 }
 
-pub fn print_table(rows: &[Row]) {
+/// Prints the rows under a header naming the anchor.
+pub fn print_table(rows: &[Row], anchor: &str) {
     let number = |v: Option<f64>, unit: &str| match v {
         Some(v) if v >= 100.0 || unit == "count" => format!("{v:.0}"),
         Some(v) if v < 10.0 && unit == "req/s" => format!("{v:.2}"),
@@ -48,17 +50,18 @@ pub fn print_table(rows: &[Row]) {
     let model_width = rows.iter().map(|r| r.model.len()).max().unwrap_or(5).max(5);
     let metric_width = rows.iter().map(|r| r.metric.len() + r.unit.len() + 3).max();
     let metric_width = metric_width.unwrap_or(6).max(6);
+    let anchor_width = anchor.len().max(9);
     println!(
-        "{:<model_width$}  {:<metric_width$}  {:>9}  {:>9}  {:>6}  goal",
-        "model", "metric", "Ember", "llama.cpp", "ratio"
+        "{:<model_width$}  {:<metric_width$}  {:>9}  {:>anchor_width$}  {:>6}  goal",
+        "model", "metric", "Ember", anchor, "ratio"
     );
     for row in rows {
         println!(
-            "{:<model_width$}  {:<metric_width$}  {:>9}  {:>9}  {:>6}  {}",
+            "{:<model_width$}  {:<metric_width$}  {:>9}  {:>anchor_width$}  {:>6}  {}",
             row.model,
             format!("{} ({})", row.metric, row.unit),
             number(row.ember, row.unit),
-            number(row.llama_cpp, row.unit),
+            number(row.anchor, row.unit),
             row.ratio.map_or("-".into(), |r| format!("{r:.2}")),
             row.goal
         );

@@ -107,9 +107,9 @@ fn check(text: &str) {
 impl Runner for FakeRunner {
     fn run(&mut self, request: TaskRequest) -> Result<TaskOutput, InferError> {
         Ok(match request {
-            TaskRequest::Embeddings(request) => {
+            TaskRequest::TextEmbeddings(request) => {
                 request.texts.iter().for_each(|t| check(t));
-                TaskOutput::Embeddings(EmbeddingsOutput {
+                TaskOutput::TextEmbeddings(EmbeddingsOutput {
                     vectors: request
                         .texts
                         .iter()
@@ -119,14 +119,14 @@ impl Runner for FakeRunner {
                     pooling: request.pooling,
                 })
             }
-            TaskRequest::Classification(request) => {
+            TaskRequest::TextClassification(request) => {
                 check(&request.text);
                 let positive = if request.text.contains("good") {
                     0.75
                 } else {
                     0.25
                 };
-                TaskOutput::Classification(ClassificationOutput {
+                TaskOutput::TextClassification(ClassificationOutput {
                     labels: vec![
                         LabelScore {
                             label: "NEGATIVE".into(),
