@@ -7,9 +7,9 @@
 # the sdist (downloaded once, sha256-checked), the extracted source, the cmake build. A rerun with the
 # binaries present does nothing but print the folder. Only the last line goes to stdout.
 #
-# The CPU flags match how llama-cpp-sys-2 (Ember's llama.cpp) builds ggml, so both sides run the same
-# kernels: GGML_NATIVE=OFF, which on x86-64 makes ggml turn on SSE4.2/AVX/AVX2/BMI2/FMA/F16C (and no
-# AVX-512), and OpenMP on (llama-cpp-2's default `openmp` feature).
+# ggml is built as llama.cpp's users get it: its default CPU flags (GGML_NATIVE=ON, every
+# instruction set of this CPU, as Ember's own build uses through `target-cpu=native` in
+# .cargo/config.toml) and OpenMP. Only the web UI, the tests and the examples are left out.
 set -euo pipefail
 
 version=0.3.36
@@ -20,7 +20,7 @@ sha256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
 
 root="${EMBER_LLAMA_TOOLS:-$HOME/.cache/ember/llama.cpp-$version}"
 src="$root/src"
-build="$root/build"
+build="$root/build-native"
 bin="$build/bin"
 
 if [ -x "$bin/llama-bench" ] && [ -x "$bin/llama-batched-bench" ] && [ -x "$bin/llama-server" ]; then
@@ -52,7 +52,6 @@ flags=(
   -DBUILD_SHARED_LIBS=OFF
   -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_OPENSSL=OFF
   -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
-  -DGGML_NATIVE=OFF -DGGML_OPENMP=ON
 )
 # Newer llama.cpp dropped the curl option (it only warns when it is ON).
 grep -q 'option(LLAMA_CURL' "$src/CMakeLists.txt" && flags+=(-DLLAMA_CURL=OFF)

@@ -2,6 +2,8 @@
 //! random models: `tests/fixtures/architectures/{distilbert,reranker,bart,m2m100}/` hold a model
 //! folder each (config.json, model.safetensors, tokenizer.json) and `reference.json`, written by
 //! `scripts/reference/architectures.py` with transformers' own model classes.
+//! `m2m100-sentencepiece/` holds a sentencepiece model and `vocab.json` in M2M100's Hub layout with
+//! `M2M100Tokenizer`'s ids (`scripts/reference/m2m100_tokenizer.py`).
 //!
 //! Floats are compared element-wise by maximum absolute difference ([`TOLERANCE`]); token ids
 //! (tokenization, truncation, greedy and beam-search generations) must match exactly. No network
@@ -225,6 +227,57 @@ fn m2m100_matches_transformers() {
     check_seq2seq("m2m100");
     let model = Seq2Seq::load(&fixture_dir("m2m100")).unwrap();
     assert_eq!(model.languages(), ["en", "fr", "de", "es", "zh", "ja"]);
+}
+
+#[derive(Deserialize)]
+struct SentencepieceReference {
+    language_token_ids: std::collections::BTreeMap<String, u32>,
+    cases: Vec<SentencepieceCase>,
+}
+
+#[derive(Deserialize)]
+struct SentencepieceCase {
+    lang: String,
+    text: String,
+    input_ids: Vec<u32>,
+    decoded: String,
+}
+
+#[test]
+fn m2m100_tokenizer_from_sentencepiece_matches_transformers() {
+    let name = "m2m100-sentencepiece";
+    let reference: SentencepieceReference = reference(name);
+    let tokenizer = ember_engines::seq2seq::m2m100_tokenizer(&fixture_dir(name)).unwrap();
+    for (code, id) in &reference.language_token_ids {
+        assert_eq!(
+            tokenizer.token_to_id(&format!("__{code}__")),
+            Some(*id),
+            "{code}"
+        );
+    }
+    for case in &reference.cases {
+        let content = tokenizer.encode(case.text.as_str(), false).unwrap();
+        let lang = tokenizer
+            .token_to_id(&format!("__{}__", case.lang))
+            .unwrap();
+        let eos = tokenizer.token_to_id("</s>").unwrap();
+        let mut expected_content = case.input_ids.clone();
+        assert_eq!(
+            expected_content.remove(0),
+            lang,
+            "{:?}: language token",
+            case.text
+        );
+        assert_eq!(
+            expected_content.pop(),
+            Some(eos),
+            "{:?}: end token",
+            case.text
+        );
+        assert_eq!(content.get_ids(), expected_content, "{:?}", case.text);
+        let decoded = tokenizer.decode(content.get_ids(), true).unwrap();
+        assert_eq!(decoded, case.decoded, "{:?}", case.text);
+    }
 }
 
 #[test]

@@ -18,14 +18,16 @@
 //!    target language token is forced as the first generated token (`forced_bos_token_id`).
 //! 3. Text: the generated tokens without special tokens, decoded by the tokenizer.
 //!
-//! M2M100's Hub folders ship `sentencepiece.bpe.model` + `vocab.json` and no `tokenizer.json`;
-//! this engine needs a `tokenizer.json` whose ids are `vocab.json`'s, with the language tokens
-//! `__xx__` as added special tokens at their M2M100 ids (vocabulary size + language index).
+//! M2M100's Hub folders ship `sentencepiece.bpe.model` + `vocab.json` and no `tokenizer.json`:
+//! `sentencepiece.rs` builds the same tokenizer from them (a `tokenizer.json` with `vocab.json`'s
+//! ids and the language tokens `__xx__` at vocabulary size + language index also serves).
 
 mod model;
 mod search;
+mod sentencepiece;
 
 pub use search::{EarlyStopping, GenerationSettings};
+pub use sentencepiece::m2m100_tokenizer;
 
 use crate::embed::load_safetensors;
 use candle_core::Tensor;
@@ -100,7 +102,8 @@ impl OneOrMany {
 impl Seq2Seq {
     /// Loads a model folder: `config.json` (its `model_type`, "bart" or "m2m_100", picks the
     /// architecture), `model.safetensors` (or a sharded `model.safetensors.index.json`),
-    /// `tokenizer.json`, and `generation_config.json` when present.
+    /// `tokenizer.json` (or M2M100's `sentencepiece.bpe.model` + `vocab.json`), and
+    /// `generation_config.json` when present.
     pub fn load(dir: &Path) -> Result<Seq2Seq, InferError> {
         let failed = |reason: String| InferError::LoadFailed {
             model: dir.display().to_string(),
@@ -136,8 +139,12 @@ impl Seq2Seq {
         let settings = settings_from(fields).map_err(failed)?;
 
         let path = dir.join("tokenizer.json");
-        let mut tokenizer = Tokenizer::from_file(&path)
-            .map_err(|e| failed(format!("cannot read {}: {e}", path.display())))?;
+        let mut tokenizer = if !path.is_file() && dir.join("sentencepiece.bpe.model").is_file() {
+            sentencepiece::m2m100_tokenizer(dir).map_err(|e| failed(format!("{e:#}")))?
+        } else {
+            Tokenizer::from_file(&path)
+                .map_err(|e| failed(format!("cannot read {}: {e}", path.display())))?
+        };
         // Truncation is done on the ids (the content is cut, the special tokens kept).
         tokenizer.with_padding(None);
         tokenizer

@@ -114,12 +114,14 @@ impl SpeechBench {
                     if ember_turn {
                         let (seconds, texts) = ember.transcribe(env, workload)?;
                         eprintln!("   ember {seconds:.1} s");
-                        (ember_times.push(seconds), ember_text = texts);
+                        ember_times.push(seconds);
+                        ember_text = texts;
                     } else {
                         let (seconds, texts) =
                             faster_whisper.transcribe(workload, language.as_deref())?;
                         eprintln!("   faster-whisper {seconds:.1} s");
-                        (anchor_times.push(seconds), anchor_text = texts);
+                        anchor_times.push(seconds);
+                        anchor_text = texts;
                     }
                 }
             }
