@@ -9,7 +9,10 @@
 #
 # ggml is built as llama.cpp's users get it: its default CPU flags (GGML_NATIVE=ON, every
 # instruction set of this CPU, as Ember's own build uses through `target-cpu=native` in
-# .cargo/config.toml) and OpenMP. Only the web UI, the tests and the examples are left out.
+# .cargo/config.toml) and OpenMP. Only the web UI, the tests and the examples are left out, and
+# AMX: this llama.cpp's AMX kernel dies with SIGILL (`tilezero` in ggml_backend_amx_mul_mat) on
+# Sapphire Rapids, so its tools would not run at all on such a machine; the flags are no-ops
+# elsewhere. (Ember's newer llama.cpp runs its AMX kernels.)
 set -euo pipefail
 
 version=0.3.36
@@ -20,7 +23,7 @@ sha256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
 
 root="${EMBER_LLAMA_TOOLS:-$HOME/.cache/ember/llama.cpp-$version}"
 src="$root/src"
-build="$root/build-native"
+build="$root/build-native-no-amx"
 bin="$build/bin"
 
 if [ -x "$bin/llama-bench" ] && [ -x "$bin/llama-batched-bench" ] && [ -x "$bin/llama-server" ]; then
@@ -52,6 +55,8 @@ flags=(
   -DBUILD_SHARED_LIBS=OFF
   -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_OPENSSL=OFF
   -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
+  "-DCMAKE_C_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+  "-DCMAKE_CXX_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 )
 # Newer llama.cpp dropped the curl option (it only warns when it is ON).
 grep -q 'option(LLAMA_CURL' "$src/CMakeLists.txt" && flags+=(-DLLAMA_CURL=OFF)
