@@ -12,7 +12,7 @@
 # .cargo/config.toml) and OpenMP. Only the web UI, the tests and the examples are left out, and
 # AMX: this llama.cpp's AMX kernel dies with SIGILL (`tilezero` in ggml_backend_amx_mul_mat) on
 # Sapphire Rapids, so its tools would not run at all on such a machine; the flags are no-ops
-# elsewhere. (Ember's newer llama.cpp runs its AMX kernels.)
+# elsewhere. Ember's build leaves AMX out the same way (.cargo/config.toml).
 set -euo pipefail
 
 version=0.3.36

@@ -3,10 +3,9 @@
 //! llama-cpp-python with a Jinja2-rendered template (`scripts/reference/generation.py`).
 //!
 //! Alone, the match is exact up to where the reference's own best two logits were within
-//! `NEAR_TIE` of each other: the fixtures hold llama-cpp-python's AVX2 kernels (its native build
-//! dies in its AMX kernel on this CPU), and Ember's native build runs AMX kernels for the Q4_1 and
-//! Q4_K weights, which round differently, so a near-tie may flip (an AVX2 build of Ember matches to
-//! the end). Batched with seven others, and again when the prompt comes from
+//! `NEAR_TIE` of each other: the fixtures hold llama-cpp-python's AVX2 kernels, and Ember's native
+//! build runs AVX-512 ones, which round differently, so a near-tie may flip (an AVX2 build of Ember
+//! matches to the end). Batched with seven others, and again when the prompt comes from
 //! the prefix cache, llama.cpp computes the same logits with differently shaped kernels (flash
 //! attention picks its path by the number of queries, repacked weights switch between GEMV and
 //! GEMM), so values move by rounding; the tokens must match until the first step where the
@@ -27,8 +26,8 @@ mod common;
 /// Logit margin below which a greedy choice may legitimately differ between batch shapes. The
 /// divergences seen batched on these models happened at margins of 0.004 to 0.15.
 const NEAR_TIE: f32 = 0.25;
-/// SmolLM2-135M's logits move more between kernels: alone, 3 of its 7 cases part from the AVX2
-/// reference under AMX kernels, at reference margins of 0.011, 0.105 and 0.356.
+/// SmolLM2-135M's logits move more between kernels: alone, 5 of its 7 cases part from the AVX2
+/// reference under AVX-512 kernels, at reference margins from 0.004 to 0.356.
 const SMOLLM2_NEAR_TIE: f32 = 0.5;
 
 #[derive(Deserialize)]
