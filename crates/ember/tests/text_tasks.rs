@@ -207,12 +207,21 @@ fn fixture_home() -> std::path::PathBuf {
         let dir = installed::model_dir(&home, spec);
         std::fs::create_dir_all(&dir).unwrap();
         let mut files = std::collections::BTreeMap::new();
+        // The tiny M2M100's tokenizer is a tokenizer.json, which the loader prefers to the
+        // catalog's sentencepiece files: those come from the tokenizer fixture, to complete the
+        // install.
+        if fixture == "m2m100" {
+            let tokenizer = fixtures.join(fixture).join("tokenizer.json");
+            std::fs::copy(tokenizer, dir.join("tokenizer.json")).unwrap();
+        }
         for file in &spec.files {
-            let size = std::fs::copy(
-                fixtures.join(fixture).join(&file.path),
-                dir.join(&file.path),
-            )
-            .unwrap_or_else(|e| panic!("{fixture}/{}: {e}", file.path));
+            let source = [fixture, "m2m100-sentencepiece"]
+                .iter()
+                .map(|folder| fixtures.join(folder).join(&file.path))
+                .find(|path| path.is_file())
+                .unwrap_or_else(|| panic!("{fixture}/{} is missing", file.path));
+            let size = std::fs::copy(source, dir.join(&file.path))
+                .unwrap_or_else(|e| panic!("{fixture}/{}: {e}", file.path));
             let sha256 = String::new();
             files.insert(file.path.clone(), InstalledFile { sha256, size });
         }
