@@ -3,7 +3,7 @@
 requests `ember bench speech` sends on stdin, one JSON object per line, answering each on stdout.
 
     python faster_whisper_driver.py --model-dir DIR --threads 2
-    stdin:  {"clips": ["a.wav", "b.wav"], "concurrency": 8, "language": null, "beam_size": 5}
+    stdin:  {"clips": ["a.wav", "b.wav"], "concurrency": 8, "beam_size": 5}
     stdout: {"seconds": 12.3, "texts": ["...", "..."]}
 
 The model is loaded as faster-whisper's users load it on a CPU: `WhisperModel(dir, device="cpu",
@@ -23,10 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 from faster_whisper import WhisperModel
 
 
-def transcribe(model: WhisperModel, clip: str, language, beam_size: int) -> str:
+def transcribe(model: WhisperModel, clip: str, beam_size: int) -> str:
     segments, _ = model.transcribe(
         clip,
-        language=language,
         beam_size=beam_size,
         word_timestamps=True,
         condition_on_previous_text=True,
@@ -51,9 +50,7 @@ def main() -> None:
         with ThreadPoolExecutor(max_workers=request["concurrency"]) as pool:
             texts = list(
                 pool.map(
-                    lambda clip: transcribe(
-                        model, clip, request.get("language"), request["beam_size"]
-                    ),
+                    lambda clip: transcribe(model, clip, request["beam_size"]),
                     clips,
                 )
             )

@@ -13,28 +13,8 @@ use std::process::{Command, Stdio};
 pub fn tools_dir(given: Option<PathBuf>) -> Result<PathBuf> {
     let dir = match given {
         Some(dir) => dir,
-        None => {
-            let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../scripts/bench/build-llama-tools.sh");
-            if !script.exists() {
-                bail!(
-                    "{} is missing: pass --llama-bin with llama-bench, llama-batched-bench and \
-                     llama-server",
-                    script.display()
-                );
-            }
-            eprintln!("llama.cpp tools: {}", script.display());
-            let output = Command::new("bash")
-                .arg(&script)
-                .stderr(Stdio::inherit())
-                .output()
-                .with_context(|| format!("running {}", script.display()))?;
-            if !output.status.success() {
-                bail!("{} failed ({})", script.display(), output.status);
-            }
-            let stdout = String::from_utf8_lossy(&output.stdout);
-            PathBuf::from(stdout.lines().last().unwrap_or_default().trim())
-        }
+        None => super::setup_script("build-llama-tools.sh")
+            .context("pass --llama-bin with llama-bench, llama-batched-bench and llama-server")?,
     };
     for tool in ["llama-bench", "llama-batched-bench", "llama-server"] {
         if !dir.join(tool).is_file() {

@@ -118,6 +118,33 @@ fn warn_if_debug_build() {
     }
 }
 
+/// Runs a setup script of `scripts/bench/` (it installs what it needs once, outside the clone) and
+/// returns the path its last line of output names.
+fn setup_script(name: &str) -> Result<PathBuf> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../scripts/bench")
+        .join(name);
+    if !script.exists() {
+        bail!(
+            "{} is missing (the bench runs from a clone)",
+            script.display()
+        );
+    }
+    eprintln!("setup: {}", script.display());
+    let output = std::process::Command::new("bash")
+        .arg(&script)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !output.status.success() {
+        bail!("{} failed ({})", script.display(), output.status);
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    Ok(PathBuf::from(
+        stdout.lines().last().unwrap_or_default().trim(),
+    ))
+}
+
 /// `/proc/loadavg`, with a warning when the machine was busy: other work skews every number.
 fn load_average() -> String {
     let load_average = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();

@@ -83,9 +83,8 @@ impl SpeechBench {
         let long_seconds = write_repeated(&recording, self.clip_seconds, &long_clip)?;
         let recording_seconds = write_repeated(&recording, 0, &work.join("recording.wav"))?;
 
-        let language = english_only(spec).then(|| "en".to_string());
         let mut faster_whisper = FasterWhisper::start(self.python.clone(), &dir, threads)?;
-        let ember = EmberWhisper::load(env, spec, &dir, language.clone())?;
+        let ember = EmberWhisper::load(env, spec, &dir)?;
 
         let single = Workload {
             clips: vec![long_clip],
@@ -104,7 +103,7 @@ impl SpeechBench {
             (format!("{} clips at once", self.concurrency), &many),
         ] {
             eprintln!("== {name}: warm-up");
-            faster_whisper.transcribe(workload, language.as_deref())?;
+            faster_whisper.transcribe(workload)?;
             ember.transcribe(env, workload)?;
             let (mut ember_times, mut anchor_times) = (Vec::new(), Vec::new());
             let (mut ember_text, mut anchor_text) = (Vec::new(), Vec::new());
@@ -117,8 +116,7 @@ impl SpeechBench {
                         ember_times.push(seconds);
                         ember_text = texts;
                     } else {
-                        let (seconds, texts) =
-                            faster_whisper.transcribe(workload, language.as_deref())?;
+                        let (seconds, texts) = faster_whisper.transcribe(workload)?;
                         eprintln!("   faster-whisper {seconds:.1} s");
                         anchor_times.push(seconds);
                         anchor_text = texts;
@@ -185,11 +183,6 @@ struct Workload {
     audio_seconds: f64,
 }
 
-/// English-only checkpoints (`tiny.en`) are never asked to detect a language.
-fn english_only(spec: &ModelSpec) -> bool {
-    spec.id.ends_with("-en")
-}
-
 /// A file of this repository (the bench runs from a clone).
 fn repo_file(relative: &str) -> Result<PathBuf> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -227,20 +220,14 @@ fn write_repeated(recording: &Path, seconds: u32, to: &Path) -> Result<f64> {
 /// Ember's side: the model's serving worker, as `ember serve` starts it.
 struct EmberWhisper {
     model: LoadedModel,
-    language: Option<String>,
 }
 
 impl EmberWhisper {
-    fn load(
-        env: &super::Env,
-        spec: &ModelSpec,
-        dir: &Path,
-        language: Option<String>,
-    ) -> Result<EmberWhisper> {
+    fn load(env: &super::Env, spec: &ModelSpec, dir: &Path) -> Result<EmberWhisper> {
         let metrics = Metrics::new().model(&spec.id);
         let _guard = env.runtime.enter();
         let model = ember_engines::load(spec, dir, &Default::default(), metrics)?;
-        Ok(EmberWhisper { model, language })
+        Ok(EmberWhisper { model })
     }
 
     /// Sends every clip at once; returns the seconds until the last answer and the texts.
@@ -253,8 +240,9 @@ impl EmberWhisper {
             requests.push(TaskRequest::SpeechRecognition(SpeechRecognitionRequest {
                 audio: std::fs::read(clip)?,
                 content_type: Some("audio/wav".into()),
+                // No language: detected on multilingual checkpoints, English on `.en` ones (both
+                // engines do so).
                 settings: TranscribeSettings {
-                    language: self.language.clone(),
                     beam_size: BEAM_SIZE,
                     ..TranscribeSettings::default()
                 },
@@ -305,17 +293,7 @@ impl FasterWhisper {
     fn start(python: Option<PathBuf>, dir: &Path, threads: usize) -> Result<FasterWhisper> {
         let python = match python {
             Some(python) => python,
-            None => {
-                let script = repo_file("scripts/bench/faster-whisper.sh")?;
-                let output = Command::new("bash")
-                    .arg(&script)
-                    .stderr(Stdio::inherit())
-                    .output()
-                    .with_context(|| format!("running {}", script.display()))?;
-                ensure!(output.status.success(), "{} failed", script.display());
-                let stdout = String::from_utf8_lossy(&output.stdout);
-                PathBuf::from(stdout.lines().last().unwrap_or_default().trim())
-            }
+            None => super::setup_script("faster-whisper.sh")?,
         };
         let driver = repo_file("scripts/bench/faster_whisper_driver.py")?;
         let mut child = Command::new(&python)
@@ -344,15 +322,10 @@ impl FasterWhisper {
         })
     }
 
-    fn transcribe(
-        &mut self,
-        workload: &Workload,
-        language: Option<&str>,
-    ) -> Result<(f64, Vec<String>)> {
+    fn transcribe(&mut self, workload: &Workload) -> Result<(f64, Vec<String>)> {
         let request = serde_json::json!({
             "clips": workload.clips,
             "concurrency": workload.concurrency,
-            "language": language,
             "beam_size": BEAM_SIZE,
         });
         writeln!(self.stdin, "{request}")?;
