@@ -31,6 +31,8 @@ pub enum Engine {
     CandleWhisper,
     /// An ONNX text-to-speech voice (Piper's VITS, Kokoro) on ONNX Runtime.
     OnnxVoice,
+    /// An ImageNet image classifier (ResNet, EfficientNet-Lite) on candle.
+    CandleImageClassifier,
     /// No weights of its own: serves its task through its `base` model (see `standin.rs`).
     StandIn,
 }
@@ -47,6 +49,8 @@ pub struct Price {
     pub neurons_per_audio_minute: f64,
     #[serde(default)]
     pub neurons_per_k_characters: f64,
+    #[serde(default)]
+    pub neurons_per_m_images: f64,
 }
 
 impl Price {
@@ -57,6 +61,7 @@ impl Price {
             / 1_000_000.0
             + usage.audio_seconds / 60.0 * self.neurons_per_audio_minute
             + f64::from(usage.characters) / 1000.0 * self.neurons_per_k_characters
+            + f64::from(usage.images) / 1_000_000.0 * self.neurons_per_m_images
     }
 }
 

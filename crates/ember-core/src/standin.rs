@@ -77,7 +77,8 @@ pub(crate) async fn run(
         // A stand-in of its base's own task is served by the base itself (`Ember::serving`).
         TaskRequest::TextEmbeddings(_)
         | TaskRequest::SpeechRecognition(_)
-        | TaskRequest::TextToSpeech(_) => Err(InferError::Internal(format!(
+        | TaskRequest::TextToSpeech(_)
+        | TaskRequest::ImageClassification(_) => Err(InferError::Internal(format!(
             "stand-in {} does not run {:?}",
             spec.id,
             request.task()

@@ -1,8 +1,9 @@
 //! Ember's engines: the code that runs model weights. Text generation on llama.cpp (`llm`), text
 //! embeddings (`embed`), classification and reranking (`encoders`), translation and
-//! summarization (`seq2seq`), speech recognition (`speech`: `audio` decoding, `whisper`) on
-//! candle, text-to-speech (`synthesis`: `tts` voices) on ONNX Runtime. `load` picks the engine a catalog entry names and starts it. This is the only crate with
-//! kernel dependencies.
+//! summarization (`seq2seq`), speech recognition (`speech`: `audio` decoding, `whisper`) and
+//! image classification (`vision`) on candle, text-to-speech (`synthesis`: `tts` voices) on ONNX
+//! Runtime. `load` picks the engine a catalog entry names and starts it. This is the only crate
+//! with kernel dependencies.
 
 pub mod audio;
 pub mod embed;
@@ -12,6 +13,7 @@ pub mod seq2seq;
 pub mod speech;
 pub mod synthesis;
 pub mod tts;
+pub mod vision;
 pub mod whisper;
 
 use ember_core::InferError;
@@ -44,6 +46,9 @@ pub fn load(
         Engine::CandleSeq2seq => on_worker(spec, dir, |_, dir| seq2seq::Seq2Seq::load(dir)),
         Engine::CandleWhisper => on_worker(spec, dir, |_, dir| speech::SpeechRecognizer::load(dir)),
         Engine::OnnxVoice => on_worker(spec, dir, |_, dir| synthesis::SpeechSynthesizer::load(dir)),
+        Engine::CandleImageClassifier => on_worker(spec, dir, |spec, dir| {
+            vision::ImageClassifier::load(&spec.architecture, dir)
+        }),
         Engine::StandIn => Err(InferError::Internal(format!(
             "{} is a stand-in and loads nothing of its own",
             spec.id

@@ -146,13 +146,18 @@ fn model_object(spec: &ModelSpec) -> Value {
         property("output_dimensions", json!(dims.to_string()));
     }
     // Published prices are in dollars; Ember's catalog keeps neurons (1 neuron = $0.000011).
-    let mut prices = Vec::new();
-    if spec.price.neurons_per_m_input_tokens > 0.0 {
-        prices.push(json!({ "unit": "per M input tokens", "price": dollars(spec.price.neurons_per_m_input_tokens), "currency": "USD" }));
-    }
-    if spec.price.neurons_per_m_output_tokens > 0.0 {
-        prices.push(json!({ "unit": "per M output tokens", "price": dollars(spec.price.neurons_per_m_output_tokens), "currency": "USD" }));
-    }
+    let price = &spec.price;
+    let prices: Vec<Value> = [
+        ("per M input tokens", price.neurons_per_m_input_tokens),
+        ("per M output tokens", price.neurons_per_m_output_tokens),
+        ("per audio minute", price.neurons_per_audio_minute),
+        ("per 1k characters", price.neurons_per_k_characters),
+        ("per M images", price.neurons_per_m_images),
+    ]
+    .into_iter()
+    .filter(|(_, neurons)| *neurons > 0.0)
+    .map(|(unit, neurons)| json!({ "unit": unit, "price": dollars(neurons), "currency": "USD" }))
+    .collect();
     if !prices.is_empty() {
         property("price", Value::Array(prices));
     }
@@ -170,13 +175,28 @@ fn model_object(spec: &ModelSpec) -> Value {
     })
 }
 
+/// Dollars for `neurons`, to the tenth of a cent as Workers AI publishes its prices, or to three
+/// significant digits below a cent (per-minute and per-character prices).
 fn dollars(neurons: f64) -> f64 {
-    (neurons * 0.000011 * 1000.0).round() / 1000.0
+    let dollars = neurons * 0.000011;
+    let scale = if dollars >= 0.01 {
+        1000.0
+    } else {
+        10f64.powi(2 - dollars.log10().floor() as i32)
+    };
+    (dollars * scale).round() / scale
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prices_in_dollars() {
+        assert_eq!(dollars(2394.0), 0.026);
+        assert_eq!(dollars(228_055.0), 2.509);
+        assert_eq!(dollars(41.14), 0.000453);
+    }
 
     #[test]
     fn every_model_has_an_input_and_output_schema() {

@@ -6,6 +6,7 @@
 
 pub mod classification;
 pub mod embeddings;
+pub mod image_classification;
 pub mod reranking;
 pub mod speech_recognition;
 pub mod summarization;
@@ -104,6 +105,7 @@ tasks! {
     Summarization => summarization::{SummarizationRequest, SummarizationOutput},
     SpeechRecognition => speech_recognition::{SpeechRecognitionRequest, SpeechRecognitionOutput},
     TextToSpeech => text_to_speech::{SpeechSynthesisRequest, SpeechSynthesisOutput},
+    ImageClassification => image_classification::{ImageClassificationRequest, ImageClassificationOutput},
 }
 
 impl Task {
@@ -157,6 +159,9 @@ pub struct Usage {
     /// Characters of text spoken (some speech models are priced by the thousand).
     #[serde(skip)]
     pub characters: u32,
+    /// Images looked at (image models are priced per image).
+    #[serde(skip)]
+    pub images: u32,
     /// What the request costs at the model's published price (fractional, like Workers AI's).
     pub neurons: f64,
 }
@@ -176,6 +181,7 @@ impl Usage {
             prompt_tokens_details: PromptTokensDetails::default(),
             audio_seconds: 0.0,
             characters: 0,
+            images: 0,
             neurons: 0.0,
         }
     }
@@ -184,6 +190,14 @@ impl Usage {
     pub fn of_audio(seconds: f64) -> Usage {
         Usage {
             audio_seconds: seconds,
+            ..Usage::new(0, 0)
+        }
+    }
+
+    /// The usage of a request that looked at `images` images.
+    pub fn of_images(images: u32) -> Usage {
+        Usage {
+            images,
             ..Usage::new(0, 0)
         }
     }

@@ -56,7 +56,7 @@ fn read_weights(dir: &Path) -> Result<VarBuilder<'static>, String> {
 
 /// Labels in label-id order from `id2label` (keys are the ids as strings). Every id from 0 to
 /// n-1 must be present, so that position i of the classifier's output is label i.
-fn labels_in_order(
+pub(crate) fn labels_in_order(
     id2label: &std::collections::HashMap<String, String>,
 ) -> Result<Vec<String>, String> {
     let mut labels = vec![None; id2label.len()];
@@ -83,7 +83,7 @@ fn load_tokenizer(dir: &Path, max_tokens: usize) -> Result<Tokenizer, String> {
 }
 
 /// Numerically stable softmax of one row of logits.
-fn softmax(logits: &[f32]) -> Vec<f32> {
+pub(crate) fn softmax(logits: &[f32]) -> Vec<f32> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let exps: Vec<f32> = logits.iter().map(|&x| (x - max).exp()).collect();
     let sum: f32 = exps.iter().sum();

@@ -7,6 +7,7 @@
 pub mod binary;
 pub mod classification;
 pub mod embeddings;
+pub mod image_classification;
 pub mod reranking;
 pub mod speech_recognition;
 pub mod summarization;
@@ -29,7 +30,10 @@ pub fn parse(
     body: Option<BinaryBody>,
 ) -> Result<TaskInput, InferError> {
     let spec = target.served;
-    let takes_bytes = spec.task == Task::SpeechRecognition;
+    let takes_bytes = matches!(
+        spec.task,
+        Task::SpeechRecognition | Task::ImageClassification
+    );
     if let Some(body) = &body
         && !takes_bytes
     {
@@ -56,6 +60,9 @@ pub fn parse(
             TaskRequest::SpeechRecognition(speech_recognition::parse(target, input, body)?)
         }
         Task::TextToSpeech => TaskRequest::TextToSpeech(text_to_speech::parse(target, input)?),
+        Task::ImageClassification => {
+            TaskRequest::ImageClassification(image_classification::parse(input, body)?)
+        }
     };
     Ok(TaskInput::Task(request))
 }
@@ -86,6 +93,7 @@ pub fn result(output: &TaskOutput) -> Answer {
         TaskOutput::Summarization(output) => summarization::result(output).into(),
         TaskOutput::SpeechRecognition(output) => speech_recognition::result(output).into(),
         TaskOutput::TextToSpeech(output) => text_to_speech::result(output),
+        TaskOutput::ImageClassification(output) => image_classification::result(output).into(),
     }
 }
 
@@ -106,6 +114,7 @@ pub fn schema(spec: &ModelSpec) -> &'static str {
             include_str!("../../schemas/text-to-speech-aura.json")
         }
         Task::TextToSpeech => include_str!("../../schemas/text-to-speech.json"),
+        Task::ImageClassification => include_str!("../../schemas/image-classification.json"),
     }
 }
 

@@ -7,6 +7,7 @@ use ember_core::catalog::{Engine, ModelSpec};
 use ember_core::installed::{self, InstallManifest, InstalledFile};
 use ember_core::runner::{LoadedModel, ModelWorker, Runner};
 use ember_core::tasks::classification::{ClassificationOutput, LabelScore};
+use ember_core::tasks::image_classification::ImageClassificationOutput;
 use ember_core::tasks::reranking::RerankOutput;
 use ember_core::tasks::speech_recognition::{
     SpeechRecognitionOutput, TimedWord, TranscriptSegment,
@@ -92,8 +93,9 @@ fn install(home: &std::path::Path, spec: &ModelSpec) {
 
 /// Deterministic answers: a text's length is its token count; classification is POSITIVE for
 /// "good"; reranking scores by shared words; translation tags the text; summarization keeps the
-/// first sentence; speech recognition "hears" the audio bytes as UTF-8 text, a word a second, and
-/// speech synthesis "says" the text as its UTF-8 bytes, labelled with the format asked for.
+/// first sentence; speech recognition "hears" the audio bytes as UTF-8 text, a word a second,
+/// speech synthesis "says" the text as its UTF-8 bytes, labelled with the format asked for, and
+/// image classification sees how many bytes the image has.
 struct FakeRunner;
 
 fn tokens(text: &str) -> u32 {
@@ -227,6 +229,14 @@ impl Runner for FakeRunner {
                     duration: f64::from(characters) / 10.0,
                     characters,
                     base64_json: request.base64_json,
+                })
+            }
+            TaskRequest::ImageClassification(request) => {
+                TaskOutput::ImageClassification(ImageClassificationOutput {
+                    labels: vec![LabelScore {
+                        label: format!("{} bytes", request.image.len()),
+                        score: 1.0,
+                    }],
                 })
             }
         })

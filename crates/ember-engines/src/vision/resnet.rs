@@ -1,0 +1,154 @@
+//! ResNet with bottleneck layers (microsoft/resnet-50's `ResNetForImageClassification`), read from
+//! a Hugging Face folder: `config.json` (depths, hidden sizes, where stages downsample) and
+//! `model.safetensors` with transformers' weight names.
+
+use super::layers::{ConvBn, Padding, batch_norm};
+use candle_core::{D, Tensor};
+use candle_nn::VarBuilder;
+use serde::Deserialize;
+
+/// transformers' `nn.BatchNorm2d` default.
+const BN_EPS: f64 = 1e-5;
+/// A bottleneck's inner width is its output width over this.
+const REDUCTION: usize = 4;
+
+#[derive(Debug, Deserialize)]
+pub struct ResNetConfig {
+    num_channels: usize,
+    embedding_size: usize,
+    hidden_sizes: Vec<usize>,
+    depths: Vec<usize>,
+    layer_type: String,
+    #[serde(default)]
+    downsample_in_first_stage: bool,
+    #[serde(default)]
+    downsample_in_bottleneck: bool,
+}
+
+/// 1×1 reduce, 3×3, 1×1 expand (no activation after it), plus the shortcut (a strided 1×1
+/// projection where the shape changes), then ReLU.
+struct Bottleneck {
+    shortcut: Option<ConvBn>,
+    layers: [ConvBn; 3],
+}
+
+impl Bottleneck {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let residual = match &self.shortcut {
+            Some(shortcut) => shortcut.forward(x)?,
+            None => x.clone(),
+        };
+        let mut y = self.layers[0].forward(x)?.relu()?;
+        y = self.layers[1].forward(&y)?.relu()?;
+        y = self.layers[2].forward(&y)?;
+        (y + residual)?.relu()
+    }
+}
+
+pub struct ResNet {
+    stem: ConvBn,
+    layers: Vec<Bottleneck>,
+    /// `[classes, channels]`, `[classes]`.
+    classifier: (Tensor, Tensor),
+}
+
+impl ResNet {
+    pub fn new(config: &ResNetConfig, vb: VarBuilder) -> anyhow::Result<ResNet> {
+        anyhow::ensure!(
+            config.layer_type == "bottleneck",
+            "layer_type {:?} is not supported (only \"bottleneck\", ResNet-50's)",
+            config.layer_type
+        );
+        anyhow::ensure!(
+            config.depths.len() == config.hidden_sizes.len() && !config.depths.is_empty(),
+            "depths and hidden_sizes must be of the same, non-zero length"
+        );
+        let conv_bn = |vb: VarBuilder, in_c, out_c, k, stride| {
+            let weight = vb.get((out_c, in_c, k, k), "convolution.weight")?;
+            let bn = batch_norm(vb.pp("normalization"), out_c, BN_EPS)?;
+            ConvBn::new(weight, bn, stride, Padding::Symmetric(k / 2), false)
+        };
+        let stem = conv_bn(
+            vb.pp("resnet.embedder.embedder"),
+            config.num_channels,
+            config.embedding_size,
+            7,
+            2,
+        )?;
+
+        let mut layers = Vec::new();
+        let mut in_c = config.embedding_size;
+        for (stage, (&out_c, &depth)) in config.hidden_sizes.iter().zip(&config.depths).enumerate()
+        {
+            let stage_stride = if stage > 0 || config.downsample_in_first_stage {
+                2
+            } else {
+                1
+            };
+            for index in 0..depth {
+                let vb = vb.pp(format!("resnet.encoder.stages.{stage}.layers.{index}"));
+                let stride = if index == 0 { stage_stride } else { 1 };
+                let inner = out_c / REDUCTION;
+                let shortcut = if in_c != out_c || stride != 1 {
+                    let weight = vb.get((out_c, in_c, 1, 1), "shortcut.convolution.weight")?;
+                    let bn = batch_norm(vb.pp("shortcut.normalization"), out_c, BN_EPS)?;
+                    Some(ConvBn::new(
+                        weight,
+                        bn,
+                        stride,
+                        Padding::Symmetric(0),
+                        false,
+                    )?)
+                } else {
+                    None
+                };
+                let (reduce_stride, middle_stride) = if config.downsample_in_bottleneck {
+                    (stride, 1)
+                } else {
+                    (1, stride)
+                };
+                layers.push(Bottleneck {
+                    shortcut,
+                    layers: [
+                        conv_bn(vb.pp("layer.0"), in_c, inner, 1, reduce_stride)?,
+                        conv_bn(vb.pp("layer.1"), inner, inner, 3, middle_stride)?,
+                        conv_bn(vb.pp("layer.2"), inner, out_c, 1, 1)?,
+                    ],
+                });
+                in_c = out_c;
+            }
+        }
+        let classes = vb.get_unchecked("classifier.1.weight")?.dim(0)?;
+        let classifier = (
+            vb.get((classes, in_c), "classifier.1.weight")?,
+            vb.get(classes, "classifier.1.bias")?,
+        );
+        Ok(ResNet {
+            stem,
+            layers,
+            classifier,
+        })
+    }
+
+    /// How many labels the model tells apart.
+    pub fn classes(&self) -> usize {
+        self.classifier.1.elem_count()
+    }
+
+    /// Logits `[classes]` for `pixels` (`[1, 3, 224, 224]`).
+    pub fn forward(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
+        let x = self.stem.forward(pixels)?.relu()?;
+        // Max pool 3×3, stride 2, padding 1; after a ReLU every value is ≥ 0, so zero padding
+        // gives the same maximum as PyTorch's -inf padding.
+        let mut x = x
+            .pad_with_zeros(2, 1, 1)?
+            .pad_with_zeros(3, 1, 1)?
+            .max_pool2d_with_stride(3, 2)?;
+        for layer in &self.layers {
+            x = layer.forward(&x)?;
+        }
+        let pooled = x.flatten_from(2)?.mean(D::Minus1)?;
+        let (weight, bias) = &self.classifier;
+        pooled.matmul(&weight.t()?)?.broadcast_add(bias)?.squeeze(0)
+    }
+}

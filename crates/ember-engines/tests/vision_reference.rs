@@ -1,0 +1,143 @@
+//! The image classifiers against `scripts/reference/image_classification.py`, from
+//! `tests/fixtures/vision/`: EfficientNet-Lite0 with its real weights against its PyTorch port,
+//! ResNet-50's architecture (a tiny random ResNet in `resnet/`) against transformers'
+//! `ResNetForImageClassification`, and the preprocessing of both against transformers' image
+//! processor (Pillow's bicubic resize), on the same three photos. Then the decoder's EXIF
+//! orientation.
+//!
+//! Needs EfficientNet-Lite0 in the model cache (`$EMBER_HOME/models/hf--google--efficientnet-lite0`,
+//! EMBER_HOME defaulting to `~/.cache/ember`); a missing model fails.
+//!
+//! Tolerances: the preprocessed pixels equal the reference's (the resize is Pillow's, to the
+//! bit; 1e-5 covers float formatting); logits within 1e-4 (measured: 6e-6 for EfficientNet,
+//! 5e-7 for the tiny ResNet; f32 sums in another order); the five most likely labels in the same
+//! order.
+
+use ember_engines::vision::ImageClassifier;
+use ember_engines::vision::image::decode_rgb;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+const PIXEL_TOLERANCE: f32 = 1e-5;
+const LOGIT_TOLERANCE: f32 = 1e-4;
+const IMAGES: [&str; 3] = ["cat", "espresso", "astronaut"];
+
+#[derive(Deserialize)]
+struct Reference {
+    pixel_stride: usize,
+    cases: HashMap<String, Case>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    pixels: Vec<f32>,
+    logits: Vec<f32>,
+}
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vision")
+}
+
+fn read<T: serde::de::DeserializeOwned>(path: PathBuf) -> T {
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+fn image_bytes(name: &str) -> Vec<u8> {
+    std::fs::read(fixtures().join("images").join(format!("{name}.png"))).unwrap()
+}
+
+fn indices_by_score(logits: &[f32]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    order
+}
+
+/// Compares `classifier` with `reference` on every image.
+fn check(classifier: &ImageClassifier, reference: &Reference) {
+    for name in IMAGES {
+        let case = &reference.cases[name];
+        let image = decode_rgb(&image_bytes(name)).unwrap();
+        let pixels = classifier.pixels(&image).unwrap();
+        let values = pixels.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let sampled: Vec<f32> = values
+            .iter()
+            .step_by(reference.pixel_stride)
+            .copied()
+            .collect();
+        assert_eq!(sampled.len(), case.pixels.len(), "{name}: pixel count");
+        let worst = sampled
+            .iter()
+            .zip(&case.pixels)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            worst <= PIXEL_TOLERANCE,
+            "{name}: a pixel differs by {worst}"
+        );
+
+        let logits = classifier.logits(&pixels).unwrap();
+        let worst = logits
+            .iter()
+            .zip(&case.logits)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            worst <= LOGIT_TOLERANCE,
+            "{name}: a logit differs by {worst}"
+        );
+        assert_eq!(
+            indices_by_score(&logits)[..5],
+            indices_by_score(&case.logits)[..5],
+            "{name}: top five"
+        );
+    }
+}
+
+#[test]
+fn efficientnet_lite0_matches_its_pytorch_port() {
+    let dir = ember_core::installed::default_home().join("models/hf--google--efficientnet-lite0");
+    assert!(
+        dir.is_dir(),
+        "{} is missing (run `ember models pull @hf/google/efficientnet-lite0`)",
+        dir.display()
+    );
+    let classifier = ImageClassifier::load("efficientnet-lite", &dir).unwrap();
+    let reference: Reference = read(fixtures().join("efficientnet-lite0.json"));
+    check(&classifier, &reference);
+
+    // And the answers make sense: the cat photo is a cat, the espresso an espresso.
+    let top = |name: &str| classifier.classify(&image_bytes(name)).unwrap();
+    let cat = top("cat");
+    assert_eq!(cat.len(), 5);
+    assert!(cat[0].label.contains("cat"), "{:?}", cat[0]);
+    assert!(cat.windows(2).all(|w| w[0].score >= w[1].score));
+    assert_eq!(top("espresso")[0].label, "espresso");
+}
+
+#[test]
+fn resnet_matches_transformers() {
+    let dir = fixtures().join("resnet");
+    let classifier = ImageClassifier::load("resnet", &dir).unwrap();
+    let reference: Reference = read(dir.join("reference.json"));
+    check(&classifier, &reference);
+    let labels = classifier.classify(&image_bytes("cat")).unwrap();
+    assert!(labels[0].label.starts_with("class "));
+}
+
+/// `rotated.jpg` is stored 48×32 with a red top-left corner and EXIF orientation 6 (rotate 90°
+/// clockwise to display): decoded, it is 32×48 with the red corner at the top right.
+#[test]
+fn exif_orientation_is_applied() {
+    let bytes = std::fs::read(fixtures().join("images/rotated.jpg")).unwrap();
+    let image = decode_rgb(&bytes).unwrap();
+    assert_eq!(image.dimensions(), (32, 48));
+    let red = |x, y| {
+        let p = image.get_pixel(x, y).0;
+        p[0] > 200 && p[2] < 60
+    };
+    assert!(red(29, 2));
+    assert!(!red(2, 2));
+}

@@ -1,0 +1,118 @@
+//! Image classification on the real EfficientNet-Lite0 through the routes: `@cf/microsoft/resnet-50`
+//! (served by EfficientNet-Lite0 where ResNet-50's weights are not installed) from the raw body,
+//! byte arrays and base64 on REST and the binding's stream form, usage priced per image, and bad
+//! images (not an image, truncated, 1×1, a 20000×20000 header) refused naming the field. The
+//! engine test (`ember-engines/tests/vision_reference.rs`) compares logits with the reference.
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use common::*;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+
+const RUN: &str = "/client/v4/accounts/local/ai/run/";
+const RESNET: &str = "@cf/microsoft/resnet-50";
+const EFFICIENTNET: &str = "@hf/google/efficientnet-lite0";
+
+fn image(name: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../ember-engines/tests/fixtures/vision/images")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn raw(path: &str, content_type: &str, bytes: Vec<u8>) -> Request<Body> {
+    Request::post(path)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Body::from(bytes))
+        .unwrap()
+}
+
+/// The five labels of an answer, checked for shape: scores in (0, 1], descending.
+fn labels(result: &Value) -> Vec<String> {
+    let items = result.as_array().unwrap();
+    assert_eq!(items.len(), 5, "{result}");
+    let scores: Vec<f64> = items.iter().map(|i| i["score"].as_f64().unwrap()).collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{result}");
+    assert!(scores.iter().all(|s| *s > 0.0 && *s <= 1.0), "{result}");
+    items
+        .iter()
+        .map(|i| i["label"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resnet_id_classifies_images_in_every_input_form() {
+    use base64::Engine as _;
+    let app = app();
+    let cat = image("cat.png");
+    let path = format!("{RUN}{RESNET}");
+    let requests = [
+        raw(&path, "image/png", cat.clone()),
+        raw(&path, "application/octet-stream", cat.clone()),
+        post(&path, json!({ "image": cat }).to_string()),
+        post(
+            &path,
+            json!({ "image": base64::engine::general_purpose::STANDARD.encode(&cat) }).to_string(),
+        ),
+    ];
+    for request in requests {
+        let reply = send(&app, request).await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        assert_eq!(reply.header("x-ember-model"), EFFICIENTNET);
+        let labels = labels(&reply.json()["result"]);
+        assert_eq!(labels[0], "Egyptian cat");
+    }
+    // The binding's stream form.
+    let stream = Request::post("/run?version=3")
+        .header(header::CONTENT_TYPE, "image/png")
+        .header("cf-consn-model-id", RESNET)
+        .body(Body::from(image("espresso.png")))
+        .unwrap();
+    let reply = send(&app, stream).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(labels(&reply.json())[0], "espresso");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_images_are_refused_naming_the_field() {
+    let app = app();
+    let path = format!("{RUN}{RESNET}");
+    let mut truncated = image("cat.png");
+    truncated.truncate(truncated.len() / 3);
+    let mut header_bomb = image("cat.png");
+    // IHDR's width and height, big-endian, at bytes 16..24, then its CRC.
+    header_bomb[16..20].copy_from_slice(&20_000u32.to_be_bytes());
+    header_bomb[20..24].copy_from_slice(&20_000u32.to_be_bytes());
+    let mut crc = flate2::Crc::new();
+    crc.update(&header_bomb[12..29]);
+    header_bomb[29..33].copy_from_slice(&crc.sum().to_be_bytes());
+    let one_pixel = {
+        let mut bytes = Vec::new();
+        image::RgbImage::new(1, 1)
+            .write_to(
+                &mut std::io::Cursor::new(&mut bytes),
+                image::ImageFormat::Png,
+            )
+            .unwrap();
+        bytes
+    };
+    for (bytes, says) in [
+        (b"definitely not an image".to_vec(), "not an image"),
+        (truncated, "could not be decoded"),
+        (one_pixel, "1×1"),
+        (header_bomb, "20000×20000"),
+    ] {
+        let reply = send(&app, raw(&path, "image/png", bytes)).await;
+        let message = reply.rest_error(400, 5006);
+        assert!(
+            message.contains("/image") && message.contains(says),
+            "{message}"
+        );
+    }
+    // Still serving.
+    let reply = send(&app, raw(&path, "image/png", image("cat.png"))).await;
+    assert_eq!(reply.status, StatusCode::OK);
+}
