@@ -271,6 +271,15 @@ check "/transcribe/stream: whisper-large-v3-turbo on {audio: {body: stream}} giv
   if (j.transcription_info.language !== "en") return "language " + j.transcription_info.language;
   return Array.isArray(j.segments) && j.segments.length > 0 ? true : "segments " + JSON.stringify(j.segments);'
 
+# ---------------------------------------------------------------- images: binary inputs
+CAT="$HERE/../../crates/ember-engines/tests/fixtures/vision/images/cat.png"
+request POST /classify "@$CAT"
+check "/classify: resnet-50 on {image: [bytes]} gives five [{label, score}], a cat first" '
+  if (status !== "200") return "status " + status;
+  const j = JSON.parse(body);
+  if (!Array.isArray(j) || j.length !== 5) return JSON.stringify(j);
+  return /cat/.test(j[0].label) && typeof j[0].score === "number" ? true : JSON.stringify(j);'
+
 # ---------------------------------------------------------------- /models (AI.models -> GET .../ai/run/proxy)
 request GET /models
 check "/models (env.AI.models({task: \"Text Embeddings\"})) lists embeddinggemma" '

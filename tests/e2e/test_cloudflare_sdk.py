@@ -181,6 +181,23 @@ def test_speech_recognition(client: Cloudflare):
     assert result["vtt"].startswith("WEBVTT"), result
 
 
+IMAGES = Path(__file__).parents[2] / "crates/ember-engines/tests/fixtures/vision/images"
+
+
+def test_image_classification(client: Cloudflare):
+    # The SDK's overload for resnet-50 takes the image as an array of byte values.
+    result, served_by = run_raw(client, "@cf/microsoft/resnet-50", image=list((IMAGES / "cat.png").read_bytes()))
+    assert served_by in ("@cf/microsoft/resnet-50", "@hf/google/efficientnet-lite0")
+    assert len(result) == 5 and "cat" in result[0]["label"], result
+    assert result[0]["score"] >= result[1]["score"], result
+
+
+def test_garbage_image_is_5006_naming_the_field(client: Cloudflare):
+    with pytest.raises(cloudflare.BadRequestError) as ei:
+        client.ai.run("@cf/microsoft/resnet-50", account_id=ACCOUNT_ID, image=list(b"not an image"))
+    assert "5006" in json.dumps(ei.value.body) and "/image" in json.dumps(ei.value.body), ei.value.body
+
+
 def test_summarization(client: Cloudflare):
     text = (
         "The museum reopened on Monday after a two-year renovation that cost 40 million euros. "

@@ -56,6 +56,12 @@ app.post("/transcribe/stream", async (c) => {
   return c.json(await c.env.AI.run("@cf/openai/whisper-large-v3-turbo", { audio, language: "en" }));
 });
 
+// Image classification: the request body is the image, passed on as an array of byte values.
+app.post("/classify", async (c) => {
+  const image = [...new Uint8Array(await c.req.arrayBuffer())];
+  return c.json(await c.env.AI.run("@cf/microsoft/resnet-50", { image }));
+});
+
 app.get("/models", async (c) => {
   return c.json(await c.env.AI.models({ task: "Text Embeddings" }));
 });
