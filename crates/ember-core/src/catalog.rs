@@ -33,6 +33,8 @@ pub enum Engine {
     OnnxVoice,
     /// An ImageNet image classifier (ResNet, EfficientNet-Lite) on candle.
     CandleImageClassifier,
+    /// A DETR object detector on candle.
+    CandleObjectDetector,
     /// No weights of its own: serves its task through its `base` model (see `standin.rs`).
     StandIn,
 }

@@ -78,7 +78,8 @@ pub(crate) async fn run(
         TaskRequest::TextEmbeddings(_)
         | TaskRequest::SpeechRecognition(_)
         | TaskRequest::TextToSpeech(_)
-        | TaskRequest::ImageClassification(_) => Err(InferError::Internal(format!(
+        | TaskRequest::ImageClassification(_)
+        | TaskRequest::ObjectDetection(_) => Err(InferError::Internal(format!(
             "stand-in {} does not run {:?}",
             spec.id,
             request.task()

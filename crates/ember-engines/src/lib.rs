@@ -1,7 +1,7 @@
 //! Ember's engines: the code that runs model weights. Text generation on llama.cpp (`llm`), text
 //! embeddings (`embed`), classification and reranking (`encoders`), translation and
 //! summarization (`seq2seq`), speech recognition (`speech`: `audio` decoding, `whisper`) and
-//! image classification (`vision`) on candle, text-to-speech (`synthesis`: `tts` voices) on ONNX
+//! image classification and object detection (`vision`) on candle, text-to-speech (`synthesis`: `tts` voices) on ONNX
 //! Runtime. `load` picks the engine a catalog entry names and starts it. This is the only crate
 //! with kernel dependencies.
 
@@ -48,6 +48,9 @@ pub fn load(
         Engine::OnnxVoice => on_worker(spec, dir, |_, dir| synthesis::SpeechSynthesizer::load(dir)),
         Engine::CandleImageClassifier => on_worker(spec, dir, |spec, dir| {
             vision::ImageClassifier::load(&spec.architecture, dir)
+        }),
+        Engine::CandleObjectDetector => on_worker(spec, dir, |_, dir| {
+            vision::detector::ObjectDetector::load(dir)
         }),
         Engine::StandIn => Err(InferError::Internal(format!(
             "{} is a stand-in and loads nothing of its own",

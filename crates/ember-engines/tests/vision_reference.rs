@@ -141,3 +141,99 @@ fn exif_orientation_is_applied() {
     assert!(red(29, 2));
     assert!(!red(2, 2));
 }
+
+#[derive(Deserialize)]
+struct DetrReference {
+    pixel_stride: usize,
+    cases: HashMap<String, DetrCase>,
+}
+
+#[derive(Deserialize)]
+struct DetrCase {
+    pixels_shape: Vec<usize>,
+    pixels: Vec<f32>,
+    logits: Vec<f32>,
+    boxes: Vec<f32>,
+    detections: Vec<Detection>,
+}
+
+#[derive(Deserialize)]
+struct Detection {
+    score: f32,
+    label: String,
+    #[serde(rename = "box")]
+    bounding_box: [f32; 4],
+}
+
+fn worst(actual: &[f32], expected: &[f32]) -> f32 {
+    assert_eq!(actual.len(), expected.len());
+    actual
+        .iter()
+        .zip(expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max)
+}
+
+/// A tiny generated DETR (`detr/`) against transformers' `DetrForObjectDetection`, its image
+/// processor (shortest edge 800, longest 1333, Pillow bilinear) and `post_process_object_detection`
+/// (threshold 0.3): pixels equal, logits and relative boxes within 1e-4, detections the same in
+/// label and order, scores within 1e-4 and boxes within 0.05 pixels.
+#[test]
+fn detr_matches_transformers() {
+    use ember_engines::vision::detector::ObjectDetector;
+    let dir = fixtures().join("detr");
+    let detector = ObjectDetector::load(&dir).unwrap();
+    let reference: DetrReference = read(dir.join("reference.json"));
+    for name in ["cat", "astronaut"] {
+        let case = &reference.cases[name];
+        let image = decode_rgb(&image_bytes(name)).unwrap();
+        let (pixels, found) = detector.raw(&image).unwrap();
+        assert_eq!(pixels.dims(), case.pixels_shape, "{name}");
+        let values = pixels.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let sampled: Vec<f32> = values
+            .iter()
+            .step_by(reference.pixel_stride)
+            .copied()
+            .collect();
+        assert!(
+            worst(&sampled, &case.pixels) <= PIXEL_TOLERANCE,
+            "{name}: pixels"
+        );
+        let logits = found
+            .logits
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let boxes = found.boxes.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(
+            worst(&logits, &case.logits) <= LOGIT_TOLERANCE,
+            "{name}: logits {}",
+            worst(&logits, &case.logits)
+        );
+        assert!(
+            worst(&boxes, &case.boxes) <= LOGIT_TOLERANCE,
+            "{name}: boxes {}",
+            worst(&boxes, &case.boxes)
+        );
+
+        let objects = detector.detect(&image_bytes(name), 0.3).unwrap();
+        assert_eq!(objects.len(), case.detections.len(), "{name}: detections");
+        let mut expected: Vec<&Detection> = case.detections.iter().collect();
+        expected.sort_by(|a, b| b.score.total_cmp(&a.score));
+        for (object, expected) in objects.iter().zip(expected) {
+            assert_eq!(object.label, expected.label, "{name}");
+            assert!(
+                (object.score - expected.score).abs() <= LOGIT_TOLERANCE,
+                "{name}: score"
+            );
+            let b = object.bounding_box;
+            let got = [b.xmin, b.ymin, b.xmax, b.ymax];
+            assert!(
+                worst(&got, &expected.bounding_box) <= 0.05,
+                "{name}: box {got:?} {:?}",
+                expected.bounding_box
+            );
+        }
+    }
+}

@@ -3,6 +3,8 @@
 //! byte arrays and base64 on REST and the binding's stream form, usage priced per image, and bad
 //! images (not an image, truncated, 1×1, a 20000×20000 header) refused naming the field. The
 //! engine test (`ember-engines/tests/vision_reference.rs`) compares logits with the reference.
+//! Then DETR: without its weights, the answer says how to pull them; with the tiny generated DETR
+//! installed under its id, the contract's shape.
 
 mod common;
 
@@ -115,4 +117,88 @@ async fn bad_images_are_refused_naming_the_field() {
     // Still serving.
     let reply = send(&app, raw(&path, "image/png", image("cat.png"))).await;
     assert_eq!(reply.status, StatusCode::OK);
+}
+
+/// A model cache holding the tiny generated DETR (`ember-engines/tests/fixtures/vision/detr`, the
+/// architecture checked against transformers) under `@cf/facebook/detr-resnet-50`.
+fn detr_home() -> PathBuf {
+    use ember_core::installed::{self, InstallManifest, InstalledFile};
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../ember-engines/tests/fixtures/vision/detr");
+    let home = std::env::temp_dir().join(format!("ember-detr-{}", std::process::id()));
+    let catalog = ember_core::Catalog::builtin().unwrap();
+    let spec = catalog.get(DETR).unwrap();
+    let dir = installed::model_dir(&home, spec);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut files = std::collections::BTreeMap::new();
+    for file in &spec.files {
+        let size = std::fs::copy(fixture.join(&file.path), dir.join(&file.path)).unwrap();
+        let sha256 = String::new();
+        files.insert(file.path.clone(), InstalledFile { sha256, size });
+    }
+    let manifest = InstallManifest {
+        model: DETR.into(),
+        source: "fixture".into(),
+        files,
+    };
+    installed::write_manifest(&dir, &manifest).unwrap();
+    home
+}
+
+const DETR: &str = "@cf/facebook/detr-resnet-50";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn detr_answers_objects_with_boxes_once_installed() {
+    // Not installed: the answer says how to install it.
+    let reply = send(
+        &app(),
+        raw(&format!("{RUN}{DETR}"), "image/png", image("cat.png")),
+    )
+    .await;
+    assert!(
+        String::from_utf8_lossy(&reply.body)
+            .contains("ember models pull @cf/facebook/detr-resnet-50"),
+        "{:?}",
+        reply.body
+    );
+
+    let home = detr_home();
+    let ember = ember::open_ember(&home, None, Default::default(), &engine_config(1)).unwrap();
+    let app = app_on(
+        std::sync::Arc::new(ember),
+        ember_http::HttpConfig::default(),
+        ember_gateway::GatewayConfig::default(),
+        std::sync::Arc::new(ember_gateway::clock::SystemClock),
+    );
+    let reply = send(
+        &app,
+        raw(&format!("{RUN}{DETR}"), "image/png", image("cat.png")),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.header("x-ember-model"), DETR);
+    let objects = reply.json()["result"].as_array().unwrap().clone();
+    // The generated model is no detector, but its answers have the contract's shape: scores above
+    // the threshold, best first, boxes in whole pixels inside the 360×240 image (give or take the
+    // model's overshoot).
+    assert!(!objects.is_empty());
+    let scores: Vec<f64> = objects
+        .iter()
+        .map(|o| o["score"].as_f64().unwrap())
+        .collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]) && scores.iter().all(|s| *s > 0.5));
+    for object in &objects {
+        assert!(object["label"].is_string());
+        for corner in ["xmin", "ymin", "xmax", "ymax"] {
+            assert!(object["box"][corner].is_i64(), "{object}");
+        }
+        assert!(object["box"]["xmin"].as_i64() < object["box"]["xmax"].as_i64());
+    }
+    let reply = send(
+        &app,
+        raw(&format!("{RUN}{DETR}"), "image/png", b"GIF89a".to_vec()),
+    )
+    .await;
+    assert!(reply.rest_error(400, 5006).contains("/image"));
+    std::fs::remove_dir_all(home).unwrap();
 }

@@ -7,6 +7,7 @@
 pub mod classification;
 pub mod embeddings;
 pub mod image_classification;
+pub mod object_detection;
 pub mod reranking;
 pub mod speech_recognition;
 pub mod summarization;
@@ -106,6 +107,7 @@ tasks! {
     SpeechRecognition => speech_recognition::{SpeechRecognitionRequest, SpeechRecognitionOutput},
     TextToSpeech => text_to_speech::{SpeechSynthesisRequest, SpeechSynthesisOutput},
     ImageClassification => image_classification::{ImageClassificationRequest, ImageClassificationOutput},
+    ObjectDetection => object_detection::{ObjectDetectionRequest, ObjectDetectionOutput},
 }
 
 impl Task {

@@ -1,10 +1,10 @@
 //! Images in: decoding uploaded bytes (png, jpeg, webp, gif's first frame, bmp) to RGB with their
 //! EXIF orientation applied, within limits checked before any pixel is allocated, and the
-//! classifiers' preprocessing (transformers' ConvNextImageProcessor, microsoft/resnet-50's: the
-//! shortest edge resized to 256 with Pillow's bicubic filter (`resample`), a centred 224×224
-//! crop, per-channel normalisation).
+//! models' preprocessing: transformers' image processors with Pillow's filters (`resample`),
+//! ConvNext's for the classifiers (shortest edge 256, bicubic, a centred 224×224 crop) and DETR's
+//! (shortest edge 800, longest at most 1333, bilinear), then per-channel normalisation.
 
-use super::resample::resize_bicubic;
+use super::resample::{Filter, resize};
 use candle_core::{Device, Tensor};
 use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage};
 use std::io::Cursor;
@@ -61,52 +61,104 @@ fn check_size(width: u32, height: u32) -> Result<(), ImageError> {
     Ok(())
 }
 
-/// A classifier's input preparation: resize so the shortest edge is `resize_to` (the aspect ratio
-/// kept, the long edge truncated as transformers does), crop the centre `crop`×`crop`, scale to
-/// 0..1 and normalise each channel with `mean` and `std`.
+/// How a model's image processor sizes its input.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Resize {
+    /// transformers' ConvNextImageProcessor (classifiers): the shortest edge to `shortest`
+    /// (bicubic; the long edge truncated as transformers does), then the centre `crop`×`crop`.
+    ShortestThenCrop { shortest: u32, crop: u32 },
+    /// transformers' DetrImageProcessor: the shortest edge to `shortest` unless the longest edge
+    /// would then pass `longest`, in which case the longest to `longest` (bilinear); no crop.
+    Within { shortest: u32, longest: u32 },
+}
+
+/// A model's input preparation: the resize, then scaling to 0..1 and normalising each channel
+/// with `mean` and `std`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Preprocess {
-    pub resize_to: u32,
-    pub crop: u32,
+    pub resize: Resize,
     pub mean: [f32; 3],
     pub std: [f32; 3],
 }
 
 impl Preprocess {
-    /// The `1×3×crop×crop` pixel tensor for `image`.
+    /// The `1×3×height×width` pixel tensor for `image`.
     pub fn pixels(&self, image: &RgbImage) -> anyhow::Result<Tensor> {
         let (width, height) = image.dimensions();
-        let (short, long) = (width.min(height), width.max(height));
-        // transformers: int(size * long / short), in floating point.
-        let scaled_long = (f64::from(self.resize_to) * f64::from(long) / f64::from(short)) as u32;
-        let (new_width, new_height) = if width <= height {
-            (self.resize_to, scaled_long)
-        } else {
-            (scaled_long, self.resize_to)
+        let (resized, crop) = match self.resize {
+            Resize::ShortestThenCrop { shortest, crop } => {
+                let (short, long) = (width.min(height), width.max(height));
+                // transformers: int(size * long / short), in floating point.
+                let long = (f64::from(shortest) * f64::from(long) / f64::from(short)) as u32;
+                let (w, h) = if width <= height {
+                    (shortest, long)
+                } else {
+                    (long, shortest)
+                };
+                anyhow::ensure!(
+                    w >= crop && h >= crop,
+                    "the resized image is smaller than the crop"
+                );
+                let resized = resize(image, w, h, Filter::Bicubic);
+                // The centre, rounding the offsets down.
+                ((resized), ((w - crop) / 2, (h - crop) / 2, crop, crop))
+            }
+            Resize::Within { shortest, longest } => {
+                let (h, w) = size_within(height, width, shortest, longest);
+                (resize(image, w, h, Filter::Bilinear), (0, 0, w, h))
+            }
         };
-        let resized = resize_bicubic(image, new_width, new_height);
-
-        let crop = self.crop as usize;
-        anyhow::ensure!(
-            new_width as usize >= crop && new_height as usize >= crop,
-            "the resized image is smaller than the crop"
+        let (left, top, crop_width, crop_height) = (
+            crop.0 as usize,
+            crop.1 as usize,
+            crop.2 as usize,
+            crop.3 as usize,
         );
-        let top = (new_height as usize - crop) / 2;
-        let left = (new_width as usize - crop) / 2;
-        let row_bytes = new_width as usize * 3;
+        let row_bytes = resized.width() as usize * 3;
         let buffer = resized.as_raw();
-        let mut planar = vec![0f32; 3 * crop * crop];
-        for y in 0..crop {
-            let row = &buffer[(top + y) * row_bytes + left * 3..][..crop * 3];
+        let plane = crop_width * crop_height;
+        let mut planar = vec![0f32; 3 * plane];
+        for y in 0..crop_height {
+            let row = &buffer[(top + y) * row_bytes + left * 3..][..crop_width * 3];
             for (x, rgb) in row.chunks_exact(3).enumerate() {
                 for channel in 0..3 {
                     let value = f32::from(rgb[channel]) / 255.0;
-                    planar[channel * crop * crop + y * crop + x] =
+                    planar[channel * plane + y * crop_width + x] =
                         (value - self.mean[channel]) / self.std[channel];
                 }
             }
         }
-        Ok(Tensor::from_vec(planar, (1, 3, crop, crop), &Device::Cpu)?)
+        Ok(Tensor::from_vec(
+            planar,
+            (1, 3, crop_height, crop_width),
+            &Device::Cpu,
+        )?)
+    }
+}
+
+/// transformers' `get_size_with_aspect_ratio`: `(height, width)` resized so the shortest edge is
+/// `size`, unless the longest would pass `max_size`.
+fn size_within(height: u32, width: u32, size: u32, max_size: u32) -> (u32, u32) {
+    let (h, w) = (f64::from(height), f64::from(width));
+    let (short, long) = (h.min(w), h.max(w));
+    let mut size = size;
+    let mut raw_size = None;
+    if long / short * f64::from(size) > f64::from(max_size) {
+        let raw = f64::from(max_size) * short / long;
+        // Python's round: half to even.
+        size = raw.round_ties_even() as u32;
+        raw_size = Some(raw);
+    }
+    let scaled = |numerator: f64, denominator: f64| match raw_size {
+        Some(raw) => (raw * numerator / denominator) as u32,
+        None => (f64::from(size) * numerator / denominator) as u32,
+    };
+    if (height <= width && height == size) || (width <= height && width == size) {
+        (height, width)
+    } else if width < height {
+        (scaled(h, w), size)
+    } else {
+        (size, scaled(w, h))
     }
 }
 
@@ -169,11 +221,22 @@ mod tests {
     }
 
     #[test]
+    fn detr_sizes_follow_transformers() {
+        assert_eq!(size_within(240, 360, 800, 1333), (800, 1200));
+        assert_eq!(size_within(320, 320, 800, 1333), (800, 800));
+        // Too long at 800: the long edge becomes 1333.
+        assert_eq!(size_within(100, 400, 800, 1333), (333, 1333));
+        assert_eq!(size_within(800, 500, 800, 1333), (1280, 800));
+    }
+
+    #[test]
     fn preprocessing_shapes_and_normalises() {
         let image = RgbImage::from_pixel(300, 200, Rgb([255, 0, 51]));
         let preprocess = Preprocess {
-            resize_to: 256,
-            crop: 224,
+            resize: Resize::ShortestThenCrop {
+                shortest: 256,
+                crop: 224,
+            },
             mean: [0.5; 3],
             std: [0.5; 3],
         };

@@ -1,5 +1,6 @@
-//! Image classification on candle: the uploaded bytes decoded and preprocessed (`image`), an
-//! ImageNet classifier run on them, the five most likely labels answered.
+//! Images on candle: the uploaded bytes decoded and preprocessed (`image`), then an ImageNet
+//! classifier (`ImageClassifier`, here) answering the five most likely labels, or DETR
+//! (`detector`, `detr`) answering the objects it finds.
 //!
 //! - `resnet`: ResNet-50's architecture from a Hugging Face folder (`config.json` with its
 //!   `id2label`, `model.safetensors`), preprocessed with ImageNet's mean and standard deviation.
@@ -11,6 +12,8 @@
 //!
 //! Both take one image per call on the model's worker thread, where the decoding runs too.
 
+pub mod detector;
+pub mod detr;
 pub mod efficientnet;
 pub mod image;
 pub mod layers;
@@ -18,7 +21,7 @@ pub mod resample;
 pub mod resnet;
 pub mod torch_legacy;
 
-use self::image::{Preprocess, decode_rgb};
+use self::image::{Preprocess, Resize, decode_rgb};
 use crate::wrong_task;
 use ::image::RgbImage;
 use candle_core::{DType, Device, Tensor};
@@ -116,8 +119,10 @@ const IMAGENET_NORMALISATION: ([f32; 3], [f32; 3]) = ([0.485, 0.456, 0.406], [0.
 /// ResNet-50's image processor: shortest edge 224 / crop_pct 0.875, centre crop 224.
 fn preprocess((mean, std): ([f32; 3], [f32; 3])) -> Preprocess {
     Preprocess {
-        resize_to: 256,
-        crop: 224,
+        resize: Resize::ShortestThenCrop {
+            shortest: 256,
+            crop: 224,
+        },
         mean,
         std,
     }

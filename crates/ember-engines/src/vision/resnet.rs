@@ -1,6 +1,7 @@
-//! ResNet with bottleneck layers (microsoft/resnet-50's `ResNetForImageClassification`), read from
-//! a Hugging Face folder: `config.json` (depths, hidden sizes, where stages downsample) and
-//! `model.safetensors` with transformers' weight names.
+//! ResNet with bottleneck layers: microsoft/resnet-50's `ResNetForImageClassification`, read from
+//! a Hugging Face folder (`config.json`: depths, hidden sizes, where stages downsample;
+//! `model.safetensors` with transformers' weight names), and the same body under timm's weight
+//! names, its shape read from the weights, as DETR's backbone (`Backbone::from_timm`).
 
 use super::layers::{ConvBn, Padding, batch_norm};
 use candle_core::{D, Tensor};
@@ -45,9 +46,67 @@ impl Bottleneck {
     }
 }
 
-pub struct ResNet {
+/// The 7×7 stem, a 3×3 max pool, and the bottleneck layers.
+pub(super) struct Backbone {
     stem: ConvBn,
     layers: Vec<Bottleneck>,
+}
+
+impl Backbone {
+    /// The last layer's features for `pixels` (`[1, 3, height, width]`), at 1/32 of the size.
+    pub(super) fn forward(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
+        let x = self.stem.forward(pixels)?.relu()?;
+        // Max pool 3×3, stride 2, padding 1; after a ReLU every value is ≥ 0, so zero padding
+        // gives the same maximum as PyTorch's -inf padding.
+        let mut x = x
+            .pad_with_zeros(2, 1, 1)?
+            .pad_with_zeros(3, 1, 1)?
+            .max_pool2d_with_stride(3, 2)?;
+        for layer in &self.layers {
+            x = layer.forward(&x)?;
+        }
+        Ok(x)
+    }
+
+    /// timm's ResNet (`conv1`, `bn1`, `layer{1-4}.{n}.{conv,bn}{1-3}`, `downsample.{0,1}`, the
+    /// stride on the 3×3), as many layers as the weights hold.
+    pub(super) fn from_timm(vb: VarBuilder, eps: f64) -> candle_core::Result<Backbone> {
+        let conv_bn = |vb: &VarBuilder, conv: &str, bn: &str, stride: usize| {
+            let weight = vb.get_unchecked(&format!("{conv}.weight"))?;
+            let (out_c, kernel) = (weight.dim(0)?, weight.dim(3)?);
+            let bn = batch_norm(vb.pp(bn), out_c, eps)?;
+            ConvBn::new(weight, bn, stride, Padding::Symmetric(kernel / 2), false)
+        };
+        let stem = conv_bn(&vb, "conv1", "bn1", 2)?;
+        let mut layers = Vec::new();
+        for stage in 1..=4 {
+            for index in 0.. {
+                let vb = vb.pp(format!("layer{stage}.{index}"));
+                if !vb.contains_tensor("conv1.weight") {
+                    break;
+                }
+                let stride = if index == 0 && stage > 1 { 2 } else { 1 };
+                let shortcut = if vb.contains_tensor("downsample.0.weight") {
+                    Some(conv_bn(&vb, "downsample.0", "downsample.1", stride)?)
+                } else {
+                    None
+                };
+                layers.push(Bottleneck {
+                    shortcut,
+                    layers: [
+                        conv_bn(&vb, "conv1", "bn1", 1)?,
+                        conv_bn(&vb, "conv2", "bn2", stride)?,
+                        conv_bn(&vb, "conv3", "bn3", 1)?,
+                    ],
+                });
+            }
+        }
+        Ok(Backbone { stem, layers })
+    }
+}
+
+pub struct ResNet {
+    backbone: Backbone,
     /// `[classes, channels]`, `[classes]`.
     classifier: (Tensor, Tensor),
 }
@@ -124,8 +183,7 @@ impl ResNet {
             vb.get(classes, "classifier.1.bias")?,
         );
         Ok(ResNet {
-            stem,
-            layers,
+            backbone: Backbone { stem, layers },
             classifier,
         })
     }
@@ -137,16 +195,7 @@ impl ResNet {
 
     /// Logits `[classes]` for `pixels` (`[1, 3, 224, 224]`).
     pub fn forward(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
-        let x = self.stem.forward(pixels)?.relu()?;
-        // Max pool 3×3, stride 2, padding 1; after a ReLU every value is ≥ 0, so zero padding
-        // gives the same maximum as PyTorch's -inf padding.
-        let mut x = x
-            .pad_with_zeros(2, 1, 1)?
-            .pad_with_zeros(3, 1, 1)?
-            .max_pool2d_with_stride(3, 2)?;
-        for layer in &self.layers {
-            x = layer.forward(&x)?;
-        }
+        let x = self.backbone.forward(pixels)?;
         let pooled = x.flatten_from(2)?.mean(D::Minus1)?;
         let (weight, bias) = &self.classifier;
         pooled.matmul(&weight.t()?)?.broadcast_add(bias)?.squeeze(0)

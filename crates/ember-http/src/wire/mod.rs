@@ -8,6 +8,7 @@ pub mod binary;
 pub mod classification;
 pub mod embeddings;
 pub mod image_classification;
+pub mod object_detection;
 pub mod reranking;
 pub mod speech_recognition;
 pub mod summarization;
@@ -32,7 +33,7 @@ pub fn parse(
     let spec = target.served;
     let takes_bytes = matches!(
         spec.task,
-        Task::SpeechRecognition | Task::ImageClassification
+        Task::SpeechRecognition | Task::ImageClassification | Task::ObjectDetection
     );
     if let Some(body) = &body
         && !takes_bytes
@@ -62,6 +63,9 @@ pub fn parse(
         Task::TextToSpeech => TaskRequest::TextToSpeech(text_to_speech::parse(target, input)?),
         Task::ImageClassification => {
             TaskRequest::ImageClassification(image_classification::parse(input, body)?)
+        }
+        Task::ObjectDetection => {
+            TaskRequest::ObjectDetection(object_detection::parse(input, body)?)
         }
     };
     Ok(TaskInput::Task(request))
@@ -94,6 +98,7 @@ pub fn result(output: &TaskOutput) -> Answer {
         TaskOutput::SpeechRecognition(output) => speech_recognition::result(output).into(),
         TaskOutput::TextToSpeech(output) => text_to_speech::result(output),
         TaskOutput::ImageClassification(output) => image_classification::result(output).into(),
+        TaskOutput::ObjectDetection(output) => object_detection::result(output).into(),
     }
 }
 
@@ -115,6 +120,7 @@ pub fn schema(spec: &ModelSpec) -> &'static str {
         }
         Task::TextToSpeech => include_str!("../../schemas/text-to-speech.json"),
         Task::ImageClassification => include_str!("../../schemas/image-classification.json"),
+        Task::ObjectDetection => include_str!("../../schemas/object-detection.json"),
     }
 }
 

@@ -8,6 +8,7 @@ use ember_core::installed::{self, InstallManifest, InstalledFile};
 use ember_core::runner::{LoadedModel, ModelWorker, Runner};
 use ember_core::tasks::classification::{ClassificationOutput, LabelScore};
 use ember_core::tasks::image_classification::ImageClassificationOutput;
+use ember_core::tasks::object_detection::ObjectDetectionOutput;
 use ember_core::tasks::reranking::RerankOutput;
 use ember_core::tasks::speech_recognition::{
     SpeechRecognitionOutput, TimedWord, TranscriptSegment,
@@ -238,6 +239,9 @@ impl Runner for FakeRunner {
                         score: 1.0,
                     }],
                 })
+            }
+            TaskRequest::ObjectDetection(_) => {
+                TaskOutput::ObjectDetection(ObjectDetectionOutput { objects: vec![] })
             }
         })
     }
