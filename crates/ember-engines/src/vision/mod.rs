@@ -36,6 +36,9 @@ use resnet::{ResNet, ResNetConfig};
 use std::collections::HashMap;
 use std::path::Path;
 
+/// ImageNet-1k's class names, one a line, in class order.
+pub const IMAGENET_LABELS: &str = include_str!("imagenet-labels.txt");
+
 /// EfficientNet-Lite0's weights in its model folder.
 const EFFICIENTNET_FILE: &str = "efficientnet-lite0.pth";
 
@@ -155,10 +158,7 @@ fn load_efficientnet(dir: &Path) -> anyhow::Result<ImageClassifier> {
     let tensors = torch_legacy::read_state_dict(&dir.join(EFFICIENTNET_FILE))?;
     let network =
         EfficientNetLite::new(VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu))?;
-    let labels: Vec<String> = include_str!("imagenet-labels.txt")
-        .lines()
-        .map(str::to_string)
-        .collect();
+    let labels: Vec<String> = IMAGENET_LABELS.lines().map(str::to_string).collect();
     check_labels(&labels, network.classes())?;
     Ok(ImageClassifier {
         network: Network::EfficientNetLite(network),

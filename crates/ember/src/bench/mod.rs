@@ -1,5 +1,5 @@
 //! `ember bench`: Ember against the runtimes its users would otherwise pick, in one run per
-//! family; `ember bench speech` is `speech.rs`. `ember bench llm`: Ember against llama.cpp's own
+//! family; `ember bench speech` is `speech.rs`, `ember bench image` is `image.rs`. `ember bench llm`: Ember against llama.cpp's own
 //! tools on the same GGUF files. Kernel rows: prefill and decode rates of the engine in-process against `llama-bench`, one side
 //! at a time. Serving rows: aggregate generated tokens per second (median of timed runs that
 //! alternate between the two servers) and its share of llama.cpp's own batched decode rate
@@ -8,7 +8,9 @@
 //! where long prompts arrive during short streams, and each server's peak RSS. Prints one table
 //! and writes the rows as JSON. Never part of `cargo test`.
 
+mod driver;
 mod gguf;
+mod image;
 mod kernel;
 mod llama;
 mod load;
@@ -57,6 +59,8 @@ pub enum BenchCommand {
     Llm(LlmBench),
     /// Speech recognition: Ember's Whisper against faster-whisper on the same weights.
     Speech(speech::SpeechBench),
+    /// Images: Ember's classifier against ONNX Runtime on the same EfficientNet-Lite0 weights.
+    Image(image::ImageBench),
 }
 
 #[derive(Args)]
@@ -109,6 +113,7 @@ pub fn run(command: BenchCommand, env: &Env) -> Result<()> {
     match command {
         BenchCommand::Llm(bench) => bench.run(env),
         BenchCommand::Speech(bench) => bench.run(env),
+        BenchCommand::Image(bench) => bench.run(env),
     }
 }
 

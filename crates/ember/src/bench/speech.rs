@@ -2,9 +2,10 @@
 //! weights and cores, interleaved in one run. Rows: the real-time factor of one long clip, and the
 //! aggregate audio seconds transcribed per second when `--concurrency` clips arrive at once. Ember
 //! runs through its serving worker (the one `ember serve` uses, audio decoding included);
-//! faster-whisper through `scripts/bench/faster_whisper_driver.py`, one process that keeps its
-//! model loaded. Never part of `cargo test`.
+//! faster-whisper through `scripts/bench/faster_whisper_driver.py` (`driver.rs`). Never part of
+//! `cargo test`.
 
+use super::driver::{Driver, repo_file};
 use super::report::{self, Row, median};
 use anyhow::{Context, Result, bail, ensure};
 use clap::Args;
@@ -17,9 +18,7 @@ use ember_core::{ModelSpec, installed};
 use ember_engines::audio::{self, DecodeOptions};
 use ember_engines::tts::{Encoding, Pcm};
 use serde::Deserialize;
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Instant;
 
 /// The recording the clips are made of: 44 s of read speech, 16 kHz mono (the Whisper fixtures').
@@ -183,15 +182,6 @@ struct Workload {
     audio_seconds: f64,
 }
 
-/// A file of this repository (the bench runs from a clone).
-fn repo_file(relative: &str) -> Result<PathBuf> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(relative);
-    ensure!(path.is_file(), "{} is missing", path.display());
-    Ok(path)
-}
-
 /// Writes `recording` repeated until it lasts at least `seconds` (once when 0) as a 16 kHz WAV at
 /// `to`; returns its length in seconds.
 fn write_repeated(recording: &Path, seconds: u32, to: &Path) -> Result<f64> {
@@ -278,9 +268,7 @@ impl EmberWhisper {
 
 /// faster-whisper's side: the driver process with the model loaded.
 struct FasterWhisper {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
+    driver: Driver,
 }
 
 #[derive(Deserialize)]
@@ -295,52 +283,23 @@ impl FasterWhisper {
             Some(python) => python,
             None => super::setup_script("faster-whisper.sh")?,
         };
-        let driver = repo_file("scripts/bench/faster_whisper_driver.py")?;
-        let mut child = Command::new(&python)
-            .arg(&driver)
-            .arg("--model-dir")
-            .arg(dir)
-            .arg("--threads")
-            .arg(threads.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("starting {}", python.display()))?;
-        let stdin = child.stdin.take().context("driver stdin")?;
-        let mut stdout = BufReader::new(child.stdout.take().context("driver stdout")?);
-        let mut ready = String::new();
-        stdout.read_line(&mut ready)?;
-        ensure!(
-            ready.contains("ready"),
-            "faster-whisper did not start: {ready}"
-        );
-        Ok(FasterWhisper {
-            child,
-            stdin,
-            stdout,
-        })
+        let threads = threads.to_string();
+        let args = [
+            "--model-dir".as_ref(),
+            dir.as_os_str(),
+            "--threads".as_ref(),
+            threads.as_ref(),
+        ];
+        let driver = Driver::start(&python, "faster_whisper_driver.py", &args)?;
+        Ok(FasterWhisper { driver })
     }
 
     fn transcribe(&mut self, workload: &Workload) -> Result<(f64, Vec<String>)> {
-        let request = serde_json::json!({
+        let answer: DriverAnswer = self.driver.ask(&serde_json::json!({
             "clips": workload.clips,
             "concurrency": workload.concurrency,
             "beam_size": BEAM_SIZE,
-        });
-        writeln!(self.stdin, "{request}")?;
-        self.stdin.flush()?;
-        let mut line = String::new();
-        self.stdout.read_line(&mut line)?;
-        let answer: DriverAnswer = serde_json::from_str(&line)
-            .with_context(|| format!("faster-whisper answered {line:?}"))?;
+        }))?;
         Ok((answer.seconds, answer.texts))
-    }
-}
-
-impl Drop for FasterWhisper {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
