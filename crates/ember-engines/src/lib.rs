@@ -12,6 +12,7 @@ pub mod llm;
 pub mod seq2seq;
 pub mod speech;
 pub mod synthesis;
+mod transformer;
 pub mod tts;
 pub mod vision;
 pub mod whisper;

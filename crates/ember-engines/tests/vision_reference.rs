@@ -49,6 +49,16 @@ fn image_bytes(name: &str) -> Vec<u8> {
     std::fs::read(fixtures().join("images").join(format!("{name}.png"))).unwrap()
 }
 
+/// The largest |a - b| over two equally long slices.
+fn worst(actual: &[f32], expected: &[f32]) -> f32 {
+    assert_eq!(actual.len(), expected.len());
+    actual
+        .iter()
+        .zip(expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max)
+}
+
 fn indices_by_score(logits: &[f32]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..logits.len()).collect();
     order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
@@ -67,26 +77,16 @@ fn check(classifier: &ImageClassifier, reference: &Reference) {
             .step_by(reference.pixel_stride)
             .copied()
             .collect();
-        assert_eq!(sampled.len(), case.pixels.len(), "{name}: pixel count");
-        let worst = sampled
-            .iter()
-            .zip(&case.pixels)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let difference = worst(&sampled, &case.pixels);
         assert!(
-            worst <= PIXEL_TOLERANCE,
-            "{name}: a pixel differs by {worst}"
+            difference <= PIXEL_TOLERANCE,
+            "{name}: a pixel differs by {difference}"
         );
-
         let logits = classifier.logits(&pixels).unwrap();
-        let worst = logits
-            .iter()
-            .zip(&case.logits)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let difference = worst(&logits, &case.logits);
         assert!(
-            worst <= LOGIT_TOLERANCE,
-            "{name}: a logit differs by {worst}"
+            difference <= LOGIT_TOLERANCE,
+            "{name}: a logit differs by {difference}"
         );
         assert_eq!(
             indices_by_score(&logits)[..5],
@@ -163,15 +163,6 @@ struct Detection {
     label: String,
     #[serde(rename = "box")]
     bounding_box: [f32; 4],
-}
-
-fn worst(actual: &[f32], expected: &[f32]) -> f32 {
-    assert_eq!(actual.len(), expected.len());
-    actual
-        .iter()
-        .zip(expected)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max)
 }
 
 /// A tiny generated DETR (`detr/`) against transformers' `DetrForObjectDetection`, its image

@@ -192,7 +192,6 @@ async fn summarization_stand_in_is_shorter_and_keeps_the_key_fact() {
 
 /// A model cache holding the generated fixture models under the four catalog ids.
 fn fixture_home() -> std::path::PathBuf {
-    use ember_core::installed::{self, InstallManifest, InstalledFile};
     let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../ember-engines/tests/fixtures/architectures");
     let home = std::env::temp_dir().join(format!("ember-architectures-{}", std::process::id()));
@@ -203,34 +202,22 @@ fn fixture_home() -> std::path::PathBuf {
         ("@cf/meta/m2m100-1.2b", "m2m100"),
         ("@cf/facebook/bart-large-cnn", "bart"),
     ] {
-        let spec = catalog.get(id).unwrap();
-        let dir = installed::model_dir(&home, spec);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut files = std::collections::BTreeMap::new();
         // The tiny M2M100's tokenizer is a tokenizer.json, which the loader prefers to the
         // catalog's sentencepiece files: those come from the tokenizer fixture, to complete the
         // install.
+        install_fixture(
+            &home,
+            id,
+            &[
+                fixtures.join(fixture),
+                fixtures.join("m2m100-sentencepiece"),
+            ],
+        );
         if fixture == "m2m100" {
+            let dir = ember_core::installed::model_dir(&home, catalog.get(id).unwrap());
             let tokenizer = fixtures.join(fixture).join("tokenizer.json");
             std::fs::copy(tokenizer, dir.join("tokenizer.json")).unwrap();
         }
-        for file in &spec.files {
-            let source = [fixture, "m2m100-sentencepiece"]
-                .iter()
-                .map(|folder| fixtures.join(folder).join(&file.path))
-                .find(|path| path.is_file())
-                .unwrap_or_else(|| panic!("{fixture}/{} is missing", file.path));
-            let size = std::fs::copy(source, dir.join(&file.path))
-                .unwrap_or_else(|e| panic!("{fixture}/{}: {e}", file.path));
-            let sha256 = String::new();
-            files.insert(file.path.clone(), InstalledFile { sha256, size });
-        }
-        let manifest = InstallManifest {
-            model: id.into(),
-            source: "fixture".into(),
-            files,
-        };
-        installed::write_manifest(&dir, &manifest).unwrap();
     }
     home
 }

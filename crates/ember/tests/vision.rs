@@ -119,32 +119,6 @@ async fn bad_images_are_refused_naming_the_field() {
     assert_eq!(reply.status, StatusCode::OK);
 }
 
-/// A model cache holding the tiny generated DETR (`ember-engines/tests/fixtures/vision/detr`, the
-/// architecture checked against transformers) under `@cf/facebook/detr-resnet-50`.
-fn detr_home() -> PathBuf {
-    use ember_core::installed::{self, InstallManifest, InstalledFile};
-    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../ember-engines/tests/fixtures/vision/detr");
-    let home = std::env::temp_dir().join(format!("ember-detr-{}", std::process::id()));
-    let catalog = ember_core::Catalog::builtin().unwrap();
-    let spec = catalog.get(DETR).unwrap();
-    let dir = installed::model_dir(&home, spec);
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut files = std::collections::BTreeMap::new();
-    for file in &spec.files {
-        let size = std::fs::copy(fixture.join(&file.path), dir.join(&file.path)).unwrap();
-        let sha256 = String::new();
-        files.insert(file.path.clone(), InstalledFile { sha256, size });
-    }
-    let manifest = InstallManifest {
-        model: DETR.into(),
-        source: "fixture".into(),
-        files,
-    };
-    installed::write_manifest(&dir, &manifest).unwrap();
-    home
-}
-
 const DETR: &str = "@cf/facebook/detr-resnet-50";
 
 #[tokio::test(flavor = "multi_thread")]
@@ -162,7 +136,12 @@ async fn detr_answers_objects_with_boxes_once_installed() {
         reply.body
     );
 
-    let home = detr_home();
+    // The tiny generated DETR (`ember-engines/tests/fixtures/vision/detr`, the architecture
+    // checked against transformers) installed under the catalog id.
+    let home = std::env::temp_dir().join(format!("ember-detr-{}", std::process::id()));
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../ember-engines/tests/fixtures/vision/detr");
+    install_fixture(&home, DETR, &[fixture]);
     let ember = ember::open_ember(&home, None, Default::default(), &engine_config(1)).unwrap();
     let app = app_on(
         std::sync::Arc::new(ember),

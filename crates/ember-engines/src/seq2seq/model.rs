@@ -13,8 +13,9 @@
 //! scores scaled by `head_dim^-0.5`, LayerNorm eps 1e-5. The decoder runs one token per beam per
 //! step with a key/value cache; the encoder output's keys and values are computed once.
 
+use crate::transformer::{Activation, Attention, FeedForward};
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder, layer_norm, linear};
+use candle_nn::{Embedding, LayerNorm, VarBuilder, layer_norm};
 use std::collections::HashMap;
 
 /// transformers builds every LayerNorm of both models with `nn.LayerNorm`'s default eps.
@@ -54,109 +55,6 @@ fn one() -> u32 {
 }
 fn yes() -> bool {
     true
-}
-
-#[derive(Clone, Copy)]
-enum Activation {
-    /// Exact GELU (transformers' "gelu").
-    Gelu,
-    /// The tanh approximation ("gelu_new", "gelu_pytorch_tanh").
-    GeluTanh,
-    Relu,
-    Silu,
-}
-
-impl Activation {
-    fn parse(name: &str) -> Result<Activation, String> {
-        Ok(match name {
-            "gelu" => Activation::Gelu,
-            "gelu_new" | "gelu_pytorch_tanh" => Activation::GeluTanh,
-            "relu" => Activation::Relu,
-            "silu" | "swish" => Activation::Silu,
-            other => return Err(format!("config.json: unsupported activation {other:?}")),
-        })
-    }
-
-    fn forward(self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        match self {
-            Activation::Gelu => xs.gelu_erf(),
-            Activation::GeluTanh => xs.gelu(),
-            Activation::Relu => xs.relu(),
-            Activation::Silu => xs.silu(),
-        }
-    }
-}
-
-struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    out_proj: Linear,
-    heads: usize,
-    head_dim: usize,
-}
-
-impl Attention {
-    fn load(vb: VarBuilder, dim: usize, heads: usize) -> candle_core::Result<Attention> {
-        Ok(Attention {
-            q_proj: linear(dim, dim, vb.pp("q_proj"))?,
-            k_proj: linear(dim, dim, vb.pp("k_proj"))?,
-            v_proj: linear(dim, dim, vb.pp("v_proj"))?,
-            out_proj: linear(dim, dim, vb.pp("out_proj"))?,
-            heads,
-            head_dim: dim / heads,
-        })
-    }
-
-    /// `[b, t, dim]` → `[b, heads, t, head_dim]`.
-    fn split_heads(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, t, _) = xs.dims3()?;
-        xs.reshape((b, t, self.heads, self.head_dim))?
-            .transpose(1, 2)?
-            .contiguous()
-    }
-
-    /// Keys and values of `xs`, split into heads.
-    fn keys_values(&self, xs: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
-        Ok((
-            self.split_heads(&self.k_proj.forward(xs)?)?,
-            self.split_heads(&self.v_proj.forward(xs)?)?,
-        ))
-    }
-
-    /// Attends from `xs` (`[b, t, dim]`) to all of `keys`/`values` (no mask: the encoder sees
-    /// one unpadded text, and the decoder feeds one token at a time against its past).
-    fn attend(&self, xs: &Tensor, keys: &Tensor, values: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, t, dim) = xs.dims3()?;
-        let q = self.split_heads(&self.q_proj.forward(xs)?)?;
-        let scores = (q.matmul(&keys.t()?)? * (self.head_dim as f64).powf(-0.5))?;
-        let weights = candle_nn::ops::softmax_last_dim(&scores)?;
-        let context = weights
-            .matmul(values)?
-            .transpose(1, 2)?
-            .reshape((b, t, dim))?;
-        self.out_proj.forward(&context)
-    }
-}
-
-/// A position-wise feed-forward block: fc2(activation(fc1(x))).
-struct FeedForward {
-    fc1: Linear,
-    fc2: Linear,
-}
-
-impl FeedForward {
-    fn load(vb: &VarBuilder, dim: usize, ffn_dim: usize) -> candle_core::Result<FeedForward> {
-        Ok(FeedForward {
-            fc1: linear(dim, ffn_dim, vb.pp("fc1"))?,
-            fc2: linear(ffn_dim, dim, vb.pp("fc2"))?,
-        })
-    }
-
-    fn forward(&self, xs: &Tensor, activation: Activation) -> candle_core::Result<Tensor> {
-        self.fc2
-            .forward(&activation.forward(&self.fc1.forward(xs)?)?)
-    }
 }
 
 /// `x + sublayer(x)` with the LayerNorm before the sublayer (pre-norm, M2M100) or after the sum

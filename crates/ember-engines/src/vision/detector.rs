@@ -6,15 +6,12 @@
 use super::detr::{Detr, DetrConfig, best_classes};
 use super::image::{Preprocess, Resize, decode_rgb};
 use crate::wrong_task;
-use candle_core::{DType, Device};
-use candle_nn::VarBuilder;
 use ember_core::InferError;
 use ember_core::runner::Runner;
 use ember_core::tasks::object_detection::{
     BoundingBox, DetectedObject, ObjectDetectionOutput, SCORE_THRESHOLD,
 };
 use ember_core::tasks::{TaskOutput, TaskRequest};
-use std::collections::HashMap;
 use std::path::Path;
 
 pub struct ObjectDetector {
@@ -34,22 +31,11 @@ impl ObjectDetector {
     }
 
     fn read(dir: &Path) -> anyhow::Result<ObjectDetector> {
-        #[derive(serde::Deserialize)]
-        struct Labels {
-            id2label: HashMap<String, String>,
-        }
-        let text = std::fs::read_to_string(dir.join("config.json"))?;
-        let config: DetrConfig = serde_json::from_str(&text)?;
-        let names: Labels = serde_json::from_str(&text)?;
-        let tensors = crate::embed::load_safetensors(&dir.join("model.safetensors"))
-            .map_err(anyhow::Error::msg)?;
-        let detr = Detr::new(
-            &config,
-            VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu),
-        )?;
+        let (config, id2label, weights): (DetrConfig, _, _) = super::read_folder(dir)?;
+        let detr = Detr::new(&config, weights)?;
         // COCO's ids have gaps (id2label has 91 names for 92 outputs), so labels go by id.
         let mut labels = vec![None; detr.classes()];
-        for (id, name) in names.id2label {
+        for (id, name) in id2label {
             if let Some(slot) = id.parse::<usize>().ok().and_then(|id| labels.get_mut(id)) {
                 *slot = Some(name);
             }
@@ -61,8 +47,8 @@ impl ObjectDetector {
                     shortest: 800,
                     longest: 1333,
                 },
-                mean: [0.485, 0.456, 0.406],
-                std: [0.229, 0.224, 0.225],
+                mean: super::IMAGENET_MEAN,
+                std: super::IMAGENET_STD,
             },
             labels,
         })

@@ -6,6 +6,7 @@
 //! is "no object") and one box (centre, size, relative to the image) each.
 
 use super::resnet::Backbone;
+use crate::transformer::{Activation, Attention, FeedForward};
 use candle_core::{D, DType, Device, Tensor};
 use candle_nn::{LayerNorm, Linear, Module, VarBuilder, layer_norm, linear};
 use serde::Deserialize;
@@ -21,6 +22,8 @@ pub struct DetrConfig {
     decoder_layers: usize,
     encoder_attention_heads: usize,
     decoder_attention_heads: usize,
+    encoder_ffn_dim: usize,
+    decoder_ffn_dim: usize,
     num_queries: usize,
     #[serde(default = "relu")]
     activation_function: String,
@@ -36,62 +39,6 @@ fn sine() -> String {
     "sine".into()
 }
 
-struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    out: Linear,
-    heads: usize,
-}
-
-impl Attention {
-    fn new(vb: VarBuilder, d_model: usize, heads: usize) -> candle_core::Result<Attention> {
-        Ok(Attention {
-            q: linear(d_model, d_model, vb.pp("q_proj"))?,
-            k: linear(d_model, d_model, vb.pp("k_proj"))?,
-            v: linear(d_model, d_model, vb.pp("v_proj"))?,
-            out: linear(d_model, d_model, vb.pp("out_proj"))?,
-            heads,
-        })
-    }
-
-    /// `[queries, d]` attending to `[keys, d]`; position embeddings are already in `query` and
-    /// `key`, never in `value`.
-    fn forward(&self, query: &Tensor, key: &Tensor, value: &Tensor) -> candle_core::Result<Tensor> {
-        let (queries, d_model) = query.dims2()?;
-        let keys = key.dim(0)?;
-        let head_dim = d_model / self.heads;
-        let split = |x: Tensor, n: usize| x.reshape((n, self.heads, head_dim))?.transpose(0, 1);
-        let q = (split(self.q.forward(query)?, queries)? * (head_dim as f64).powf(-0.5))?;
-        let k = split(self.k.forward(key)?, keys)?;
-        let v = split(self.v.forward(value)?, keys)?;
-        let weights =
-            candle_nn::ops::softmax_last_dim(&q.contiguous()?.matmul(&k.t()?.contiguous()?)?)?;
-        let mixed = weights.matmul(&v.contiguous()?)?;
-        self.out
-            .forward(&mixed.transpose(0, 1)?.reshape((queries, d_model))?)
-    }
-}
-
-struct FeedForward {
-    fc1: Linear,
-    fc2: Linear,
-}
-
-impl FeedForward {
-    fn new(vb: VarBuilder, d_model: usize) -> candle_core::Result<FeedForward> {
-        let hidden = vb.get_unchecked("fc1.weight")?.dim(0)?;
-        Ok(FeedForward {
-            fc1: linear(d_model, hidden, vb.pp("fc1"))?,
-            fc2: linear(hidden, d_model, vb.pp("fc2"))?,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.fc2.forward(&self.fc1.forward(x)?.relu()?)
-    }
-}
-
 struct EncoderLayer {
     attention: Attention,
     attention_norm: LayerNorm,
@@ -99,13 +46,24 @@ struct EncoderLayer {
     final_norm: LayerNorm,
 }
 
+/// `attention` from `query` (position added) to keys from `key` (position added) and values
+/// from `value` (no position): DETR's positions go into queries and keys, never values.
+fn attend(
+    attention: &Attention,
+    query: &Tensor,
+    key: &Tensor,
+    value: &Tensor,
+) -> candle_core::Result<Tensor> {
+    attention.attend(query, &attention.keys(key)?, &attention.values(value)?)
+}
+
 impl EncoderLayer {
     fn forward(&self, x: &Tensor, position: &Tensor) -> candle_core::Result<Tensor> {
         let with_position = (x + position)?;
-        let attended = self.attention.forward(&with_position, &with_position, x)?;
+        let attended = attend(&self.attention, &with_position, &with_position, x)?;
         let x = self.attention_norm.forward(&(x + attended)?)?;
-        self.final_norm
-            .forward(&(&x + self.feed_forward.forward(&x)?)?)
+        let fed = self.feed_forward.forward(&x, Activation::Relu)?;
+        self.final_norm.forward(&(&x + fed)?)
     }
 }
 
@@ -127,16 +85,13 @@ impl DecoderLayer {
         memory_keys: &Tensor,
     ) -> candle_core::Result<Tensor> {
         let with_position = (x + query_position)?;
-        let attended = self
-            .self_attention
-            .forward(&with_position, &with_position, x)?;
+        let attended = attend(&self.self_attention, &with_position, &with_position, x)?;
         let x = self.self_attention_norm.forward(&(x + attended)?)?;
-        let attended =
-            self.cross_attention
-                .forward(&(&x + query_position)?, memory_keys, memory)?;
+        let with_position = (&x + query_position)?;
+        let attended = attend(&self.cross_attention, &with_position, memory_keys, memory)?;
         let x = self.cross_attention_norm.forward(&(x + attended)?)?;
-        self.final_norm
-            .forward(&(&x + self.feed_forward.forward(&x)?)?)
+        let fed = self.feed_forward.forward(&x, Activation::Relu)?;
+        self.final_norm.forward(&(&x + fed)?)
     }
 }
 
@@ -180,13 +135,13 @@ impl Detr {
             .map(|i| {
                 let vb = model.pp(format!("encoder.layers.{i}"));
                 Ok(EncoderLayer {
-                    attention: Attention::new(
+                    attention: Attention::load(
                         vb.pp("self_attn"),
                         d,
                         config.encoder_attention_heads,
                     )?,
                     attention_norm: norm(vb.pp("self_attn_layer_norm"))?,
-                    feed_forward: FeedForward::new(vb.clone(), d)?,
+                    feed_forward: FeedForward::load(&vb, d, config.encoder_ffn_dim)?,
                     final_norm: norm(vb.pp("final_layer_norm"))?,
                 })
             })
@@ -196,11 +151,11 @@ impl Detr {
                 let vb = model.pp(format!("decoder.layers.{i}"));
                 let heads = config.decoder_attention_heads;
                 Ok(DecoderLayer {
-                    self_attention: Attention::new(vb.pp("self_attn"), d, heads)?,
+                    self_attention: Attention::load(vb.pp("self_attn"), d, heads)?,
                     self_attention_norm: norm(vb.pp("self_attn_layer_norm"))?,
-                    cross_attention: Attention::new(vb.pp("encoder_attn"), d, heads)?,
+                    cross_attention: Attention::load(vb.pp("encoder_attn"), d, heads)?,
                     cross_attention_norm: norm(vb.pp("encoder_attn_layer_norm"))?,
-                    feed_forward: FeedForward::new(vb.clone(), d)?,
+                    feed_forward: FeedForward::load(&vb, d, config.decoder_ffn_dim)?,
                     final_norm: norm(vb.pp("final_layer_norm"))?,
                 })
             })
@@ -240,18 +195,20 @@ impl Detr {
             .matmul(&features.reshape((channels, height * width))?)?
             .broadcast_add(&bias.unsqueeze(1)?)?
             .t()?
+            .unsqueeze(0)?
             .contiguous()?;
-        let position = sine_positions(height, width, self.d_model)?;
+        let position = sine_positions(height, width, self.d_model)?.unsqueeze(0)?;
         let mut memory = tokens;
         for layer in &self.encoder {
             memory = layer.forward(&memory, &position)?;
         }
         let memory_keys = (&memory + &position)?;
-        let mut x = self.queries.zeros_like()?;
+        let queries = self.queries.unsqueeze(0)?;
+        let mut x = queries.zeros_like()?;
         for layer in &self.decoder {
-            x = layer.forward(&x, &self.queries, &memory, &memory_keys)?;
+            x = layer.forward(&x, &queries, &memory, &memory_keys)?;
         }
-        let x = self.decoder_norm.forward(&x)?;
+        let x = self.decoder_norm.forward(&x)?.squeeze(0)?;
         let mut boxes = x.clone();
         for (i, layer) in self.box_head.iter().enumerate() {
             boxes = layer.forward(&boxes)?;

@@ -116,8 +116,9 @@ impl Runner for ImageClassifier {
     }
 }
 
-/// ImageNet's mean and standard deviation, which ResNet-50 was trained with.
-const IMAGENET_NORMALISATION: ([f32; 3], [f32; 3]) = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]);
+/// ImageNet's mean and standard deviation, which ResNet-50 and DETR were trained with.
+const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 /// ResNet-50's image processor: shortest edge 224 / crop_pct 0.875, centre crop 224.
 fn preprocess((mean, std): ([f32; 3], [f32; 3])) -> Preprocess {
@@ -131,25 +132,32 @@ fn preprocess((mean, std): ([f32; 3], [f32; 3])) -> Preprocess {
     }
 }
 
-fn load_resnet(dir: &Path) -> anyhow::Result<ImageClassifier> {
+/// A Hugging Face model folder: `config.json` read as `C`, its `id2label`, and the weights of
+/// `model.safetensors`.
+fn read_folder<C: serde::de::DeserializeOwned>(
+    dir: &Path,
+) -> anyhow::Result<(C, HashMap<String, String>, VarBuilder<'static>)> {
     #[derive(serde::Deserialize)]
     struct Labels {
         id2label: HashMap<String, String>,
     }
     let text = std::fs::read_to_string(dir.join("config.json"))?;
-    let config: ResNetConfig = serde_json::from_str(&text)?;
+    let config: C = serde_json::from_str(&text)?;
     let labels: Labels = serde_json::from_str(&text)?;
     let tensors = crate::embed::load_safetensors(&dir.join("model.safetensors"))
         .map_err(anyhow::Error::msg)?;
-    let network = ResNet::new(
-        &config,
-        VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu),
-    )?;
-    let labels = crate::encoders::labels_in_order(&labels.id2label).map_err(anyhow::Error::msg)?;
+    let weights = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+    Ok((config, labels.id2label, weights))
+}
+
+fn load_resnet(dir: &Path) -> anyhow::Result<ImageClassifier> {
+    let (config, id2label, weights): (ResNetConfig, _, _) = read_folder(dir)?;
+    let network = ResNet::new(&config, weights)?;
+    let labels = crate::encoders::labels_in_order(&id2label).map_err(anyhow::Error::msg)?;
     check_labels(&labels, network.classes())?;
     Ok(ImageClassifier {
         network: Network::ResNet(network),
-        preprocess: preprocess(IMAGENET_NORMALISATION),
+        preprocess: preprocess((IMAGENET_MEAN, IMAGENET_STD)),
         labels,
     })
 }

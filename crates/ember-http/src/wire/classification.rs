@@ -2,7 +2,7 @@
 
 use super::{as_object, bounded_string};
 use ember_core::InferError;
-use ember_core::tasks::classification::{ClassificationOutput, ClassificationRequest};
+use ember_core::tasks::classification::{ClassificationOutput, ClassificationRequest, LabelScore};
 use serde_json::{Value, json};
 
 /// Parses `{text: string}`.
@@ -18,8 +18,12 @@ pub fn parse(input: &Value) -> Result<ClassificationRequest, InferError> {
 
 /// The result: `[{label, score}, ...]`.
 pub fn result(output: &ClassificationOutput) -> Value {
-    output
-        .labels
+    label_scores(&output.labels)
+}
+
+/// `[{label, score}, ...]`, in the order given (image classification answers the same way).
+pub(crate) fn label_scores(labels: &[LabelScore]) -> Value {
+    labels
         .iter()
         .map(|l| json!({ "label": l.label, "score": l.score }))
         .collect()
@@ -29,7 +33,6 @@ pub fn result(output: &ClassificationOutput) -> Value {
 mod tests {
     use super::*;
     use crate::wire::field_of;
-    use ember_core::tasks::classification::LabelScore;
 
     #[test]
     fn inputs_and_errors() {

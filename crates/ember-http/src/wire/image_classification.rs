@@ -7,7 +7,7 @@ use ember_core::InferError;
 use ember_core::tasks::image_classification::{
     ImageClassificationOutput, ImageClassificationRequest,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// Parses `{image}` or a binary body. The bytes are decoded on the model's thread.
 pub fn parse(
@@ -20,17 +20,14 @@ pub fn parse(
 
 /// The result: `[{label, score}, ...]`.
 pub fn result(output: &ImageClassificationOutput) -> Value {
-    output
-        .labels
-        .iter()
-        .map(|l| json!({ "label": l.label, "score": l.score }))
-        .collect()
+    super::classification::label_scores(&output.labels)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::wire::field_of;
+    use serde_json::json;
 
     #[test]
     fn inputs_and_errors() {

@@ -250,3 +250,32 @@ pub async fn serve_on_socket(
     });
     (address, server)
 }
+
+/// Installs the catalog model `id` into the model cache `home` from generated fixture files:
+/// each of its catalog files from the first of `folders` that has it, with a manifest, so that it
+/// counts as installed (the files are the fixture's, not the Hub's).
+pub fn install_fixture(home: &std::path::Path, id: &str, folders: &[std::path::PathBuf]) {
+    use ember_core::installed::{self, InstallManifest, InstalledFile};
+    let catalog = ember_core::Catalog::builtin().unwrap();
+    let spec = catalog.get(id).unwrap();
+    let dir = installed::model_dir(home, spec);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut files = std::collections::BTreeMap::new();
+    for file in &spec.files {
+        let source = folders
+            .iter()
+            .map(|folder| folder.join(&file.path))
+            .find(|path| path.is_file())
+            .unwrap_or_else(|| panic!("no fixture has {}", file.path));
+        let size = std::fs::copy(&source, dir.join(&file.path))
+            .unwrap_or_else(|e| panic!("{}: {e}", source.display()));
+        let sha256 = String::new();
+        files.insert(file.path.clone(), InstalledFile { sha256, size });
+    }
+    let manifest = InstallManifest {
+        model: id.into(),
+        source: "fixture".into(),
+        files,
+    };
+    installed::write_manifest(&dir, &manifest).unwrap();
+}
