@@ -76,6 +76,29 @@ async fn resnet_id_classifies_images_in_every_input_form() {
     let reply = send(&app, stream).await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     assert_eq!(labels(&reply.json())[0], "espresso");
+    // ... and its JSON form, `{inputs: {image: [bytes]}}`.
+    let inputs = json!({ "image": image("espresso.png") });
+    let reply = send(&app, binding_request("/run", RESNET, inputs)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(labels(&reply.json())[0], "espresso");
+
+    // The catalog lists the task and its price per image.
+    let reply = send(
+        &app,
+        get("/client/v4/accounts/a/ai/models/search?task=Image+Classification"),
+    )
+    .await;
+    let models = reply.json()["result"].as_array().unwrap().clone();
+    let resnet = models.iter().find(|m| m["name"] == RESNET).unwrap();
+    assert_eq!(resnet["task"]["name"], "Image Classification");
+    let price = resnet["properties"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["property_id"] == "price")
+        .unwrap();
+    assert_eq!(price["value"][0]["unit"], "per M images");
+    assert_eq!(price["value"][0]["price"], 2.509);
 }
 
 #[tokio::test(flavor = "multi_thread")]
