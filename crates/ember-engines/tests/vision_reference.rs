@@ -59,6 +59,12 @@ fn worst(actual: &[f32], expected: &[f32]) -> f32 {
         .fold(0f32, f32::max)
 }
 
+/// Every `stride`th value of `tensor`, flattened, as the fixtures sample pixels.
+fn every_nth(tensor: &candle_core::Tensor, stride: usize) -> Vec<f32> {
+    let values = tensor.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    values.into_iter().step_by(stride).collect()
+}
+
 fn indices_by_score(logits: &[f32]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..logits.len()).collect();
     order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
@@ -71,12 +77,7 @@ fn check(classifier: &ImageClassifier, reference: &Reference) {
         let case = &reference.cases[name];
         let image = decode_rgb(&image_bytes(name)).unwrap();
         let pixels = classifier.pixels(&image).unwrap();
-        let values = pixels.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let sampled: Vec<f32> = values
-            .iter()
-            .step_by(reference.pixel_stride)
-            .copied()
-            .collect();
+        let sampled = every_nth(&pixels, reference.pixel_stride);
         let difference = worst(&sampled, &case.pixels);
         assert!(
             difference <= PIXEL_TOLERANCE,
@@ -180,12 +181,7 @@ fn detr_matches_transformers() {
         let image = decode_rgb(&image_bytes(name)).unwrap();
         let (pixels, found) = detector.raw(&image).unwrap();
         assert_eq!(pixels.dims(), case.pixels_shape, "{name}");
-        let values = pixels.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let sampled: Vec<f32> = values
-            .iter()
-            .step_by(reference.pixel_stride)
-            .copied()
-            .collect();
+        let sampled = every_nth(&pixels, reference.pixel_stride);
         assert!(
             worst(&sampled, &case.pixels) <= PIXEL_TOLERANCE,
             "{name}: pixels"

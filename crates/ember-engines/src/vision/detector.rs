@@ -58,8 +58,7 @@ impl ObjectDetector {
     pub fn detect(&self, bytes: &[u8], threshold: f32) -> Result<Vec<DetectedObject>, InferError> {
         let image =
             decode_rgb(bytes).map_err(|error| InferError::invalid("/image", error.to_string()))?;
-        let pixels = self.preprocess.pixels(&image).map_err(internal)?;
-        let found = self.detr.forward(&pixels).map_err(internal)?;
+        let (_, found) = self.raw(&image).map_err(internal)?;
         let classes = best_classes(&found.logits).map_err(internal)?;
         let boxes = found.boxes.to_vec2::<f32>().map_err(internal)?;
         let (width, height) = (image.width() as f32, image.height() as f32);
@@ -87,7 +86,7 @@ impl ObjectDetector {
         Ok(objects)
     }
 
-    /// The model's raw output for `image` (tests): class logits and relative boxes per query.
+    /// The model's input and raw output for `image`: class logits and relative boxes per query.
     pub fn raw(
         &self,
         image: &image::RgbImage,

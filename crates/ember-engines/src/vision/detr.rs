@@ -7,7 +7,7 @@
 
 use super::resnet::Backbone;
 use crate::transformer::{Activation, Attention, FeedForward};
-use candle_core::{D, DType, Device, Tensor};
+use candle_core::{D, Device, Tensor};
 use candle_nn::{LayerNorm, Linear, Module, VarBuilder, layer_norm, linear};
 use serde::Deserialize;
 
@@ -247,7 +247,7 @@ fn sine_positions(height: usize, width: usize, d_model: usize) -> candle_core::R
             embed(x, width, &mut values);
         }
     }
-    Tensor::from_vec(values, (height * width, d_model), &Device::Cpu)?.to_dtype(DType::F32)
+    Tensor::from_vec(values, (height * width, d_model), &Device::Cpu)
 }
 
 /// Softmax over the classes of `logits` (`[queries, classes + 1]`) without the last, "no object":

@@ -3,8 +3,8 @@
 //! `_blocks.N._depthwise_conv`, `_fc`; efficientnet_lite_pytorch), TensorFlow "SAME" padding and
 //! batch norm epsilon 1e-3 as it was trained.
 
-use super::layers::{ConvBn, Padding, batch_norm};
-use candle_core::{D, Tensor};
+use super::layers::{ConvBn, Padding, batch_norm, classifier_head};
+use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
 const BN_EPS: f64 = 1e-3;
@@ -119,9 +119,7 @@ impl EfficientNetLite {
             x = block.forward(&x)?;
         }
         x = relu6(&self.head.forward(&x)?)?;
-        let pooled = x.flatten_from(2)?.mean(D::Minus1)?;
-        let (weight, bias) = &self.fc;
-        pooled.matmul(&weight.t()?)?.broadcast_add(bias)?.squeeze(0)
+        classifier_head(&x, &self.fc)
     }
 }
 

@@ -101,19 +101,15 @@ impl Preprocess {
                 );
                 let resized = resize(image, w, h, Filter::Bicubic);
                 // The centre, rounding the offsets down.
-                ((resized), ((w - crop) / 2, (h - crop) / 2, crop, crop))
+                (resized, ((w - crop) / 2, (h - crop) / 2, crop, crop))
             }
             Resize::Within { shortest, longest } => {
                 let (h, w) = size_within(height, width, shortest, longest);
                 (resize(image, w, h, Filter::Bilinear), (0, 0, w, h))
             }
         };
-        let (left, top, crop_width, crop_height) = (
-            crop.0 as usize,
-            crop.1 as usize,
-            crop.2 as usize,
-            crop.3 as usize,
-        );
+        let [left, top, crop_width, crop_height] =
+            [crop.0, crop.1, crop.2, crop.3].map(|n| n as usize);
         let row_bytes = resized.width() as usize * 3;
         let buffer = resized.as_raw();
         let plane = crop_width * crop_height;

@@ -118,6 +118,16 @@ impl ConvBn {
     }
 }
 
+/// Global average pooling of `features` (`[1, channels, h, w]`), then the linear classifier
+/// `(weight [classes, channels], bias [classes])`: logits `[classes]`.
+pub fn classifier_head(
+    features: &Tensor,
+    (weight, bias): &(Tensor, Tensor),
+) -> candle_core::Result<Tensor> {
+    let pooled = features.flatten_from(2)?.mean(D::Minus1)?;
+    pooled.matmul(&weight.t()?)?.broadcast_add(bias)?.squeeze(0)
+}
+
 struct Geometry {
     height: usize,
     width: usize,

@@ -3,8 +3,8 @@
 //! `model.safetensors` with transformers' weight names), and the same body under timm's weight
 //! names, its shape read from the weights, as DETR's backbone (`Backbone::from_timm`).
 
-use super::layers::{ConvBn, Padding, batch_norm};
-use candle_core::{D, Tensor};
+use super::layers::{ConvBn, Padding, batch_norm, classifier_head};
+use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
@@ -195,9 +195,6 @@ impl ResNet {
 
     /// Logits `[classes]` for `pixels` (`[1, 3, 224, 224]`).
     pub fn forward(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
-        let x = self.backbone.forward(pixels)?;
-        let pooled = x.flatten_from(2)?.mean(D::Minus1)?;
-        let (weight, bias) = &self.classifier;
-        pooled.matmul(&weight.t()?)?.broadcast_add(bias)?.squeeze(0)
+        classifier_head(&self.backbone.forward(pixels)?, &self.classifier)
     }
 }

@@ -11,7 +11,6 @@ use super::report::{self, Row, median};
 use anyhow::{Context, Result, bail, ensure};
 use clap::Args;
 use ember_core::catalog::Engine;
-use ember_core::installed;
 use ember_core::metrics::Metrics;
 use ember_core::runner::LoadedModel;
 use ember_core::tasks::image_classification::ImageClassificationRequest;
@@ -56,10 +55,7 @@ impl ImageBench {
             .get(MODEL)
             .context("the catalog has no EfficientNet-Lite0")?;
         ensure!(spec.engine == Engine::CandleImageClassifier);
-        let dir = installed::model_dir(env.home, spec);
-        if !installed::is_installed(spec, &dir) {
-            crate::pull_models(env.catalog, env.home, std::slice::from_ref(&spec.id), false)?;
-        }
+        let dir = super::installed_dir(env, spec)?;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let load_average = super::load_average();
         let images = (0..self.images)
@@ -165,9 +161,7 @@ impl ImageBench {
             "ember_seconds": ember_times,
             "onnxruntime_seconds": anchor_times,
         });
-        std::fs::write(&self.out, serde_json::to_string_pretty(&json)?)
-            .with_context(|| format!("writing {}", self.out.display()))?;
-        eprintln!("results written to {}", self.out.display());
+        report::write_json(&self.out, &json)?;
         Ok(())
     }
 }

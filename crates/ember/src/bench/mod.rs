@@ -117,6 +117,15 @@ pub fn run(command: BenchCommand, env: &Env) -> Result<()> {
     }
 }
 
+/// The model's folder, pulled first if it is not installed.
+fn installed_dir(env: &Env, spec: &ModelSpec) -> Result<PathBuf> {
+    let dir = installed::model_dir(env.home, spec);
+    if !installed::is_installed(spec, &dir) {
+        crate::pull_models(env.catalog, env.home, std::slice::from_ref(&spec.id), false)?;
+    }
+    Ok(dir)
+}
+
 fn warn_if_debug_build() {
     if cfg!(debug_assertions) {
         eprintln!("warning: a debug build of ember; build with --release for real numbers");
@@ -259,9 +268,7 @@ impl LlmBench {
             "rows": rows,
             "errors": errors,
         });
-        std::fs::write(&self.out, serde_json::to_string_pretty(&json)?)
-            .with_context(|| format!("writing {}", self.out.display()))?;
-        eprintln!("results written to {}", self.out.display());
+        report::write_json(&self.out, &json)?;
         std::fs::remove_dir_all(&work)?;
         Ok(())
     }

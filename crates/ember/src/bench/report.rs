@@ -68,6 +68,15 @@ pub fn print_table(rows: &[Row], anchor: &str) {
     }
 }
 
+/// Writes a bench's results to `path` as pretty JSON and says where.
+pub fn write_json(path: &std::path::Path, json: &serde_json::Value) -> anyhow::Result<()> {
+    use anyhow::Context;
+    std::fs::write(path, serde_json::to_string_pretty(json)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("results written to {}", path.display());
+    Ok(())
+}
+
 pub fn median(values: &[f64]) -> Option<f64> {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);

@@ -9,12 +9,12 @@ use super::driver::{Driver, repo_file};
 use super::report::{self, Row, median};
 use anyhow::{Context, Result, bail, ensure};
 use clap::Args;
+use ember_core::ModelSpec;
 use ember_core::catalog::Engine;
 use ember_core::metrics::Metrics;
 use ember_core::runner::LoadedModel;
 use ember_core::tasks::speech_recognition::{SpeechRecognitionRequest, TranscribeSettings};
 use ember_core::tasks::{TaskOutput, TaskRequest};
-use ember_core::{ModelSpec, installed};
 use ember_engines::audio::{self, DecodeOptions};
 use ember_engines::tts::{Encoding, Pcm};
 use serde::Deserialize;
@@ -63,10 +63,7 @@ impl SpeechBench {
             "{} is not a Whisper model",
             spec.id
         );
-        let dir = installed::model_dir(env.home, spec);
-        if !installed::is_installed(spec, &dir) {
-            crate::pull_models(env.catalog, env.home, std::slice::from_ref(&spec.id), false)?;
-        }
+        let dir = super::installed_dir(env, spec)?;
         ensure!(
             dir.join("model.bin").is_file(),
             "{} holds no CTranslate2 model.bin for faster-whisper",
@@ -167,9 +164,7 @@ impl SpeechBench {
             "rows": rows,
             "transcripts": transcripts,
         });
-        std::fs::write(&self.out, serde_json::to_string_pretty(&json)?)
-            .with_context(|| format!("writing {}", self.out.display()))?;
-        eprintln!("results written to {}", self.out.display());
+        report::write_json(&self.out, &json)?;
         std::fs::remove_dir_all(&work)?;
         Ok(())
     }
