@@ -35,6 +35,8 @@ pub enum Engine {
     CandleImageClassifier,
     /// A DETR object detector on candle.
     CandleObjectDetector,
+    /// A Stable Diffusion pipeline (diffusers' folder layout) on candle.
+    CandleDiffusion,
     /// No weights of its own: serves its task through its `base` model (see `standin.rs`).
     StandIn,
 }
@@ -53,6 +55,11 @@ pub struct Price {
     pub neurons_per_k_characters: f64,
     #[serde(default)]
     pub neurons_per_m_images: f64,
+    /// Image generation: per 512×512 tile of output and per denoising step.
+    #[serde(default)]
+    pub neurons_per_tile: f64,
+    #[serde(default)]
+    pub neurons_per_step: f64,
 }
 
 impl Price {
@@ -64,6 +71,8 @@ impl Price {
             + usage.audio_seconds / 60.0 * self.neurons_per_audio_minute
             + f64::from(usage.characters) / 1000.0 * self.neurons_per_k_characters
             + f64::from(usage.images) / 1_000_000.0 * self.neurons_per_m_images
+            + f64::from(usage.tiles) * self.neurons_per_tile
+            + f64::from(usage.steps) * self.neurons_per_step
     }
 }
 
@@ -155,6 +164,8 @@ pub struct ModelSpec {
     /// Requests per minute per account for this model, where Workers AI publishes one that
     /// differs from its task's (`Task::requests_per_minute`).
     pub rate_limit_per_minute: Option<u32>,
+    /// Memory the model needs to run, in GB, for large models (said when it is not installed).
+    pub memory_gb: Option<f32>,
     /// Fetched by the setup command and used by the tests.
     #[serde(default)]
     pub default: bool,
@@ -308,9 +319,6 @@ fn validate(spec: &ModelSpec) -> Result<(), CatalogError> {
     }
     if spec.files.is_empty() {
         return Err(invalid("lists no files"));
-    }
-    if spec.sources.is_empty() {
-        return Err(invalid("lists no sources"));
     }
     for file in &spec.files {
         if file.path.contains("..") || file.path.starts_with('/') {

@@ -156,7 +156,7 @@ impl Ember {
                 .as_deref()
                 .and_then(|id| self.catalog.get(id))
                 .filter(|stand_in| self.is_installed(stand_in))
-                .ok_or_else(|| InferError::NotInstalled(spec.id.clone()))?
+                .ok_or_else(|| InferError::not_installed(spec))?
         };
         let same_task_base = (serving.engine == Engine::StandIn)
             .then(|| serving.base.as_deref().and_then(|id| self.catalog.get(id)))
@@ -168,7 +168,7 @@ impl Ember {
     /// The loaded model, loading it on first use. Concurrent first requests share one load.
     pub async fn model(&self, spec: &ModelSpec) -> Result<LoadedModel, InferError> {
         if !self.is_installed(spec) {
-            return Err(InferError::NotInstalled(spec.id.clone()));
+            return Err(InferError::not_installed(spec));
         }
         let cell = {
             let mut resident = self.lock_resident();

@@ -7,9 +7,13 @@ pub enum InferError {
     /// The model id is neither in the catalog nor an alias of a catalog model.
     #[error("No such model {0} or task")]
     NoSuchModel(String),
-    /// The model is in the catalog but its files are not in the model cache.
-    #[error("Model {0} is not installed; run `ember models pull {0}`")]
-    NotInstalled(String),
+    /// The model is in the catalog but its files are not in the model cache; `memory_gb` is what
+    /// it needs to run, where the catalog says (large models).
+    #[error("Model {model} is not installed; run `ember models pull {model}`{}", memory_note(.memory_gb))]
+    NotInstalled {
+        model: String,
+        memory_gb: Option<f32>,
+    },
     /// The input does not match the task's schema; `field` is a JSON pointer such as `/messages/0/role`.
     #[error("Bad input at '{field}': {problem}")]
     InvalidInput { field: String, problem: String },
@@ -40,10 +44,24 @@ pub enum InferError {
 }
 
 impl InferError {
+    /// `spec`'s files are not in the model cache.
+    pub fn not_installed(spec: &crate::catalog::ModelSpec) -> InferError {
+        InferError::NotInstalled {
+            model: spec.id.clone(),
+            memory_gb: spec.memory_gb,
+        }
+    }
+
     pub fn invalid(field: impl Into<String>, problem: impl Into<String>) -> InferError {
         InferError::InvalidInput {
             field: field.into(),
             problem: problem.into(),
         }
     }
+}
+
+fn memory_note(memory_gb: &Option<f32>) -> String {
+    memory_gb
+        .map(|gb| format!(" (it needs about {gb} GB of memory to run)"))
+        .unwrap_or_default()
 }

@@ -39,6 +39,7 @@ pub struct Metrics {
     restarts: Family<ModelLabel, Counter>,
     ttft: Latency,
     itl: Latency,
+    denoising_steps: Latency,
 }
 
 impl Metrics {
@@ -58,6 +59,7 @@ impl Metrics {
         let restarts = Family::default();
         let ttft = Latency::new_with_constructor(latency_histogram);
         let itl = Latency::new_with_constructor(latency_histogram);
+        let denoising_steps = Latency::new_with_constructor(latency_histogram);
         let r = &mut registry;
         r.register(
             "model_loaded",
@@ -117,6 +119,11 @@ impl Metrics {
             "Between consecutive generated tokens of a sequence",
             itl.clone(),
         );
+        r.register(
+            "denoising_step_seconds",
+            "Each denoising step of an image generation (its count: steps run)",
+            denoising_steps.clone(),
+        );
         Arc::new(Metrics {
             registry,
             loaded,
@@ -133,6 +140,7 @@ impl Metrics {
             restarts,
             ttft,
             itl,
+            denoising_steps,
         })
     }
 
@@ -155,6 +163,7 @@ impl Metrics {
             rejected: self.rejected.get_or_create(&label).clone(),
             restarts: self.restarts.get_or_create(&label).clone(),
             ttft: self.ttft.get_or_create(&label).clone(),
+            denoising_steps: self.denoising_steps.get_or_create(&label).clone(),
             itl: self.itl.get_or_create(&label).clone(),
         }
     }
@@ -193,6 +202,7 @@ pub struct ModelMetrics {
     restarts: Counter,
     ttft: Histogram,
     itl: Histogram,
+    denoising_steps: Histogram,
 }
 
 impl ModelMetrics {
@@ -240,6 +250,11 @@ impl ModelMetrics {
 
     pub fn inter_token_latency(&self, seconds: f64) {
         self.itl.observe(seconds);
+    }
+
+    /// An image generation ran one denoising step.
+    pub fn denoising_step(&self, seconds: f64) {
+        self.denoising_steps.observe(seconds);
     }
 }
 

@@ -79,7 +79,8 @@ pub(crate) async fn run(
         | TaskRequest::SpeechRecognition(_)
         | TaskRequest::TextToSpeech(_)
         | TaskRequest::ImageClassification(_)
-        | TaskRequest::ObjectDetection(_) => Err(InferError::Internal(format!(
+        | TaskRequest::ObjectDetection(_)
+        | TaskRequest::TextToImage(_) => Err(InferError::Internal(format!(
             "stand-in {} does not run {:?}",
             spec.id,
             request.task()

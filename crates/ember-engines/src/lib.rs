@@ -1,11 +1,12 @@
 //! Ember's engines: the code that runs model weights. Text generation on llama.cpp (`llm`), text
 //! embeddings (`embed`), classification and reranking (`encoders`), translation and
 //! summarization (`seq2seq`), speech recognition (`speech`: `audio` decoding, `whisper`) and
-//! image classification and object detection (`vision`) on candle, text-to-speech (`synthesis`: `tts` voices) on ONNX
-//! Runtime. `load` picks the engine a catalog entry names and starts it. This is the only crate
+//! image classification and object detection (`vision`) and image generation (`diffusion`) on
+//! candle, text-to-speech (`synthesis`: `tts` voices) on ONNX Runtime. `load` picks the engine a catalog entry names and starts it. This is the only crate
 //! with kernel dependencies.
 
 pub mod audio;
+pub mod diffusion;
 pub mod embed;
 pub mod encoders;
 pub mod llm;
@@ -53,6 +54,15 @@ pub fn load(
         Engine::CandleObjectDetector => on_worker(spec, dir, |_, dir| {
             vision::detector::ObjectDetector::load(dir)
         }),
+        Engine::CandleDiffusion => {
+            let scheduler = match spec.properties.get("scheduler").map(String::as_str) {
+                Some("lcm") => diffusion::scheduler::SchedulerKind::Lcm,
+                _ => diffusion::scheduler::SchedulerKind::Ddim,
+            };
+            on_worker(spec, dir, move |_, dir| {
+                diffusion::ImageGenerator::load(dir, scheduler, metrics)
+            })
+        }
         Engine::StandIn => Err(InferError::Internal(format!(
             "{} is a stand-in and loads nothing of its own",
             spec.id

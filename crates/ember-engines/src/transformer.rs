@@ -1,5 +1,5 @@
-//! The attention and feed-forward blocks of Ember's encoder-decoder transformers (BART and
-//! M2M100 in `seq2seq`, DETR in `vision`), with transformers' weight names (`q_proj`, `k_proj`,
+//! The attention and feed-forward blocks of Ember's transformers (BART and M2M100 in `seq2seq`,
+//! DETR in `vision`, CLIP's text encoder in `diffusion`), with transformers' weight names (`q_proj`, `k_proj`,
 //! `v_proj`, `out_proj`; `fc1`, `fc2`): multi-head attention with biases and scores scaled by
 //! `head_dim^-0.5`, over `[batch, tokens, dim]`.
 
@@ -14,6 +14,8 @@ pub(crate) enum Activation {
     GeluTanh,
     Relu,
     Silu,
+    /// `x · sigmoid(1.702 x)`, CLIP's ("quick_gelu").
+    QuickGelu,
 }
 
 impl Activation {
@@ -23,6 +25,7 @@ impl Activation {
             "gelu_new" | "gelu_pytorch_tanh" => Activation::GeluTanh,
             "relu" => Activation::Relu,
             "silu" | "swish" => Activation::Silu,
+            "quick_gelu" => Activation::QuickGelu,
             other => return Err(format!("config.json: unsupported activation {other:?}")),
         })
     }
@@ -33,6 +36,7 @@ impl Activation {
             Activation::GeluTanh => xs.gelu(),
             Activation::Relu => xs.relu(),
             Activation::Silu => xs.silu(),
+            Activation::QuickGelu => xs * candle_nn::ops::sigmoid(&(xs * 1.702)?)?,
         }
     }
 }
@@ -89,9 +93,23 @@ impl Attention {
         keys: &Tensor,
         values: &Tensor,
     ) -> candle_core::Result<Tensor> {
+        self.attend_masked(xs, keys, values, None)
+    }
+
+    /// `attend` with `mask` (`[t, keys]`, 0 or -inf) added to the scores.
+    pub(crate) fn attend_masked(
+        &self,
+        xs: &Tensor,
+        keys: &Tensor,
+        values: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
         let (b, t, dim) = xs.dims3()?;
         let q = self.split_heads(&self.q_proj.forward(xs)?)?;
-        let scores = (q.matmul(&keys.t()?)? * (self.head_dim as f64).powf(-0.5))?;
+        let mut scores = (q.matmul(&keys.t()?)? * (self.head_dim as f64).powf(-0.5))?;
+        if let Some(mask) = mask {
+            scores = scores.broadcast_add(mask)?;
+        }
         let weights = candle_nn::ops::softmax_last_dim(&scores)?;
         let context = weights
             .matmul(values)?

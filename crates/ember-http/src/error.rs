@@ -60,7 +60,7 @@ impl ApiError {
             }
             ApiError::Incomplete(_) => (StatusCode::BAD_REQUEST, 3003, "IncompleteRequest"),
             ApiError::Infer(error) => match error {
-                InferError::NoSuchModel(_) | InferError::NotInstalled(_) => {
+                InferError::NoSuchModel(_) | InferError::NotInstalled { .. } => {
                     (StatusCode::BAD_REQUEST, 5007, "InvalidModel")
                 }
                 InferError::InvalidInput { .. } => (StatusCode::BAD_REQUEST, 5006, "InvalidInput"),
@@ -145,7 +145,7 @@ impl ApiError {
     pub fn openai_response(&self) -> Response {
         let status = match self {
             ApiError::NoRoute
-            | ApiError::Infer(InferError::NoSuchModel(_) | InferError::NotInstalled(_)) => {
+            | ApiError::Infer(InferError::NoSuchModel(_) | InferError::NotInstalled { .. }) => {
                 StatusCode::NOT_FOUND
             }
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -172,7 +172,7 @@ impl ApiError {
             }
             ApiError::Incomplete(_) => ("invalid_request_error", workers_code),
             ApiError::Infer(error) => match error {
-                InferError::NoSuchModel(_) | InferError::NotInstalled(_) => {
+                InferError::NoSuchModel(_) | InferError::NotInstalled { .. } => {
                     ("invalid_request_error", Some("model_not_found".into()))
                 }
                 InferError::InvalidInput { .. }

@@ -136,6 +136,10 @@ enum ModelsCommand {
         models: Vec<String>,
         #[arg(long)]
         defaults: bool,
+        /// Install the named model from this folder (its files in the catalog's layout, e.g. a
+        /// diffusers folder downloaded elsewhere) instead of fetching it.
+        #[arg(long, value_name = "FOLDER")]
+        from: Option<std::path::PathBuf>,
     },
 }
 
@@ -271,10 +275,15 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Models {
-            command: ModelsCommand::Pull { models, defaults },
+            command:
+                ModelsCommand::Pull {
+                    models,
+                    defaults,
+                    from,
+                },
         } => {
             let catalog = Catalog::load(catalog_file.as_deref())?;
-            pull_models(&catalog, &home, &models, defaults)
+            pull_models(&catalog, &home, &models, defaults, from.as_deref())
         }
         Command::Bench { command } => {
             let catalog = Catalog::load(catalog_file.as_deref())?;
@@ -383,7 +392,11 @@ fn pull_models(
     home: &std::path::Path,
     ids: &[String],
     defaults: bool,
+    from: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
+    if from.is_some() && (defaults || ids.len() != 1) {
+        anyhow::bail!("--from installs one named model");
+    }
     let mut specs: Vec<&ember_core::ModelSpec> = Vec::new();
     if defaults {
         specs.extend(catalog.models().iter().filter(|m| m.default));
@@ -428,7 +441,11 @@ fn pull_models(
                 eprintln!("  source {source} failed: {error}")
             }
         };
-        pull::pull(spec, &options, &mut reporter).with_context(|| match &spec.stand_in {
+        let pulled = match from {
+            Some(folder) => pull::pull_from_folder(spec, &options, folder, &mut reporter),
+            None => pull::pull(spec, &options, &mut reporter),
+        };
+        pulled.with_context(|| match &spec.stand_in {
             Some(stand_in) => format!(
                 "pulling {} (until it is installed, its stand-in {stand_in} serves its id)",
                 spec.id

@@ -98,6 +98,13 @@ pub fn pull(
         progress(Progress::AlreadyInstalled);
         return Ok(manifest);
     }
+    if spec.sources.is_empty() {
+        bail!(
+            "{} has no download source; install it from a folder with `ember models pull {} --from <folder>`",
+            spec.id,
+            spec.id
+        );
+    }
 
     let tmp = options
         .home
@@ -187,6 +194,46 @@ fn source_label(source: &Source) -> String {
 
 /// The manifest for `spec` if every catalog file is in `dir` and intact, without downloading.
 ///
+/// Installs `spec` from a local `folder` holding its files (a copy downloaded elsewhere, or a test
+/// model in the repository): each file is copied, and checked against the catalog's sha256 where
+/// the catalog has one.
+pub fn pull_from_folder(
+    spec: &ModelSpec,
+    options: &PullOptions,
+    folder: &Path,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<InstallManifest> {
+    let dir = installed::model_dir(&options.home, spec);
+    let tmp = options
+        .home
+        .join("models")
+        .join(format!(".tmp-{}", spec.dir_name()));
+    let mut files = BTreeMap::new();
+    for file in &spec.files {
+        let rel = safe_relative_path(&file.path)?;
+        let (from, to) = (folder.join(&rel), tmp.join(&rel));
+        if let Some(parent) = to.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        fs::copy(&from, &to).with_context(|| format!("copying {}", from.display()))?;
+        let (sha256, size) = hash_file(&to)?;
+        if let Some(expected) = &file.sha256
+            && !expected.eq_ignore_ascii_case(&sha256)
+        {
+            bail!(
+                "{} has sha256 {sha256}, not the catalog's {expected}",
+                from.display()
+            );
+        }
+        progress(Progress::Verified { file: &file.path });
+        files.insert(file.path.clone(), InstalledFile { sha256, size });
+    }
+    let source = format!("folder {}", folder.display());
+    let manifest = install(spec, &tmp, &dir, files, source)?;
+    fs::remove_dir_all(&tmp).ok();
+    Ok(manifest)
+}
+
 /// A file is intact when its sha256 matches the catalog, or else the one the existing manifest
 /// recorded when that manifest names a Hugging Face source checked against the Hub (whose bytes
 /// may legitimately differ from the catalog's). Files lacking both are not trusted.

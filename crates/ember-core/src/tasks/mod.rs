@@ -12,6 +12,7 @@ pub mod reranking;
 pub mod speech_recognition;
 pub mod summarization;
 pub mod text_generation;
+pub mod text_to_image;
 pub mod text_to_speech;
 pub mod translation;
 
@@ -108,6 +109,7 @@ tasks! {
     TextToSpeech => text_to_speech::{SpeechSynthesisRequest, SpeechSynthesisOutput},
     ImageClassification => image_classification::{ImageClassificationRequest, ImageClassificationOutput},
     ObjectDetection => object_detection::{ObjectDetectionRequest, ObjectDetectionOutput},
+    TextToImage => text_to_image::{TextToImageRequest, TextToImageOutput},
 }
 
 impl Task {
@@ -164,6 +166,12 @@ pub struct Usage {
     /// Images looked at (image models are priced per image).
     #[serde(skip)]
     pub images: u32,
+    /// 512×512 tiles of images generated, and the denoising steps that made them (image
+    /// generation is priced by both).
+    #[serde(skip)]
+    pub tiles: u32,
+    #[serde(skip)]
+    pub steps: u32,
     /// What the request costs at the model's published price (fractional, like Workers AI's).
     pub neurons: f64,
 }
@@ -184,6 +192,8 @@ impl Usage {
             audio_seconds: 0.0,
             characters: 0,
             images: 0,
+            tiles: 0,
+            steps: 0,
             neurons: 0.0,
         }
     }
@@ -200,6 +210,15 @@ impl Usage {
     pub fn of_images(images: u32) -> Usage {
         Usage {
             images,
+            ..Usage::new(0, 0)
+        }
+    }
+
+    /// The usage of a request that generated a `width`×`height` image in `steps` steps.
+    pub fn of_generated_image(width: u32, height: u32, steps: u32) -> Usage {
+        Usage {
+            tiles: text_to_image::tiles(width, height),
+            steps,
             ..Usage::new(0, 0)
         }
     }

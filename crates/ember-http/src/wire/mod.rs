@@ -13,6 +13,7 @@ pub mod reranking;
 pub mod speech_recognition;
 pub mod summarization;
 pub mod text_generation;
+pub mod text_to_image;
 pub mod text_to_speech;
 pub mod tools;
 pub mod translation;
@@ -67,6 +68,7 @@ pub fn parse(
         Task::ObjectDetection => {
             TaskRequest::ObjectDetection(object_detection::parse(input, body)?)
         }
+        Task::TextToImage => TaskRequest::TextToImage(text_to_image::parse(input)?),
     };
     Ok(TaskInput::Task(request))
 }
@@ -99,6 +101,7 @@ pub fn result(output: &TaskOutput) -> Answer {
         TaskOutput::TextToSpeech(output) => text_to_speech::result(output),
         TaskOutput::ImageClassification(output) => image_classification::result(output).into(),
         TaskOutput::ObjectDetection(output) => object_detection::result(output).into(),
+        TaskOutput::TextToImage(output) => text_to_image::result(output),
     }
 }
 
@@ -121,6 +124,7 @@ pub fn schema(spec: &ModelSpec) -> &'static str {
         Task::TextToSpeech => include_str!("../../schemas/text-to-speech.json"),
         Task::ImageClassification => include_str!("../../schemas/image-classification.json"),
         Task::ObjectDetection => include_str!("../../schemas/object-detection.json"),
+        Task::TextToImage => include_str!("../../schemas/text-to-image.json"),
     }
 }
 

@@ -121,7 +121,13 @@ pub fn run(command: BenchCommand, env: &Env) -> Result<()> {
 fn installed_dir(env: &Env, spec: &ModelSpec) -> Result<PathBuf> {
     let dir = installed::model_dir(env.home, spec);
     if !installed::is_installed(spec, &dir) {
-        crate::pull_models(env.catalog, env.home, std::slice::from_ref(&spec.id), false)?;
+        crate::pull_models(
+            env.catalog,
+            env.home,
+            std::slice::from_ref(&spec.id),
+            false,
+            None,
+        )?;
     }
     Ok(dir)
 }
@@ -224,7 +230,7 @@ impl LlmBench {
             .map(|s| s.id.clone())
             .collect();
         if !missing.is_empty() {
-            crate::pull_models(env.catalog, env.home, &missing, false)?;
+            crate::pull_models(env.catalog, env.home, &missing, false, None)?;
         }
         let bin = llama::tools_dir(self.llama_bin.clone())?;
         let work = std::env::temp_dir().join(format!("ember-bench-{}", std::process::id()));

@@ -1,0 +1,226 @@
+//! The Stable Diffusion engine against `scripts/reference/diffusion.py` (diffusers and
+//! transformers on the same tiny generated SD 1.5 in `tests/fixtures/diffusion/tiny-sd/`): the CLIP
+//! tokenizer's ids, the text encoder, one UNet call, the autoencoder both ways, the DDIM and LCM
+//! schedules (also cut short for image-to-image), one LCM step with its noise, and a whole
+//! four-step guided text-to-image run from the same initial latents.
+//!
+//! Tolerances (max absolute difference; the measured value in brackets): text states 1e-4 (1e-6),
+//! noise prediction 5e-4 (7e-5, on values up to 1.6), decoded pixels 1e-4 (4e-6), latent mean
+//! and deviation 1e-4 (2e-6), LCM step 1e-5 (2e-6), the whole run's image in [0, 1] 1e-3 (2e-5):
+//! f32 sums in another order, compounded over the steps.
+
+use candle_core::{Device, Tensor};
+use ember_core::metrics::Metrics;
+use ember_core::tasks::text_to_image::TextToImageRequest;
+use ember_engines::diffusion::ImageGenerator;
+use ember_engines::diffusion::clip_text::ClipTokenizer;
+use ember_engines::diffusion::scheduler::{Scheduler, SchedulerKind};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+#[derive(Deserialize)]
+struct Reference {
+    tokens: Vec<Tokens>,
+    ddim_timesteps: BTreeMap<String, Vec<usize>>,
+    lcm_timesteps: BTreeMap<String, Vec<usize>>,
+    img2img_timesteps: Vec<Img2ImgSchedule>,
+    lcm_step: LcmStep,
+    pipeline: Run,
+}
+
+#[derive(Deserialize)]
+struct Tokens {
+    prompt: String,
+    ids: Vec<u32>,
+}
+
+#[derive(Deserialize)]
+struct Img2ImgSchedule {
+    steps: usize,
+    strength: f64,
+    timesteps: Vec<usize>,
+}
+
+#[derive(Deserialize)]
+struct LcmStep {
+    steps: usize,
+    step_index: usize,
+    timestep: usize,
+}
+
+#[derive(Deserialize)]
+struct Run {
+    prompt: String,
+    negative_prompt: String,
+    steps: u32,
+    guidance: f32,
+    width: u32,
+    height: u32,
+}
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/diffusion")
+}
+
+fn reference() -> (Reference, HashMap<String, Tensor>) {
+    let text = std::fs::read_to_string(fixtures().join("reference.json")).unwrap();
+    let tensors =
+        candle_core::safetensors::load(fixtures().join("reference.safetensors"), &Device::Cpu)
+            .unwrap();
+    (serde_json::from_str(&text).unwrap(), tensors)
+}
+
+fn generator() -> ImageGenerator {
+    let metrics = Metrics::new().model("@hf/ember/tiny-sd");
+    ImageGenerator::load(&fixtures().join("tiny-sd"), SchedulerKind::Ddim, metrics).unwrap()
+}
+
+/// The largest absolute difference between two tensors of one shape.
+fn max_difference(ours: &Tensor, theirs: &Tensor) -> f32 {
+    assert_eq!(ours.dims(), theirs.dims());
+    (ours - theirs)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
+fn assert_close(what: &str, ours: &Tensor, theirs: &Tensor, tolerance: f32) {
+    let difference = max_difference(ours, theirs);
+    eprintln!("{what}: max difference {difference:e}");
+    assert!(
+        difference <= tolerance,
+        "{what}: {difference} > {tolerance}"
+    );
+}
+
+#[test]
+fn tokenizer_matches_clip_tokenizer() {
+    let (reference, _) = reference();
+    let tokenizer = ClipTokenizer::load(&fixtures().join("tiny-sd/tokenizer")).unwrap();
+    for case in &reference.tokens {
+        assert_eq!(
+            tokenizer.encode(&case.prompt).unwrap(),
+            case.ids,
+            "{:?}",
+            case.prompt
+        );
+    }
+}
+
+#[test]
+fn schedules_match_diffusers() {
+    let (reference, _) = reference();
+    for (kind, schedules) in [
+        (SchedulerKind::Ddim, &reference.ddim_timesteps),
+        (SchedulerKind::Lcm, &reference.lcm_timesteps),
+    ] {
+        for (steps, timesteps) in schedules {
+            let scheduler = Scheduler::new(kind, steps.parse().unwrap(), 1.0);
+            assert_eq!(scheduler.timesteps(), timesteps, "{kind:?} {steps}");
+        }
+    }
+    for case in &reference.img2img_timesteps {
+        let scheduler = Scheduler::new(SchedulerKind::Ddim, case.steps, case.strength);
+        assert_eq!(
+            scheduler.timesteps(),
+            case.timesteps,
+            "{} steps at {}",
+            case.steps,
+            case.strength
+        );
+    }
+}
+
+#[test]
+fn lcm_step_matches_diffusers() {
+    let (reference, tensors) = reference();
+    let step = &reference.lcm_step;
+    let scheduler = Scheduler::new(SchedulerKind::Lcm, step.steps, 1.0);
+    assert_eq!(scheduler.timesteps()[step.step_index], step.timestep);
+    let stepped = scheduler
+        .step(
+            step.step_index,
+            &tensors["lcm.model_output"],
+            &tensors["lcm.sample"],
+            || Ok(tensors["lcm.noise"].clone()),
+        )
+        .unwrap();
+    assert_close("LCM step", &stepped, &tensors["lcm.stepped"], 1e-5);
+}
+
+#[test]
+fn components_match_diffusers() {
+    let (_, tensors) = reference();
+    let generator = generator();
+
+    let states = generator.encode_text("a photo of a cat").unwrap();
+    assert_close("text states", &states, &tensors["text.states"], 1e-4);
+
+    let timestep = tensors["unet.timestep"].to_vec1::<f32>().unwrap()[0] as usize;
+    let predicted = generator
+        .predict_noise(&tensors["unet.latents"], timestep, &tensors["unet.context"])
+        .unwrap();
+    assert_close("noise prediction", &predicted, &tensors["unet.out"], 5e-4);
+
+    // The reference decodes to [-1, 1]; the engine answers [0, 1], clamped.
+    let decoded = generator
+        .decode(&(&tensors["vae.latents"] * 0.18215).unwrap())
+        .unwrap();
+    let expected = tensors["vae.decoded"]
+        .affine(0.5, 0.5)
+        .unwrap()
+        .clamp(0.0f32, 1.0f32)
+        .unwrap();
+    assert_close("decoded image", &decoded, &expected, 1e-4);
+
+    let (mean, std) = generator.encode_image(&tensors["vae.image"]).unwrap();
+    assert_close("latent mean", &mean, &tensors["vae.mean"], 1e-4);
+    assert_close("latent deviation", &std, &tensors["vae.std"], 1e-4);
+}
+
+#[test]
+fn text_to_image_matches_diffusers() {
+    let (reference, tensors) = reference();
+    let run = &reference.pipeline;
+    let request = TextToImageRequest {
+        prompt: run.prompt.clone(),
+        negative_prompt: Some(run.negative_prompt.clone()),
+        width: Some(run.width),
+        height: Some(run.height),
+        steps: Some(run.steps),
+        guidance: run.guidance,
+        strength: 1.0,
+        seed: None,
+        image: None,
+        mask: None,
+    };
+    let generator = generator();
+    let (pixels, steps) = generator
+        .generate_pixels(&request, Some(tensors["pipeline.latents"].clone()))
+        .unwrap();
+    assert_eq!(steps, run.steps);
+    // diffusers answers height × width × 3.
+    let expected = tensors["pipeline.image"]
+        .permute((2, 0, 1))
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    assert_close("generated image", &pixels, &expected, 1e-3);
+
+    // A seed gives one image; the PNG is the requested size.
+    let seeded = TextToImageRequest {
+        seed: Some(42),
+        ..request
+    };
+    let first = generator.generate(&seeded).unwrap();
+    assert_eq!(first, generator.generate(&seeded).unwrap());
+    let png = image::load_from_memory(&first.png).unwrap();
+    assert_eq!((png.width(), png.height()), (run.width, run.height));
+}
