@@ -16,8 +16,9 @@ ember="$root/target/debug/ember"
 echo "== models"
 "$ember" models pull --defaults
 # The sliding-window prefix cache test needs a model with a sliding window; the voice tests run
-# Kokoro too.
+# Kokoro too; the image generation tests run the tiny generated Stable Diffusion from the repository.
 "$ember" models pull @hf/google/gemma-3-270m @hf/hexgrad/kokoro-82m
+"$ember" models pull @hf/ember/tiny-sd --from crates/ember-engines/tests/fixtures/diffusion/tiny-sd
 
 echo "== format and lints"
 cargo fmt --all -- --check

@@ -280,6 +280,13 @@ check "/classify: resnet-50 on {image: [bytes]} gives five [{label, score}], a c
   if (!Array.isArray(j) || j.length !== 5) return JSON.stringify(j);
   return /cat/.test(j[0].label) && typeof j[0].score === "number" ? true : JSON.stringify(j);'
 
+# ---------------------------------------------------------------- images: a binary output
+request POST /imagine
+check "/imagine: the tiny Stable Diffusion answers a 320x256 PNG through the binding" '
+  if (status !== "200") return "status " + status;
+  const j = JSON.parse(body);
+  return j.signature && j.width === 320 && j.height === 256 ? true : JSON.stringify(j);'
+
 # ---------------------------------------------------------------- /models (AI.models -> GET .../ai/run/proxy)
 request GET /models
 check "/models (env.AI.models({task: \"Text Embeddings\"})) lists embeddinggemma" '

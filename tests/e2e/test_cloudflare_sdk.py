@@ -192,6 +192,23 @@ def test_image_classification(client: Cloudflare):
     assert result[0]["score"] >= result[1]["score"], result
 
 
+def test_text_to_image(client: Cloudflare):
+    # The SDK answers the PNG itself (its `Uploadable` branch); the raw response carries it.
+    raw = client.ai.with_raw_response.run(
+        "@hf/ember/tiny-sd", account_id=ACCOUNT_ID, prompt="a lighthouse", num_steps=2, width=256, height=320
+    )
+    assert raw.status_code == 200 and raw.headers["content-type"] == "image/png"
+    png = raw.http_response.content
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert int.from_bytes(png[16:20], "big") == 256 and int.from_bytes(png[20:24], "big") == 320
+
+
+def test_text_to_image_bad_size_is_5006_naming_the_field(client: Cloudflare):
+    with pytest.raises(cloudflare.BadRequestError) as ei:
+        client.ai.run("@hf/ember/tiny-sd", account_id=ACCOUNT_ID, prompt="a lighthouse", width=300)
+    assert "5006" in json.dumps(ei.value.body) and "/width" in json.dumps(ei.value.body), ei.value.body
+
+
 def test_garbage_image_is_5006_naming_the_field(client: Cloudflare):
     with pytest.raises(cloudflare.BadRequestError) as ei:
         client.ai.run("@cf/microsoft/resnet-50", account_id=ACCOUNT_ID, image=list(b"not an image"))

@@ -219,6 +219,27 @@ def test_audio_bad_request_names_the_param(client: OpenAI):
     assert raised.value.param == "response_format"
 
 
+def test_image_generation(client: OpenAI):
+    import base64
+
+    import httpx
+
+    result = client.images.generate(
+        model="@hf/ember/tiny-sd", prompt="a lighthouse", n=2, size="256x256", response_format="b64_json"
+    )
+    assert len(result.data) == 2
+    for image in result.data:
+        png = base64.b64decode(image.b64_json)
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(png[16:20], "big") == 256
+    # OpenAI's default answer is a URL, which this server serves.
+    url = client.images.generate(model="@hf/ember/tiny-sd", prompt="a lighthouse").data[0].url
+    png = httpx.get(url).content
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.images.generate(model="@hf/ember/tiny-sd", prompt="a lighthouse", size="300x300")
+    assert raised.value.param == "size"
+
+
 def test_models_list(client: OpenAI):
     models = {m.id: m for m in client.models.list()}
     for model in (QWEN, GEMMA_EMBED, MINILM):

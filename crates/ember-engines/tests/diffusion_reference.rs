@@ -200,6 +200,7 @@ fn text_to_image_matches_diffusers() {
         seed: None,
         image: None,
         mask: None,
+        count: 1,
     };
     let generator = generator();
     let (pixels, steps) = generator
@@ -221,6 +222,6 @@ fn text_to_image_matches_diffusers() {
     };
     let first = generator.generate(&seeded).unwrap();
     assert_eq!(first, generator.generate(&seeded).unwrap());
-    let png = image::load_from_memory(&first.png).unwrap();
+    let png = image::load_from_memory(&first.pngs[0]).unwrap();
     assert_eq!((png.width(), png.height()), (run.width, run.height));
 }

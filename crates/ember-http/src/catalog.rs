@@ -153,6 +153,8 @@ fn model_object(spec: &ModelSpec) -> Value {
         ("per audio minute", price.neurons_per_audio_minute),
         ("per 1k characters", price.neurons_per_k_characters),
         ("per M images", price.neurons_per_m_images),
+        ("per 512x512 tile", price.neurons_per_tile),
+        ("per step", price.neurons_per_step),
     ]
     .into_iter()
     .filter(|(_, neurons)| *neurons > 0.0)

@@ -8,6 +8,7 @@
 mod audio;
 mod catalog;
 mod error;
+mod images;
 mod openai;
 mod rerank;
 mod run;
@@ -16,6 +17,7 @@ mod usage;
 pub mod wire;
 
 pub use error::ApiError;
+pub use images::GeneratedImages;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -56,6 +58,8 @@ pub struct AppState {
     pub config: Arc<HttpConfig>,
     /// Turns true when in-flight runs must stop (shutdown grace period over).
     pub abort: watch::Receiver<bool>,
+    /// Images generated for OpenAI clients that asked for URLs.
+    pub generated_images: Arc<GeneratedImages>,
 }
 
 /// Resolves once in-flight runs must stop; never, if the shutdown side has gone away.
@@ -99,6 +103,8 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/health", get(health))
+        // Outside authentication: the unguessable id is the key, as with OpenAI's image URLs.
+        .route("/v1/images/generated/{file}", get(images::generated))
         .merge(api)
         .layer(middleware::from_fn(request_id))
         .with_state(state)

@@ -1,13 +1,13 @@
 //! The OpenAI-compatible API, under Cloudflare's `.../ai/v1/` and under `/v1/` for clients that
-//! assume OpenAI's root: chat completions, completions (raw prompts), embeddings and the model
-//! list. Requests become core's typed task requests, read by the same field readers as `/ai/run`'s,
+//! assume OpenAI's root: chat completions, completions (raw prompts), embeddings, the model list,
+//! and the routes of their own modules (`audio`, `images`, `rerank`). Requests become core's typed task requests, read by the same field readers as `/ai/run`'s,
 //! and run on the same engine path; answers, streams and errors take OpenAI's shapes.
 
 use crate::error::{ApiError, openai_stream_error_event};
 use crate::run::{self, Call, Form};
 use crate::sse::{self, StreamFormat};
 use crate::wire::{self, text_generation};
-use crate::{AppState, RequestId, aborted, audio, rerank};
+use crate::{AppState, RequestId, aborted, audio, images, rerank};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -50,6 +50,10 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
                 post(audio::translations),
             )
             .route(&format!("{prefix}/audio/speech"), post(audio::speech))
+            .route(
+                &format!("{prefix}/images/generations"),
+                post(images::generations),
+            )
             .route(&format!("{prefix}/models"), get(models))
     })
 }

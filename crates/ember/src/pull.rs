@@ -1155,6 +1155,7 @@ mod tests {
             output_dimensions: None,
             price: Price::default(),
             rate_limit_per_minute: None,
+            memory_gb: None,
             default: false,
             stand_in: None,
             base: None,
@@ -1453,6 +1454,35 @@ mod tests {
         let err =
             extract_files(&archive, "pkg/model/", &["missing.txt"], &dest, &mut quiet).unwrap_err();
         assert!(err.to_string().contains("pkg/model/missing.txt"), "{err}");
+    }
+
+    #[test]
+    fn a_folder_installs_its_files_checked_against_the_catalog() {
+        let home = TestDir::new("folder");
+        let folder = TestDir::new("folder-source");
+        fs::create_dir_all(folder.0.join("unet")).unwrap();
+        fs::write(folder.0.join("unet/config.json"), b"{}").unwrap();
+        fs::write(folder.0.join("model.bin"), b"weights").unwrap();
+        let opts = options(&home.0, "http://127.0.0.1:1");
+        let mut quiet = |_: Progress| {};
+        let model = spec(
+            vec![
+                file("model.bin", Some(sha(b"weights"))),
+                file("unet/config.json", None),
+            ],
+            vec![],
+        );
+        let manifest = pull_from_folder(&model, &opts, &folder.0, &mut quiet).unwrap();
+        assert_eq!(manifest.files["unet/config.json"].sha256, sha(b"{}"));
+        let dir = installed::model_dir(&home.0, &model);
+        assert_eq!(fs::read(dir.join("unet/config.json")).unwrap(), b"{}");
+        // A model without sources says how to install it.
+        let err = pull(&model, &options(&TestDir::new("empty").0, "x"), &mut quiet).unwrap_err();
+        assert!(err.to_string().contains("--from"), "{err}");
+        // A file that is not the catalog's is refused.
+        fs::write(folder.0.join("model.bin"), b"other weights").unwrap();
+        let err = pull_from_folder(&model, &opts, &folder.0, &mut quiet).unwrap_err();
+        assert!(err.to_string().contains("not the catalog's"), "{err}");
     }
 
     #[test]

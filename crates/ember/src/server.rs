@@ -107,6 +107,7 @@ pub async fn serve(
             ..HttpConfig::default()
         }),
         abort,
+        generated_images: Arc::default(),
     };
     let listener = TcpListener::bind(config.listen)
         .await

@@ -214,15 +214,6 @@ impl Usage {
         }
     }
 
-    /// The usage of a request that generated a `width`×`height` image in `steps` steps.
-    pub fn of_generated_image(width: u32, height: u32, steps: u32) -> Usage {
-        Usage {
-            tiles: text_to_image::tiles(width, height),
-            steps,
-            ..Usage::new(0, 0)
-        }
-    }
-
     /// The usage with its cost at `price`: the one rule by which every request is charged.
     pub fn priced(mut self, price: &Price) -> Usage {
         self.neurons = price.neurons(&self);

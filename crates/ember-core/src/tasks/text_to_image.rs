@@ -24,21 +24,33 @@ pub const DEFAULT_STEPS: u32 = 20;
 pub const DEFAULT_GUIDANCE: f32 = 7.5;
 
 pub fn usage(output: &TextToImageOutput) -> Usage {
-    Usage::of_generated_image(output.width, output.height, output.steps)
+    let images = output.pngs.len() as u32;
+    Usage {
+        tiles: tiles(output.width, output.height) * images,
+        steps: output.steps * images,
+        ..Usage::new(0, 0)
+    }
 }
 
 pub fn most_usage(request: &TextToImageRequest, _input_bytes: u32) -> Usage {
-    Usage::of_generated_image(
+    let tiles = tiles(
         request.width.unwrap_or(MAX_SIDE),
         request.height.unwrap_or(MAX_SIDE),
-        request.steps.unwrap_or(MAX_STEPS),
-    )
+    );
+    Usage {
+        tiles: tiles * request.count,
+        steps: request.steps.unwrap_or(MAX_STEPS) * request.count,
+        ..Usage::new(0, 0)
+    }
 }
 
 /// 512×512 tiles an image of `width`×`height` covers, partial tiles counted whole.
 pub fn tiles(width: u32, height: u32) -> u32 {
     width.div_ceil(512) * height.div_ceil(512)
 }
+
+/// Most images one request may ask for (OpenAI's `n`).
+pub const MAX_IMAGES: u32 = 10;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TextToImageRequest {
@@ -61,13 +73,43 @@ pub struct TextToImageRequest {
     pub image: Option<Vec<u8>>,
     /// Inpainting: the encoded mask; white is repainted, black kept.
     pub mask: Option<Vec<u8>>,
+    /// Images to generate (1 to `MAX_IMAGES`), each from the next seed.
+    pub count: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TextToImageOutput {
-    pub png: Vec<u8>,
+    /// One PNG per image asked for.
+    pub pngs: Vec<Vec<u8>>,
     pub width: u32,
     pub height: u32,
-    /// Denoising steps run.
+    /// Denoising steps run for each image.
     pub steps: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::Price;
+
+    #[test]
+    fn priced_per_tile_and_step() {
+        assert_eq!(tiles(256, 256), 1);
+        assert_eq!(tiles(512, 512), 1);
+        assert_eq!(tiles(520, 512), 2);
+        assert_eq!(tiles(1024, 1024), 4);
+        let flux = Price {
+            neurons_per_tile: 4.8,
+            neurons_per_step: 9.6,
+            ..Price::default()
+        };
+        let output = TextToImageOutput {
+            pngs: vec![vec![], vec![]],
+            width: 1024,
+            height: 512,
+            steps: 4,
+        };
+        // Two images of two tiles and four steps each.
+        assert!((flux.neurons(&usage(&output)) - (4.0 * 4.8 + 8.0 * 9.6)).abs() < 1e-9);
+    }
 }

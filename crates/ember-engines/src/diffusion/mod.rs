@@ -269,20 +269,30 @@ impl ImageGenerator {
         Ok((self.decode(&latents)?, schedule.timesteps().len() as u32))
     }
 
-    /// The whole request: the image as a PNG.
+    /// The whole request: each image as a PNG, the `i`th from seed `seed + i`.
     pub fn generate(&self, request: &TextToImageRequest) -> Result<TextToImageOutput, InferError> {
-        let (pixels, steps) = self.generate_pixels(request, None)?;
-        let image = to_rgb(&pixels)?;
-        let mut png = Vec::new();
-        image
-            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-            .map_err(internal)?;
-        Ok(TextToImageOutput {
-            png,
-            width: image.width(),
-            height: image.height(),
-            steps,
-        })
+        let first_seed = request.seed.unwrap_or_else(rand::random);
+        let mut output = TextToImageOutput {
+            pngs: Vec::new(),
+            width: 0,
+            height: 0,
+            steps: 0,
+        };
+        for i in 0..u64::from(request.count.max(1)) {
+            let seeded = TextToImageRequest {
+                seed: Some(first_seed.wrapping_add(i)),
+                ..request.clone()
+            };
+            let (pixels, steps) = self.generate_pixels(&seeded, None)?;
+            let image = to_rgb(&pixels)?;
+            let mut png = Vec::new();
+            image
+                .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+                .map_err(internal)?;
+            (output.width, output.height, output.steps) = (image.width(), image.height(), steps);
+            output.pngs.push(png);
+        }
+        Ok(output)
     }
 
     /// Refuses sizes whose attention scores or full-size activations would not fit in memory.

@@ -56,13 +56,14 @@ pub fn parse(input: &Value) -> Result<TextToImageRequest, InferError> {
         seed: optional_integer(object, "seed", 0, u64::MAX)?,
         image,
         mask,
+        count: 1,
     })
 }
 
-/// The PNG itself.
+/// The PNG itself (a Workers AI request asks for one).
 pub fn result(output: &TextToImageOutput) -> Answer {
     Answer::Binary {
-        bytes: output.png.clone(),
+        bytes: output.pngs.first().cloned().unwrap_or_default(),
         content_type: "image/png".into(),
     }
 }

@@ -14,6 +14,7 @@ use ember_core::tasks::speech_recognition::{
     SpeechRecognitionOutput, TimedWord, TranscriptSegment,
 };
 use ember_core::tasks::summarization::SummarizationOutput;
+use ember_core::tasks::text_to_image::TextToImageOutput;
 use ember_core::tasks::text_to_speech::{AudioFormat, SpeechSynthesisOutput};
 use ember_core::tasks::translation::TranslationOutput;
 use ember_core::tasks::{EmbeddingsOutput, TaskOutput, TaskRequest, Usage};
@@ -243,6 +244,12 @@ impl Runner for FakeRunner {
             TaskRequest::ObjectDetection(_) => {
                 TaskOutput::ObjectDetection(ObjectDetectionOutput { objects: vec![] })
             }
+            TaskRequest::TextToImage(request) => TaskOutput::TextToImage(TextToImageOutput {
+                pngs: vec![request.prompt.into_bytes(); request.count as usize],
+                width: 256,
+                height: 256,
+                steps: 1,
+            }),
         })
     }
 }

@@ -88,6 +88,7 @@ pub fn app_on(
         gateway: Arc::new(Gateway::new(store.clone(), clock, gateway)),
         config: Arc::new(config),
         abort: abort_rx,
+        generated_images: Default::default(),
     };
     App {
         router: ember_http::router(state),
@@ -267,8 +268,10 @@ pub fn install_fixture(home: &std::path::Path, id: &str, folders: &[std::path::P
             .map(|folder| folder.join(&file.path))
             .find(|path| path.is_file())
             .unwrap_or_else(|| panic!("no fixture has {}", file.path));
-        let size = std::fs::copy(&source, dir.join(&file.path))
-            .unwrap_or_else(|e| panic!("{}: {e}", source.display()));
+        let target = dir.join(&file.path);
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        let size =
+            std::fs::copy(&source, &target).unwrap_or_else(|e| panic!("{}: {e}", source.display()));
         let sha256 = String::new();
         files.insert(file.path.clone(), InstalledFile { sha256, size });
     }

@@ -62,6 +62,16 @@ app.post("/classify", async (c) => {
   return c.json(await c.env.AI.run("@cf/microsoft/resnet-50", { image }));
 });
 
+// Text-to-image: the binding answers the PNG as a stream; the route reads it and reports what it
+// got (the PNG signature and the size in its IHDR chunk).
+app.post("/imagine", async (c) => {
+  const png = await c.env.AI.run("@hf/ember/tiny-sd", { prompt: "a lighthouse", num_steps: 2, width: 320, height: 256 });
+  const bytes = new Uint8Array(await new Response(png).arrayBuffer());
+  const view = new DataView(bytes.buffer);
+  const signature = [...bytes.slice(0, 8)].join(",") === "137,80,78,71,13,10,26,10";
+  return c.json({ signature, width: view.getUint32(16), height: view.getUint32(20), bytes: bytes.length });
+});
+
 app.get("/models", async (c) => {
   return c.json(await c.env.AI.models({ task: "Text Embeddings" }));
 });
