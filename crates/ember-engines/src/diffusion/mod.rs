@@ -203,6 +203,7 @@ impl ImageGenerator {
         let mut rng = StdRng::seed_from_u64(request.seed.unwrap_or_else(rand::random));
         let noise = |rng: &mut StdRng| gaussian(rng, latent_shape);
         let guided = request.guidance > 1.0;
+        let began = Instant::now();
         let context = {
             let prompt = self.encode_text(&request.prompt)?;
             match guided {
@@ -214,6 +215,7 @@ impl ImageGenerator {
             }
         };
 
+        tracing::debug!(seconds = began.elapsed().as_secs_f64(), "prompt encoded");
         let initial = match latents {
             Some(latents) => latents,
             None => noise(&mut rng)?,
@@ -266,7 +268,10 @@ impl ImageGenerator {
                 "denoising step"
             );
         }
-        Ok((self.decode(&latents)?, schedule.timesteps().len() as u32))
+        let began = Instant::now();
+        let pixels = self.decode(&latents)?;
+        tracing::debug!(seconds = began.elapsed().as_secs_f64(), "latents decoded");
+        Ok((pixels, schedule.timesteps().len() as u32))
     }
 
     /// The whole request: each image as a PNG, the `i`th from seed `seed + i`.

@@ -3,9 +3,10 @@
 //! second, one request at a time, each from its encoded file (decoding and preprocessing
 //! included on both sides). Ember runs through its serving worker (the one `ember serve` uses);
 //! ONNX Runtime through `scripts/bench/onnxruntime_image_driver.py` (`driver.rs`), which builds the
-//! model's ONNX graph from the same weights. Diffusion rows follow once a diffusion model runs.
-//! Never part of `cargo test`.
+//! model's ONNX graph from the same weights. Then the diffusion rows (`diffusion.rs`): Stable
+//! Diffusion against diffusers. Never part of `cargo test`.
 
+use super::diffusion::DiffusionSettings;
 use super::driver::{Driver, repo_file};
 use super::report::{self, Row, median};
 use anyhow::{Context, Result, bail, ensure};
@@ -32,10 +33,24 @@ pub struct ImageBench {
     /// Images per round (the three test photos, in turn).
     #[arg(long, default_value_t = 60)]
     images: usize,
-    /// Python with onnxruntime, onnx, numpy and Pillow (default: scripts/bench/onnxruntime-image.sh
-    /// installs them once into ~/.cache/ember/bench-venv).
+    /// Python with onnxruntime, onnx, numpy and Pillow, and torch, diffusers and transformers
+    /// (default: scripts/bench/onnxruntime-image.sh and diffusers.sh install them once into
+    /// ~/.cache/ember/bench-venv).
     #[arg(long)]
     python: Option<PathBuf>,
+    /// Denoising steps of the timed generations (each round also runs one step, to take out
+    /// the prompt encoding and decoding).
+    #[arg(long, default_value_t = 4)]
+    diffusion_steps: u32,
+    /// Side of the generated images, in pixels.
+    #[arg(long, default_value_t = 512)]
+    diffusion_size: u32,
+    /// Timed diffusion rounds per side.
+    #[arg(long, default_value_t = 3)]
+    diffusion_repetitions: u32,
+    /// Only the classification rows.
+    #[arg(long)]
+    skip_diffusion: bool,
     /// Where to write the results as JSON.
     #[arg(long, default_value = "image.json")]
     out: PathBuf,
@@ -135,7 +150,7 @@ impl ImageBench {
             }
         }
         let rate = |times: &[f64]| median(times).map(|s| self.images as f64 / s);
-        let rows = vec![Row::new(
+        let mut rows = vec![Row::new(
             &spec.id,
             "classification, one image at a time".into(),
             "images/s",
@@ -143,8 +158,27 @@ impl ImageBench {
             rate(&anchor_times),
             "",
         )];
+        drop(onnxruntime);
+        drop(model);
+        let diffusion = match self.skip_diffusion {
+            true => serde_json::Value::Null,
+            false => {
+                let python = match &self.python {
+                    Some(python) => python.clone(),
+                    None => super::setup_script("diffusers.sh")?,
+                };
+                let settings = DiffusionSettings {
+                    steps: self.diffusion_steps,
+                    size: self.diffusion_size,
+                    repetitions: self.diffusion_repetitions,
+                };
+                let (diffusion_rows, json) = super::diffusion::bench(env, &python, &settings)?;
+                rows.extend(diffusion_rows);
+                json
+            }
+        };
         println!();
-        report::print_table(&rows, "onnxruntime");
+        report::print_table(&rows, "onnxruntime / diffusers");
         let json = serde_json::json!({
             "settings": {
                 "model": spec.id,
@@ -160,6 +194,7 @@ impl ImageBench {
             "same_top1": same_top1,
             "ember_seconds": ember_times,
             "onnxruntime_seconds": anchor_times,
+            "diffusion": diffusion,
         });
         report::write_json(&self.out, &json)?;
         Ok(())

@@ -8,6 +8,7 @@
 //! where long prompts arrive during short streams, and each server's peak RSS. Prints one table
 //! and writes the rows as JSON. Never part of `cargo test`.
 
+mod diffusion;
 mod driver;
 mod gguf;
 mod image;
@@ -59,7 +60,8 @@ pub enum BenchCommand {
     Llm(LlmBench),
     /// Speech recognition: Ember's Whisper against faster-whisper on the same weights.
     Speech(speech::SpeechBench),
-    /// Images: Ember's classifier against ONNX Runtime on the same EfficientNet-Lite0 weights.
+    /// Images: Ember's classifier against ONNX Runtime on the same EfficientNet-Lite0 weights, and
+    /// its Stable Diffusion against diffusers on the same folder.
     Image(image::ImageBench),
 }
 

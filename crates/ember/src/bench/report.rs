@@ -44,6 +44,7 @@ pub fn print_table(rows: &[Row], anchor: &str) {
     let number = |v: Option<f64>, unit: &str| match v {
         Some(v) if v >= 100.0 || unit == "count" => format!("{v:.0}"),
         Some(v) if v < 10.0 && unit == "req/s" => format!("{v:.2}"),
+        Some(v) if v < 1.0 => format!("{v:.3}"),
         Some(v) => format!("{v:.1}"),
         None => "-".into(),
     };
