@@ -84,6 +84,17 @@ pub trait Runner {
     /// Runs a validated request of the model's task. A request of another task is a bug of the
     /// caller (`InferError::Internal`).
     fn run(&mut self, request: TaskRequest) -> Result<TaskOutput, InferError>;
+
+    /// `run`, for engines whose runs are long enough (image generation) to stop part-way once
+    /// the caller has gone (a closed client, a timeout): they check `caller_gone` between steps.
+    fn run_until(
+        &mut self,
+        request: TaskRequest,
+        caller_gone: &dyn Fn() -> bool,
+    ) -> Result<TaskOutput, InferError> {
+        let _ = caller_gone;
+        self.run(request)
+    }
 }
 
 /// One event of a streamed generation.
@@ -153,7 +164,10 @@ impl ModelWorker {
                 };
                 while let Ok(job) = queue.recv() {
                     if !job.reply.is_closed() {
-                        let result = catch_unwind(AssertUnwindSafe(|| runner.run(job.request)));
+                        let caller_gone = || job.reply.is_closed();
+                        let result = catch_unwind(AssertUnwindSafe(|| {
+                            runner.run_until(job.request, &caller_gone)
+                        }));
                         match result {
                             Ok(result) => {
                                 let _ = job.reply.send(result);

@@ -204,7 +204,9 @@ fn text_to_image_matches_diffusers() {
     };
     let generator = generator();
     let (pixels, steps) = generator
-        .generate_pixels(&request, Some(tensors["pipeline.latents"].clone()))
+        .generate_pixels(&request, Some(tensors["pipeline.latents"].clone()), &|| {
+            false
+        })
         .unwrap();
     assert_eq!(steps, run.steps);
     // diffusers answers height × width × 3.
@@ -220,8 +222,13 @@ fn text_to_image_matches_diffusers() {
         seed: Some(42),
         ..request
     };
-    let first = generator.generate(&seeded).unwrap();
-    assert_eq!(first, generator.generate(&seeded).unwrap());
+    let first = generator.generate(&seeded, &|| false).unwrap();
+    assert_eq!(first, generator.generate(&seeded, &|| false).unwrap());
+    // A caller gone stops the run.
+    assert_eq!(
+        generator.generate(&seeded, &|| true),
+        Err(ember_core::InferError::Aborted)
+    );
     let png = image::load_from_memory(&first.pngs[0]).unwrap();
     assert_eq!((png.width(), png.height()), (run.width, run.height));
 }

@@ -3,7 +3,8 @@
 //! model without weights says how to pull it and the memory it needs; the test model answers a
 //! PNG of the asked size on REST and the binding, the same PNG for the same seed, image-to-image
 //! from a starting image, usage priced per tile and step; bad input is refused naming the field;
-//! OpenAI's `/v1/images/generations` answers base64 or URLs this server then serves.
+//! OpenAI's `/v1/images/generations` answers base64 or URLs this server then serves; a run whose
+//! caller timed out stops at its next step.
 
 mod common;
 
@@ -20,14 +21,22 @@ const DREAMSHAPER: &str = "@cf/lykon/dreamshaper-8-lcm";
 
 /// An app whose model cache (its own, named after `test`) holds the tiny test model.
 fn app_with_tiny_sd(test: &str) -> App {
+    app_for(tiny_sd_ember(test), ember_http::HttpConfig::default())
+}
+
+/// An Ember whose model cache (its own, named after `test`) holds the tiny test model.
+fn tiny_sd_ember(test: &str) -> Arc<ember_core::Ember> {
     let home = std::env::temp_dir().join(format!("ember-tiny-sd-{test}-{}", std::process::id()));
     let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../ember-engines/tests/fixtures/diffusion/tiny-sd");
     install_fixture(&home, TINY, &[fixture]);
-    let ember = ember::open_ember(&home, None, Default::default(), &engine_config(1)).unwrap();
+    Arc::new(ember::open_ember(&home, None, Default::default(), &engine_config(1)).unwrap())
+}
+
+fn app_for(ember: Arc<ember_core::Ember>, config: ember_http::HttpConfig) -> App {
     app_on(
-        Arc::new(ember),
-        ember_http::HttpConfig::default(),
+        ember,
+        config,
         ember_gateway::GatewayConfig::default(),
         Arc::new(ember_gateway::clock::SystemClock),
     )
@@ -198,6 +207,33 @@ async fn bad_input_is_refused_naming_the_field() {
     // Still serving.
     let reply = send(&app, generate(json!({"prompt": "a cat", "num_steps": 1}))).await;
     assert_eq!(reply.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_timed_out_generation_stops_between_steps() {
+    let ember = tiny_sd_ember("timeout");
+    let hasty = ember_http::HttpConfig {
+        request_timeout: std::time::Duration::from_millis(1500),
+        ..Default::default()
+    };
+    let (hasty, app) = (
+        app_for(ember.clone(), hasty),
+        app_for(ember, Default::default()),
+    );
+    let long = json!({"prompt": "a cat", "num_steps": 20, "width": 512, "height": 512});
+    let reply = send(&hasty, generate(long)).await;
+    reply.rest_error(408, 3007);
+    // A one-step request waits for the model thread, which stops the first run at its next step.
+    // Then fewer than the first run's 20 steps have run, counting the one-step request's.
+    let reply = send(&app, generate(json!({"prompt": "a cat", "num_steps": 1}))).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let metrics = String::from_utf8_lossy(&send(&app, get("/metrics")).await.body).to_string();
+    let steps: u32 = metrics
+        .lines()
+        .find(|line| line.starts_with("ember_denoising_step_seconds_count"))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(steps < 20, "{steps} steps ran");
 }
 
 #[tokio::test(flavor = "multi_thread")]

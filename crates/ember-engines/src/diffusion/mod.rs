@@ -141,11 +141,13 @@ impl ImageGenerator {
     }
 
     /// Runs `request` from the starting latents `latents` (`None`: drawn from the seed) and
-    /// returns the image in [0, 1] (`[1, 3, h, w]`).
+    /// returns the image in [0, 1] (`[1, 3, h, w]`) and the steps run. Stops with `Aborted` at the
+    /// first step after `caller_gone` turns true.
     pub fn generate_pixels(
         &self,
         request: &TextToImageRequest,
         latents: Option<Tensor>,
+        caller_gone: &dyn Fn() -> bool,
     ) -> Result<(Tensor, u32), InferError> {
         let side = self.native_side();
         let (width, height) = (
@@ -243,6 +245,10 @@ impl ImageGenerator {
         };
 
         for (index, &timestep) in schedule.timesteps().iter().enumerate() {
+            if caller_gone() {
+                tracing::debug!(step = index + 1, "caller gone; generation stopped");
+                return Err(InferError::Aborted);
+            }
             let began = Instant::now();
             let batch = if guided { 2 } else { 1 };
             let mut input = Tensor::cat(&vec![&latents; batch], 0).map_err(internal)?;
@@ -275,7 +281,11 @@ impl ImageGenerator {
     }
 
     /// The whole request: each image as a PNG, the `i`th from seed `seed + i`.
-    pub fn generate(&self, request: &TextToImageRequest) -> Result<TextToImageOutput, InferError> {
+    pub fn generate(
+        &self,
+        request: &TextToImageRequest,
+        caller_gone: &dyn Fn() -> bool,
+    ) -> Result<TextToImageOutput, InferError> {
         let first_seed = request.seed.unwrap_or_else(rand::random);
         let mut output = TextToImageOutput {
             pngs: Vec::new(),
@@ -288,7 +298,7 @@ impl ImageGenerator {
                 seed: Some(first_seed.wrapping_add(i)),
                 ..request.clone()
             };
-            let (pixels, steps) = self.generate_pixels(&seeded, None)?;
+            let (pixels, steps) = self.generate_pixels(&seeded, None, caller_gone)?;
             let image = to_rgb(&pixels)?;
             let mut png = Vec::new();
             image
@@ -382,10 +392,20 @@ impl ImageGenerator {
 
 impl Runner for ImageGenerator {
     fn run(&mut self, request: TaskRequest) -> Result<TaskOutput, InferError> {
+        self.run_until(request, &|| false)
+    }
+
+    fn run_until(
+        &mut self,
+        request: TaskRequest,
+        caller_gone: &dyn Fn() -> bool,
+    ) -> Result<TaskOutput, InferError> {
         let TaskRequest::TextToImage(request) = request else {
             return Err(wrong_task(&request));
         };
-        Ok(TaskOutput::TextToImage(self.generate(&request)?))
+        Ok(TaskOutput::TextToImage(
+            self.generate(&request, caller_gone)?,
+        ))
     }
 }
 
