@@ -128,14 +128,16 @@ def train_tokenizer(out: Path) -> None:
         model_type="bpe",
         vocab_size=VOCAB_SIZE,
         character_coverage=1.0,
-        byte_fallback=True,
+        # no byte pieces: every piece is valid UTF-8 text, so generated text is too (random weights pick
+        # any piece); "\n", which lines never contain, is a user-defined piece instead
+        byte_fallback=False,
         split_digits=True,
         add_dummy_prefix=False,  # Gemma 3 has no space prefix
         remove_extra_whitespaces=False,
         normalization_rule_name="identity",
         pad_id=0, eos_id=1, bos_id=2, unk_id=3,
         pad_piece=PAD, eos_piece=EOS, bos_piece=BOS, unk_piece=UNK,
-        user_defined_symbols=SPECIALS,
+        user_defined_symbols=SPECIALS + ["\n"],
         num_threads=1,
         minloglevel=2,
     )
@@ -190,6 +192,11 @@ def build(out: Path) -> None:
             elif name == "model.language_model.norm.weight":
                 # final norm, (1 + w) ~ 4: spreads the logits (std ~1) so greedy picks have clear margins
                 p.copy_(3.0 + torch.randn(p.shape, generator=gen) * 0.1)
+            elif name.endswith(("q_norm.weight", "k_norm.weight")) and "vision_tower" not in name:
+                # (1 + w) ~ 3 on queries and keys: attention scores of std ~9 instead of ~1, so
+                # attention is peaked and position-dependent; near-uniform attention made every
+                # step see the same context average and the output a single repeated piece
+                p.copy_(2.0 + torch.randn(p.shape, generator=gen) * 0.1)
             elif name.endswith("norm.weight") and "vision_tower" not in name:
                 # Gemma RMSNorm multiplies by (1 + w)
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
@@ -197,6 +204,13 @@ def build(out: Path) -> None:
                 p.copy_(1.0 + torch.randn(p.shape, generator=gen) * 0.1)
             else:  # biases
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+
+        # the control tokens' rows (<pad> .. <image_soft_token>, ids 0-8) 100x smaller: their logits
+        # stay near 0, so greedy decoding never picks them (a real model never emits
+        # <image_soft_token>; random weights did, and its text is awkward in a reference)
+        emb = model.model.language_model.embed_tokens.weight
+        n_ctl = 4 + len(SPECIALS)
+        emb[:n_ctl] *= 0.01
 
     model.save_pretrained(out, safe_serialization=True)
     # transformers 5 writes the SigLIP tower as `vision_tower.*`; the Hub checkpoints (and llama.cpp's
@@ -261,30 +275,74 @@ PATCHES = [
     # the prompt after the chat template, before the media marker is replaced
     ('    LOG_DBG("formatted_chat.prompt: %s\\n", formatted_chat.c_str());\n',
      '    LOG_DBG("formatted_chat.prompt: %s\\n", formatted_chat.c_str());\n'
-     '    { std::string j = "[vlmref] formatted_chat "; j += json_quote(formatted_chat); fprintf(stderr, "%s\\n", j.c_str()); }\n'),
+     '    { std::string j = "[vlmref] formatted_chat "; j += json_quote(formatted_chat); fprintf(vlmref_out(), "%s\\n", j.c_str()); }\n'),
     # the chunks mtmd made of it: text token ids, media token counts
     ('    ctx.bitmaps.entries.clear();\n',
      '    for (size_t ci = 0; ci < mtmd_input_chunks_size(chunks.ptr.get()); ci++) {\n'
      '        auto ch = mtmd_input_chunks_get(chunks.ptr.get(), ci);\n'
      '        if (mtmd_input_chunk_get_type(ch) == MTMD_INPUT_CHUNK_TYPE_TEXT) {\n'
      '            size_t nt = 0; const llama_token * tk = mtmd_input_chunk_get_tokens_text(ch, &nt);\n'
-     '            fprintf(stderr, "[vlmref] chunk text");\n'
-     '            for (size_t k = 0; k < nt; k++) fprintf(stderr, " %d", tk[k]);\n'
-     '            fprintf(stderr, "\\n");\n'
+     '            fprintf(vlmref_out(), "[vlmref] chunk text");\n'
+     '            for (size_t k = 0; k < nt; k++) fprintf(vlmref_out(), " %d", tk[k]);\n'
+     '            fprintf(vlmref_out(), "\\n");\n'
      '        } else {\n'
-     '            fprintf(stderr, "[vlmref] chunk media n_tokens=%zu n_pos=%d\\n", mtmd_input_chunk_get_n_tokens(ch), (int) mtmd_input_chunk_get_n_pos(ch));\n'
+     '            fprintf(vlmref_out(), "[vlmref] chunk media n_tokens=%zu n_pos=%d\\n", mtmd_input_chunk_get_n_tokens(ch), (int) mtmd_input_chunk_get_n_pos(ch));\n'
+     '        }\n'
+     '    }\n'
+     # the same prompt through mtmd_tokenize (what llama-cpp-2's MtmdContext::tokenize calls): the
+     # whole formatted text with the marker, add_special and parse_special on
+     '    {\n'
+     '        mtmd::input_chunks chunks2(mtmd_input_chunks_init());\n'
+     '        mtmd_input_text t2 = {formatted_chat.c_str(), formatted_chat.size(), add_bos, true};\n'
+     '        int32_t r2 = mtmd_tokenize(ctx.ctx_vision.get(), chunks2.ptr.get(), &t2, bitmaps_c_ptr.data(), bitmaps_c_ptr.size());\n'
+     '        fprintf(vlmref_out(), "[vlmref] mtmd_tokenize rc=%d\\n", (int) r2);\n'
+     '        for (size_t ci = 0; r2 == 0 && ci < mtmd_input_chunks_size(chunks2.ptr.get()); ci++) {\n'
+     '            auto ch = mtmd_input_chunks_get(chunks2.ptr.get(), ci);\n'
+     '            if (mtmd_input_chunk_get_type(ch) == MTMD_INPUT_CHUNK_TYPE_TEXT) {\n'
+     '                size_t nt = 0; const llama_token * tk = mtmd_input_chunk_get_tokens_text(ch, &nt);\n'
+     '                fprintf(vlmref_out(), "[vlmref] tok2 text");\n'
+     '                for (size_t k = 0; k < nt; k++) fprintf(vlmref_out(), " %d", tk[k]);\n'
+     '                fprintf(vlmref_out(), "\\n");\n'
+     '            } else {\n'
+     '                fprintf(vlmref_out(), "[vlmref] tok2 media n_tokens=%zu n_pos=%d\\n", mtmd_input_chunk_get_n_tokens(ch), (int) mtmd_input_chunk_get_n_pos(ch));\n'
+     '            }\n'
      '        }\n'
      '    }\n'
      '    ctx.bitmaps.entries.clear();\n'),
+    # the greedy margin of each step: top logit minus the runner-up
+    ('        llama_token token_id = common_sampler_sample(ctx.smpl, ctx.lctx, -1);\n',
+     '        llama_token token_id = common_sampler_sample(ctx.smpl, ctx.lctx, -1);\n'
+     '        { const float * lg = llama_get_logits_ith(ctx.lctx, -1); const int nv = llama_vocab_n_tokens(ctx.vocab);\n'
+     '          float a = -1e30f, b = -1e30f; int ia = -1;\n'
+     '          for (int k = 0; k < nv; k++) { if (lg[k] > a) { b = a; a = lg[k]; ia = k; } else if (lg[k] > b) { b = lg[k]; } }\n'
+     '          fprintf(vlmref_out(), "[vlmref] step argmax=%d top=%.9g margin=%.9g\\n", ia, a, a - b); }\n'),
+    # the image embeddings mtmd computed (what mtmd_helper_decode_image_chunk feeds the model)
+    ('            GGML_ASSERT(embd != nullptr);\n',
+     '            GGML_ASSERT(embd != nullptr);\n'
+     '            { const size_t n = mtmd_input_chunk_get_n_tokens(chunk) * (size_t) llama_model_n_embd(ctx.model);\n'
+     '              fprintf(vlmref_out(), "[vlmref] embd %zu", n);\n'
+     '              for (size_t k = 0; k < n; k++) fprintf(vlmref_out(), " %.9g", embd[k]);\n'
+     '              fprintf(vlmref_out(), "\\n"); }\n'),
     # every sampled token id
     ('        generated_tokens.push_back(token_id);\n',
      '        generated_tokens.push_back(token_id);\n'
-     '        { std::string pc = common_token_to_piece(ctx.lctx, token_id); fprintf(stderr, "[vlmref] token %d ", token_id);\n'
-     '          for (unsigned char b : pc) fprintf(stderr, "%02x", b); fprintf(stderr, "\\n"); }\n'),
+     '        { std::string pc = common_token_to_piece(ctx.lctx, token_id); fprintf(vlmref_out(), "[vlmref] token %d ", token_id);\n'
+     '          for (unsigned char b : pc) fprintf(vlmref_out(), "%02x", b); fprintf(vlmref_out(), "\\n"); }\n'),
 ]
 JSON_HELPER = '''
 #include <string>
 #include <cstdio>
+#include <cstdlib>
+// the [vlmref] lines go to the file named by VLMREF_DUMP: on stderr, llama.cpp's logger thread
+// would interleave its own lines with them
+static FILE * vlmref_out() {
+    static FILE * f = [] {
+        const char * p = std::getenv("VLMREF_DUMP");
+        FILE * o = p ? std::fopen(p, "w") : nullptr;
+        return o ? o : stderr;
+    }();
+    return f;
+}
 static std::string json_quote(const std::string & s) {  // minimal JSON string escaping
     std::string o = "\\"";
     for (unsigned char c : s) {
@@ -311,23 +369,40 @@ def patch_cli(src: Path, out: Path) -> None:
 # --- reference.json ---
 
 def parse_ids_log(path: Path) -> dict:
-    formatted, chunks, tokens, pieces = None, [], [], []
+    formatted, chunks, chunks2, tokens, pieces, steps, embds = None, [], [], [], [], [], []
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         if not line.startswith("[vlmref] "):
             continue
         rest = line[len("[vlmref] "):]
         if rest.startswith("formatted_chat "):
             formatted = json.loads(rest[len("formatted_chat "):])
+        elif rest.startswith("mtmd_tokenize rc="):
+            assert rest == "mtmd_tokenize rc=0", rest
+        elif rest.startswith("tok2 text"):
+            chunks2.append({"type": "text", "tokens": [int(t) for t in rest[len("tok2 text"):].split()]})
+        elif rest.startswith("tok2 media"):
+            m = re.match(r"tok2 media n_tokens=(\d+) n_pos=(\d+)", rest)
+            chunks2.append({"type": "image", "n_tokens": int(m.group(1)), "n_pos": int(m.group(2))})
         elif rest.startswith("chunk text"):
             chunks.append({"type": "text", "tokens": [int(t) for t in rest[len("chunk text"):].split()]})
         elif rest.startswith("chunk media"):
             m = re.match(r"chunk media n_tokens=(\d+) n_pos=(\d+)", rest)
             chunks.append({"type": "image", "n_tokens": int(m.group(1)), "n_pos": int(m.group(2))})
+        elif rest.startswith("step "):
+            m = re.match(r"step argmax=(-?\d+) top=(\S+) margin=(\S+)", rest)
+            steps.append({"argmax": int(m.group(1)), "top": float(m.group(2)), "margin": float(m.group(3))})
+        elif rest.startswith("embd "):
+            vals = rest.split()[1:]
+            assert int(vals[0]) == len(vals) - 1
+            embds.append([float(v) for v in vals[1:]])
         elif rest.startswith("token "):
             tid, piece_hex = (rest[len("token "):].split(" ", 1) + [""])[:2]
             tokens.append(int(tid))
             pieces.append(bytes.fromhex(piece_hex))
-    return {"formatted_chat": formatted, "chunks": chunks, "tokens": tokens, "pieces": pieces}
+    assert [st["argmax"] for st in steps] == tokens, (steps, tokens)  # greedy: the sample is the argmax
+    assert chunks2 == chunks, ("mtmd_tokenize and mtmd_tokenize_from_parts disagree", chunks2, chunks)
+    return {"formatted_chat": formatted, "chunks": chunks, "tokens": tokens, "pieces": pieces,
+            "steps": steps, "embds": embds}
 
 
 def record(args) -> None:
@@ -346,7 +421,7 @@ def record(args) -> None:
         ids_raw = (runs / f"{c['name']}.ids.out").read_bytes()
         if raw != ids_raw:
             sys.exit(f"{c['name']}: the id-printing CLI printed {ids_raw!r}, the plain CLI {raw!r}")
-        dump = parse_ids_log(runs / f"{c['name']}.ids.err")
+        dump = parse_ids_log(runs / f"{c['name']}.ids.dump")
         # stdout: a newline after the prompt is evaluated, the pieces of the sampled tokens (not the
         # end-of-generation token), then "\n" (only when generation stopped on an end-of-generation
         # token) and "\n\n" at exit
@@ -366,6 +441,8 @@ def record(args) -> None:
             "argv": c["argv"],
             "command": shlex.join(c["argv"]),
             "formatted_prompt": dump["formatted_chat"],
+            # what mtmd made of the formatted prompt (the CLI's mtmd_tokenize_from_parts; checked equal to
+            # mtmd_tokenize(formatted_prompt, add_special=true, parse_special=true, [bitmap]))
             "prompt_chunks": dump["chunks"],
             "prompt_tokens_with_image_as_null": prompt_tokens,
             "generated_text": generated,
@@ -376,6 +453,14 @@ def record(args) -> None:
             "generated_pieces": [p.decode("utf-8", errors="replace") for p in dump["pieces"]],
             "generated_pieces_hex": [p.hex() for p in dump["pieces"]],
             "stopped_on_eog": stopped,
+            # top logit minus the runner-up at each step (llama.cpp f32 logits on this CPU); another
+            # build may legitimately pick differently only where this is tiny
+            "step_logit_margins": [round(st["margin"], 6) for st in dump["steps"]],
+            "min_step_logit_margin": round(min(st["margin"] for st in dump["steps"]), 6),
+            # the image chunk's embeddings as mtmd returned them (n_tokens x n_embd, row-major),
+            # rounded to 7 significant digits
+            "image_embeddings": {"n_tokens": MM_TOKENS_PER_IMAGE, "n_embd": TEXT_CONFIG["hidden_size"],
+                                 "values": [[float(f"{v:.7g}") for v in e] for e in dump["embds"]]},
         })
     texts = [c["generated_text"] for c in cases]
     if len(set(texts)) != len(texts):

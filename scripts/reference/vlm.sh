@@ -19,24 +19,42 @@
 #     image tokens (here 16) between <start_of_image> and <end_of_image>.
 # Sizes: text hidden 64, 2 layers, 4 heads (2 KV), vocab 512; vision 64x64 px, patch 8, hidden 32,
 # 2 layers; 16 image tokens. f32 GGUFs (the converter keeps the projector matrix in f16), ~0.55 MB.
+# Weights: torch.manual_seed, then every tensor redrawn at a scale that gives varied, image- and
+# prompt-dependent greedy text with clear margins (see vlm.py; with transformers' default 0.02 init
+# the model just repeats the last prompt token). Tokenizer: SentencePiece BPE trained by vlm.py on a
+# small English corpus, Gemma's ids (<pad> 0, <eos> 1, <bos> 2, <unk> 3), then <start_of_turn> 4,
+# <end_of_turn> 5, <start_of_image> 6, <end_of_image> 7, <image_soft_token> 8, "\n" 9; no byte
+# fallback (so every piece is valid UTF-8); Gemma 3's own chat template in tokenizer_config.json.
+#
+# reference.json, per case: the image, the prompt, the CLI's argv, the prompt after the chat
+# template (still holding mtmd's marker <__media__>), the chunks mtmd made of it (text token ids;
+# the image's token count), the generated text, ids and pieces, each step's logit margin, and the
+# image chunk's embeddings; plus the preprocessing, versions and the HF config. The whole pipeline
+# is deterministic: a rerun gives byte-identical GGUFs and the same tokens.
 #
 # The converter: the llama.cpp that llama-cpp-sys-2 vendors (~/.cargo/registry/src/*/
 # llama-cpp-sys-2-0.1.161/llama.cpp) is trimmed for the crate: it has convert_hf_to_gguf.py but not
 # the `conversion/` package that script imports, nor gguf-py's code. So the converter and gguf-py
-# come from the llama.cpp that the llama-cpp-python 0.3.36 sdist vendors (commit 0c1e57098bba43ac;
+# come from the llama.cpp that the llama-cpp-python 0.3.36 sdist vendors (commit 0c1e57098bba43ac
+# per requirements.txt; downloaded from PyPI and checked by sha256;
 # its convert_hf_to_gguf.py is byte-identical to the crate's; its mtmd is a little older than the
 # crate's). llama-mtmd-cli is built from the crate's own tree (CPU, Release, GGML_NATIVE=ON without
 # AMX and with OpenMP, as Ember's build; see .cargo/config.toml), via a small wrapper CMake project,
 # because the crate's tree lacks the other tools that LLAMA_BUILD_TOOLS would pull in. A second
-# binary, vlmref-mtmd-cli, is the same mtmd-cli.cpp with three print statements added (the prompt
-# after the chat template, the chunk token ids, each sampled id); the script checks that it
+# binary, vlmref-mtmd-cli, is the same mtmd-cli.cpp with a few print statements added, written to
+# the file $VLMREF_DUMP (the prompt after the chat template, the chunk token ids, the image
+# embeddings, each step's top logit and margin, each sampled id); the script checks that it
 # generates exactly the plain CLI's text.
 #
-# Rerun (from anywhere; ~25 min on 2 cores, most of it the llama.cpp build, which is kept in
-# $VLMREF_BUILD for reruns):
+# llama-mtmd-cli itself loses its queued log output now and then when this tiny model's run ends
+# (empty stdout, exit status 0), so each run is retried until its output is complete.
+#
+# Rerun (from anywhere; ~15 min on 2 cores, most of it the llama.cpp build, which is kept in
+# $VLMREF_BUILD for reruns; then ~30 s):
 #   scripts/reference/vlm.sh
 # Environment: VLMREF_VENV (default /tmp/vlmref), VLMREF_BUILD (default /tmp/vlmref-build),
-# VLMREF_WORK (default /tmp/vlmref-work), VLMREF_JOBS (default 2). torch comes from plain PyPI
+# VLMREF_CMAKE_SRC (default /tmp/vlmref-cmake), VLMREF_WORK (default /tmp/vlmref-work),
+# VLMREF_JOBS (default 2). torch comes from plain PyPI
 # (with its CUDA libraries, ~5 GB; only the CPU is used). To reuse a venv that already has torch
 # 2.15.0 and transformers 5.25.0 instead, set VLMREF_BASE_SITE=/path/to/venv/lib/python3.11/site-packages:
 # the new venv then sees those packages through a .pth file and pip installs only what is missing.
@@ -88,9 +106,10 @@ fi
 py="$venv/bin/python"
 
 # 3. llama-mtmd-cli (and the id-printing copy) from the crate's llama.cpp.
-mkdir -p "$work/cmake"
-"$py" "$here/vlm.py" patch-cli --src "$llama_src/tools/mtmd/mtmd-cli.cpp" --out "$work/cmake/vlmref-mtmd-cli.cpp"
-cat > "$work/cmake/CMakeLists.txt" <<'EOF'
+cmsrc="${VLMREF_CMAKE_SRC:-/tmp/vlmref-cmake}"   # the wrapper project (kept next to its build dir)
+mkdir -p "$cmsrc"
+"$py" "$here/vlm.py" patch-cli --src "$llama_src/tools/mtmd/mtmd-cli.cpp" --out "$cmsrc/vlmref-mtmd-cli.cpp"
+cat > "$cmsrc/CMakeLists.txt" <<'EOF'
 cmake_minimum_required(VERSION 3.14)
 project(vlmref C CXX)
 add_subdirectory(${LLAMA_SRC} llama.cpp)
@@ -111,7 +130,7 @@ cmake_flags=(-DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF
   -DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_MTMD=ON -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_TESTS=OFF
   -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF
   -DGGML_NATIVE=ON -DGGML_OPENMP=ON)
-CFLAGS="$no_amx" CXXFLAGS="$no_amx" cmake -S "$work/cmake" -B "$build" -DLLAMA_SRC="$llama_src" \
+CFLAGS="$no_amx" CXXFLAGS="$no_amx" cmake -S "$cmsrc" -B "$build" -DLLAMA_SRC="$llama_src" \
   "${cmake_flags[@]}" > "$work/cmake-configure.log"
 cmake --build "$build" --target llama-mtmd-cli vlmref-mtmd-cli -j "$jobs" > "$work/cmake-build.log" 2>&1 \
   || { tail -40 "$work/cmake-build.log" >&2; exit 1; }
@@ -141,13 +160,24 @@ rm -rf "$runs" && mkdir -p "$runs"
 n_predict=16
 flags=(-m model.gguf --mmproj mmproj.gguf -c 512 -n "$n_predict" --temp 0 --seed 42 -t 2)
 cases='[]'
+# llama-mtmd-cli prints through llama.cpp's asynchronous logger, which now and then loses
+# everything still queued when this tiny model's run (~20 ms) exits (stdout empty, exit status 0).
+# A complete run's stdout ends with the "\n\n" printed at exit; retry until one is complete.
+run_cli() { # run_cli BINARY OUT_PREFIX ARGS...
+  local bin="$1" pfx="$2"; shift 2
+  local try
+  for try in 1 2 3 4 5 6 7 8; do
+    (cd "$stage" && VLMREF_DUMP="$pfx.dump" "$bin" "$@" > "$pfx.out" 2> "$pfx.err") || { tail -30 "$pfx.err" >&2; exit 1; }
+    if [ "$(tail -c 2 "$pfx.out" | od -An -c | tr -d ' ')" = '\n\n' ]; then return 0; fi
+    echo "retrying $(basename "$bin") ($pfx): incomplete output" >&2
+  done
+  echo "no complete output from $bin" >&2; exit 1
+}
 run_case() { # run_case NAME IMAGE PROMPT
   local name="$1" image="$2" prompt="$3"
   local args=("${flags[@]}" --image "$image" -p "$prompt")
-  (cd "$stage" && "$cli" "${args[@]}" > "$runs/$name.out" 2> "$runs/$name.err") \
-    || { tail -30 "$runs/$name.err" >&2; exit 1; }
-  (cd "$stage" && "$idcli" "${args[@]}" > "$runs/$name.ids.out" 2> "$runs/$name.ids.err") \
-    || { tail -30 "$runs/$name.ids.err" >&2; exit 1; }
+  run_cli "$cli" "$runs/$name" "${args[@]}"
+  run_cli "$idcli" "$runs/$name.ids" "${args[@]}"
   cases="$("$py" -c 'import json,sys; c=json.loads(sys.argv[1]); c.append(dict(name=sys.argv[2], image=sys.argv[3], prompt=sys.argv[4], n_predict=int(sys.argv[5]), argv=["llama-mtmd-cli"]+sys.argv[6:])); print(json.dumps(c))' \
     "$cases" "$name" "$image" "$prompt" "$n_predict" "${args[@]}")"
 }
