@@ -17,8 +17,13 @@ transformers (versions recorded in reference.json). Writes into --out:
   below.
 - reference.safetensors: the text encoder's last hidden state for a prompt; one UNet call (latents,
   timestep, text states → noise prediction); one VAE decode and encode; one LCM scheduler step with
-  its noise; and a whole text-to-image run (DDIM, 4 steps, guidance 7.5, a negative prompt, given
-  initial latents) with its output image as floats in [0, 1].
+  its noise; a whole text-to-image run (DDIM, 4 steps, guidance 7.5, a negative prompt, given
+  initial latents) with its output image as floats in [0, 1]; an image-to-image run from start.png
+  (strength 0.6, 5 steps) and an inpainting run (start.png, mask.png; 4 steps), diffusers' noise
+  replaced by given tensors (the image's latents drawn as mean + std × noise; inpainting's masked
+  image encoded to its mean, as Ember does).
+- start.png (the vision tests' cat, 256×256), mask.png (white: repainted), and
+  tiny-sd-inpainting-unet/: an inpainting UNet (9 input channels) for the same tiny model.
 
 Usage:
 
@@ -37,9 +42,16 @@ from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
     LCMScheduler,
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
+from diffusers.pipelines.stable_diffusion import (
+    pipeline_stable_diffusion_img2img as img2img_module,
+    pipeline_stable_diffusion_inpaint as inpaint_module,
+)
+from PIL import Image
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -176,6 +188,47 @@ def build_models(vocab_size: int):
     return text_encoder, unet, vae
 
 
+def build_inpainting_unet():
+    """An inpainting UNet for the same text encoder and autoencoder: 9 input channels (latents,
+    mask, latents of the masked image)."""
+    torch.manual_seed(1)
+    unet = UNet2DConditionModel(
+        sample_size=32,
+        in_channels=9,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        norm_num_groups=32,
+    ).eval()
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+            p.copy_(p.half().float())
+    return unet
+
+
+def patch_randomness(image_noise, noise, sample_latents):
+    """Makes diffusers' image-to-image and inpainting pipelines draw the given noise: the
+    starting latents' (`randn_tensor`) and, for the image's latents, `mean + std × image_noise`
+    (`sample_latents`) or the mean (Ember encodes the masked image of inpainting to its mean)."""
+
+    def retrieve_latents(encoder_output, generator=None, sample_mode="sample"):
+        dist = encoder_output.latent_dist
+        return dist.mean + dist.std * image_noise if sample_latents else dist.mean
+
+    def randn_tensor(shape, generator=None, device=None, dtype=None, layout=None):
+        assert tuple(shape) == tuple(noise.shape), shape
+        return noise.clone()
+
+    for module in (img2img_module, inpaint_module):
+        module.retrieve_latents = retrieve_latents
+        module.randn_tensor = randn_tensor
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
@@ -289,6 +342,54 @@ def main():
         tensors["pipeline.latents"] = initial
         tensors["pipeline.image"] = torch.from_numpy(np.ascontiguousarray(image))
         reference["pipeline"] = run
+
+        # Image-to-image from a 256×256 photo (no resize on either side), noise given.
+        start = Image.open(Path(__file__).parents[2] / "crates/ember-engines/tests/fixtures/vision/images/cat.png")
+        start = start.convert("RGB").resize((256, 256), Image.LANCZOS)
+        start.save(out / "start.png")
+        image_noise = torch.randn((1, 4, 32, 32), generator=g)
+        noise = torch.randn((1, 4, 32, 32), generator=g)
+        patch_randomness(image_noise, noise, sample_latents=True)
+        img2img = StableDiffusionImg2ImgPipeline(**pipe.components)
+        run2 = {"prompt": "a photo of a cat", "negative_prompt": "blurry", "steps": 5,
+                "guidance": 7.5, "strength": 0.6}
+        image = img2img(
+            run2["prompt"],
+            image=start,
+            strength=run2["strength"],
+            negative_prompt=run2["negative_prompt"],
+            num_inference_steps=run2["steps"],
+            guidance_scale=run2["guidance"],
+            output_type="np",
+        ).images[0]
+        tensors["img2img.image_noise"] = image_noise
+        tensors["img2img.noise"] = noise
+        tensors["img2img.image"] = torch.from_numpy(np.ascontiguousarray(image))
+        reference["img2img"] = run2
+
+        # Inpainting: a black-and-white mask (white repainted), whole schedule.
+        mask = Image.new("L", (256, 256), 0)
+        mask.paste(255, (64, 96, 200, 224))
+        mask.save(out / "mask.png")
+        inpaint_unet = build_inpainting_unet()
+        patch_randomness(image_noise, noise, sample_latents=False)
+        components = dict(pipe.components, unet=inpaint_unet)
+        inpaint = StableDiffusionInpaintPipeline(**components)
+        run3 = {"prompt": "a photo of a cat", "negative_prompt": "blurry", "steps": 4, "guidance": 7.5}
+        image = inpaint(
+            run3["prompt"],
+            image=start,
+            mask_image=mask,
+            negative_prompt=run3["negative_prompt"],
+            num_inference_steps=run3["steps"],
+            guidance_scale=run3["guidance"],
+            output_type="np",
+        ).images[0]
+        tensors["inpaint.image"] = torch.from_numpy(np.ascontiguousarray(image))
+        reference["inpaint"] = run3
+        inpaint_unet.to(torch.float16).save_pretrained(
+            out / "tiny-sd-inpainting-unet", safe_serialization=True
+        )
 
     pipe.to(torch.float16).save_pretrained(model_dir, safe_serialization=True)
     # The Hub's SD folders have vocab.json and merges.txt, which is what Ember reads.

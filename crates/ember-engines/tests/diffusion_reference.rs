@@ -1,8 +1,9 @@
 //! The Stable Diffusion engine against `scripts/reference/diffusion.py` (diffusers and
 //! transformers on the same tiny generated SD 1.5 in `tests/fixtures/diffusion/tiny-sd/`): the CLIP
 //! tokenizer's ids, the text encoder, one UNet call, the autoencoder both ways, the DDIM and LCM
-//! schedules (also cut short for image-to-image), one LCM step with its noise, and a whole
-//! four-step guided text-to-image run from the same initial latents.
+//! schedules (also cut short for image-to-image), one LCM step with its noise, a whole four-step
+//! guided text-to-image run from the same initial latents, and image-to-image and inpainting runs
+//! (an inpainting UNet in place of the text-to-image one) with diffusers' noise given to both.
 //!
 //! Tolerances (max absolute difference; the measured value in brackets): text states 1e-4 (1e-6),
 //! noise prediction 5e-4 (7e-5, on values up to 1.6), decoded pixels 1e-4 (4e-6), latent mean
@@ -12,9 +13,9 @@
 use candle_core::{Device, Tensor};
 use ember_core::metrics::Metrics;
 use ember_core::tasks::text_to_image::TextToImageRequest;
-use ember_engines::diffusion::ImageGenerator;
 use ember_engines::diffusion::clip_text::ClipTokenizer;
 use ember_engines::diffusion::scheduler::{Scheduler, SchedulerKind};
+use ember_engines::diffusion::{GivenNoise, ImageGenerator};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -27,6 +28,23 @@ struct Reference {
     img2img_timesteps: Vec<Img2ImgSchedule>,
     lcm_step: LcmStep,
     pipeline: Run,
+    img2img: ImageRun,
+    inpaint: ImageRun,
+}
+
+/// A run from `start.png` at its 256×256.
+#[derive(Deserialize)]
+struct ImageRun {
+    prompt: String,
+    negative_prompt: String,
+    steps: u32,
+    guidance: f32,
+    #[serde(default = "whole_schedule")]
+    strength: f32,
+}
+
+fn whole_schedule() -> f32 {
+    1.0
 }
 
 #[derive(Deserialize)]
@@ -204,17 +222,17 @@ fn text_to_image_matches_diffusers() {
     };
     let generator = generator();
     let (pixels, steps) = generator
-        .generate_pixels(&request, Some(tensors["pipeline.latents"].clone()), &|| {
-            false
-        })
+        .generate_pixels(
+            &request,
+            Some(GivenNoise {
+                latents: tensors["pipeline.latents"].clone(),
+                image_latents: None,
+            }),
+            &|| false,
+        )
         .unwrap();
     assert_eq!(steps, run.steps);
-    // diffusers answers height × width × 3.
-    let expected = tensors["pipeline.image"]
-        .permute((2, 0, 1))
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
+    let expected = channels_first(&tensors["pipeline.image"]);
     assert_close("generated image", &pixels, &expected, 1e-3);
 
     // A seed gives one image; the PNG is the requested size.
@@ -231,4 +249,64 @@ fn text_to_image_matches_diffusers() {
     );
     let png = image::load_from_memory(&first.pngs[0]).unwrap();
     assert_eq!((png.width(), png.height()), (run.width, run.height));
+}
+
+/// The image of `run` from `start.png` on `generator`, its noise given.
+fn image_run(generator: &ImageGenerator, run: &ImageRun, mask: bool, noise: GivenNoise) -> Tensor {
+    let read = |name: &str| std::fs::read(fixtures().join(name)).unwrap();
+    let request = TextToImageRequest {
+        prompt: run.prompt.clone(),
+        negative_prompt: Some(run.negative_prompt.clone()),
+        width: Some(256),
+        height: Some(256),
+        steps: Some(run.steps),
+        guidance: run.guidance,
+        strength: run.strength,
+        seed: None,
+        image: Some(read("start.png")),
+        mask: mask.then(|| read("mask.png")),
+        count: 1,
+    };
+    generator
+        .generate_pixels(&request, Some(noise), &|| false)
+        .unwrap()
+        .0
+}
+
+/// diffusers' height × width × 3 image as `[1, 3, h, w]`.
+fn channels_first(image: &Tensor) -> Tensor {
+    image.permute((2, 0, 1)).unwrap().unsqueeze(0).unwrap()
+}
+
+#[test]
+fn image_to_image_and_inpainting_match_diffusers() {
+    let (reference, tensors) = reference();
+    let noise = || GivenNoise {
+        latents: tensors["img2img.noise"].clone(),
+        image_latents: Some(tensors["img2img.image_noise"].clone()),
+    };
+    let pixels = image_run(&generator(), &reference.img2img, false, noise());
+    let expected = channels_first(&tensors["img2img.image"]);
+    assert_close("image-to-image", &pixels, &expected, 1e-3);
+
+    // The tiny model with its inpainting UNet.
+    let folder = std::env::temp_dir().join(format!("ember-tiny-sd-inpaint-{}", std::process::id()));
+    for (from, to) in [
+        ("tiny-sd/tokenizer", "tokenizer"),
+        ("tiny-sd/text_encoder", "text_encoder"),
+        ("tiny-sd/vae", "vae"),
+        ("tiny-sd-inpainting-unet", "unet"),
+    ] {
+        std::fs::create_dir_all(folder.join(to)).unwrap();
+        for file in std::fs::read_dir(fixtures().join(from)).unwrap() {
+            let file = file.unwrap();
+            std::fs::copy(file.path(), folder.join(to).join(file.file_name())).unwrap();
+        }
+    }
+    let metrics = Metrics::new().model("inpainting");
+    let inpainting = ImageGenerator::load(&folder, SchedulerKind::Ddim, metrics).unwrap();
+    let pixels = image_run(&inpainting, &reference.inpaint, true, noise());
+    let expected = channels_first(&tensors["inpaint.image"]);
+    assert_close("inpainting", &pixels, &expected, 1e-3);
+    std::fs::remove_dir_all(&folder).ok();
 }

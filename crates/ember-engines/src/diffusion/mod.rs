@@ -140,13 +140,13 @@ impl ImageGenerator {
         self.vae_encoder.forward(image).map_err(internal)
     }
 
-    /// Runs `request` from the starting latents `latents` (`None`: drawn from the seed) and
-    /// returns the image in [0, 1] (`[1, 3, h, w]`) and the steps run. Stops with `Aborted` at the
+    /// Runs `request` and returns the image in [0, 1] (`[1, 3, h, w]`) and the steps run, its
+    /// noise drawn from the request's seed or, for tests, `given`. Stops with `Aborted` at the
     /// first step after `caller_gone` turns true.
     pub fn generate_pixels(
         &self,
         request: &TextToImageRequest,
-        latents: Option<Tensor>,
+        given: Option<GivenNoise>,
         caller_gone: &dyn Fn() -> bool,
     ) -> Result<(Tensor, u32), InferError> {
         let side = self.native_side();
@@ -218,15 +218,18 @@ impl ImageGenerator {
         };
 
         tracing::debug!(seconds = began.elapsed().as_secs_f64(), "prompt encoded");
-        let initial = match latents {
-            Some(latents) => latents,
-            None => noise(&mut rng)?,
+        let (initial, image_noise) = match given {
+            Some(given) => (given.latents, given.image_latents),
+            None => (noise(&mut rng)?, None),
         };
         let mut image_condition = None;
         let mut latents = match &start {
             Some(start) => {
                 let (mean, std) = self.encode_image(&start.pixels)?;
-                let drawn = noise(&mut rng)?;
+                let drawn = match image_noise {
+                    Some(given) => given,
+                    None => noise(&mut rng)?,
+                };
                 let image_latents = (std * drawn)
                     .and_then(|spread| (mean + spread)? * self.vae_file.scaling_factor)
                     .map_err(internal)?;
@@ -339,19 +342,13 @@ impl ImageGenerator {
         height: u32,
     ) -> Result<StartImage, InferError> {
         let image = decode_rgb(bytes).map_err(|e| InferError::invalid("/image", e.to_string()))?;
-        let image = image::imageops::resize(&image, width, height, FilterType::Lanczos3);
+        let image = fit(image, width, height);
         let mask = match mask {
             None => None,
             Some(bytes) => {
                 let mask =
                     decode_rgb(bytes).map_err(|e| InferError::invalid("/mask", e.to_string()))?;
-                let gray = image::DynamicImage::ImageRgb8(mask).to_luma8();
-                Some(image::imageops::resize(
-                    &gray,
-                    width,
-                    height,
-                    FilterType::Lanczos3,
-                ))
+                Some(luma(&fit(mask, width, height)))
             }
         };
         Ok(StartImage {
@@ -378,8 +375,15 @@ impl ImageGenerator {
             let shape = (1, 1, mask.height() as usize, mask.width() as usize);
             Tensor::from_vec(values, shape, &Device::Cpu).map_err(internal)
         };
-        let small =
-            image::imageops::resize(mask, latent_w as u32, latent_h as u32, FilterType::Nearest);
+        // torch's nearest interpolation, as diffusers shrinks the mask: latent pixel (x, y) takes
+        // image pixel (x · f, y · f).
+        let (step_x, step_y) = (
+            mask.width() / latent_w as u32,
+            mask.height() / latent_h as u32,
+        );
+        let small = GrayImage::from_fn(latent_w as u32, latent_h as u32, |x, y| {
+            *mask.get_pixel(x * step_x, y * step_y)
+        });
         let kept = start
             .pixels
             .broadcast_mul(&(1.0 - binary(mask)?).map_err(internal)?)
@@ -421,6 +425,29 @@ fn guide(predicted: &Tensor, scale: f32) -> candle_core::Result<Tensor> {
 struct StartImage {
     pixels: Tensor,
     mask: Option<GrayImage>,
+}
+
+/// Noise a test gives instead of the seed's: the starting latents and, for image-to-image, the
+/// draw of the image's latents from their distribution.
+pub struct GivenNoise {
+    pub latents: Tensor,
+    pub image_latents: Option<Tensor>,
+}
+
+/// `image` at `width`×`height` (Lanczos, as diffusers' image processor), untouched at that size.
+fn fit(image: RgbImage, width: u32, height: u32) -> RgbImage {
+    match image.dimensions() == (width, height) {
+        true => image,
+        false => image::imageops::resize(&image, width, height, FilterType::Lanczos3),
+    }
+}
+
+/// Pillow's grey ("L": ITU-R 601-2 luma, in its fixed-point arithmetic), as diffusers reads masks.
+fn luma(image: &RgbImage) -> GrayImage {
+    GrayImage::from_fn(image.width(), image.height(), |x, y| {
+        let [r, g, b] = image.get_pixel(x, y).0.map(u32::from);
+        image::Luma([((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16) as u8])
+    })
 }
 
 /// `image` as `[1, 3, h, w]` in [-1, 1].

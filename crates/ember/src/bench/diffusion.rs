@@ -123,14 +123,11 @@ pub fn bench(
             side.record(full, single, settings.steps);
         }
     }
-    let steps_metric = format!(
-        "denoising, {0}×{0}, guidance {GUIDANCE} ({label})",
-        settings.size
-    );
+    let steps_metric = format!("denoising, {0}×{0}, guidance {GUIDANCE}", settings.size);
     let image_metric = format!("whole images, {} steps", settings.steps);
     let rows = vec![
         Row::new(
-            &spec.id,
+            &label,
             steps_metric,
             "steps/s",
             ember.steps_per_second(),
@@ -138,7 +135,7 @@ pub fn bench(
             "",
         ),
         Row::new(
-            &spec.id,
+            &label,
             image_metric,
             "images/s",
             ember.images_per_second(),
@@ -219,6 +216,6 @@ fn model<'a>(env: &'a super::Env, python: &Path) -> Result<(&'a ModelSpec, PathB
             .status()?;
         ensure!(status.success(), "writing the random-weights model failed");
     }
-    let label = "SD 1.5's architecture, random weights".to_string();
+    let label = "SD 1.5 architecture, random weights".to_string();
     Ok((spec, dir, label))
 }
