@@ -17,7 +17,8 @@ transformers (versions recorded in reference.json). Writes into --out:
   below.
 - reference.safetensors: the text encoder's last hidden state for a prompt; one UNet call (latents,
   timestep, text states → noise prediction); one VAE decode and encode; one LCM scheduler step with
-  its noise; a whole text-to-image run (DDIM, 4 steps, guidance 7.5, a negative prompt, given
+  its noise, and one DDIM step of a velocity-predicting model on the same tensors; a whole
+  text-to-image run (DDIM, 4 steps, guidance 7.5, a negative prompt, given
   initial latents) with its output image as floats in [0, 1]; an image-to-image run from start.png
   (strength 0.6, 5 steps) and an inpainting run (start.png, mask.png; 4 steps), diffusers' noise
   replaced by given tensors (the image's latents drawn as mean + std × noise; inpainting's masked
@@ -321,6 +322,13 @@ def main():
         tensors["lcm.timestep"] = torch.tensor([float(t)])
         tensors["lcm.stepped"] = stepped
         reference["lcm_step"] = {"steps": 4, "step_index": 1, "timestep": int(t)}
+
+        # One DDIM step of a velocity-predicting model (SD 2's 768-pixel ones).
+        ddim_v = DDIMScheduler(**STEPS_SCHEDULE, prediction_type="v_prediction")
+        ddim_v.set_timesteps(4)
+        t = ddim_v.timesteps[1]
+        tensors["ddim_v.stepped"] = ddim_v.step(model_output, t, sample).prev_sample
+        reference["ddim_v_step"] = {"steps": 4, "step_index": 1, "timestep": int(t)}
 
         initial = torch.randn((1, 4, 32, 32), generator=g)
         run = {

@@ -1,19 +1,21 @@
 //! The Stable Diffusion engine against `scripts/reference/diffusion.py` (diffusers and
 //! transformers on the same tiny generated SD 1.5 in `tests/fixtures/diffusion/tiny-sd/`): the CLIP
 //! tokenizer's ids, the text encoder, one UNet call, the autoencoder both ways, the DDIM and LCM
-//! schedules (also cut short for image-to-image), one LCM step with its noise, a whole four-step
+//! schedules (also cut short for image-to-image), one LCM step with its noise and one DDIM step of a
+//! velocity-predicting model, a whole four-step
 //! guided text-to-image run from the same initial latents, and image-to-image and inpainting runs
 //! (an inpainting UNet in place of the text-to-image one) with diffusers' noise given to both.
 //!
 //! Tolerances (max absolute difference; the measured value in brackets): text states 1e-4 (1e-6),
 //! noise prediction 5e-4 (7e-5, on values up to 1.6), decoded pixels 1e-4 (4e-6), latent mean
-//! and deviation 1e-4 (2e-6), LCM step 1e-5 (2e-6), the whole run's image in [0, 1] 1e-3 (2e-5):
+//! and deviation 1e-4 (2e-6), scheduler steps 1e-5 (2e-6), the whole run's image in [0, 1] 1e-3 (2e-5):
 //! f32 sums in another order, compounded over the steps.
 
 use candle_core::{Device, Tensor};
 use ember_core::metrics::Metrics;
 use ember_core::tasks::text_to_image::TextToImageRequest;
 use ember_engines::diffusion::clip_text::ClipTokenizer;
+use ember_engines::diffusion::scheduler::Prediction::{Epsilon, Velocity};
 use ember_engines::diffusion::scheduler::{Scheduler, SchedulerKind};
 use ember_engines::diffusion::{GivenNoise, ImageGenerator};
 use serde::Deserialize;
@@ -26,7 +28,8 @@ struct Reference {
     ddim_timesteps: BTreeMap<String, Vec<usize>>,
     lcm_timesteps: BTreeMap<String, Vec<usize>>,
     img2img_timesteps: Vec<Img2ImgSchedule>,
-    lcm_step: LcmStep,
+    lcm_step: Step,
+    ddim_v_step: Step,
     pipeline: Run,
     img2img: ImageRun,
     inpaint: ImageRun,
@@ -60,8 +63,9 @@ struct Img2ImgSchedule {
     timesteps: Vec<usize>,
 }
 
+/// One scheduler step: of `steps`, the one at `step_index`.
 #[derive(Deserialize)]
-struct LcmStep {
+struct Step {
     steps: usize,
     step_index: usize,
     timestep: usize,
@@ -140,12 +144,12 @@ fn schedules_match_diffusers() {
         (SchedulerKind::Lcm, &reference.lcm_timesteps),
     ] {
         for (steps, timesteps) in schedules {
-            let scheduler = Scheduler::new(kind, steps.parse().unwrap(), 1.0);
+            let scheduler = Scheduler::new(kind, Epsilon, steps.parse().unwrap(), 1.0);
             assert_eq!(scheduler.timesteps(), timesteps, "{kind:?} {steps}");
         }
     }
     for case in &reference.img2img_timesteps {
-        let scheduler = Scheduler::new(SchedulerKind::Ddim, case.steps, case.strength);
+        let scheduler = Scheduler::new(SchedulerKind::Ddim, Epsilon, case.steps, case.strength);
         assert_eq!(
             scheduler.timesteps(),
             case.timesteps,
@@ -157,20 +161,36 @@ fn schedules_match_diffusers() {
 }
 
 #[test]
-fn lcm_step_matches_diffusers() {
+fn steps_match_diffusers() {
     let (reference, tensors) = reference();
-    let step = &reference.lcm_step;
-    let scheduler = Scheduler::new(SchedulerKind::Lcm, step.steps, 1.0);
-    assert_eq!(scheduler.timesteps()[step.step_index], step.timestep);
-    let stepped = scheduler
-        .step(
-            step.step_index,
-            &tensors["lcm.model_output"],
-            &tensors["lcm.sample"],
-            || Ok(tensors["lcm.noise"].clone()),
-        )
-        .unwrap();
-    assert_close("LCM step", &stepped, &tensors["lcm.stepped"], 1e-5);
+    for (what, kind, prediction, step, expected) in [
+        (
+            "LCM step",
+            SchedulerKind::Lcm,
+            Epsilon,
+            &reference.lcm_step,
+            "lcm.stepped",
+        ),
+        (
+            "DDIM step, velocity",
+            SchedulerKind::Ddim,
+            Velocity,
+            &reference.ddim_v_step,
+            "ddim_v.stepped",
+        ),
+    ] {
+        let scheduler = Scheduler::new(kind, prediction, step.steps, 1.0);
+        assert_eq!(scheduler.timesteps()[step.step_index], step.timestep);
+        let stepped = scheduler
+            .step(
+                step.step_index,
+                &tensors["lcm.model_output"],
+                &tensors["lcm.sample"],
+                || Ok(tensors["lcm.noise"].clone()),
+            )
+            .unwrap();
+        assert_close(what, &stepped, &tensors[expected], 1e-5);
+    }
 }
 
 #[test]

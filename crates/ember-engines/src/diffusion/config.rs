@@ -1,8 +1,9 @@
 //! A diffusers folder's `unet/config.json` and `vae/config.json`, read into candle-transformers'
-//! configurations. Options candle's Stable Diffusion blocks do not implement (SDXL's added
+//! configurations, and what Ember needs of `scheduler/scheduler_config.json`. Options candle's Stable Diffusion blocks do not implement (SDXL's added
 //! embeddings, LCM's guidance embedding, mismatched up and down blocks) are refused at load with
 //! their name, rather than run wrong.
 
+use super::scheduler::Prediction;
 use anyhow::{Result, bail};
 use candle_transformers::models::stable_diffusion::unet_2d::{
     BlockConfig, UNet2DConditionModelConfig,
@@ -196,5 +197,83 @@ impl VaeFile {
     /// Image pixels per latent pixel on a side.
     pub fn latent_factor(&self) -> usize {
         1 << (self.block_out_channels.len() - 1)
+    }
+}
+
+/// The parts of `scheduler/scheduler_config.json` Ember reads: the schedules in `scheduler` are
+/// Stable Diffusion's training noise, so a folder trained on another is refused.
+#[derive(Deserialize)]
+pub struct SchedulerFile {
+    #[serde(default = "epsilon")]
+    prediction_type: String,
+    #[serde(default = "sd_beta_start")]
+    beta_start: f64,
+    #[serde(default = "sd_beta_end")]
+    beta_end: f64,
+    #[serde(default = "scaled_linear")]
+    beta_schedule: String,
+    #[serde(default = "thousand")]
+    num_train_timesteps: usize,
+}
+
+fn epsilon() -> String {
+    "epsilon".into()
+}
+fn sd_beta_start() -> f64 {
+    0.00085
+}
+fn sd_beta_end() -> f64 {
+    0.012
+}
+fn scaled_linear() -> String {
+    "scaled_linear".into()
+}
+fn thousand() -> usize {
+    1000
+}
+
+impl SchedulerFile {
+    /// What the UNet predicts, once the training noise is checked to be Stable Diffusion's.
+    pub fn prediction(&self) -> Result<Prediction> {
+        let sd_noise = (self.beta_start - sd_beta_start()).abs() < 1e-9
+            && (self.beta_end - sd_beta_end()).abs() < 1e-9
+            && self.beta_schedule == scaled_linear()
+            && self.num_train_timesteps == thousand();
+        if !sd_noise {
+            bail!(
+                "scheduler/scheduler_config.json: trained on {} betas {}..{} over {} steps, not Stable Diffusion's",
+                self.beta_schedule,
+                self.beta_start,
+                self.beta_end,
+                self.num_train_timesteps
+            );
+        }
+        match self.prediction_type.as_str() {
+            "epsilon" => Ok(Prediction::Epsilon),
+            "v_prediction" => Ok(Prediction::Velocity),
+            other => {
+                bail!("scheduler/scheduler_config.json: prediction_type {other} is not supported")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prediction(json: &str) -> Result<Prediction> {
+        serde_json::from_str::<SchedulerFile>(json)?.prediction()
+    }
+
+    #[test]
+    fn scheduler_configs_are_read_or_refused_by_name() {
+        assert_eq!(prediction("{}").unwrap(), Prediction::Epsilon);
+        let velocity = r#"{"prediction_type": "v_prediction", "beta_start": 0.00085}"#;
+        assert_eq!(prediction(velocity).unwrap(), Prediction::Velocity);
+        let sample = prediction(r#"{"prediction_type": "sample"}"#).unwrap_err();
+        assert!(sample.to_string().contains("prediction_type sample"), "{sample}");
+        let other_noise = prediction(r#"{"beta_schedule": "linear"}"#).unwrap_err();
+        assert!(other_noise.to_string().contains("not Stable Diffusion's"), "{other_noise}");
     }
 }

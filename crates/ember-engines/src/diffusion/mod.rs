@@ -20,8 +20,8 @@ pub mod scheduler;
 pub mod vae_encoder;
 
 use self::clip_text::{ClipTextEncoder, ClipTokenizer};
-use self::config::{UNetFile, VaeFile};
-use self::scheduler::{Scheduler, SchedulerKind};
+use self::config::{SchedulerFile, UNetFile, VaeFile};
+use self::scheduler::{Prediction, Scheduler, SchedulerKind};
 use self::vae_encoder::VaeEncoder;
 use crate::vision::image::decode_rgb;
 use crate::wrong_task;
@@ -54,6 +54,7 @@ pub struct ImageGenerator {
     vae_encoder: VaeEncoder,
     vae_file: VaeFile,
     scheduler: SchedulerKind,
+    prediction: Prediction,
     metrics: ModelMetrics,
 }
 
@@ -67,6 +68,12 @@ impl ImageGenerator {
         let load = || -> anyhow::Result<ImageGenerator> {
             let unet_file: UNetFile = read_json(&dir.join("unet/config.json"))?;
             let vae_file: VaeFile = read_json(&dir.join("vae/config.json"))?;
+            // Older folders have no scheduler config: Stable Diffusion's noise, predicting it.
+            let scheduler_path = dir.join("scheduler/scheduler_config.json");
+            let prediction = match scheduler_path.is_file() {
+                true => read_json::<SchedulerFile>(&scheduler_path)?.prediction()?,
+                false => Prediction::Epsilon,
+            };
             let unet = UNet2DConditionModel::new(
                 weights(&dir.join("unet/diffusion_pytorch_model.safetensors"))?,
                 unet_file.in_channels,
@@ -90,6 +97,7 @@ impl ImageGenerator {
                 vae,
                 vae_file,
                 scheduler,
+                prediction,
                 metrics,
             })
         };
@@ -191,7 +199,7 @@ impl ImageGenerator {
             Some(_) => f64::from(request.strength),
             None => 1.0,
         };
-        let schedule = Scheduler::new(self.scheduler, steps, strength);
+        let schedule = Scheduler::new(self.scheduler, self.prediction, steps, strength);
         let Some(&first) = schedule.timesteps().first() else {
             return Err(InferError::invalid(
                 "/strength",

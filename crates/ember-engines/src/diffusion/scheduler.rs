@@ -21,8 +21,17 @@ pub enum SchedulerKind {
     Lcm,
 }
 
+/// What the UNet predicts (the scheduler config's `prediction_type`): the noise (SD 1.x, SD 2
+/// base) or the velocity `√ᾱ·ε - √(1-ᾱ)·x₀` (SD 2's 768-pixel models).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prediction {
+    Epsilon,
+    Velocity,
+}
+
 pub struct Scheduler {
     kind: SchedulerKind,
+    prediction: Prediction,
     alphas_cumprod: Vec<f64>,
     /// Descending; the first is where denoising starts.
     timesteps: Vec<usize>,
@@ -35,7 +44,12 @@ impl Scheduler {
     /// The schedule of `steps` steps, of which the last `strength` fraction is run (1: all of
     /// them, from pure noise; less: image-to-image, from a noised image). Empty when
     /// `steps × strength` is below one step.
-    pub fn new(kind: SchedulerKind, steps: usize, strength: f64) -> Scheduler {
+    pub fn new(
+        kind: SchedulerKind,
+        prediction: Prediction,
+        steps: usize,
+        strength: f64,
+    ) -> Scheduler {
         let (start, end) = (BETA_START.sqrt(), BETA_END.sqrt());
         let mut alphas_cumprod = Vec::with_capacity(TRAIN_STEPS);
         let mut product = 1.0;
@@ -63,6 +77,7 @@ impl Scheduler {
         let timesteps = all[steps - run..].to_vec();
         Scheduler {
             kind,
+            prediction,
             alphas_cumprod,
             timesteps,
             stride,
@@ -84,25 +99,32 @@ impl Scheduler {
         (original * alpha.sqrt())? + (noise * (1.0 - alpha).sqrt())?
     }
 
-    /// The latents after the step at `self.timesteps()[index]`, from the model's noise prediction.
+    /// The latents after the step at `self.timesteps()[index]`, from the model's prediction.
     /// `noise` is drawn by the caller: LCM adds it at every step but the last; DDIM never does.
     pub fn step(
         &self,
         index: usize,
-        noise_prediction: &Tensor,
+        model_output: &Tensor,
         sample: &Tensor,
         noise: impl FnOnce() -> candle_core::Result<Tensor>,
     ) -> candle_core::Result<Tensor> {
         let timestep = self.timesteps[index];
         let alpha = self.alphas_cumprod[timestep];
-        let predicted_original =
-            ((sample - (noise_prediction * (1.0 - alpha).sqrt())?)? / alpha.sqrt())?;
+        let (a, b) = (alpha.sqrt(), (1.0 - alpha).sqrt());
+        // The clean latents and the noise the model's output implies.
+        let (predicted_original, predicted_noise) = match self.prediction {
+            Prediction::Epsilon => (((sample - (model_output * b)?)? / a)?, model_output.clone()),
+            Prediction::Velocity => (
+                ((sample * a)? - (model_output * b)?)?,
+                ((model_output * a)? + (sample * b)?)?,
+            ),
+        };
         match self.kind {
             SchedulerKind::Ddim => {
                 let previous = timestep.saturating_sub(self.stride);
                 let alpha_previous = self.alphas_cumprod[previous];
                 (predicted_original * alpha_previous.sqrt())?
-                    + (noise_prediction * (1.0 - alpha_previous).sqrt())?
+                    + (predicted_noise * (1.0 - alpha_previous).sqrt())?
             }
             SchedulerKind::Lcm => {
                 let scaled = timestep as f64 * LCM_TIMESTEP_SCALING;
