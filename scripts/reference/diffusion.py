@@ -139,6 +139,32 @@ def learn_vocabulary(out: Path):
     return tokenizer
 
 
+def tiny_unet(in_channels: int, layers_per_block: int):
+    return UNet2DConditionModel(
+        sample_size=32,
+        in_channels=in_channels,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=layers_per_block,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        norm_num_groups=32,
+    ).eval()
+
+
+def perturb(*models):
+    """Random weights leave group norms at identity and biases at zero; perturb every parameter
+    so that a wrong wiring cannot hide behind them. The folder stores float16 (as the Hub's fp16
+    variants do); the references are computed in float32 from the same rounded values."""
+    with torch.no_grad():
+        for model in models:
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.02)
+                p.copy_(p.half().float())
+
+
 def build_models(vocab_size: int):
     torch.manual_seed(0)
     text_encoder = CLIPTextModel(
@@ -155,18 +181,7 @@ def build_models(vocab_size: int):
             pad_token_id=vocab_size - 1,
         )
     ).eval()
-    unet = UNet2DConditionModel(
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=4,
-        norm_num_groups=32,
-    ).eval()
+    unet = tiny_unet(in_channels=4, layers_per_block=2)
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
@@ -178,14 +193,7 @@ def build_models(vocab_size: int):
         norm_num_groups=32,
         sample_size=256,
     ).eval()
-    # Random weights leave group norms at identity and biases at zero; perturb every parameter
-    # so that a wrong wiring cannot hide behind them. The folder stores float16 (as the Hub's
-    # fp16 variants do); the references are computed in float32 from the same rounded values.
-    with torch.no_grad():
-        for model in (text_encoder, unet, vae):
-            for p in model.parameters():
-                p.add_(torch.randn_like(p) * 0.02)
-                p.copy_(p.half().float())
+    perturb(text_encoder, unet, vae)
     return text_encoder, unet, vae
 
 
@@ -193,22 +201,8 @@ def build_inpainting_unet():
     """An inpainting UNet for the same text encoder and autoencoder: 9 input channels (latents,
     mask, latents of the masked image)."""
     torch.manual_seed(1)
-    unet = UNet2DConditionModel(
-        sample_size=32,
-        in_channels=9,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=4,
-        norm_num_groups=32,
-    ).eval()
-    with torch.no_grad():
-        for p in unet.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-            p.copy_(p.half().float())
+    unet = tiny_unet(in_channels=9, layers_per_block=1)
+    perturb(unet)
     return unet
 
 
