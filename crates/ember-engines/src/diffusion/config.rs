@@ -272,8 +272,14 @@ mod tests {
         let velocity = r#"{"prediction_type": "v_prediction", "beta_start": 0.00085}"#;
         assert_eq!(prediction(velocity).unwrap(), Prediction::Velocity);
         let sample = prediction(r#"{"prediction_type": "sample"}"#).unwrap_err();
-        assert!(sample.to_string().contains("prediction_type sample"), "{sample}");
+        assert!(
+            sample.to_string().contains("prediction_type sample"),
+            "{sample}"
+        );
         let other_noise = prediction(r#"{"beta_schedule": "linear"}"#).unwrap_err();
-        assert!(other_noise.to_string().contains("not Stable Diffusion's"), "{other_noise}");
+        assert!(
+            other_noise.to_string().contains("not Stable Diffusion's"),
+            "{other_noise}"
+        );
     }
 }

@@ -230,8 +230,13 @@ impl ImageGenerator {
             Some(given) => (given.latents, given.image_latents),
             None => (noise(&mut rng)?, None),
         };
-        let mut image_condition = None;
+        let image_condition = match start.as_ref().and_then(|s| s.mask.as_ref().map(|m| (s, m))) {
+            Some((start, mask)) => Some(self.inpainting_condition(start, mask, latent_shape)?),
+            None => None,
+        };
         let mut latents = match &start {
+            // Inpainting over the whole schedule starts from noise alone, as diffusers does.
+            Some(_) if inpainting && strength >= 1.0 => initial,
             Some(start) => {
                 let (mean, std) = self.encode_image(&start.pixels)?;
                 let drawn = match image_noise {
@@ -241,16 +246,9 @@ impl ImageGenerator {
                 let image_latents = (std * drawn)
                     .and_then(|spread| (mean + spread)? * self.vae_file.scaling_factor)
                     .map_err(internal)?;
-                if let Some(mask) = &start.mask {
-                    image_condition = Some(self.inpainting_condition(start, mask, latent_shape)?);
-                }
-                if inpainting && strength >= 1.0 {
-                    initial
-                } else {
-                    schedule
-                        .add_noise(&image_latents, &initial, first)
-                        .map_err(internal)?
-                }
+                schedule
+                    .add_noise(&image_latents, &initial, first)
+                    .map_err(internal)?
             }
             None => initial,
         };
