@@ -7,8 +7,8 @@
 
 use crate::transformer::{Activation, Attention, FeedForward};
 use anyhow::{Context, Result, anyhow};
-use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Embedding, LayerNorm, VarBuilder, embedding, layer_norm};
+use candle_core::{Device, Module, Tensor};
+use candle_nn::{Embedding, LayerNorm, embedding, layer_norm};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -142,13 +142,8 @@ pub struct ClipTextEncoder {
 impl ClipTextEncoder {
     /// Loads `config.json` and `model.safetensors` from `dir` (transformers' CLIPTextModel).
     pub fn load(dir: &Path) -> Result<ClipTextEncoder> {
-        let config: TextConfig = serde_json::from_str(
-            &std::fs::read_to_string(dir.join("config.json"))
-                .with_context(|| format!("reading {}", dir.join("config.json").display()))?,
-        )?;
-        let tensors = crate::embed::load_safetensors(&dir.join("model.safetensors"))
-            .map_err(|e| anyhow!(e))?;
-        let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+        let config: TextConfig = super::read_json(&dir.join("config.json"))?;
+        let vb = super::weights(&dir.join("model.safetensors"))?;
         // transformers 4 saves CLIPTextModel under `text_model.` (as the Hub's SD folders have
         // it); transformers 5 without.
         let vb = match vb.contains_tensor("text_model.final_layer_norm.weight") {

@@ -91,10 +91,13 @@ fn yes() -> bool {
 impl UNetFile {
     /// Attention heads of the first (largest) block.
     pub fn first_block_heads(&self) -> usize {
+        self.heads().get(0)
+    }
+
+    fn heads(&self) -> &PerBlock {
         self.num_attention_heads
             .as_ref()
             .unwrap_or(&self.attention_head_dim)
-            .get(0)
     }
 
     /// candle's configuration for this UNet.
@@ -112,10 +115,7 @@ impl UNetFile {
         if self.down_block_types.len() != blocks || self.up_block_types.len() != blocks {
             bail!("unet/config.json: one down and one up block per block_out_channels entry");
         }
-        let heads = self
-            .num_attention_heads
-            .as_ref()
-            .unwrap_or(&self.attention_head_dim);
+        let heads = self.heads();
         let blocks = (0..blocks)
             .map(|i| {
                 let cross_attention = match self.down_block_types[i].as_str() {

@@ -130,7 +130,8 @@ impl ImageGenerator {
             .map_err(internal)
     }
 
-    /// Decodes latents (`[1, 4, h/8, w/8]`, unscaled) to an image in [0, 1]: `[1, 3, h, w]`.
+    /// Decodes the UNet's latents (`[1, 4, h/8, w/8]`, still multiplied by the autoencoder's
+    /// scaling factor) to an image in [0, 1]: `[1, 3, h, w]`.
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor, InferError> {
         let image = self
             .vae
@@ -171,28 +172,22 @@ impl ImageGenerator {
             width as usize / factor,
         );
         let inpainting = self.unet_file.in_channels == INPAINTING_CHANNELS;
-        if request.mask.is_some() && !inpainting {
-            return Err(InferError::invalid(
+        let refused = match (inpainting, &request.image, &request.mask) {
+            (false, _, Some(_)) => Some((
                 "/mask",
                 "this model does not inpaint; leave the mask out or use an inpainting model",
-            ));
-        }
-        let start = match (&request.image, &request.mask) {
-            (Some(image), mask) => Some(self.start_image(image, mask.as_deref(), width, height)?),
-            (None, Some(_)) => {
-                return Err(InferError::invalid("/mask", "a mask needs an image"));
-            }
-            (None, None) if inpainting => {
-                return Err(InferError::invalid(
-                    "/",
-                    "required properties are 'image', 'mask'",
-                ));
-            }
-            (None, None) => None,
+            )),
+            (true, None, _) => Some(("/", "required properties are 'image', 'mask'")),
+            (true, Some(_), None) => Some(("/", "required properties are 'mask'")),
+            _ => None,
         };
-        if inpainting && start.as_ref().is_none_or(|s| s.mask.is_none()) {
-            return Err(InferError::invalid("/", "required properties are 'mask'"));
+        if let Some((field, problem)) = refused {
+            return Err(InferError::invalid(field, problem));
         }
+        let start = match &request.image {
+            Some(image) => Some(self.start_image(image, request.mask.as_deref(), width, height)?),
+            None => None,
+        };
 
         let steps = request.steps.unwrap_or(DEFAULT_STEPS) as usize;
         let strength = match &start {

@@ -157,12 +157,18 @@ pub(crate) fn nonempty_string(value: &Value, at: &str) -> Result<String, InferEr
     }
 }
 
+/// A non-empty string of at most `MAX_PROMPT_CHARS` characters.
 pub(crate) fn bounded_string(value: &Value, at: &str) -> Result<String, InferError> {
+    string_at_most(value, at, MAX_PROMPT_CHARS)
+}
+
+/// A non-empty string of at most `max` characters.
+pub(crate) fn string_at_most(value: &Value, at: &str, max: usize) -> Result<String, InferError> {
     let text = nonempty_string(value, at)?;
-    if text.chars().count() > MAX_PROMPT_CHARS {
+    if text.chars().count() > max {
         return Err(InferError::invalid(
             at,
-            format!("must be at most {MAX_PROMPT_CHARS} characters"),
+            format!("must be at most {max} characters"),
         ));
     }
     Ok(text)

@@ -3,7 +3,7 @@
 //! PNG itself (`image/png`).
 
 use super::binary::bytes;
-use super::{Answer, as_object, nonempty_string, optional_integer, optional_number, type_mismatch};
+use super::{Answer, as_object, optional_integer, optional_number, string_at_most, type_mismatch};
 use ember_core::InferError;
 use ember_core::tasks::text_to_image::{
     DEFAULT_GUIDANCE, MAX_PROMPT_CHARS, MAX_SIDE, MAX_STEPS, MIN_SIDE, SIDE_MULTIPLE,
@@ -20,12 +20,12 @@ pub fn parse(input: &Value) -> Result<TextToImageRequest, InferError> {
         None | Some(Value::Null) => {
             return Err(InferError::invalid("/", "required properties are 'prompt'"));
         }
-        Some(value) => bounded(value, "/prompt")?,
+        Some(value) => string_at_most(value, "/prompt", MAX_PROMPT_CHARS)?,
     };
     let negative_prompt = match object.get("negative_prompt") {
         None | Some(Value::Null) => None,
         Some(Value::String(text)) if text.is_empty() => None,
-        Some(value) => Some(bounded(value, "/negative_prompt")?),
+        Some(value) => Some(string_at_most(value, "/negative_prompt", MAX_PROMPT_CHARS)?),
     };
     let image = match (object.get("image"), object.get("image_b64")) {
         (Some(_), Some(_)) => {
@@ -66,17 +66,6 @@ pub fn result(output: &TextToImageOutput) -> Answer {
         bytes: output.pngs.first().cloned().unwrap_or_default(),
         content_type: "image/png".into(),
     }
-}
-
-fn bounded(value: &Value, at: &str) -> Result<String, InferError> {
-    let text = nonempty_string(value, at)?;
-    if text.chars().count() > MAX_PROMPT_CHARS {
-        return Err(InferError::invalid(
-            at,
-            format!("must be at most {MAX_PROMPT_CHARS} characters"),
-        ));
-    }
-    Ok(text)
 }
 
 /// An image field: a byte array (as the typed binding sends it) or base64.

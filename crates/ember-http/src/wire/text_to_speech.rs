@@ -2,7 +2,7 @@
 //! MP3>}`, and, for models whose catalog entry has `speech = "aura"`, Deepgram Aura's `{text, speaker,
 //! encoding, container, sample_rate, bit_rate}` answered with the audio itself.
 
-use super::{Answer, as_object, nonempty_string, optional_integer};
+use super::{Answer, as_object, nonempty_string, optional_integer, string_at_most};
 use base64::Engine as _;
 use ember_core::catalog::ModelSpec;
 use ember_core::tasks::text_to_speech::{
@@ -39,14 +39,7 @@ fn text(object: &Map<String, Value>, field: &str) -> Result<String, InferError> 
     let value = object
         .get(field)
         .ok_or_else(|| InferError::invalid("/", format!("required properties are '{field}'")))?;
-    let text = nonempty_string(value, &format!("/{field}"))?;
-    if text.chars().count() > MAX_TEXT_CHARS {
-        return Err(InferError::invalid(
-            format!("/{field}"),
-            format!("must be at most {MAX_TEXT_CHARS} characters"),
-        ));
-    }
-    Ok(text)
+    string_at_most(value, &format!("/{field}"), MAX_TEXT_CHARS)
 }
 
 fn parse_melo(object: &Map<String, Value>) -> Result<SpeechSynthesisRequest, InferError> {
