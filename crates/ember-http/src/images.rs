@@ -159,7 +159,7 @@ fn parse_generation(
         }
     }
     let mut request =
-        wire::text_to_image::parse(&Value::Object(input)).map_err(|error| match error {
+        wire::text_to_image::from_json(&Value::Object(input)).map_err(|error| match error {
             // Both come from `size`.
             InferError::InvalidInput { field, problem }
                 if field == "/width" || field == "/height" =>

@@ -490,7 +490,7 @@ fn parse_embeddings<'a>(
         }
         Some(input) => input.clone(),
     };
-    let request = wire::embeddings::parse(&json!({ "text": input }))
+    let request = wire::embeddings::from_json(&json!({ "text": input }))
         .map_err(|error| renamed(error, "/text", "/input"))?;
     let base64 = match object.get("encoding_format") {
         None | Some(Value::Null) => false,

@@ -434,7 +434,7 @@ async fn execute(
     let state = call.state.clone();
     let input_bytes = input.to_string().len() + body.as_ref().map_or(0, |b| b.bytes.len());
     let parsed = state.ember.target(&call.model).and_then(|target| {
-        let input = wire::parse(target, &input, body)?;
+        let input = wire::parse(wire::Incoming::new(target, &input, body))?;
         Ok((target, input))
     });
     let (target, task_input) = match parsed {

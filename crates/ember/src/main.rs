@@ -304,7 +304,7 @@ async fn run_once(
     input: &serde_json::Value,
 ) -> anyhow::Result<()> {
     let target = ember.target(model)?;
-    let input = wire::parse(target, input, None)?;
+    let input = wire::parse(wire::Incoming::new(target, input, None))?;
     let run = ember.run(target, input, &RunOptions::default()).await?;
     if run.served_by != model {
         eprintln!("(served by {})", run.served_by);

@@ -166,7 +166,9 @@ async fn parallel_requests_never_overshoot_by_more_than_what_was_in_flight() {
         requested: &spec,
         served: &spec,
     };
-    let input = ember_http::wire::parse(target, &json!({"text": "hello world"}), None).unwrap();
+    let json = json!({"text": "hello world"});
+    let input =
+        ember_http::wire::parse(ember_http::wire::Incoming::new(target, &json, None)).unwrap();
     let reservation = estimate_usage(&spec, &input, embeddings_body().to_string().len()).neurons;
     assert!(reservation >= cost);
     assert!(

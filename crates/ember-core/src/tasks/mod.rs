@@ -1,20 +1,11 @@
 //! Workers AI tasks, one module per task family: its typed request and output, plain Rust (the
 //! wire formats that carry them live in ember-http), what Workers AI publishes about it (name,
-//! UUID, rate limit) and its usage rules. This module registers them (`tasks!`, one line per task):
-//! the `Task` kinds, the task-neutral request and output, `Usage` with its one pricing rule, and
-//! what a request may cost before it runs.
+//! UUID, rate limit) and its usage rules. This module registers them (`for_each_task!`, one line
+//! per task, from which core and ember-http build their dispatch): the `Task` kinds, the
+//! task-neutral request and output, `Usage` with its one pricing rule, and what a request may cost
+//! before it runs.
 
-pub mod classification;
-pub mod embeddings;
-pub mod image_classification;
-pub mod object_detection;
-pub mod reranking;
-pub mod speech_recognition;
-pub mod summarization;
 pub mod text_generation;
-pub mod text_to_image;
-pub mod text_to_speech;
-pub mod translation;
 
 pub use embeddings::{EmbeddingsOutput, EmbeddingsRequest, MAX_EMBEDDING_TEXTS, Pooling};
 pub use text_generation::{
@@ -35,13 +26,15 @@ pub struct TaskInfo {
     pub description: &'static str,
 }
 
-/// The registry: one line per whole-result task names its `Task` variant (the catalog's `task`,
-/// in kebab case), its module and the module's request and output types. Each module provides
-/// `INFO`, `usage(&Output) -> Usage` (what a run used, unpriced) and
-/// `most_usage(&Request, input_bytes) -> Usage` (what it may use at most, known before it runs).
-/// Text generation, which streams, is registered by hand around it.
+/// Core's half of the registry, built from `for_each_task!`'s list: the task modules, the `Task`
+/// kinds, `TaskRequest` and `TaskOutput` and their dispatch. Each module provides `INFO`,
+/// `usage(&Output) -> Usage` (what a run used, unpriced) and `most_usage(&Request, input_bytes) ->
+/// Usage` (what it may use at most, known before it runs). Text generation, which streams, is
+/// registered by hand around it.
 macro_rules! tasks {
     ($($(#[$doc:meta])* $task:ident => $module:ident::{$request:ident, $output:ident},)*) => {
+        $(pub mod $module;)*
+
         /// Workers AI task kinds Ember serves.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
         #[serde(rename_all = "kebab-case")]
@@ -98,19 +91,30 @@ macro_rules! tasks {
     };
 }
 
-tasks! {
-    TextEmbeddings => embeddings::{EmbeddingsRequest, EmbeddingsOutput},
-    TextClassification => classification::{ClassificationRequest, ClassificationOutput},
-    /// Workers AI files its reranker under Text Classification; its schema is its own.
-    Reranking => reranking::{RerankRequest, RerankOutput},
-    Translation => translation::{TranslationRequest, TranslationOutput},
-    Summarization => summarization::{SummarizationRequest, SummarizationOutput},
-    SpeechRecognition => speech_recognition::{SpeechRecognitionRequest, SpeechRecognitionOutput},
-    TextToSpeech => text_to_speech::{SpeechSynthesisRequest, SpeechSynthesisOutput},
-    ImageClassification => image_classification::{ImageClassificationRequest, ImageClassificationOutput},
-    ObjectDetection => object_detection::{ObjectDetectionRequest, ObjectDetectionOutput},
-    TextToImage => text_to_image::{TextToImageRequest, TextToImageOutput},
+/// The registry: one line per whole-result task names its `Task` variant (the catalog's `task`,
+/// in kebab case), its module and the module's request and output types, and hands the list to
+/// `$callback`. Core builds its types from it (`tasks!`, above); ember-http builds its wire
+/// dispatch from the same list, so a task is registered here and nowhere else.
+#[macro_export]
+macro_rules! for_each_task {
+    ($callback:ident) => {
+        $callback! {
+            TextEmbeddings => embeddings::{EmbeddingsRequest, EmbeddingsOutput},
+            TextClassification => classification::{ClassificationRequest, ClassificationOutput},
+            /// Workers AI files its reranker under Text Classification; its schema is its own.
+            Reranking => reranking::{RerankRequest, RerankOutput},
+            Translation => translation::{TranslationRequest, TranslationOutput},
+            Summarization => summarization::{SummarizationRequest, SummarizationOutput},
+            SpeechRecognition => speech_recognition::{SpeechRecognitionRequest, SpeechRecognitionOutput},
+            TextToSpeech => text_to_speech::{SpeechSynthesisRequest, SpeechSynthesisOutput},
+            ImageClassification => image_classification::{ImageClassificationRequest, ImageClassificationOutput},
+            ObjectDetection => object_detection::{ObjectDetectionRequest, ObjectDetectionOutput},
+            TextToImage => text_to_image::{TextToImageRequest, TextToImageOutput},
+        }
+    };
 }
+
+for_each_task!(tasks);
 
 impl Task {
     /// The name Workers AI uses for the task in catalog results and `task=` filters.

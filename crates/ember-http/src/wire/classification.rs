@@ -1,12 +1,18 @@
 //! Text classification in Workers AI's JSON: `{text}` in, `[{label, score}, ...]` out.
 
-use super::{as_object, bounded_string};
+use super::{Incoming, as_object, bounded_string};
 use ember_core::InferError;
+use ember_core::catalog::ModelSpec;
 use ember_core::tasks::classification::{ClassificationOutput, ClassificationRequest, LabelScore};
 use serde_json::{Value, json};
 
+/// Parses a request's input; a binary body is refused.
+pub fn parse(incoming: Incoming<'_>) -> Result<ClassificationRequest, InferError> {
+    from_json(incoming.json()?)
+}
+
 /// Parses `{text: string}`.
-pub fn parse(input: &Value) -> Result<ClassificationRequest, InferError> {
+pub fn from_json(input: &Value) -> Result<ClassificationRequest, InferError> {
     let object = as_object(input)?;
     let text = object
         .get("text")
@@ -29,6 +35,11 @@ pub(crate) fn label_scores(labels: &[LabelScore]) -> Value {
         .collect()
 }
 
+/// The input and output JSON Schema.
+pub fn schema(_: &ModelSpec) -> &'static str {
+    include_str!("../../schemas/text-classification.json")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -36,7 +47,7 @@ mod tests {
 
     #[test]
     fn inputs_and_errors() {
-        assert_eq!(parse(&json!({"text": "good"})).unwrap().text, "good");
+        assert_eq!(from_json(&json!({"text": "good"})).unwrap().text, "good");
         for (input, field) in [
             (json!({}), "/"),
             (json!({"text": ""}), "/text"),
@@ -44,7 +55,7 @@ mod tests {
             (json!({"text": "x".repeat(200_000)}), "/text"),
             (json!("text"), "/"),
         ] {
-            assert_eq!(field_of(parse(&input).unwrap_err()), field, "{input}");
+            assert_eq!(field_of(from_json(&input).unwrap_err()), field, "{input}");
         }
     }
 

@@ -1,8 +1,9 @@
 //! Text embeddings in Workers AI's JSON: `{text: string | string[], pooling?}` in,
 //! `{shape, data, pooling}` out.
 
-use super::{as_object, nonempty_string, type_mismatch};
+use super::{Incoming, as_object, nonempty_string, type_mismatch};
 use ember_core::InferError;
+use ember_core::catalog::ModelSpec;
 use ember_core::tasks::{EmbeddingsOutput, EmbeddingsRequest, MAX_EMBEDDING_TEXTS, Pooling};
 use serde_json::{Value, json};
 
@@ -12,8 +13,13 @@ pub fn result(output: &EmbeddingsOutput) -> Value {
     json!({ "shape": [output.vectors.len(), dims], "data": output.vectors, "pooling": output.pooling })
 }
 
+/// Parses a request's input; a binary body is refused.
+pub fn parse(incoming: Incoming<'_>) -> Result<EmbeddingsRequest, InferError> {
+    from_json(incoming.json()?)
+}
+
 /// Parses `{text: string | string[], pooling?: "mean" | "cls"}`.
-pub fn parse(input: &Value) -> Result<EmbeddingsRequest, InferError> {
+pub fn from_json(input: &Value) -> Result<EmbeddingsRequest, InferError> {
     let object = as_object(input)?;
     if object.get("requests").is_some() {
         return Err(InferError::invalid(
@@ -57,6 +63,11 @@ pub fn parse(input: &Value) -> Result<EmbeddingsRequest, InferError> {
     Ok(EmbeddingsRequest { texts, pooling })
 }
 
+/// The input and output JSON Schema.
+pub fn schema(_: &ModelSpec) -> &'static str {
+    include_str!("../../schemas/text-embeddings.json")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,7 +75,7 @@ mod tests {
 
     #[test]
     fn embeddings_inputs() {
-        let request = parse(&json!({"text": ["a", "b"], "pooling": "cls"})).unwrap();
+        let request = from_json(&json!({"text": ["a", "b"], "pooling": "cls"})).unwrap();
         assert_eq!(request.texts, vec!["a", "b"]);
         assert_eq!(request.pooling, Pooling::Cls);
         let too_many: Vec<String> = (0..101).map(|i| i.to_string()).collect();
@@ -76,7 +87,7 @@ mod tests {
             (json!({"text": "a", "pooling": "max"}), "/pooling"),
             (json!({"prompt": "a"}), "/"),
         ] {
-            assert_eq!(field_of(parse(&input).unwrap_err()), field, "{input}");
+            assert_eq!(field_of(from_json(&input).unwrap_err()), field, "{input}");
         }
     }
 

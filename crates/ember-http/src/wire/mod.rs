@@ -1,22 +1,13 @@
 //! Workers AI's JSON for every task, converted once, at the edge: `parse` turns a model input (and
 //! a binary body, for tasks with a binary input) into core's typed request, every error naming the
 //! offending field as a JSON pointer, `result` turns a typed output into the contract's result
-//! object, and `schema` is what `models/schema` shows. One module per task; this one registers them
-//! (one arm per task in each of the three) and holds the field readers they share.
+//! object, and `schema` is what `models/schema` shows. One module per task, registered by core's
+//! task list (`ember_core::for_each_task!`); this module builds the dispatch from that list and
+//! holds the field readers the modules share.
 
 pub mod binary;
-pub mod classification;
-pub mod embeddings;
-pub mod image_classification;
-pub mod object_detection;
-pub mod reranking;
-pub mod speech_recognition;
-pub mod summarization;
 pub mod text_generation;
-pub mod text_to_image;
-pub mod text_to_speech;
 pub mod tools;
-pub mod translation;
 
 use binary::BinaryBody;
 use ember_core::catalog::{ModelSpec, Task};
@@ -24,53 +15,66 @@ use ember_core::tasks::{MAX_PROMPT_CHARS, TaskInput, TaskOutput, TaskRequest};
 use ember_core::{InferError, Target};
 use serde_json::{Map, Value};
 
-/// Parses and validates `input` for `target`'s task: the requested model's contract, the serving
-/// model's abilities. `body` is the request body when it was bytes rather than JSON.
-pub fn parse(
-    target: Target<'_>,
-    input: &Value,
+/// What a task's `parse` reads: the model input, the request body when it was bytes rather than
+/// JSON, and the models it is for (the requested model's contract, the serving model's abilities).
+pub struct Incoming<'a> {
+    pub target: Target<'a>,
+    json: &'a Value,
     body: Option<BinaryBody>,
-) -> Result<TaskInput, InferError> {
-    let spec = target.served;
-    let takes_bytes = matches!(
-        spec.task,
-        Task::SpeechRecognition | Task::ImageClassification | Task::ObjectDetection
-    );
-    if let Some(body) = &body
-        && !takes_bytes
-    {
-        return Err(InferError::invalid(
-            "/",
-            format!(
-                "{} takes a JSON body, not {}",
-                target.requested.id, body.content_type
-            ),
-        ));
+}
+
+impl<'a> Incoming<'a> {
+    pub fn new(target: Target<'a>, json: &'a Value, body: Option<BinaryBody>) -> Incoming<'a> {
+        Incoming { target, json, body }
     }
-    let request = match spec.task {
-        Task::TextGeneration => {
-            return Ok(TaskInput::TextGeneration(text_generation::parse(
-                input, spec,
-            )?));
+
+    /// The input of a task that takes JSON only: a binary body is refused.
+    pub fn json(&self) -> Result<&'a Value, InferError> {
+        match &self.body {
+            Some(body) => Err(InferError::invalid(
+                "/",
+                format!(
+                    "{} takes a JSON body, not {}",
+                    self.target.requested.id, body.content_type
+                ),
+            )),
+            None => Ok(self.json),
         }
-        Task::TextEmbeddings => TaskRequest::TextEmbeddings(embeddings::parse(input)?),
-        Task::TextClassification => TaskRequest::TextClassification(classification::parse(input)?),
-        Task::Reranking => TaskRequest::Reranking(reranking::parse(input)?),
-        Task::Translation => TaskRequest::Translation(translation::parse(input, spec)?),
-        Task::Summarization => TaskRequest::Summarization(summarization::parse(input)?),
-        Task::SpeechRecognition => {
-            TaskRequest::SpeechRecognition(speech_recognition::parse(target, input, body)?)
+    }
+
+    /// The input object of a task that takes JSON only.
+    pub fn object(&self) -> Result<&'a Map<String, Value>, InferError> {
+        as_object(self.json()?)
+    }
+
+    /// The input of a task with the binary input `field`: the input object, and that input's
+    /// bytes (the request body, or the field).
+    pub fn with_bytes(self, field: &str) -> Result<WithBytes<'a>, InferError> {
+        let object = as_object(self.json)?;
+        let (bytes, content_type) = binary::bytes_field(object, field, self.body)?;
+        Ok(WithBytes {
+            object,
+            bytes,
+            content_type,
+        })
+    }
+
+    /// The same input with `body` as the request body (test helper).
+    #[cfg(test)]
+    pub(crate) fn with_body(self, body: BinaryBody) -> Incoming<'a> {
+        Incoming {
+            body: Some(body),
+            ..self
         }
-        Task::TextToSpeech => TaskRequest::TextToSpeech(text_to_speech::parse(target, input)?),
-        Task::ImageClassification => {
-            TaskRequest::ImageClassification(image_classification::parse(input, body)?)
-        }
-        Task::ObjectDetection => {
-            TaskRequest::ObjectDetection(object_detection::parse(input, body)?)
-        }
-        Task::TextToImage => TaskRequest::TextToImage(text_to_image::parse(input)?),
-    };
-    Ok(TaskInput::Task(request))
+    }
+}
+
+/// The input of a task with a binary field.
+pub struct WithBytes<'a> {
+    pub object: &'a Map<String, Value>,
+    pub bytes: Vec<u8>,
+    /// The content type the caller gave, if any.
+    pub content_type: Option<String>,
 }
 
 /// A task's answer: the contract's result object, or bytes with their MIME type (audio, images).
@@ -89,44 +93,42 @@ impl From<Value> for Answer {
     }
 }
 
-/// The contract's answer for `output`.
-pub fn result(output: &TaskOutput) -> Answer {
-    match output {
-        TaskOutput::TextEmbeddings(output) => embeddings::result(output).into(),
-        TaskOutput::TextClassification(output) => classification::result(output).into(),
-        TaskOutput::Reranking(output) => reranking::result(output).into(),
-        TaskOutput::Translation(output) => translation::result(output).into(),
-        TaskOutput::Summarization(output) => summarization::result(output).into(),
-        TaskOutput::SpeechRecognition(output) => speech_recognition::result(output).into(),
-        TaskOutput::TextToSpeech(output) => text_to_speech::result(output),
-        TaskOutput::ImageClassification(output) => image_classification::result(output).into(),
-        TaskOutput::ObjectDetection(output) => object_detection::result(output).into(),
-        TaskOutput::TextToImage(output) => text_to_image::result(output),
-    }
+/// ember-http's half of the registry, built from core's task list: each task's wire module
+/// (same name as its core module) provides `parse(Incoming) -> Result<Request, InferError>`,
+/// `result(&Output)` (a JSON value or an `Answer`) and `schema(&ModelSpec) -> &'static str`.
+macro_rules! wire_tasks {
+    ($($(#[$doc:meta])* $task:ident => $module:ident::{$request:ident, $output:ident},)*) => {
+        $(pub mod $module;)*
+
+        /// Parses and validates the input for `incoming.target`'s task.
+        pub fn parse(incoming: Incoming<'_>) -> Result<TaskInput, InferError> {
+            let spec = incoming.target.served;
+            Ok(match spec.task {
+                Task::TextGeneration => {
+                    TaskInput::TextGeneration(text_generation::parse(incoming.json()?, spec)?)
+                }
+                $(Task::$task => TaskInput::Task(TaskRequest::$task($module::parse(incoming)?)),)*
+            })
+        }
+
+        /// The contract's answer for `output`.
+        pub fn result(output: &TaskOutput) -> Answer {
+            match output {
+                $(TaskOutput::$task(output) => $module::result(output).into(),)*
+            }
+        }
+
+        /// The model's input and output JSON Schema, as `models/schema` returns it.
+        pub fn schema(spec: &ModelSpec) -> &'static str {
+            match spec.task {
+                Task::TextGeneration => include_str!("../../schemas/text-generation.json"),
+                $(Task::$task => $module::schema(spec),)*
+            }
+        }
+    };
 }
 
-/// The model's input and output JSON Schema, as `models/schema` returns it.
-pub fn schema(spec: &ModelSpec) -> &'static str {
-    match spec.task {
-        Task::TextGeneration => include_str!("../../schemas/text-generation.json"),
-        Task::TextEmbeddings => include_str!("../../schemas/text-embeddings.json"),
-        Task::TextClassification => include_str!("../../schemas/text-classification.json"),
-        Task::Reranking => include_str!("../../schemas/reranking.json"),
-        Task::Translation => include_str!("../../schemas/translation.json"),
-        Task::Summarization => include_str!("../../schemas/summarization.json"),
-        Task::SpeechRecognition if speech_recognition::answers_segments(spec) => {
-            include_str!("../../schemas/automatic-speech-recognition-segments.json")
-        }
-        Task::SpeechRecognition => include_str!("../../schemas/automatic-speech-recognition.json"),
-        Task::TextToSpeech if text_to_speech::speaks_aura(spec) => {
-            include_str!("../../schemas/text-to-speech-aura.json")
-        }
-        Task::TextToSpeech => include_str!("../../schemas/text-to-speech.json"),
-        Task::ImageClassification => include_str!("../../schemas/image-classification.json"),
-        Task::ObjectDetection => include_str!("../../schemas/object-detection.json"),
-        Task::TextToImage => include_str!("../../schemas/text-to-image.json"),
-    }
-}
+ember_core::for_each_task!(wire_tasks);
 
 pub(crate) fn as_object(input: &Value) -> Result<&Map<String, Value>, InferError> {
     input
@@ -234,4 +236,17 @@ pub(crate) fn field_of(error: InferError) -> String {
         InferError::InvalidInput { field, .. } => field,
         other => panic!("expected invalid input, got {other:?}"),
     }
+}
+
+/// `json` as the input for `model` of the built-in catalog (test helper).
+#[cfg(test)]
+pub(crate) fn input_for<'a>(model: &str, json: &'a Value) -> Incoming<'a> {
+    static CATALOG: std::sync::LazyLock<ember_core::Catalog> =
+        std::sync::LazyLock::new(|| ember_core::Catalog::builtin().unwrap());
+    let spec = CATALOG.get(model).unwrap();
+    let target = Target {
+        requested: spec,
+        served: spec,
+    };
+    Incoming::new(target, json, None)
 }

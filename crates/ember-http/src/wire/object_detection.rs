@@ -2,18 +2,15 @@
 //! `{body, contentType}`; out `[{score, label, box: {xmin, ymin, xmax, ymax}}, ...]`, most likely
 //! first, the box in whole pixels (truncated, as transformers' object-detection pipeline does).
 
-use super::as_object;
-use super::binary::{BinaryBody, bytes_field};
+use super::Incoming;
 use ember_core::InferError;
+use ember_core::catalog::ModelSpec;
 use ember_core::tasks::object_detection::{ObjectDetectionOutput, ObjectDetectionRequest};
 use serde_json::{Value, json};
 
 /// Parses `{image}` or a binary body. The bytes are decoded on the model's thread.
-pub fn parse(
-    input: &Value,
-    body: Option<BinaryBody>,
-) -> Result<ObjectDetectionRequest, InferError> {
-    let (image, _content_type) = bytes_field(as_object(input)?, "image", body)?;
+pub fn parse(incoming: Incoming<'_>) -> Result<ObjectDetectionRequest, InferError> {
+    let image = incoming.with_bytes("image")?.bytes;
     Ok(ObjectDetectionRequest { image })
 }
 
@@ -38,20 +35,27 @@ pub fn result(output: &ObjectDetectionOutput) -> Value {
         .collect()
 }
 
+/// The input and output JSON Schema.
+pub fn schema(_: &ModelSpec) -> &'static str {
+    include_str!("../../schemas/object-detection.json")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::field_of;
+    use crate::wire::{field_of, input_for};
+
+    const MODEL: &str = "@cf/facebook/detr-resnet-50";
     use ember_core::tasks::object_detection::{BoundingBox, DetectedObject};
 
     #[test]
     fn inputs_errors_and_answer() {
         assert_eq!(
-            parse(&json!({"image": [1, 2]}), None).unwrap().image,
+            parse(input_for(MODEL, &json!({"image": [1, 2]}))).unwrap().image,
             [1, 2]
         );
         for (input, field) in [(json!({}), "/"), (json!({"image": []}), "/image")] {
-            assert_eq!(field_of(parse(&input, None).unwrap_err()), field, "{input}");
+            assert_eq!(field_of(parse(input_for(MODEL, &input)).unwrap_err()), field, "{input}");
         }
         let output = ObjectDetectionOutput {
             objects: vec![DetectedObject {

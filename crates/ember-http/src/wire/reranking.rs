@@ -1,8 +1,9 @@
 //! Reranking in Workers AI's JSON: `{query, contexts: [{text}], top_k?}` in, `{response: [{id,
 //! score}]}` out, best first.
 
-use super::{as_object, bounded_string, optional_integer, type_mismatch};
+use super::{Incoming, as_object, bounded_string, optional_integer, type_mismatch};
 use ember_core::InferError;
+use ember_core::catalog::ModelSpec;
 use ember_core::tasks::reranking::{MAX_CONTEXTS, RerankOutput, RerankRequest};
 use serde_json::{Value, json};
 
@@ -45,8 +46,13 @@ pub fn request(
     })
 }
 
+/// Parses a request's input; a binary body is refused.
+pub fn parse(incoming: Incoming<'_>) -> Result<RerankRequest, InferError> {
+    from_json(incoming.json()?)
+}
+
 /// Parses `{query: string, contexts: [{text: string}], top_k?: integer >= 1}`.
-pub fn parse(input: &Value) -> Result<RerankRequest, InferError> {
+pub fn from_json(input: &Value) -> Result<RerankRequest, InferError> {
     let object = as_object(input)?;
     let (Some(query), Some(contexts)) = (object.get("query"), object.get("contexts")) else {
         return Err(InferError::invalid(
@@ -73,6 +79,11 @@ pub fn parse(input: &Value) -> Result<RerankRequest, InferError> {
     request(query, texts, top_k)
 }
 
+/// The input and output JSON Schema.
+pub fn schema(_: &ModelSpec) -> &'static str {
+    include_str!("../../schemas/reranking.json")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,7 +92,7 @@ mod tests {
     #[test]
     fn inputs_and_errors() {
         let request =
-            parse(&json!({"query": "q", "contexts": [{"text": "a"}, {"text": "b"}], "top_k": 1}))
+            from_json(&json!({"query": "q", "contexts": [{"text": "a"}, {"text": "b"}], "top_k": 1}))
                 .unwrap();
         assert_eq!(request.contexts, vec!["a", "b"]);
         assert_eq!(request.top_k, Some(1));
@@ -104,7 +115,7 @@ mod tests {
                 "/top_k",
             ),
         ] {
-            assert_eq!(field_of(parse(&input).unwrap_err()), field, "{input}");
+            assert_eq!(field_of(from_json(&input).unwrap_err()), field, "{input}");
         }
     }
 

@@ -4,25 +4,19 @@
 //! has `transcription = "segments"` (turbo) `{transcription_info, text, word_count, segments,
 //! vtt}`.
 
-use super::binary::{BinaryBody, bytes_field};
-use super::{as_object, nonempty_string, optional_bool, optional_integer, optional_number};
+use super::{Incoming, nonempty_string, optional_bool, optional_integer, optional_number};
 use ember_core::InferError;
-use ember_core::Target;
 use ember_core::catalog::ModelSpec;
 use ember_core::tasks::speech_recognition::{
     SpeechRecognitionOutput, SpeechRecognitionRequest, TimedWord, TranscribeSettings,
 };
 use serde_json::{Value, json};
 
-/// Parses the input for `target`: the requested model decides the answer's shape.
-pub fn parse(
-    target: Target<'_>,
-    input: &Value,
-    body: Option<BinaryBody>,
-) -> Result<SpeechRecognitionRequest, InferError> {
-    let object = as_object(input)?;
-    let (audio, content_type) = bytes_field(object, "audio", body)?;
-    let detailed = answers_segments(target.requested);
+/// Parses the input for its target: the requested model decides the answer's shape.
+pub fn parse(incoming: Incoming<'_>) -> Result<SpeechRecognitionRequest, InferError> {
+    let detailed = answers_segments(incoming.target.requested);
+    let input = incoming.with_bytes("audio")?;
+    let object = input.object;
     let defaults = TranscribeSettings {
         // Greedy unless asked: the contract gives turbo a beam of 5 and the others no setting.
         beam_size: if detailed { 5 } else { 1 },
@@ -79,8 +73,8 @@ pub fn parse(
         vad_filter: optional_bool(object, "vad_filter")?.unwrap_or(defaults.vad_filter),
     };
     Ok(SpeechRecognitionRequest {
-        audio,
-        content_type,
+        audio: input.bytes,
+        content_type: input.content_type,
         settings,
         detailed,
     })
@@ -92,6 +86,14 @@ pub fn answers_segments(spec: &ModelSpec) -> bool {
     spec.properties
         .get("transcription")
         .is_some_and(|shape| shape == "segments")
+}
+
+/// The input and output JSON Schema: turbo's shape, or the others'.
+pub fn schema(spec: &ModelSpec) -> &'static str {
+    match answers_segments(spec) {
+        true => include_str!("../../schemas/automatic-speech-recognition-segments.json"),
+        false => include_str!("../../schemas/automatic-speech-recognition.json"),
+    }
 }
 
 pub fn result(output: &SpeechRecognitionOutput) -> Value {
@@ -165,18 +167,11 @@ fn timestamp(seconds: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::field_of;
-    use ember_core::Catalog;
+    use crate::wire::{field_of, input_for};
     use ember_core::tasks::speech_recognition::TranscriptSegment;
 
     fn parse_for(model: &str, input: Value) -> Result<SpeechRecognitionRequest, InferError> {
-        let catalog = Catalog::builtin().unwrap();
-        let spec = catalog.get(model).unwrap();
-        let target = Target {
-            requested: spec,
-            served: spec,
-        };
-        parse(target, &input, None)
+        parse(input_for(model, &input))
     }
 
     #[test]

@@ -1,14 +1,20 @@
 //! Summarization in Workers AI's JSON: `{input_text, max_length?}` in, `{summary}` out.
 
-use super::{as_object, bounded_string, optional_integer};
+use super::{Incoming, as_object, bounded_string, optional_integer};
 use ember_core::InferError;
+use ember_core::catalog::ModelSpec;
 use ember_core::tasks::summarization::{
     DEFAULT_MAX_LENGTH, MAX_LENGTH, SummarizationOutput, SummarizationRequest,
 };
 use serde_json::{Value, json};
 
+/// Parses a request's input; a binary body is refused.
+pub fn parse(incoming: Incoming<'_>) -> Result<SummarizationRequest, InferError> {
+    from_json(incoming.json()?)
+}
+
 /// Parses `{input_text: string, max_length?: integer}`.
-pub fn parse(input: &Value) -> Result<SummarizationRequest, InferError> {
+pub fn from_json(input: &Value) -> Result<SummarizationRequest, InferError> {
     let object = as_object(input)?;
     let text = object
         .get("input_text")
@@ -25,6 +31,11 @@ pub fn result(output: &SummarizationOutput) -> Value {
     json!({ "summary": output.summary })
 }
 
+/// The input and output JSON Schema.
+pub fn schema(_: &ModelSpec) -> &'static str {
+    include_str!("../../schemas/summarization.json")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -32,7 +43,7 @@ mod tests {
 
     #[test]
     fn inputs_and_errors() {
-        let request = parse(&json!({"input_text": "long text"})).unwrap();
+        let request = from_json(&json!({"input_text": "long text"})).unwrap();
         assert_eq!(request.max_length, DEFAULT_MAX_LENGTH);
         for (input, field) in [
             (json!({"text": "a"}), "/"),
@@ -45,7 +56,7 @@ mod tests {
             ),
             (json!({"input_text": "a", "max_length": "9"}), "/max_length"),
         ] {
-            assert_eq!(field_of(parse(&input).unwrap_err()), field, "{input}");
+            assert_eq!(field_of(from_json(&input).unwrap_err()), field, "{input}");
         }
     }
 }

@@ -3,8 +3,9 @@
 //! PNG itself (`image/png`).
 
 use super::binary::bytes;
-use super::{Answer, as_object, optional_integer, optional_number, string_at_most, type_mismatch};
+use super::{Incoming, Answer, as_object, optional_integer, optional_number, string_at_most, type_mismatch};
 use ember_core::InferError;
+use ember_core::catalog::ModelSpec;
 use ember_core::tasks::text_to_image::{
     DEFAULT_GUIDANCE, MAX_PROMPT_CHARS, MAX_SIDE, MAX_STEPS, MIN_SIDE, SIDE_MULTIPLE,
     TextToImageOutput, TextToImageRequest,
@@ -14,7 +15,13 @@ use serde_json::{Map, Value};
 /// Largest guidance scale accepted.
 const MAX_GUIDANCE: f64 = 30.0;
 
-pub fn parse(input: &Value) -> Result<TextToImageRequest, InferError> {
+/// Parses a request's input; a binary body is refused.
+pub fn parse(incoming: Incoming<'_>) -> Result<TextToImageRequest, InferError> {
+    from_json(incoming.json()?)
+}
+
+/// Parses the model input.
+pub fn from_json(input: &Value) -> Result<TextToImageRequest, InferError> {
     let object = as_object(input)?;
     let prompt = match object.get("prompt") {
         None | Some(Value::Null) => {
@@ -88,6 +95,11 @@ fn side(object: &Map<String, Value>, key: &str) -> Result<Option<u32>, InferErro
     }
 }
 
+/// The input and output JSON Schema.
+pub fn schema(_: &ModelSpec) -> &'static str {
+    include_str!("../../schemas/text-to-image.json")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,7 +108,7 @@ mod tests {
 
     #[test]
     fn reads_every_field() {
-        let request = parse(&json!({
+        let request = from_json(&json!({
             "prompt": "a cat", "negative_prompt": "blurry", "width": 512, "height": 768,
             "num_steps": 8, "guidance": 2, "strength": 0.5, "seed": 7,
             "image": [137, 80], "mask": "iVA=",
@@ -110,7 +122,7 @@ mod tests {
         assert_eq!(request.seed, Some(7));
         assert_eq!(request.image.as_deref(), Some(&[137, 80][..]));
         assert_eq!(request.mask.as_deref(), Some(&[137, 80][..]));
-        let defaults = parse(&json!({"prompt": "a cat", "image_b64": "iVA="})).unwrap();
+        let defaults = from_json(&json!({"prompt": "a cat", "image_b64": "iVA="})).unwrap();
         assert_eq!((defaults.guidance, defaults.strength), (7.5, 1.0));
         assert_eq!(defaults.image.as_deref(), Some(&[137, 80][..]));
         assert_eq!(
@@ -143,7 +155,7 @@ mod tests {
             ),
             (json!({"prompt": "a", "mask": null}), "/mask"),
         ] {
-            assert_eq!(field_of(parse(&input).unwrap_err()), field, "{input}");
+            assert_eq!(field_of(from_json(&input).unwrap_err()), field, "{input}");
         }
     }
 }

@@ -2,13 +2,13 @@
 //! MP3>}`, and, for models whose catalog entry has `speech = "aura"`, Deepgram Aura's `{text, speaker,
 //! encoding, container, sample_rate, bit_rate}` answered with the audio itself.
 
-use super::{Answer, as_object, nonempty_string, optional_integer, string_at_most};
+use super::{Answer, Incoming, nonempty_string, optional_integer, string_at_most};
 use base64::Engine as _;
 use ember_core::catalog::ModelSpec;
 use ember_core::tasks::text_to_speech::{
     AudioFormat, MAX_TEXT_CHARS, SpeechSynthesisOutput, SpeechSynthesisRequest,
 };
-use ember_core::{InferError, Target};
+use ember_core::InferError;
 use serde_json::{Map, Value, json};
 
 /// Aura's speakers; a local voice speaks for all of them.
@@ -27,9 +27,9 @@ pub fn speaks_aura(spec: &ModelSpec) -> bool {
         .is_some_and(|shape| shape == "aura")
 }
 
-pub fn parse(target: Target<'_>, input: &Value) -> Result<SpeechSynthesisRequest, InferError> {
-    let object = as_object(input)?;
-    match speaks_aura(target.requested) {
+pub fn parse(incoming: Incoming<'_>) -> Result<SpeechSynthesisRequest, InferError> {
+    let object = incoming.object()?;
+    match speaks_aura(incoming.target.requested) {
         true => parse_aura(object),
         false => parse_melo(object),
     }
@@ -121,6 +121,14 @@ fn parse_aura(object: &Map<String, Value>) -> Result<SpeechSynthesisRequest, Inf
     })
 }
 
+/// The input and output JSON Schema: Aura's shape, or MeloTTS's.
+pub fn schema(spec: &ModelSpec) -> &'static str {
+    match speaks_aura(spec) {
+        true => include_str!("../../schemas/text-to-speech-aura.json"),
+        false => include_str!("../../schemas/text-to-speech.json"),
+    }
+}
+
 pub fn result(output: &SpeechSynthesisOutput) -> Answer {
     match output.base64_json {
         true => Answer::Json(
@@ -136,17 +144,10 @@ pub fn result(output: &SpeechSynthesisOutput) -> Answer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::field_of;
-    use ember_core::Catalog;
+    use crate::wire::{field_of, input_for};
 
     fn parse_for(model: &str, input: Value) -> Result<SpeechSynthesisRequest, InferError> {
-        let catalog = Catalog::builtin().unwrap();
-        let spec = catalog.get(model).unwrap();
-        let target = Target {
-            requested: spec,
-            served: spec,
-        };
-        parse(target, &input)
+        parse(input_for(model, &input))
     }
 
     #[test]

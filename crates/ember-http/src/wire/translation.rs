@@ -2,7 +2,7 @@
 //! in, `{translated_text}` (an array of them for `requests`) out; languages by ISO 639-1 code or
 //! English name.
 
-use super::{as_object, bounded_string, type_mismatch};
+use super::{Incoming, bounded_string, type_mismatch};
 use ember_core::InferError;
 use ember_core::catalog::ModelSpec;
 use ember_core::tasks::translation::{
@@ -22,8 +22,9 @@ pub fn result(output: &TranslationOutput) -> Value {
 
 /// Parses a single translation or a `requests` batch for `spec`, whose `languages` property
 /// (comma-separated codes) limits the languages; without it, the named languages are accepted.
-pub fn parse(input: &Value, spec: &ModelSpec) -> Result<TranslationRequest, InferError> {
-    let object = as_object(input)?;
+pub fn parse(incoming: Incoming<'_>) -> Result<TranslationRequest, InferError> {
+    let spec = incoming.target.served;
+    let object = incoming.object()?;
     let supported = supported_languages(spec);
     let Some(requests) = object.get("requests") else {
         return Ok(TranslationRequest {
@@ -101,24 +102,22 @@ fn language(value: &Value, at: &str, supported: &[&str]) -> Result<String, Infer
     }
 }
 
+/// The input and output JSON Schema.
+pub fn schema(_: &ModelSpec) -> &'static str {
+    include_str!("../../schemas/translation.json")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::field_of;
-    use ember_core::Catalog;
+    use crate::wire::{field_of, input_for};
     use ember_core::tasks::Usage;
 
-    fn m2m100() -> ModelSpec {
-        Catalog::builtin()
-            .unwrap()
-            .get("@cf/meta/m2m100-1.2b")
-            .unwrap()
-            .clone()
-    }
+    const M2M100: &str = "@cf/meta/m2m100-1.2b";
 
     #[test]
     fn languages_by_name_or_code() {
-        let request = parse(&json!({"text": "hi", "target_lang": "French"}), &m2m100()).unwrap();
+        let request = parse(input_for(M2M100, &json!({"text": "hi", "target_lang": "French"}))).unwrap();
         assert_eq!(
             request.items,
             vec![TranslationItem {
@@ -128,10 +127,10 @@ mod tests {
             }]
         );
         assert!(!request.batch);
-        let batch = parse(
+        let batch = parse(input_for(
+            M2M100,
             &json!({"requests": [{"text": "a", "source_lang": "de", "target_lang": "es"}]}),
-            &m2m100(),
-        )
+        ))
         .unwrap();
         assert!(batch.batch);
         assert_eq!(batch.items[0].source_lang, "de");
@@ -160,7 +159,7 @@ mod tests {
             ),
         ] {
             assert_eq!(
-                field_of(parse(&input, &m2m100()).unwrap_err()),
+                field_of(parse(input_for(M2M100, &input)).unwrap_err()),
                 field,
                 "{input}"
             );

@@ -114,7 +114,8 @@ pub async fn wait_until_model_is_free(model: &str) {
     let input = serde_json::json!({"prompt": "x", "raw": true, "max_tokens": 1});
     let ember = ember();
     let target = ember.target(model).unwrap();
-    let input = ember_http::wire::parse(target, &input, None).unwrap();
+    let input =
+        ember_http::wire::parse(ember_http::wire::Incoming::new(target, &input, None)).unwrap();
     let run = ember
         .run(target, input, &ember_core::RunOptions::default())
         .await
