@@ -7,27 +7,30 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$(pwd)"
 
+# Each step says when it started, so a slow CI run shows where its time went.
+step() { echo "== $1 (at ${SECONDS}s)"; }
+
 ./scripts/install-deps.sh --tests
 
-echo "== build"
+step "build"
 cargo build -p ember
 ember="$root/target/debug/ember"
 
-echo "== models"
+step "models"
 "$ember" models pull --defaults
 # The sliding-window prefix cache test needs a model with a sliding window; the voice tests run
 # Kokoro too; the image generation tests run the tiny generated Stable Diffusion from the repository.
 "$ember" models pull @hf/google/gemma-3-270m @hf/hexgrad/kokoro-82m
 "$ember" models pull @hf/ember/tiny-sd --from crates/ember-engines/tests/fixtures/diffusion/tiny-sd
 
-echo "== format and lints"
+step "format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 
-echo "== rust tests"
+step "rust tests"
 cargo test --workspace
 
-echo "== end-to-end clients"
+step "end-to-end clients"
 tmp="$(mktemp -d)"
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 db="$tmp/ember.db"
@@ -58,6 +61,7 @@ python3 -m venv tests/e2e/.venv
 tests/e2e/.venv/bin/pip install -q -r tests/e2e/requirements.txt
 tests/e2e/.venv/bin/python -m pytest -v -p no:cacheprovider tests/e2e/test_cloudflare_sdk.py tests/e2e/test_openai_sdk.py \
   tests/e2e/test_structured_output.py tests/e2e/test_accounts.py || status=1
+step "done"
 if [ $status -ne 0 ]; then
   echo "== ember log"; tail -n 100 "$tmp/ember.log"
 fi
