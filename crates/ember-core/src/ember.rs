@@ -10,6 +10,7 @@ use crate::installed;
 use crate::metrics::{Metrics, ModelMetrics};
 use crate::runner::{LoadedModel, TextEvent};
 use crate::standin;
+use crate::tasks::image_to_text::{ImageToTextOutput, ImageToTextRequest};
 use crate::tasks::{Completion, TaskInput, TaskOutput, TaskRequest, TextGenerationRequest, Usage};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -320,15 +321,36 @@ impl Ember {
         request: TaskRequest,
         options: &RunOptions,
     ) -> Result<TaskRun, InferError> {
-        let output = match served.engine {
-            Engine::StandIn => standin::run(self, served, request, options).await?,
-            _ => self.run_on_worker(served, request, options).await?,
+        let output = match (served.engine, request) {
+            (Engine::StandIn, request) => standin::run(self, served, request, options).await?,
+            (Engine::LlamaCpp, TaskRequest::ImageToText(request)) => {
+                self.describe(served, request, options).await?
+            }
+            (_, request) => self.run_on_worker(served, request, options).await?,
         };
         Ok(TaskRun {
             usage: output.usage().priced(&spec.price),
             output,
             served_by: served.id.clone(),
         })
+    }
+
+    /// Answers an image-to-text request on `spec`, a text-generation model that sees images.
+    pub(crate) async fn describe(
+        &self,
+        spec: &ModelSpec,
+        request: ImageToTextRequest,
+        options: &RunOptions,
+    ) -> Result<TaskOutput, InferError> {
+        let events = self.generate(spec, request.chat(), options).await?;
+        let completion = complete(events, options.timeout).await?;
+        Ok(TaskOutput::ImageToText(ImageToTextOutput {
+            description: completion.text.trim().to_string(),
+            usage: Usage::new(
+                completion.usage.prompt_tokens,
+                completion.usage.completion_tokens,
+            ),
+        }))
     }
 
     /// Runs `request` on `spec`'s own worker thread (loading it on first use).

@@ -74,6 +74,7 @@ pub(crate) async fn run(
         TaskRequest::Reranking(request) => rerank(ember, base, request, options).await,
         TaskRequest::Translation(request) => translate(ember, base, request, options).await,
         TaskRequest::Summarization(request) => summarize(ember, base, request, options).await,
+        TaskRequest::ImageToText(request) => ember.describe(base, request, options).await,
         // A stand-in of its base's own task is served by the base itself (`Ember::serving`).
         TaskRequest::TextEmbeddings(_)
         | TaskRequest::SpeechRecognition(_)

@@ -110,6 +110,7 @@ macro_rules! for_each_task {
             ImageClassification => image_classification::{ImageClassificationRequest, ImageClassificationOutput},
             ObjectDetection => object_detection::{ObjectDetectionRequest, ObjectDetectionOutput},
             TextToImage => text_to_image::{TextToImageRequest, TextToImageOutput},
+            ImageToText => image_to_text::{ImageToTextRequest, ImageToTextOutput},
         }
     };
 }

@@ -44,11 +44,11 @@ impl ChatMessage {
     }
 }
 
-/// An `image_url` content part: where the image is, and where it stood among the text.
+/// An `image_url` content part: the image's bytes (as sent: PNG, JPEG, ...), and where it stood
+/// among the text.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImagePart {
-    /// A `data:image/...;base64,` URL or an `http(s)://` URL.
-    pub url: String,
+    pub bytes: Vec<u8>,
     /// Byte offset in `content` at which the image came.
     pub text_offset: usize,
     /// The part's JSON pointer, for errors about it.

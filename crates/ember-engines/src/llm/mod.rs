@@ -1,6 +1,7 @@
 //! Text generation on llama.cpp (through the `llama-cpp-2` crate): loads a GGUF, renders the chat
-//! template and tokenizes on the caller's thread, and hands admitted requests to the model's
-//! scheduler (`scheduler.rs`), which runs every sequence in one llama.cpp context.
+//! template and tokenizes on the caller's thread (images too, for a model with an image encoder:
+//! `vision.rs`), and hands admitted requests to the model's scheduler (`scheduler.rs`), which runs
+//! every sequence in one llama.cpp context.
 
 mod constraint;
 mod invariance;
@@ -10,6 +11,7 @@ pub(crate) mod sampling;
 mod scheduler;
 mod template;
 mod utf8;
+mod vision;
 
 use constraint::Grammars;
 use ember_core::InferError;
@@ -22,6 +24,7 @@ use ember_core::tools::{ResponseFormat, ToolChoice};
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::mtmd::MtmdInputChunks;
 use llama_cpp_2::token::LlamaToken;
 use output::OutputParser;
 use scheduler::{Grammar, Job, Shaping, Trace};
@@ -30,6 +33,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use template::ChatTemplate;
 use tokio::sync::{mpsc, oneshot};
+use vision::Vision;
 
 pub use invariance::use_batch_invariant_kernels;
 pub use scheduler::{GenerationTiming, KvLayout};
@@ -89,10 +93,13 @@ fn backend() -> Result<&'static LlamaBackend, InferError> {
             unsafe {
                 llama_cpp_sys_2::ggml_backend_load_all()
             };
-            let mut backend = LlamaBackend::init().map_err(|e| e.to_string())?;
-            if std::env::var_os("EMBER_LLAMA_LOG").is_none() {
-                backend.void_logs();
-            }
+            let backend = LlamaBackend::init().map_err(|e| e.to_string())?;
+            // llama.cpp, ggml and mtmd log through `tracing`, and only with EMBER_LLAMA_LOG set
+            // (they would otherwise write every load's details to stderr).
+            let enabled = std::env::var_os("EMBER_LLAMA_LOG").is_some();
+            llama_cpp_2::send_logs_to_tracing(
+                llama_cpp_2::LogOptions::default().with_logs_enabled(enabled),
+            );
             Ok(backend)
         })
         .as_ref()
@@ -113,6 +120,8 @@ pub struct LlmEngine {
     id: String,
     model: Arc<LlamaModel>,
     template: Option<ChatTemplate>,
+    /// The image encoder, for a model with `mmproj.gguf` beside it.
+    vision: Option<Arc<Vision>>,
     grammars: Grammars,
     /// Longest sequence (prompt and output) one request may have.
     sequence_limit: u32,
@@ -187,6 +196,9 @@ pub fn load(
         }
     };
     let threads = settings.threads.unwrap_or_else(default_threads);
+    let vision = Vision::load(dir, &model, threads)
+        .map_err(&failed)?
+        .map(Arc::new);
     let model = Arc::new(model);
     let config = scheduler::Config {
         kv_cells,
@@ -209,6 +221,7 @@ pub fn load(
         backend,
         model.clone(),
         config,
+        vision.clone(),
         max_sequences as usize,
         metrics.clone(),
     )
@@ -222,6 +235,7 @@ pub fn load(
         max_sequences,
         threads,
         kv_mib = (shape.cell_bytes * u64::from(kv_cells)) >> 20,
+        vision = vision.is_some(),
         "loaded on llama.cpp"
     );
     let admission = Admission::new(
@@ -237,11 +251,18 @@ pub fn load(
         grammars: Grammars::new(model.clone()),
         model,
         template,
+        vision,
         sequence_limit: context_window.min(sequence_cells),
         admission,
         scheduler,
         memory_bytes: file_bytes + shape.cell_bytes * u64::from(kv_cells),
     })
+}
+
+/// A request's prompt: one token id per position, and its chunks when it has images.
+struct Prompt {
+    tokens: Vec<i32>,
+    images: Option<MtmdInputChunks>,
 }
 
 /// What the KV cache needs per token, and the sliding attention window if the model has one.
@@ -312,7 +333,7 @@ impl LlmEngine {
                 return Ok(text.clone());
             }
             PromptInput::Prompt { text, raw: false } => vec![ChatMessage::text("user", text)],
-            PromptInput::Messages(messages) => messages.clone(),
+            PromptInput::Messages(messages) => vision::with_media_markers(messages),
         };
         let template = self.template.as_ref().ok_or_else(|| {
             InferError::invalid(
@@ -335,45 +356,66 @@ impl LlmEngine {
 
     /// The prompt tokens the model reads for a request (chat template applied).
     pub fn prompt_tokens(&self, request: &TextGenerationRequest) -> Result<Vec<i32>, InferError> {
+        Ok(self.prompt(request)?.tokens)
+    }
+
+    /// What the model reads for a request: the chat template applied, then tokenized, the
+    /// images cut into chunks of their own by the image encoder.
+    fn prompt(&self, request: &TextGenerationRequest) -> Result<Prompt, InferError> {
         let text = self.prompt_text(request)?;
         let vocab = self.model.vocab();
         // Templates that write the BOS token themselves must not get a second one.
         let bos =
             String::from_utf8_lossy(&vocab.token_to_piece(vocab.bos(), true, None)).into_owned();
         let add_special = !(vocab.should_add_bos() && !bos.is_empty() && text.starts_with(&bos));
-        Ok(vocab
-            .tokenize(text.as_bytes(), add_special, true)
-            .iter()
-            .map(|t| t.0)
-            .collect())
+        let images = match &request.prompt {
+            PromptInput::Messages(messages) => vision::images(messages),
+            PromptInput::Prompt { .. } => Vec::new(),
+        };
+        let Some(first) = images.first() else {
+            let tokens = vocab.tokenize(text.as_bytes(), add_special, true);
+            return Ok(Prompt {
+                tokens: tokens.iter().map(|t| t.0).collect(),
+                images: None,
+            });
+        };
+        let vision = self.vision.as_ref().ok_or_else(|| {
+            InferError::invalid(&first.at, format!("{} does not take images", self.id))
+        })?;
+        let prompt = vision.prompt(&text, &images, add_special)?;
+        Ok(Prompt {
+            tokens: prompt.tokens,
+            images: Some(prompt.chunks),
+        })
     }
 
     /// Checks the prompt fits and queues the job with the scheduler.
     fn submit(
         &self,
-        prompt: Vec<i32>,
+        prompt: Prompt,
         request: &TextGenerationRequest,
         ignore_eos: bool,
         session: Option<String>,
         ticket: Ticket,
         trace: Option<oneshot::Sender<Trace>>,
     ) -> Result<mpsc::Receiver<TextEvent>, InferError> {
-        if prompt.is_empty() {
+        let n_prompt = prompt.tokens.len();
+        if n_prompt == 0 {
             return Err(InferError::invalid("/prompt", "tokenizes to nothing"));
         }
         let limit = self.sequence_limit as usize;
-        if prompt.len() >= limit {
+        if n_prompt >= limit {
             return Err(InferError::ModelInputRejected(format!(
-                "AiError: Sequence too long: {} > {} (the model's context window)",
-                prompt.len(),
+                "AiError: Sequence too long: {n_prompt} > {} (the model's context window)",
                 limit - 1
             )));
         }
-        let max_tokens = request.max_tokens.min((limit - prompt.len()) as u32);
+        let max_tokens = request.max_tokens.min((limit - n_prompt) as u32);
         let shaping = self.shaping(request)?;
         let (events, receiver) = mpsc::channel(STREAM_BUFFER);
         let job = Job {
-            prompt,
+            prompt: prompt.tokens,
+            images: prompt.images,
             max_tokens,
             sampling: request.sampling.clone(),
             shaping,
@@ -438,13 +480,13 @@ impl LlmEngine {
         request: &TextGenerationRequest,
         ignore_eos: bool,
     ) -> Result<Traced, InferError> {
-        let prompt = self.prompt_tokens(request)?;
-        self.run_tokens(prompt, request, ignore_eos).await
+        let prompt = self.prompt(request)?;
+        self.run_prompt(prompt, request, ignore_eos).await
     }
 
-    async fn run_tokens(
+    async fn run_prompt(
         &self,
-        prompt: Vec<i32>,
+        prompt: Prompt,
         request: &TextGenerationRequest,
         ignore_eos: bool,
     ) -> Result<Traced, InferError> {
@@ -492,7 +534,14 @@ impl LlmEngine {
             .build()
             .map_err(|e| InferError::Internal(e.to_string()))?;
         runtime
-            .block_on(self.run_tokens(prompt, &request, true))
+            .block_on(self.run_prompt(
+                Prompt {
+                    tokens: prompt,
+                    images: None,
+                },
+                &request,
+                true,
+            ))
             .map(|traced| traced.timing)
     }
 }
@@ -508,7 +557,7 @@ impl TextGenerator for LlmEngine {
         session: Option<String>,
         ticket: Ticket,
     ) -> Result<mpsc::Receiver<TextEvent>, InferError> {
-        let prompt = self.prompt_tokens(&request)?;
+        let prompt = self.prompt(&request)?;
         self.submit(prompt, &request, false, session, ticket, None)
     }
 

@@ -9,6 +9,11 @@
 //! logits. A client that reads slowly pauses only its own sequence. Finished sequences hand their
 //! cells to the prefix cache.
 //!
+//! A prompt with images is evaluated whole when its sequence is admitted (by llama.cpp's
+//! multimodal helper, which runs the image encoder and decodes the image's embeddings, one
+//! sequence per batch); its sequence then decodes in the shared batches like any other, and
+//! stays out of the prefix cache.
+//!
 //! KV accounting is by reservation: a sequence reserves its uncached prompt plus `max_tokens`
 //! cells when admitted (on a unified cache; a stream always holds a whole sequence), so a decode
 //! never runs out of cells midway.
@@ -18,6 +23,7 @@ use super::output::{OutputEvent, OutputParser};
 use super::prefix_cache::PrefixCache;
 use super::sampling::Sampler;
 use super::utf8::Utf8Stream;
+use super::vision::{IMAGE_POSITION, Vision};
 use ember_core::InferError;
 use ember_core::admission::Ticket;
 use ember_core::catalog::Price;
@@ -30,6 +36,7 @@ use llama_cpp_2::context::session::{LlamaStateSeqFlags, SeqState};
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::mtmd::MtmdInputChunks;
 use llama_cpp_2::token::LlamaToken;
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
@@ -192,7 +199,10 @@ impl Shaping {
 
 /// An admitted request, tokenized, on its way to the scheduler.
 pub(crate) struct Job {
+    /// One id per prompt position (`IMAGE_POSITION` where an image's embeddings go).
     pub prompt: Vec<i32>,
+    /// The prompt's text and image chunks, when it has images.
+    pub images: Option<MtmdInputChunks>,
     /// Already capped so that prompt and output fit the sequence limit.
     pub max_tokens: u32,
     pub sampling: Sampling,
@@ -279,6 +289,7 @@ pub(crate) fn start(
     backend: &LlamaBackend,
     model: Arc<LlamaModel>,
     config: Config,
+    vision: Option<Arc<Vision>>,
     queue_slots: usize,
     metrics: ModelMetrics,
 ) -> Result<SchedulerHandle, String> {
@@ -308,7 +319,7 @@ pub(crate) fn start(
         .spawn(move || {
             let mut context = context;
             context.with_dependent_mut(|model, ctx| {
-                Scheduler::new(model, ctx, &config, metrics).run(&queue, &stopped);
+                Scheduler::new(model, ctx, &config, vision, metrics).run(&queue, &stopped);
             });
         })
         .map_err(|e| format!("cannot start the scheduler thread: {e}"))?;
@@ -345,6 +356,8 @@ struct Sequence {
     last_token: Instant,
     finished: bool,
     client_gone: bool,
+    /// The prompt has images: its cells are never kept in the prefix cache.
+    sees_images: bool,
 }
 
 impl Sequence {
@@ -507,7 +520,7 @@ impl Kv<'_, '_> {
             self.prefix.unpin(source);
         }
         sequence.reserved = 0;
-        if keep && sequence.n_past > 0 {
+        if keep && sequence.n_past > 0 && !sequence.sees_images {
             let tokens = sequence.tokens[..sequence.n_past].to_vec();
             let insertion = self.prefix.insert(tokens, sequence.job.session.clone());
             for dropped in insertion.dropped {
@@ -615,6 +628,7 @@ impl Kv<'_, '_> {
 struct Scheduler<'m, 'c> {
     model: &'m LlamaModel,
     kv: Kv<'m, 'c>,
+    vision: Option<Arc<Vision>>,
     metrics: ModelMetrics,
     step_tokens: usize,
     batch_invariant: bool,
@@ -634,6 +648,7 @@ impl<'m, 'c> Scheduler<'m, 'c> {
         model: &'m LlamaModel,
         ctx: &'c mut LlamaContext<'m>,
         config: &Config,
+        vision: Option<Arc<Vision>>,
         metrics: ModelMetrics,
     ) -> Scheduler<'m, 'c> {
         let slots = config.max_sequences as i32;
@@ -657,6 +672,7 @@ impl<'m, 'c> Scheduler<'m, 'c> {
                 snapshots,
                 snapshot_cells: (pool / SNAPSHOT_SHARE).max(pool / config.max_sequences),
             },
+            vision,
             metrics,
             step_tokens: config.step_tokens as usize,
             batch_invariant: config.batch_invariant,
@@ -735,11 +751,15 @@ impl<'m, 'c> Scheduler<'m, 'c> {
     /// Starts waiting jobs, oldest first, while sequence ids and KV cells allow.
     fn admit(&mut self) {
         while let Some(job) = self.waiting.front() {
-            let matches = self.kv.prefix.matches(
-                &job.prompt,
-                job.prompt.len().saturating_sub(self.min_prompt_rows()),
-                job.session.as_deref(),
-            );
+            // A prompt with images matches no cached prefix: its image positions hold no ids.
+            let matches = match job.images {
+                Some(_) => Vec::new(),
+                None => self.kv.prefix.matches(
+                    &job.prompt,
+                    job.prompt.len().saturating_sub(self.min_prompt_rows()),
+                    job.session.as_deref(),
+                ),
+            };
             let reuse = matches
                 .into_iter()
                 .find(|&(entry, shared)| self.kv.reusable(entry, shared));
@@ -757,7 +777,19 @@ impl<'m, 'c> Scheduler<'m, 'c> {
                 .filter(|_| self.kv.layout == KvLayout::Unified)
                 .map(|(entry, _)| entry);
             let mut job = self.waiting.pop_front().expect("peeked");
-            let sampler = Sampler::new(&job.sampling, &job.prompt);
+            let images = job.images.take();
+            let sampler = match images {
+                Some(_) => {
+                    let text: Vec<i32> = job
+                        .prompt
+                        .iter()
+                        .copied()
+                        .filter(|&t| t != IMAGE_POSITION)
+                        .collect();
+                    Sampler::new(&job.sampling, &text)
+                }
+                None => Sampler::new(&job.sampling, &job.prompt),
+            };
             self.metrics.prompt(job.prompt.len() as u32, cached as u32);
             let now = Instant::now();
             self.running.push(Sequence {
@@ -778,8 +810,32 @@ impl<'m, 'c> Scheduler<'m, 'c> {
                 last_token: now,
                 finished: false,
                 client_gone: false,
+                sees_images: images.is_some(),
                 job,
             });
+            if let Some(chunks) = images {
+                self.prefill_with_images(self.running.len() - 1, &chunks);
+            }
+        }
+    }
+
+    /// Evaluates a just admitted sequence's prompt of text and image chunks, then samples its
+    /// first token.
+    fn prefill_with_images(&mut self, i: usize, chunks: &MtmdInputChunks) {
+        let seq_id = self.running[i].seq_id.expect("admitted");
+        let vision = self
+            .vision
+            .clone()
+            .expect("only a model with vision takes images");
+        let n_batch = self.step_tokens as i32;
+        match vision.evaluate(chunks, self.kv.ctx, seq_id, n_batch) {
+            Ok(()) => {
+                let sequence = &mut self.running[i];
+                sequence.n_past = sequence.n_prompt;
+                // The last logits llama.cpp computed: the prompt's last position's.
+                self.sample(i, -1);
+            }
+            Err(error) => self.fail(i, error),
         }
     }
 

@@ -1,10 +1,10 @@
 //! Text generation in Workers AI's JSON: `prompt` or `messages` (with OpenAI-style content parts),
 //! sampling settings, tools, JSON mode and stop sequences in; the completion's result object out.
 
-use super::tools;
 use super::{
     as_object, bounded_string, optional_bool, optional_integer, optional_number, type_mismatch,
 };
+use super::{binary, tools};
 use ember_core::InferError;
 use ember_core::catalog::ModelSpec;
 use ember_core::tasks::{
@@ -84,6 +84,21 @@ pub fn max_tokens(
     )
 }
 
+/// The sampling settings, as Workers AI's generation schemas name them.
+pub(crate) fn sampling(object: &Map<String, Value>) -> Result<Sampling, InferError> {
+    Ok(Sampling {
+        temperature: optional_number(object, "temperature", 0.0, 5.0)?
+            .unwrap_or(DEFAULT_TEMPERATURE),
+        top_p: optional_number(object, "top_p", 0.0, 2.0)?,
+        top_k: optional_integer(object, "top_k", 1, 50)?.map(|k| k as u32),
+        min_p: optional_number(object, "min_p", 0.0, 1.0)?,
+        seed: optional_integer(object, "seed", 1, 9_999_999_999)?,
+        repetition_penalty: optional_number(object, "repetition_penalty", 0.0, 2.0)?,
+        frequency_penalty: optional_number(object, "frequency_penalty", 0.0, 2.0)?,
+        presence_penalty: optional_number(object, "presence_penalty", 0.0, 2.0)?,
+    })
+}
+
 /// The request for `prompt`, with the settings Workers AI and OpenAI name alike read from
 /// `object`: sampling, `stream`, tools, `response_format` and `stop`.
 pub fn request(
@@ -101,17 +116,7 @@ pub fn request(
             format!("{} does not take images", spec.id),
         ));
     }
-    let sampling = Sampling {
-        temperature: optional_number(object, "temperature", 0.0, 5.0)?
-            .unwrap_or(DEFAULT_TEMPERATURE),
-        top_p: optional_number(object, "top_p", 0.0, 2.0)?,
-        top_k: optional_integer(object, "top_k", 1, 50)?.map(|k| k as u32),
-        min_p: optional_number(object, "min_p", 0.0, 1.0)?,
-        seed: optional_integer(object, "seed", 1, 9_999_999_999)?,
-        repetition_penalty: optional_number(object, "repetition_penalty", 0.0, 2.0)?,
-        frequency_penalty: optional_number(object, "frequency_penalty", 0.0, 2.0)?,
-        presence_penalty: optional_number(object, "presence_penalty", 0.0, 2.0)?,
-    };
+    let sampling = sampling(object)?;
     let tools = match object.get("tools") {
         None | Some(Value::Null) => Vec::new(),
         Some(value) => tools::parse_tools(value)?,
@@ -243,7 +248,8 @@ pub fn parse_messages(messages: &Value) -> Result<Vec<ChatMessage>, InferError> 
 }
 
 /// OpenAI-style content parts: text parts joined in order, and `image_url` parts
-/// (`{"type": "image_url", "image_url": {"url": ...}}`, or the URL as a plain string).
+/// (`{"type": "image_url", "image_url": {"url": ...}}`, or the URL as a plain string) holding a
+/// `data:image/...;base64,` URL or the image as an array of byte values.
 fn content_parts(parts: &[Value], at: &str) -> Result<(String, Vec<ImagePart>), InferError> {
     let mut text = String::new();
     let mut images = Vec::new();
@@ -260,22 +266,34 @@ fn content_parts(parts: &[Value], at: &str) -> Result<(String, Vec<ImagePart>), 
                 }
             },
             (Some("image_url"), _) => {
+                let url_at = format!("{part_at}/image_url");
                 let url = part
                     .get("image_url")
-                    .and_then(|image| image.get("url").unwrap_or(image).as_str())
-                    .filter(|url| {
-                        url.starts_with("data:image/")
-                            || url.starts_with("https://")
-                            || url.starts_with("http://")
-                    })
-                    .ok_or_else(|| {
-                        InferError::invalid(
-                            format!("{part_at}/image_url"),
-                            "expected {\"url\": \"data:image/...;base64,...\"} or an http(s) URL",
-                        )
-                    })?;
+                    .map(|image| image.get("url").unwrap_or(image))
+                    .unwrap_or(&Value::Null);
+                let bytes = match url {
+                    Value::String(text)
+                        if text.starts_with("http://") || text.starts_with("https://") =>
+                    {
+                        // Ember serves offline: it fetches nothing a request names.
+                        return Err(InferError::invalid(
+                            url_at,
+                            "image URLs are not fetched; send the image as a data: URL (data:image/png;base64,...)",
+                        ));
+                    }
+                    Value::String(text) if text.starts_with("data:image/") => {
+                        binary::bytes(url, &url_at)?
+                    }
+                    Value::Array(_) => binary::bytes(url, &url_at)?,
+                    _ => {
+                        return Err(InferError::invalid(
+                            url_at,
+                            "expected {\"url\": \"data:image/...;base64,...\"} or an array of bytes",
+                        ));
+                    }
+                };
                 images.push(ImagePart {
-                    url: url.to_string(),
+                    bytes,
                     text_offset: text.len(),
                     at: part_at,
                 });
@@ -335,7 +353,7 @@ mod tests {
         assert_eq!(
             parsed[0].images,
             vec![ImagePart {
-                url: "data:image/png;base64,iVBORw0KGgo=".into(),
+                bytes: vec![0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n'],
                 text_offset: 8,
                 at: "/messages/0/content/1".into()
             }]
@@ -345,11 +363,18 @@ mod tests {
         let mut vision = qwen();
         vision.properties.insert("vision".into(), "true".into());
         assert!(parse(&json!({ "messages": messages }), &vision).is_ok());
-        let bad = json!([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}]}]);
-        assert_eq!(
-            field_of(parse_messages(&bad).unwrap_err()),
-            "/messages/0/content/0/image_url"
-        );
+        for url in [
+            json!("file:///etc/passwd"),
+            json!("https://example.com/cat.png"),
+            json!([]),
+        ] {
+            let bad = json!([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}]);
+            assert_eq!(
+                field_of(parse_messages(&bad).unwrap_err()),
+                "/messages/0/content/0/image_url",
+                "{url}"
+            );
+        }
     }
 
     #[test]
