@@ -15,7 +15,7 @@ pub const INFO: TaskInfo = TaskInfo {
 /// Workers AI's default `max_tokens` for llava-1.5-7b-hf.
 pub const DEFAULT_MAX_TOKENS: u32 = 512;
 /// What the model is asked when the request has no prompt.
-pub const DEFAULT_PROMPT: &str = "Generate a caption for this image.";
+pub const DEFAULT_PROMPT: &str = "Describe this image.";
 /// Most prompt tokens an image may take (LLaVA 1.5 takes 576, Gemma 3 256), for what a request
 /// may cost before it runs.
 const IMAGE_TOKENS_AT_MOST: u32 = 2048;

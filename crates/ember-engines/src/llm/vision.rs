@@ -102,8 +102,12 @@ impl Vision {
             add_special,
             parse_special: true,
         };
+        // mtmd reports any failure, the text's included, as an image preprocessing error.
         let chunks = context.tokenize(input, &bitmaps).map_err(|e| {
-            InferError::invalid("/messages", format!("the images could not be read: {e}"))
+            InferError::invalid(
+                "/messages",
+                format!("could not be cut into text and image chunks: {e}"),
+            )
         })?;
         let mut tokens = Vec::with_capacity(chunks.total_tokens());
         let mut last = None;

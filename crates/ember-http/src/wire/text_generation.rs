@@ -65,8 +65,39 @@ pub fn parse(input: &Value, spec: &ModelSpec) -> Result<TextGenerationRequest, I
         },
         (None, Some(messages)) => PromptInput::Messages(parse_messages(messages)?),
     };
+    let prompt = match object.get("image") {
+        None | Some(Value::Null) => prompt,
+        Some(image) => with_image(prompt, binary::bytes(image, "/image")?)?,
+    };
     let max_tokens = max_tokens(object, "max_tokens", spec)?;
     request(object, spec, prompt, max_tokens)
+}
+
+/// Llama 3.2 Vision's shape: an `image` (bytes or base64) beside `prompt` or `messages`, read
+/// before the text of the (last) user message.
+fn with_image(prompt: PromptInput, bytes: Vec<u8>) -> Result<PromptInput, InferError> {
+    let image = ImagePart {
+        bytes,
+        text_offset: 0,
+        at: "/image".into(),
+    };
+    let mut messages = match prompt {
+        PromptInput::Prompt { raw: true, .. } => {
+            return Err(InferError::invalid(
+                "/raw",
+                "a raw prompt has no place for the image; send it without raw",
+            ));
+        }
+        PromptInput::Prompt { text, raw: false } => vec![ChatMessage::text("user", text)],
+        PromptInput::Messages(messages) => messages,
+    };
+    let user = messages
+        .iter_mut()
+        .rev()
+        .find(|m| m.role == "user")
+        .ok_or_else(|| InferError::invalid("/messages", "has no user message for the image"))?;
+    user.images.insert(0, image);
+    Ok(PromptInput::Messages(messages))
 }
 
 /// `field` (`max_tokens`, or OpenAI's `max_completion_tokens`): at most the model's output limit,
@@ -375,6 +406,45 @@ mod tests {
                 "{url}"
             );
         }
+    }
+
+    #[test]
+    fn a_top_level_image_goes_with_the_last_user_message() {
+        let mut vision = qwen();
+        vision.properties.insert("vision".into(), "true".into());
+        let request = parse(&json!({"prompt": "What is it?", "image": [1, 2]}), &vision).unwrap();
+        let PromptInput::Messages(messages) = request.prompt else {
+            panic!("expected messages");
+        };
+        assert_eq!(
+            (messages[0].content.as_str(), &messages[0].images[0].bytes),
+            ("What is it?", &vec![1, 2])
+        );
+        let chat = json!({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}], "image": "AQI="});
+        let PromptInput::Messages(messages) = parse(&chat, &vision).unwrap().prompt else {
+            panic!("expected messages");
+        };
+        assert_eq!((messages[0].images.len(), messages[2].images.len()), (0, 1));
+        for (input, field) in [
+            (json!({"prompt": "a", "image": []}), "/image"),
+            (json!({"prompt": "a", "image": "not base64!"}), "/image"),
+            (json!({"prompt": "a", "raw": true, "image": [1]}), "/raw"),
+            (
+                json!({"messages": [{"role": "system", "content": "a"}], "image": [1]}),
+                "/messages",
+            ),
+        ] {
+            let error = parse(&input, &vision).unwrap_err();
+            let field_named = match error {
+                InferError::InvalidData(field) => field,
+                other => field_of(other),
+            };
+            assert_eq!(field_named, field, "{input}");
+        }
+        assert_eq!(
+            field_of(parse(&json!({"prompt": "a", "image": [1]}), &qwen()).unwrap_err()),
+            "/image"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ use ember_core::installed::{self, InstallManifest, InstalledFile};
 use ember_core::runner::{LoadedModel, ModelWorker, Runner};
 use ember_core::tasks::classification::{ClassificationOutput, LabelScore};
 use ember_core::tasks::image_classification::ImageClassificationOutput;
+use ember_core::tasks::image_to_text::ImageToTextOutput;
 use ember_core::tasks::object_detection::ObjectDetectionOutput;
 use ember_core::tasks::reranking::RerankOutput;
 use ember_core::tasks::speech_recognition::{
@@ -97,7 +98,7 @@ fn install(home: &std::path::Path, spec: &ModelSpec) {
 /// "good"; reranking scores by shared words; translation tags the text; summarization keeps the
 /// first sentence; speech recognition "hears" the audio bytes as UTF-8 text, a word a second,
 /// speech synthesis "says" the text as its UTF-8 bytes, labelled with the format asked for, and
-/// image classification sees how many bytes the image has.
+/// image classification and image-to-text see how many bytes the image has.
 struct FakeRunner;
 
 fn tokens(text: &str) -> u32 {
@@ -244,6 +245,10 @@ impl Runner for FakeRunner {
             TaskRequest::ObjectDetection(_) => {
                 TaskOutput::ObjectDetection(ObjectDetectionOutput { objects: vec![] })
             }
+            TaskRequest::ImageToText(request) => TaskOutput::ImageToText(ImageToTextOutput {
+                description: format!("{} bytes", request.image.len()),
+                usage: Usage::new(1, 1),
+            }),
             TaskRequest::TextToImage(request) => TaskOutput::TextToImage(TextToImageOutput {
                 pngs: vec![request.prompt.into_bytes(); request.count as usize],
                 width: 256,
