@@ -19,9 +19,11 @@ ember="$root/target/debug/ember"
 step "models"
 "$ember" models pull --defaults
 # The sliding-window prefix cache test needs a model with a sliding window; the voice tests run
-# Kokoro too; the image generation tests run the tiny generated Stable Diffusion from the repository.
+# Kokoro too; the image generation and vision chat tests run the tiny generated Stable Diffusion
+# and Gemma 3 from the repository.
 "$ember" models pull @hf/google/gemma-3-270m @hf/hexgrad/kokoro-82m
 "$ember" models pull @hf/ember/tiny-sd --from crates/ember-engines/tests/fixtures/diffusion/tiny-sd
+"$ember" models pull @hf/ember/tiny-gemma3-vision --from crates/ember-engines/tests/fixtures/vlm
 
 step "format and lints"
 cargo fmt --all -- --check

@@ -280,6 +280,12 @@ check "/classify: resnet-50 on {image: [bytes]} gives five [{label, score}], a c
   if (!Array.isArray(j) || j.length !== 5) return JSON.stringify(j);
   return /cat/.test(j[0].label) && typeof j[0].score === "number" ? true : JSON.stringify(j);'
 
+request POST /see "@$CAT"
+check "/see: an image_url part through the binding gives llama-mtmd-cli's text" '
+  if (status !== "200") return "status " + status;
+  const j = JSON.parse(body);
+  return j.response === " flo flo arith rictu next smictuhesxtnaangepiidid" ? true : JSON.stringify(j);'
+
 # ---------------------------------------------------------------- images: a binary output
 request POST /imagine
 check "/imagine: the tiny Stable Diffusion answers a 320x256 PNG through the binding" '

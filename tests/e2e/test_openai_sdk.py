@@ -26,6 +26,8 @@ Facts about openai==3.51.0 that these tests rely on (read from the installed pac
 
 from __future__ import annotations
 
+import base64
+import json
 import math
 import os
 from pathlib import Path
@@ -100,6 +102,39 @@ def test_chat_max_completion_tokens_and_content_parts(client: OpenAI):
     )
     assert completion.choices[0].finish_reason == "length"
     assert completion.usage.completion_tokens == 3
+
+
+FIXTURES = Path(__file__).parents[2] / "crates/ember-engines/tests/fixtures"
+
+
+def test_chat_with_an_image(client: OpenAI):
+    # The tiny Gemma 3 with its image encoder (random weights): the text llama-mtmd-cli made.
+    case = json.loads((FIXTURES / "vlm/reference.json").read_text())["cases"][0]
+    image = base64.b64encode((FIXTURES / "vision/images" / case["image"]).read_bytes()).decode()
+    completion = client.chat.completions.create(
+        model="@hf/ember/tiny-gemma3-vision",
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{image}"}},
+                    {"type": "text", "text": case["prompt"]},
+                ],
+            }
+        ],
+        max_tokens=16,
+        temperature=0,
+    )
+    assert completion.choices[0].message.content == case["generated_text"]
+
+
+def test_chat_image_url_is_400_naming_the_part(client: OpenAI):
+    with pytest.raises(openai.BadRequestError) as error:
+        client.chat.completions.create(
+            model="@hf/ember/tiny-gemma3-vision",
+            messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}],
+        )
+    assert error.value.param == "messages[0].content[0].image_url", error.value.body
 
 
 def test_chat_stream_with_usage(client: OpenAI):

@@ -62,6 +62,20 @@ app.post("/classify", async (c) => {
   return c.json(await c.env.AI.run("@cf/microsoft/resnet-50", { image }));
 });
 
+// Vision chat: the posted image as a data URL in an image_url content part, on the tiny Gemma 3
+// with its image encoder (random weights: the text is what llama-mtmd-cli made, not sense).
+app.post("/see", async (c) => {
+  const bytes = new Uint8Array(await c.req.arrayBuffer());
+  const url = "data:image/png;base64," + btoa(String.fromCharCode(...bytes));
+  return c.json(
+    await c.env.AI.run("@hf/ember/tiny-gemma3-vision", {
+      messages: [{ role: "user", content: [{ type: "image_url", image_url: { url } }, { type: "text", text: "Describe this image." }] }],
+      max_tokens: 16,
+      temperature: 0,
+    }),
+  );
+});
+
 // Text-to-image: the binding answers the PNG as a stream; the route reads it and reports what it
 // got (the PNG signature and the size in its IHDR chunk).
 app.post("/imagine", async (c) => {
