@@ -3,7 +3,7 @@
 //! as one user message holding the image, then the prompt. Charged per token.
 
 use super::text_generation::{ChatMessage, ImagePart, PromptInput, Sampling};
-use super::{TEMPLATE_TOKENS, TaskInfo, TextGenerationRequest, Usage};
+use super::{IMAGE_TOKENS_AT_MOST, TEMPLATE_TOKENS, TaskInfo, TextGenerationRequest, Usage};
 
 pub const INFO: TaskInfo = TaskInfo {
     name: "Image-to-Text",
@@ -16,9 +16,6 @@ pub const INFO: TaskInfo = TaskInfo {
 pub const DEFAULT_MAX_TOKENS: u32 = 512;
 /// What the model is asked when the request has no prompt.
 pub const DEFAULT_PROMPT: &str = "Describe this image.";
-/// Most prompt tokens an image may take (LLaVA 1.5 takes 576, Gemma 3 256), for what a request
-/// may cost before it runs.
-const IMAGE_TOKENS_AT_MOST: u32 = 2048;
 
 pub fn usage(output: &ImageToTextOutput) -> Usage {
     output.usage

@@ -148,6 +148,8 @@ impl Task {
 
 /// Most tokens a chat template adds around the caller's text (system prompt, tool instructions).
 pub(crate) const TEMPLATE_TOKENS: u32 = 256;
+/// Most prompt positions one image may take (LLaVA 1.5 takes 576, Gemma 3 256).
+pub(crate) const IMAGE_TOKENS_AT_MOST: u32 = 2048;
 
 /// A parsed input: a generation (which may stream) or a whole-result task.
 #[derive(Debug, Clone, PartialEq)]
@@ -248,16 +250,53 @@ pub fn estimate_task(spec: &ModelSpec, request: &TaskRequest, input_bytes: usize
     request.most_usage(input_bytes).priced(&spec.price)
 }
 
-/// `estimate_usage` of a text generation.
+/// `estimate_usage` of a text generation. An image takes at least 4/3 of its size in the body
+/// (base64; more as an array of byte values) but at most `IMAGE_TOKENS_AT_MOST` prompt positions.
 pub fn estimate_generation(
     spec: &ModelSpec,
     request: &TextGenerationRequest,
     input_bytes: usize,
 ) -> Usage {
-    let input_bytes = u32::try_from(input_bytes).unwrap_or(u32::MAX);
+    let images: Vec<&ImagePart> = match &request.prompt {
+        PromptInput::Messages(messages) => messages.iter().flat_map(|m| &m.images).collect(),
+        PromptInput::Prompt { .. } => Vec::new(),
+    };
+    let encoded: usize = images.iter().map(|i| i.bytes.len().div_ceil(3) * 4).sum();
+    let prompt = input_bytes.saturating_sub(encoded)
+        + images.len() * IMAGE_TOKENS_AT_MOST as usize
+        + TEMPLATE_TOKENS as usize;
     Usage::new(
-        input_bytes.saturating_add(TEMPLATE_TOKENS),
+        u32::try_from(prompt).unwrap_or(u32::MAX),
         request.max_tokens,
     )
     .priced(&spec.price)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Catalog;
+
+    #[test]
+    fn an_image_counts_as_its_positions_at_most_not_its_bytes() {
+        let catalog = Catalog::builtin().unwrap();
+        let spec = catalog.get("@hf/ember/tiny-gemma3-vision").unwrap();
+        let mut message = ChatMessage::text("user", "What is it?");
+        message.images.push(ImagePart {
+            bytes: vec![0; 300_000],
+            text_offset: 0,
+            at: String::new(),
+        });
+        let request = TextGenerationRequest::new(
+            PromptInput::Messages(vec![message]),
+            16,
+            Sampling::greedy(),
+        );
+        // The image in base64, and 100 bytes of JSON around it.
+        let usage = estimate_generation(spec, &request, 400_000 + 100);
+        assert_eq!(
+            (usage.prompt_tokens, usage.completion_tokens),
+            (100 + IMAGE_TOKENS_AT_MOST + TEMPLATE_TOKENS, 16)
+        );
+    }
 }
