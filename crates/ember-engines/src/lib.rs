@@ -10,6 +10,7 @@ pub mod diffusion;
 pub mod embed;
 pub mod encoders;
 pub mod llm;
+mod onnx;
 pub mod seq2seq;
 pub mod speech;
 pub mod synthesis;

@@ -1,8 +1,9 @@
 //! The speech recognition runner: decodes the uploaded audio (`audio`) and transcribes it with
 //! Whisper (`whisper`) on the model's worker thread, with word timestamps, mapping Workers AI's
-//! settings onto Whisper's decoding options.
+//! settings onto Whisper's decoding options (`vad_filter`: faster-whisper's default VAD).
 
 use crate::audio::{self, DecodeOptions};
+use crate::whisper::vad::VadOptions;
 use crate::whisper::{self, TranscribeOptions, Whisper};
 use crate::wrong_task;
 use ember_core::InferError;
@@ -52,11 +53,10 @@ impl SpeechRecognizer {
                 "is not supported by this version of Ember",
             ));
         }
-        if settings.vad_filter {
-            return Err(InferError::invalid(
-                "/vad_filter",
-                "is not supported by this version of Ember",
-            ));
+        if settings.vad_filter
+            && let Err(why) = self.whisper.vad()
+        {
+            return Err(InferError::invalid("/vad_filter", why));
         }
         if settings.translate && !self.whisper.is_multilingual() {
             return Err(InferError::invalid(
@@ -77,6 +77,7 @@ impl SpeechRecognizer {
             condition_on_previous_text: settings.condition_on_previous_text,
             initial_prompt: settings.initial_prompt.clone(),
             word_timestamps: true,
+            vad_filter: settings.vad_filter.then(VadOptions::default),
             ..TranscribeOptions::default()
         };
         let transcription = self
@@ -87,7 +88,7 @@ impl SpeechRecognizer {
             language: transcription.language,
             language_probability: transcription.language_probability as f32,
             duration: transcription.duration,
-            duration_after_vad: transcription.duration,
+            duration_after_vad: transcription.duration_after_vad,
             segments: transcription.segments.into_iter().map(segment).collect(),
             detailed: request.detailed,
         })

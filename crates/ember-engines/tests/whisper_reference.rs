@@ -12,13 +12,24 @@
 //! compute in f32 with different summation orders; greedy choices with a margin under ~1e-4 could
 //! flip, and none does on these clips); the language probability within 0.01 (faster-whisper
 //! detects on the features including the frame past the audio, this engine on the first window).
+//!
+//! `vad_filter` against the same faster-whisper (`fixtures/whisper/vad.json`, `--vad` of the
+//! script): the clips joined with 1.5-4 s of silence around and between them (63 s, 55 s of it
+//! speech) and 3 s of silence. Silero VAD's speech probability of every window within 1e-4 (the
+//! same ONNX file on ONNX Runtime 1.28 both sides, different thread counts), the speech chunks to
+//! the sample; the transcriptions as above but with times within 0.2 s (a time moved back by the
+//! silence before its chunk is rounded to 10 ms again) and the speech duration within 0.01 s.
 
+use ember_engines::whisper::vad::{self, SileroVad, VadOptions};
 use ember_engines::whisper::{TranscribeOptions, Transcription, Whisper, Word};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 const TIME_TOLERANCE: f64 = 0.1;
+const VAD_TIME_TOLERANCE: f64 = 0.2;
+const VAD_PROBABILITY_TOLERANCE: f32 = 1e-4;
+const DURATION_AFTER_VAD_TOLERANCE: f64 = 0.01;
 const LOGPROB_TOLERANCE: f64 = 0.05;
 const PROBABILITY_TOLERANCE: f64 = 0.05;
 const LANGUAGE_PROBABILITY_TOLERANCE: f64 = 0.01;
@@ -31,6 +42,8 @@ struct Fixture {
 
 #[derive(Deserialize)]
 struct Case {
+    /// The clip, for the cases without VAD.
+    #[serde(default)]
     clip: String,
     beam_size: usize,
     language: String,
@@ -129,7 +142,7 @@ impl Checks {
     }
 }
 
-fn compare(case: &Case, got: &Transcription) -> Checks {
+fn compare(case: &Case, got: &Transcription, time_tolerance: f64) -> Checks {
     let mut c = Checks::default();
     c.equal("language", &got.language, &case.language);
     let probability = (got.language_probability, case.language_probability);
@@ -154,9 +167,9 @@ fn compare(case: &Case, got: &Transcription) -> Checks {
             &at,
             ours.start,
             theirs.start,
-            TIME_TOLERANCE,
+            time_tolerance,
         );
-        c.close("segment time", &at, ours.end, theirs.end, TIME_TOLERANCE);
+        c.close("segment time", &at, ours.end, theirs.end, time_tolerance);
         c.close(
             "avg_logprob",
             &at,
@@ -178,8 +191,8 @@ fn compare(case: &Case, got: &Transcription) -> Checks {
         }
         for (a, b) in ours.words.iter().zip(&theirs.words) {
             let at = format!("{at} word {:?}", a.word);
-            c.close("word time", &at, a.start, b.start, TIME_TOLERANCE);
-            c.close("word time", &at, a.end, b.end, TIME_TOLERANCE);
+            c.close("word time", &at, a.start, b.start, time_tolerance);
+            c.close("word time", &at, a.end, b.end, time_tolerance);
             c.close(
                 "word probability",
                 &at,
@@ -219,7 +232,7 @@ fn check_model(fixture_file: &str, model: &str) {
         let started = std::time::Instant::now();
         let got = whisper.transcribe(&samples, &options).unwrap();
         let seconds = started.elapsed().as_secs_f64();
-        let checks = compare(case, &got);
+        let checks = compare(case, &got, TIME_TOLERANCE);
         let largest: Vec<String> = checks
             .largest
             .iter()
@@ -312,4 +325,206 @@ fn silence_gives_no_segments() {
         );
         assert_eq!(got.duration, seconds as f64);
     }
+}
+
+#[derive(Deserialize)]
+struct VadFixture {
+    reference: String,
+    audio: Vec<Part>,
+    samples: usize,
+    probabilities: Vec<f32>,
+    speech_timestamps: Vec<Chunk>,
+    tail: Tail,
+    cases: Vec<VadCase>,
+}
+
+/// A piece of a VAD case's audio: a clip, or seconds of silence.
+#[derive(Deserialize)]
+struct Part {
+    clip: Option<String>,
+    silence: Option<f64>,
+}
+
+#[derive(Deserialize)]
+struct Chunk {
+    start: usize,
+    end: usize,
+}
+
+/// The first `samples` of a clip, ending inside speech less than a context short of a window.
+#[derive(Deserialize)]
+struct Tail {
+    clip: String,
+    samples: usize,
+    probabilities: Vec<f32>,
+}
+
+#[derive(Deserialize)]
+struct VadCase {
+    model: String,
+    audio: Vec<Part>,
+    duration_after_vad: f64,
+    #[serde(flatten)]
+    case: Case,
+}
+
+fn vad_fixture() -> VadFixture {
+    let path = fixtures().join("vad.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The samples of a recipe, as the script builds them: clips and whole samples of silence.
+fn build(audio: &[Part]) -> Vec<f32> {
+    let mut samples = Vec::new();
+    for part in audio {
+        match (&part.clip, part.silence) {
+            (Some(clip), None) => samples.extend(read_wav(&fixtures().join(clip))),
+            (None, Some(seconds)) => samples.extend(std::iter::repeat_n(
+                0.0,
+                (seconds * 16_000.0).round() as usize,
+            )),
+            _ => panic!("a part is a clip or a silence"),
+        }
+    }
+    samples
+}
+
+/// The largest difference between two runs of probabilities of the same length.
+fn largest_difference(ours: &[f32], theirs: &[f32]) -> f32 {
+    assert_eq!(ours.len(), theirs.len(), "window count");
+    ours.iter()
+        .zip(theirs)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn vad_matches_faster_whisper() {
+    let fixture = vad_fixture();
+    let dir = model_dir("cf--openai--whisper-tiny-en");
+    let vad = SileroVad::load(&dir.join(vad::FILE)).unwrap();
+    let samples = build(&fixture.audio);
+    assert_eq!(samples.len(), fixture.samples);
+
+    let probabilities = vad.probabilities(&samples).unwrap();
+    let difference = largest_difference(&probabilities, &fixture.probabilities);
+    let tail = read_wav(&fixtures().join(&fixture.tail.clip))[..fixture.tail.samples].to_vec();
+    let tail_difference = largest_difference(
+        &vad.probabilities(&tail).unwrap(),
+        &fixture.tail.probabilities,
+    );
+    eprintln!(
+        "VAD probabilities against {}: largest difference {difference:.1e}, {tail_difference:.1e} \
+         at the tail",
+        fixture.reference
+    );
+    assert!(difference <= VAD_PROBABILITY_TOLERANCE, "{difference}");
+    assert!(
+        tail_difference <= VAD_PROBABILITY_TOLERANCE,
+        "{tail_difference}"
+    );
+
+    let chunks = vad
+        .speech_timestamps(&samples, &VadOptions::default())
+        .unwrap();
+    let ours: Vec<(usize, usize)> = chunks.iter().map(|c| (c.start, c.end)).collect();
+    let theirs: Vec<(usize, usize)> = fixture
+        .speech_timestamps
+        .iter()
+        .map(|c| (c.start, c.end))
+        .collect();
+    assert_eq!(ours, theirs);
+}
+
+fn check_vad_model(model: &str) {
+    let fixture = vad_fixture();
+    let whisper = Whisper::load(&model_dir(model)).unwrap();
+    let mut failures = Vec::new();
+    let cases: Vec<&VadCase> = fixture.cases.iter().filter(|c| c.model == model).collect();
+    assert!(!cases.is_empty(), "no VAD case for {model}");
+    for case in cases {
+        let samples = build(&case.audio);
+        let options = TranscribeOptions {
+            beam_size: case.case.beam_size,
+            temperatures: vec![0.0],
+            word_timestamps: true,
+            vad_filter: Some(VadOptions::default()),
+            ..TranscribeOptions::default()
+        };
+        let got = whisper.transcribe(&samples, &options).unwrap();
+        let at = format!("{:.1} s, beam {}", got.duration, case.case.beam_size);
+        let mut checks = compare(&case.case, &got, VAD_TIME_TOLERANCE);
+        checks.close(
+            "duration after VAD",
+            "",
+            got.duration_after_vad,
+            case.duration_after_vad,
+            DURATION_AFTER_VAD_TOLERANCE,
+        );
+        let largest: Vec<String> = checks
+            .largest
+            .iter()
+            .map(|(q, d)| format!("{q} {d:.1e}"))
+            .collect();
+        eprintln!(
+            "{model} VAD {at}: largest differences: {}",
+            largest.join(", ")
+        );
+        failures.extend(checks.failures.into_iter().map(|f| format!("{at}: {f}")));
+    }
+    assert!(
+        failures.is_empty(),
+        "{model} with vad_filter against {}:\n{}",
+        fixture.reference,
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn tiny_en_with_vad_matches_faster_whisper() {
+    check_vad_model("cf--openai--whisper-tiny-en");
+}
+
+#[test]
+fn base_with_vad_matches_faster_whisper() {
+    check_vad_model("cf--openai--whisper");
+}
+
+/// A model folder without the VAD's file still transcribes, and refuses `vad_filter` saying why.
+#[test]
+fn vad_filter_without_the_vad_file_is_an_error() {
+    let installed = model_dir("cf--openai--whisper-tiny-en");
+    let dir = std::env::temp_dir().join(format!("ember-whisper-no-vad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for file in ["model.bin", "config.json", "tokenizer.json"] {
+        let link = dir.join(file);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(installed.join(file), &link).unwrap();
+    }
+    let whisper = Whisper::load(&dir).unwrap();
+    let why = whisper.vad().err().unwrap().to_string();
+    assert!(why.contains(vad::FILE), "{why}");
+    let samples = read_wav(&fixtures().join("short.wav"));
+    let options = TranscribeOptions {
+        beam_size: 1,
+        vad_filter: Some(VadOptions::default()),
+        ..TranscribeOptions::default()
+    };
+    let error = format!("{:#}", whisper.transcribe(&samples, &options).unwrap_err());
+    assert!(
+        error.contains("vad_filter") && error.contains(vad::FILE),
+        "{error}"
+    );
+    let options = TranscribeOptions {
+        vad_filter: None,
+        ..options
+    };
+    assert!(
+        !whisper
+            .transcribe(&samples, &options)
+            .unwrap()
+            .segments
+            .is_empty()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -3,7 +3,8 @@
 //! padded with id 0 at both ends; the voice is a pack of style vectors, one row per input length,
 //! and the row for `n` phonemes is the style; 24 kHz out.
 
-use super::{npy, only_file, runtime};
+use super::{npy, only_file};
+use crate::onnx;
 use anyhow::{Context, bail, ensure};
 use ort::session::Session;
 use ort::value::Tensor;
@@ -55,8 +56,8 @@ impl Kokoro {
         ensure!(rows >= 2, "{}: voice packs of {rows} rows", pack.display());
 
         let model = only_file(dir, ".onnx")?;
-        let session = runtime::session(&model, threads)?;
-        runtime::check_inputs(&session, &["tokens", "style", "speed"], &model)?;
+        let session = onnx::session(&model, threads)?;
+        onnx::check_inputs(&session, &["tokens", "style", "speed"], &model)?;
         Ok(Kokoro {
             session: Mutex::new(session),
             vocab,

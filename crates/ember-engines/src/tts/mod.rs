@@ -11,7 +11,6 @@ mod kokoro;
 mod npy;
 mod phonemes;
 mod piper;
-mod runtime;
 mod text;
 
 pub use encode::{Encoding, encode};

@@ -8,7 +8,7 @@
 //! to a peak of 1, as Piper does by default (`normalize_audio`): the models' raw level is low
 //! (peaks around 0.4).
 
-use super::runtime;
+use crate::onnx;
 use anyhow::{Context, bail, ensure};
 use ort::session::Session;
 use ort::value::Tensor;
@@ -114,8 +114,8 @@ impl Piper {
         let (bos, pad, eos) = (special('^')?, special('_')?, special('$')?);
 
         let model = config.with_extension("");
-        let session = runtime::session(&model, threads)?;
-        runtime::check_inputs(&session, &["input", "input_lengths", "scales"], &model)?;
+        let session = onnx::session(&model, threads)?;
+        onnx::check_inputs(&session, &["input", "input_lengths", "scales"], &model)?;
         let has_sid = session.inputs().iter().any(|i| i.name() == "sid");
         let mut speakers: Vec<(String, i64)> = config_json.speaker_id_map.into_iter().collect();
         speakers.sort_by_key(|&(_, id)| id);

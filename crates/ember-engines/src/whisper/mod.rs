@@ -2,13 +2,15 @@
 //!
 //! `Whisper::load` reads a model folder in either layout: CTranslate2's (`model.bin`, what Ember
 //! installs; `ct2.rs`) or Hugging Face's (`model.safetensors`; `hf.rs`), both with
-//! `tokenizer.json`. `Whisper::transcribe` reproduces faster-whisper's `transcribe` without VAD:
-//! log-mel features (`mel.rs`), language detection on the first window, sequential 30 s windows
-//! decoded with timestamps, the previous text as prompt, temperature fallback (`decode.rs`), and
-//! word timestamps from cross-attention (`align.rs`). `transcribe.rs` holds that loop, `model.rs`
-//! the transformer, `tokens.rs` the tokenizer's special tokens and word splitting.
+//! `tokenizer.json`. `Whisper::transcribe` reproduces faster-whisper's `transcribe`: log-mel
+//! features (`mel.rs`), language detection on the first window, sequential 30 s windows decoded
+//! with timestamps, the previous text as prompt, temperature fallback (`decode.rs`), and word
+//! timestamps from cross-attention (`align.rs`); with `vad_filter`, only the speech that Silero
+//! VAD finds (`vad.rs`, `silero_vad_v6.onnx` in the folder, on ONNX Runtime) is transcribed and
+//! the times are moved back onto the whole audio (`speech_chunks.rs`). `transcribe.rs` holds the
+//! loop, `model.rs` the transformer, `tokens.rs` the tokenizer's special tokens and word splitting.
 //!
-//! Checked token for token against faster-whisper on CTranslate2 float32
+//! Checked token for token against faster-whisper on CTranslate2 float32, with and without VAD
 //! (`tests/whisper_reference.rs`, fixtures from `scripts/reference/whisper.py`).
 
 mod align;
@@ -19,12 +21,15 @@ mod matvec;
 mod mel;
 mod model;
 mod softmax;
+mod speech_chunks;
 mod tokens;
 mod transcribe;
+pub mod vad;
 mod weights;
 
-use anyhow::Context;
+use anyhow::{Context, anyhow};
 use std::path::Path;
+use vad::{SileroVad, VadOptions};
 
 /// What to do with the speech.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +41,7 @@ pub enum Task {
 }
 
 /// How to transcribe; `Default` is faster-whisper's `transcribe` defaults (beam search of 5,
-/// temperature fallback, no word timestamps).
+/// temperature fallback, no word timestamps, no VAD).
 #[derive(Debug, Clone)]
 pub struct TranscribeOptions {
     /// A language code (`en`, `fr`, ...); `None` detects it on the first 30 s (multilingual
@@ -82,6 +87,9 @@ pub struct TranscribeOptions {
     pub append_punctuations: String,
     /// Seed of the sampling at temperatures above 0.
     pub seed: u64,
+    /// Transcribe only the speech Silero VAD finds with these options (faster-whisper's
+    /// `vad_filter=True` with `vad_parameters`); `None` transcribes all the audio.
+    pub vad_filter: Option<VadOptions>,
 }
 
 impl Default for TranscribeOptions {
@@ -108,6 +116,7 @@ impl Default for TranscribeOptions {
             prepend_punctuations: "\"'“¿([{-".into(),
             append_punctuations: "\"'.。,，!！?？:：”)]}、".into(),
             seed: 0,
+            vad_filter: None,
         }
     }
 }
@@ -121,6 +130,8 @@ pub struct Transcription {
     pub language_probability: f64,
     /// Seconds of audio.
     pub duration: f64,
+    /// Seconds of audio transcribed: the speech found with `vad_filter`, else `duration`.
+    pub duration_after_vad: f64,
     pub segments: Vec<Segment>,
 }
 
@@ -166,11 +177,14 @@ pub struct Whisper {
     suppress_ids_begin: Vec<u32>,
     /// The ids `-1` in `suppress_tokens` stands for.
     non_speech: Vec<u32>,
+    /// The voice activity detector for `vad_filter`, or why there is none.
+    vad: Result<SileroVad, String>,
 }
 
 impl Whisper {
     /// Loads a model folder: `model.bin` (CTranslate2) or `model.safetensors` (Hugging Face),
-    /// with `config.json` and `tokenizer.json`.
+    /// with `config.json` and `tokenizer.json`, and `silero_vad_v6.onnx` for `vad_filter` (a
+    /// folder without it, or a machine without ONNX Runtime, transcribes without VAD only).
     pub fn load(dir: &Path) -> anyhow::Result<Whisper> {
         let loaded = if dir.join("model.bin").is_file() {
             ct2::load(dir)
@@ -211,6 +225,7 @@ impl Whisper {
             tokens,
             alignment_heads,
             suppress_ids_begin,
+            vad: load_vad(dir),
         })
     }
 
@@ -220,12 +235,41 @@ impl Whisper {
         self.model.dims.n_vocab >= 51865
     }
 
+    /// The voice activity detector `vad_filter` runs, or why this model has none.
+    pub fn vad(&self) -> Result<&SileroVad, &str> {
+        self.vad.as_ref().map_err(String::as_str)
+    }
+
     /// Transcribes 16 kHz mono samples (in [-1, 1]).
     pub fn transcribe(
         &self,
         samples: &[f32],
         options: &TranscribeOptions,
     ) -> anyhow::Result<Transcription> {
-        transcribe::run(self, samples, options)
+        let Some(vad_options) = &options.vad_filter else {
+            return transcribe::run(self, samples, options);
+        };
+        let vad = self.vad().map_err(|why| anyhow!("vad_filter: {why}"))?;
+        let chunks = vad.speech_timestamps(samples, vad_options)?;
+        let speech = speech_chunks::collect(samples, &chunks);
+        let mut transcription = transcribe::run(self, &speech, options)?;
+        transcription.duration = samples.len() as f64 / mel::SAMPLE_RATE as f64;
+        speech_chunks::restore(&mut transcription.segments, &chunks);
+        Ok(transcription)
     }
+}
+
+/// The folder's Silero VAD; a missing file or ONNX Runtime leaves the model usable without VAD.
+fn load_vad(dir: &Path) -> Result<SileroVad, String> {
+    let path = dir.join(vad::FILE);
+    if !path.is_file() {
+        return Err(format!(
+            "the model has no {} (`ember models pull` adds it to the model's folder)",
+            vad::FILE
+        ));
+    }
+    SileroVad::load(&path).map_err(|error| {
+        tracing::warn!(%error, "Silero VAD not loaded; vad_filter is refused");
+        format!("the voice activity detector could not be loaded: {error:#}")
+    })
 }

@@ -1,7 +1,8 @@
-//! The transcription loop, faster-whisper's `transcribe` / `generate_segments` without VAD or
-//! clip timestamps: the language, then 30 s windows from `seek`, each decoded with the previous
-//! text as prompt and temperature fallback, split into segments at its timestamp pairs, given
-//! word timestamps, and `seek` moved to where the window's speech was cut.
+//! The transcription loop, faster-whisper's `transcribe` / `generate_segments` on the audio it is
+//! given (with `vad_filter`, the speech `Whisper::transcribe` kept; no clip timestamps): the
+//! language, then 30 s windows from `seek`, each decoded with the previous text as prompt and
+//! temperature fallback, split into segments at its timestamp pairs, given word timestamps, and
+//! `seek` moved to where the window's speech was cut.
 
 use super::align::{self, AlignInput, Piece};
 use super::decode::{self, DecodeOptions, Generated, Specials};
@@ -43,7 +44,9 @@ pub(super) fn run(
         (_, _) if !w.is_multilingual() => ("en".to_string(), 1.0),
         (Some(code), _) => (code.clone(), 1.0),
         (None, Some(cross)) => detect_language(w, cross)?,
-        (None, None) => ("en".to_string(), 1.0),
+        // No audio (all of it silence to the VAD): faster-whisper still detects, on the one
+        // frame past the audio.
+        (None, None) => detect_language(w, &encode(0, features.dim(1)?)?)?,
     };
 
     let mut sot_sequence = vec![w.tokens.sot];
@@ -209,6 +212,7 @@ pub(super) fn run(
         language,
         language_probability,
         duration,
+        duration_after_vad: duration,
         segments,
     })
 }

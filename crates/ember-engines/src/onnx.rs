@@ -1,5 +1,5 @@
-//! ONNX Runtime for the voices: its shared library, found and loaded once per process, and the
-//! sessions the voices run in.
+//! ONNX Runtime: its shared library, found and loaded once per process, and the sessions the
+//! models on it run in (the voices in `tts`, Whisper's voice activity detector).
 //!
 //! The library is loaded at run time (`ort`'s `load-dynamic`) rather than linked: `ort` would
 //! otherwise download a build at compile time, and the build hosts are offline. The file is the
@@ -15,12 +15,12 @@ use std::sync::OnceLock;
 const LIBRARY: &str = "libonnxruntime.so";
 
 /// Opens the ONNX model at `path` for inference on the CPU with `threads` threads.
-pub(super) fn session(path: &Path, threads: usize) -> anyhow::Result<Session> {
+pub(crate) fn session(path: &Path, threads: usize) -> anyhow::Result<Session> {
     load_library()?;
     let build = || -> ort::Result<Session> {
         Session::builder()?
             .with_intra_threads(threads)?
-            // One model call at a time per voice: no graph-level parallelism to feed.
+            // One model call at a time per session: no graph-level parallelism to feed.
             .with_inter_threads(1)?
             // The worker thread shares the CPU with other models: idle threads sleep instead of
             // spinning for the next call.
@@ -66,7 +66,7 @@ fn library_path() -> PathBuf {
 
 /// The input names a model must have, checked at load so a wrong file fails there and not on
 /// the first request.
-pub(super) fn check_inputs(session: &Session, names: &[&str], model: &Path) -> anyhow::Result<()> {
+pub(crate) fn check_inputs(session: &Session, names: &[&str], model: &Path) -> anyhow::Result<()> {
     let has = |name: &str| session.inputs().iter().any(|i| i.name() == name);
     if let Some(missing) = names.iter().find(|n| !has(n)) {
         let found: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
