@@ -1,6 +1,6 @@
 //! Speech recognition on the real Whisper models through the routes: tiny.en from the raw body,
 //! byte arrays and base64 on REST, base on the binding's stream form under the turbo id it stands
-//! in for, every audio container the decoder reads, and garbage audio refused. Transcripts are compared with
+//! in for, `vad_filter`, every audio container the decoder reads, and garbage audio refused. Transcripts are compared with
 //! faster-whisper's on the same clip (`scripts/reference/whisper.py`); the engine test
 //! (`ember-engines/tests/whisper_reference.rs`) checks tokens and timings in detail.
 
@@ -137,6 +137,108 @@ async fn tiny_en_transcribes_as_faster_whisper_does_in_every_input_form() {
             "{segment}"
         );
     }
+}
+
+/// The 16-bit PCM in a WAV file's `data` chunk.
+fn pcm(wav: &[u8]) -> &[u8] {
+    let mut at = 12;
+    loop {
+        let len = u32::from_le_bytes(wav[at + 4..at + 8].try_into().unwrap()) as usize;
+        if &wav[at..at + 4] == b"data" {
+            return &wav[at + 8..at + 8 + len];
+        }
+        at += 8 + len + len % 2;
+    }
+}
+
+/// A 16 kHz mono 16-bit WAV file of `pcm`.
+fn wav(pcm: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(44 + pcm.len());
+    let len = pcm.len() as u32;
+    out.extend_from_slice(b"RIFF");
+    out.extend_from_slice(&(36 + len).to_le_bytes());
+    out.extend_from_slice(b"WAVEfmt ");
+    out.extend_from_slice(&16u32.to_le_bytes());
+    out.extend_from_slice(&[1, 0, 1, 0]);
+    out.extend_from_slice(&16_000u32.to_le_bytes());
+    out.extend_from_slice(&32_000u32.to_le_bytes());
+    out.extend_from_slice(&[2, 0, 16, 0]);
+    out.extend_from_slice(b"data");
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(pcm);
+    out
+}
+
+/// `vad_filter` on the turbo id (served by base, beam 5): the clips with silences between them
+/// from `whisper/vad.json`, sent as one WAV, give faster-whisper's text with its times on the
+/// whole audio and its duration after VAD (the engine test checks every token and word); silence
+/// alone gives no text.
+#[tokio::test(flavor = "multi_thread")]
+async fn vad_filter_transcribes_only_the_speech() {
+    use base64::Engine as _;
+    let app = app();
+    let reference: Value = serde_json::from_slice(&fixture("whisper/vad.json")).unwrap();
+    let build = |audio: &Value| {
+        let mut samples = Vec::new();
+        for part in audio.as_array().unwrap() {
+            match (part["clip"].as_str(), part["silence"].as_f64()) {
+                (Some(clip), _) => {
+                    samples.extend_from_slice(pcm(&fixture(&format!("whisper/{clip}"))))
+                }
+                (_, Some(seconds)) => {
+                    samples.resize(samples.len() + 2 * (seconds * 16_000.0).round() as usize, 0)
+                }
+                _ => panic!("{part}"),
+            }
+        }
+        base64::engine::general_purpose::STANDARD.encode(wav(&samples))
+    };
+    let case = |model: &str| {
+        reference["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["model"] == model)
+            .unwrap()
+            .clone()
+    };
+    let case = case("cf--openai--whisper");
+    assert_eq!(case["beam_size"], 5);
+    let input = json!({"audio": build(&case["audio"]), "vad_filter": true});
+    let (result, served_by) =
+        transcribe(&app, post(&format!("{RUN}{TURBO}"), input.to_string())).await;
+    assert_eq!(served_by, BASE);
+    let segments = case["segments"].as_array().unwrap();
+    let text: String = segments
+        .iter()
+        .map(|s| s["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(result["text"], text.trim(), "{result}");
+    let info = &result["transcription_info"];
+    let close = |ours: &Value, theirs: &Value, tolerance: f64| {
+        (ours.as_f64().unwrap() - theirs.as_f64().unwrap()).abs() <= tolerance
+    };
+    assert!(close(&info["duration"], &case["duration"], 1e-6), "{info}");
+    assert!(
+        close(
+            &info["duration_after_vad"],
+            &case["duration_after_vad"],
+            0.01
+        ),
+        "{info}"
+    );
+    let got = result["segments"].as_array().unwrap();
+    assert_eq!(got.len(), segments.len());
+    for (ours, theirs) in got.iter().zip(segments) {
+        for key in ["start", "end"] {
+            assert!(close(&ours[key], &theirs[key], 0.2), "{ours} vs {theirs}");
+        }
+    }
+
+    let silence = json!({"audio": build(&json!([{"silence": 3.0}])), "vad_filter": true});
+    let (result, _) = transcribe(&app, post(&format!("{RUN}{TURBO}"), silence.to_string())).await;
+    assert_eq!(result["text"], "", "{result}");
+    assert_eq!(result["transcription_info"]["duration_after_vad"], 0.0);
 }
 
 /// The audio fixtures say "Ember turns this sentence into text." (espeak-ng, fast), and each
