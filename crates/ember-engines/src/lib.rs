@@ -60,8 +60,12 @@ pub fn load(
                 Some("lcm") => diffusion::scheduler::SchedulerKind::Lcm,
                 _ => diffusion::scheduler::SchedulerKind::Ddim,
             };
+            let decoder = match spec.properties.get("decoder").map(String::as_str) {
+                Some("taesd") => diffusion::DecoderKind::Tiny,
+                _ => diffusion::DecoderKind::Autoencoder,
+            };
             on_worker(spec, dir, move |_, dir| {
-                diffusion::ImageGenerator::load(dir, scheduler, metrics)
+                diffusion::ImageGenerator::load(dir, scheduler, decoder, metrics)
             })
         }
         Engine::StandIn => Err(InferError::Internal(format!(

@@ -17,7 +17,8 @@ use ember_core::tasks::text_to_image::TextToImageRequest;
 use ember_engines::diffusion::clip_text::ClipTokenizer;
 use ember_engines::diffusion::scheduler::Prediction::{Epsilon, Velocity};
 use ember_engines::diffusion::scheduler::{Scheduler, SchedulerKind};
-use ember_engines::diffusion::{GivenNoise, ImageGenerator};
+use ember_engines::diffusion::taesd::TinyDecoder;
+use ember_engines::diffusion::{DecoderKind, GivenNoise, ImageGenerator};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -94,8 +95,18 @@ fn reference() -> (Reference, HashMap<String, Tensor>) {
 }
 
 fn generator() -> ImageGenerator {
+    generator_with(DecoderKind::Autoencoder)
+}
+
+fn generator_with(decoder: DecoderKind) -> ImageGenerator {
     let metrics = Metrics::new().model("@hf/ember/tiny-sd");
-    ImageGenerator::load(&fixtures().join("tiny-sd"), SchedulerKind::Ddim, metrics).unwrap()
+    ImageGenerator::load(
+        &fixtures().join("tiny-sd"),
+        SchedulerKind::Ddim,
+        decoder,
+        metrics,
+    )
+    .unwrap()
 }
 
 /// The largest absolute difference between two tensors of one shape.
@@ -294,6 +305,42 @@ fn image_run(generator: &ImageGenerator, run: &ImageRun, mask: bool, noise: Give
 }
 
 /// diffusers' height × width × 3 image as `[1, 3, h, w]`.
+/// TAESD (`scripts/reference/taesd.py`, a tiny generated `AutoencoderTiny` in `tiny-sd/taesd/`):
+/// one decode, and the whole text-to-image run decoded through it.
+#[test]
+fn taesd_matches_diffusers_autoencoder_tiny() {
+    let (reference, given) = reference();
+    let tensors =
+        candle_core::safetensors::load(fixtures().join("taesd.safetensors"), &Device::Cpu).unwrap();
+    let taesd = TinyDecoder::load(&fixtures().join("tiny-sd/taesd")).unwrap();
+    let decoded = taesd.decode(&tensors["taesd.latents"]).unwrap();
+    assert_close("TAESD decode", &decoded, &tensors["taesd.decoded"], 1e-4);
+
+    let run = &reference.pipeline;
+    let request = TextToImageRequest {
+        prompt: run.prompt.clone(),
+        negative_prompt: Some(run.negative_prompt.clone()),
+        width: Some(run.width),
+        height: Some(run.height),
+        steps: Some(run.steps),
+        guidance: run.guidance,
+        strength: 1.0,
+        seed: None,
+        image: None,
+        mask: None,
+        count: 1,
+    };
+    let noise = GivenNoise {
+        latents: given["pipeline.latents"].clone(),
+        image_latents: None,
+    };
+    let (pixels, _) = generator_with(DecoderKind::Tiny)
+        .generate_pixels(&request, Some(noise), &|| false)
+        .unwrap();
+    let expected = channels_first(&tensors["taesd.pipeline.image"]);
+    assert_close("image decoded by TAESD", &pixels, &expected, 1e-3);
+}
+
 fn channels_first(image: &Tensor) -> Tensor {
     image.permute((2, 0, 1)).unwrap().unsqueeze(0).unwrap()
 }
@@ -324,7 +371,13 @@ fn image_to_image_and_inpainting_match_diffusers() {
         }
     }
     let metrics = Metrics::new().model("inpainting");
-    let inpainting = ImageGenerator::load(&folder, SchedulerKind::Ddim, metrics).unwrap();
+    let inpainting = ImageGenerator::load(
+        &folder,
+        SchedulerKind::Ddim,
+        DecoderKind::Autoencoder,
+        metrics,
+    )
+    .unwrap();
     let pixels = image_run(&inpainting, &reference.inpaint, true, noise());
     let expected = channels_first(&tensors["inpaint.image"]);
     assert_close("inpainting", &pixels, &expected, 1e-3);

@@ -17,19 +17,24 @@ use std::sync::Arc;
 
 const RUN: &str = "/client/v4/accounts/local/ai/run/";
 const TINY: &str = "@hf/ember/tiny-sd";
+const TINY_TAESD: &str = "@hf/ember/tiny-sd-taesd";
 const DREAMSHAPER: &str = "@cf/lykon/dreamshaper-8-lcm";
 
-/// An app whose model cache (its own, named after `test`) holds the tiny test model.
+/// An app whose model cache (its own, named after `test`) holds the tiny test model (also under
+/// the id that decodes it through TAESD).
 fn app_with_tiny_sd(test: &str) -> App {
     app_for(tiny_sd_ember(test), ember_http::HttpConfig::default())
 }
 
-/// An Ember whose model cache (its own, named after `test`) holds the tiny test model.
+/// An Ember whose model cache (its own, named after `test`) holds the tiny test model (also under
+/// the id that decodes it through TAESD).
 fn tiny_sd_ember(test: &str) -> Arc<ember_core::Ember> {
     let home = std::env::temp_dir().join(format!("ember-tiny-sd-{test}-{}", std::process::id()));
     let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../ember-engines/tests/fixtures/diffusion/tiny-sd");
-    install_fixture(&home, TINY, &[fixture]);
+    for id in [TINY, TINY_TAESD] {
+        install_fixture(&home, id, std::slice::from_ref(&fixture));
+    }
     Arc::new(ember::open_ember(&home, None, Default::default(), &engine_config(1)).unwrap())
 }
 
@@ -96,6 +101,24 @@ async fn the_test_model_answers_pngs_on_rest_and_the_binding() {
     )
     .await;
     assert_ne!(other.body, reply.body);
+
+    // The same seed through TAESD's decoder: the same size, other pixels.
+    let tiny_decoder = send(
+        &app,
+        post(
+            &format!("{RUN}{TINY_TAESD}"),
+            json!({"prompt": "a cat", "num_steps": 2, "seed": 5}).to_string(),
+        ),
+    )
+    .await;
+    assert_eq!(
+        tiny_decoder.status,
+        StatusCode::OK,
+        "{:?}",
+        tiny_decoder.body
+    );
+    assert_eq!(png_size(&tiny_decoder.body), (256, 256));
+    assert_ne!(tiny_decoder.body, reply.body);
 
     // The asked size, and image-to-image from the first image (as bytes and as base64).
     let sized = send(

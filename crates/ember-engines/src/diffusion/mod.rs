@@ -9,7 +9,8 @@
 //!    (9 input channels) also reads the mask and the latents of the image outside it;
 //! 3. each step runs the UNet on the latents (twice over, unconditioned and conditioned, mixed
 //!    by the guidance scale) and the scheduler steps them;
-//! 4. the autoencoder decodes the latents, and the image is encoded as a PNG.
+//! 4. the autoencoder decodes the latents (or TAESD, `taesd`, for models whose catalog entry asks
+//!    for it), and the image is encoded as a PNG.
 //!
 //! Sizes are checked against memory before anything runs: the attention scores over the largest
 //! latent grid (`tokens²` floats per head, for both guidance halves) must fit.
@@ -17,11 +18,13 @@
 pub mod clip_text;
 pub mod config;
 pub mod scheduler;
+pub mod taesd;
 pub mod vae_encoder;
 
 use self::clip_text::{ClipTextEncoder, ClipTokenizer};
 use self::config::{SchedulerFile, UNetFile, VaeFile};
 use self::scheduler::{Prediction, Scheduler, SchedulerKind};
+use self::taesd::TinyDecoder;
 use self::vae_encoder::VaeEncoder;
 use crate::vision::image::decode_rgb;
 use crate::wrong_task;
@@ -50,7 +53,7 @@ pub struct ImageGenerator {
     text_encoder: ClipTextEncoder,
     unet: UNet2DConditionModel,
     unet_file: UNetFile,
-    vae: AutoEncoderKL,
+    decoder: Decoder,
     vae_encoder: VaeEncoder,
     vae_file: VaeFile,
     scheduler: SchedulerKind,
@@ -58,11 +61,29 @@ pub struct ImageGenerator {
     metrics: ModelMetrics,
 }
 
+/// What turns the final latents into pixels.
+enum Decoder {
+    /// The KL autoencoder's decoder (`vae/`).
+    Autoencoder(AutoEncoderKL),
+    /// TAESD (`taesd/`): much less work, a little less detail.
+    Tiny(TinyDecoder),
+}
+
+/// Which decoder a model uses: its catalog entry's `decoder` property (`taesd`), or the
+/// autoencoder's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecoderKind {
+    Autoencoder,
+    Tiny,
+}
+
 impl ImageGenerator {
-    /// Loads the diffusers folder `dir`, denoising on the `scheduler` schedule.
+    /// Loads the diffusers folder `dir`, denoising on the `scheduler` schedule and decoding with
+    /// `decoder`.
     pub fn load(
         dir: &Path,
         scheduler: SchedulerKind,
+        decoder: DecoderKind,
         metrics: ModelMetrics,
     ) -> Result<ImageGenerator, InferError> {
         let load = || -> anyhow::Result<ImageGenerator> {
@@ -82,19 +103,22 @@ impl ImageGenerator {
                 unet_file.candle()?,
             )?;
             let vae_weights = weights(&dir.join("vae/diffusion_pytorch_model.safetensors"))?;
-            let vae = AutoEncoderKL::new(
-                vae_weights.clone(),
-                vae_file.in_channels,
-                vae_file.out_channels,
-                vae_file.candle(),
-            )?;
+            let decoder = match decoder {
+                DecoderKind::Autoencoder => Decoder::Autoencoder(AutoEncoderKL::new(
+                    vae_weights.clone(),
+                    vae_file.in_channels,
+                    vae_file.out_channels,
+                    vae_file.candle(),
+                )?),
+                DecoderKind::Tiny => Decoder::Tiny(TinyDecoder::load(&dir.join("taesd"))?),
+            };
             Ok(ImageGenerator {
                 tokenizer: ClipTokenizer::load(&dir.join("tokenizer"))?,
                 text_encoder: ClipTextEncoder::load(&dir.join("text_encoder"))?,
                 unet,
                 vae_encoder: VaeEncoder::new(vae_weights, &vae_file)?,
                 unet_file,
-                vae,
+                decoder,
                 vae_file,
                 scheduler,
                 prediction,
@@ -133,10 +157,13 @@ impl ImageGenerator {
     /// Decodes the UNet's latents (`[1, 4, h/8, w/8]`, still multiplied by the autoencoder's
     /// scaling factor) to an image in [0, 1]: `[1, 3, h, w]`.
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor, InferError> {
-        let image = self
-            .vae
-            .decode(&(latents / self.vae_file.scaling_factor).map_err(internal)?)
-            .map_err(internal)?;
+        let image = match &self.decoder {
+            Decoder::Autoencoder(vae) => {
+                (latents / self.vae_file.scaling_factor).and_then(|latents| vae.decode(&latents))
+            }
+            Decoder::Tiny(taesd) => taesd.decode(latents),
+        }
+        .map_err(internal)?;
         image
             .affine(0.5, 0.5)
             .and_then(|image| image.clamp(0.0f32, 1.0f32))
