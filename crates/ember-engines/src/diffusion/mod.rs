@@ -64,7 +64,7 @@ pub struct ImageGenerator {
 /// What turns the final latents into pixels.
 enum Decoder {
     /// The KL autoencoder's decoder (`vae/`).
-    Autoencoder(AutoEncoderKL),
+    Autoencoder(Box<AutoEncoderKL>),
     /// TAESD (`taesd/`): much less work, a little less detail.
     Tiny(TinyDecoder),
 }
@@ -104,12 +104,12 @@ impl ImageGenerator {
             )?;
             let vae_weights = weights(&dir.join("vae/diffusion_pytorch_model.safetensors"))?;
             let decoder = match decoder {
-                DecoderKind::Autoencoder => Decoder::Autoencoder(AutoEncoderKL::new(
+                DecoderKind::Autoencoder => Decoder::Autoencoder(Box::new(AutoEncoderKL::new(
                     vae_weights.clone(),
                     vae_file.in_channels,
                     vae_file.out_channels,
                     vae_file.candle(),
-                )?),
+                )?)),
                 DecoderKind::Tiny => Decoder::Tiny(TinyDecoder::load(&dir.join("taesd"))?),
             };
             Ok(ImageGenerator {
