@@ -65,8 +65,9 @@ app.post("/classify", async (c) => {
 // Vision chat: the posted image as a data URL in an image_url content part, on the tiny Gemma 3
 // with its image encoder (random weights: the text is what llama-mtmd-cli made, not sense).
 app.post("/see", async (c) => {
-  const bytes = new Uint8Array(await c.req.arrayBuffer());
-  const url = "data:image/png;base64," + btoa(String.fromCharCode(...bytes));
+  let binary = "";
+  for (const byte of new Uint8Array(await c.req.arrayBuffer())) binary += String.fromCharCode(byte);
+  const url = "data:image/png;base64," + btoa(binary);
   return c.json(
     await c.env.AI.run("@hf/ember/tiny-gemma3-vision", {
       messages: [{ role: "user", content: [{ type: "image_url", image_url: { url } }, { type: "text", text: "Describe this image." }] }],
