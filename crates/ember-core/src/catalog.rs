@@ -197,6 +197,9 @@ pub struct ModelSpec {
     pub stand_in: Option<String>,
     /// For `engine = "stand-in"`: the installed model it runs on.
     pub base: Option<String>,
+    /// For llama.cpp models whose GGUF carries no chat template (older conversions): the
+    /// template, as Jinja.
+    pub chat_template: Option<String>,
     /// Extra catalog properties shown in model search (`info`, `terms`, `languages`, ...).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,

@@ -16,7 +16,8 @@
 use ember_core::Catalog;
 use ember_core::metrics::Metrics;
 use ember_core::tasks::{ChatMessage, FinishReason, PromptInput, Sampling, TextGenerationRequest};
-use ember_engines::llm::{KvLayout, LlmEngine, LlmSettings, Traced};
+use ember_core::{InferError, installed};
+use ember_engines::llm::{self, KvLayout, LlmEngine, LlmSettings, Traced};
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -278,4 +279,43 @@ fn tool_prompts_match_transformers() {
             case.name
         );
     }
+}
+
+/// A GGUF without a chat template (Gemma 3 270M, a base model) reads chats through its catalog
+/// entry's `chat_template` (as LLaVA 1.5's entry gives one); without it, chats are refused.
+#[test]
+fn a_catalog_chat_template_serves_a_gguf_without_one() {
+    let catalog = Catalog::builtin().unwrap();
+    let mut spec = catalog.get("@hf/google/gemma-3-270m").unwrap().clone();
+    let dir = installed::model_dir(&installed::default_home(), &spec);
+    let settings = LlmSettings {
+        max_sequences: 1,
+        kv_cells: Some(1024),
+        ..LlmSettings::default()
+    };
+    let load = |spec: &ember_core::catalog::ModelSpec| {
+        llm::load(spec, &dir, &settings, Metrics::new().model("gemma")).unwrap()
+    };
+    let chat = greedy(
+        PromptInput::Messages(vec![ChatMessage::text("user", "Hello")]),
+        4,
+    );
+    assert!(matches!(
+        load(&spec).prompt_tokens(&chat),
+        Err(InferError::InvalidInput { .. })
+    ));
+    spec.chat_template =
+        Some("{{ bos_token }}USER: {{ messages[0]['content'] }} ASSISTANT:".into());
+    let templated = load(&spec);
+    let raw = greedy(
+        PromptInput::Prompt {
+            text: "<bos>USER: Hello ASSISTANT:".into(),
+            raw: true,
+        },
+        4,
+    );
+    assert_eq!(
+        templated.prompt_tokens(&chat).unwrap(),
+        templated.prompt_tokens(&raw).unwrap()
+    );
 }

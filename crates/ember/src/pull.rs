@@ -1224,6 +1224,7 @@ mod tests {
             default: false,
             stand_in: None,
             base: None,
+            chat_template: None,
             files,
             sources,
             properties: BTreeMap::new(),

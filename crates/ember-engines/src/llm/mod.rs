@@ -161,8 +161,14 @@ pub fn load(
     });
     let model = LlamaModel::load_from_file(backend, &path, &params)
         .map_err(|e| failed(format!("{}: {e}", path.display())))?;
-    let template = match model.meta_val_str("tokenizer.chat_template") {
-        Ok(source) => {
+    // Older GGUF conversions (LLaVA 1.5's) carry no chat template: the catalog entry then gives
+    // it.
+    let source = model
+        .meta_val_str("tokenizer.chat_template")
+        .ok()
+        .or_else(|| spec.chat_template.clone());
+    let template = match source {
+        Some(source) => {
             let vocab = model.vocab();
             let piece = |t: LlamaToken| {
                 String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned()
@@ -172,7 +178,7 @@ pub fn load(
                     .map_err(|e| failed(format!("chat template: {e}")))?,
             )
         }
-        Err(_) => None,
+        None => None,
     };
 
     let shape = ModelShape::read(&model);
