@@ -82,6 +82,25 @@ struct Run {
     height: u32,
 }
 
+impl Run {
+    /// The request diffusers' pipeline was given.
+    fn request(&self) -> TextToImageRequest {
+        TextToImageRequest {
+            prompt: self.prompt.clone(),
+            negative_prompt: Some(self.negative_prompt.clone()),
+            width: Some(self.width),
+            height: Some(self.height),
+            steps: Some(self.steps),
+            guidance: self.guidance,
+            strength: 1.0,
+            seed: None,
+            image: None,
+            mask: None,
+            count: 1,
+        }
+    }
+}
+
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/diffusion")
 }
@@ -238,19 +257,7 @@ fn components_match_diffusers() {
 fn text_to_image_matches_diffusers() {
     let (reference, tensors) = reference();
     let run = &reference.pipeline;
-    let request = TextToImageRequest {
-        prompt: run.prompt.clone(),
-        negative_prompt: Some(run.negative_prompt.clone()),
-        width: Some(run.width),
-        height: Some(run.height),
-        steps: Some(run.steps),
-        guidance: run.guidance,
-        strength: 1.0,
-        seed: None,
-        image: None,
-        mask: None,
-        count: 1,
-    };
+    let request = run.request();
     let generator = generator();
     let (pixels, steps) = generator
         .generate_pixels(
@@ -317,19 +324,7 @@ fn taesd_matches_diffusers_autoencoder_tiny() {
     assert_close("TAESD decode", &decoded, &tensors["taesd.decoded"], 1e-4);
 
     let run = &reference.pipeline;
-    let request = TextToImageRequest {
-        prompt: run.prompt.clone(),
-        negative_prompt: Some(run.negative_prompt.clone()),
-        width: Some(run.width),
-        height: Some(run.height),
-        steps: Some(run.steps),
-        guidance: run.guidance,
-        strength: 1.0,
-        seed: None,
-        image: None,
-        mask: None,
-        count: 1,
-    };
+    let request = run.request();
     let noise = GivenNoise {
         latents: given["pipeline.latents"].clone(),
         image_latents: None,
