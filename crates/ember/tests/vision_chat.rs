@@ -1,7 +1,7 @@
 //! Chat with images and image-to-text through the routes, on the tiny Gemma 3 with its image
 //! encoder (`@hf/ember/tiny-gemma3-vision`, whose engine `ember-engines/tests/vlm_reference.rs`
-//! compares with llama-mtmd-cli): image_url parts on `/ai/run`, the binding and
-//! `/v1/chat/completions` give llama-mtmd-cli's text; Llama 3.2 Vision's top-level `image`; the
+//! compares with llama-mtmd-cli): image_url parts on `/ai/run` (whole and streamed), the binding
+//! and `/v1/chat/completions` give llama-mtmd-cli's text; Llama 3.2 Vision's top-level `image`; the
 //! image-to-text ids answer `{description}` from the raw body or a byte array (LLaVA's id
 //! installed from the same files, UForm's stand-in served by it); bad images, image URLs and
 //! images sent to a model without an encoder are refused naming the field; catalog models
@@ -105,6 +105,20 @@ async fn image_parts_give_llama_mtmd_clis_text_on_every_route() {
         reply.json()["choices"][0]["message"]["content"],
         expected.as_str()
     );
+    // Streamed: the events' pieces make the same text.
+    let mut streamed = chat(json!(data_url(&cat())));
+    streamed["stream"] = json!(true);
+    let reply = send(&app, post(&format!("{RUN}{TINY}"), streamed.to_string())).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let text: String = sse_events(&reply.body)
+        .iter()
+        .filter(|event| *event != "[DONE]")
+        .filter_map(|event| {
+            let event: Value = serde_json::from_str(event).unwrap();
+            event["response"].as_str().map(str::to_string)
+        })
+        .collect();
+    assert_eq!(text, expected);
     // Llama 3.2 Vision's shape: the image beside the prompt, read before it.
     let reply = send(
         &app,
