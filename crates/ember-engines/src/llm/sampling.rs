@@ -127,8 +127,9 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    /// A sampler for one sequence whose tokens so far are `history` (the prompt). Without a
-    /// seed, a fresh random one is drawn.
+    /// A sampler for one sequence whose tokens so far are `history` (the prompt; negative ids
+    /// mark positions that hold no token, an image's, and are not penalised). Without a seed, a
+    /// fresh random one is drawn.
     pub fn new(settings: &Sampling, history: &[i32]) -> Sampler {
         let rng = match settings.seed {
             Some(seed) => StdRng::seed_from_u64(seed),
@@ -138,7 +139,7 @@ impl Sampler {
         Sampler {
             settings: settings.clone(),
             rng,
-            recent: tail.iter().copied().collect(),
+            recent: tail.iter().copied().filter(|&t| t >= 0).collect(),
         }
     }
 

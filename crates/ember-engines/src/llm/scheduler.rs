@@ -23,7 +23,7 @@ use super::output::{OutputEvent, OutputParser};
 use super::prefix_cache::PrefixCache;
 use super::sampling::Sampler;
 use super::utf8::Utf8Stream;
-use super::vision::{IMAGE_POSITION, Vision};
+use super::vision::Vision;
 use ember_core::InferError;
 use ember_core::admission::Ticket;
 use ember_core::catalog::Price;
@@ -778,18 +778,7 @@ impl<'m, 'c> Scheduler<'m, 'c> {
                 .map(|(entry, _)| entry);
             let mut job = self.waiting.pop_front().expect("peeked");
             let images = job.images.take();
-            let sampler = match images {
-                Some(_) => {
-                    let text: Vec<i32> = job
-                        .prompt
-                        .iter()
-                        .copied()
-                        .filter(|&t| t != IMAGE_POSITION)
-                        .collect();
-                    Sampler::new(&job.sampling, &text)
-                }
-                None => Sampler::new(&job.sampling, &job.prompt),
-            };
+            let sampler = Sampler::new(&job.sampling, &job.prompt);
             self.metrics.prompt(job.prompt.len() as u32, cached as u32);
             let now = Instant::now();
             self.running.push(Sequence {

@@ -18,9 +18,10 @@ use std::sync::{Mutex, MutexGuard};
 /// The image encoder's file in a model's folder.
 pub(crate) const PROJECTOR_FILE: &str = "mmproj.gguf";
 
-/// What an image position holds among a prompt's token ids: no token (the scheduler never
-/// decodes these ids, and keeps sequences with images out of the prefix cache).
-pub(crate) const IMAGE_POSITION: i32 = -1;
+/// What an image position holds among a prompt's token ids: no token (negative, so the sampler
+/// does not penalise it; the scheduler never decodes these ids, and keeps sequences with images
+/// out of the prefix cache).
+const IMAGE_POSITION: i32 = -1;
 
 /// A model's image encoder. Tokenizing (which preprocesses the images) and evaluating take
 /// turns: llama.cpp allows no evaluation beside anything else on one mtmd context.

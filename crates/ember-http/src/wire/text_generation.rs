@@ -312,10 +312,11 @@ fn content_parts(parts: &[Value], at: &str) -> Result<(String, Vec<ImagePart>), 
                             "image URLs are not fetched; send the image as a data: URL (data:image/png;base64,...)",
                         ));
                     }
-                    Value::String(text) if text.starts_with("data:image/") => {
+                    _ if url.is_array()
+                        || url.as_str().is_some_and(|t| t.starts_with("data:image/")) =>
+                    {
                         binary::bytes(url, &url_at)?
                     }
-                    Value::Array(_) => binary::bytes(url, &url_at)?,
                     _ => {
                         return Err(InferError::invalid(
                             url_at,
