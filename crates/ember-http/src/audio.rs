@@ -15,6 +15,7 @@ use axum::body::Body;
 use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use ember_access::Caller;
 use ember_core::InferError;
 use ember_core::catalog::{ModelSpec, Task};
 use ember_core::tasks::speech_recognition::{
@@ -22,7 +23,6 @@ use ember_core::tasks::speech_recognition::{
 };
 use ember_core::tasks::text_to_speech::{AudioFormat, MAX_TEXT_CHARS, SpeechSynthesisRequest};
 use ember_core::tasks::{TaskOutput, TaskRequest};
-use ember_gateway::Caller;
 use serde_json::{Value, json};
 
 pub async fn transcriptions(

@@ -2,8 +2,8 @@
 //! Worker binding protocol (native and through wrangler's proxy), the OpenAI-compatible API (with
 //! its audio uploads), the
 //! catalog routes, the usage route, health and `/metrics`.
-//! Every route but `/health` runs for a caller the gateway authenticated; every response carries
-//! `cf-ai-req-id`; every run is admitted by the gateway and settled in the request log and ledger.
+//! Every route but `/health` runs for a caller `ember_access` authenticated; every response carries
+//! `cf-ai-req-id`; every run is admitted by `ember_access` and settled in the request log and ledger.
 
 mod audio;
 mod catalog;
@@ -25,8 +25,8 @@ use axum::http::{HeaderValue, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use ember_access::{Access, AccessError};
 use ember_core::Ember;
-use ember_gateway::{Gateway, GatewayError};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -54,7 +54,7 @@ impl Default for HttpConfig {
 #[derive(Clone)]
 pub struct AppState {
     pub ember: Arc<Ember>,
-    pub gateway: Arc<Gateway>,
+    pub access: Arc<Access>,
     pub config: Arc<HttpConfig>,
     /// Turns true when in-flight runs must stop (shutdown grace period over).
     pub abort: watch::Receiver<bool>,
@@ -169,15 +169,15 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
     let path_account = path
         .strip_prefix("/client/v4/accounts/")
         .and_then(|rest| rest.split('/').next());
-    match state.gateway.authenticate(bearer, path_account).await {
+    match state.access.authenticate(bearer, path_account).await {
         Ok(caller) => {
             request.extensions_mut().insert(caller);
             next.run(request).await
         }
         Err(error) => {
             let api_error = match error {
-                GatewayError::WrongAccount => ApiError::Forbidden,
-                GatewayError::Unauthenticated(refusal) => {
+                AccessError::WrongAccount => ApiError::Forbidden,
+                AccessError::Unauthenticated(refusal) => {
                     tracing::info!(?refusal, path, "refused a request");
                     ApiError::Unauthorized
                 }

@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
 use base64::Engine as _;
+use ember_access::Caller;
 use ember_core::InferError;
 use ember_core::catalog::{ModelSpec, Task};
 use ember_core::ember::complete;
@@ -23,7 +24,6 @@ use ember_core::tasks::{
     self, Completion, FinishReason, PromptInput, TaskOutput, TaskRequest, TextGenerationRequest,
     Usage,
 };
-use ember_gateway::Caller;
 use serde_json::{Map, Value, json};
 use std::time::{SystemTime, UNIX_EPOCH};
 

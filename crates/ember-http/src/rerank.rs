@@ -12,10 +12,10 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
+use ember_access::Caller;
 use ember_core::catalog::Task;
 use ember_core::tasks::reranking::RerankRequest;
 use ember_core::tasks::{TaskOutput, TaskRequest};
-use ember_gateway::Caller;
 use serde_json::{Value, json};
 
 pub(crate) async fn rerank(

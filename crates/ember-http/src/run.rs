@@ -12,11 +12,11 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use ember_access::{AccessError, Admission, Caller};
 use ember_core::catalog::ModelSpec;
 use ember_core::runner::TextEvent;
 use ember_core::tasks::{self, TaskOutput, TaskRequest, Usage};
 use ember_core::{InferError, RunOptions, RunOutput};
-use ember_gateway::{Admission, Caller, GatewayError};
 use ember_store::{DAY_MS, RequestRecord};
 use serde_json::{Value, json};
 use std::time::Instant;
@@ -105,17 +105,17 @@ impl Call {
         spec: &ModelSpec,
         estimate: &Usage,
     ) -> Result<(), ApiError> {
-        let gateway = &self.state.gateway;
-        let admission = gateway
+        let access = &self.state.access;
+        let admission = access
             .admit(&self.caller, spec, estimate.neurons)
             .await
             .map_err(|error| match error {
-                GatewayError::RateLimited { retry_after_secs } => {
+                AccessError::RateLimited { retry_after_secs } => {
                     ApiError::RateLimited { retry_after_secs }
                 }
-                GatewayError::AllocationUsed => ApiError::AllocationUsed {
+                AccessError::AllocationUsed => ApiError::AllocationUsed {
                     daily_free_neurons: self.caller.account.daily_free_neurons,
-                    retry_after_secs: seconds_to_midnight(gateway.now_ms()),
+                    retry_after_secs: seconds_to_midnight(access.now_ms()),
                 },
                 other => ApiError::Infer(InferError::Internal(other.to_string())),
             })?;
@@ -151,10 +151,10 @@ impl Call {
             Ok(usage) => (*usage, None),
             Err(error) => (Usage::default(), Some(error.kind().code)),
         };
-        let gateway = self.state.gateway.clone();
+        let access = self.state.access.clone();
         let record = RequestRecord {
             id: self.id,
-            created_at_ms: gateway.now_ms(),
+            created_at_ms: access.now_ms(),
             account_id: Some(self.caller.account.id),
             route: self.form.route().to_string(),
             model: self.model,
@@ -169,7 +169,7 @@ impl Call {
         };
         let admission = self.admission;
         // Its own task: settlement completes even if this request's future is dropped.
-        let written = tokio::spawn(async move { gateway.settle(admission, record).await }).await;
+        let written = tokio::spawn(async move { access.settle(admission, record).await }).await;
         match written {
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::error!(%error, "could not write the request log"),

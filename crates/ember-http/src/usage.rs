@@ -6,8 +6,8 @@ use crate::error::ApiError;
 use axum::Extension;
 use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
+use ember_access::Caller;
 use ember_core::InferError;
-use ember_gateway::Caller;
 use ember_store::UsageQuery;
 use serde::Deserialize;
 use serde_json::json;
@@ -29,7 +29,7 @@ pub async fn rest_usage(
         Ok(query) => query,
         Err(error) => return error.rest_response(),
     };
-    match state.gateway.stores().ledger.usage(&query).await {
+    match state.access.stores().ledger.usage(&query).await {
         Ok(rows) => {
             let result: Vec<_> = rows
                 .into_iter()
@@ -65,7 +65,7 @@ fn usage_query(state: &AppState, caller: &Caller, query: &str) -> Result<UsageQu
         params.since,
         params.until,
         params.model,
-        state.gateway.now_ms(),
+        state.access.now_ms(),
     )
     .map_err(|(field, problem)| ApiError::Infer(InferError::invalid(field, problem)))
 }

@@ -4,8 +4,8 @@
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use ember_gateway::clock::{Clock, SystemClock};
-use ember_gateway::credentials::{self, DEFAULT_DAILY_FREE_NEURONS};
+use ember_access::clock::{Clock, SystemClock};
+use ember_access::credentials::{self, DEFAULT_DAILY_FREE_NEURONS};
 use ember_store::{DAY_MS, Plan, Stores, UsageQuery, utc_day, utc_day_start_ms};
 
 #[derive(Subcommand)]

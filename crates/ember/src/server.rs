@@ -3,10 +3,10 @@
 //! runs still going after the grace period are aborted with 3008).
 
 use crate::config::EngineConfig;
+use ember_access::clock::SystemClock;
+use ember_access::{Access, AccessConfig};
 use ember_core::catalog::Task;
 use ember_core::{Catalog, Ember};
-use ember_gateway::clock::SystemClock;
-use ember_gateway::{Gateway, GatewayConfig};
 use ember_http::{AppState, HttpConfig};
 use ember_store::SqliteStore;
 use std::collections::HashMap;
@@ -86,10 +86,10 @@ pub async fn serve(
             .await
             .map_err(|e| anyhow::anyhow!("preloading {id}: {e}"))?;
     }
-    let gateway = Arc::new(Gateway::new(
+    let access = Arc::new(Access::new(
         SqliteStore::open(&config.db)?,
         Arc::new(SystemClock),
-        GatewayConfig {
+        AccessConfig {
             open_without_accounts: !config.require_auth && config.listen.ip().is_loopback(),
             rate_limits: config.rate_limits,
             task_limits: config.task_rate_limits.clone(),
@@ -101,7 +101,7 @@ pub async fn serve(
     let (abort_tx, abort) = watch::channel(false);
     let state = AppState {
         ember: ember.clone(),
-        gateway: gateway.clone(),
+        access: access.clone(),
         config: Arc::new(HttpConfig {
             request_timeout: config.request_timeout,
             ..HttpConfig::default()
@@ -113,7 +113,7 @@ pub async fn serve(
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let address = listener.local_addr()?;
-    banner(&config, &ember, &gateway, address).await?;
+    banner(&config, &ember, &access, address).await?;
     ready(address);
 
     let grace = config.shutdown_grace;
@@ -139,18 +139,18 @@ pub async fn serve(
 async fn banner(
     config: &ServeConfig,
     ember: &Ember,
-    gateway: &Gateway,
+    access: &Access,
     address: SocketAddr,
 ) -> anyhow::Result<()> {
     tracing::info!(
         "Ember listening on http://{address} (state in {})",
         config.db.display()
     );
-    if gateway.is_open().await? {
+    if access.is_open().await? {
         tracing::warn!(
             "DEV MODE: no accounts exist and Ember listens on loopback, so requests need no valid token and run under the local account. Create one (`ember accounts create`, then `ember tokens create`) to require tokens."
         );
-    } else if !gateway.stores().accounts.has_accounts().await? {
+    } else if !access.stores().accounts.has_accounts().await? {
         tracing::warn!(
             "API tokens are required but no account exists yet: every request is refused until you run `ember accounts create` and `ember tokens create --account <id>`"
         );

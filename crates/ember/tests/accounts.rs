@@ -7,9 +7,9 @@
 mod common;
 
 use common::*;
+use ember_access::clock::{Clock, ManualClock};
+use ember_access::{AccessConfig, credentials};
 use ember_core::tasks::estimate_usage;
-use ember_gateway::clock::{Clock, ManualClock};
-use ember_gateway::{GatewayConfig, credentials};
 use ember_http::HttpConfig;
 use ember_store::{Account, Plan};
 use serde_json::{Value, json};
@@ -25,16 +25,16 @@ struct Setup {
     clock: Arc<ManualClock>,
 }
 
-fn setup(gateway: GatewayConfig) -> Setup {
+fn setup(access: AccessConfig) -> Setup {
     let clock = Arc::new(ManualClock::new(MIDNIGHT + 12 * 3_600_000));
-    let app = app_with(HttpConfig::default(), gateway, clock.clone());
+    let app = app_with(HttpConfig::default(), access, clock.clone());
     Setup { app, clock }
 }
 
-fn locked() -> GatewayConfig {
-    GatewayConfig {
+fn locked() -> AccessConfig {
+    AccessConfig {
         open_without_accounts: false,
-        ..GatewayConfig::default()
+        ..AccessConfig::default()
     }
 }
 
@@ -192,7 +192,7 @@ async fn a_paid_account_goes_on_and_the_excess_is_billable() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rate_limits_slide_per_task_and_say_when_to_retry() {
-    let Setup { app, clock } = setup(GatewayConfig {
+    let Setup { app, clock } = setup(AccessConfig {
         task_limits: HashMap::from([(ember_core::catalog::Task::TextEmbeddings, 3)]),
         ..locked()
     });
@@ -278,7 +278,7 @@ async fn accounts_cannot_run_under_or_read_each_other() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dev_mode_runs_under_the_local_account_until_an_account_exists() {
-    let Setup { app, .. } = setup(GatewayConfig::default());
+    let Setup { app, .. } = setup(AccessConfig::default());
     let path = format!("/client/v4/accounts/anything/ai/run/{MINILM}");
     let reply = send(&app, post(&path, json!({"text": "hi"}).to_string())).await;
     assert_eq!(reply.status.as_u16(), 200);

@@ -8,8 +8,8 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use common::fake::{FAKE_MODELS, PANIC, fake_ember};
 use common::*;
-use ember_gateway::GatewayConfig;
-use ember_gateway::clock::SystemClock;
+use ember_access::AccessConfig;
+use ember_access::clock::SystemClock;
 use ember_http::HttpConfig;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -24,7 +24,7 @@ fn fake_app() -> App {
     app_on(
         fake_ember(),
         HttpConfig::default(),
-        GatewayConfig::default(),
+        AccessConfig::default(),
         Arc::new(SystemClock),
     )
 }

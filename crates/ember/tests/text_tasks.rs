@@ -237,8 +237,8 @@ async fn installed_architectures_serve_the_catalog_ids() {
     let app = app_on(
         std::sync::Arc::new(ember),
         ember_http::HttpConfig::default(),
-        ember_gateway::GatewayConfig::default(),
-        std::sync::Arc::new(ember_gateway::clock::SystemClock),
+        ember_access::AccessConfig::default(),
+        std::sync::Arc::new(ember_access::clock::SystemClock),
     );
 
     let classifier = fixture_reference("distilbert");

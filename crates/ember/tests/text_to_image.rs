@@ -42,8 +42,8 @@ fn app_for(ember: Arc<ember_core::Ember>, config: ember_http::HttpConfig) -> App
     app_on(
         ember,
         config,
-        ember_gateway::GatewayConfig::default(),
-        Arc::new(ember_gateway::clock::SystemClock),
+        ember_access::AccessConfig::default(),
+        Arc::new(ember_access::clock::SystemClock),
     )
 }
 

@@ -169,8 +169,8 @@ async fn detr_answers_objects_with_boxes_once_installed() {
     let app = app_on(
         std::sync::Arc::new(ember),
         ember_http::HttpConfig::default(),
-        ember_gateway::GatewayConfig::default(),
-        std::sync::Arc::new(ember_gateway::clock::SystemClock),
+        ember_access::AccessConfig::default(),
+        std::sync::Arc::new(ember_access::clock::SystemClock),
     );
     let reply = send(
         &app,

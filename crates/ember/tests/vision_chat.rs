@@ -53,8 +53,8 @@ fn app_with_tiny_vlm(test: &str) -> App {
     app_on(
         Arc::new(ember),
         ember_http::HttpConfig::default(),
-        ember_gateway::GatewayConfig::default(),
-        Arc::new(ember_gateway::clock::SystemClock),
+        ember_access::AccessConfig::default(),
+        Arc::new(ember_access::clock::SystemClock),
     )
 }
 

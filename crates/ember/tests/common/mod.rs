@@ -9,8 +9,8 @@ pub mod fake;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::http::{Request, StatusCode, header};
-use ember_gateway::clock::{Clock, SystemClock};
-use ember_gateway::{Gateway, GatewayConfig, credentials};
+use ember_access::clock::{Clock, SystemClock};
+use ember_access::{Access, AccessConfig, credentials};
 use ember_http::{AppState, HttpConfig};
 use ember_store::{Account, Plan, SqliteStore, Stores};
 use http_body_util::BodyExt;
@@ -69,23 +69,23 @@ pub struct App {
     pub abort: watch::Sender<bool>,
 }
 
-/// A router over a fresh in-memory store, with the gateway's settings and clock.
-pub fn app_with(config: HttpConfig, gateway: GatewayConfig, clock: Arc<dyn Clock>) -> App {
-    app_on(ember(), config, gateway, clock)
+/// A router over a fresh in-memory store, with the access settings and clock.
+pub fn app_with(config: HttpConfig, access: AccessConfig, clock: Arc<dyn Clock>) -> App {
+    app_on(ember(), config, access, clock)
 }
 
 /// A router over `ember` (real models or the fake kit's) and a fresh in-memory store.
 pub fn app_on(
     ember: Arc<ember_core::Ember>,
     config: HttpConfig,
-    gateway: GatewayConfig,
+    access: AccessConfig,
     clock: Arc<dyn Clock>,
 ) -> App {
     let store = SqliteStore::in_memory().unwrap();
     let (abort, abort_rx) = watch::channel(false);
     let state = AppState {
         ember,
-        gateway: Arc::new(Gateway::new(store.clone(), clock, gateway)),
+        access: Arc::new(Access::new(store.clone(), clock, access)),
         config: Arc::new(config),
         abort: abort_rx,
         generated_images: Default::default(),
@@ -104,7 +104,7 @@ pub fn app() -> App {
 
 /// The dev-mode app with these HTTP settings.
 pub fn app_with_http(config: HttpConfig) -> App {
-    app_with(config, GatewayConfig::default(), Arc::new(SystemClock))
+    app_with(config, AccessConfig::default(), Arc::new(SystemClock))
 }
 
 /// Waits until `model`'s one sequence is free again after a test dropped a stream: a run that

@@ -3,7 +3,7 @@
 //! limits, the daily free allocation of Neurons) and what they used (each request's cost
 //! settled into the ledger). The state lives behind `ember_store`'s async traits; the rules
 //! (which window, how long a reservation may live, when dev mode is on) are here. Knows nothing
-//! of HTTP.
+//! of HTTP. (Cloudflare's AI Gateway — caching, logs, fallbacks — is `ember-ai-gateway`, not this.)
 
 pub mod clock;
 pub mod credentials;
@@ -23,7 +23,7 @@ use std::time::Duration;
 pub const LOCAL_ACCOUNT_ID: &str = "local";
 
 #[derive(Debug, Clone)]
-pub struct GatewayConfig {
+pub struct AccessConfig {
     /// While the store holds no account, requests need no valid token (Ember listens on
     /// loopback only and `--require-auth` is off).
     pub open_without_accounts: bool,
@@ -35,9 +35,9 @@ pub struct GatewayConfig {
     pub reservation_ttl: Duration,
 }
 
-impl Default for GatewayConfig {
-    fn default() -> GatewayConfig {
-        GatewayConfig {
+impl Default for AccessConfig {
+    fn default() -> AccessConfig {
+        AccessConfig {
             open_without_accounts: true,
             rate_limits: true,
             task_limits: HashMap::new(),
@@ -53,7 +53,7 @@ pub struct Caller {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum GatewayError {
+pub enum AccessError {
     #[error("authentication failed: {0:?}")]
     Unauthenticated(Refusal),
     /// The path names an account the token does not belong to.
@@ -67,15 +67,15 @@ pub enum GatewayError {
     Store(#[from] StoreError),
 }
 
-pub struct Gateway {
+pub struct Access {
     stores: Stores,
     clock: Arc<dyn Clock>,
-    config: GatewayConfig,
+    config: AccessConfig,
 }
 
-impl Gateway {
-    pub fn new(stores: Stores, clock: Arc<dyn Clock>, config: GatewayConfig) -> Gateway {
-        Gateway {
+impl Access {
+    pub fn new(stores: Stores, clock: Arc<dyn Clock>, config: AccessConfig) -> Access {
+        Access {
             stores,
             clock,
             config,
@@ -102,7 +102,7 @@ impl Gateway {
         &self,
         bearer: Option<&str>,
         path_account: Option<&str>,
-    ) -> Result<Caller, GatewayError> {
+    ) -> Result<Caller, AccessError> {
         if self.is_open().await? {
             return Ok(Caller {
                 account: local_account(),
@@ -112,16 +112,16 @@ impl Gateway {
         let token = credentials::verify(accounts, bearer, self.now_ms())
             .await
             .map_err(|e| match e {
-                VerifyError::Refused(refusal) => GatewayError::Unauthenticated(refusal),
-                VerifyError::Store(error) => GatewayError::Store(error),
+                VerifyError::Refused(refusal) => AccessError::Unauthenticated(refusal),
+                VerifyError::Store(error) => AccessError::Store(error),
             })?;
         if path_account.is_some_and(|id| id != token.account_id) {
-            return Err(GatewayError::WrongAccount);
+            return Err(AccessError::WrongAccount);
         }
         let account = accounts
             .account(&token.account_id)
             .await?
-            .ok_or(GatewayError::Unauthenticated(Refusal::Unknown))?;
+            .ok_or(AccessError::Unauthenticated(Refusal::Unknown))?;
         Ok(Caller { account })
     }
 
@@ -132,13 +132,13 @@ impl Gateway {
         caller: &Caller,
         spec: &ModelSpec,
         estimated_neurons: f64,
-    ) -> Result<Admission, GatewayError> {
+    ) -> Result<Admission, AccessError> {
         let now_ms = self.now_ms();
         if self.config.rate_limits {
             let (key, per_minute) = self.rate_limit(caller, spec);
             let window = self.stores.windows.count(&key, per_minute, now_ms).await?;
             if let Window::Full { retry_after_secs } = window {
-                return Err(GatewayError::RateLimited { retry_after_secs });
+                return Err(AccessError::RateLimited { retry_after_secs });
             }
         }
         let hold = Hold {
@@ -149,7 +149,7 @@ impl Gateway {
         };
         let reservation = self.stores.reservations.reserve(&hold).await?;
         Ok(Admission {
-            reservation: Some(reservation.ok_or(GatewayError::AllocationUsed)?),
+            reservation: Some(reservation.ok_or(AccessError::AllocationUsed)?),
             reservations: self.stores.reservations.clone(),
         })
     }
@@ -257,11 +257,11 @@ mod tests {
     async fn admissions_settle_at_their_start_or_give_back_when_dropped() {
         let stores = SqliteStore::in_memory().unwrap();
         let clock = Arc::new(ManualClock::new(5));
-        let config = GatewayConfig {
+        let config = AccessConfig {
             open_without_accounts: false,
-            ..GatewayConfig::default()
+            ..AccessConfig::default()
         };
-        let gateway = Gateway::new(stores.clone(), clock.clone(), config);
+        let access = Access::new(stores.clone(), clock.clone(), config);
         let accounts = stores.accounts.as_ref();
         let account = credentials::create_account(accounts, "t", Plan::Free, 2.0, 0).await;
         let caller = Caller {
@@ -270,18 +270,18 @@ mod tests {
         let catalog = Catalog::builtin().unwrap();
         let spec = &catalog.models()[0];
 
-        let dropped = gateway.admit(&caller, spec, 2.0).await.unwrap();
-        let refused = gateway.admit(&caller, spec, 1.0).await;
-        assert!(matches!(refused, Err(GatewayError::AllocationUsed)));
+        let dropped = access.admit(&caller, spec, 2.0).await.unwrap();
+        let refused = access.admit(&caller, spec, 1.0).await;
+        assert!(matches!(refused, Err(AccessError::AllocationUsed)));
         drop(dropped);
         // The release runs as a task; let it.
         tokio::task::yield_now().await;
-        let admission = gateway.admit(&caller, spec, 2.0).await.unwrap();
+        let admission = access.admit(&caller, spec, 2.0).await.unwrap();
         clock.advance(1_000);
         let settled = record("r", &caller.account, 1.0);
-        gateway.settle(Some(admission), settled).await.unwrap();
+        access.settle(Some(admission), settled).await.unwrap();
         let logged = stores.ledger.request("r").await.unwrap().unwrap();
         assert_eq!(logged.created_at_ms, 5, "dated when admitted");
-        assert!(gateway.admit(&caller, spec, 1.0).await.is_ok());
+        assert!(access.admit(&caller, spec, 1.0).await.is_ok());
     }
 }
