@@ -3,8 +3,9 @@
 //! for one backend, so a new backend runs exactly this list.
 
 use crate::{
-    Account, DAY_MS, DailyUsage, Hold, Plan, RequestRecord, StoreError, Stores, Token, UsageQuery,
-    Window,
+    Account, CachedResponse, DAY_MS, DailyUsage, Gateway, GatewayLog, Hold, LogPatch, LogQuery,
+    LogStrategy, Plan, RateTechnique, RequestRecord, StoreError, Stores, Token, UsageQuery, Window,
+    gateway_cache_key,
 };
 
 /// Declares one `#[tokio::test]` per check, each on the stores `$open(test_name).await` gives.
@@ -20,7 +21,13 @@ macro_rules! conformance_tests {
             reservations_hold_until_settled_or_released,
             reservations_expire,
             the_day_starts_from_the_ledger_and_resets_at_midnight,
-            a_paid_account_goes_on_and_the_excess_is_billable
+            a_paid_account_goes_on_and_the_excess_is_billable,
+            windows_of_any_length,
+            gateways_are_per_account,
+            gateway_logs_filter_page_and_add_up,
+            gateway_logs_keep_their_bound,
+            gateway_logs_take_feedback_and_go,
+            cached_responses_expire_and_go_with_their_gateway
         );
     };
     (@each $open:path; $($check:ident),*) => {
@@ -444,4 +451,252 @@ pub async fn a_paid_account_goes_on_and_the_excess_is_billable(stores: &Stores) 
         .await
         .unwrap();
     assert_eq!((rows[0].neurons, rows[0].billable_neurons), (4.5, 2.5));
+}
+
+pub async fn windows_of_any_length(stores: &Stores) {
+    let windows = &stores.windows;
+    let over = async |at| windows.count_over("gw", 1, 10_000, at).await.unwrap();
+    assert_eq!(over(0).await, Window::Allowed);
+    assert_eq!(
+        over(9_999).await,
+        Window::Full {
+            retry_after_secs: 1
+        }
+    );
+    assert_eq!(over(10_000).await, Window::Allowed);
+}
+
+fn gateway(account: &str, id: &str) -> Gateway {
+    Gateway {
+        account_id: account.into(),
+        id: id.into(),
+        cache_ttl: 0,
+        cache_invalidate_on_update: false,
+        collect_logs: true,
+        rate_limiting_limit: None,
+        rate_limiting_interval: None,
+        rate_limiting_technique: RateTechnique::Fixed,
+        authentication: false,
+        log_management: None,
+        log_management_strategy: LogStrategy::StopInserting,
+        created_at_ms: 1,
+        modified_at_ms: 1,
+    }
+}
+
+pub async fn gateways_are_per_account(stores: &Stores) {
+    let store = &stores.gateways;
+    assert!(
+        store
+            .create_gateway(&gateway("a", "default"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .create_gateway(&gateway("a", "default"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .create_gateway(&gateway("b", "default"))
+            .await
+            .unwrap()
+    );
+    let mut second = gateway("a", "second");
+    second.created_at_ms = 2;
+    assert!(store.create_gateway(&second).await.unwrap());
+    let ids = |list: Vec<Gateway>| list.into_iter().map(|g| g.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.gateways("a").await.unwrap()),
+        ["default", "second"]
+    );
+
+    second.cache_ttl = 300;
+    second.rate_limiting_limit = Some(5);
+    second.rate_limiting_interval = Some(60);
+    second.rate_limiting_technique = RateTechnique::Sliding;
+    second.log_management = Some(10);
+    second.log_management_strategy = LogStrategy::DeleteOldest;
+    second.modified_at_ms = 9;
+    assert!(store.update_gateway(&second).await.unwrap());
+    assert_eq!(store.gateway("a", "second").await.unwrap(), Some(second));
+    assert!(!store.update_gateway(&gateway("a", "none")).await.unwrap());
+
+    assert!(store.delete_gateway("a", "second").await.unwrap());
+    assert!(!store.delete_gateway("a", "second").await.unwrap());
+    assert_eq!(store.gateway("a", "second").await.unwrap(), None);
+    assert!(store.gateway("b", "default").await.unwrap().is_some());
+}
+
+fn log(id: &str, gateway: &str, at_ms: i64) -> GatewayLog {
+    GatewayLog {
+        id: id.into(),
+        account_id: "a".into(),
+        gateway_id: gateway.into(),
+        created_at_ms: at_ms,
+        provider: "workers-ai".into(),
+        model: "@cf/meta/llama-3.1-8b-instruct".into(),
+        model_type: Some("Text Generation".into()),
+        path: "@cf/meta/llama-3.1-8b-instruct".into(),
+        duration_ms: 10,
+        status_code: 200,
+        success: true,
+        tokens_in: 3,
+        tokens_out: 4,
+        cost: 0.5,
+        request_size: 2,
+        request_body: Some(b"{}".to_vec()),
+        response_body: Some(vec![0, 159, 146, 150]),
+        ..GatewayLog::default()
+    }
+}
+
+fn logs_of(gateway: &str) -> LogQuery {
+    LogQuery {
+        account_id: "a".into(),
+        gateway_id: gateway.into(),
+        page: 1,
+        per_page: 20,
+        ..LogQuery::default()
+    }
+}
+
+pub async fn gateway_logs_filter_page_and_add_up(stores: &Stores) {
+    let logs = &stores.gateway_logs;
+    let mut failed = log("2", "g", 20);
+    (failed.success, failed.status_code, failed.duration_ms) = (false, 500, 90);
+    let mut cached = log("3", "g", 30);
+    (cached.cached, cached.tokens_in, cached.cost) = (true, 30, 0.0);
+    for entry in [
+        log("1", "g", 10),
+        failed,
+        cached.clone(),
+        log("4", "other", 40),
+    ] {
+        assert!(logs.insert_log(&entry, None).await.unwrap());
+    }
+    assert_eq!(logs.log("a", "g", "3").await.unwrap(), Some(cached));
+    assert_eq!(logs.log("a", "other", "3").await.unwrap(), None);
+
+    let (page, totals) = logs.logs(&logs_of("g")).await.unwrap();
+    let ids: Vec<_> = page.iter().map(|l| l.id.as_str()).collect();
+    assert_eq!(ids, ["3", "2", "1"], "newest first");
+    assert_eq!(totals.count, 3);
+    assert_eq!((totals.min_cost, totals.max_cost), (0.0, 0.5));
+    assert_eq!((totals.min_duration_ms, totals.max_duration_ms), (10, 90));
+    assert_eq!((totals.min_tokens_in, totals.max_tokens_in), (3, 30));
+    assert_eq!((totals.min_total_tokens, totals.max_total_tokens), (7, 34));
+
+    let second_page = LogQuery {
+        page: 2,
+        per_page: 2,
+        ..logs_of("g")
+    };
+    let (page, totals) = logs.logs(&second_page).await.unwrap();
+    assert_eq!((page.len(), page[0].id.as_str(), totals.count), (1, "1", 3));
+    let failures = LogQuery {
+        success: Some(false),
+        ..logs_of("g")
+    };
+    let (page, _) = logs.logs(&failures).await.unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].id, "2");
+    let hits = LogQuery {
+        cached: Some(true),
+        ..logs_of("g")
+    };
+    assert_eq!(logs.logs(&hits).await.unwrap().0[0].id, "3");
+}
+
+pub async fn gateway_logs_keep_their_bound(stores: &Stores) {
+    let logs = &stores.gateway_logs;
+    let stop = Some((2, LogStrategy::StopInserting));
+    assert!(logs.insert_log(&log("1", "stop", 1), stop).await.unwrap());
+    assert!(logs.insert_log(&log("2", "stop", 2), stop).await.unwrap());
+    assert!(!logs.insert_log(&log("3", "stop", 3), stop).await.unwrap());
+    assert_eq!(logs.logs(&logs_of("stop")).await.unwrap().1.count, 2);
+
+    let rotate = Some((2, LogStrategy::DeleteOldest));
+    for (id, at) in [("4", 4), ("5", 5), ("6", 6)] {
+        assert!(
+            logs.insert_log(&log(id, "rotate", at), rotate)
+                .await
+                .unwrap()
+        );
+    }
+    let (kept, _) = logs.logs(&logs_of("rotate")).await.unwrap();
+    let ids: Vec<_> = kept.iter().map(|l| l.id.as_str()).collect();
+    assert_eq!(ids, ["6", "5"]);
+}
+
+pub async fn gateway_logs_take_feedback_and_go(stores: &Stores) {
+    let logs = &stores.gateway_logs;
+    assert!(logs.insert_log(&log("1", "g", 1), None).await.unwrap());
+    assert!(logs.insert_log(&log("2", "g", 2), None).await.unwrap());
+    let patch = LogPatch {
+        feedback: Some(Some(-1)),
+        score: Some(Some(80)),
+        metadata: Some(Some(r#"{"user":1}"#.into())),
+    };
+    assert!(logs.patch_log("a", "g", "1", &patch).await.unwrap());
+    assert!(!logs.patch_log("a", "g", "9", &patch).await.unwrap());
+    let patched = logs.log("a", "g", "1").await.unwrap().unwrap();
+    assert_eq!((patched.feedback, patched.score), (Some(-1), Some(80)));
+    assert_eq!(patched.metadata.as_deref(), Some(r#"{"user":1}"#));
+    let cleared = LogPatch {
+        feedback: Some(None),
+        ..LogPatch::default()
+    };
+    assert!(logs.patch_log("a", "g", "1", &cleared).await.unwrap());
+    let patched = logs.log("a", "g", "1").await.unwrap().unwrap();
+    assert_eq!((patched.feedback, patched.score), (None, Some(80)));
+
+    let unhappy = LogQuery {
+        success: Some(true),
+        feedback: Some(-1),
+        ..logs_of("g")
+    };
+    assert!(logs.patch_log("a", "g", "2", &patch).await.unwrap());
+    assert_eq!(logs.delete_logs(&unhappy).await.unwrap(), 1);
+    assert_eq!(logs.logs(&logs_of("g")).await.unwrap().1.count, 1);
+    assert!(
+        stores
+            .gateways
+            .create_gateway(&gateway("a", "g"))
+            .await
+            .unwrap()
+    );
+    assert!(stores.gateways.delete_gateway("a", "g").await.unwrap());
+    assert_eq!(logs.logs(&logs_of("g")).await.unwrap().1.count, 0);
+}
+
+pub async fn cached_responses_expire_and_go_with_their_gateway(stores: &Stores) {
+    let cache = &stores.response_cache;
+    let response = |gateway: &str| CachedResponse {
+        gateway_key: gateway_cache_key("a", gateway),
+        status: 200,
+        headers: vec![("content-type".into(), "text/event-stream".into())],
+        body: b"data: {}\n\ndata: [DONE]\n\n".to_vec(),
+    };
+    cache.keep("k1", &response("g"), 0, 1_000).await.unwrap();
+    cache.keep("k2", &response("h"), 0, 1_000).await.unwrap();
+    assert_eq!(cache.cached("k1", 999).await.unwrap(), Some(response("g")));
+    assert_eq!(cache.cached("k1", 1_000).await.unwrap(), None, "expired");
+    assert_eq!(cache.cached("nothing", 0).await.unwrap(), None);
+    cache
+        .keep("k1", &response("g"), 1_000, 2_000)
+        .await
+        .unwrap();
+    assert!(
+        cache.cached("k1", 1_500).await.unwrap().is_some(),
+        "kept again"
+    );
+    cache
+        .forget_gateway(&gateway_cache_key("a", "g"))
+        .await
+        .unwrap();
+    assert_eq!(cache.cached("k1", 1_500).await.unwrap(), None);
+    assert!(cache.cached("k2", 500).await.unwrap().is_some());
 }

@@ -1,6 +1,7 @@
 //! Ember's state behind async traits, one per concern: accounts and tokens (`AccountStore`), the
 //! request log and usage ledger (`Ledger`), per-minute rate windows (`RateWindows`) and the
-//! Neurons held by running requests (`Reservations`). `Stores` bundles one of each, so callers
+//! Neurons held by running requests (`Reservations`), and AI Gateway's gateways, logs and
+//! response cache (`GatewayStore`, `GatewayLogs`, `ResponseCache`). `Stores` bundles one of each, so callers
 //! hold one value and never name a backend. `sqlite` is the default backend; a scaled-out one
 //! implements the same traits, passes the same `conformance` suite, and callers do not change.
 
@@ -8,6 +9,7 @@ mod accounts;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod days;
+mod gateways;
 mod ledger;
 mod reservations;
 mod sqlite;
@@ -15,6 +17,10 @@ mod windows;
 
 pub use accounts::{Account, AccountStore, Plan, Token};
 pub use days::{DAY_MS, utc_day, utc_day_start_ms};
+pub use gateways::{
+    CachedResponse, Gateway, GatewayLog, GatewayLogs, GatewayStore, LogPatch, LogQuery,
+    LogStrategy, LogTotals, RateTechnique, ResponseCache, gateway_cache_key,
+};
 pub use ledger::{DailyUsage, Ledger, RequestRecord, UsageQuery};
 pub use reservations::{Hold, MemoryReservations, Reservation, Reservations};
 pub use sqlite::SqliteStore;
@@ -29,6 +35,9 @@ pub struct Stores {
     pub ledger: Arc<dyn Ledger>,
     pub windows: Arc<dyn RateWindows>,
     pub reservations: Arc<dyn Reservations>,
+    pub gateways: Arc<dyn GatewayStore>,
+    pub gateway_logs: Arc<dyn GatewayLogs>,
+    pub response_cache: Arc<dyn ResponseCache>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1,19 +1,30 @@
-//! Requests-per-minute limits over a sliding window: the `RateWindows` trait, and
-//! `MemoryWindows`, which keeps the times of each key's requests in the last 60 seconds in
-//! process memory, exactly (a published limit is at most a few thousand a minute).
+//! Request limits over sliding windows: the `RateWindows` trait, and `MemoryWindows`, which keeps
+//! the times of each key's requests in its window in process memory, exactly (a published limit
+//! is at most a few thousand a minute).
 
 use crate::StoreError;
 use async_trait::async_trait;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
-/// Sliding one-minute windows, one per key (an account's task or model).
+/// Sliding windows, one per key (an account's task or model, a gateway).
 #[async_trait]
 pub trait RateWindows: Send + Sync {
-    /// Counts a request on `key` at `now_ms` if fewer than `per_minute` were counted in the
-    /// minute up to it (requests at `now_ms - 60 s` or earlier have left); a refused request is
-    /// not counted.
-    async fn count(&self, key: &str, per_minute: u32, now_ms: i64) -> Result<Window, StoreError>;
+    /// Counts a request on `key` at `now_ms` if fewer than `limit` were counted in the
+    /// `window_ms` up to it (requests at `now_ms - window_ms` or earlier have left); a refused
+    /// request is not counted. One key is always used with one window length.
+    async fn count_over(
+        &self,
+        key: &str,
+        limit: u32,
+        window_ms: i64,
+        now_ms: i64,
+    ) -> Result<Window, StoreError>;
+
+    /// `count_over` a one-minute window: the per-task limits.
+    async fn count(&self, key: &str, per_minute: u32, now_ms: i64) -> Result<Window, StoreError> {
+        self.count_over(key, per_minute, MINUTE_MS, now_ms).await
+    }
 }
 
 /// What a window said of one request.
@@ -26,7 +37,7 @@ pub enum Window {
     },
 }
 
-const WINDOW_MS: i64 = 60_000;
+const MINUTE_MS: i64 = 60_000;
 
 /// Windows in this process's memory: right for one server (`SqliteStore`'s default), where a
 /// restart forgets at most a minute of counts.
@@ -37,15 +48,21 @@ pub struct MemoryWindows {
 
 #[async_trait]
 impl RateWindows for MemoryWindows {
-    async fn count(&self, key: &str, per_minute: u32, now_ms: i64) -> Result<Window, StoreError> {
+    async fn count_over(
+        &self,
+        key: &str,
+        limit: u32,
+        window_ms: i64,
+        now_ms: i64,
+    ) -> Result<Window, StoreError> {
         let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
         let window = windows.entry(key.to_string()).or_default();
-        while window.front().is_some_and(|&at| at <= now_ms - WINDOW_MS) {
+        while window.front().is_some_and(|&at| at <= now_ms - window_ms) {
             window.pop_front();
         }
-        if window.len() >= per_minute as usize {
+        if window.len() >= limit as usize {
             let oldest = window.front().copied().unwrap_or(now_ms);
-            let wait_ms = (oldest + WINDOW_MS - now_ms).max(1);
+            let wait_ms = (oldest + window_ms - now_ms).max(1);
             return Ok(Window::Full {
                 retry_after_secs: (wait_ms as u64).div_ceil(1000),
             });

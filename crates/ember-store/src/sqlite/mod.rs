@@ -5,6 +5,7 @@
 //! request then pays a lock for them instead of three more SQLite write transactions.
 
 mod accounts;
+mod gateways;
 mod ledger;
 
 use crate::{MemoryReservations, MemoryWindows, StoreError, Stores};
@@ -58,12 +59,74 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE requests ADD COLUMN account_id TEXT;
     ALTER TABLE requests ADD COLUMN neurons REAL NOT NULL DEFAULT 0;
     ALTER TABLE requests ADD COLUMN billable_neurons REAL NOT NULL DEFAULT 0;",
+    "CREATE TABLE gateways (
+        account_id                 TEXT NOT NULL,
+        id                         TEXT NOT NULL,
+        cache_ttl                  INTEGER NOT NULL,
+        cache_invalidate_on_update INTEGER NOT NULL,
+        collect_logs               INTEGER NOT NULL,
+        rate_limiting_limit        INTEGER,
+        rate_limiting_interval     INTEGER,
+        rate_limiting_technique    TEXT NOT NULL,
+        authentication             INTEGER NOT NULL,
+        log_management             INTEGER,
+        log_management_strategy    TEXT NOT NULL,
+        created_at_ms              INTEGER NOT NULL,
+        modified_at_ms             INTEGER NOT NULL,
+        PRIMARY KEY (account_id, id)
+    );
+    CREATE TABLE gateway_logs (
+        id                    TEXT PRIMARY KEY,
+        account_id            TEXT NOT NULL,
+        gateway_id            TEXT NOT NULL,
+        created_at_ms         INTEGER NOT NULL,
+        provider              TEXT NOT NULL,
+        model                 TEXT NOT NULL,
+        model_type            TEXT,
+        path                  TEXT NOT NULL,
+        duration_ms           INTEGER NOT NULL,
+        status_code           INTEGER NOT NULL,
+        success               INTEGER NOT NULL,
+        cached                INTEGER NOT NULL,
+        step                  INTEGER NOT NULL,
+        tokens_in             INTEGER NOT NULL,
+        tokens_out            INTEGER NOT NULL,
+        cost                  REAL NOT NULL,
+        custom_cost           INTEGER NOT NULL,
+        metadata              TEXT,
+        event_id              TEXT,
+        request_content_type  TEXT,
+        response_content_type TEXT,
+        request_size          INTEGER NOT NULL,
+        response_size         INTEGER NOT NULL,
+        request_body          BLOB,
+        response_body         BLOB,
+        feedback              INTEGER,
+        score                 INTEGER
+    );
+    CREATE INDEX gateway_logs_by_time ON gateway_logs (account_id, gateway_id, created_at_ms);
+    CREATE TABLE response_cache (
+        key           TEXT PRIMARY KEY,
+        gateway_key   TEXT NOT NULL,
+        status        INTEGER NOT NULL,
+        headers       TEXT NOT NULL,
+        body          BLOB NOT NULL,
+        size          INTEGER NOT NULL,
+        stored_at_ms  INTEGER NOT NULL,
+        expires_at_ms INTEGER NOT NULL
+    );
+    CREATE INDEX response_cache_by_age ON response_cache (stored_at_ms);
+    CREATE INDEX response_cache_by_gateway ON response_cache (gateway_key);",
 ];
+
+/// How many bytes of response bodies the cache holds before it evicts the oldest.
+pub const RESPONSE_CACHE_BYTES: u64 = 256 << 20;
 
 /// A handle to the database; clones share one connection.
 #[derive(Clone)]
 pub struct SqliteStore {
     connection: Arc<Mutex<Connection>>,
+    cache_bound_bytes: u64,
 }
 
 impl SqliteStore {
@@ -93,6 +156,9 @@ impl SqliteStore {
         Stores {
             accounts: store.clone(),
             ledger: store.clone(),
+            gateways: store.clone(),
+            gateway_logs: store.clone(),
+            response_cache: store.clone(),
             windows: Arc::new(MemoryWindows::default()),
             reservations: Arc::new(MemoryReservations::new(store)),
         }
@@ -115,6 +181,7 @@ impl SqliteStore {
         }
         Ok(SqliteStore {
             connection: Arc::new(Mutex::new(connection)),
+            cache_bound_bytes: RESPONSE_CACHE_BYTES,
         })
     }
 
@@ -170,5 +237,26 @@ mod tests {
         let spent = stores.ledger.neurons_spent("a", "1970-01-01").await;
         assert_eq!(spent.unwrap(), 1.5);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_response_cache_evicts_the_oldest_beyond_its_bound() {
+        use crate::{CachedResponse, ResponseCache};
+        let mut store = SqliteStore::init(Connection::open_in_memory().unwrap()).unwrap();
+        store.cache_bound_bytes = 10;
+        let response = |size| CachedResponse {
+            gateway_key: "a/g".into(),
+            status: 200,
+            headers: Vec::new(),
+            body: vec![7; size],
+        };
+        store.keep("old", &response(4), 1, 100).await.unwrap();
+        store.keep("mid", &response(4), 2, 100).await.unwrap();
+        store.keep("new", &response(4), 3, 100).await.unwrap();
+        assert_eq!(store.cached("old", 3).await.unwrap(), None, "evicted");
+        assert!(store.cached("mid", 3).await.unwrap().is_some());
+        assert!(store.cached("new", 3).await.unwrap().is_some());
+        store.keep("huge", &response(11), 4, 100).await.unwrap();
+        assert_eq!(store.cached("huge", 4).await.unwrap(), None, "never fits");
     }
 }

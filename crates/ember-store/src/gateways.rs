@@ -1,0 +1,226 @@
+//! What AI Gateway keeps: the gateways of each account (`GatewayStore`), the log of the requests
+//! that went through them (`GatewayLogs`) and the responses they cache (`ResponseCache`).
+//! Plain records; the rules (defaults, TTL limits, what is cacheable) are `ember-ai-gateway`'s.
+
+use crate::StoreError;
+use async_trait::async_trait;
+
+/// An account's gateways.
+#[async_trait]
+pub trait GatewayStore: Send + Sync {
+    /// Adds a gateway; false (nothing written) if the account has one of that id.
+    async fn create_gateway(&self, gateway: &Gateway) -> Result<bool, StoreError>;
+    async fn gateway(&self, account_id: &str, id: &str) -> Result<Option<Gateway>, StoreError>;
+    /// The account's gateways, oldest first.
+    async fn gateways(&self, account_id: &str) -> Result<Vec<Gateway>, StoreError>;
+    /// Replaces a gateway's settings; false if it does not exist.
+    async fn update_gateway(&self, gateway: &Gateway) -> Result<bool, StoreError>;
+    /// Deletes a gateway with its logs and cached responses; false if it did not exist.
+    async fn delete_gateway(&self, account_id: &str, id: &str) -> Result<bool, StoreError>;
+}
+
+/// One gateway's settings, as its API object holds them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gateway {
+    pub account_id: String,
+    pub id: String,
+    /// Seconds a response stays cached; 0 turns caching off (unless a request asks for it).
+    pub cache_ttl: u64,
+    pub cache_invalidate_on_update: bool,
+    pub collect_logs: bool,
+    /// Requests allowed per `rate_limiting_interval` seconds; none for no limit.
+    pub rate_limiting_limit: Option<u32>,
+    pub rate_limiting_interval: Option<u32>,
+    pub rate_limiting_technique: RateTechnique,
+    /// Requests must carry `cf-aig-authorization` with a token of the account.
+    pub authentication: bool,
+    /// At most this many logs kept; none for no bound.
+    pub log_management: Option<u64>,
+    pub log_management_strategy: LogStrategy,
+    pub created_at_ms: i64,
+    pub modified_at_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateTechnique {
+    Fixed,
+    Sliding,
+}
+
+impl RateTechnique {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RateTechnique::Fixed => "fixed",
+            RateTechnique::Sliding => "sliding",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<RateTechnique> {
+        [RateTechnique::Fixed, RateTechnique::Sliding]
+            .into_iter()
+            .find(|t| t.as_str() == text)
+    }
+}
+
+/// What happens to a new log when a gateway holds `log_management` of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogStrategy {
+    StopInserting,
+    DeleteOldest,
+}
+
+impl LogStrategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogStrategy::StopInserting => "STOP_INSERTING",
+            LogStrategy::DeleteOldest => "DELETE_OLDEST",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<LogStrategy> {
+        [LogStrategy::StopInserting, LogStrategy::DeleteOldest]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+    }
+}
+
+/// The requests that went through the gateways.
+#[async_trait]
+pub trait GatewayLogs: Send + Sync {
+    /// Writes a log, keeping at most `keep_at_most` for its gateway: with `StopInserting` a log
+    /// over the bound is not written (false), with `DeleteOldest` the oldest make room.
+    async fn insert_log(
+        &self,
+        log: &GatewayLog,
+        keep_at_most: Option<(u64, LogStrategy)>,
+    ) -> Result<bool, StoreError>;
+    async fn log(
+        &self,
+        account_id: &str,
+        gateway_id: &str,
+        id: &str,
+    ) -> Result<Option<GatewayLog>, StoreError>;
+    /// A page of a gateway's logs matching the query, and what all its matches add up to.
+    async fn logs(&self, query: &LogQuery) -> Result<(Vec<GatewayLog>, LogTotals), StoreError>;
+    /// Deletes a gateway's logs matching the filter; how many went.
+    async fn delete_logs(&self, query: &LogQuery) -> Result<u64, StoreError>;
+    /// Sets a log's feedback, score or metadata (the fields given); false if no such log.
+    async fn patch_log(
+        &self,
+        account_id: &str,
+        gateway_id: &str,
+        id: &str,
+        patch: &LogPatch,
+    ) -> Result<bool, StoreError>;
+}
+
+/// One request through a gateway.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct GatewayLog {
+    pub id: String,
+    pub account_id: String,
+    pub gateway_id: String,
+    pub created_at_ms: i64,
+    pub provider: String,
+    pub model: String,
+    /// The model's task (`Text Generation`, ...), where known.
+    pub model_type: Option<String>,
+    pub path: String,
+    pub duration_ms: u64,
+    pub status_code: u16,
+    pub success: bool,
+    pub cached: bool,
+    /// The step of a universal request that served (0 otherwise).
+    pub step: u32,
+    pub tokens_in: u32,
+    pub tokens_out: u32,
+    /// In dollars.
+    pub cost: f64,
+    pub custom_cost: bool,
+    /// `cf-aig-metadata` as it was given (a JSON object), or none.
+    pub metadata: Option<String>,
+    pub event_id: Option<String>,
+    pub request_content_type: Option<String>,
+    pub response_content_type: Option<String>,
+    pub request_size: u64,
+    pub response_size: u64,
+    /// The bodies, unless the request asked for metadata-only logs.
+    pub request_body: Option<Vec<u8>>,
+    pub response_body: Option<Vec<u8>>,
+    /// 1, -1 or none.
+    pub feedback: Option<i8>,
+    pub score: Option<u8>,
+}
+
+/// Which logs of a gateway, and which page of them (newest first).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LogQuery {
+    pub account_id: String,
+    pub gateway_id: String,
+    pub success: Option<bool>,
+    pub cached: Option<bool>,
+    pub model: Option<String>,
+    pub provider: Option<String>,
+    pub feedback: Option<i8>,
+    /// Pages count from 1.
+    pub page: u32,
+    pub per_page: u32,
+}
+
+/// What a query's matches add up to: the `result_info` of a log list.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LogTotals {
+    pub count: u64,
+    pub min_cost: f64,
+    pub max_cost: f64,
+    pub min_duration_ms: u64,
+    pub max_duration_ms: u64,
+    pub min_tokens_in: u32,
+    pub max_tokens_in: u32,
+    pub min_tokens_out: u32,
+    pub max_tokens_out: u32,
+    pub min_total_tokens: u32,
+    pub max_total_tokens: u32,
+}
+
+/// The fields a `PATCH` of a log sets; `Some(None)` clears one.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LogPatch {
+    pub feedback: Option<Option<i8>>,
+    pub score: Option<Option<u8>>,
+    pub metadata: Option<Option<String>>,
+}
+
+/// Responses kept for identical requests, by key, until they expire or the bound evicts them.
+#[async_trait]
+pub trait ResponseCache: Send + Sync {
+    /// The response under `key`, if it has not expired by `now_ms`.
+    async fn cached(&self, key: &str, now_ms: i64) -> Result<Option<CachedResponse>, StoreError>;
+    /// Keeps `response` under `key` until `expires_at_ms`, evicting what expired, then the
+    /// oldest, while the cache holds more than its bound in bytes.
+    async fn keep(
+        &self,
+        key: &str,
+        response: &CachedResponse,
+        now_ms: i64,
+        expires_at_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// Drops every response cached for a gateway (its settings changed).
+    async fn forget_gateway(&self, gateway_key: &str) -> Result<(), StoreError>;
+}
+
+/// A response as it went out: status, the headers worth replaying, and the whole body (for a
+/// stream, every event).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CachedResponse {
+    /// Which gateway it belongs to (`forget_gateway`'s key).
+    pub gateway_key: String,
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// The key that ties cached responses to their gateway (`CachedResponse::gateway_key`).
+pub fn gateway_cache_key(account_id: &str, gateway_id: &str) -> String {
+    format!("{account_id}/{gateway_id}")
+}
