@@ -27,20 +27,30 @@ use serde_json::{Value, json};
 
 pub async fn transcriptions(
     State(state): State<AppState>,
-    Extension(RequestId(id)): Extension<RequestId>,
+    Extension(request_id): Extension<RequestId>,
     Extension(caller): Extension<Caller>,
     request: Request,
 ) -> Response {
-    recognize(Call::new(state, id, Form::OpenAi, caller), request, false).await
+    recognize(
+        Call::new(state, request_id, Form::OpenAi, caller),
+        request,
+        false,
+    )
+    .await
 }
 
 pub async fn translations(
     State(state): State<AppState>,
-    Extension(RequestId(id)): Extension<RequestId>,
+    Extension(request_id): Extension<RequestId>,
     Extension(caller): Extension<Caller>,
     request: Request,
 ) -> Response {
-    recognize(Call::new(state, id, Form::OpenAi, caller), request, true).await
+    recognize(
+        Call::new(state, request_id, Form::OpenAi, caller),
+        request,
+        true,
+    )
+    .await
 }
 
 /// How the answer is written.
@@ -102,12 +112,12 @@ async fn recognize(mut call: Call, request: Request, translate: bool) -> Respons
 
 pub async fn speech(
     State(state): State<AppState>,
-    Extension(RequestId(id)): Extension<RequestId>,
+    Extension(request): Extension<RequestId>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let mut call = Call::new(state, id, Form::OpenAi, caller);
+    let mut call = Call::new(state, request, Form::OpenAi, caller);
     let body = match run::read_json(body, call.state.config.max_body_bytes).await {
         Ok(body) => body,
         Err(error) => return call.fail(error).await,

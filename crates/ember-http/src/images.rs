@@ -73,12 +73,12 @@ impl GeneratedImages {
 
 pub async fn generations(
     State(state): State<AppState>,
-    Extension(RequestId(id)): Extension<RequestId>,
+    Extension(request): Extension<RequestId>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let call = Call::new(state.clone(), id, Form::OpenAi, caller);
+    let call = Call::new(state.clone(), request, Form::OpenAi, caller);
     let images = state.generated_images.clone();
     let base_url = base_url(&headers);
     let parse = |body: &Value| {

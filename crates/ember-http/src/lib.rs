@@ -69,9 +69,16 @@ pub(crate) async fn aborted(mut abort: watch::Receiver<bool>) {
     }
 }
 
-/// The request id of the current request, set by the middleware before any handler runs.
+/// The current request's id, set by the middleware before any handler runs, and where its run
+/// reports what it used.
 #[derive(Debug, Clone)]
-pub struct RequestId(pub String);
+pub struct RequestId {
+    pub id: String,
+    pub report: RunReport,
+}
+
+/// A successful run's usage, set once when it settles (for a stream, at its end).
+pub type RunReport = Arc<std::sync::OnceLock<ember_core::tasks::Usage>>;
 
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
@@ -148,7 +155,10 @@ async fn method_not_allowed(uri: Uri) -> Response {
 /// Gives every request an id and every response the `cf-ai-req-id` header.
 async fn request_id(mut request: Request, next: Next) -> Response {
     let id = uuid::Uuid::new_v4().to_string();
-    request.extensions_mut().insert(RequestId(id.clone()));
+    request.extensions_mut().insert(RequestId {
+        id: id.clone(),
+        report: RunReport::default(),
+    });
     let mut response = next.run(request).await;
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("cf-ai-req-id", value);

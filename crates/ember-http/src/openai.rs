@@ -86,23 +86,23 @@ enum Endpoint {
 
 async fn chat_completions(
     State(state): State<AppState>,
-    Extension(RequestId(id)): Extension<RequestId>,
+    Extension(request): Extension<RequestId>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let call = Call::new(state, id, Form::OpenAi, caller);
+    let call = Call::new(state, request, Form::OpenAi, caller);
     generate(call, &headers, body, Endpoint::Chat).await
 }
 
 async fn completions(
     State(state): State<AppState>,
-    Extension(RequestId(id)): Extension<RequestId>,
+    Extension(request): Extension<RequestId>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let call = Call::new(state, id, Form::OpenAi, caller);
+    let call = Call::new(state, request, Form::OpenAi, caller);
     generate(call, &headers, body, Endpoint::Completion).await
 }
 
@@ -433,12 +433,12 @@ fn finish_reason(reason: FinishReason) -> &'static str {
 
 async fn embeddings(
     State(state): State<AppState>,
-    Extension(RequestId(id)): Extension<RequestId>,
+    Extension(request): Extension<RequestId>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let call = Call::new(state.clone(), id, Form::OpenAi, caller);
+    let call = Call::new(state.clone(), request, Form::OpenAi, caller);
     let parse = |body: &Value| {
         let (spec, request, base64) = parse_embeddings(&state, body)?;
         Ok((spec.clone(), TaskRequest::TextEmbeddings(request), base64))

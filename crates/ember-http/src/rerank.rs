@@ -20,12 +20,13 @@ use serde_json::{Value, json};
 
 pub(crate) async fn rerank(
     State(state): State<AppState>,
-    Extension(RequestId(id)): Extension<RequestId>,
+    Extension(request): Extension<RequestId>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let call = Call::new(state.clone(), id.clone(), Form::OpenAi, caller);
+    let id = request.id.clone();
+    let call = Call::new(state.clone(), request, Form::OpenAi, caller);
     let parse = |body: &Value| {
         let (spec, request, return_documents) = parse(&state, body)?;
         // The documents go back with their results when asked for.

@@ -6,7 +6,7 @@
 
 use crate::error::ApiError;
 use crate::wire::{self, Answer, binary, binary::BinaryBody};
-use crate::{AppState, RequestId, aborted, catalog, openai, sse};
+use crate::{AppState, RequestId, RunReport, aborted, catalog, openai, sse};
 use axum::Extension;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
@@ -82,13 +82,16 @@ pub(crate) struct Call {
     pub(crate) served_by: Option<String>,
     started: Instant,
     admission: Option<Admission>,
+    /// Where a successful run's usage is reported (for the AI Gateway's log).
+    report: RunReport,
 }
 
 impl Call {
-    pub(crate) fn new(state: AppState, id: String, form: Form, caller: Caller) -> Call {
+    pub(crate) fn new(state: AppState, request: RequestId, form: Form, caller: Caller) -> Call {
         Call {
             state,
-            id,
+            id: request.id,
+            report: request.report,
             form,
             caller,
             model: String::new(),
@@ -148,7 +151,10 @@ impl Call {
         outcome: Result<Usage, ApiError>,
     ) {
         let (usage, error_code) = match &outcome {
-            Ok(usage) => (*usage, None),
+            Ok(usage) => {
+                let _ = self.report.set(*usage);
+                (*usage, None)
+            }
             Err(error) => (Usage::default(), Some(error.kind().code)),
         };
         let access = self.state.access.clone();
@@ -186,7 +192,7 @@ fn seconds_to_midnight(now_ms: i64) -> u64 {
 
 pub async fn rest_run(
     State(state): State<AppState>,
-    Extension(RequestId(id)): Extension<RequestId>,
+    Extension(request): Extension<RequestId>,
     Extension(caller): Extension<Caller>,
     Path((_account_id, model)): Path<(String, String)>,
     RawQuery(query): RawQuery,
@@ -194,9 +200,9 @@ pub async fn rest_run(
     body: Body,
 ) -> Response {
     if model == "proxy" {
-        return proxy(state, id, caller, headers, body).await;
+        return proxy(state, request, caller, headers, body).await;
     }
-    let mut call = Call::new(state, id, Form::Rest, caller);
+    let mut call = Call::new(state, request, Form::Rest, caller);
     call.model = model;
     // Raw audio or image bytes are the model's one binary input, with no other inputs.
     let read = match read_body(&headers, body, call.state.config.max_body_bytes).await {
@@ -217,14 +223,14 @@ pub async fn rest_run(
 /// `GET .../ai/run/proxy`: wrangler's proxied catalog search; no other run is a GET.
 pub async fn rest_run_get(
     State(state): State<AppState>,
-    Extension(RequestId(id)): Extension<RequestId>,
+    Extension(request): Extension<RequestId>,
     Extension(caller): Extension<Caller>,
     Path((_account_id, model)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     match model.as_str() {
-        "proxy" => proxy(state, id, caller, headers, body).await,
+        "proxy" => proxy(state, request, caller, headers, body).await,
         _ => ApiError::NoRoute.rest_response(),
     }
 }
@@ -263,24 +269,24 @@ fn query_flag(query: Option<&str>, name: &str) -> bool {
 
 pub async fn binding_run(
     State(state): State<AppState>,
-    Extension(RequestId(id)): Extension<RequestId>,
+    Extension(request): Extension<RequestId>,
     Extension(caller): Extension<Caller>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    binding(state, id, caller, &headers, query.as_deref(), body).await
+    binding(state, request, caller, &headers, query.as_deref(), body).await
 }
 
 async fn binding(
     state: AppState,
-    id: String,
+    request: RequestId,
     caller: Caller,
     headers: &HeaderMap,
     query: Option<&str>,
     body: Body,
 ) -> Response {
-    let mut call = Call::new(state, id, Form::Binding, caller);
+    let mut call = Call::new(state, request, Form::Binding, caller);
     let Some(model) = binding_model(headers) else {
         let error = ApiError::Incomplete("cf-consn-model-id header".into());
         return call.fail(error).await;
@@ -351,7 +357,7 @@ fn binding_model(headers: &HeaderMap) -> Option<String> {
 /// wrangler (≤ 4.44) local mode: the binding's request, with its real URL in `X-Forwarded`.
 async fn proxy(
     state: AppState,
-    id: String,
+    request: RequestId,
     caller: Caller,
     headers: HeaderMap,
     body: Body,
@@ -365,7 +371,9 @@ async fn proxy(
             .binding_response();
     };
     match url.path() {
-        "/run" | "/ai-gateway/run" => binding(state, id, caller, &headers, url.query(), body).await,
+        "/run" | "/ai-gateway/run" => {
+            binding(state, request, caller, &headers, url.query(), body).await
+        }
         "/ai-api/models/search" => {
             catalog::binding_search_query(&state, url.query().unwrap_or_default())
         }
