@@ -30,6 +30,14 @@ pub enum ApiError {
     },
     /// A header or the body the route needs is missing (names what).
     Incomplete(String),
+    /// An object the path names (a gateway, a log) does not exist; says which.
+    NotFound(String),
+    /// An object to create exists already; says which.
+    Conflict(String),
+    /// A gateway's own rate limit (`rate_limiting_limit` per interval) is reached.
+    GatewayRateLimited {
+        retry_after_secs: u64,
+    },
 }
 
 impl From<InferError> for ApiError {
@@ -59,6 +67,12 @@ impl ApiError {
                 (StatusCode::TOO_MANY_REQUESTS, 3036, "AccountLimited")
             }
             ApiError::Incomplete(_) => (StatusCode::BAD_REQUEST, 3003, "IncompleteRequest"),
+            // Cloudflare's code for an object identifier that routes nowhere.
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, 7003, "NotFound"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, 7004, "Conflict"),
+            ApiError::GatewayRateLimited { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, 2003, "GatewayRateLimited")
+            }
             ApiError::Infer(error) => match error {
                 InferError::NoSuchModel(_) | InferError::NotInstalled { .. } => {
                     (StatusCode::BAD_REQUEST, 5007, "InvalidModel")
@@ -96,6 +110,10 @@ impl ApiError {
                 thousands(*daily_free_neurons)
             ),
             ApiError::Incomplete(what) => format!("Request is missing headers or body: {what}"),
+            ApiError::NotFound(what) | ApiError::Conflict(what) => what.clone(),
+            ApiError::GatewayRateLimited { .. } => {
+                "Rate limited: the gateway's rate limit is reached".into()
+            }
             ApiError::Infer(InferError::Internal(_)) => "AiError: Unknown internal error".into(),
             ApiError::Infer(InferError::LoadFailed { model, .. }) => {
                 format!("AiError: model {model} could not be loaded; see the server log")
@@ -145,6 +163,7 @@ impl ApiError {
     pub fn openai_response(&self) -> Response {
         let status = match self {
             ApiError::NoRoute
+            | ApiError::NotFound(_)
             | ApiError::Infer(InferError::NoSuchModel(_) | InferError::NotInstalled { .. }) => {
                 StatusCode::NOT_FOUND
             }
@@ -164,8 +183,11 @@ impl ApiError {
             ApiError::Unauthorized | ApiError::Forbidden => {
                 ("authentication_error", Some("invalid_api_key".into()))
             }
-            ApiError::RateLimited { .. } => {
+            ApiError::RateLimited { .. } | ApiError::GatewayRateLimited { .. } => {
                 ("rate_limit_error", Some("rate_limit_exceeded".into()))
+            }
+            ApiError::NotFound(_) | ApiError::Conflict(_) => {
+                ("invalid_request_error", workers_code)
             }
             ApiError::AllocationUsed { .. } => {
                 ("insufficient_quota", Some("insufficient_quota".into()))
@@ -207,6 +229,7 @@ impl ApiError {
         let retry_after = match self {
             ApiError::Infer(InferError::Overloaded) => Some(1),
             ApiError::RateLimited { retry_after_secs }
+            | ApiError::GatewayRateLimited { retry_after_secs }
             | ApiError::AllocationUsed {
                 retry_after_secs, ..
             } => Some(*retry_after_secs),

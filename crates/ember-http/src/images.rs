@@ -190,7 +190,7 @@ fn parse_generation(
 }
 
 /// This server's address as the client reached it, for image URLs.
-fn base_url(headers: &HeaderMap) -> String {
+pub(crate) fn base_url(headers: &HeaderMap) -> String {
     let host = headers
         .get(header::HOST)
         .and_then(|host| host.to_str().ok())

@@ -5,6 +5,7 @@
 //! Every route but `/health` runs for a caller `ember_access` authenticated; every response carries
 //! `cf-ai-req-id`; every run is admitted by `ember_access` and settled in the request log and ledger.
 
+mod ai_gateway;
 mod audio;
 mod catalog;
 mod error;
@@ -26,6 +27,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use ember_access::{Access, AccessError};
+use ember_ai_gateway::AiGateway;
 use ember_core::Ember;
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,6 +57,7 @@ impl Default for HttpConfig {
 pub struct AppState {
     pub ember: Arc<Ember>,
     pub access: Arc<Access>,
+    pub ai_gateway: Arc<AiGateway>,
     pub config: Arc<HttpConfig>,
     /// Turns true when in-flight runs must stop (shutdown grace period over).
     pub abort: watch::Receiver<bool>,
@@ -84,7 +87,9 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route(
             "/client/v4/accounts/{account_id}/ai/run/{*model}",
-            post(run::rest_run).get(run::rest_run_get),
+            post(run::rest_run)
+                .get(run::rest_run_other)
+                .patch(run::rest_run_other),
         )
         .route(
             "/client/v4/accounts/{account_id}/ai/models/search",
@@ -101,12 +106,21 @@ pub fn router(state: AppState) -> Router {
             "/client/v4/accounts/{account_id}/ai/usage",
             get(usage::rest_usage),
         )
+        .route(
+            "/v1/{account_id}/{gateway_id}/workers-ai/{*model}",
+            post(run::gateway_run),
+        )
         .route("/metrics", get(metrics));
-    let api = openai::routes(api)
+    let api = ai_gateway::routes(openai::routes(api))
         // Multipart uploads are read by axum's extractor, which applies this limit.
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
+        // Inside authentication: a gateway belongs to the caller's account.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            ai_gateway::layer,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/health", get(health))
@@ -178,7 +192,8 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
     let path = request.uri().path();
     let path_account = path
         .strip_prefix("/client/v4/accounts/")
-        .and_then(|rest| rest.split('/').next());
+        .and_then(|rest| rest.split('/').next())
+        .or(ai_gateway::provider_url(path).map(|(account, ..)| account));
     match state.access.authenticate(bearer, path_account).await {
         Ok(caller) => {
             request.extensions_mut().insert(caller);

@@ -28,7 +28,14 @@ use serde_json::{Map, Value, json};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Where the routes live: Cloudflare's base URL, and the root OpenAI clients assume.
-const PREFIXES: [&str; 2] = ["/client/v4/accounts/{account_id}/ai/v1", "/v1"];
+/// Where the OpenAI routes answer: Workers AI's REST path, the bare `/v1`, and AI Gateway's
+/// provider URLs (`workers-ai/v1`, and the older `compat` with `workers-ai/<model>` names).
+const PREFIXES: [&str; 4] = [
+    "/client/v4/accounts/{account_id}/ai/v1",
+    "/v1",
+    "/v1/{account_id}/{gateway_id}/workers-ai/v1",
+    "/v1/{account_id}/{gateway_id}/compat",
+];
 
 /// Adds the OpenAI routes under both prefixes.
 pub fn routes(router: Router<AppState>) -> Router<AppState> {
@@ -587,7 +594,7 @@ pub(crate) fn resolve_for<'a>(
     let id = match model {
         "whisper-1" => "@cf/openai/whisper",
         "tts-1" | "tts-1-hd" => "@cf/myshell-ai/melotts",
-        model => model,
+        model => model.strip_prefix("workers-ai/").unwrap_or(model),
     };
     let spec = state.ember.resolve(id)?;
     if spec.task != task {

@@ -6,11 +6,11 @@
 
 use crate::error::ApiError;
 use crate::wire::{self, Answer, binary, binary::BinaryBody};
-use crate::{AppState, RequestId, RunReport, aborted, catalog, openai, sse};
+use crate::{AppState, RequestId, RunReport, aborted, ai_gateway, catalog, openai, sse};
 use axum::Extension;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
 use ember_access::{AccessError, Admission, Caller};
 use ember_core::catalog::ModelSpec;
@@ -39,7 +39,17 @@ pub(crate) enum Form {
 impl Form {
     /// The form of the answers on `path`, for errors answered before a route runs.
     pub(crate) fn of_path(path: &str) -> Form {
-        if openai::is_openai_path(path) {
+        if let Some((.., provider, rest)) = ai_gateway::provider_url(path) {
+            // `workers-ai/{model}` is the REST run; the rest are OpenAI's routes.
+            return match provider == "workers-ai" && !rest.starts_with("v1/") {
+                true => Form::Rest,
+                false => Form::OpenAi,
+            };
+        }
+        if path.starts_with("/ai-gateway/gateways/") {
+            // The binding's gateway helpers read the REST envelope.
+            Form::Rest
+        } else if openai::is_openai_path(path) {
             Form::OpenAi
         } else if path == "/run"
             || path.starts_with("/ai-gateway/")
@@ -184,6 +194,12 @@ impl Call {
     }
 }
 
+/// A REST envelope around a successful result.
+pub(crate) fn rest_result(result: Value) -> Response {
+    axum::Json(json!({ "result": result, "success": true, "errors": [], "messages": [] }))
+        .into_response()
+}
+
 /// Seconds until the next 00:00 UTC, when daily allocations reset.
 fn seconds_to_midnight(now_ms: i64) -> u64 {
     let left_ms = DAY_MS - now_ms.rem_euclid(DAY_MS);
@@ -200,8 +216,34 @@ pub async fn rest_run(
     body: Body,
 ) -> Response {
     if model == "proxy" {
-        return proxy(state, request, caller, headers, body).await;
+        return proxy(state, request, caller, &Method::POST, headers, body).await;
     }
+    run_model(state, request, caller, model, query, headers, body).await
+}
+
+/// AI Gateway's provider URL for a Workers AI model, `/v1/{account}/{gateway}/workers-ai/{model}`:
+/// the REST run (the gateway layer has done its part).
+pub async fn gateway_run(
+    State(state): State<AppState>,
+    Extension(request): Extension<RequestId>,
+    Extension(caller): Extension<Caller>,
+    Path((_account_id, _gateway_id, model)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    run_model(state, request, caller, model, query, headers, body).await
+}
+
+async fn run_model(
+    state: AppState,
+    request: RequestId,
+    caller: Caller,
+    model: String,
+    query: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let mut call = Call::new(state, request, Form::Rest, caller);
     call.model = model;
     // Raw audio or image bytes are the model's one binary input, with no other inputs.
@@ -220,17 +262,19 @@ pub async fn rest_run(
     }
 }
 
-/// `GET .../ai/run/proxy`: wrangler's proxied catalog search; no other run is a GET.
-pub async fn rest_run_get(
+/// `GET` and `PATCH .../ai/run/proxy`: wrangler's proxied catalog search and gateway helpers;
+/// no other run takes these methods.
+pub async fn rest_run_other(
     State(state): State<AppState>,
     Extension(request): Extension<RequestId>,
     Extension(caller): Extension<Caller>,
     Path((_account_id, model)): Path<(String, String)>,
+    method: Method,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     match model.as_str() {
-        "proxy" => proxy(state, request, caller, headers, body).await,
+        "proxy" => proxy(state, request, caller, &method, headers, body).await,
         _ => ApiError::NoRoute.rest_response(),
     }
 }
@@ -359,6 +403,7 @@ async fn proxy(
     state: AppState,
     request: RequestId,
     caller: Caller,
+    method: &Method,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -376,6 +421,9 @@ async fn proxy(
         }
         "/ai-api/models/search" => {
             catalog::binding_search_query(&state, url.query().unwrap_or_default())
+        }
+        path if path.starts_with("/ai-gateway/gateways/") => {
+            ai_gateway::binding_helper(state, caller, method, path, &headers, body).await
         }
         _ => ApiError::NoRoute.binding_response(),
     }
@@ -479,10 +527,7 @@ async fn execute(
     };
     call.finish(Some(&served_by), 200, Ok(usage)).await;
     let mut response = match (answer, form) {
-        (Answer::Json(result), Form::Rest) => {
-            axum::Json(json!({ "result": result, "success": true, "errors": [], "messages": [] }))
-                .into_response()
-        }
+        (Answer::Json(result), Form::Rest) => rest_result(result),
         (Answer::Json(result), Form::Binding | Form::OpenAi) => axum::Json(result).into_response(),
         // Audio and images go out as they are, on every route: no envelope.
         (

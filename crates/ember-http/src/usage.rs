@@ -5,7 +5,7 @@ use crate::AppState;
 use crate::error::ApiError;
 use axum::Extension;
 use axum::extract::{RawQuery, State};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use ember_access::Caller;
 use ember_core::InferError;
 use ember_store::UsageQuery;
@@ -46,8 +46,7 @@ pub async fn rest_usage(
                     })
                 })
                 .collect();
-            axum::Json(json!({ "result": result, "success": true, "errors": [], "messages": [] }))
-                .into_response()
+            crate::run::rest_result(json!(result))
         }
         Err(error) => ApiError::Infer(InferError::Internal(error.to_string())).rest_response(),
     }

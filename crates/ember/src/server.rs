@@ -5,6 +5,7 @@
 use crate::config::EngineConfig;
 use ember_access::clock::SystemClock;
 use ember_access::{Access, AccessConfig};
+use ember_ai_gateway::AiGateway;
 use ember_core::catalog::Task;
 use ember_core::{Catalog, Ember};
 use ember_http::{AppState, HttpConfig};
@@ -86,9 +87,12 @@ pub async fn serve(
             .await
             .map_err(|e| anyhow::anyhow!("preloading {id}: {e}"))?;
     }
+    let stores = SqliteStore::open(&config.db)?;
+    let clock = Arc::new(SystemClock);
+    let ai_gateway = Arc::new(AiGateway::new(stores.clone(), clock.clone()));
     let access = Arc::new(Access::new(
-        SqliteStore::open(&config.db)?,
-        Arc::new(SystemClock),
+        stores,
+        clock,
         AccessConfig {
             open_without_accounts: !config.require_auth && config.listen.ip().is_loopback(),
             rate_limits: config.rate_limits,
@@ -102,6 +106,7 @@ pub async fn serve(
     let state = AppState {
         ember: ember.clone(),
         access: access.clone(),
+        ai_gateway,
         config: Arc::new(HttpConfig {
             request_timeout: config.request_timeout,
             ..HttpConfig::default()

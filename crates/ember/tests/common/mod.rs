@@ -11,6 +11,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{Request, StatusCode, header};
 use ember_access::clock::{Clock, SystemClock};
 use ember_access::{Access, AccessConfig, credentials};
+use ember_ai_gateway::AiGateway;
 use ember_http::{AppState, HttpConfig};
 use ember_store::{Account, Plan, SqliteStore, Stores};
 use http_body_util::BodyExt;
@@ -85,7 +86,8 @@ pub fn app_on(
     let (abort, abort_rx) = watch::channel(false);
     let state = AppState {
         ember,
-        access: Arc::new(Access::new(store.clone(), clock, access)),
+        access: Arc::new(Access::new(store.clone(), clock.clone(), access)),
+        ai_gateway: Arc::new(AiGateway::new(store.clone(), clock)),
         config: Arc::new(config),
         abort: abort_rx,
         generated_images: Default::default(),

@@ -1,0 +1,551 @@
+//! AI Gateway through HTTP: gateways as objects, the cache (HIT/MISS, TTL on an injected clock,
+//! a stream replayed as it went out), logs with their bodies and feedback (REST and the
+//! binding's helpers), per-gateway rate limits, log bounds, and every bad option named. Runs on
+//! the fake runner kit, and on the real SmolLM2 for streams.
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use common::fake::fake_ember;
+use common::*;
+use ember_access::AccessConfig;
+use ember_access::clock::ManualClock;
+use ember_http::HttpConfig;
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+const CLASSIFIER: &str = "@cf/huggingface/distilbert-sst-2-int8";
+const RUN: &str = "/client/v4/accounts/local/ai/run/";
+const GATEWAYS: &str = "/client/v4/accounts/local/ai-gateway/gateways";
+
+fn fake_app() -> (App, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new(1_795_392_000_000));
+    let app = app_on(
+        fake_ember(),
+        HttpConfig::default(),
+        AccessConfig::default(),
+        clock.clone(),
+    );
+    (app, clock)
+}
+
+/// A classification run on REST with these extra headers.
+fn classify(text: &str, headers: &[(&str, &str)]) -> Request<Body> {
+    let mut request = post(
+        &format!("{RUN}{CLASSIFIER}"),
+        json!({ "text": text }).to_string(),
+    );
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            header::HeaderName::try_from(*name).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    request
+}
+
+fn json_request(method: &str, path: &str, body: Value) -> Request<Body> {
+    Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+async fn result(app: &App, request: Request<Body>) -> Value {
+    let reply = send(app, request).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    reply.json()["result"].clone()
+}
+
+async fn logs(app: &App, gateway: &str, query: &str) -> Value {
+    let reply = send(app, get(&format!("{GATEWAYS}/{gateway}/logs{query}"))).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    reply.json()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repeated_request_is_a_hit_until_its_ttl_ends() {
+    let (app, clock) = fake_app();
+    let through = [("cf-aig-gateway-id", "default"), ("cf-aig-cache-ttl", "60")];
+    let first = send(&app, classify("a good film", &through)).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.header("cf-aig-cache-status"), "MISS");
+    let hit = send(&app, classify("a good film", &through)).await;
+    assert_eq!(hit.header("cf-aig-cache-status"), "HIT");
+    assert_eq!(hit.body, first.body);
+    assert_eq!(hit.header("content-type"), "application/json");
+    assert_eq!(hit.header("x-ember-model"), CLASSIFIER);
+    assert_ne!(hit.header("cf-aig-log-id"), first.header("cf-aig-log-id"));
+    let other = send(&app, classify("another film", &through)).await;
+    assert_eq!(other.header("cf-aig-cache-status"), "MISS");
+    let skipped = [("cf-aig-skip-cache", "true"), through[0], through[1]];
+    let skipping = send(&app, classify("a good film", &skipped)).await;
+    assert_eq!(
+        skipping.header("cf-aig-cache-status"),
+        "",
+        "skipped: no cache status"
+    );
+
+    clock.advance(60_000);
+    let expired = send(&app, classify("a good film", &through)).await;
+    assert_eq!(expired.header("cf-aig-cache-status"), "MISS");
+
+    // Only the runs that reached the model are in the request log and cost Neurons.
+    let list = logs(&app, "default", "").await;
+    assert_eq!(list["result_info"]["total_count"], 5);
+    let cached = logs(&app, "default", "?cached=true").await;
+    assert_eq!(cached["result"].as_array().unwrap().len(), 1);
+    assert_eq!(cached["result"][0]["cost"], 0.0);
+    assert_eq!(cached["result"][0]["id"], hit.header("cf-aig-log-id"));
+    let query = ember_store::UsageQuery {
+        account_id: "local".into(),
+        since: "2026-11-23".into(),
+        until: "2026-11-23".into(),
+        model: None,
+    };
+    assert_eq!(app.store.ledger.usage(&query).await.unwrap()[0].requests, 4);
+    // Without a gateway nothing is cached or logged by it.
+    let plain = send(&app, classify("a good film", &[])).await;
+    assert_eq!(plain.header("cf-aig-log-id"), "");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gateways_are_objects_with_their_own_cache_and_rate_limit() {
+    let (app, clock) = fake_app();
+    let created = result(
+        &app,
+        json_request(
+            "POST",
+            GATEWAYS,
+            json!({"id": "my-gw", "cache_ttl": 120, "cache_invalidate_on_update": true,
+                   "collect_logs": true, "rate_limiting_interval": 60, "rate_limiting_limit": 2,
+                   "rate_limiting_technique": "fixed", "logpush": false}),
+        ),
+    )
+    .await;
+    assert_eq!(created["id"], "my-gw");
+    assert_eq!(created["cache_ttl"], 120);
+    assert_eq!(created["is_default"], false);
+    assert_eq!(created["created_at"], "2026-11-23T00:00:00Z");
+
+    // The provider URL runs the model in the REST envelope, cached by the gateway's TTL.
+    let url = format!("/v1/local/my-gw/workers-ai/{CLASSIFIER}");
+    let body = json!({"text": "fine"}).to_string();
+    let first = send(&app, post(&url, body.clone())).await;
+    assert_eq!(first.status, StatusCode::OK, "{:?}", first.body);
+    assert_eq!(first.json()["result"][1]["label"], "POSITIVE");
+    assert_eq!(first.header("cf-aig-cache-status"), "MISS");
+    let hit = send(&app, post(&url, body.clone())).await;
+    assert_eq!(hit.header("cf-aig-cache-status"), "HIT");
+    // Changing the gateway forgets its cache (cache_invalidate_on_update).
+    let updated = result(
+        &app,
+        json_request(
+            "PUT",
+            &format!("{GATEWAYS}/my-gw"),
+            json!({"cache_ttl": 300}),
+        ),
+    )
+    .await;
+    assert_eq!(
+        (
+            updated["cache_ttl"].clone(),
+            updated["rate_limiting_limit"].clone()
+        ),
+        (json!(300), json!(2))
+    );
+    let refused = send(&app, post(&url, body.clone())).await;
+    let message = refused.rest_error(429, 2003);
+    assert!(message.contains("gateway"), "{message}");
+    assert!(!refused.header("retry-after").is_empty());
+    clock.advance(60_000);
+    let after = send(&app, post(&url, body.clone())).await;
+    assert_eq!(
+        after.header("cf-aig-cache-status"),
+        "MISS",
+        "invalidated by the update"
+    );
+
+    let listed = result(&app, get(GATEWAYS)).await;
+    let ids: Vec<_> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["id"].clone())
+        .collect();
+    assert_eq!(ids, [json!("my-gw")]);
+    let fetched = result(&app, get(&format!("{GATEWAYS}/default"))).await;
+    assert_eq!(fetched["is_default"], true, "default is made on first use");
+
+    let deleted = send(
+        &app,
+        Request::delete(format!("{GATEWAYS}/my-gw"))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(deleted.status, StatusCode::OK);
+    send(&app, get(&format!("{GATEWAYS}/my-gw")))
+        .await
+        .rest_error(404, 7003);
+    send(&app, post(&url, body)).await.rest_error(404, 7003);
+    let unknown = send(&app, classify("x", &[("cf-aig-gateway-id", "nope")])).await;
+    let message = unknown.rest_error(404, 7003);
+    assert!(
+        message.contains("nope") && message.contains("ember gateways create"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_gateway_objects_are_refused_by_field() {
+    let (app, _) = fake_app();
+    let cases = [
+        (json!({"id": "Bad Id"}), "id"),
+        (json!({"cache_ttl": 60}), "id"),
+        (json!({"id": "g", "cache_ttl": "soon"}), "cache_ttl"),
+        (json!({"id": "g", "cache_ttl": 2_592_001}), "cache_ttl"),
+        (
+            json!({"id": "g", "rate_limiting_technique": "leaky"}),
+            "rate_limiting_technique",
+        ),
+        (
+            json!({"id": "g", "rate_limiting_limit": 0}),
+            "rate_limiting_limit",
+        ),
+        (
+            json!({"id": "g", "log_management_strategy": "KEEP"}),
+            "log_management_strategy",
+        ),
+        (json!({"id": "g", "colect_logs": true}), "colect_logs"),
+    ];
+    for (body, field) in cases {
+        let reply = send(&app, json_request("POST", GATEWAYS, body.clone())).await;
+        let message = reply.rest_error(400, 5006);
+        assert!(message.contains(field), "{body}: {message}");
+    }
+    let body = json!({"id": "g"});
+    assert_eq!(
+        send(&app, json_request("POST", GATEWAYS, body.clone()))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    send(&app, json_request("POST", GATEWAYS, body))
+        .await
+        .rest_error(409, 7004);
+    let garbage = send(&app, post(GATEWAYS, "not json")).await;
+    garbage.rest_error(400, 5006);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_options_name_their_header() {
+    let (app, _) = fake_app();
+    let cases = [
+        ("cf-aig-metadata", "{\"a\":"),
+        (
+            "cf-aig-metadata",
+            r#"{"a":1,"b":2,"c":3,"d":4,"e":5,"f":6}"#,
+        ),
+        ("cf-aig-cache-ttl", "30"),
+        ("cf-aig-cache-ttl", "99999999"),
+        ("cf-aig-max-attempts", "9"),
+        ("cf-aig-backoff", "sometimes"),
+    ];
+    for (name, value) in cases {
+        let reply = send(
+            &app,
+            classify("x", &[("cf-aig-gateway-id", "default"), (name, value)]),
+        )
+        .await;
+        let message = reply.rest_error(400, 5006);
+        assert!(message.contains(name), "{value}: {message}");
+    }
+    // The binding names its own fields.
+    let mut request = binding_request("/ai-gateway/run", CLASSIFIER, json!({"text": "x"}));
+    *request.body_mut() = Body::from(
+        json!({"inputs": {"text": "x"}, "options": {"gateway": {"id": "default", "cacheTtl": 5}}})
+            .to_string(),
+    );
+    let reply = send(&app, request).await;
+    let error = reply.binding_error(400, 5006);
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("options.gateway.cacheTtl"),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_carry_bodies_metadata_and_feedback() {
+    let (app, _) = fake_app();
+    let metadata = r#"{"team":"AI","user":12345,"test":true}"#;
+    let through = [
+        ("cf-aig-gateway-id", "default"),
+        ("cf-aig-metadata", metadata),
+        ("cf-aig-event-id", "ev-1"),
+    ];
+    let run = send(&app, classify("logged", &through)).await;
+    let log_id = run.header("cf-aig-log-id").to_string();
+    let log = result(&app, get(&format!("{GATEWAYS}/default/logs/{log_id}"))).await;
+    assert_eq!(log["model"], CLASSIFIER);
+    assert_eq!(log["model_type"], "Text Classification");
+    assert_eq!(log["provider"], "workers-ai");
+    assert_eq!(log["status_code"], 200);
+    assert_eq!(
+        (log["success"].clone(), log["cached"].clone()),
+        (json!(true), json!(false))
+    );
+    assert_eq!(log["metadata"], metadata);
+    assert_eq!(log["event_id"], "ev-1");
+    assert_eq!(log["request_head"], json!({"text": "logged"}).to_string());
+    assert_eq!(log["request_head_complete"], true);
+    assert!(log["cost"].as_f64().unwrap() > 0.0, "{log}");
+    let response = send(
+        &app,
+        get(&format!("{GATEWAYS}/default/logs/{log_id}/response")),
+    )
+    .await;
+    assert_eq!(response.body, run.body);
+    assert_eq!(response.header("content-type"), "application/json");
+
+    // Feedback: REST PATCH, the {rating, comment} form, and the binding's helper.
+    let patch = |path: String, body: Value| json_request("PATCH", &path, body);
+    let rest_log = format!("{GATEWAYS}/default/logs/{log_id}");
+    assert_eq!(
+        send(
+            &app,
+            patch(rest_log.clone(), json!({"feedback": 1, "score": 90}))
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+    let log = result(&app, get(&rest_log)).await;
+    assert_eq!(
+        (log["feedback"].clone(), log["score"].clone()),
+        (json!(1), json!(90))
+    );
+    let rated = json!({"feedback": {"rating": -1, "comment": "wrong label"}});
+    assert_eq!(
+        send(&app, patch(rest_log.clone(), rated)).await.status,
+        StatusCode::OK
+    );
+    let log = result(&app, get(&rest_log)).await;
+    assert_eq!(log["feedback"], -1);
+    let kept: Value = serde_json::from_str(log["metadata"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        (kept["comment"].clone(), kept["team"].clone()),
+        (json!("wrong label"), json!("AI"))
+    );
+    let binding_log = format!("/ai-gateway/gateways/default/logs/{log_id}");
+    assert_eq!(
+        send(&app, patch(binding_log.clone(), json!({"feedback": null})))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let seen = result(&app, get(&binding_log)).await;
+    assert_eq!(
+        (seen["id"].as_str(), seen["feedback"].clone()),
+        (Some(log_id.as_str()), Value::Null)
+    );
+    for (body, field) in [
+        (json!({"feedback": 2}), "feedback"),
+        (json!({"score": 101}), "score"),
+        (json!({"cost": 1}), "cost"),
+    ] {
+        let message = send(&app, patch(rest_log.clone(), body))
+            .await
+            .rest_error(400, 5006);
+        assert!(message.contains(field), "{message}");
+    }
+    // A missing log: the REST envelope's 404, which the binding turns into AiGatewayLogNotFound.
+    let missing = send(&app, get("/ai-gateway/gateways/default/logs/nope")).await;
+    assert!(missing.rest_error(404, 7003).contains("nope"));
+    let url = result(&app, get("/ai-gateway/gateways/default/url/workers-ai")).await;
+    assert_eq!(url["url"], "http://localhost/v1/local/default/workers-ai");
+
+    // Per request: no log at all, or a log without bodies.
+    let unlogged = send(
+        &app,
+        classify("x", &[through[0], ("cf-aig-collect-log", "false")]),
+    )
+    .await;
+    let id = unlogged.header("cf-aig-log-id");
+    send(&app, get(&format!("{GATEWAYS}/default/logs/{id}")))
+        .await
+        .rest_error(404, 7003);
+    let bare = send(
+        &app,
+        classify("x", &[through[0], ("cf-aig-collect-log-payload", "false")]),
+    )
+    .await;
+    let id = bare.header("cf-aig-log-id");
+    let log = result(&app, get(&format!("{GATEWAYS}/default/logs/{id}"))).await;
+    assert_eq!(
+        (log["request_head"].clone(), log["request_size"].clone()),
+        (json!(""), json!(12))
+    );
+    send(&app, get(&format!("{GATEWAYS}/default/logs/{id}/request")))
+        .await
+        .rest_error(404, 7003);
+
+    // Filters, pages, bad filters and deletion.
+    let failed = send(&app, classify("", &[through[0]])).await;
+    assert_eq!(failed.status, StatusCode::BAD_REQUEST);
+    let failures = logs(&app, "default", "?success=false").await;
+    assert_eq!(failures["result"][0]["status_code"], 400);
+    let page = logs(&app, "default", "?per_page=1&page=2").await;
+    assert_eq!(
+        (
+            page["result_info"]["count"].clone(),
+            page["result_info"]["total_count"].clone()
+        ),
+        (json!(1), json!(3))
+    );
+    for query in ["?per_page=51", "?success=maybe", "?order=x"] {
+        let reply = send(&app, get(&format!("{GATEWAYS}/default/logs{query}"))).await;
+        reply.rest_error(400, 5006);
+    }
+    let deleted = send(
+        &app,
+        Request::delete(format!("{GATEWAYS}/default/logs?success=false"))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(deleted.json()["result"]["deleted"], 1);
+    assert_eq!(
+        logs(&app, "default", "").await["result_info"]["total_count"],
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bounded_log_keeps_the_newest() {
+    let (app, _) = fake_app();
+    let gateway =
+        json!({"id": "small", "log_management": 2, "log_management_strategy": "DELETE_OLDEST"});
+    result(&app, json_request("POST", GATEWAYS, gateway)).await;
+    let mut ids = Vec::new();
+    for text in ["one", "two", "three"] {
+        let reply = send(&app, classify(text, &[("cf-aig-gateway-id", "small")])).await;
+        ids.push(reply.header("cf-aig-log-id").to_string());
+    }
+    let kept = logs(&app, "small", "").await;
+    let kept: Vec<_> = kept["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kept, [ids[2].clone(), ids[1].clone()]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_binding_sends_its_options_in_the_body() {
+    let (app, _) = fake_app();
+    let request = |text: &str| {
+        let mut request = binding_request("/ai-gateway/run", CLASSIFIER, json!({}));
+        *request.body_mut() = Body::from(
+            json!({"inputs": {"text": text},
+                   "options": {"gateway": {"id": "default", "cacheTtl": 60, "metadata": {"user": 7}}}})
+            .to_string(),
+        );
+        request
+    };
+    let first = send(&app, request("bound")).await;
+    assert_eq!(first.status, StatusCode::OK, "{:?}", first.body);
+    assert_eq!(
+        first.json()[1]["label"],
+        "POSITIVE",
+        "a bare binding result"
+    );
+    assert_eq!(first.header("cf-aig-cache-status"), "MISS");
+    let second = send(&app, request("bound")).await;
+    assert_eq!(second.header("cf-aig-cache-status"), "HIT");
+    assert_eq!(second.body, first.body);
+    let log_id = first.header("cf-aig-log-id");
+    let log = result(
+        &app,
+        get(&format!("/ai-gateway/gateways/default/logs/{log_id}")),
+    )
+    .await;
+    assert_eq!(log["metadata"], r#"{"user":7}"#);
+    // wrangler's proxy: the same request with its real URL in X-Forwarded.
+    let mut proxied = request("bound");
+    *proxied.uri_mut() = "/client/v4/accounts/local/ai/run/proxy".parse().unwrap();
+    proxied.headers_mut().insert(
+        "x-forwarded",
+        "https://workers-binding.ai/ai-gateway/run?version=3"
+            .parse()
+            .unwrap(),
+    );
+    assert_eq!(
+        send(&app, proxied).await.header("cf-aig-cache-status"),
+        "HIT"
+    );
+    let mut helper = get("/client/v4/accounts/local/ai/run/proxy");
+    let forwarded = format!("https://workers-binding.ai/ai-gateway/gateways/default/logs/{log_id}");
+    helper
+        .headers_mut()
+        .insert("x-forwarded", forwarded.parse().unwrap());
+    assert_eq!(result(&app, helper).await["id"], log_id);
+}
+
+/// Streams from the real SmolLM2: cached as their whole event sequence and replayed byte for
+/// byte; the compat route's `workers-ai/` names; the log counts the streamed tokens.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_streamed_chat_is_replayed_from_the_cache() {
+    let app = app();
+    let chat = |path: &str, model: &str| {
+        let mut request = post(
+            path,
+            json!({"model": model, "stream": true, "max_tokens": 6, "temperature": 0,
+                   "messages": [{"role": "user", "content": "Say hi"}]})
+            .to_string(),
+        );
+        request
+            .headers_mut()
+            .insert("cf-aig-cache-ttl", "600".parse().unwrap());
+        request
+    };
+    let path = "/v1/local/default/workers-ai/v1/chat/completions";
+    let first = send(&app, chat(path, SMOL)).await;
+    assert_eq!(first.status, StatusCode::OK, "{:?}", first.body);
+    assert_eq!(first.header("content-type"), "text/event-stream");
+    assert_eq!(first.header("cf-aig-cache-status"), "MISS");
+    let events = sse_events(&first.body);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let replay = send(&app, chat(path, SMOL)).await;
+    assert_eq!(replay.header("cf-aig-cache-status"), "HIT");
+    assert_eq!(replay.header("content-type"), "text/event-stream");
+    assert_eq!(replay.body, first.body, "the same events, byte for byte");
+
+    // The stream's log is written when it ends, with its tokens.
+    let log_id = first.header("cf-aig-log-id");
+    let log = result(&app, get(&format!("{GATEWAYS}/default/logs/{log_id}"))).await;
+    assert!(
+        log["tokens_in"].as_u64().unwrap() > 0 && log["tokens_out"].as_u64().unwrap() > 0,
+        "{log}"
+    );
+    assert_eq!(log["model"], SMOL);
+
+    let compat = send(
+        &app,
+        chat(
+            "/v1/local/default/compat/chat/completions",
+            &format!("workers-ai/{SMOL}"),
+        ),
+    )
+    .await;
+    assert_eq!(compat.status, StatusCode::OK, "{:?}", compat.body);
+    assert_eq!(compat.header("x-ember-model"), SMOL);
+    wait_until_model_is_free(SMOL).await;
+}
