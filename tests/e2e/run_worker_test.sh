@@ -280,6 +280,17 @@ check "/classify: resnet-50 on {image: [bytes]} gives five [{label, score}], a c
   if (!Array.isArray(j) || j.length !== 5) return JSON.stringify(j);
   return /cat/.test(j[0].label) && typeof j[0].score === "number" ? true : JSON.stringify(j);'
 
+request POST /gateway '{}'
+check "/gateway: two runs through AI Gateway, the second cached; feedback, getLog and getUrl through env.AI.gateway()" '
+  if (status !== "200") return "status " + status;
+  const j = JSON.parse(body);
+  if (JSON.stringify(j.first) !== JSON.stringify(j.second)) return "the cached result differs";
+  if (!j.firstLogId || !j.secondLogId || j.firstLogId === j.secondLogId) return "log ids " + j.firstLogId + " " + j.secondLogId;
+  if (j.firstLog.cached !== false || j.secondLog.cached !== true) return "cached flags " + j.firstLog.cached + " " + j.secondLog.cached;
+  if (j.firstLog.feedback !== 1 || j.firstLog.score !== 80) return "feedback not kept: " + JSON.stringify(j.firstLog);
+  if (j.firstLog.metadata !== "{\"suite\":\"e2e\"}") return "metadata " + j.firstLog.metadata;
+  if (j.missing !== "AiGatewayLogNotFound") return "a missing log threw " + j.missing;
+  return j.url.endsWith("/v1/local/default/workers-ai") ? true : "url " + j.url;'
 request POST /see "@$CAT"
 check "/see: an image_url part through the binding gives llama-mtmd-cli's text" '
   if (status !== "200") return "status " + status;

@@ -314,3 +314,45 @@ def test_stream_sdk_streaming_response(client: Cloudflare):
         assert resp.headers.get("x-ember-model") == QWEN
         lines = list(resp.iter_lines())
     check_sse_lines(lines)
+
+
+def test_ai_gateway(client: Cloudflare):
+    """A gateway made, used, logged, rated and deleted with the SDK's ai_gateway resources."""
+    gateway = client.ai_gateway.create(
+        account_id=ACCOUNT_ID,
+        id="e2e-gateway",
+        cache_invalidate_on_update=False,
+        cache_ttl=120,
+        collect_logs=True,
+        rate_limiting_interval=None,
+        rate_limiting_limit=None,
+        rate_limiting_technique="fixed",
+        retry_max_attempts=2,
+    )
+    assert gateway.id == "e2e-gateway" and gateway.cache_ttl == 120
+    try:
+        headers = {"cf-aig-gateway-id": "e2e-gateway", "cf-aig-metadata": '{"suite": "sdk"}'}
+        answers = []
+        for _ in range(2):
+            raw = client.ai.with_raw_response.run(
+                "@cf/huggingface/distilbert-sst-2-int8",
+                account_id=ACCOUNT_ID,
+                text="I love this movie",
+                extra_headers=headers,
+            )
+            answers.append((raw.headers.get("cf-aig-cache-status"), raw.headers.get("cf-aig-log-id"), raw.http_response.json()["result"]))
+        assert [a[0] for a in answers] == ["MISS", "HIT"], answers
+        assert answers[0][2] == answers[1][2]
+
+        logs = list(client.ai_gateway.logs.list(gateway_id="e2e-gateway", account_id=ACCOUNT_ID))
+        assert {log.id for log in logs} == {answers[0][1], answers[1][1]}
+        assert sorted(log.cached for log in logs) == [False, True]
+        client.ai_gateway.logs.edit(answers[0][1], account_id=ACCOUNT_ID, gateway_id="e2e-gateway", feedback=1)
+        log = client.ai_gateway.logs.get(answers[0][1], account_id=ACCOUNT_ID, gateway_id="e2e-gateway")
+        assert log.model == "@cf/huggingface/distilbert-sst-2-int8" and log.success
+        assert json.loads(log.metadata) == {"suite": "sdk"}
+        assert client.ai_gateway.logs.get(answers[0][1], account_id=ACCOUNT_ID, gateway_id="e2e-gateway").to_dict().get("feedback") == 1
+    finally:
+        client.ai_gateway.delete("e2e-gateway", account_id=ACCOUNT_ID)
+    with pytest.raises(cloudflare.NotFoundError):
+        client.ai_gateway.get("e2e-gateway", account_id=ACCOUNT_ID)

@@ -1,12 +1,17 @@
-//! `ember accounts`, `ember tokens` and `ember usage`: the administration commands. They act on
+//! `ember accounts`, `ember tokens`, `ember gateways` and `ember usage`: the administration
+//! commands. They act on
 //! the same SQLite file as `ember serve --db`, while it runs (the server checks tokens and
 //! accounts on every request, so a change takes effect at once).
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
+use ember_access::LOCAL_ACCOUNT_ID;
 use ember_access::clock::{Clock, SystemClock};
 use ember_access::credentials::{self, DEFAULT_DAILY_FREE_NEURONS};
-use ember_store::{DAY_MS, Plan, Stores, UsageQuery, utc_day, utc_day_start_ms};
+use ember_ai_gateway::{AiGateway, GatewaySettings};
+use ember_store::{
+    DAY_MS, LogStrategy, Plan, RateTechnique, Stores, UsageQuery, utc_day, utc_day_start_ms,
+};
 
 #[derive(Subcommand)]
 pub enum AccountsCommand {
@@ -52,6 +57,131 @@ pub enum TokensCommand {
     },
     /// Revoke a token by id; requests with it are refused at once.
     Revoke { id: String },
+}
+
+/// A gateway's settings as flags; those left out keep their value (on create, the default's).
+#[derive(clap::Args)]
+pub struct GatewayFlags {
+    /// Seconds responses stay cached (0: off).
+    #[arg(long)]
+    cache_ttl: Option<u64>,
+    /// Forget the cache whenever the settings change.
+    #[arg(long)]
+    cache_invalidate_on_update: Option<bool>,
+    #[arg(long)]
+    collect_logs: Option<bool>,
+    /// Requests allowed per `--rate-limit-interval` seconds.
+    #[arg(long, requires = "rate_limit_interval")]
+    rate_limit: Option<u32>,
+    #[arg(long)]
+    rate_limit_interval: Option<u32>,
+    /// `fixed` or `sliding`.
+    #[arg(long, value_parser = |t: &str| RateTechnique::parse(t).ok_or("fixed or sliding"))]
+    rate_limit_technique: Option<RateTechnique>,
+    /// Provider URLs also need `cf-aig-authorization` with a token of the account.
+    #[arg(long)]
+    authentication: Option<bool>,
+    /// Logs kept at most.
+    #[arg(long)]
+    log_management: Option<u64>,
+    /// `STOP_INSERTING` or `DELETE_OLDEST`, when the logs are full.
+    #[arg(long, value_parser = |t: &str| LogStrategy::parse(t).ok_or("STOP_INSERTING or DELETE_OLDEST"))]
+    log_management_strategy: Option<LogStrategy>,
+}
+
+impl GatewayFlags {
+    fn settings(self) -> GatewaySettings {
+        GatewaySettings {
+            cache_ttl: self.cache_ttl,
+            cache_invalidate_on_update: self.cache_invalidate_on_update,
+            collect_logs: self.collect_logs,
+            rate_limiting_limit: self.rate_limit.map(Some),
+            rate_limiting_interval: self.rate_limit_interval.map(Some),
+            rate_limiting_technique: self.rate_limit_technique,
+            authentication: self.authentication,
+            log_management: self.log_management.map(Some),
+            log_management_strategy: self.log_management_strategy,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum GatewaysCommand {
+    /// Create an AI Gateway.
+    Create {
+        id: String,
+        /// Its account [default: the dev mode's `local`].
+        #[arg(long, default_value = LOCAL_ACCOUNT_ID)]
+        account: String,
+        #[command(flatten)]
+        flags: GatewayFlags,
+    },
+    /// List an account's gateways.
+    List {
+        #[arg(long, default_value = LOCAL_ACCOUNT_ID)]
+        account: String,
+    },
+    /// Change a gateway's settings.
+    Update {
+        id: String,
+        #[arg(long, default_value = LOCAL_ACCOUNT_ID)]
+        account: String,
+        #[command(flatten)]
+        flags: GatewayFlags,
+    },
+    /// Delete a gateway with its logs and cached responses.
+    Rm {
+        id: String,
+        #[arg(long, default_value = LOCAL_ACCOUNT_ID)]
+        account: String,
+    },
+}
+
+pub async fn gateways(stores: &Stores, command: GatewaysCommand) -> anyhow::Result<()> {
+    let gateways = AiGateway::new(stores.clone(), std::sync::Arc::new(SystemClock));
+    let shown = match command {
+        GatewaysCommand::Create { id, account, flags } => {
+            vec![gateways.create(&account, &id, &flags.settings()).await?]
+        }
+        GatewaysCommand::Update { id, account, flags } => {
+            vec![gateways.update(&account, &id, &flags.settings()).await?]
+        }
+        GatewaysCommand::Rm { id, account } => {
+            gateways.delete(&account, &id).await?;
+            println!("deleted gateway {id}");
+            return Ok(());
+        }
+        GatewaysCommand::List { account } => stores.gateways.gateways(&account).await?,
+    };
+    println!(
+        "{:<24}  {:>9}  {:<4}  {:<16}  {:<12}  logs kept",
+        "id", "cache ttl", "logs", "rate limit", "auth"
+    );
+    for gateway in shown {
+        let rate = match (gateway.rate_limiting_limit, gateway.rate_limiting_interval) {
+            (Some(limit), Some(interval)) => format!(
+                "{limit}/{interval}s {}",
+                gateway.rate_limiting_technique.as_str()
+            ),
+            _ => "-".into(),
+        };
+        let kept = gateway.log_management.map_or("all".into(), |at_most| {
+            format!("{at_most} ({})", gateway.log_management_strategy.as_str())
+        });
+        println!(
+            "{:<24}  {:>9}  {:<4}  {:<16}  {:<12}  {kept}",
+            gateway.id,
+            gateway.cache_ttl,
+            if gateway.collect_logs { "on" } else { "off" },
+            rate,
+            if gateway.authentication {
+                "required"
+            } else {
+                "token"
+            },
+        );
+    }
+    Ok(())
 }
 
 fn parse_plan(text: &str) -> Result<Plan, String> {

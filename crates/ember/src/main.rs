@@ -106,6 +106,11 @@ enum Command {
         #[command(subcommand)]
         command: admin::TokensCommand,
     },
+    /// Manage AI Gateways (caching, logs, rate limits in front of the models).
+    Gateways {
+        #[command(subcommand)]
+        command: admin::GatewaysCommand,
+    },
     /// Print an account's usage: daily totals per model.
     Usage {
         #[arg(long)]
@@ -251,6 +256,9 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Tokens { command } => {
             runtime.block_on(admin::tokens(&SqliteStore::open(&db)?, command))
+        }
+        Command::Gateways { command } => {
+            runtime.block_on(admin::gateways(&SqliteStore::open(&db)?, command))
         }
         Command::Usage {
             account,

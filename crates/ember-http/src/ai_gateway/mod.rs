@@ -252,7 +252,10 @@ fn model_of(parts: &Parts, json: Option<&Value>) -> String {
                 .map(|(.., rest)| rest)
         });
     if let Some(model) = in_path.filter(|model| *model != "proxy") {
-        return model.to_string();
+        // Clients may encode the model's slashes (`@cf%2Fmeta%2F...`), as the SDKs do.
+        return percent_encoding::percent_decode_str(model)
+            .decode_utf8_lossy()
+            .into_owned();
     }
     if let Some(model) = header_text(&parts.headers, "cf-consn-model-id") {
         return model;

@@ -130,9 +130,17 @@ fn gateway_json(gateway: &Gateway) -> Value {
     })
 }
 
-/// Documented gateway fields that have no local meaning (DLP, Logpush, OpenTelemetry export,
-/// billing); accepted so that clients sending whole objects work, and otherwise ignored.
-const IGNORED_FIELDS: [&str; 11] = [
+/// Documented gateway fields Ember does not apply (DLP, guardrails, Logpush, OpenTelemetry
+/// export, billing and spend limits, the gateway-wide retry defaults); accepted so that clients
+/// sending whole objects (the `cloudflare` SDKs) work, and otherwise ignored.
+const IGNORED_FIELDS: [&str; 18] = [
+    "byok_only",
+    "guardrails",
+    "log_classification",
+    "retry_backoff",
+    "retry_delay",
+    "retry_max_attempts",
+    "spend_limits",
     "dlp",
     "logpush",
     "logpush_public_key",

@@ -2,10 +2,18 @@ import { Hono } from "hono";
 
 // Minimal structural type for the AI binding (avoids a dependency on
 // @cloudflare/workers-types; wrangler/esbuild strips types anyway).
+interface AiGateway {
+  getLog(logId: string): Promise<any>;
+  patchLog(logId: string, data: Record<string, unknown>): Promise<void>;
+  getUrl(provider?: string): Promise<string>;
+}
+
 interface AiBinding {
   run(model: string, inputs: Record<string, unknown>, options?: Record<string, unknown>): Promise<any>;
   models(params?: Record<string, unknown>): Promise<any[]>;
+  gateway(id: string): AiGateway;
   lastRequestId?: string | null;
+  aiGatewayLogId?: string | null;
 }
 
 type Bindings = { AI: AiBinding };
@@ -85,6 +93,28 @@ app.post("/imagine", async (c) => {
   const view = new DataView(bytes.buffer);
   const signature = [...bytes.slice(0, 8)].join(",") === "137,80,78,71,13,10,26,10";
   return c.json({ signature, width: view.getUint32(16), height: view.getUint32(20), bytes: bytes.length });
+});
+
+// AI Gateway through the binding: the same run twice through `default` with a cache TTL (the
+// second from the cache), each run's log id, feedback on the first, and the gateway helpers.
+app.post("/gateway", async (c) => {
+  const options = { gateway: { id: "default", cacheTtl: 60, metadata: { suite: "e2e" } } };
+  const inputs = { text: "I love this movie" };
+  const first = await c.env.AI.run("@cf/huggingface/distilbert-sst-2-int8", inputs, options);
+  const firstLogId = c.env.AI.aiGatewayLogId;
+  const second = await c.env.AI.run("@cf/huggingface/distilbert-sst-2-int8", inputs, options);
+  const secondLogId = c.env.AI.aiGatewayLogId;
+  const gateway = c.env.AI.gateway("default");
+  await gateway.patchLog(firstLogId!, { feedback: 1, score: 80 });
+  const firstLog = await gateway.getLog(firstLogId!);
+  const secondLog = await gateway.getLog(secondLogId!);
+  let missing = "";
+  try {
+    await gateway.getLog("no-such-log");
+  } catch (error) {
+    missing = (error as Error).name;
+  }
+  return c.json({ first, second, firstLogId, secondLogId, firstLog, secondLog, missing, url: await gateway.getUrl("workers-ai") });
 });
 
 app.get("/models", async (c) => {
