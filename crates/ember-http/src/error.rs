@@ -38,6 +38,8 @@ pub enum ApiError {
     GatewayRateLimited {
         retry_after_secs: u64,
     },
+    /// An upstream provider behind a gateway could not be reached (says which).
+    Upstream(String),
 }
 
 impl From<InferError> for ApiError {
@@ -73,6 +75,7 @@ impl ApiError {
             ApiError::GatewayRateLimited { .. } => {
                 (StatusCode::TOO_MANY_REQUESTS, 2003, "GatewayRateLimited")
             }
+            ApiError::Upstream(_) => (StatusCode::BAD_GATEWAY, 2005, "UpstreamError"),
             ApiError::Infer(error) => match error {
                 InferError::NoSuchModel(_) | InferError::NotInstalled { .. } => {
                     (StatusCode::BAD_REQUEST, 5007, "InvalidModel")
@@ -110,7 +113,9 @@ impl ApiError {
                 thousands(*daily_free_neurons)
             ),
             ApiError::Incomplete(what) => format!("Request is missing headers or body: {what}"),
-            ApiError::NotFound(what) | ApiError::Conflict(what) => what.clone(),
+            ApiError::NotFound(what) | ApiError::Conflict(what) | ApiError::Upstream(what) => {
+                what.clone()
+            }
             ApiError::GatewayRateLimited { .. } => {
                 "Rate limited: the gateway's rate limit is reached".into()
             }
@@ -189,6 +194,7 @@ impl ApiError {
             ApiError::NotFound(_) | ApiError::Conflict(_) => {
                 ("invalid_request_error", workers_code)
             }
+            ApiError::Upstream(_) => ("server_error", workers_code),
             ApiError::AllocationUsed { .. } => {
                 ("insufficient_quota", Some("insufficient_quota".into()))
             }

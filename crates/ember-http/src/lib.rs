@@ -17,6 +17,7 @@ mod sse;
 mod usage;
 pub mod wire;
 
+pub use ai_gateway::Provider;
 pub use error::ApiError;
 pub use images::GeneratedImages;
 
@@ -42,6 +43,8 @@ pub struct HttpConfig {
     /// Longest a non-streamed run may take.
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
+    /// Upstreams AI Gateway forwards to besides the local models.
+    pub providers: Vec<Provider>,
 }
 
 impl Default for HttpConfig {
@@ -49,6 +52,7 @@ impl Default for HttpConfig {
         HttpConfig {
             request_timeout: Duration::from_secs(600),
             max_body_bytes: MAX_BODY_BYTES,
+            providers: Vec::new(),
         }
     }
 }
@@ -111,22 +115,23 @@ pub fn router(state: AppState) -> Router {
             post(run::gateway_run),
         )
         .route("/metrics", get(metrics));
-    let api = ai_gateway::routes(openai::routes(api))
+    let routes = ai_gateway::routes(openai::routes(api))
         // Multipart uploads are read by axum's extractor, which applies this limit.
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
-        // Inside authentication: a gateway belongs to the caller's account.
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            ai_gateway::layer,
-        ))
-        .layer(middleware::from_fn_with_state(state.clone(), authenticate));
+        .with_state(state.clone());
+    // The stack around the routes, outermost first: authentication, then AI Gateway, which may
+    // send one request to the routes more than once (retries, a universal request's steps).
+    let api = tower::ServiceBuilder::new()
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(ai_gateway::GatewayLayer::new(state.clone()))
+        .service(routes);
     Router::new()
         .route("/health", get(health))
         // Outside authentication: the unguessable id is the key, as with OpenAI's image URLs.
         .route("/v1/images/generated/{file}", get(images::generated))
-        .merge(api)
+        .fallback_service(api)
         .layer(middleware::from_fn(request_id))
         .with_state(state)
 }

@@ -12,7 +12,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use axum::{Extension, Router};
 use base64::Engine as _;
 use ember_access::Caller;
@@ -40,29 +40,30 @@ const PREFIXES: [&str; 4] = [
 /// Adds the OpenAI routes under both prefixes.
 pub fn routes(router: Router<AppState>) -> Router<AppState> {
     PREFIXES.iter().fold(router, |router, prefix| {
-        router
-            .route(
-                &format!("{prefix}/chat/completions"),
-                post(chat_completions),
-            )
-            .route(&format!("{prefix}/completions"), post(completions))
-            .route(&format!("{prefix}/embeddings"), post(embeddings))
-            .route(&format!("{prefix}/rerank"), post(rerank::rerank))
-            .route(
-                &format!("{prefix}/audio/transcriptions"),
-                post(audio::transcriptions),
-            )
-            .route(
-                &format!("{prefix}/audio/translations"),
-                post(audio::translations),
-            )
-            .route(&format!("{prefix}/audio/speech"), post(audio::speech))
-            .route(
-                &format!("{prefix}/images/generations"),
-                post(images::generations),
-            )
-            .route(&format!("{prefix}/models"), get(models))
+        ENDPOINTS.iter().fold(router, |router, (path, handler)| {
+            router.route(&format!("{prefix}{path}"), handler())
+        })
     })
+}
+
+/// The OpenAI endpoints, under each prefix.
+type Route = (&'static str, fn() -> MethodRouter<AppState>);
+const ENDPOINTS: [Route; 9] = [
+    ("/chat/completions", || post(chat_completions)),
+    ("/completions", || post(completions)),
+    ("/embeddings", || post(embeddings)),
+    ("/rerank", || post(rerank::rerank)),
+    ("/audio/transcriptions", || post(audio::transcriptions)),
+    ("/audio/translations", || post(audio::translations)),
+    ("/audio/speech", || post(audio::speech)),
+    ("/images/generations", || post(images::generations)),
+    ("/models", || get(models)),
+];
+
+/// Whether `path` (after `/v1`) is one of the OpenAI endpoints or the generated images'.
+pub(crate) fn is_route_under_v1(path: &str) -> bool {
+    ENDPOINTS.iter().any(|(endpoint, _)| *endpoint == path)
+        || path.starts_with("/images/generated/")
 }
 
 /// Whether `path` lies under one of the prefixes, so that its errors take OpenAI's shape.

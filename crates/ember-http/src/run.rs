@@ -46,7 +46,7 @@ impl Form {
                 false => Form::OpenAi,
             };
         }
-        if path.starts_with("/ai-gateway/gateways/") {
+        if path.starts_with("/ai-gateway/gateways/") || ai_gateway::universal_url(path).is_some() {
             // The binding's gateway helpers read the REST envelope.
             Form::Rest
         } else if openai::is_openai_path(path) {

@@ -132,6 +132,9 @@ pub struct GatewayLog {
     pub cached: bool,
     /// The step of a universal request that served (0 otherwise).
     pub step: u32,
+    /// Requests sent to providers for it, retries and fallen-back steps included (0 when
+    /// cached).
+    pub attempts: u32,
     pub tokens_in: u32,
     pub tokens_out: u32,
     /// In dollars.

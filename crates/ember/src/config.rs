@@ -153,6 +153,38 @@ pub fn parse_alias(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Parses `NAME=URL` provider arguments: an OpenAI-compatible upstream AI Gateway forwards to
+/// under `/v1/{account}/{gateway}/NAME/...`. Its key is read from `EMBER_PROVIDER_<NAME>_KEY`.
+pub fn parse_provider(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, url))
+            if !name.trim().is_empty()
+                && (url.starts_with("http://") || url.starts_with("https://")) =>
+        {
+            Ok((name.trim().to_string(), url.trim().to_string()))
+        }
+        _ => Err(format!(
+            "provider '{text}' must look like NAME=URL, e.g. openai=https://api.openai.com/v1"
+        )),
+    }
+}
+
+/// The environment variable holding a provider's API key: `EMBER_PROVIDER_<NAME>_KEY`, the name
+/// in capitals with `_` for anything but letters and digits.
+pub fn provider_key_variable(name: &str) -> String {
+    let name: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("EMBER_PROVIDER_{name}_KEY")
+}
+
 /// Parses `TASK=RPM` rate limit arguments, e.g. `text-generation=600`.
 pub fn parse_task_limit(text: &str) -> Result<(Task, u32), String> {
     let problem = || {

@@ -75,6 +75,10 @@ enum Command {
         /// Models to load at start instead of on first use.
         #[arg(long, value_delimiter = ',')]
         preload: Vec<String>,
+        /// An upstream AI Gateway forwards to, NAME=URL (OpenAI-compatible, e.g.
+        /// openai=https://api.openai.com/v1); its key is read from EMBER_PROVIDER_<NAME>_KEY.
+        #[arg(long = "provider", env = "EMBER_PROVIDERS", value_delimiter = ',', value_parser = config::parse_provider)]
+        providers: Vec<(String, String)>,
         #[command(flatten)]
         engine: config::EngineOptions,
     },
@@ -201,6 +205,7 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
             request_timeout,
             shutdown_grace,
             preload,
+            providers,
             engine,
         } => {
             let config = ServeConfig {
@@ -225,6 +230,13 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
                     shutdown_grace.or(file.shutdown_grace_secs).unwrap_or(30),
                 ),
                 preload,
+                providers: providers
+                    .iter()
+                    .map(|(name, url)| {
+                        let key = std::env::var(config::provider_key_variable(name)).ok();
+                        ember_http::Provider::new(name, url, key)
+                    })
+                    .collect(),
                 engine: engine.or(&file.engine).resolve(),
             };
             runtime.block_on(ember::serve(

@@ -36,6 +36,8 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// Models to load before listening, instead of on first use.
     pub preload: Vec<String>,
+    /// Upstreams AI Gateway forwards to besides the local models.
+    pub providers: Vec<ember_http::Provider>,
     pub engine: EngineConfig,
 }
 
@@ -109,6 +111,7 @@ pub async fn serve(
         ai_gateway,
         config: Arc::new(HttpConfig {
             request_timeout: config.request_timeout,
+            providers: config.providers.clone(),
             ..HttpConfig::default()
         }),
         abort,

@@ -549,3 +549,304 @@ async fn a_streamed_chat_is_replayed_from_the_cache() {
     assert_eq!(compat.header("x-ember-model"), SMOL);
     wait_until_model_is_free(SMOL).await;
 }
+
+/// An OpenAI-compatible upstream on a local port: `/ok` answers (a stream when asked, recording
+/// the `Authorization` it got), `/fail` answers 500, `/slow` takes ten seconds.
+struct Upstream {
+    base: String,
+    failures: Arc<std::sync::atomic::AtomicUsize>,
+    authorizations: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+async fn upstream() -> Upstream {
+    use axum::routing::post as post_route;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let failures = Arc::new(AtomicUsize::new(0));
+    let authorizations = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (seen, failed) = (authorizations.clone(), failures.clone());
+    let ok = move |headers: axum::http::HeaderMap, body: String| async move {
+        let auth = headers
+            .get("authorization")
+            .map(|v| v.to_str().unwrap().to_string());
+        seen.lock().unwrap().push(auth.unwrap_or_default());
+        let request: Value = serde_json::from_str(&body).unwrap();
+        if request["stream"] == true {
+            let events = "data: {\"choices\":[{\"delta\":{\"content\":\"up\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"stream\"}}]}\n\ndata: [DONE]\n\n";
+            return (
+                [(header::CONTENT_TYPE, "text/event-stream")],
+                events.to_string(),
+            );
+        }
+        let answer = json!({"object": "chat.completion", "model": request["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "from upstream"}}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}});
+        (
+            [(header::CONTENT_TYPE, "application/json")],
+            answer.to_string(),
+        )
+    };
+    let fail = move || async move {
+        failed.fetch_add(1, Ordering::SeqCst);
+        (StatusCode::INTERNAL_SERVER_ERROR, "{\"error\":\"down\"}")
+    };
+    let slow = || async {
+        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+        "late"
+    };
+    let app = axum::Router::new()
+        .route("/ok/chat/completions", post_route(ok))
+        .route("/fail/chat/completions", post_route(fail))
+        .route("/slow/chat/completions", post_route(slow));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Upstream {
+        base,
+        failures,
+        authorizations,
+    }
+}
+
+const SECRET: &str = "sk-upstream-secret-1234";
+
+fn app_with_providers(upstream: &Upstream) -> App {
+    let providers = vec![
+        ember_http::Provider::new(
+            "upstream",
+            &format!("{}/ok", upstream.base),
+            Some(SECRET.into()),
+        ),
+        ember_http::Provider::new("broken", &format!("{}/fail", upstream.base), None),
+        ember_http::Provider::new("slow", &format!("{}/slow", upstream.base), None),
+    ];
+    let config = HttpConfig {
+        providers,
+        ..HttpConfig::default()
+    };
+    app_on(
+        fake_ember(),
+        config,
+        AccessConfig::default(),
+        Arc::new(ManualClock::new(0)),
+    )
+}
+
+fn chat_body(stream: bool) -> String {
+    json!({"model": "gpt-4o-mini", "stream": stream, "messages": [{"role": "user", "content": "hi"}]})
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn providers_get_their_key_and_streams_pass_through() {
+    let upstream = upstream().await;
+    let app = app_with_providers(&upstream);
+    let url = "/v1/local/default/upstream/chat/completions";
+    let mut request = post(url, chat_body(false));
+    request
+        .headers_mut()
+        .insert("authorization", "Bearer the-ember-token".parse().unwrap());
+    let reply = send(&app, request).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(
+        reply.json()["choices"][0]["message"]["content"],
+        "from upstream"
+    );
+    let seen = upstream.authorizations.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [format!("Bearer {SECRET}")],
+        "the configured key, never the caller's token"
+    );
+
+    let log_id = reply.header("cf-aig-log-id");
+    let log = result(&app, get(&format!("{GATEWAYS}/default/logs/{log_id}"))).await;
+    assert_eq!(
+        (log["provider"].as_str(), log["model"].as_str()),
+        (Some("upstream"), Some("gpt-4o-mini"))
+    );
+    assert_eq!(
+        (log["tokens_in"].clone(), log["tokens_out"].clone()),
+        (json!(3), json!(2))
+    );
+
+    let streamed = |ttl: &str| {
+        let mut request = post(url, chat_body(true));
+        request
+            .headers_mut()
+            .insert("cf-aig-cache-ttl", ttl.parse().unwrap());
+        request
+    };
+    let first = send(&app, streamed("60")).await;
+    assert_eq!(first.header("content-type"), "text/event-stream");
+    assert_eq!(sse_events(&first.body).last().unwrap(), "[DONE]");
+    let again = send(&app, streamed("60")).await;
+    assert_eq!(again.header("cf-aig-cache-status"), "HIT");
+    assert_eq!(again.body, first.body);
+    assert_eq!(
+        upstream.authorizations.lock().unwrap().len(),
+        2,
+        "the hit stayed here"
+    );
+
+    // The key is in no log, no answer, no header.
+    let logs = send(&app, get(&format!("{GATEWAYS}/default/logs"))).await;
+    for text in [
+        String::from_utf8_lossy(&logs.body).to_string(),
+        String::from_utf8_lossy(&first.body).to_string(),
+        format!("{:?} {:?}", reply.headers, first.headers),
+    ] {
+        assert!(!text.contains(SECRET), "{text}");
+    }
+    let unknown = send(
+        &app,
+        post(
+            "/v1/local/default/nobody/chat/completions",
+            chat_body(false),
+        ),
+    )
+    .await;
+    assert_eq!(unknown.status, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&unknown.body).contains("nobody"));
+}
+
+fn universal(steps: Value) -> Request<Body> {
+    post("/v1/local/default", steps.to_string())
+}
+
+fn classify_step() -> Value {
+    json!({"provider": "workers-ai", "endpoint": CLASSIFIER, "headers": {"content-type": "application/json"},
+           "query": {"text": "a good film"}})
+}
+
+fn broken_step(config: Value) -> Value {
+    json!({"provider": "broken", "endpoint": "chat/completions", "query": {"model": "m"}, "config": config})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_universal_endpoint_falls_back_step_by_step() {
+    use std::sync::atomic::Ordering;
+    let upstream = upstream().await;
+    let app = app_with_providers(&upstream);
+    let reply = send(
+        &app,
+        universal(json!([broken_step(json!({})), classify_step()])),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.header("cf-aig-step"), "1");
+    assert_eq!(reply.json()["result"][1]["label"], "POSITIVE");
+    assert_eq!(upstream.failures.load(Ordering::SeqCst), 1);
+    let log = result(
+        &app,
+        get(&format!(
+            "{GATEWAYS}/default/logs/{}",
+            reply.header("cf-aig-log-id")
+        )),
+    )
+    .await;
+    assert_eq!(
+        (log["step"].clone(), log["attempts"].clone()),
+        (json!(1), json!(2))
+    );
+    assert_eq!(
+        (log["provider"].as_str(), log["model"].as_str()),
+        (Some("workers-ai"), Some(CLASSIFIER))
+    );
+
+    // A step's own retries, with backoff, before the next step.
+    let retried = json!({"maxAttempts": 3, "retryDelay": 10, "backoff": "exponential"});
+    let reply = send(
+        &app,
+        universal(json!([broken_step(retried), classify_step()])),
+    )
+    .await;
+    assert_eq!(reply.header("cf-aig-step"), "1");
+    assert_eq!(upstream.failures.load(Ordering::SeqCst), 4);
+    let log = result(
+        &app,
+        get(&format!(
+            "{GATEWAYS}/default/logs/{}",
+            reply.header("cf-aig-log-id")
+        )),
+    )
+    .await;
+    assert_eq!(log["attempts"], 4, "three tries of step 0, one of step 1");
+
+    // A step that takes too long is given up for the next.
+    let slow = json!({"provider": "slow", "endpoint": "chat/completions", "query": {"model": "m"},
+                      "config": {"requestTimeout": 200}});
+    let reply = send(&app, universal(json!([slow, classify_step()]))).await;
+    assert_eq!(
+        (reply.status, reply.header("cf-aig-step")),
+        (StatusCode::OK, "1")
+    );
+
+    // When every step fails, the last failure is the answer.
+    let reply = send(&app, universal(json!([broken_step(json!({}))]))).await;
+    assert_eq!(
+        (reply.status, reply.header("cf-aig-step")),
+        (StatusCode::INTERNAL_SERVER_ERROR, "0")
+    );
+
+    // Retries on a provider URL, from the request's headers, counted in its log.
+    let mut request = post(
+        "/v1/local/default/broken/chat/completions",
+        chat_body(false),
+    );
+    for (name, value) in [
+        ("cf-aig-max-attempts", "3"),
+        ("cf-aig-retry-delay", "5"),
+        ("cf-aig-backoff", "linear"),
+    ] {
+        request.headers_mut().insert(name, value.parse().unwrap());
+    }
+    let before = upstream.failures.load(Ordering::SeqCst);
+    let reply = send(&app, request).await;
+    assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(upstream.failures.load(Ordering::SeqCst) - before, 3);
+    let log = result(
+        &app,
+        get(&format!(
+            "{GATEWAYS}/default/logs/{}",
+            reply.header("cf-aig-log-id")
+        )),
+    )
+    .await;
+    assert_eq!(
+        (log["attempts"].clone(), log["success"].clone()),
+        (json!(3), json!(false))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_universal_requests_are_named() {
+    let upstream = upstream().await;
+    let app = app_with_providers(&upstream);
+    let cases = [
+        (json!([]), "/"),
+        (json!({"provider": "workers-ai"}), "/"),
+        (
+            json!([{"provider": "openrouter", "endpoint": "x", "query": {}}]),
+            "/0/provider",
+        ),
+        (
+            json!([classify_step(), {"provider": "workers-ai", "query": {}}]),
+            "/1/endpoint",
+        ),
+        (
+            json!([{"provider": "workers-ai", "endpoint": CLASSIFIER, "query": "text"}]),
+            "/0/query",
+        ),
+        (
+            json!([broken_step(json!({"maxAttempts": 9}))]),
+            "/0/config/maxAttempts",
+        ),
+    ];
+    for (body, field) in cases {
+        let reply = send(&app, universal(body.clone())).await;
+        let message = reply.rest_error(400, 5006);
+        assert!(message.contains(field), "{body}: {message}");
+    }
+    let garbage = send(&app, post("/v1/local/default", "not json")).await;
+    garbage.rest_error(400, 5006);
+}

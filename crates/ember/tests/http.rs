@@ -654,6 +654,7 @@ async fn graceful_shutdown_lets_in_flight_streams_finish() {
         request_timeout: Duration::from_secs(60),
         shutdown_grace: Duration::from_secs(60),
         preload: vec![SMOL.to_string()],
+        providers: Vec::new(),
         engine: engine_config(4),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

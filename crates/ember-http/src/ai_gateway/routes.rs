@@ -11,7 +11,7 @@ use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, Method, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Extension, Router};
 use ember_access::Caller;
 use ember_ai_gateway::{DEFAULT_GATEWAY, GatewaySettings};
@@ -59,6 +59,10 @@ pub(crate) fn routes(router: Router<AppState>) -> Router<AppState> {
         .route(
             "/ai-gateway/gateways/{gateway_id}/url/{provider}",
             get(binding_url),
+        )
+        .route(
+            "/v1/{account_id}/{gateway_id}/{provider}/{*path}",
+            post(super::providers::forward),
         )
 }
 
@@ -330,6 +334,7 @@ fn log_json(log: &GatewayLog) -> Value {
         "tokens_out": log.tokens_out,
         "metadata": log.metadata,
         "step": log.step,
+        "attempts": log.attempts,
         "cost": log.cost,
         "custom_cost": log.custom_cost,
         "request_size": log.request_size,

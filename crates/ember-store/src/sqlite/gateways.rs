@@ -141,8 +141,8 @@ impl GatewayStore for SqliteStore {
 }
 
 const LOG_COLUMNS: &str = "id, account_id, gateway_id, created_at_ms, provider, model, \
-    model_type, path, duration_ms, status_code, success, cached, step, tokens_in, tokens_out, \
-    cost, custom_cost, metadata, event_id, request_content_type, response_content_type, \
+    model_type, path, duration_ms, status_code, success, cached, step, attempts, tokens_in, \
+    tokens_out, cost, custom_cost, metadata, event_id, request_content_type, response_content_type, \
     request_size, response_size, request_body, response_body, feedback, score";
 
 fn log_row(row: &Row) -> rusqlite::Result<GatewayLog> {
@@ -160,20 +160,21 @@ fn log_row(row: &Row) -> rusqlite::Result<GatewayLog> {
         success: row.get(10)?,
         cached: row.get(11)?,
         step: row.get(12)?,
-        tokens_in: row.get(13)?,
-        tokens_out: row.get(14)?,
-        cost: row.get(15)?,
-        custom_cost: row.get(16)?,
-        metadata: row.get(17)?,
-        event_id: row.get(18)?,
-        request_content_type: row.get(19)?,
-        response_content_type: row.get(20)?,
-        request_size: row.get(21)?,
-        response_size: row.get(22)?,
-        request_body: row.get(23)?,
-        response_body: row.get(24)?,
-        feedback: row.get(25)?,
-        score: row.get(26)?,
+        attempts: row.get(13)?,
+        tokens_in: row.get(14)?,
+        tokens_out: row.get(15)?,
+        cost: row.get(16)?,
+        custom_cost: row.get(17)?,
+        metadata: row.get(18)?,
+        event_id: row.get(19)?,
+        request_content_type: row.get(20)?,
+        response_content_type: row.get(21)?,
+        request_size: row.get(22)?,
+        response_size: row.get(23)?,
+        request_body: row.get(24)?,
+        response_body: row.get(25)?,
+        feedback: row.get(26)?,
+        score: row.get(27)?,
     })
 }
 
@@ -234,7 +235,7 @@ fn insert_log(
     }
     tx.execute(
         &format!("INSERT INTO gateway_logs ({LOG_COLUMNS}) VALUES ({})", {
-            (1..=27)
+            (1..=LOG_COLUMNS.split(',').count())
                 .map(|i| format!("?{i}"))
                 .collect::<Vec<_>>()
                 .join(", ")
@@ -253,6 +254,7 @@ fn insert_log(
             log.success,
             log.cached,
             log.step,
+            log.attempts,
             log.tokens_in,
             log.tokens_out,
             log.cost,

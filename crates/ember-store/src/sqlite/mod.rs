@@ -89,6 +89,7 @@ const MIGRATIONS: &[&str] = &[
         success               INTEGER NOT NULL,
         cached                INTEGER NOT NULL,
         step                  INTEGER NOT NULL,
+        attempts              INTEGER NOT NULL,
         tokens_in             INTEGER NOT NULL,
         tokens_out            INTEGER NOT NULL,
         cost                  REAL NOT NULL,
