@@ -1,5 +1,6 @@
-//! Serving metrics per model (queue, sequences, KV cells, prefix cache, tokens, latency), kept in
-//! one Prometheus registry and written out as OpenMetrics text for `/metrics`.
+//! Serving metrics per model (queue, sequences, KV cells, prefix cache, tokens, latency) and AI
+//! Gateway's per gateway, provider and model (requests by result, tokens, cost, duration), kept
+//! in one Prometheus registry and written out as OpenMetrics text for `/metrics`.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -16,6 +17,85 @@ struct ModelLabel {
 }
 
 type Latency = Family<ModelLabel, Histogram, fn() -> Histogram>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    gateway: String,
+    provider: String,
+    model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    gateway: String,
+    provider: String,
+    model: String,
+    /// `success`, `error` or `cached`.
+    result: String,
+}
+
+/// One request through an AI Gateway, as its metrics count it.
+pub struct GatewayRequest<'a> {
+    /// `{account}/{gateway}`.
+    pub gateway: &'a str,
+    pub provider: &'a str,
+    pub model: &'a str,
+    pub cached: bool,
+    pub success: bool,
+    pub seconds: f64,
+    pub tokens_in: u32,
+    pub tokens_out: u32,
+    /// Dollars.
+    pub cost: f64,
+}
+
+/// AI Gateway's metric families.
+struct GatewayFamilies {
+    requests: Family<ResultLabels, Counter>,
+    tokens_in: Family<RouteLabels, Counter>,
+    tokens_out: Family<RouteLabels, Counter>,
+    cost: Family<RouteLabels, Counter<f64, AtomicU64>>,
+    duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+}
+
+impl GatewayFamilies {
+    fn register(registry: &mut Registry) -> GatewayFamilies {
+        let families = GatewayFamilies {
+            requests: Family::default(),
+            tokens_in: Family::default(),
+            tokens_out: Family::default(),
+            cost: Family::default(),
+            duration: Family::new_with_constructor(latency_histogram),
+        };
+        let r = registry;
+        r.register(
+            "gateway_requests",
+            "Requests through AI Gateway, by result (success, error, cached)",
+            families.requests.clone(),
+        );
+        r.register(
+            "gateway_tokens_in",
+            "Prompt tokens of requests through AI Gateway",
+            families.tokens_in.clone(),
+        );
+        r.register(
+            "gateway_tokens_out",
+            "Completion tokens of requests through AI Gateway",
+            families.tokens_out.clone(),
+        );
+        r.register(
+            "gateway_cost_dollars",
+            "Cost of requests through AI Gateway, in dollars",
+            families.cost.clone(),
+        );
+        r.register(
+            "gateway_request_duration_seconds",
+            "From a gateway request's arrival to its whole answer",
+            families.duration.clone(),
+        );
+        families
+    }
+}
 
 /// Latency buckets from 1 ms to about 65 s.
 fn latency_histogram() -> Histogram {
@@ -40,6 +120,7 @@ pub struct Metrics {
     ttft: Latency,
     itl: Latency,
     denoising_steps: Latency,
+    gateway: GatewayFamilies,
 }
 
 impl Metrics {
@@ -60,6 +141,7 @@ impl Metrics {
         let ttft = Latency::new_with_constructor(latency_histogram);
         let itl = Latency::new_with_constructor(latency_histogram);
         let denoising_steps = Latency::new_with_constructor(latency_histogram);
+        let gateway = GatewayFamilies::register(&mut registry);
         let r = &mut registry;
         r.register(
             "model_loaded",
@@ -141,7 +223,45 @@ impl Metrics {
             ttft,
             itl,
             denoising_steps,
+            gateway,
         })
+    }
+
+    /// Counts a request through an AI Gateway.
+    pub fn gateway_request(&self, request: &GatewayRequest) {
+        let route = RouteLabels {
+            gateway: request.gateway.to_string(),
+            provider: request.provider.to_string(),
+            model: request.model.to_string(),
+        };
+        let result = match (request.cached, request.success) {
+            (true, _) => "cached",
+            (false, true) => "success",
+            (false, false) => "error",
+        };
+        let families = &self.gateway;
+        families
+            .requests
+            .get_or_create(&ResultLabels {
+                gateway: route.gateway.clone(),
+                provider: route.provider.clone(),
+                model: route.model.clone(),
+                result: result.to_string(),
+            })
+            .inc();
+        families
+            .tokens_in
+            .get_or_create(&route)
+            .inc_by(u64::from(request.tokens_in));
+        families
+            .tokens_out
+            .get_or_create(&route)
+            .inc_by(u64::from(request.tokens_out));
+        families.cost.get_or_create(&route).inc_by(request.cost);
+        families
+            .duration
+            .get_or_create(&route)
+            .observe(request.seconds);
     }
 
     /// The handles for one model's metrics.

@@ -3,9 +3,9 @@
 //! for one backend, so a new backend runs exactly this list.
 
 use crate::{
-    Account, CachedResponse, DAY_MS, DailyUsage, Gateway, GatewayLog, Hold, LogPatch, LogQuery,
-    LogStrategy, Plan, RateTechnique, RequestRecord, StoreError, Stores, Token, UsageQuery, Window,
-    gateway_cache_key,
+    Account, AnalyticsQuery, CachedResponse, DAY_MS, DailyUsage, Gateway, GatewayLog, Hold,
+    LogPatch, LogQuery, LogStrategy, Plan, RateTechnique, RequestRecord, StoreError, Stores, Token,
+    UsageQuery, Window, gateway_cache_key,
 };
 
 /// Declares one `#[tokio::test]` per check, each on the stores `$open(test_name).await` gives.
@@ -27,6 +27,7 @@ macro_rules! conformance_tests {
             gateway_logs_filter_page_and_add_up,
             gateway_logs_keep_their_bound,
             gateway_logs_take_feedback_and_go,
+            gateway_analytics_add_up_per_bucket_and_model,
             cached_responses_expire_and_go_with_their_gateway
         );
     };
@@ -699,4 +700,62 @@ pub async fn cached_responses_expire_and_go_with_their_gateway(stores: &Stores) 
         .unwrap();
     assert_eq!(cache.cached("k1", 1_500).await.unwrap(), None);
     assert!(cache.cached("k2", 500).await.unwrap().is_some());
+}
+
+pub async fn gateway_analytics_add_up_per_bucket_and_model(stores: &Stores) {
+    let logs = &stores.gateway_logs;
+    let minute = 60_000;
+    let mut entries = Vec::new();
+    for (i, duration) in [10, 20, 30, 40].into_iter().enumerate() {
+        let mut entry = log(&format!("a{i}"), "g", i as i64 * 1_000);
+        entry.duration_ms = duration;
+        entries.push(entry);
+    }
+    entries[1].success = false;
+    entries[2].cached = true;
+    let mut other_model = log("b", "g", 2_000);
+    other_model.model = "@cf/baai/bge-small-en-v1.5".into();
+    let mut next_minute = log("c", "g", minute + 1);
+    next_minute.duration_ms = 99;
+    let mut outside = log("d", "g", 3 * minute);
+    outside.tokens_in = 1_000;
+    entries.extend([other_model, next_minute, outside, log("e", "other", 0)]);
+    for entry in &entries {
+        assert!(logs.insert_log(entry, None).await.unwrap());
+    }
+    let query = AnalyticsQuery {
+        account_id: "a".into(),
+        gateway_id: "g".into(),
+        since_ms: 0,
+        until_ms: 3 * minute,
+        bucket_ms: minute,
+    };
+    let rows = logs.analytics(&query).await.unwrap();
+    let shape: Vec<_> = rows
+        .iter()
+        .map(|r| (r.bucket_start_ms, r.model.as_str(), r.requests))
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            (0, "@cf/baai/bge-small-en-v1.5", 1),
+            (0, "@cf/meta/llama-3.1-8b-instruct", 4),
+            (minute, "@cf/meta/llama-3.1-8b-instruct", 1)
+        ]
+    );
+    let first = &rows[1];
+    assert_eq!((first.errors, first.cached), (1, 1));
+    assert_eq!(
+        (first.tokens_in, first.tokens_out, first.cost),
+        (12, 16, 2.0)
+    );
+    assert_eq!(
+        (
+            first.duration_ms_p50,
+            first.duration_ms_p95,
+            first.duration_ms_p99
+        ),
+        (20, 40, 40)
+    );
+    assert_eq!(rows[2].duration_ms_p99, 99);
 }

@@ -104,6 +104,9 @@ pub trait GatewayLogs: Send + Sync {
     async fn logs(&self, query: &LogQuery) -> Result<(Vec<GatewayLog>, LogTotals), StoreError>;
     /// Deletes a gateway's logs matching the filter; how many went.
     async fn delete_logs(&self, query: &LogQuery) -> Result<u64, StoreError>;
+    /// The gateway's logged requests in `[since_ms, until_ms)`, added up per time bucket,
+    /// provider and model, oldest bucket first.
+    async fn analytics(&self, query: &AnalyticsQuery) -> Result<Vec<AnalyticsRow>, StoreError>;
     /// Sets a log's feedback, score or metadata (the fields given); false if no such log.
     async fn patch_log(
         &self,
@@ -184,6 +187,52 @@ pub struct LogTotals {
     pub max_tokens_out: u32,
     pub min_total_tokens: u32,
     pub max_total_tokens: u32,
+}
+
+/// Which logs to add up, and into buckets of what length.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnalyticsQuery {
+    pub account_id: String,
+    pub gateway_id: String,
+    pub since_ms: i64,
+    pub until_ms: i64,
+    /// Bucket length; buckets start at multiples of it since the Unix epoch.
+    pub bucket_ms: i64,
+}
+
+/// One time bucket's requests of one provider and model.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AnalyticsRow {
+    pub bucket_start_ms: i64,
+    pub provider: String,
+    pub model: String,
+    pub requests: u64,
+    pub errors: u64,
+    pub cached: u64,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    pub cost: f64,
+    /// Request durations at the 50th, 95th and 99th percentiles (nearest rank).
+    pub duration_ms_p50: u64,
+    pub duration_ms_p95: u64,
+    pub duration_ms_p99: u64,
+}
+
+impl AnalyticsRow {
+    /// Fills the percentiles from the bucket's durations.
+    pub fn with_durations(mut self, mut durations: Vec<u64>) -> AnalyticsRow {
+        durations.sort_unstable();
+        let rank = |q: f64| {
+            let index = ((q * durations.len() as f64).ceil() as usize).saturating_sub(1);
+            durations.get(index).copied().unwrap_or(0)
+        };
+        (
+            self.duration_ms_p50,
+            self.duration_ms_p95,
+            self.duration_ms_p99,
+        ) = (rank(0.50), rank(0.95), rank(0.99));
+        self
+    }
 }
 
 /// The fields a `PATCH` of a log sets; `Some(None)` clears one.

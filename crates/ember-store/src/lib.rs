@@ -18,8 +18,8 @@ mod windows;
 pub use accounts::{Account, AccountStore, Plan, Token};
 pub use days::{DAY_MS, utc_day, utc_day_start_ms};
 pub use gateways::{
-    CachedResponse, Gateway, GatewayLog, GatewayLogs, GatewayStore, LogPatch, LogQuery,
-    LogStrategy, LogTotals, RateTechnique, ResponseCache, gateway_cache_key,
+    AnalyticsQuery, AnalyticsRow, CachedResponse, Gateway, GatewayLog, GatewayLogs, GatewayStore,
+    LogPatch, LogQuery, LogStrategy, LogTotals, RateTechnique, ResponseCache, gateway_cache_key,
 };
 pub use ledger::{DailyUsage, Ledger, RequestRecord, UsageQuery};
 pub use reservations::{Hold, MemoryReservations, Reservation, Reservations};

@@ -850,3 +850,60 @@ async fn bad_universal_requests_are_named() {
     let garbage = send(&app, post("/v1/local/default", "not json")).await;
     garbage.rest_error(400, 5006);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn analytics_and_metrics_add_up_the_requests() {
+    let (app, clock) = fake_app();
+    let through = [
+        ("cf-aig-gateway-id", "default"),
+        ("cf-aig-cache-ttl", "600"),
+    ];
+    for text in ["one", "one", "two"] {
+        send(&app, classify(text, &through)).await;
+    }
+    clock.advance(60_000);
+    send(&app, classify("", &through[..1])).await;
+    let path = format!("{GATEWAYS}/default/analytics?interval=minute&since=2026-11-23T00:00:00Z");
+    let rows = result(&app, get(&path)).await;
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0]["time"], "2026-11-23T00:00:00Z");
+    assert_eq!(
+        (rows[0]["model"].as_str(), rows[0]["provider"].as_str()),
+        (Some(CLASSIFIER), Some("workers-ai"))
+    );
+    assert_eq!(
+        (
+            rows[0]["requests"].clone(),
+            rows[0]["cached"].clone(),
+            rows[0]["errors"].clone()
+        ),
+        (json!(3), json!(1), json!(0))
+    );
+    assert!((rows[0]["cache_hit_ratio"].as_f64().unwrap() - 1.0 / 3.0).abs() < 1e-9);
+    assert!(rows[0]["cost"].as_f64().unwrap() > 0.0);
+    assert!(rows[0]["duration_ms"]["p99"].is_u64());
+    assert_eq!(
+        (rows[1]["requests"].clone(), rows[1]["errors"].clone()),
+        (json!(1), json!(1))
+    );
+    for query in [
+        "?interval=week",
+        "?since=yesterday",
+        "?since=2026-11-24T00:00:00Z&until=2026-11-23T00:00:00Z",
+        "?x=1",
+    ] {
+        let reply = send(&app, get(&format!("{GATEWAYS}/default/analytics{query}"))).await;
+        reply.rest_error(400, 5006);
+    }
+    let metrics = send(&app, get("/metrics")).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    let cached = format!(
+        "ember_gateway_requests_total{{gateway=\"local/default\",provider=\"workers-ai\",model=\"{CLASSIFIER}\",result=\"cached\"}} 1"
+    );
+    assert!(text.contains(&cached), "{text}");
+    assert!(
+        text.contains("ember_gateway_request_duration_seconds_count{gateway=\"local/default\""),
+        "{text}"
+    );
+}

@@ -180,6 +180,21 @@ impl Recorder {
                 options.custom_cost,
             )
         };
+        // Counted whether or not the gateway keeps logs.
+        state
+            .ember
+            .metrics()
+            .gateway_request(&ember_core::metrics::GatewayRequest {
+                gateway: &gateway_cache_key(&gateway.account_id, &gateway.id),
+                provider: &log.provider,
+                model: &log.model,
+                cached: log.cached,
+                success: log.success,
+                seconds: started.elapsed().as_secs_f64(),
+                tokens_in: log.tokens_in,
+                tokens_out: log.tokens_out,
+                cost: log.cost,
+            });
         if let Err(error) = state.ai_gateway.log(&gateway, &options, log).await {
             tracing::error!(%error, "could not write a gateway log");
         }

@@ -16,7 +16,9 @@ use axum::{Extension, Router};
 use ember_access::Caller;
 use ember_ai_gateway::{DEFAULT_GATEWAY, GatewaySettings};
 use ember_core::InferError;
-use ember_store::{Gateway, GatewayLog, LogPatch, LogQuery, LogStrategy, RateTechnique};
+use ember_store::{
+    AnalyticsQuery, Gateway, GatewayLog, LogPatch, LogQuery, LogStrategy, RateTechnique,
+};
 use serde_json::{Map, Value, json};
 
 const GATEWAYS: &str = "/client/v4/accounts/{account_id}/ai-gateway/gateways";
@@ -51,6 +53,10 @@ pub(crate) fn routes(router: Router<AppState>) -> Router<AppState> {
         .route(
             &format!("{GATEWAYS}/{{gateway_id}}/url/{{provider}}"),
             get(rest_url),
+        )
+        .route(
+            &format!("{GATEWAYS}/{{gateway_id}}/analytics"),
+            get(analytics),
         )
         .route(
             "/ai-gateway/gateways/{gateway_id}/logs/{log_id}",
@@ -644,4 +650,95 @@ async fn binding_url(
     headers: HeaderMap,
 ) -> Response {
     rest_result(json!({ "url": url(&caller, &gateway_id, &provider, &headers) }))
+}
+
+/// `GET .../gateways/{gw}/analytics?interval=minute|hour|day&since=&until=` (Ember's extension;
+/// Cloudflare serves these numbers through GraphQL): the gateway's logged requests per interval,
+/// provider and model, with errors, cache hits, tokens, cost and duration percentiles. `since`
+/// and `until` are RFC 3339 times, by default the 24 hours up to now.
+async fn analytics(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((_, gateway_id)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let answer = async {
+        state
+            .ai_gateway
+            .open(&caller.account.id, &gateway_id)
+            .await
+            .map_err(super::gateway_error)?;
+        let query = analytics_query(&state, &caller, &gateway_id, query.as_deref())?;
+        let rows = state.ai_gateway.stores().gateway_logs.analytics(&query);
+        let rows = rows.await.map_err(internal)?;
+        let rows: Vec<Value> = rows
+            .iter()
+            .map(|row| {
+                json!({
+                    "time": iso_time(row.bucket_start_ms),
+                    "provider": row.provider,
+                    "model": row.model,
+                    "requests": row.requests,
+                    "errors": row.errors,
+                    "cached": row.cached,
+                    "cache_hit_ratio": row.cached as f64 / row.requests.max(1) as f64,
+                    "tokens_in": row.tokens_in,
+                    "tokens_out": row.tokens_out,
+                    "cost": row.cost,
+                    "duration_ms": {
+                        "p50": row.duration_ms_p50,
+                        "p95": row.duration_ms_p95,
+                        "p99": row.duration_ms_p99,
+                    },
+                })
+            })
+            .collect();
+        Ok(Value::Array(rows))
+    };
+    respond(answer.await)
+}
+
+fn analytics_query(
+    state: &AppState,
+    caller: &Caller,
+    gateway_id: &str,
+    query: Option<&str>,
+) -> Result<AnalyticsQuery, ApiError> {
+    const MINUTE_MS: i64 = 60_000;
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or_default())
+        .map_err(|e| invalid("query", e.to_string()))?;
+    let now_ms = state.ai_gateway.now_ms();
+    // `until` is exclusive; by default it takes in this very millisecond.
+    let (mut since_ms, mut until_ms, mut bucket_ms) = (None, now_ms + 1, 60 * MINUTE_MS);
+    let time = |name: &str, value: &str| {
+        time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339)
+            .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+            .map_err(|_| invalid(name, "must be an RFC 3339 time, e.g. 2026-12-07T00:00:00Z"))
+    };
+    for (name, value) in &pairs {
+        match name.as_str() {
+            "interval" => {
+                bucket_ms = match value.as_str() {
+                    "minute" => MINUTE_MS,
+                    "hour" => 60 * MINUTE_MS,
+                    "day" => 24 * 60 * MINUTE_MS,
+                    _ => return Err(invalid(name, "must be minute, hour or day")),
+                }
+            }
+            "since" => since_ms = Some(time(name, value)?),
+            "until" => until_ms = time(name, value)?,
+            _ => return Err(invalid(name, "is not an analytics parameter")),
+        }
+    }
+    let since_ms = since_ms.unwrap_or(until_ms - 24 * 60 * MINUTE_MS);
+    if since_ms >= until_ms {
+        return Err(invalid("since", "must be before until"));
+    }
+    Ok(AnalyticsQuery {
+        account_id: caller.account.id.clone(),
+        gateway_id: gateway_id.to_string(),
+        since_ms,
+        until_ms,
+        bucket_ms,
+    })
 }

@@ -2,8 +2,8 @@
 
 use super::SqliteStore;
 use crate::{
-    CachedResponse, Gateway, GatewayLog, GatewayLogs, GatewayStore, LogPatch, LogQuery,
-    LogStrategy, LogTotals, RateTechnique, ResponseCache, StoreError,
+    AnalyticsQuery, AnalyticsRow, CachedResponse, Gateway, GatewayLog, GatewayLogs, GatewayStore,
+    LogPatch, LogQuery, LogStrategy, LogTotals, RateTechnique, ResponseCache, StoreError,
 };
 use async_trait::async_trait;
 use rusqlite::types::Value as SqlValue;
@@ -351,6 +351,50 @@ impl GatewayLogs for SqliteStore {
     async fn logs(&self, query: &LogQuery) -> Result<(Vec<GatewayLog>, LogTotals), StoreError> {
         let query = query.clone();
         self.run(move |connection| logs(connection, &query)).await
+    }
+
+    async fn analytics(&self, query: &AnalyticsQuery) -> Result<Vec<AnalyticsRow>, StoreError> {
+        let query = query.clone();
+        self.run(move |connection| {
+            let bucket = query.bucket_ms.max(1);
+            let mut statement = connection.prepare(
+                "SELECT (created_at_ms / ?1) * ?1 AS bucket, provider, model, COUNT(*),
+                        SUM(NOT success), SUM(cached), SUM(tokens_in), SUM(tokens_out), SUM(cost),
+                        GROUP_CONCAT(duration_ms)
+                 FROM gateway_logs
+                 WHERE account_id = ?2 AND gateway_id = ?3
+                   AND created_at_ms >= ?4 AND created_at_ms < ?5
+                 GROUP BY bucket, provider, model ORDER BY bucket, provider, model",
+            )?;
+            let rows = statement.query_map(
+                params![
+                    bucket,
+                    query.account_id,
+                    query.gateway_id,
+                    query.since_ms,
+                    query.until_ms
+                ],
+                |row| {
+                    let durations: String = row.get(9)?;
+                    let row = AnalyticsRow {
+                        bucket_start_ms: row.get(0)?,
+                        provider: row.get(1)?,
+                        model: row.get(2)?,
+                        requests: row.get(3)?,
+                        errors: row.get(4)?,
+                        cached: row.get(5)?,
+                        tokens_in: row.get(6)?,
+                        tokens_out: row.get(7)?,
+                        cost: row.get(8)?,
+                        ..AnalyticsRow::default()
+                    };
+                    let durations = durations.split(',').filter_map(|d| d.parse().ok());
+                    Ok(row.with_durations(durations.collect()))
+                },
+            )?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
     }
 
     async fn delete_logs(&self, query: &LogQuery) -> Result<u64, StoreError> {
