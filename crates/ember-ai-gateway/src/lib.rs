@@ -5,6 +5,7 @@
 //! are ember-http's. (Auth, per-task limits and Neurons are `ember-access`'s, not this.)
 
 pub mod options;
+pub mod routing;
 pub mod settings;
 
 pub use options::{Backoff, CustomCost, RequestOptions, Retries};
@@ -12,9 +13,11 @@ pub use settings::GatewaySettings;
 
 use ember_access::clock::Clock;
 use ember_store::{
-    CachedResponse, Gateway, GatewayLog, RateTechnique, StoreError, Stores, Window,
-    gateway_cache_key,
+    CachedResponse, Gateway, GatewayLog, RateTechnique, Route, RouteDeployment, RouteVersion,
+    StoreError, Stores, Window, gateway_cache_key,
 };
+use routing::RouteGraph;
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
@@ -148,15 +151,41 @@ impl AiGateway {
         else {
             return Ok(());
         };
-        let now_ms = self.now_ms();
-        let window_ms = i64::from(interval.max(1)) * 1000;
         let name = format!(
             "gateway {}",
             gateway_cache_key(&gateway.account_id, &gateway.id)
         );
+        let technique = gateway.rate_limiting_technique;
+        self.count(&name, limit, interval, technique).await
+    }
+
+    /// Counts a request against a dynamic route's rate element for one value of its key.
+    pub async fn admit_to_route(
+        &self,
+        route: &Route,
+        element: &str,
+        key_value: &str,
+        limit: u32,
+        interval_secs: u32,
+        technique: RateTechnique,
+    ) -> Result<(), AiGatewayError> {
+        let name = format!("route {} {element} {key_value}", route.id);
+        self.count(&name, limit, interval_secs, technique).await
+    }
+
+    /// Counts a request in the window `name`, or says when to come back.
+    async fn count(
+        &self,
+        name: &str,
+        limit: u32,
+        interval_secs: u32,
+        technique: RateTechnique,
+    ) -> Result<(), AiGatewayError> {
+        let now_ms = self.now_ms();
+        let window_ms = i64::from(interval_secs.max(1)) * 1000;
         // A fixed window is a sliding one that starts empty at each interval's start.
-        let (key, window_ends_ms) = match gateway.rate_limiting_technique {
-            RateTechnique::Sliding => (name, None),
+        let (key, window_ends_ms) = match technique {
+            RateTechnique::Sliding => (name.to_string(), None),
             RateTechnique::Fixed => {
                 let start_ms = now_ms - now_ms.rem_euclid(window_ms);
                 (format!("{name} {start_ms}"), Some(start_ms + window_ms))
@@ -171,6 +200,103 @@ impl AiGateway {
                 }),
             }),
         }
+    }
+
+    /// Adds a dynamic route with its first version, deployed. Its name is what requests use,
+    /// as `dynamic/<name>`.
+    pub async fn create_route(
+        &self,
+        gateway: &Gateway,
+        name: &str,
+        elements: &Value,
+    ) -> Result<(Route, RouteVersion), AiGatewayError> {
+        settings::check_name("name", name)?;
+        RouteGraph::parse(elements)?;
+        let now_ms = self.now_ms();
+        let version = RouteVersion {
+            id: new_id(),
+            elements: elements.to_string(),
+            created_at_ms: now_ms,
+        };
+        let route = Route {
+            account_id: gateway.account_id.clone(),
+            gateway_id: gateway.id.clone(),
+            id: new_id(),
+            name: name.to_string(),
+            deployed_version_id: version.id.clone(),
+            created_at_ms: now_ms,
+            modified_at_ms: now_ms,
+        };
+        if !self.stores.routes.create_route(&route, &version).await? {
+            return Err(AiGatewayError::Exists(format!("route {name}")));
+        }
+        Ok((route, version))
+    }
+
+    /// A gateway's route by id or name.
+    pub async fn route(
+        &self,
+        gateway: &Gateway,
+        id_or_name: &str,
+    ) -> Result<Route, AiGatewayError> {
+        self.stores
+            .routes
+            .route(&gateway.account_id, &gateway.id, id_or_name)
+            .await?
+            .ok_or_else(|| AiGatewayError::NotFound(format!("route {id_or_name}")))
+    }
+
+    /// A new version of a route (deployed separately).
+    pub async fn add_version(
+        &self,
+        route: &Route,
+        elements: &Value,
+    ) -> Result<RouteVersion, AiGatewayError> {
+        RouteGraph::parse(elements)?;
+        let version = RouteVersion {
+            id: new_id(),
+            elements: elements.to_string(),
+            created_at_ms: self.now_ms(),
+        };
+        self.stores.routes.add_version(route, &version).await?;
+        Ok(version)
+    }
+
+    /// Makes a version the one requests follow.
+    pub async fn deploy(
+        &self,
+        route: &Route,
+        version_id: &str,
+    ) -> Result<RouteDeployment, AiGatewayError> {
+        let deployment = RouteDeployment {
+            id: new_id(),
+            version_id: version_id.to_string(),
+            created_at_ms: self.now_ms(),
+        };
+        if !self.stores.routes.deploy(route, &deployment).await? {
+            return Err(AiGatewayError::invalid(
+                "version_id",
+                format!("route {} has no version {version_id}", route.name),
+            ));
+        }
+        Ok(deployment)
+    }
+
+    /// The graph a `dynamic/<name>` request follows: its route's deployed version.
+    pub async fn deployed_graph(
+        &self,
+        gateway: &Gateway,
+        name: &str,
+    ) -> Result<(Route, RouteGraph), AiGatewayError> {
+        let route = self.route(gateway, name).await?;
+        let versions = self.stores.routes.versions(&route).await?;
+        let deployed = versions
+            .iter()
+            .find(|v| v.id == route.deployed_version_id)
+            .ok_or_else(|| AiGatewayError::NotFound(format!("route {name}'s deployed version")))?;
+        let elements: Value = serde_json::from_str(&deployed.elements)
+            .map_err(|e| StoreError::Conflict(format!("route {name} is not JSON: {e}")))?;
+        Ok((route, RouteGraph::parse(&elements)?))
     }
 
     /// Whether and where a request's response is cached: not when it skips the cache; for the
@@ -244,6 +370,11 @@ impl AiGateway {
             .map(|at_most| (at_most, gateway.log_management_strategy));
         self.stores.gateway_logs.insert_log(&log, bound).await
     }
+}
+
+/// A new object id.
+fn new_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
 }
 
 #[cfg(test)]

@@ -7,6 +7,11 @@ use ember_store::{Gateway, LogStrategy, RateTechnique};
 /// Gateway ids are what Cloudflare accepts: lowercase letters, digits and `_`, in words joined by
 /// single `-`, at most 64 characters.
 pub fn check_id(id: &str) -> Result<(), AiGatewayError> {
+    check_name("id", id)
+}
+
+/// The same rule, for the names of other gateway objects (routes), refused by `field`.
+pub fn check_name(field: &str, id: &str) -> Result<(), AiGatewayError> {
     let word = |w: &str| {
         !w.is_empty()
             && w.bytes()
@@ -16,9 +21,9 @@ pub fn check_id(id: &str) -> Result<(), AiGatewayError> {
         Ok(())
     } else {
         Err(AiGatewayError::invalid(
-            "id",
+            field,
             format!(
-                "'{id}' is not a gateway id: lowercase letters, digits and _ in words joined \
+                "'{id}' is not a valid name: lowercase letters, digits and _ in words joined \
                  by -, at most 64 characters"
             ),
         ))

@@ -4,8 +4,8 @@
 
 use crate::{
     Account, AnalyticsQuery, CachedResponse, DAY_MS, DailyUsage, Gateway, GatewayLog, Hold,
-    LogPatch, LogQuery, LogStrategy, Plan, RateTechnique, RequestRecord, StoreError, Stores, Token,
-    UsageQuery, Window, gateway_cache_key,
+    LogPatch, LogQuery, LogStrategy, Plan, RateTechnique, RequestRecord, Route, RouteDeployment,
+    RouteVersion, StoreError, Stores, Token, UsageQuery, Window, gateway_cache_key,
 };
 
 /// Declares one `#[tokio::test]` per check, each on the stores `$open(test_name).await` gives.
@@ -28,6 +28,7 @@ macro_rules! conformance_tests {
             gateway_logs_keep_their_bound,
             gateway_logs_take_feedback_and_go,
             gateway_analytics_add_up_per_bucket_and_model,
+            routes_keep_versions_and_deployments,
             cached_responses_expire_and_go_with_their_gateway
         );
     };
@@ -758,4 +759,84 @@ pub async fn gateway_analytics_add_up_per_bucket_and_model(stores: &Stores) {
         (20, 40, 40)
     );
     assert_eq!(rows[2].duration_ms_p99, 99);
+}
+
+pub async fn routes_keep_versions_and_deployments(stores: &Stores) {
+    let routes = &stores.routes;
+    let route = Route {
+        account_id: "a".into(),
+        gateway_id: "g".into(),
+        id: "r1".into(),
+        name: "support".into(),
+        deployed_version_id: "v1".into(),
+        created_at_ms: 1,
+        modified_at_ms: 1,
+    };
+    let version = |id: &str, at| RouteVersion {
+        id: id.into(),
+        elements: format!("[{{\"version\": \"{id}\"}}]"),
+        created_at_ms: at,
+    };
+    assert!(
+        routes
+            .create_route(&route, &version("v1", 1))
+            .await
+            .unwrap()
+    );
+    let same_name = Route {
+        id: "r2".into(),
+        ..route.clone()
+    };
+    assert!(
+        !routes
+            .create_route(&same_name, &version("v9", 1))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        routes.route("a", "g", "support").await.unwrap(),
+        Some(route.clone())
+    );
+    assert_eq!(
+        routes.route("a", "g", "r1").await.unwrap(),
+        Some(route.clone())
+    );
+    assert_eq!(routes.route("a", "other", "r1").await.unwrap(), None);
+
+    routes.add_version(&route, &version("v2", 2)).await.unwrap();
+    let ids = |list: Vec<RouteVersion>| list.into_iter().map(|v| v.id).collect::<Vec<_>>();
+    assert_eq!(ids(routes.versions(&route).await.unwrap()), ["v1", "v2"]);
+    let deployment = |version: &str| RouteDeployment {
+        id: format!("d-{version}"),
+        version_id: version.into(),
+        created_at_ms: 3,
+    };
+    assert!(routes.deploy(&route, &deployment("v2")).await.unwrap());
+    assert!(!routes.deploy(&route, &deployment("v7")).await.unwrap());
+    let deployed = routes.route("a", "g", "support").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            deployed.deployed_version_id.as_str(),
+            deployed.modified_at_ms
+        ),
+        ("v2", 3)
+    );
+    let deployments = routes.deployments(&route).await.unwrap();
+    let versions: Vec<_> = deployments.iter().map(|d| d.version_id.as_str()).collect();
+    assert_eq!(versions, ["v1", "v2"]);
+    assert_eq!(routes.routes("a", "g").await.unwrap().len(), 1);
+
+    assert!(
+        stores
+            .gateways
+            .create_gateway(&gateway("a", "g"))
+            .await
+            .unwrap()
+    );
+    assert!(stores.gateways.delete_gateway("a", "g").await.unwrap());
+    assert!(
+        routes.routes("a", "g").await.unwrap().is_empty(),
+        "gone with the gateway"
+    );
+    assert!(!routes.delete_route(&route).await.unwrap());
 }

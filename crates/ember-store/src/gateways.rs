@@ -276,3 +276,58 @@ pub struct CachedResponse {
 pub fn gateway_cache_key(account_id: &str, gateway_id: &str) -> String {
     format!("{account_id}/{gateway_id}")
 }
+
+/// Dynamic routes: named, versioned graphs of a gateway that pick the provider and model for
+/// `dynamic/<name>` requests. The store keeps each version's elements as the JSON it was given;
+/// `ember-ai-gateway` reads them.
+#[async_trait]
+pub trait GatewayRoutes: Send + Sync {
+    /// Adds a route with its first version, deployed; false if the gateway has one of that name.
+    async fn create_route(&self, route: &Route, first: &RouteVersion) -> Result<bool, StoreError>;
+    async fn routes(&self, account_id: &str, gateway_id: &str) -> Result<Vec<Route>, StoreError>;
+    /// A route by id or by name.
+    async fn route(
+        &self,
+        account_id: &str,
+        gateway_id: &str,
+        id_or_name: &str,
+    ) -> Result<Option<Route>, StoreError>;
+    /// Deletes a route with its versions; false if there was none.
+    async fn delete_route(&self, route: &Route) -> Result<bool, StoreError>;
+    async fn add_version(&self, route: &Route, version: &RouteVersion) -> Result<(), StoreError>;
+    /// A route's versions, oldest first.
+    async fn versions(&self, route: &Route) -> Result<Vec<RouteVersion>, StoreError>;
+    /// Makes `version_id` the route's deployed version, recording the deployment; false if the
+    /// route has no such version.
+    async fn deploy(&self, route: &Route, deployment: &RouteDeployment)
+    -> Result<bool, StoreError>;
+    /// A route's deployments, oldest first.
+    async fn deployments(&self, route: &Route) -> Result<Vec<RouteDeployment>, StoreError>;
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    pub account_id: String,
+    pub gateway_id: String,
+    pub id: String,
+    pub name: String,
+    /// The version requests follow.
+    pub deployed_version_id: String,
+    pub created_at_ms: i64,
+    pub modified_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteVersion {
+    pub id: String,
+    /// The graph's elements, as JSON.
+    pub elements: String,
+    pub created_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteDeployment {
+    pub id: String,
+    pub version_id: String,
+    pub created_at_ms: i64,
+}

@@ -18,8 +18,9 @@ mod windows;
 pub use accounts::{Account, AccountStore, Plan, Token};
 pub use days::{DAY_MS, utc_day, utc_day_start_ms};
 pub use gateways::{
-    AnalyticsQuery, AnalyticsRow, CachedResponse, Gateway, GatewayLog, GatewayLogs, GatewayStore,
-    LogPatch, LogQuery, LogStrategy, LogTotals, RateTechnique, ResponseCache, gateway_cache_key,
+    AnalyticsQuery, AnalyticsRow, CachedResponse, Gateway, GatewayLog, GatewayLogs, GatewayRoutes,
+    GatewayStore, LogPatch, LogQuery, LogStrategy, LogTotals, RateTechnique, ResponseCache, Route,
+    RouteDeployment, RouteVersion, gateway_cache_key,
 };
 pub use ledger::{DailyUsage, Ledger, RequestRecord, UsageQuery};
 pub use reservations::{Hold, MemoryReservations, Reservation, Reservations};
@@ -38,6 +39,7 @@ pub struct Stores {
     pub gateways: Arc<dyn GatewayStore>,
     pub gateway_logs: Arc<dyn GatewayLogs>,
     pub response_cache: Arc<dyn ResponseCache>,
+    pub routes: Arc<dyn GatewayRoutes>,
 }
 
 #[derive(Debug, thiserror::Error)]

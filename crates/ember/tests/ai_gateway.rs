@@ -60,6 +60,19 @@ async fn result(app: &App, request: Request<Body>) -> Value {
     reply.json()["result"].clone()
 }
 
+/// Waits until a streamed response's log is written: a stream is cached and logged in a task
+/// when it ends, just after its last bytes went out.
+async fn wait_for_log(app: &App, gateway: &str, log_id: &str) {
+    for _ in 0..200 {
+        let reply = send(app, get(&format!("{GATEWAYS}/{gateway}/logs/{log_id}"))).await;
+        if reply.status == StatusCode::OK {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("log {log_id} was never written");
+}
+
 async fn logs(app: &App, gateway: &str, query: &str) -> Value {
     let reply = send(app, get(&format!("{GATEWAYS}/{gateway}/logs{query}"))).await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
@@ -523,6 +536,7 @@ async fn a_streamed_chat_is_replayed_from_the_cache() {
     assert_eq!(first.header("cf-aig-cache-status"), "MISS");
     let events = sse_events(&first.body);
     assert_eq!(events.last().unwrap(), "[DONE]");
+    wait_for_log(&app, "default", first.header("cf-aig-log-id")).await;
     let replay = send(&app, chat(path, SMOL)).await;
     assert_eq!(replay.header("cf-aig-cache-status"), "HIT");
     assert_eq!(replay.header("content-type"), "text/event-stream");
@@ -679,6 +693,7 @@ async fn providers_get_their_key_and_streams_pass_through() {
     let first = send(&app, streamed("60")).await;
     assert_eq!(first.header("content-type"), "text/event-stream");
     assert_eq!(sse_events(&first.body).last().unwrap(), "[DONE]");
+    wait_for_log(&app, "default", first.header("cf-aig-log-id")).await;
     let again = send(&app, streamed("60")).await;
     assert_eq!(again.header("cf-aig-cache-status"), "HIT");
     assert_eq!(again.body, first.body);
@@ -906,4 +921,210 @@ async fn analytics_and_metrics_add_up_the_requests() {
         text.contains("ember_gateway_request_duration_seconds_count{gateway=\"local/default\""),
         "{text}"
     );
+}
+
+fn model_element(id: &str, provider: &str, model: &str, fallback: Option<&str>) -> Value {
+    let mut element =
+        json!({"id": id, "type": "model", "properties": {"provider": provider, "model": model}});
+    if let Some(fallback) = fallback {
+        element["outputs"] = json!({"fallback": {"elementId": fallback}});
+    }
+    element
+}
+
+async fn dynamic_chat(app: &App, metadata: Value) -> Reply {
+    let mut request = post(
+        "/v1/chat/completions",
+        json!({"model": "dynamic/support", "messages": [{"role": "user", "content": "hi"}]})
+            .to_string(),
+    );
+    let headers = request.headers_mut();
+    headers.insert("cf-aig-gateway-id", "default".parse().unwrap());
+    headers.insert("cf-aig-metadata", metadata.to_string().parse().unwrap());
+    send(app, request).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dynamic_routes_pick_the_model() {
+    let upstream = upstream().await;
+    let app = app_with_providers(&upstream);
+    let routes = format!("{GATEWAYS}/default/routes");
+    let elements = json!([
+        {"id": "start", "type": "start", "outputs": {"next": {"elementId": "plan"}}},
+        {"id": "plan", "type": "conditional", "properties": {"conditions": {"metadata.plan": {"$eq": "paid"}}},
+         "outputs": {"true": {"elementId": "big"}, "false": {"elementId": "quota"}}},
+        {"id": "quota", "type": "rate",
+         "properties": {"key": "metadata.user", "limit": 1, "interval": 3600, "technique": "fixed"},
+         "outputs": {"success": {"elementId": "flaky"}, "fallback": {"elementId": "end"}}},
+        model_element("big", "upstream", "gpt-big", None),
+        model_element("flaky", "broken", "gpt-flaky", Some("small")),
+        model_element("small", "upstream", "gpt-small", None),
+        {"id": "end", "type": "end"}
+    ]);
+    let created = result(
+        &app,
+        json_request(
+            "POST",
+            &routes,
+            json!({"name": "support", "elements": elements}),
+        ),
+    )
+    .await;
+    let route_id = created["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        created["deployment"]["version_id"].as_str().map(str::len),
+        Some(32)
+    );
+
+    let paid = dynamic_chat(&app, json!({"plan": "paid", "user": 1})).await;
+    assert_eq!(paid.status, StatusCode::OK, "{:?}", paid.body);
+    assert_eq!(
+        (paid.header("cf-aig-provider"), paid.header("cf-aig-model")),
+        ("upstream", "gpt-big")
+    );
+    assert_eq!(
+        paid.json()["model"],
+        "gpt-big",
+        "the body's model was replaced"
+    );
+    let log = result(
+        &app,
+        get(&format!(
+            "{GATEWAYS}/default/logs/{}",
+            paid.header("cf-aig-log-id")
+        )),
+    )
+    .await;
+    assert_eq!(
+        (log["provider"].as_str(), log["model"].as_str()),
+        (Some("upstream"), Some("gpt-big"))
+    );
+
+    // Free: the quota lets user 2 through once; the flaky model fails over to the small one.
+    let free = dynamic_chat(&app, json!({"plan": "free", "user": 2})).await;
+    assert_eq!(free.status, StatusCode::OK, "{:?}", free.body);
+    assert_eq!(free.header("cf-aig-model"), "gpt-small");
+    let log = result(
+        &app,
+        get(&format!(
+            "{GATEWAYS}/default/logs/{}",
+            free.header("cf-aig-log-id")
+        )),
+    )
+    .await;
+    assert_eq!(log["attempts"], 2);
+    let over = dynamic_chat(&app, json!({"plan": "free", "user": 2})).await;
+    let message = over.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(over.status, StatusCode::BAD_REQUEST);
+    assert!(
+        message.contains("ended before reaching a model"),
+        "{message}"
+    );
+    let other_user = dynamic_chat(&app, json!({"plan": "free", "user": 3})).await;
+    assert_eq!(
+        other_user.header("cf-aig-model"),
+        "gpt-small",
+        "a quota per key"
+    );
+
+    // A new version serves once deployed.
+    let versions = format!("{routes}/{route_id}/versions");
+    let v2 = result(
+        &app,
+        json_request(
+            "POST",
+            &versions,
+            json!({"elements": [
+                {"id": "start", "type": "start", "outputs": {"next": {"elementId": "only"}}},
+                model_element("only", "upstream", "gpt-v2", None)
+            ]}),
+        ),
+    )
+    .await;
+    assert_eq!(
+        dynamic_chat(&app, json!({"plan": "paid"}))
+            .await
+            .header("cf-aig-model"),
+        "gpt-big"
+    );
+    let deploy = json_request(
+        "POST",
+        &format!("{routes}/{route_id}/deployments"),
+        json!({"version_id": v2["id"]}),
+    );
+    assert_eq!(send(&app, deploy).await.status, StatusCode::OK);
+    assert_eq!(
+        dynamic_chat(&app, json!({"plan": "paid"}))
+            .await
+            .header("cf-aig-model"),
+        "gpt-v2"
+    );
+    let listed = result(&app, get(&versions)).await;
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    let route = result(&app, get(&format!("{routes}/support"))).await;
+    assert_eq!(route["elements"][1]["id"], "only");
+    let deployments = result(&app, get(&format!("{routes}/{route_id}/deployments"))).await;
+    assert_eq!(deployments.as_array().unwrap().len(), 2);
+
+    // The local models: a REST run and a binding run of `dynamic/<name>`.
+    let local = json!([{"id": "s", "type": "start", "outputs": {"next": {"elementId": "m"}}},
+                       model_element("m", "workers-ai", CLASSIFIER, None)]);
+    result(
+        &app,
+        json_request(
+            "POST",
+            &routes,
+            json!({"name": "sentiment", "elements": local}),
+        ),
+    )
+    .await;
+    let rest = send(&app, classify_dynamic(&format!("{RUN}dynamic/sentiment"))).await;
+    assert_eq!(rest.status, StatusCode::OK, "{:?}", rest.body);
+    assert_eq!(
+        (rest.header("x-ember-model"), rest.header("cf-aig-model")),
+        (CLASSIFIER, CLASSIFIER)
+    );
+    assert_eq!(rest.json()["result"][1]["label"], "POSITIVE");
+    let mut binding = binding_request("/ai-gateway/run", "dynamic/sentiment", json!({}));
+    *binding.body_mut() = Body::from(
+        json!({"inputs": {"text": "fine"}, "options": {"gateway": {"id": "default"}}}).to_string(),
+    );
+    let bound = send(&app, binding).await;
+    assert_eq!(bound.status, StatusCode::OK, "{:?}", bound.body);
+    assert_eq!(bound.json()[1]["label"], "POSITIVE");
+
+    // Bad routes and unknown ones.
+    let bad = json!({"name": "bad", "elements": [{"id": "s", "type": "start", "outputs": {"next": {"elementId": "gone"}}}]});
+    let message = send(&app, json_request("POST", &routes, bad))
+        .await
+        .rest_error(400, 5006);
+    assert!(message.contains("gone"), "{message}");
+    let again = json!({"name": "support", "elements": [{"id": "s", "type": "start", "outputs": {"next": {"elementId": "e"}}}, {"id": "e", "type": "end"}]});
+    send(&app, json_request("POST", &routes, again))
+        .await
+        .rest_error(409, 7004);
+    let missing = send(&app, classify_dynamic(&format!("{RUN}dynamic/nothing"))).await;
+    assert!(missing.rest_error(404, 7003).contains("nothing"));
+    let deleted = send(
+        &app,
+        Request::delete(format!("{routes}/sentiment"))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(deleted.status, StatusCode::OK);
+    send(&app, classify_dynamic(&format!("{RUN}dynamic/sentiment")))
+        .await
+        .rest_error(404, 7003);
+}
+
+fn classify_dynamic(path: &str) -> Request<Body> {
+    let mut request = post(path, json!({"text": "a good film"}).to_string());
+    request
+        .headers_mut()
+        .insert("cf-aig-gateway-id", "default".parse().unwrap());
+    request
 }

@@ -8,6 +8,7 @@
 //! and kept when it ends. The gateway and log routes are in `routes.rs`, the options' wire forms
 //! in `options.rs`, the upstream providers in `providers.rs`.
 
+mod dynamic;
 mod options;
 mod providers;
 mod recorder;
@@ -202,6 +203,8 @@ struct Prepared {
     log: GatewayLog,
     /// What to send to the routes, in order until one answers (one step unless universal).
     steps: Vec<Step>,
+    /// The route a `dynamic/<name>` request follows (its one step is the request as sent).
+    dynamic: Option<dynamic::Dynamic>,
 }
 
 /// Finds the gateway, reads the options and lays out the steps; `Err(None)` lets the request
@@ -281,6 +284,23 @@ async fn prepare(
         .await
         .map_err(|e| Some(gateway_error(e)))?;
     let model = model_of(&parts, json.as_ref());
+    let dynamic = match model.strip_prefix("dynamic/").filter(|_| !universal) {
+        Some(name) => {
+            let (route, graph) = ai_gateway
+                .deployed_graph(&gateway, name)
+                .await
+                .map_err(|e| Some(gateway_error(e)))?;
+            let metadata = options.metadata.as_deref();
+            Some(dynamic::Dynamic::new(
+                route,
+                graph,
+                metadata,
+                &parts,
+                json.as_ref(),
+            ))
+        }
+        None => None,
+    };
     let mut fingerprint = format!("{route}\n{model}\n").into_bytes();
     fingerprint.extend(fingerprint_body);
     let plan = ai_gateway.cache_plan(&gateway, &options, &fingerprint);
@@ -306,6 +326,7 @@ async fn prepare(
     };
     Ok(Prepared {
         form,
+        dynamic,
         universal,
         gateway,
         options,
@@ -324,6 +345,7 @@ where
     let started = Instant::now();
     let Prepared {
         form,
+        dynamic,
         universal,
         gateway,
         options,
@@ -353,9 +375,16 @@ where
         .first()
         .and_then(|step| step.parts.extensions.get::<RequestId>())
         .map(|r| r.report.clone());
-    let served = steps::run(routes, steps, form).await;
+    let served = match &dynamic {
+        Some(dynamic) => {
+            let whole = steps.into_iter().next().expect("a request has its step");
+            dynamic::walk(&state, routes, whole, dynamic, form).await
+        }
+        None => steps::run(routes, steps, form).await,
+    };
     (log.step, log.attempts) = (served.step as u32, served.attempts);
-    if universal {
+    let retargeted = universal || dynamic.is_some();
+    if retargeted {
         // The log names what served: its provider and model.
         log.provider = served.provider.clone();
         log.model = served.model.clone();
@@ -378,6 +407,17 @@ where
     );
     if universal {
         head.headers.insert("cf-aig-step", served.step.into());
+    }
+    if retargeted {
+        // What served, which the request did not name.
+        for (name, value) in [
+            ("cf-aig-provider", &served.provider),
+            ("cf-aig-model", &served.model),
+        ] {
+            if let Ok(value) = axum::http::HeaderValue::from_str(value) {
+                head.headers.insert(name, value);
+            }
+        }
     }
     if streamed {
         let body = recorder.tee(head.status, head.headers.clone(), body, report);

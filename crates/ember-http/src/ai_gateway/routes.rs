@@ -17,7 +17,8 @@ use ember_access::Caller;
 use ember_ai_gateway::{DEFAULT_GATEWAY, GatewaySettings};
 use ember_core::InferError;
 use ember_store::{
-    AnalyticsQuery, Gateway, GatewayLog, LogPatch, LogQuery, LogStrategy, RateTechnique,
+    AnalyticsQuery, Gateway, GatewayLog, LogPatch, LogQuery, LogStrategy, RateTechnique, Route,
+    RouteVersion,
 };
 use serde_json::{Map, Value, json};
 
@@ -57,6 +58,22 @@ pub(crate) fn routes(router: Router<AppState>) -> Router<AppState> {
         .route(
             &format!("{GATEWAYS}/{{gateway_id}}/analytics"),
             get(analytics),
+        )
+        .route(
+            &format!("{GATEWAYS}/{{gateway_id}}/routes"),
+            get(list_routes).post(create_route),
+        )
+        .route(
+            &format!("{GATEWAYS}/{{gateway_id}}/routes/{{route_id}}"),
+            get(get_route).delete(delete_route),
+        )
+        .route(
+            &format!("{GATEWAYS}/{{gateway_id}}/routes/{{route_id}}/versions"),
+            get(list_versions).post(create_version),
+        )
+        .route(
+            &format!("{GATEWAYS}/{{gateway_id}}/routes/{{route_id}}/deployments"),
+            get(list_deployments).post(create_deployment),
         )
         .route(
             "/ai-gateway/gateways/{gateway_id}/logs/{log_id}",
@@ -741,4 +758,187 @@ fn analytics_query(
         until_ms,
         bucket_ms,
     })
+}
+
+// ------------------------------------------------------------------ dynamic routes
+
+fn route_json(route: &Route, elements: Option<&RouteVersion>) -> Value {
+    let mut object = json!({
+        "id": route.id,
+        "name": route.name,
+        "gateway_id": route.gateway_id,
+        "deployment": { "version_id": route.deployed_version_id },
+        "created_at": iso_time(route.created_at_ms),
+        "modified_at": iso_time(route.modified_at_ms),
+    });
+    if let Some(version) = elements {
+        object["elements"] = serde_json::from_str(&version.elements).unwrap_or(Value::Null);
+    }
+    object
+}
+
+fn version_json(version: &RouteVersion) -> Value {
+    json!({
+        "id": version.id,
+        "elements": serde_json::from_str::<Value>(&version.elements).unwrap_or(Value::Null),
+        "created_at": iso_time(version.created_at_ms),
+    })
+}
+
+/// The gateway and route a route path names.
+async fn find_route(
+    state: &AppState,
+    caller: &Caller,
+    gateway_id: &str,
+    route_id: &str,
+) -> Result<(Gateway, Route), ApiError> {
+    let ai_gateway = &state.ai_gateway;
+    let gateway = ai_gateway.open(&caller.account.id, gateway_id).await;
+    let gateway = gateway.map_err(super::gateway_error)?;
+    let route = ai_gateway.route(&gateway, route_id).await;
+    Ok((gateway, route.map_err(super::gateway_error)?))
+}
+
+async fn list_routes(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((_, gateway_id)): Path<(String, String)>,
+) -> Response {
+    let answer = async {
+        let gateway = state.ai_gateway.open(&caller.account.id, &gateway_id).await;
+        let gateway = gateway.map_err(super::gateway_error)?;
+        let routes = &state.ai_gateway.stores().routes;
+        let list = routes.routes(&gateway.account_id, &gateway.id).await;
+        let list = list.map_err(internal)?;
+        Ok(list.iter().map(|route| route_json(route, None)).collect())
+    };
+    respond(answer.await)
+}
+
+/// The `elements` of a create body, required.
+fn elements(body: &Map<String, Value>) -> Result<&Value, ApiError> {
+    body.get("elements")
+        .ok_or_else(|| invalid("elements", "is required: the route's graph"))
+}
+
+async fn create_route(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((_, gateway_id)): Path<(String, String)>,
+    body: Body,
+) -> Response {
+    let answer = async {
+        let body = json_object(body, &state).await?;
+        let name = body.get("name").and_then(Value::as_str).unwrap_or_default();
+        let gateway = state.ai_gateway.open(&caller.account.id, &gateway_id).await;
+        let gateway = gateway.map_err(super::gateway_error)?;
+        let created = state
+            .ai_gateway
+            .create_route(&gateway, name, elements(&body)?)
+            .await;
+        let (route, version) = created.map_err(super::gateway_error)?;
+        Ok(route_json(&route, Some(&version)))
+    };
+    respond(answer.await)
+}
+
+async fn get_route(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((_, gateway_id, route_id)): Path<(String, String, String)>,
+) -> Response {
+    let answer = async {
+        let (_, route) = find_route(&state, &caller, &gateway_id, &route_id).await?;
+        let versions = state.ai_gateway.stores().routes.versions(&route).await;
+        let versions = versions.map_err(internal)?;
+        let deployed = versions.iter().find(|v| v.id == route.deployed_version_id);
+        Ok(route_json(&route, deployed))
+    };
+    respond(answer.await)
+}
+
+async fn delete_route(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((_, gateway_id, route_id)): Path<(String, String, String)>,
+) -> Response {
+    let answer = async {
+        let (_, route) = find_route(&state, &caller, &gateway_id, &route_id).await?;
+        let routes = &state.ai_gateway.stores().routes;
+        routes.delete_route(&route).await.map_err(internal)?;
+        Ok(route_json(&route, None))
+    };
+    respond(answer.await)
+}
+
+async fn list_versions(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((_, gateway_id, route_id)): Path<(String, String, String)>,
+) -> Response {
+    let answer = async {
+        let (_, route) = find_route(&state, &caller, &gateway_id, &route_id).await?;
+        let versions = state.ai_gateway.stores().routes.versions(&route).await;
+        Ok(versions
+            .map_err(internal)?
+            .iter()
+            .map(version_json)
+            .collect())
+    };
+    respond(answer.await)
+}
+
+async fn create_version(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((_, gateway_id, route_id)): Path<(String, String, String)>,
+    body: Body,
+) -> Response {
+    let answer = async {
+        let body = json_object(body, &state).await?;
+        let (_, route) = find_route(&state, &caller, &gateway_id, &route_id).await?;
+        let version = state.ai_gateway.add_version(&route, elements(&body)?).await;
+        Ok(version_json(&version.map_err(super::gateway_error)?))
+    };
+    respond(answer.await)
+}
+
+async fn list_deployments(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((_, gateway_id, route_id)): Path<(String, String, String)>,
+) -> Response {
+    let answer = async {
+        let (_, route) = find_route(&state, &caller, &gateway_id, &route_id).await?;
+        let deployments = state.ai_gateway.stores().routes.deployments(&route).await;
+        let deployments = deployments.map_err(internal)?;
+        Ok(deployments
+            .iter()
+            .map(|d| json!({"id": d.id, "version_id": d.version_id, "created_at": iso_time(d.created_at_ms)}))
+            .collect())
+    };
+    respond(answer.await)
+}
+
+async fn create_deployment(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((_, gateway_id, route_id)): Path<(String, String, String)>,
+    body: Body,
+) -> Response {
+    let answer = async {
+        let body = json_object(body, &state).await?;
+        let version_id = body
+            .get("version_id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| invalid("version_id", "is required: the version to deploy"))?;
+        let (_, route) = find_route(&state, &caller, &gateway_id, &route_id).await?;
+        let deployed = state.ai_gateway.deploy(&route, version_id).await;
+        let deployment = deployed.map_err(super::gateway_error)?;
+        Ok(
+            json!({"id": deployment.id, "version_id": deployment.version_id,
+                  "created_at": iso_time(deployment.created_at_ms)}),
+        )
+    };
+    respond(answer.await)
 }

@@ -50,9 +50,13 @@ pub(super) struct Served {
     pub(super) model: String,
 }
 
-/// Failures worth another attempt or the next step: the provider's trouble, not the request's.
-fn worth_retrying(status: StatusCode) -> bool {
-    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
+/// Failures worth another attempt or the next step: the provider's trouble (a 5xx, a 429, a
+/// timeout), not the request's.
+pub(super) fn failed(response: &Response) -> bool {
+    let status = response.status();
+    status.is_server_error()
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status == StatusCode::REQUEST_TIMEOUT
 }
 
 /// Runs the steps in order; the first answer that is not worth retrying is served, or else the
@@ -79,8 +83,7 @@ where
             };
             let response =
                 response.unwrap_or_else(|| form.error(&ApiError::Infer(InferError::Timeout)));
-            let failed = worth_retrying(response.status())
-                || response.status() == StatusCode::REQUEST_TIMEOUT;
+            let failed = failed(&response);
             let served = Served {
                 response,
                 step: index,

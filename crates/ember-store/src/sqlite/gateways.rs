@@ -130,6 +130,10 @@ impl GatewayStore for SqliteStore {
                 params![account_id, id],
             )?;
             tx.execute(
+                "DELETE FROM gateway_routes WHERE account_id = ?1 AND gateway_id = ?2",
+                params![account_id, id],
+            )?;
+            tx.execute(
                 "DELETE FROM response_cache WHERE gateway_key = ?1",
                 [crate::gateway_cache_key(&account_id, &id)],
             )?;

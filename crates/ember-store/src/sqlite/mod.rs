@@ -7,6 +7,7 @@
 mod accounts;
 mod gateways;
 mod ledger;
+mod routes;
 
 use crate::{MemoryReservations, MemoryWindows, StoreError, Stores};
 use rusqlite::Connection;
@@ -117,7 +118,29 @@ const MIGRATIONS: &[&str] = &[
         expires_at_ms INTEGER NOT NULL
     );
     CREATE INDEX response_cache_by_age ON response_cache (stored_at_ms);
-    CREATE INDEX response_cache_by_gateway ON response_cache (gateway_key);",
+    CREATE INDEX response_cache_by_gateway ON response_cache (gateway_key);
+    CREATE TABLE gateway_routes (
+        id                  TEXT PRIMARY KEY,
+        account_id          TEXT NOT NULL,
+        gateway_id          TEXT NOT NULL,
+        name                TEXT NOT NULL,
+        deployed_version_id TEXT NOT NULL,
+        created_at_ms       INTEGER NOT NULL,
+        modified_at_ms      INTEGER NOT NULL,
+        UNIQUE (account_id, gateway_id, name)
+    );
+    CREATE TABLE gateway_route_versions (
+        id            TEXT PRIMARY KEY,
+        route_id      TEXT NOT NULL REFERENCES gateway_routes (id) ON DELETE CASCADE,
+        elements      TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL
+    );
+    CREATE TABLE gateway_route_deployments (
+        id            TEXT PRIMARY KEY,
+        route_id      TEXT NOT NULL REFERENCES gateway_routes (id) ON DELETE CASCADE,
+        version_id    TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL
+    );",
 ];
 
 /// How many bytes of response bodies the cache holds before it evicts the oldest.
@@ -160,6 +183,7 @@ impl SqliteStore {
             gateways: store.clone(),
             gateway_logs: store.clone(),
             response_cache: store.clone(),
+            routes: store.clone(),
             windows: Arc::new(MemoryWindows::default()),
             reservations: Arc::new(MemoryReservations::new(store)),
         }
