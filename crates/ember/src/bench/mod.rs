@@ -10,6 +10,7 @@
 
 mod diffusion;
 mod driver;
+mod gateway;
 mod gguf;
 mod image;
 mod kernel;
@@ -63,6 +64,9 @@ pub enum BenchCommand {
     /// Images: Ember's classifier against ONNX Runtime on the same EfficientNet-Lite0 weights, and
     /// its Stable Diffusion against diffusers on the same folder.
     Image(image::ImageBench),
+    /// AI Gateway: cached requests through Ember's gateway against LiteLLM's proxy with its
+    /// cache, in front of the same upstream.
+    Gateway(gateway::GatewayBench),
 }
 
 #[derive(Args)]
@@ -116,6 +120,7 @@ pub fn run(command: BenchCommand, env: &Env) -> Result<()> {
         BenchCommand::Llm(bench) => bench.run(env),
         BenchCommand::Speech(bench) => bench.run(env),
         BenchCommand::Image(bench) => bench.run(env),
+        BenchCommand::Gateway(bench) => bench.run(env),
     }
 }
 

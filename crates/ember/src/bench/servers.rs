@@ -78,7 +78,7 @@ impl Server {
         Server::spawn(command, port, &config.work_dir.join("ember.log"))
     }
 
-    fn spawn(mut command: Command, port: u16, log: &Path) -> Result<Server> {
+    pub fn spawn(mut command: Command, port: u16, log: &Path) -> Result<Server> {
         let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
         command.stdout(out.try_clone()?).stderr(out);
         let child = command
@@ -93,12 +93,17 @@ impl Server {
 
     /// Waits until `GET /health` answers 200 (both servers answer 503 or nothing while loading).
     pub async fn wait_ready(&mut self, client: &reqwest::Client) -> Result<()> {
+        self.wait_ready_at(client, "/health").await
+    }
+
+    /// Waits until `GET path` answers 200.
+    pub async fn wait_ready_at(&mut self, client: &reqwest::Client, path: &str) -> Result<()> {
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(300) {
             if let Some(status) = self.child.try_wait()? {
                 bail!("server exited ({status}):\n{}", self.log_tail());
             }
-            let health = client.get(format!("{}/health", self.base)).send().await;
+            let health = client.get(format!("{}{path}", self.base)).send().await;
             if health.is_ok_and(|r| r.status().is_success()) {
                 return Ok(());
             }
@@ -139,6 +144,6 @@ impl ServerConfig<'_> {
     }
 }
 
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
