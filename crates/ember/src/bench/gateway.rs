@@ -10,7 +10,7 @@ use super::servers::{Server, free_port};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::json;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,7 +54,7 @@ impl GatewayBench {
         env.runtime.block_on(self.measure(env, &litellm, &work))
     }
 
-    async fn measure(&self, env: &super::Env<'_>, litellm: &PathBuf, work: &PathBuf) -> Result<()> {
+    async fn measure(&self, env: &super::Env<'_>, litellm: &Path, work: &Path) -> Result<()> {
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(256)
             .build()?;
