@@ -32,6 +32,7 @@ import math
 import os
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 from openai import OpenAI
@@ -341,3 +342,32 @@ def test_unknown_route_is_404(client: OpenAI):
     with pytest.raises(openai.NotFoundError) as ei:
         client.responses.create(model=QWEN, input="hi")
     assert ei.value.type == "invalid_request_error", ei.value.body
+
+
+def test_chat_through_ai_gateway(ember_url: str):
+    """The openai SDK pointed at AI Gateway's provider URL: a MISS, then the same answer from the
+    cache, each with its log id; the log shows the tokens."""
+    gateway = OpenAI(
+        base_url=f"{ember_url}/v1/{ACCOUNT_ID}/default/workers-ai/v1",
+        api_key=TOKEN,
+        max_retries=0,
+        timeout=TIMEOUT,
+    )
+    answers = []
+    for _ in range(2):
+        raw = gateway.chat.completions.with_raw_response.create(
+            model=QWEN,
+            messages=[{"role": "user", "content": "Say hi."}],
+            max_tokens=8,
+            temperature=0,
+            extra_headers={"cf-aig-cache-ttl": "600"},
+        )
+        answers.append((raw.headers.get("cf-aig-cache-status"), raw.headers.get("cf-aig-log-id"), raw.parse()))
+    assert [a[0] for a in answers] == ["MISS", "HIT"]
+    assert answers[0][2].choices[0].message.content == answers[1][2].choices[0].message.content
+    log = httpx.get(
+        f"{ember_url}/client/v4/accounts/{ACCOUNT_ID}/ai-gateway/gateways/default/logs/{answers[0][1]}",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=TIMEOUT,
+    ).json()["result"]
+    assert log["model"] == QWEN and log["tokens_in"] > 0 and log["tokens_out"] > 0, log
