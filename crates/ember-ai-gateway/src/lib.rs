@@ -52,6 +52,30 @@ impl AiGatewayError {
     }
 }
 
+/// A budget a request passed, to be charged its cost when it ends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Budget {
+    key: String,
+    window_ms: i64,
+}
+
+/// The window a count or budget named `name` uses now: a fixed window is a sliding one that
+/// starts empty at each interval's start (and ends then).
+fn window_key(
+    name: &str,
+    technique: RateTechnique,
+    window_ms: i64,
+    now_ms: i64,
+) -> (String, Option<i64>) {
+    match technique {
+        RateTechnique::Sliding => (name.to_string(), None),
+        RateTechnique::Fixed => {
+            let start_ms = now_ms - now_ms.rem_euclid(window_ms);
+            (format!("{name} {start_ms}"), Some(start_ms + window_ms))
+        }
+    }
+}
+
 /// Where a request's response is cached: its key and for how long.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CachePlan {
@@ -173,6 +197,44 @@ impl AiGateway {
         self.count(&name, limit, interval_secs, technique).await
     }
 
+    /// Lets a request past a dynamic route's budget element if the key's spending in the window
+    /// is under `dollars`; the budget its cost is then charged to (`charge`).
+    pub async fn within_budget(
+        &self,
+        route: &Route,
+        element: &str,
+        key_value: &str,
+        dollars: f64,
+        interval_secs: u32,
+        technique: RateTechnique,
+    ) -> Result<Budget, AiGatewayError> {
+        let now_ms = self.now_ms();
+        let window_ms = i64::from(interval_secs.max(1)) * 1000;
+        let name = format!("budget {} {element} {key_value}", route.id);
+        let (key, window_ends_ms) = window_key(&name, technique, window_ms, now_ms);
+        let spent = self.stores.windows.spent(&key, window_ms, now_ms).await?;
+        if spent >= dollars {
+            // A sliding budget frees up as old spending leaves; say a whole window to be safe.
+            let wait_ms = window_ends_ms.map_or(window_ms, |end_ms| end_ms - now_ms);
+            return Err(AiGatewayError::RateLimited {
+                retry_after_secs: (wait_ms.max(1) as u64).div_ceil(1000),
+            });
+        }
+        Ok(Budget { key, window_ms })
+    }
+
+    /// Charges a finished request's cost to the budgets it passed.
+    pub async fn charge(&self, budgets: &[Budget], dollars: f64) -> Result<(), StoreError> {
+        let now_ms = self.now_ms();
+        for budget in budgets {
+            let windows = &self.stores.windows;
+            windows
+                .spend(&budget.key, dollars, budget.window_ms, now_ms)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Counts a request in the window `name`, or says when to come back.
     async fn count(
         &self,
@@ -183,14 +245,7 @@ impl AiGateway {
     ) -> Result<(), AiGatewayError> {
         let now_ms = self.now_ms();
         let window_ms = i64::from(interval_secs.max(1)) * 1000;
-        // A fixed window is a sliding one that starts empty at each interval's start.
-        let (key, window_ends_ms) = match technique {
-            RateTechnique::Sliding => (name.to_string(), None),
-            RateTechnique::Fixed => {
-                let start_ms = now_ms - now_ms.rem_euclid(window_ms);
-                (format!("{name} {start_ms}"), Some(start_ms + window_ms))
-            }
-        };
+        let (key, window_ends_ms) = window_key(name, technique, window_ms, now_ms);
         let windows = &self.stores.windows;
         match windows.count_over(&key, limit, window_ms, now_ms).await? {
             Window::Allowed => Ok(()),

@@ -26,11 +26,11 @@ pub enum Element {
         branches: Vec<(f64, String)>,
         otherwise: Option<String>,
     },
-    /// At most `limit` requests per `interval_secs` for each value of `key` (a request field,
-    /// e.g. `metadata.user_id`); over it, to `fallback` (or the route ends with a 429).
+    /// At most `limit` per `interval_secs` for each value of `key` (a request field, e.g.
+    /// `metadata.user_id`); over it, to `fallback` (or the route ends with a 429).
     Rate {
         key: String,
-        limit: u32,
+        limit: Limit,
         interval_secs: u32,
         technique: RateTechnique,
         success: String,
@@ -46,6 +46,14 @@ pub enum Element {
         fallback: Option<String>,
     },
     End,
+}
+
+/// What a rate element counts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Limit {
+    Requests(u32),
+    /// Dollars spent (the logs' `cost`) by the requests that passed.
+    Dollars(f64),
 }
 
 /// A checked route graph.
@@ -280,12 +288,28 @@ fn parse_element(at: &str, element: &Value) -> Result<Element, AiGatewayError> {
             }
         }
         "rate" => {
-            if property("limitType").is_some_and(|t| t != "count") {
-                return Err(invalid(
-                    &format!("{at}/properties/limitType"),
-                    "only \"count\" limits are supported; cost (budget) limits are not yet",
-                ));
-            }
+            let limit = match property("limitType").and_then(Value::as_str) {
+                None | Some("count") => {
+                    Limit::Requests(count("limit", u64::from(u32::MAX))? as u32)
+                }
+                Some("cost") => Limit::Dollars(
+                    property("limit")
+                        .and_then(Value::as_f64)
+                        .filter(|dollars| *dollars > 0.0)
+                        .ok_or_else(|| {
+                            invalid(
+                                &format!("{at}/properties/limit"),
+                                "must be a positive amount of dollars",
+                            )
+                        })?,
+                ),
+                Some(_) => {
+                    return Err(invalid(
+                        &format!("{at}/properties/limitType"),
+                        "must be count or cost",
+                    ));
+                }
+            };
             let technique = match property("technique").and_then(Value::as_str) {
                 None | Some("fixed") => RateTechnique::Fixed,
                 Some("sliding") => RateTechnique::Sliding,
@@ -298,7 +322,7 @@ fn parse_element(at: &str, element: &Value) -> Result<Element, AiGatewayError> {
             };
             Element::Rate {
                 key: text("key")?,
-                limit: count("limit", u64::from(u32::MAX))? as u32,
+                limit,
                 interval_secs: count("interval", 31 * 24 * 3600)? as u32,
                 technique,
                 success: required(at, element, "success")?,
@@ -538,9 +562,16 @@ mod tests {
             (
                 with(
                     3,
-                    json!({"id": "limit", "type": "rate", "properties": {"key": "k", "limit": 1, "interval": 1, "limitType": "cost"}, "outputs": {"success": {"elementId": "small"}}}),
+                    json!({"id": "limit", "type": "rate", "properties": {"key": "k", "limit": 1, "interval": 1, "limitType": "tokens"}, "outputs": {"success": {"elementId": "small"}}}),
                 ),
                 "/elements/3/properties/limitType",
+            ),
+            (
+                with(
+                    3,
+                    json!({"id": "limit", "type": "rate", "properties": {"key": "k", "limit": -1, "interval": 1, "limitType": "cost"}, "outputs": {"success": {"elementId": "small"}}}),
+                ),
+                "/elements/3/properties/limit",
             ),
             (
                 with(

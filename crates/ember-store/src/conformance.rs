@@ -23,6 +23,7 @@ macro_rules! conformance_tests {
             the_day_starts_from_the_ledger_and_resets_at_midnight,
             a_paid_account_goes_on_and_the_excess_is_billable,
             windows_of_any_length,
+            spending_adds_up_within_its_window,
             gateways_are_per_account,
             gateway_logs_filter_page_and_add_up,
             gateway_logs_keep_their_bound,
@@ -839,4 +840,15 @@ pub async fn routes_keep_versions_and_deployments(stores: &Stores) {
         "gone with the gateway"
     );
     assert!(!routes.delete_route(&route).await.unwrap());
+}
+
+pub async fn spending_adds_up_within_its_window(stores: &Stores) {
+    let windows = &stores.windows;
+    windows.spend("user", 0.25, 10_000, 0).await.unwrap();
+    windows.spend("user", 0.5, 10_000, 4_000).await.unwrap();
+    windows.spend("other", 9.0, 10_000, 4_000).await.unwrap();
+    assert_eq!(windows.spent("user", 10_000, 9_999).await.unwrap(), 0.75);
+    assert_eq!(windows.spent("user", 10_000, 10_000).await.unwrap(), 0.5);
+    assert_eq!(windows.spent("user", 10_000, 14_000).await.unwrap(), 0.0);
+    assert_eq!(windows.spent("nobody", 10_000, 0).await.unwrap(), 0.0);
 }

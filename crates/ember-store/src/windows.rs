@@ -21,6 +21,20 @@ pub trait RateWindows: Send + Sync {
         now_ms: i64,
     ) -> Result<Window, StoreError>;
 
+    /// Adds `amount` spent on `key` at `at_ms`; what was spent `window_ms` or longer before
+    /// `at_ms` may be forgotten.
+    async fn spend(
+        &self,
+        key: &str,
+        amount: f64,
+        window_ms: i64,
+        at_ms: i64,
+    ) -> Result<(), StoreError>;
+
+    /// What `key` spent in the `window_ms` up to `now_ms` (spending at `now_ms - window_ms` or
+    /// earlier has left).
+    async fn spent(&self, key: &str, window_ms: i64, now_ms: i64) -> Result<f64, StoreError>;
+
     /// `count_over` a one-minute window: the per-task limits.
     async fn count(&self, key: &str, per_minute: u32, now_ms: i64) -> Result<Window, StoreError> {
         self.count_over(key, per_minute, MINUTE_MS, now_ms).await
@@ -44,6 +58,27 @@ const MINUTE_MS: i64 = 60_000;
 #[derive(Default)]
 pub struct MemoryWindows {
     windows: Mutex<HashMap<String, VecDeque<i64>>>,
+    /// Per key, what was spent and when.
+    spending: Mutex<HashMap<String, VecDeque<(i64, f64)>>>,
+}
+
+impl MemoryWindows {
+    /// The key's spending in the window up to `now_ms`, older entries dropped.
+    fn spending_since<'a>(
+        spending: &'a mut HashMap<String, VecDeque<(i64, f64)>>,
+        key: &str,
+        window_ms: i64,
+        now_ms: i64,
+    ) -> &'a mut VecDeque<(i64, f64)> {
+        let entries = spending.entry(key.to_string()).or_default();
+        while entries
+            .front()
+            .is_some_and(|(at, _)| *at <= now_ms - window_ms)
+        {
+            entries.pop_front();
+        }
+        entries
+    }
 }
 
 #[async_trait]
@@ -69,5 +104,23 @@ impl RateWindows for MemoryWindows {
         }
         window.push_back(now_ms);
         Ok(Window::Allowed)
+    }
+
+    async fn spend(
+        &self,
+        key: &str,
+        amount: f64,
+        window_ms: i64,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut spending = self.spending.lock().unwrap_or_else(|e| e.into_inner());
+        Self::spending_since(&mut spending, key, window_ms, at_ms).push_back((at_ms, amount));
+        Ok(())
+    }
+
+    async fn spent(&self, key: &str, window_ms: i64, now_ms: i64) -> Result<f64, StoreError> {
+        let mut spending = self.spending.lock().unwrap_or_else(|e| e.into_inner());
+        let entries = Self::spending_since(&mut spending, key, window_ms, now_ms);
+        Ok(entries.iter().map(|(_, amount)| amount).sum())
     }
 }

@@ -1128,3 +1128,58 @@ fn classify_dynamic(path: &str) -> Request<Body> {
         .insert("cf-aig-gateway-id", "default".parse().unwrap());
     request
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_budget_element_counts_what_requests_cost() {
+    let (app, clock) = fake_app();
+    let routes = format!("{GATEWAYS}/default/routes");
+    let elements = json!([
+        {"id": "s", "type": "start", "outputs": {"next": {"elementId": "budget"}}},
+        {"id": "budget", "type": "rate",
+         "properties": {"limitType": "cost", "key": "metadata.team", "limit": 1.0, "interval": 60, "technique": "fixed"},
+         "outputs": {"success": {"elementId": "m"}}},
+        model_element("m", "workers-ai", CLASSIFIER, None)
+    ]);
+    result(
+        &app,
+        json_request(
+            "POST",
+            &routes,
+            json!({"name": "budgeted", "elements": elements}),
+        ),
+    )
+    .await;
+    let run = |team: &str| {
+        let mut request = classify_dynamic(&format!("{RUN}dynamic/budgeted"));
+        let headers = request.headers_mut();
+        headers.insert(
+            "cf-aig-custom-cost",
+            r#"{"total_cost": 0.6}"#.parse().unwrap(),
+        );
+        headers.insert(
+            "cf-aig-metadata",
+            format!(r#"{{"team": "{team}"}}"#).parse().unwrap(),
+        );
+        request
+    };
+    for _ in 0..2 {
+        assert_eq!(
+            send(&app, run("red")).await.status,
+            StatusCode::OK,
+            "under the budget"
+        );
+    }
+    let over = send(&app, run("red")).await;
+    assert!(over.rest_error(429, 2003).contains("rate limit"));
+    assert_eq!(
+        send(&app, run("blue")).await.status,
+        StatusCode::OK,
+        "a budget per team"
+    );
+    clock.advance(60_000);
+    assert_eq!(
+        send(&app, run("red")).await.status,
+        StatusCode::OK,
+        "the next interval"
+    );
+}

@@ -11,8 +11,8 @@ use axum::body::Bytes;
 use axum::extract::Request;
 use axum::http::HeaderValue;
 use axum::response::Response;
-use ember_ai_gateway::AiGatewayError;
-use ember_ai_gateway::routing::{self, Element, RouteGraph};
+use ember_ai_gateway::routing::{self, Element, Limit, RouteGraph};
+use ember_ai_gateway::{AiGatewayError, Budget};
 use ember_core::InferError;
 use ember_store::Route;
 use serde_json::{Map, Value};
@@ -62,13 +62,31 @@ impl Dynamic {
     }
 }
 
-/// Walks the graph; the answer is the first model's that succeeds, else the last failure.
+/// Walks the graph; the answer is the first model's that succeeds, else the last failure. Also
+/// returns the budgets the request passed, which its cost is charged to when it ends.
 pub(super) async fn walk<S>(
     state: &AppState,
     routes: S,
     whole: Step,
     dynamic: &Dynamic,
     form: Form,
+) -> (Served, Vec<Budget>)
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    let mut budgets = Vec::new();
+    let served = walk_to_answer(state, routes, whole, dynamic, form, &mut budgets).await;
+    (served, budgets)
+}
+
+async fn walk_to_answer<S>(
+    state: &AppState,
+    routes: S,
+    whole: Step,
+    dynamic: &Dynamic,
+    form: Form,
+    budgets: &mut Vec<Budget>,
 ) -> Served
 where
     S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
@@ -129,17 +147,20 @@ where
                     Some(other) => other.to_string(),
                     None => String::new(),
                 };
-                let counted = state
-                    .ai_gateway
-                    .admit_to_route(
-                        &dynamic.route,
-                        &at,
-                        &value,
-                        *limit,
-                        *interval_secs,
-                        *technique,
-                    )
-                    .await;
+                let ai_gateway = &state.ai_gateway;
+                let (route, interval, technique) = (&dynamic.route, *interval_secs, *technique);
+                let counted = match *limit {
+                    Limit::Requests(requests) => {
+                        let counted = ai_gateway
+                            .admit_to_route(route, &at, &value, requests, interval, technique);
+                        counted.await
+                    }
+                    Limit::Dollars(dollars) => {
+                        let budget = ai_gateway
+                            .within_budget(route, &at, &value, dollars, interval, technique);
+                        budget.await.map(|budget| budgets.push(budget))
+                    }
+                };
                 match (counted, fallback) {
                     (Ok(()), _) => success.clone(),
                     (Err(AiGatewayError::RateLimited { .. }), Some(fallback)) => fallback.clone(),

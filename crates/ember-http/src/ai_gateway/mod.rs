@@ -375,12 +375,12 @@ where
         .first()
         .and_then(|step| step.parts.extensions.get::<RequestId>())
         .map(|r| r.report.clone());
-    let served = match &dynamic {
+    let (served, budgets) = match &dynamic {
         Some(dynamic) => {
             let whole = steps.into_iter().next().expect("a request has its step");
             dynamic::walk(&state, routes, whole, dynamic, form).await
         }
-        None => steps::run(routes, steps, form).await,
+        None => (steps::run(routes, steps, form).await, Vec::new()),
     };
     (log.step, log.attempts) = (served.step as u32, served.attempts);
     let retargeted = universal || dynamic.is_some();
@@ -395,7 +395,8 @@ where
     });
     let response = served.response;
     let plan = plan.filter(|_| response.status() == axum::http::StatusCode::OK);
-    let recorder = Recorder::new(state, gateway, options, plan, log, started);
+    let mut recorder = Recorder::new(state, gateway, options, plan, log, started);
+    recorder.budgets = budgets;
     let streamed = header_text(response.headers(), header::CONTENT_TYPE.as_str())
         .is_some_and(|t| t.starts_with("text/event-stream"));
     let (mut head, body) = response.into_parts();

@@ -67,6 +67,8 @@ pub(super) struct Recorder {
     pub(super) plan_was_made: bool,
     pub(super) log: GatewayLog,
     started: Instant,
+    /// Dynamic-route budgets the request passed, charged its cost at the end.
+    pub(super) budgets: Vec<ember_ai_gateway::Budget>,
 }
 
 impl Recorder {
@@ -87,6 +89,7 @@ impl Recorder {
             plan_was_made,
             log,
             started,
+            budgets: Vec::new(),
         }
     }
 
@@ -142,6 +145,7 @@ impl Recorder {
             plan,
             mut log,
             started,
+            budgets,
             ..
         } = self;
         if let Some(plan) = &plan {
@@ -180,6 +184,11 @@ impl Recorder {
                 options.custom_cost,
             )
         };
+        if !log.cached
+            && let Err(error) = state.ai_gateway.charge(&budgets, log.cost).await
+        {
+            tracing::warn!(%error, "could not charge a route's budget");
+        }
         // Counted whether or not the gateway keeps logs.
         state
             .ember
