@@ -1183,3 +1183,49 @@ async fn a_budget_element_counts_what_requests_cost() {
         "the next interval"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn provider_urls_check_the_account_and_an_authenticated_gateway() {
+    let access = AccessConfig {
+        open_without_accounts: false,
+        ..AccessConfig::default()
+    };
+    let app = app_on(
+        fake_ember(),
+        HttpConfig::default(),
+        access,
+        Arc::new(ManualClock::new(0)),
+    );
+    let (account, token) = account(&app, ember_store::Plan::Paid, 10.0).await;
+    let gateways = format!("/client/v4/accounts/{}/ai-gateway/gateways", account.id);
+    let create = json_request(
+        "POST",
+        &gateways,
+        json!({"id": "secure", "authentication": true}),
+    );
+    assert_eq!(
+        send(&app, with_token(create, &token)).await.status,
+        StatusCode::OK
+    );
+    let url = |account: &str| format!("/v1/{account}/secure/workers-ai/{CLASSIFIER}");
+    let body = json!({"text": "fine"}).to_string();
+
+    let without = with_token(post(&url(&account.id), body.clone()), &token);
+    send(&app, without).await.rest_error(401, 10000);
+    let mut with = with_token(post(&url(&account.id), body.clone()), &token);
+    with.headers_mut().insert(
+        "cf-aig-authorization",
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    assert_eq!(send(&app, with).await.status, StatusCode::OK);
+    let mut elsewhere = with_token(post(&url("someone-else"), body.clone()), &token);
+    elsewhere.headers_mut().insert(
+        "cf-aig-authorization",
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    send(&app, elsewhere).await.rest_error(403, 10000);
+    // No token at all: refused before any gateway is looked at.
+    send(&app, post(&url(&account.id), body))
+        .await
+        .rest_error(401, 10000);
+}
