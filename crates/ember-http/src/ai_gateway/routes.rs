@@ -139,6 +139,16 @@ fn iso_time(ms: i64) -> String {
         .unwrap_or_default()
 }
 
+/// The caller's gateway a path names (`default` made on first use).
+async fn open_gateway(
+    state: &AppState,
+    caller: &Caller,
+    gateway_id: &str,
+) -> Result<Gateway, ApiError> {
+    let gateway = state.ai_gateway.open(&caller.account.id, gateway_id).await;
+    gateway.map_err(super::gateway_error)
+}
+
 fn gateway_json(gateway: &Gateway) -> Value {
     json!({
         "id": gateway.id,
@@ -287,12 +297,8 @@ async fn get_gateway(
     Extension(caller): Extension<Caller>,
     Path((_, gateway_id)): Path<(String, String)>,
 ) -> Response {
-    let found = state.ai_gateway.open(&caller.account.id, &gateway_id).await;
-    respond(
-        found
-            .map(|gateway| gateway_json(&gateway))
-            .map_err(super::gateway_error),
-    )
+    let found = open_gateway(&state, &caller, &gateway_id).await;
+    respond(found.map(|gateway| gateway_json(&gateway)))
 }
 
 async fn update_gateway(
@@ -429,11 +435,7 @@ async fn list_logs(
     RawQuery(query): RawQuery,
 ) -> Response {
     let answer = async {
-        state
-            .ai_gateway
-            .open(&caller.account.id, &gateway_id)
-            .await
-            .map_err(super::gateway_error)?;
+        open_gateway(&state, &caller, &gateway_id).await?;
         let query = log_query(&caller, &gateway_id, query.as_deref())?;
         let logs = state.ai_gateway.stores().gateway_logs.logs(&query).await;
         logs.map_err(internal)
@@ -680,11 +682,7 @@ async fn analytics(
     RawQuery(query): RawQuery,
 ) -> Response {
     let answer = async {
-        state
-            .ai_gateway
-            .open(&caller.account.id, &gateway_id)
-            .await
-            .map_err(super::gateway_error)?;
+        open_gateway(&state, &caller, &gateway_id).await?;
         let query = analytics_query(&state, &caller, &gateway_id, query.as_deref())?;
         let rows = state.ai_gateway.stores().gateway_logs.analytics(&query);
         let rows = rows.await.map_err(internal)?;
@@ -792,10 +790,8 @@ async fn find_route(
     gateway_id: &str,
     route_id: &str,
 ) -> Result<(Gateway, Route), ApiError> {
-    let ai_gateway = &state.ai_gateway;
-    let gateway = ai_gateway.open(&caller.account.id, gateway_id).await;
-    let gateway = gateway.map_err(super::gateway_error)?;
-    let route = ai_gateway.route(&gateway, route_id).await;
+    let gateway = open_gateway(state, caller, gateway_id).await?;
+    let route = state.ai_gateway.route(&gateway, route_id).await;
     Ok((gateway, route.map_err(super::gateway_error)?))
 }
 
@@ -805,8 +801,7 @@ async fn list_routes(
     Path((_, gateway_id)): Path<(String, String)>,
 ) -> Response {
     let answer = async {
-        let gateway = state.ai_gateway.open(&caller.account.id, &gateway_id).await;
-        let gateway = gateway.map_err(super::gateway_error)?;
+        let gateway = open_gateway(&state, &caller, &gateway_id).await?;
         let routes = &state.ai_gateway.stores().routes;
         let list = routes.routes(&gateway.account_id, &gateway.id).await;
         let list = list.map_err(internal)?;
@@ -830,8 +825,7 @@ async fn create_route(
     let answer = async {
         let body = json_object(body, &state).await?;
         let name = body.get("name").and_then(Value::as_str).unwrap_or_default();
-        let gateway = state.ai_gateway.open(&caller.account.id, &gateway_id).await;
-        let gateway = gateway.map_err(super::gateway_error)?;
+        let gateway = open_gateway(&state, &caller, &gateway_id).await?;
         let created = state
             .ai_gateway
             .create_route(&gateway, name, elements(&body)?)
