@@ -17,7 +17,7 @@ mod sse;
 mod usage;
 pub mod wire;
 
-pub use ai_gateway::Provider;
+pub use ai_gateway::{OpenAiCompatible, Provider};
 pub use error::ApiError;
 pub use images::GeneratedImages;
 
@@ -44,7 +44,7 @@ pub struct HttpConfig {
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
     /// Upstreams AI Gateway forwards to besides the local models.
-    pub providers: Vec<Provider>,
+    pub providers: Vec<Arc<dyn Provider>>,
 }
 
 impl Default for HttpConfig {

@@ -234,7 +234,8 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
                     .iter()
                     .map(|(name, url)| {
                         let key = std::env::var(config::provider_key_variable(name)).ok();
-                        ember_http::Provider::new(name, url, key)
+                        let provider = ember_http::OpenAiCompatible::new(name, url, key);
+                        std::sync::Arc::new(provider) as std::sync::Arc<dyn ember_http::Provider>
                     })
                     .collect(),
                 engine: engine.or(&file.engine).resolve(),

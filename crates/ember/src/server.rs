@@ -37,7 +37,7 @@ pub struct ServeConfig {
     /// Models to load before listening, instead of on first use.
     pub preload: Vec<String>,
     /// Upstreams AI Gateway forwards to besides the local models.
-    pub providers: Vec<ember_http::Provider>,
+    pub providers: Vec<Arc<dyn ember_http::Provider>>,
     pub engine: EngineConfig,
 }
 

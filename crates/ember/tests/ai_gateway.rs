@@ -623,15 +623,19 @@ async fn upstream() -> Upstream {
 
 const SECRET: &str = "sk-upstream-secret-1234";
 
+fn provider(name: &str, url: &str, key: Option<String>) -> Arc<dyn ember_http::Provider> {
+    Arc::new(ember_http::OpenAiCompatible::new(name, url, key))
+}
+
 fn app_with_providers(upstream: &Upstream) -> App {
     let providers = vec![
-        ember_http::Provider::new(
+        provider(
             "upstream",
             &format!("{}/ok", upstream.base),
             Some(SECRET.into()),
         ),
-        ember_http::Provider::new("broken", &format!("{}/fail", upstream.base), None),
-        ember_http::Provider::new("slow", &format!("{}/slow", upstream.base), None),
+        provider("broken", &format!("{}/fail", upstream.base), None),
+        provider("slow", &format!("{}/slow", upstream.base), None),
     ];
     let config = HttpConfig {
         providers,

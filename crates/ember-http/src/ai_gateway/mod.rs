@@ -15,7 +15,7 @@ mod recorder;
 mod routes;
 mod steps;
 
-pub use providers::Provider;
+pub use providers::{OpenAiCompatible, Provider};
 pub(crate) use routes::{binding_helper, routes};
 
 use crate::error::ApiError;

@@ -1,30 +1,47 @@
-//! Upstream providers a gateway forwards to besides Ember's own models: OpenAI and any
-//! OpenAI-compatible server (another Ember, llama-server, vLLM, a cloud API), named in the
-//! server's configuration with a base URL and a key. `/v1/{account}/{gateway}/{provider}/{path}`
-//! posts the body to `{base_url}/{path}` and passes the answer back as it comes, a stream chunk by
-//! chunk. The key goes only to its upstream: never logged, never in an answer.
+//! Upstream providers a gateway forwards to besides Ember's own models, behind the `Provider`
+//! trait: OpenAI and any OpenAI-compatible server (another Ember, llama-server, vLLM, a cloud
+//! API), named in the server's configuration with a base URL and a key.
+//! `/v1/{account}/{gateway}/{provider}/{path}` posts the body to `{base_url}/{path}` and passes
+//! the answer back as it comes, a stream chunk by chunk. The key goes only to its upstream: never
+//! logged, never in an answer.
 
 use crate::AppState;
 use crate::error::ApiError;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use ember_core::InferError;
 use futures::StreamExt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::OnceLock;
 
-/// An upstream: its name in provider URLs, where it is, and its API key.
-#[derive(Clone)]
-pub struct Provider {
-    pub name: String,
-    pub base_url: String,
+/// An upstream a gateway forwards to. A kind of provider that is not OpenAI-compatible is one
+/// more implementation, added to the server's list.
+pub trait Provider: Send + Sync + std::fmt::Debug {
+    /// Its name in provider URLs and universal steps.
+    fn name(&self) -> &str;
+
+    /// Sends `body` to the provider's `path` and answers what it answered, streamed as it comes.
+    fn forward<'a>(
+        &'a self,
+        path: &'a str,
+        headers: &'a HeaderMap,
+        body: Bytes,
+    ) -> Pin<Box<dyn Future<Output = Result<Response, ApiError>> + Send + 'a>>;
+}
+
+/// An OpenAI-compatible upstream: its base URL and API key.
+pub struct OpenAiCompatible {
+    name: String,
+    base_url: String,
     api_key: Option<String>,
 }
 
-impl Provider {
-    pub fn new(name: &str, base_url: &str, api_key: Option<String>) -> Provider {
-        Provider {
+impl OpenAiCompatible {
+    pub fn new(name: &str, base_url: &str, api_key: Option<String>) -> OpenAiCompatible {
+        OpenAiCompatible {
             name: name.to_string(),
             base_url: base_url.trim_end_matches('/').to_string(),
             api_key: api_key.filter(|key| !key.is_empty()),
@@ -33,9 +50,9 @@ impl Provider {
 }
 
 /// Shows whether a key is set, never the key.
-impl std::fmt::Debug for Provider {
+impl std::fmt::Debug for OpenAiCompatible {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Provider")
+        f.debug_struct("OpenAiCompatible")
             .field("name", &self.name)
             .field("base_url", &self.base_url)
             .field("api_key", &self.api_key.as_ref().map(|_| "(set)"))
@@ -48,6 +65,53 @@ fn client() -> &'static reqwest::Client {
     CLIENT.get_or_init(reqwest::Client::new)
 }
 
+impl Provider for OpenAiCompatible {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn forward<'a>(
+        &'a self,
+        path: &'a str,
+        headers: &'a HeaderMap,
+        body: Bytes,
+    ) -> Pin<Box<dyn Future<Output = Result<Response, ApiError>> + Send + 'a>> {
+        Box::pin(async move {
+            let mut request = client()
+                .post(format!("{}/{path}", self.base_url))
+                .body(body);
+            if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
+                request = request.header(header::CONTENT_TYPE, content_type);
+            }
+            if let Some(key) = &self.api_key {
+                request = request.bearer_auth(key);
+            }
+            let upstream = request.send().await.map_err(|error| {
+                // reqwest's message names the URL, never the key.
+                tracing::warn!(provider = self.name, %error, "upstream provider failed");
+                ApiError::Upstream(format!("provider '{}' could not be reached", self.name))
+            })?;
+            let status =
+                StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            let content_type = upstream
+                .headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok());
+            let stream = upstream
+                .bytes_stream()
+                .map(|chunk| chunk.map_err(std::io::Error::other));
+            let mut response = Response::new(Body::from_stream(stream));
+            *response.status_mut() = status;
+            if let Some(content_type) = content_type {
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_TYPE, content_type);
+            }
+            Ok(response)
+        })
+    }
+}
+
 /// `POST /v1/{account}/{gateway}/{provider}/{*path}` for a configured provider.
 pub(crate) async fn forward(
     State(state): State<AppState>,
@@ -55,7 +119,7 @@ pub(crate) async fn forward(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let Some(provider) = state.config.providers.iter().find(|p| p.name == name) else {
+    let Some(provider) = state.config.providers.iter().find(|p| p.name() == name) else {
         let error = InferError::invalid("provider", format!("unknown provider '{name}'"));
         return ApiError::Infer(error).rest_response();
     };
@@ -63,39 +127,8 @@ pub(crate) async fn forward(
         Ok(body) => body,
         Err(_) => return ApiError::Infer(InferError::TooLarge).rest_response(),
     };
-    let mut request = client()
-        .post(format!("{}/{path}", provider.base_url))
-        .body(body);
-    if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
-        request = request.header(header::CONTENT_TYPE, content_type);
+    match provider.forward(&path, &headers, body).await {
+        Ok(response) => response,
+        Err(error) => error.rest_response(),
     }
-    if let Some(key) = &provider.api_key {
-        request = request.bearer_auth(key);
-    }
-    let upstream = match request.send().await {
-        Ok(upstream) => upstream,
-        Err(error) => {
-            // reqwest's message names the URL, never the key.
-            tracing::warn!(provider = name, %error, "upstream provider failed");
-            return ApiError::Upstream(format!("provider '{name}' could not be reached"))
-                .rest_response();
-        }
-    };
-    let status =
-        StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let content_type = upstream
-        .headers()
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok());
-    let stream = upstream
-        .bytes_stream()
-        .map(|chunk| chunk.map_err(std::io::Error::other));
-    let mut response = Response::new(Body::from_stream(stream));
-    *response.status_mut() = status;
-    if let Some(content_type) = content_type {
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, content_type);
-    }
-    response
 }

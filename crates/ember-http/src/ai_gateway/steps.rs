@@ -129,7 +129,7 @@ pub(super) fn universal(
     gateway: &str,
     body: Option<&Value>,
     options: &RequestOptions,
-    providers: &[Provider],
+    providers: &[std::sync::Arc<dyn Provider>],
 ) -> Result<Vec<Step>, ApiError> {
     let steps = match body {
         Some(Value::Array(steps)) if !steps.is_empty() => steps,
@@ -157,7 +157,7 @@ fn universal_step(
     index: usize,
     step: &Value,
     options: &RequestOptions,
-    providers: &[Provider],
+    providers: &[std::sync::Arc<dyn Provider>],
 ) -> Result<Step, ApiError> {
     let field = |name: &str| format!("/{index}/{name}");
     let text = |name: &str| match step.get(name) {
@@ -168,10 +168,10 @@ fn universal_step(
         return Err(invalid(&format!("/{index}"), "a step must be an object"));
     }
     let provider = text("provider")?;
-    let known = provider == LOCAL_PROVIDER || providers.iter().any(|p| p.name == provider);
+    let known = provider == LOCAL_PROVIDER || providers.iter().any(|p| p.name() == provider);
     if !known {
         let names: Vec<&str> = std::iter::once(LOCAL_PROVIDER)
-            .chain(providers.iter().map(|p| p.name.as_str()))
+            .chain(providers.iter().map(|p| p.name()))
             .collect();
         return Err(invalid(
             &field("provider"),
