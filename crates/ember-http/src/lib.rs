@@ -1,9 +1,10 @@
 //! Ember's HTTP face, the only layer that speaks wire formats: the Workers AI REST routes, the
 //! Worker binding protocol (native and through wrangler's proxy), the OpenAI-compatible API (with
-//! its audio uploads), the
-//! catalog routes, the usage route, health and `/metrics`.
-//! Every route but `/health` runs for a caller `ember_access` authenticated; every response carries
-//! `cf-ai-req-id`; every run is admitted by `ember_access` and settled in the request log and ledger.
+//! its audio uploads), AI Gateway (its layer in front of the routes, and its API), the catalog
+//! routes, the usage route, health and `/metrics`.
+//! Every route but `/health` and generated images runs for a caller `ember_access` authenticated;
+//! every response carries `cf-ai-req-id`; every run is admitted by `ember_access` and settled in
+//! the request log and ledger.
 
 mod ai_gateway;
 mod audio;

@@ -3,7 +3,8 @@
 //! endpoint `/v1/{account}/{gateway}`, a `cf-aig-gateway-id` header, or the binding's
 //! `options.gateway`) is held to the gateway's rate limit, answered from its cache when an
 //! identical one was kept, and otherwise sent on to the routes: again on a 5xx or a timeout as
-//! its retries allow, and to the next step of a universal request when one fails (`steps.rs`).
+//! its retries allow, and to the next step of a universal request when one fails (`steps.rs`);
+//! a `dynamic/<route>` request follows its route's graph (`dynamic.rs`).
 //! What it answered is cached and logged (`recorder.rs`); a stream is passed on chunk by chunk
 //! and kept when it ends. The gateway and log routes are in `routes.rs`, the options' wire forms
 //! in `options.rs`, the upstream providers in `providers.rs`.
