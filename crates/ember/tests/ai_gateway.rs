@@ -113,6 +113,14 @@ async fn a_repeated_request_is_a_hit_until_its_ttl_ends() {
     assert_eq!(cached["result"].as_array().unwrap().len(), 1);
     assert_eq!(cached["result"][0]["cost"], 0.0);
     assert_eq!(cached["result"][0]["id"], hit.header("cf-aig-log-id"));
+    let missed = format!("{GATEWAYS}/default/logs/{}", first.header("cf-aig-log-id"));
+    let missed = result(&app, get(&missed)).await;
+    assert!(missed["tokens_in"].as_u64().unwrap() > 0);
+    assert_eq!(
+        cached["result"][0]["tokens_in"], missed["tokens_in"],
+        "a hit logs what the answer took"
+    );
+    assert_eq!(hit.header("ember-usage"), "", "kept, never sent");
     let query = ember_store::UsageQuery {
         account_id: "local".into(),
         since: "2026-11-23".into(),

@@ -359,6 +359,9 @@ where
             Ok(Some(hit)) => {
                 log.cached = true;
                 log.success = true;
+                if let Some((tokens_in, tokens_out)) = recorder::cached_usage(&hit) {
+                    (log.tokens_in, log.tokens_out) = (tokens_in, tokens_out);
+                }
                 let mut response = replay(&hit);
                 mark(response.headers_mut(), &log.id, true, true);
                 let recorder = Recorder::new(state, gateway, options, None, log, started);

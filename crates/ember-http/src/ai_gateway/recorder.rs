@@ -15,6 +15,15 @@ use std::time::Instant;
 
 /// The headers a cached response keeps; the rest are made again for each request.
 const CACHED_HEADERS: [&str; 2] = ["content-type", crate::run::SERVED_BY_HEADER];
+/// Kept beside them, never sent: the tokens the answer took (`in out`), for a hit's log.
+const CACHED_USAGE: &str = "ember-usage";
+
+/// The tokens a cached answer took when it ran.
+pub(super) fn cached_usage(hit: &CachedResponse) -> Option<(u32, u32)> {
+    let (_, usage) = hit.headers.iter().find(|(name, _)| name == CACHED_USAGE)?;
+    let (tokens_in, tokens_out) = usage.split_once(' ')?;
+    Some((tokens_in.parse().ok()?, tokens_out.parse().ok()?))
+}
 
 /// A kept response, sent again: a stream event by event.
 pub(super) fn replay(hit: &CachedResponse) -> Response {
@@ -34,7 +43,7 @@ pub(super) fn replay(hit: &CachedResponse) -> Response {
         Body::from(hit.body.clone())
     };
     let mut response = (status, body).into_response();
-    for (name, value) in &hit.headers {
+    for (name, value) in hit.headers.iter().filter(|(name, _)| name != CACHED_USAGE) {
         if let (Ok(name), Ok(value)) = (
             header::HeaderName::try_from(name.as_str()),
             HeaderValue::from_str(value),
@@ -148,13 +157,25 @@ impl Recorder {
             budgets,
             ..
         } = self;
+        if let Some(usage) = usage {
+            (log.tokens_in, log.tokens_out) = (usage.prompt_tokens, usage.completion_tokens);
+        } else if let Some((tokens_in, tokens_out)) =
+            upstream_usage(&body).filter(|_| (log.tokens_in, log.tokens_out) == (0, 0))
+        {
+            (log.tokens_in, log.tokens_out) = (tokens_in, tokens_out);
+        }
         if let Some(plan) = &plan {
+            let usage = (
+                CACHED_USAGE.to_string(),
+                format!("{} {}", log.tokens_in, log.tokens_out),
+            );
             let cached = CachedResponse {
                 gateway_key: gateway_cache_key(&gateway.account_id, &gateway.id),
                 status: status.as_u16(),
                 headers: CACHED_HEADERS
                     .iter()
                     .filter_map(|name| Some((name.to_string(), header_text(headers, name)?)))
+                    .chain(std::iter::once(usage))
                     .collect(),
                 body: body.clone(),
             };
@@ -167,11 +188,6 @@ impl Recorder {
         log.success = status.is_success();
         log.response_content_type = header_text(headers, header::CONTENT_TYPE.as_str());
         log.response_size = body.len() as u64;
-        if let Some(usage) = usage {
-            (log.tokens_in, log.tokens_out) = (usage.prompt_tokens, usage.completion_tokens);
-        } else if let Some((tokens_in, tokens_out)) = upstream_usage(&body) {
-            (log.tokens_in, log.tokens_out) = (tokens_in, tokens_out);
-        }
         log.response_body = Some(body);
         let neurons = usage.map_or(0.0, |u| u.neurons);
         log.cost = if log.cached {
