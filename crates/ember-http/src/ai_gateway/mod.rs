@@ -516,17 +516,20 @@ fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
 }
 
-fn internal(detail: impl Into<String>) -> ApiError {
-    ApiError::Infer(InferError::Internal(detail.into()))
+fn internal(detail: impl ToString) -> ApiError {
+    ApiError::Infer(InferError::Internal(detail.to_string()))
+}
+
+/// A 400 naming the offending field.
+fn invalid(field: &str, message: impl Into<String>) -> ApiError {
+    ApiError::Infer(InferError::invalid(field, message))
 }
 
 pub(crate) fn gateway_error(error: AiGatewayError) -> ApiError {
     match error {
         AiGatewayError::NotFound(_) => ApiError::NotFound(error.to_string()),
         AiGatewayError::Exists(_) => ApiError::Conflict(error.to_string()),
-        AiGatewayError::Invalid { field, message } => {
-            ApiError::Infer(InferError::invalid(&field, message))
-        }
+        AiGatewayError::Invalid { field, message } => invalid(&field, message),
         AiGatewayError::RateLimited { retry_after_secs } => {
             ApiError::GatewayRateLimited { retry_after_secs }
         }

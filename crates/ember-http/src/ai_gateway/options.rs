@@ -2,11 +2,11 @@
 //! URLs) or the binding's `options.gateway` object, which maps onto the same headers one for one.
 //! Each bad value is refused naming the header or the binding field.
 
+use super::invalid;
 use crate::error::ApiError;
 use axum::http::HeaderMap;
 use ember_ai_gateway::options::MAX_METADATA_ENTRIES;
-use ember_ai_gateway::{AiGatewayError, Backoff, CustomCost, RequestOptions, Retries};
-use ember_core::InferError;
+use ember_ai_gateway::{Backoff, CustomCost, RequestOptions, Retries};
 use serde_json::{Map, Value};
 
 /// Each option: its header (with Cloudflare's older name, if any) and its binding field.
@@ -69,7 +69,8 @@ fn parse(lookup: impl Fn(&str) -> Option<(String, Value)>) -> Result<RequestOpti
     }
     if let Some((field, value)) = get("cf-aig-cache-ttl") {
         let secs = number(&field, &value)?;
-        options.cache_ttl_secs = Some(RequestOptions::check_cache_ttl(&field, secs).map_err(rule)?);
+        options.cache_ttl_secs =
+            Some(RequestOptions::check_cache_ttl(&field, secs).map_err(super::gateway_error)?);
     }
     if let Some((field, value)) = get("cf-aig-cache-key") {
         options.cache_key = Some(text(&field, &value)?);
@@ -91,30 +92,22 @@ fn parse(lookup: impl Fn(&str) -> Option<(String, Value)>) -> Result<RequestOpti
     }
     if let Some((field, value)) = get("cf-aig-max-attempts") {
         let attempts = number(&field, &value)?;
-        options.retries.max_attempts = Retries::check_attempts(&field, attempts).map_err(rule)?;
+        options.retries.max_attempts =
+            Retries::check_attempts(&field, attempts).map_err(super::gateway_error)?;
     }
     if let Some((field, value)) = get("cf-aig-retry-delay") {
         let delay = number(&field, &value)?;
-        options.retries.delay_ms = Retries::check_delay(&field, delay).map_err(rule)?;
+        options.retries.delay_ms =
+            Retries::check_delay(&field, delay).map_err(super::gateway_error)?;
     }
     if let Some((field, value)) = get("cf-aig-backoff") {
-        options.retries.backoff = Backoff::parse(&field, &text(&field, &value)?).map_err(rule)?;
+        options.retries.backoff =
+            Backoff::parse(&field, &text(&field, &value)?).map_err(super::gateway_error)?;
     }
     if let Some((field, value)) = get("cf-aig-custom-cost") {
         options.custom_cost = Some(custom_cost(&field, &value)?);
     }
     Ok(options)
-}
-
-fn invalid(field: &str, message: impl Into<String>) -> ApiError {
-    ApiError::Infer(InferError::invalid(field, message))
-}
-
-fn rule(error: AiGatewayError) -> ApiError {
-    match error {
-        AiGatewayError::Invalid { field, message } => invalid(&field, message),
-        other => ApiError::Infer(InferError::Internal(other.to_string())),
-    }
 }
 
 /// A JSON value, or a header's text holding one.
@@ -205,6 +198,7 @@ fn custom_cost(field: &str, value: &Value) -> Result<CustomCost, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ember_core::InferError;
     use serde_json::json;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {

@@ -4,6 +4,7 @@
 //! which read the same envelope.
 
 use super::options;
+use super::{internal, invalid};
 use crate::error::ApiError;
 use crate::run::rest_result;
 use crate::{AppState, images};
@@ -15,7 +16,6 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 use ember_access::Caller;
 use ember_ai_gateway::{DEFAULT_GATEWAY, GatewaySettings};
-use ember_core::InferError;
 use ember_store::{
     AnalyticsQuery, Gateway, GatewayLog, LogPatch, LogQuery, LogStrategy, RateTechnique, Route,
     RouteVersion,
@@ -119,14 +119,6 @@ fn respond(answer: Result<Value, ApiError>) -> Response {
         Ok(result) => rest_result(result),
         Err(error) => error.rest_response(),
     }
-}
-
-fn internal(error: impl ToString) -> ApiError {
-    ApiError::Infer(InferError::Internal(error.to_string()))
-}
-
-fn invalid(field: &str, message: impl Into<String>) -> ApiError {
-    ApiError::Infer(InferError::invalid(field, message))
 }
 
 fn iso_time(ms: i64) -> String {

@@ -2,6 +2,7 @@
 //! tried in order until one answers, each again on a 5xx, a 429 or a timeout as its retries
 //! allow (`cf-aig-max-attempts`, `-retry-delay`, `-backoff`, or a step's own `config`).
 
+use super::invalid;
 use super::{LOCAL_PROVIDER, Provider, send};
 use crate::error::ApiError;
 use crate::run::Form;
@@ -10,7 +11,7 @@ use axum::extract::Request;
 use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::Response;
-use ember_ai_gateway::{AiGatewayError, Backoff, RequestOptions, Retries};
+use ember_ai_gateway::{Backoff, RequestOptions, Retries};
 use ember_core::InferError;
 use serde_json::Value;
 use std::convert::Infallible;
@@ -107,17 +108,6 @@ where
         model: String::new(),
     });
     Served { attempts, ..last }
-}
-
-fn invalid(field: &str, message: impl Into<String>) -> ApiError {
-    ApiError::Infer(InferError::invalid(field, message))
-}
-
-fn rule(error: AiGatewayError) -> ApiError {
-    match error {
-        AiGatewayError::Invalid { field, message } => invalid(&field, message),
-        other => ApiError::Infer(InferError::Internal(other.to_string())),
-    }
 }
 
 /// A universal request's steps: `[{provider, endpoint, headers, query, config}]`, each sent to
@@ -230,14 +220,16 @@ fn universal_step(
         };
         if let Some(attempts) = number("maxAttempts")? {
             let name = field("config/maxAttempts");
-            retries.max_attempts = Retries::check_attempts(&name, attempts).map_err(rule)?;
+            retries.max_attempts =
+                Retries::check_attempts(&name, attempts).map_err(super::gateway_error)?;
         }
         if let Some(delay) = number("retryDelay")? {
             let name = field("config/retryDelay");
-            retries.delay_ms = Retries::check_delay(&name, delay).map_err(rule)?;
+            retries.delay_ms = Retries::check_delay(&name, delay).map_err(super::gateway_error)?;
         }
         if let Some(backoff) = config.get("backoff").and_then(Value::as_str) {
-            retries.backoff = Backoff::parse(&field("config/backoff"), backoff).map_err(rule)?;
+            retries.backoff =
+                Backoff::parse(&field("config/backoff"), backoff).map_err(super::gateway_error)?;
         }
         timeout = number("requestTimeout")?.or(timeout);
     }
