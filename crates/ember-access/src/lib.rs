@@ -141,6 +141,17 @@ impl Access {
                 return Err(AccessError::RateLimited { retry_after_secs });
             }
         }
+        self.reserve(caller, estimated_neurons).await
+    }
+
+    /// Holds `estimated_neurons` of the caller's allocation until the request settles, with no
+    /// rate limit: a batch's requests, whose submission counted as the one request.
+    pub async fn reserve(
+        &self,
+        caller: &Caller,
+        estimated_neurons: f64,
+    ) -> Result<Admission, AccessError> {
+        let now_ms = self.now_ms();
         let hold = Hold {
             account: caller.account.clone(),
             neurons: estimated_neurons,
@@ -250,6 +261,7 @@ mod tests {
             neurons,
             billable_neurons: 0.0,
             duration_ms: 1,
+            batch_item: None,
         }
     }
 

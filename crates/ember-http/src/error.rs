@@ -230,6 +230,41 @@ impl ApiError {
         json!({ "error": { "message": message, "type": kind, "param": param, "code": code } })
     }
 
+    /// Anthropic's `{type: "error", error: {type, message}}` response (the Messages API), with
+    /// the statuses the `anthropic` SDKs map to their exceptions.
+    pub fn anthropic_response(&self) -> Response {
+        let status = match self {
+            ApiError::NoRoute
+            | ApiError::NotFound(_)
+            | ApiError::Infer(InferError::NoSuchModel(_) | InferError::NotInstalled { .. }) => {
+                StatusCode::NOT_FOUND
+            }
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            _ => self.kind().status,
+        };
+        self.with_headers((status, axum::Json(self.anthropic_body())).into_response())
+    }
+
+    /// The body of `anthropic_response`; its `type` follows the status as Anthropic's does.
+    pub fn anthropic_body(&self) -> Value {
+        let kind = match self.kind().status.as_u16() {
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            500..=599 => "api_error",
+            _ => "invalid_request_error",
+        };
+        let message = match self {
+            ApiError::Infer(InferError::InvalidInput { field, problem }) => {
+                format!("{}: {problem}", openai_param(field).unwrap_or_default())
+            }
+            other => other.message(),
+        };
+        json!({ "type": "error", "error": { "type": kind, "message": message } })
+    }
+
     /// Refusals for load or limits tell the client when to come back.
     fn with_headers(&self, mut response: Response) -> Response {
         let retry_after = match self {

@@ -8,17 +8,21 @@
 
 mod ai_gateway;
 mod audio;
+mod batch;
 mod catalog;
 mod error;
 mod images;
+mod messages;
 mod openai;
 mod rerank;
+mod responses;
 mod run;
 mod sse;
 mod usage;
 pub mod wire;
 
 pub use ai_gateway::{OpenAiCompatible, Provider};
+pub use batch::{BatchSettings, Batches, process as process_batches};
 pub use error::ApiError;
 pub use images::GeneratedImages;
 
@@ -68,6 +72,8 @@ pub struct AppState {
     pub abort: watch::Receiver<bool>,
     /// Images generated for OpenAI clients that asked for URLs.
     pub generated_images: Arc<GeneratedImages>,
+    /// The async batch queue's settings and its processor's view of interactive load.
+    pub batches: Arc<Batches>,
 }
 
 /// Resolves once in-flight runs must stop; never, if the shutdown side has gone away.
@@ -194,6 +200,13 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
+        // Anthropic's SDKs send the key as `x-api-key`.
+        .or_else(|| {
+            request
+                .headers()
+                .get("x-api-key")
+                .and_then(|v| v.to_str().ok())
+        })
         .map(str::trim);
     let path = request.uri().path();
     let path_account = path

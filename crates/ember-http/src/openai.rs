@@ -1,13 +1,14 @@
 //! The OpenAI-compatible API, under Cloudflare's `.../ai/v1/` and under `/v1/` for clients that
 //! assume OpenAI's root: chat completions, completions (raw prompts), embeddings, the model list,
-//! and the routes of their own modules (`audio`, `images`, `rerank`). Requests become core's typed task requests, read by the same field readers as `/ai/run`'s,
+//! and the routes of their own modules (`audio`, `images`, `rerank`, `responses`, and Anthropic's
+//! `messages`, which clients reach at the same roots). Requests become core's typed task requests, read by the same field readers as `/ai/run`'s,
 //! and run on the same engine path; answers, streams and errors take OpenAI's shapes.
 
 use crate::error::{ApiError, openai_stream_error_event};
 use crate::run::{self, Call, Form};
 use crate::sse::{self, StreamFormat};
 use crate::wire::{self, text_generation};
-use crate::{AppState, RequestId, aborted, audio, images, rerank};
+use crate::{AppState, RequestId, aborted, audio, images, messages, rerank, responses};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -48,8 +49,13 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
 
 /// The OpenAI endpoints, under each prefix.
 type Route = (&'static str, fn() -> MethodRouter<AppState>);
-const ENDPOINTS: [Route; 9] = [
+const ENDPOINTS: [Route; 12] = [
     ("/chat/completions", || post(chat_completions)),
+    ("/responses", || post(responses::create)),
+    ("/responses/{response_id}", || {
+        get(responses::get).delete(responses::delete)
+    }),
+    ("/messages", || post(messages::create)),
     ("/completions", || post(completions)),
     ("/embeddings", || post(embeddings)),
     ("/rerank", || post(rerank::rerank)),
@@ -62,7 +68,17 @@ const ENDPOINTS: [Route; 9] = [
 
 /// Whether `path` (after `/v1`) is one of the OpenAI endpoints or the generated images'.
 pub(crate) fn is_route_under_v1(path: &str) -> bool {
-    ENDPOINTS.iter().any(|(endpoint, _)| *endpoint == path)
+    let matches = |endpoint: &str| {
+        let (mut want, mut have) = (endpoint.split('/'), path.split('/'));
+        loop {
+            match (want.next(), have.next()) {
+                (None, None) => return true,
+                (Some(w), Some(h)) if w == h || (w.starts_with('{') && !h.is_empty()) => {}
+                _ => return false,
+            }
+        }
+    };
+    ENDPOINTS.iter().any(|(endpoint, _)| matches(endpoint))
         || path.starts_with("/images/generated/")
 }
 
@@ -85,7 +101,7 @@ pub fn is_openai_path(path: &str) -> bool {
 
 /// The two text generation endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Endpoint {
+pub(crate) enum Endpoint {
     /// `/chat/completions`: messages, rendered through the model's chat template.
     Chat,
     /// `/completions`: one prompt, sent to the model as it is.
@@ -115,11 +131,11 @@ async fn completions(
 }
 
 /// A text generation request, translated.
-struct Generation<'a> {
-    spec: &'a ModelSpec,
-    request: TextGenerationRequest,
+pub(crate) struct Generation<'a> {
+    pub(crate) spec: &'a ModelSpec,
+    pub(crate) request: TextGenerationRequest,
     /// What it can cost at most, held against the caller's allocation while it runs.
-    estimate: Usage,
+    pub(crate) estimate: Usage,
     /// `stream_options.include_usage`: a last chunk carries the usage.
     include_usage: bool,
 }
@@ -140,20 +156,6 @@ async fn generate(mut call: Call, headers: &HeaderMap, body: Body, endpoint: End
         Ok(generation) => generation,
         Err(error) => return call.fail(error).await,
     };
-    call.served_by = Some(spec.id.clone());
-    if let Err(error) = call.admit(spec, &estimate).await {
-        return call.fail(error).await;
-    }
-    let options = run::run_options(&state, headers, body.get("options"));
-    let stream = request.stream;
-    let events = tokio::select! {
-        events = state.ember.generate(spec, request, &options) => events,
-        _ = aborted(state.abort.clone()) => Err(InferError::Aborted),
-    };
-    let events = match events {
-        Ok(events) => events,
-        Err(error) => return call.fail(error.into()).await,
-    };
     let answer = Answer {
         endpoint,
         // The request id, so that a completion can be found in the request log.
@@ -167,8 +169,50 @@ async fn generate(mut call: Call, headers: &HeaderMap, body: Body, endpoint: End
         model: call.model.clone(),
         include_usage,
     };
+    let options = run::run_options(&state, headers, body.get("options"));
+    answer_generation(call, spec, request, &estimate, &options, answer).await
+}
+
+/// How a generation route answers: its stream format, and its whole answer.
+pub(crate) trait GenerationReply: StreamFormat {
+    /// The answer of a finished generation that was not streamed.
+    fn whole(&self, completion: &Completion) -> Value;
+
+    /// What to await once the generation finished, before the client reads its end (after
+    /// `whole` or `done`): none unless the route keeps its answers.
+    fn keeper(&self) -> Option<Box<dyn FnOnce() -> sse::EndFuture + Send>> {
+        None
+    }
+}
+
+/// Admits a parsed text generation, runs it and answers with `reply`: streamed in its format
+/// when the request asked for a stream, else whole; or the error in the call's form.
+pub(crate) async fn answer_generation(
+    mut call: Call,
+    spec: &ModelSpec,
+    request: TextGenerationRequest,
+    estimate: &Usage,
+    options: &ember_core::RunOptions,
+    reply: impl GenerationReply,
+) -> Response {
+    let state = call.state.clone();
+    call.served_by = Some(spec.id.clone());
+    if let Err(error) = call.admit(spec, estimate).await {
+        return call.fail(error).await;
+    }
+    let stream = request.stream;
+    let events = tokio::select! {
+        events = state.ember.generate(spec, request, options) => events,
+        _ = aborted(state.abort.clone()) => Err(InferError::Aborted),
+    };
+    let events = match events {
+        Ok(events) => events,
+        Err(error) => return call.fail(error.into()).await,
+    };
+    let keeper = reply.keeper();
     let mut response = if stream {
-        run::stream_response(call, &spec.id, events, answer).await
+        let keep = move || keeper.map_or_else(|| Box::pin(async {}) as sse::EndFuture, |k| k());
+        run::stream_response_keeping(call, &spec.id, events, reply, keep).await
     } else {
         let completion = tokio::select! {
             completion = complete(events, options.timeout) => completion,
@@ -176,8 +220,12 @@ async fn generate(mut call: Call, headers: &HeaderMap, body: Body, endpoint: End
         };
         match completion {
             Ok(completion) => {
+                let whole = reply.whole(&completion);
+                if let Some(keep) = keeper {
+                    keep().await;
+                }
                 call.finish(Some(&spec.id), 200, Ok(completion.usage)).await;
-                axum::Json(answer.whole(&completion)).into_response()
+                axum::Json(whole).into_response()
             }
             Err(error) => call.fail(error.into()).await,
         }
@@ -188,7 +236,7 @@ async fn generate(mut call: Call, headers: &HeaderMap, body: Body, endpoint: End
 
 /// Reads the request into a text generation; the fields OpenAI and Workers AI share are read by
 /// the same code as `/ai/run`'s, so errors name the client's field.
-fn parse_generation<'a>(
+pub(crate) fn parse_generation<'a>(
     state: &'a AppState,
     body: &Value,
     endpoint: Endpoint,
@@ -308,7 +356,7 @@ impl Answer {
     }
 
     /// The non-streamed answer.
-    fn whole(&self, completion: &Completion) -> Value {
+    fn answer(&self, completion: &Completion) -> Value {
         let finish_reason = finish_reason(completion.finish_reason);
         let choice = match self.endpoint {
             Endpoint::Chat => {
@@ -379,6 +427,12 @@ impl Answer {
             chunk["usage"] = Value::Null;
         }
         sse::data(&chunk)
+    }
+}
+
+impl GenerationReply for Answer {
+    fn whole(&self, completion: &Completion) -> Value {
+        self.answer(completion)
     }
 }
 

@@ -6,7 +6,7 @@
 
 use crate::error::ApiError;
 use crate::wire::{self, Answer, binary, binary::BinaryBody};
-use crate::{AppState, RequestId, RunReport, aborted, ai_gateway, catalog, openai, sse};
+use crate::{AppState, RequestId, RunReport, aborted, ai_gateway, batch, catalog, openai, sse};
 use axum::Extension;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
@@ -34,11 +34,16 @@ pub(crate) enum Form {
     Binding,
     /// OpenAI's objects and `{"error": {message, type, param, code}}` errors.
     OpenAi,
+    /// Anthropic's Messages objects and `{type: "error", error}` errors.
+    Anthropic,
 }
 
 impl Form {
     /// The form of the answers on `path`, for errors answered before a route runs.
     pub(crate) fn of_path(path: &str) -> Form {
+        if path.ends_with("/v1/messages") {
+            return Form::Anthropic;
+        }
         if let Some((.., provider, rest)) = ai_gateway::provider_url(path) {
             // `workers-ai/{model}` is the REST run; the rest are OpenAI's routes.
             return match provider == "workers-ai" && !rest.starts_with("v1/") {
@@ -67,6 +72,7 @@ impl Form {
             Form::Rest => error.rest_response(),
             Form::Binding => error.binding_response(),
             Form::OpenAi => error.openai_response(),
+            Form::Anthropic => error.anthropic_response(),
         }
     }
 
@@ -75,6 +81,7 @@ impl Form {
             Form::Rest => "rest",
             Form::Binding => "binding",
             Form::OpenAi => "openai",
+            Form::Anthropic => "anthropic",
         }
     }
 }
@@ -94,11 +101,14 @@ pub(crate) struct Call {
     admission: Option<Admission>,
     /// Where a successful run's usage is reported (for the AI Gateway's log).
     report: RunReport,
+    /// Counts the request as interactive while it lives, so batches yield to it.
+    _interactive: batch::Interactive,
 }
 
 impl Call {
     pub(crate) fn new(state: AppState, request: RequestId, form: Form, caller: Caller) -> Call {
         Call {
+            _interactive: state.batches.interactive(),
             state,
             id: request.id,
             report: request.report,
@@ -182,6 +192,7 @@ impl Call {
             neurons: usage.neurons,
             billable_neurons: 0.0,
             duration_ms: self.started.elapsed().as_millis() as u64,
+            batch_item: None,
         };
         let admission = self.admission;
         // Its own task: settlement completes even if this request's future is dropped.
@@ -253,6 +264,10 @@ async fn run_model(
         Err(error) => Err(error),
     };
     match read {
+        Ok((input, None)) if batch::is_queued(query.as_deref(), input.get("options")) => {
+            let input_bytes = input.to_string().len();
+            batch::submit_or_poll(call, input, input_bytes).await
+        }
         Ok((input, body)) => {
             let mut options = run_options(&call.state, &headers, input.get("options"));
             options.reject_if_busy |= query_flag(query.as_deref(), "rejectIfBusy");
@@ -337,10 +352,16 @@ async fn binding(
     };
     call.model = model;
     let read = match read_body(headers, body, call.state.config.max_body_bytes).await {
-        Ok(RunBody::Json(envelope)) => binding_envelope(envelope).map(|(inputs, options)| {
-            let options = run_options(&call.state, headers, options.as_ref());
-            (inputs, None, options)
-        }),
+        Ok(RunBody::Json(envelope)) => match binding_envelope(envelope) {
+            Ok((inputs, options)) if batch::is_queued(None, options.as_ref()) => {
+                let input_bytes = inputs.to_string().len();
+                return batch::submit_or_poll(call, inputs, input_bytes).await;
+            }
+            parsed => parsed.map(|(inputs, options)| {
+                let options = run_options(&call.state, headers, options.as_ref());
+                (inputs, None, options)
+            }),
+        },
         Ok(RunBody::Binary(body)) => binding_stream_inputs(query).map(|(inputs, options)| {
             let options = run_options(&call.state, headers, Some(&options));
             (inputs, Some(body), options)
@@ -528,7 +549,7 @@ async fn execute(
     call.finish(Some(&served_by), 200, Ok(usage)).await;
     let mut response = match (answer, form) {
         (Answer::Json(result), Form::Rest) => rest_result(result),
-        (Answer::Json(result), Form::Binding | Form::OpenAi) => axum::Json(result).into_response(),
+        (Answer::Json(result), _) => axum::Json(result).into_response(),
         // Audio and images go out as they are, on every route: no envelope.
         (
             Answer::Binary {
@@ -628,8 +649,21 @@ pub(crate) fn served_by_header(response: &mut Response, served_by: &str) {
 pub(crate) async fn stream_response(
     call: Call,
     served_by: &str,
+    events: mpsc::Receiver<TextEvent>,
+    format: impl sse::StreamFormat,
+) -> Response {
+    stream_response_keeping(call, served_by, events, format, || Box::pin(async {})).await
+}
+
+/// `stream_response`, awaiting `keep` when the generation finishes, after the format's `done`
+/// and before the last events go out (the Responses API stores the response there, so a
+/// client that read the whole stream can continue from it at once).
+pub(crate) async fn stream_response_keeping(
+    call: Call,
+    served_by: &str,
     mut events: mpsc::Receiver<TextEvent>,
     format: impl sse::StreamFormat,
+    keep: impl FnOnce() -> sse::EndFuture + Send + 'static,
 ) -> Response {
     // Wait for the first event so a run that fails at once gets a proper error status.
     let first = tokio::select! {
@@ -645,7 +679,12 @@ pub(crate) async fn stream_response(
     let served_by = served_by.to_string();
     let body = sse::text_stream(first, events, abort, format, move |outcome| {
         // The 200 went out with the headers; a failure shows in the error code.
-        Box::pin(async move { call.finish(Some(&served_by), 200, outcome).await })
+        Box::pin(async move {
+            if outcome.is_ok() {
+                keep().await;
+            }
+            call.finish(Some(&served_by), 200, outcome).await
+        })
     });
     let mut response = Response::new(body);
     let headers = response.headers_mut();

@@ -1,7 +1,7 @@
 //! Server-sent events for streamed text generation. Each piece is written as soon as the model
 //! produces it, in the stream's `StreamFormat`: Workers AI's native one
 //! (`data: {"response": "..."}` per piece, a last event with `usage`) or OpenAI's chunks; then
-//! `data: [DONE]`. An error after the headers went out becomes one `event: error` and the stream
+//! `data: [DONE]` where the format has it. An error after the headers went out becomes one `event: error` and the stream
 //! ends.
 
 use crate::aborted;
@@ -33,6 +33,11 @@ pub trait StreamFormat: Send + 'static {
     fn done(&self, completion: &Completion) -> String;
     /// The event that ends a failed generation.
     fn error(&self, error: &ApiError) -> String;
+    /// What follows `done`'s events: `data: [DONE]` for Workers AI and OpenAI's chat; formats
+    /// whose last event says it all (Responses, Anthropic) send nothing.
+    fn end(&self) -> &'static str {
+        "data: [DONE]\n\n"
+    }
 }
 
 /// Workers AI's native events.
@@ -145,7 +150,7 @@ where
             Some(TextEvent::Done(completion)) => {
                 let last = s.format.done(&completion);
                 s.on_end.fire(Ok(completion.usage)).await;
-                (format!("{last}data: [DONE]\n\n"), None)
+                (last + s.format.end(), None)
             }
             Some(TextEvent::Failed(error)) => {
                 let error = ApiError::Infer(error);

@@ -3,9 +3,10 @@
 //! for one backend, so a new backend runs exactly this list.
 
 use crate::{
-    Account, AnalyticsQuery, CachedResponse, DAY_MS, DailyUsage, Gateway, GatewayLog, Hold,
-    LogPatch, LogQuery, LogStrategy, Plan, RateTechnique, RequestRecord, Route, RouteDeployment,
-    RouteVersion, StoreError, Stores, Token, UsageQuery, Window, gateway_cache_key,
+    Account, AnalyticsQuery, BatchItemResult, BatchStatus, CachedResponse, DAY_MS, DailyUsage,
+    Gateway, GatewayLog, Hold, ItemOutcome, LogPatch, LogQuery, LogStrategy, NewBatch,
+    NewBatchRequest, Plan, RESPONSE_KEEP_MS, RateTechnique, RequestRecord, Route, RouteDeployment,
+    RouteVersion, StoreError, StoredResponse, Stores, Token, UsageQuery, Window, gateway_cache_key,
 };
 
 /// Declares one `#[tokio::test]` per check, each on the stores `$open(test_name).await` gives.
@@ -30,7 +31,9 @@ macro_rules! conformance_tests {
             gateway_logs_take_feedback_and_go,
             gateway_analytics_add_up_per_bucket_and_model,
             routes_keep_versions_and_deployments,
-            cached_responses_expire_and_go_with_their_gateway
+            cached_responses_expire_and_go_with_their_gateway,
+            batches_queue_claim_and_finish_each_request_once,
+            responses_are_kept_per_account_for_30_days
         );
     };
     (@each $open:path; $($check:ident),*) => {
@@ -72,6 +75,7 @@ fn record(id: &str, account: Option<&str>, at_ms: i64, neurons: f64) -> RequestR
         neurons,
         billable_neurons: 0.0,
         duration_ms: 42,
+        batch_item: None,
     }
 }
 
@@ -851,4 +855,180 @@ pub async fn spending_adds_up_within_its_window(stores: &Stores) {
     assert_eq!(windows.spent("user", 10_000, 10_000).await.unwrap(), 0.5);
     assert_eq!(windows.spent("user", 10_000, 14_000).await.unwrap(), 0.0);
     assert_eq!(windows.spent("nobody", 10_000, 0).await.unwrap(), 0.0);
+}
+
+fn new_batch(id: &str, account: &str, created_at_ms: i64, requests: usize) -> NewBatch {
+    NewBatch {
+        id: id.into(),
+        account_id: account.into(),
+        model: "@cf/baai/bge-small-en-v1.5".into(),
+        created_at_ms,
+        requests: (0..requests)
+            .map(|i| NewBatchRequest {
+                input: format!("{{\"text\": \"request {i}\"}}"),
+                external_reference: (i == 0).then(|| "first".to_string()),
+            })
+            .collect(),
+    }
+}
+
+/// Writes a batch request's result with its charge, as the batch processor does.
+async fn finish(stores: &Stores, batch: &str, index: u32, id: &str, neurons: f64) {
+    let mut charged = record(id, Some("a"), MIDNIGHT, neurons);
+    charged.batch_item = Some(BatchItemResult {
+        batch_id: batch.into(),
+        index,
+        outcome: ItemOutcome {
+            success: true,
+            result: format!("{{\"ran\": \"{id}\"}}"),
+        },
+    });
+    stores.ledger.record_request(&charged).await.unwrap();
+}
+
+pub async fn batches_queue_claim_and_finish_each_request_once(stores: &Stores) {
+    let queue = &stores.batches;
+    assert!(
+        queue
+            .enqueue(&new_batch("b1", "a", 1, 3), 10)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !queue
+            .enqueue(&new_batch("b2", "a", 2, 8), 10)
+            .await
+            .unwrap(),
+        "3 pending + 8 would pass the bound"
+    );
+    assert!(
+        queue
+            .enqueue(&new_batch("b2", "a", 2, 1), 10)
+            .await
+            .unwrap()
+    );
+    let batch = queue.batch("b1").await.unwrap().unwrap();
+    assert_eq!(
+        (batch.status, batch.requests, batch.finished),
+        (BatchStatus::Queued, 3, 0)
+    );
+    assert_eq!(batch.account_id, "a");
+
+    // Claims: oldest batch first, each request once until its claim lapses.
+    let taken = queue.claim(2, 100, 200).await.unwrap();
+    let taken: Vec<_> = taken
+        .iter()
+        .map(|i| (i.batch_id.as_str(), i.index))
+        .collect();
+    assert_eq!(taken, [("b1", 0), ("b1", 1)]);
+    let status = queue.batch("b1").await.unwrap().unwrap().status;
+    assert_eq!(status, BatchStatus::Running);
+    let next = queue.claim(10, 150, 300).await.unwrap();
+    let next: Vec<_> = next
+        .iter()
+        .map(|i| (i.batch_id.as_str(), i.index))
+        .collect();
+    assert_eq!(next, [("b1", 2), ("b2", 0)]);
+    assert!(queue.claim(10, 199, 400).await.unwrap().is_empty());
+    assert_eq!(queue.claim(10, 200, 400).await.unwrap().len(), 2, "lapsed");
+
+    // A result is stored with its charge, once.
+    finish(stores, "b1", 0, "b1:0", 2.0).await;
+    finish(stores, "b1", 0, "b1:0 again", 5.0).await;
+    assert_eq!(
+        stores
+            .ledger
+            .neurons_spent("a", "2026-11-23")
+            .await
+            .unwrap(),
+        2.0
+    );
+    assert_eq!(stores.ledger.request("b1:0 again").await.unwrap(), None);
+    let items = queue.items("b1").await.unwrap();
+    assert_eq!(items.len(), 3);
+    assert_eq!(items[0].external_reference.as_deref(), Some("first"));
+    assert_eq!(
+        items[0].outcome.as_ref().unwrap().result,
+        "{\"ran\": \"b1:0\"}"
+    );
+    assert_eq!(items[1].outcome, None);
+
+    // A restarted server takes the unfinished requests again at once.
+    queue.release_stale_claims().await.unwrap();
+    let again = queue.claim(10, 0, 1).await.unwrap();
+    let again: Vec<_> = again
+        .iter()
+        .map(|i| (i.batch_id.as_str(), i.index))
+        .collect();
+    assert_eq!(again, [("b1", 1), ("b1", 2), ("b2", 0)]);
+
+    finish(stores, "b1", 1, "b1:1", 1.0).await;
+    finish(stores, "b1", 2, "b1:2", 1.0).await;
+    let done = queue.batch("b1").await.unwrap().unwrap();
+    assert_eq!((done.status, done.finished), (BatchStatus::Done, 3));
+    assert_eq!(
+        (done.prompt_tokens, done.completion_tokens, done.neurons),
+        (30, 15, 4.0)
+    );
+    let finished_at = done.finished_at_ms.unwrap();
+    assert_eq!(finished_at, MIDNIGHT + 42);
+
+    let listed = queue.batches(Some("a"), 10).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|b| b.id.as_str()).collect::<Vec<_>>(),
+        ["b2", "b1"]
+    );
+    assert!(queue.batches(Some("other"), 10).await.unwrap().is_empty());
+    assert_eq!(
+        queue.expire(finished_at).await.unwrap(),
+        0,
+        "not before it finished"
+    );
+    assert_eq!(queue.expire(finished_at + 1).await.unwrap(), 1);
+    assert_eq!(queue.batch("b1").await.unwrap(), None);
+    assert!(queue.items("b1").await.unwrap().is_empty());
+    assert_eq!(
+        queue.batches(None, 10).await.unwrap().len(),
+        1,
+        "b2 is unfinished"
+    );
+}
+
+pub async fn responses_are_kept_per_account_for_30_days(stores: &Stores) {
+    let kept = |id: &str, account: &str, at_ms: i64| StoredResponse {
+        id: id.into(),
+        account_id: account.into(),
+        created_at_ms: at_ms,
+        response: format!("{{\"id\": \"{id}\"}}"),
+        conversation: "[]".into(),
+    };
+    let responses = &stores.responses;
+    responses
+        .keep_response(&kept("resp_1", "a", MIDNIGHT))
+        .await
+        .unwrap();
+    responses
+        .keep_response(&kept("resp_2", "b", MIDNIGHT + 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        responses.response("a", "resp_1").await.unwrap(),
+        Some(kept("resp_1", "a", MIDNIGHT))
+    );
+    assert_eq!(
+        responses.response("b", "resp_1").await.unwrap(),
+        None,
+        "another account's"
+    );
+    assert!(!responses.forget_response("b", "resp_1").await.unwrap());
+    assert!(responses.forget_response("b", "resp_2").await.unwrap());
+    assert_eq!(responses.response("b", "resp_2").await.unwrap(), None);
+    // A response kept 30 days later forgets the first.
+    let later = MIDNIGHT + RESPONSE_KEEP_MS + 1;
+    responses
+        .keep_response(&kept("resp_3", "a", later))
+        .await
+        .unwrap();
+    assert_eq!(responses.response("a", "resp_1").await.unwrap(), None);
+    assert!(responses.response("a", "resp_3").await.unwrap().is_some());
 }

@@ -1,7 +1,7 @@
 //! The request log (one row per finished request) and the usage ledger (per account, UTC day
 //! and model), and the `Ledger` trait that keeps both.
 
-use crate::{DAY_MS, StoreError, utc_day, utc_day_start_ms};
+use crate::{BatchItemResult, DAY_MS, StoreError, utc_day, utc_day_start_ms};
 use async_trait::async_trait;
 
 /// What requests did and cost.
@@ -36,6 +36,9 @@ pub struct RequestRecord {
     /// The part of `neurons` beyond the account's free allocation (paid plans).
     pub billable_neurons: f64,
     pub duration_ms: u64,
+    /// A request of a batch: its result, stored with its charge, only if it has none yet (then
+    /// nothing is written). Not read back by `Ledger::request`.
+    pub batch_item: Option<BatchItemResult>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -1,6 +1,5 @@
-//! `ember accounts`, `ember tokens`, `ember gateways` and `ember usage`: the administration
-//! commands. They act on
-//! the same SQLite file as `ember serve --db`, while it runs (the server checks tokens and
+//! `ember accounts`, `ember tokens`, `ember gateways`, `ember batch` and `ember usage`: the
+//! administration commands. They act on the same SQLite file as `ember serve --db`, while it runs (the server checks tokens and
 //! accounts on every request, so a change takes effect at once).
 
 use anyhow::{Context, bail};
@@ -180,6 +179,78 @@ pub async fn gateways(stores: &Stores, command: GatewaysCommand) -> anyhow::Resu
                 "token"
             },
         );
+    }
+    Ok(())
+}
+
+#[derive(Subcommand)]
+pub enum BatchCommand {
+    /// List batches, newest first.
+    List {
+        /// Only this account's [default: every account's].
+        #[arg(long)]
+        account: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Show a batch's requests and their results (JSON, one line per request).
+    Show { id: String },
+}
+
+pub async fn batch(stores: &Stores, command: BatchCommand) -> anyhow::Result<()> {
+    let queue = &stores.batches;
+    match command {
+        BatchCommand::List { account, limit } => {
+            println!(
+                "{:<36}  {:<20}  {:<8}  {:>9}  {:>10}  model",
+                "id", "account", "status", "done", "neurons"
+            );
+            for batch in queue.batches(account.as_deref(), limit).await? {
+                println!(
+                    "{:<36}  {:<20}  {:<8}  {:>9}  {:>10.2}  {}",
+                    batch.id,
+                    batch.account_id,
+                    batch.status.as_str(),
+                    format!("{}/{}", batch.finished, batch.requests),
+                    batch.neurons,
+                    batch.model
+                );
+            }
+        }
+        BatchCommand::Show { id } => {
+            let batch = queue
+                .batch(&id)
+                .await?
+                .with_context(|| format!("no batch {id}"))?;
+            println!(
+                "batch {} of {} on {}: {}, {}/{} requests done, {} + {} tokens, {:.2} neurons",
+                batch.id,
+                batch.account_id,
+                batch.model,
+                batch.status.as_str(),
+                batch.finished,
+                batch.requests,
+                batch.prompt_tokens,
+                batch.completion_tokens,
+                batch.neurons
+            );
+            for item in queue.items(&id).await? {
+                let (success, result) = match &item.outcome {
+                    Some(outcome) => (
+                        serde_json::Value::Bool(outcome.success),
+                        serde_json::from_str(&outcome.result)?,
+                    ),
+                    None => (serde_json::Value::Null, serde_json::Value::Null),
+                };
+                let line = serde_json::json!({
+                    "id": item.index,
+                    "external_reference": item.external_reference,
+                    "success": success,
+                    "result": result,
+                });
+                println!("{line}");
+            }
+        }
     }
     Ok(())
 }

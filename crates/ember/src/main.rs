@@ -115,6 +115,11 @@ enum Command {
         #[command(subcommand)]
         command: admin::GatewaysCommand,
     },
+    /// Look at the async batch queue (`queueRequest`).
+    Batch {
+        #[command(subcommand)]
+        command: admin::BatchCommand,
+    },
     /// Print an account's usage: daily totals per model.
     Usage {
         #[arg(long)]
@@ -272,6 +277,9 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Gateways { command } => {
             runtime.block_on(admin::gateways(&SqliteStore::open(&db)?, command))
+        }
+        Command::Batch { command } => {
+            runtime.block_on(admin::batch(&SqliteStore::open(&db)?, command))
         }
         Command::Usage {
             account,

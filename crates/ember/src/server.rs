@@ -116,7 +116,10 @@ pub async fn serve(
         }),
         abort,
         generated_images: Arc::default(),
+        batches: Arc::default(),
     };
+    // Queued batches run in the background until shutdown; what it cuts off runs at the next start.
+    let batches = tokio::spawn(ember_http::process_batches(state.clone()));
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
@@ -140,6 +143,7 @@ pub async fn serve(
     axum::serve(listener, ember_http::router(state))
         .with_graceful_shutdown(drain)
         .await?;
+    batches.abort();
     tracing::info!("stopped");
     Ok(())
 }

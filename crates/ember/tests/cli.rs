@@ -346,3 +346,101 @@ async fn a_server_killed_under_load_loses_no_settled_request() {
     drop(server);
     let _ = std::fs::remove_dir_all(db.parent().unwrap());
 }
+
+/// The batch `id`'s row, read from the database the server writes.
+async fn batch_row(db: &Path, id: &str) -> ember_store::Batch {
+    let stores = ember_store::SqliteStore::open(db).unwrap();
+    stores.batches.batch(id).await.unwrap().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_killed_mid_batch_runs_every_request_exactly_once_after_restart() {
+    let db = temp_db("batch-kill");
+    let account = admin(&db, &["accounts", "create", "--plan", "paid"]);
+    let account = account.trim().to_string();
+    let token = admin(&db, &["tokens", "create", "--account", &account]);
+    let token = token.trim().to_string();
+    let client = reqwest::Client::new();
+    let requests: Vec<_> = (0..150)
+        .map(|i| serde_json::json!({"text": format!("queued sentence {i}"), "external_reference": i.to_string()}))
+        .collect();
+    let run = |address: &str| {
+        format!("http://{address}/client/v4/accounts/{account}/ai/run/{MINILM}?queueRequest=true")
+    };
+
+    let server = Server::start(&db);
+    let queued: serde_json::Value = client
+        .post(run(&server.address))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({ "requests": requests }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = queued["result"]["request_id"].as_str().unwrap().to_string();
+    while batch_row(&db, &id).await.finished < 10 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(server); // SIGKILL, mid-batch.
+    let cut = batch_row(&db, &id).await;
+    assert!(cut.finished < 150, "the kill came before the batch ended");
+
+    let server = Server::start(&db);
+    let done = loop {
+        let polled: serde_json::Value = client
+            .post(run(&server.address))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({ "request_id": id }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if polled["result"]["responses"].is_array() {
+            break polled["result"].clone();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let responses = done["responses"].as_array().unwrap();
+    assert_eq!(responses.len(), 150);
+    for (i, response) in responses.iter().enumerate() {
+        assert_eq!(response["success"], true, "{response}");
+        assert_eq!(response["external_reference"], i.to_string());
+        assert_eq!(response["result"]["shape"], serde_json::json!([1, 384]));
+    }
+    // Exactly one charge per request: the ledger counts 150 requests of the model, and their
+    // neurons are the batch's.
+    let usage: serde_json::Value = client
+        .get(format!(
+            "http://{}/client/v4/accounts/{account}/ai/usage",
+            server.address
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rows = usage["result"].as_array().unwrap();
+    let requests: u64 = rows
+        .iter()
+        .map(|row| row["requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(requests, 150, "{usage}");
+    let batch = batch_row(&db, &id).await;
+    assert!(
+        (ledger_total(&client, &server.address, &account, &token).await - batch.neurons).abs()
+            < 1e-9
+    );
+    let listed = admin(&db, &["batch", "list"]);
+    assert!(
+        listed.contains(&id) && listed.contains("done") && listed.contains("150/150"),
+        "{listed}"
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(db.parent().unwrap());
+}

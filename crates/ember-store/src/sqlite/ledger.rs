@@ -1,5 +1,6 @@
 //! `Ledger` on SQLite: the `requests` table (the log) and the `ledger` table (per account, UTC
-//! day and model), written in one transaction.
+//! day and model), written in one transaction, with a batch request's result when the record
+//! is one's (`RequestRecord::batch_item`).
 
 use super::SqliteStore;
 use crate::{DailyUsage, Ledger, RequestRecord, StoreError, UsageQuery, utc_day};
@@ -33,6 +34,12 @@ impl Ledger for SqliteStore {
 
 fn record_request(connection: &mut Connection, record: &RequestRecord) -> Result<(), StoreError> {
     let tx = connection.transaction()?;
+    if let Some(item) = &record.batch_item
+        && !super::batches::finish_item(&tx, item, record)?
+    {
+        // It has its result and its charge already (dropping `tx` rolls back).
+        return Ok(());
+    }
     tx.execute(
         "INSERT INTO requests (id, created_at_ms, account_id, route, model, served_by,
                                http_status, error_code, prompt_tokens, completion_tokens,
@@ -107,6 +114,7 @@ fn request(connection: &Connection, id: &str) -> Result<Option<RequestRecord>, S
                     neurons: row.get(10)?,
                     billable_neurons: row.get(11)?,
                     duration_ms: row.get::<_, i64>(12)? as u64,
+                    batch_item: None,
                 })
             },
         )

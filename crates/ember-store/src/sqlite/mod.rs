@@ -5,8 +5,10 @@
 //! request then pays a lock for them instead of three more SQLite write transactions.
 
 mod accounts;
+mod batches;
 mod gateways;
 mod ledger;
+mod responses;
 mod routes;
 
 use crate::{MemoryReservations, MemoryWindows, StoreError, Stores};
@@ -141,6 +143,40 @@ const MIGRATIONS: &[&str] = &[
         version_id    TEXT NOT NULL,
         created_at_ms INTEGER NOT NULL
     );",
+    "CREATE TABLE batches (
+        id                TEXT PRIMARY KEY,
+        account_id        TEXT NOT NULL,
+        model             TEXT NOT NULL,
+        created_at_ms     INTEGER NOT NULL,
+        requests          INTEGER NOT NULL,
+        finished          INTEGER NOT NULL DEFAULT 0,
+        started           INTEGER NOT NULL DEFAULT 0,
+        finished_at_ms    INTEGER,
+        prompt_tokens     INTEGER NOT NULL DEFAULT 0,
+        completion_tokens INTEGER NOT NULL DEFAULT 0,
+        neurons           REAL NOT NULL DEFAULT 0
+    );
+    CREATE INDEX batches_by_account ON batches (account_id, created_at_ms);
+    CREATE INDEX batches_by_finish ON batches (finished_at_ms) WHERE finished_at_ms IS NOT NULL;
+    CREATE TABLE batch_items (
+        batch_id           TEXT NOT NULL REFERENCES batches (id) ON DELETE CASCADE,
+        idx                INTEGER NOT NULL,
+        input              TEXT NOT NULL,
+        external_reference TEXT,
+        claimed_until_ms   INTEGER,
+        success            INTEGER,
+        result             TEXT,
+        PRIMARY KEY (batch_id, idx)
+    );
+    CREATE INDEX batch_items_pending ON batch_items (batch_id, idx) WHERE result IS NULL;
+    CREATE TABLE stored_responses (
+        id            TEXT PRIMARY KEY,
+        account_id    TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        response      TEXT NOT NULL,
+        conversation  TEXT NOT NULL
+    );
+    CREATE INDEX stored_responses_by_age ON stored_responses (created_at_ms);",
 ];
 
 /// How many bytes of response bodies the cache holds before it evicts the oldest.
@@ -184,6 +220,8 @@ impl SqliteStore {
             gateway_logs: store.clone(),
             response_cache: store.clone(),
             routes: store.clone(),
+            batches: store.clone(),
+            responses: store.clone(),
             windows: Arc::new(MemoryWindows::default()),
             reservations: Arc::new(MemoryReservations::new(store)),
         }
@@ -250,6 +288,7 @@ mod tests {
             neurons: 1.5,
             billable_neurons: 0.0,
             duration_ms: 42,
+            batch_item: None,
         };
         SqliteStore::open(&path)
             .unwrap()

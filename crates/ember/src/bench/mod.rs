@@ -8,6 +8,7 @@
 //! where long prompts arrive during short streams, and each server's peak RSS. Prints one table
 //! and writes the rows as JSON. Never part of `cargo test`.
 
+mod batch;
 mod diffusion;
 mod driver;
 mod gateway;
@@ -67,6 +68,9 @@ pub enum BenchCommand {
     /// AI Gateway: cached requests through Ember's gateway against LiteLLM's proxy with its
     /// cache, in front of the same upstream.
     Gateway(gateway::GatewayBench),
+    /// Async batches: interactive streams' time to first token beside a queued batch, against
+    /// the same streams alone.
+    Batch(batch::BatchBench),
 }
 
 #[derive(Args)]
@@ -121,6 +125,7 @@ pub fn run(command: BenchCommand, env: &Env) -> Result<()> {
         BenchCommand::Speech(bench) => bench.run(env),
         BenchCommand::Image(bench) => bench.run(env),
         BenchCommand::Gateway(bench) => bench.run(env),
+        BenchCommand::Batch(bench) => bench.run(env),
     }
 }
 

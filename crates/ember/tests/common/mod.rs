@@ -66,6 +66,8 @@ pub fn engine_config(max_sequences: u32) -> ember::config::EngineConfig {
 
 pub struct App {
     pub router: Router,
+    /// What the router serves, for tests that start the batch processor on it.
+    pub state: AppState,
     pub store: Stores,
     pub abort: watch::Sender<bool>,
 }
@@ -91,9 +93,11 @@ pub fn app_on(
         config: Arc::new(config),
         abort: abort_rx,
         generated_images: Default::default(),
+        batches: Default::default(),
     };
     App {
-        router: ember_http::router(state),
+        router: ember_http::router(state.clone()),
+        state,
         store,
         abort,
     }

@@ -1,0 +1,433 @@
+//! The async batch API (`queueRequest`): a run asked with `?queueRequest=true` (REST) or
+//! `{queueRequest: true}` (binding options) either submits `{requests: [...]}`, kept in the
+//! store's `BatchQueue` and answered `{status: "queued", request_id, model}` at once, or polls
+//! `{request_id}`, answered with the batch's status until its `{responses, usage}` are ready. The
+//! processor (`process`) runs the queued requests in the background.
+//!
+//! Invariants: interactive requests come first (while any is in flight the processor starts at
+//! most one batch request at a time; otherwise up to `BatchSettings::concurrency`); a request of a
+//! batch is stored with its result and its charge in one transaction, once (see
+//! `ember_store::BatchQueue`); a run that did not end (shutdown, no free slot) stores nothing and
+//! runs again.
+
+use crate::error::ApiError;
+use crate::run::{Call, Form, rest_result};
+use crate::{AppState, aborted, wire};
+use axum::response::{IntoResponse, Response};
+use ember_access::Caller;
+use ember_core::catalog::Task;
+use ember_core::tasks::{self, TaskInput};
+use ember_core::{InferError, RunOptions, RunOutput};
+use ember_store::{
+    BatchItemResult, BatchStatus, ClaimedItem, ItemOutcome, NewBatch, NewBatchRequest,
+    RequestRecord,
+};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+
+/// How the batch queue runs.
+#[derive(Debug, Clone)]
+pub struct BatchSettings {
+    /// Batch requests run at once while no interactive request is in flight.
+    pub concurrency: usize,
+    /// Requests the queue holds not yet run, all batches together; a batch that would pass it
+    /// is refused with 429.
+    pub max_pending: u64,
+    /// How long a finished batch's results can be fetched.
+    pub keep_results: Duration,
+}
+
+impl Default for BatchSettings {
+    fn default() -> BatchSettings {
+        BatchSettings {
+            concurrency: 8,
+            max_pending: 100_000,
+            keep_results: Duration::from_secs(24 * 3_600),
+        }
+    }
+}
+
+/// The server's side of the queue: its settings, the count of interactive requests in flight
+/// and the processor's wake-up.
+#[derive(Default)]
+pub struct Batches {
+    pub settings: BatchSettings,
+    interactive: AtomicUsize,
+    wake: Notify,
+}
+
+impl Batches {
+    pub fn new(settings: BatchSettings) -> Batches {
+        Batches {
+            settings,
+            ..Batches::default()
+        }
+    }
+
+    /// Counts an interactive request as in flight until the guard drops.
+    pub(crate) fn interactive(self: &Arc<Batches>) -> Interactive {
+        self.interactive.fetch_add(1, Ordering::SeqCst);
+        Interactive(self.clone())
+    }
+
+    /// Batch requests that may run at once now.
+    fn concurrency(&self) -> usize {
+        match self.interactive.load(Ordering::SeqCst) {
+            0 => self.settings.concurrency.max(1),
+            _ => 1,
+        }
+    }
+}
+
+/// An interactive request in flight (see `Batches::interactive`).
+pub(crate) struct Interactive(Arc<Batches>);
+
+impl Drop for Interactive {
+    fn drop(&mut self) {
+        if self.0.interactive.fetch_sub(1, Ordering::SeqCst) == 1 {
+            // The last one ended: the processor may start more.
+            self.0.wake.notify_one();
+        }
+    }
+}
+
+/// Whether the run's options queue it: `queueRequest` set to true (JSON or query text).
+pub(crate) fn is_queued(query: Option<&str>, options: Option<&Value>) -> bool {
+    let in_query = query.is_some_and(|q| {
+        serde_urlencoded::from_str::<Vec<(String, String)>>(q).is_ok_and(|pairs| {
+            pairs
+                .iter()
+                .any(|(k, v)| k == "queueRequest" && v == "true")
+        })
+    });
+    let in_options = options
+        .and_then(|o| o.get("queueRequest"))
+        .is_some_and(|v| v == &Value::Bool(true) || v == "true");
+    in_query || in_options
+}
+
+/// Answers a queued run: submits `{requests}` or polls `{request_id}` on `call.model`.
+pub(crate) async fn submit_or_poll(mut call: Call, input: Value, input_bytes: usize) -> Response {
+    let outcome = if input.get("request_id").is_some() {
+        poll(&call, &input).await
+    } else {
+        submit(&call, input, input_bytes).await
+    };
+    match outcome {
+        Ok(result) => {
+            let form = call.form;
+            // Submitting or polling runs nothing: the request log keeps it, the ledger does not
+            // (it skips requests that name no model); the batch's requests are charged as they run.
+            call.model.clear();
+            call.finish(None, 200, Ok(tasks::Usage::default())).await;
+            match form {
+                Form::Rest => rest_result(result),
+                _ => axum::Json(result).into_response(),
+            }
+        }
+        Err(error) => call.fail(error).await,
+    }
+}
+
+async fn submit(call: &Call, input: Value, input_bytes: usize) -> Result<Value, ApiError> {
+    let state = &call.state;
+    // Workers AI takes batches under 10 MB, whatever the server's own body limit.
+    if input_bytes >= crate::MAX_BODY_BYTES {
+        return Err(InferError::TooLarge.into());
+    }
+    let target = state.ember.target(&call.model)?;
+    if matches!(target.served.task, Task::TextToImage | Task::TextToSpeech) {
+        return Err(InferError::invalid(
+            "/requests",
+            format!(
+                "{} answers binary data, which async batches do not carry",
+                call.model
+            ),
+        )
+        .into());
+    }
+    let Some(Value::Array(items)) = input.get("requests") else {
+        return Err(InferError::invalid(
+            "/requests",
+            "a queued run takes {\"requests\": [...]} to submit, or {\"request_id\"} to poll",
+        )
+        .into());
+    };
+    if items.is_empty() {
+        return Err(InferError::invalid("/requests", "the batch has no requests").into());
+    }
+    let mut requests = Vec::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        // Checked now, so a malformed request fails its submission, not its run.
+        wire::parse(wire::Incoming::new(target, item, None)).map_err(|error| match error {
+            InferError::InvalidInput { field, problem } => {
+                let field = format!("/requests/{index}{}", field.trim_end_matches('/'));
+                InferError::InvalidInput { field, problem }
+            }
+            other => other,
+        })?;
+        let external_reference = match item.get("external_reference") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(reference)) => Some(reference.clone()),
+            Some(other) => Some(other.to_string()),
+        };
+        requests.push(NewBatchRequest {
+            input: item.to_string(),
+            external_reference,
+        });
+    }
+    let batch = NewBatch {
+        id: uuid::Uuid::new_v4().to_string(),
+        account_id: call.caller.account.id.clone(),
+        model: call.model.clone(),
+        created_at_ms: state.access.now_ms(),
+        requests,
+    };
+    let queue = &state.access.stores().batches;
+    let max_pending = state.batches.settings.max_pending;
+    if !queue.enqueue(&batch, max_pending).await.map_err(internal)? {
+        return Err(InferError::Overloaded.into());
+    }
+    state.batches.wake.notify_one();
+    Ok(json!({ "status": "queued", "request_id": batch.id, "model": call.model }))
+}
+
+async fn poll(call: &Call, input: &Value) -> Result<Value, ApiError> {
+    let Some(id) = input.get("request_id").and_then(Value::as_str) else {
+        return Err(InferError::invalid("/request_id", "expected a string").into());
+    };
+    let queue = &call.state.access.stores().batches;
+    // Another account's batch is as unknown as one that never was.
+    let batch = queue
+        .batch(id)
+        .await
+        .map_err(internal)?
+        .filter(|batch| batch.account_id == call.caller.account.id && batch.model == call.model)
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "request_id {id:?}: no batch of {} has this id (results are kept {} hours)",
+                call.model,
+                call.state.batches.settings.keep_results.as_secs() / 3_600
+            ))
+        })?;
+    if batch.status != BatchStatus::Done {
+        return Ok(json!({
+            "status": batch.status.as_str(),
+            "request_id": batch.id,
+            "model": batch.model,
+        }));
+    }
+    let items = queue.items(&batch.id).await.map_err(internal)?;
+    let responses: Vec<Value> = items
+        .into_iter()
+        .filter_map(|item| {
+            let outcome = item.outcome?;
+            let result: Value = serde_json::from_str(&outcome.result).unwrap_or(Value::Null);
+            Some(json!({
+                "id": item.index,
+                "result": result,
+                "success": outcome.success,
+                "external_reference": item.external_reference,
+            }))
+        })
+        .collect();
+    Ok(json!({
+        "responses": responses,
+        "usage": {
+            "prompt_tokens": batch.prompt_tokens,
+            "completion_tokens": batch.completion_tokens,
+            "total_tokens": batch.prompt_tokens + batch.completion_tokens,
+        },
+    }))
+}
+
+fn internal(error: ember_store::StoreError) -> ApiError {
+    ApiError::Infer(InferError::Internal(error.to_string()))
+}
+
+/// Runs the queued requests until shutdown: claims what may run now (see `Batches`), runs each
+/// as its own task, and removes expired results now and then.
+pub async fn process(state: AppState) {
+    let queue = state.access.stores().batches.clone();
+    if let Err(error) = queue.release_stale_claims().await {
+        tracing::error!(%error, "could not take back the batch requests of the last run");
+    }
+    let batches = state.batches.clone();
+    let mut running = JoinSet::new();
+    let mut next_expiry = Instant::now();
+    loop {
+        let free = batches.concurrency().saturating_sub(running.len());
+        if free > 0 {
+            let now_ms = state.access.now_ms();
+            // A claim outlives any run (its timeout), so only a dead server's claims lapse.
+            let lease_ms = 2 * state.config.request_timeout.as_millis() as i64;
+            match queue.claim(free as u32, now_ms, now_ms + lease_ms).await {
+                Ok(items) => {
+                    for item in items {
+                        running.spawn(run_item(state.clone(), item));
+                    }
+                }
+                Err(error) => tracing::error!(%error, "could not claim batch requests"),
+            }
+        }
+        if Instant::now() >= next_expiry {
+            let keep = batches.settings.keep_results.as_millis() as i64;
+            if let Err(error) = queue.expire(state.access.now_ms() - keep).await {
+                tracing::error!(%error, "could not remove expired batches");
+            }
+            next_expiry = Instant::now() + Duration::from_secs(60);
+        }
+        tokio::select! {
+            Some(_) = running.join_next(), if !running.is_empty() => {}
+            _ = batches.wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = aborted(state.abort.clone()) => break,
+        }
+    }
+    // Requests cut off here have stored nothing; the next start runs them again.
+    running.shutdown().await;
+}
+
+/// Runs one request of a batch and stores its result with its charge, unless the run did not
+/// end (then it runs again later).
+async fn run_item(state: AppState, item: ClaimedItem) {
+    let started = Instant::now();
+    let Some(caller) = caller(&state, &item.account_id).await else {
+        return;
+    };
+    let mut admission = None;
+    let mut served_by = None;
+    let outcome = run(&state, &caller, &item, &mut admission, &mut served_by).await;
+    if matches!(
+        outcome,
+        Err(ApiError::Infer(
+            InferError::Aborted | InferError::Overloaded
+        ))
+    ) {
+        // The claim stands until it lapses; a restart takes it back at once.
+        return;
+    }
+    let (usage, http_status, error_code, result) = match outcome {
+        Ok((result, usage)) => {
+            let result = result.to_string();
+            (
+                usage,
+                200,
+                None,
+                ItemOutcome {
+                    success: true,
+                    result,
+                },
+            )
+        }
+        Err(error) => {
+            let kind = error.kind();
+            let errors = json!({ "errors": [{ "code": kind.code, "message": error.message() }] });
+            let result = errors.to_string();
+            let outcome = ItemOutcome {
+                success: false,
+                result,
+            };
+            (
+                tasks::Usage::default(),
+                kind.status.as_u16(),
+                Some(kind.code),
+                outcome,
+            )
+        }
+    };
+    let record = RequestRecord {
+        id: format!("{}:{}", item.batch_id, item.index),
+        created_at_ms: state.access.now_ms(),
+        account_id: Some(item.account_id.clone()),
+        route: "batch".into(),
+        model: item.model.clone(),
+        served_by,
+        http_status,
+        error_code,
+        prompt_tokens: usage.prompt_tokens,
+        completion_tokens: usage.completion_tokens,
+        neurons: usage.neurons,
+        billable_neurons: 0.0,
+        duration_ms: started.elapsed().as_millis() as u64,
+        batch_item: Some(BatchItemResult {
+            batch_id: item.batch_id.clone(),
+            index: item.index,
+            outcome: result,
+        }),
+    };
+    if let Err(error) = state.access.settle(admission, record).await {
+        tracing::error!(%error, batch = item.batch_id, index = item.index, "could not store a batch result");
+    }
+}
+
+/// The account a batch was submitted under, as it is now.
+async fn caller(state: &AppState, account_id: &str) -> Option<Caller> {
+    if state.access.is_open().await.unwrap_or(false) {
+        return state.access.authenticate(None, None).await.ok();
+    }
+    match state.access.stores().accounts.account(account_id).await {
+        Ok(Some(account)) => Some(Caller { account }),
+        Ok(None) => {
+            tracing::warn!(account_id, "a batch's account is gone; its requests wait");
+            None
+        }
+        Err(error) => {
+            tracing::error!(%error, "could not read a batch's account");
+            None
+        }
+    }
+}
+
+/// Runs a batch request's input on its model: its result JSON and usage.
+async fn run(
+    state: &AppState,
+    caller: &Caller,
+    item: &ClaimedItem,
+    admission: &mut Option<ember_access::Admission>,
+    served_by: &mut Option<String>,
+) -> Result<(Value, tasks::Usage), ApiError> {
+    let input: Value = serde_json::from_str(&item.input)
+        .map_err(|e| InferError::Internal(format!("a stored batch request is not JSON: {e}")))?;
+    let target = state.ember.target(&item.model)?;
+    let mut task_input = wire::parse(wire::Incoming::new(target, &input, None))?;
+    if let TaskInput::TextGeneration(request) = &mut task_input {
+        // A batch keeps whole results.
+        request.stream = false;
+    }
+    *served_by = Some(target.requested.id.clone());
+    let estimate = tasks::estimate_usage(target.requested, &task_input, item.input.len());
+    let reserved = state.access.reserve(caller, estimate.neurons).await;
+    *admission = Some(reserved.map_err(|error| match error {
+        ember_access::AccessError::AllocationUsed => ApiError::AllocationUsed {
+            daily_free_neurons: caller.account.daily_free_neurons,
+            retry_after_secs: 0,
+        },
+        other => ApiError::Infer(InferError::Internal(other.to_string())),
+    })?);
+    let options = RunOptions {
+        timeout: Some(state.config.request_timeout),
+        ..RunOptions::default()
+    };
+    let run = tokio::select! {
+        run = state.ember.run(target, task_input, &options) => run?,
+        _ = aborted(state.abort.clone()) => return Err(InferError::Aborted.into()),
+    };
+    *served_by = Some(run.served_by);
+    match run.output {
+        RunOutput::Task { output, usage } => match wire::result(&output) {
+            wire::Answer::Json(result) => Ok((result, usage)),
+            wire::Answer::Binary { .. } => {
+                Err(InferError::Internal("a batch request answered binary data".into()).into())
+            }
+        },
+        RunOutput::Completion(completion) => {
+            Ok((wire::text_generation::result(&completion), completion.usage))
+        }
+        RunOutput::Stream(_) => Err(InferError::Internal("a batch request streamed".into()).into()),
+    }
+}
