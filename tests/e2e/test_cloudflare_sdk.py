@@ -30,6 +30,7 @@ import itertools
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 import cloudflare
@@ -356,3 +357,33 @@ def test_ai_gateway(client: Cloudflare):
         client.ai_gateway.delete("e2e-gateway", account_id=ACCOUNT_ID)
     with pytest.raises(cloudflare.NotFoundError):
         client.ai_gateway.get("e2e-gateway", account_id=ACCOUNT_ID)
+
+
+# ---------------------------------------------------------------- async batch
+
+
+def test_async_batch(client: Cloudflare):
+    """`?queueRequest=true` queues `requests`; polling with the request_id gives their results."""
+    queue = {"queueRequest": "true"}
+    texts = ["first queued text", "second queued text", "third queued text"]
+    requests = [{"text": text, "external_reference": f"ref-{i}"} for i, text in enumerate(texts)]
+    raw = client.ai.with_raw_response.run(MINILM, account_id=ACCOUNT_ID, extra_body={"requests": requests}, extra_query=queue)
+    queued = raw.http_response.json()["result"]
+    assert queued["status"] == "queued" and queued["model"] == MINILM, queued
+    for _ in range(600):
+        polled = client.ai.with_raw_response.run(
+            MINILM, account_id=ACCOUNT_ID, extra_body={"request_id": queued["request_id"]}, extra_query=queue
+        ).http_response.json()["result"]
+        if "responses" in polled:
+            break
+        assert polled["status"] in ("queued", "running"), polled
+        time.sleep(0.1)
+    responses = polled["responses"]
+    assert [r["id"] for r in responses] == [0, 1, 2]
+    assert [r["external_reference"] for r in responses] == ["ref-0", "ref-1", "ref-2"]
+    assert all(r["success"] and len(r["result"]["data"][0]) == 384 for r in responses)
+    assert polled["usage"]["prompt_tokens"] > 0
+    with pytest.raises(cloudflare.NotFoundError):
+        client.ai.run(MINILM, account_id=ACCOUNT_ID, extra_body={"request_id": "nope"}, extra_query=queue)
+    with pytest.raises(cloudflare.BadRequestError):
+        client.ai.run(MINILM, account_id=ACCOUNT_ID, text="no requests", extra_query=queue)
