@@ -71,7 +71,7 @@ export EMBER_ACCOUNT_ID EMBER_TOKEN EMBER_BIN="$ember" EMBER_DB="$db" EMBER_EMBE
 python3 -m venv tests/e2e/.venv
 tests/e2e/.venv/bin/pip install -q -r tests/e2e/requirements.txt
 tests/e2e/.venv/bin/python -m pytest -v -p no:cacheprovider tests/e2e/test_cloudflare_sdk.py tests/e2e/test_openai_sdk.py \
-  tests/e2e/test_openai_responses.py tests/e2e/test_anthropic_sdk.py \
+  tests/e2e/test_openai_responses.py tests/e2e/test_anthropic_sdk.py tests/e2e/test_langchain.py \
   tests/e2e/test_structured_output.py tests/e2e/test_accounts.py || status=1
 step "done"
 if [ $status -ne 0 ]; then
