@@ -22,11 +22,13 @@ pub trait BatchQueue: Send + Sync {
     -> Result<Vec<Batch>, StoreError>;
     /// A batch's requests in their order, with the results of those that ran.
     async fn items(&self, batch_id: &str) -> Result<Vec<BatchItem>, StoreError>;
-    /// Takes up to `limit` requests that have no result and no live claim, oldest batch first,
-    /// claiming them until `claimed_until_ms` (after which another server may take them).
+    /// Takes up to `limit` requests that have no result and no live claim, oldest batch first
+    /// (only batch `batch_id`'s, if given), claiming them until `claimed_until_ms` (after which
+    /// another server may take them).
     async fn claim(
         &self,
         limit: u32,
+        batch_id: Option<&str>,
         now_ms: i64,
         claimed_until_ms: i64,
     ) -> Result<Vec<ClaimedItem>, StoreError>;

@@ -915,7 +915,7 @@ pub async fn batches_queue_claim_and_finish_each_request_once(stores: &Stores) {
     assert_eq!(batch.account_id, "a");
 
     // Claims: oldest batch first, each request once until its claim lapses.
-    let taken = queue.claim(2, 100, 200).await.unwrap();
+    let taken = queue.claim(2, None, 100, 200).await.unwrap();
     let taken: Vec<_> = taken
         .iter()
         .map(|i| (i.batch_id.as_str(), i.index))
@@ -923,14 +923,26 @@ pub async fn batches_queue_claim_and_finish_each_request_once(stores: &Stores) {
     assert_eq!(taken, [("b1", 0), ("b1", 1)]);
     let status = queue.batch("b1").await.unwrap().unwrap().status;
     assert_eq!(status, BatchStatus::Running);
-    let next = queue.claim(10, 150, 300).await.unwrap();
+    let next = queue.claim(10, None, 150, 300).await.unwrap();
     let next: Vec<_> = next
         .iter()
         .map(|i| (i.batch_id.as_str(), i.index))
         .collect();
     assert_eq!(next, [("b1", 2), ("b2", 0)]);
-    assert!(queue.claim(10, 199, 400).await.unwrap().is_empty());
-    assert_eq!(queue.claim(10, 200, 400).await.unwrap().len(), 2, "lapsed");
+    assert!(queue.claim(10, None, 199, 400).await.unwrap().is_empty());
+    let only_b2 = queue.claim(10, Some("b2"), 300, 400).await.unwrap();
+    assert_eq!(
+        only_b2
+            .iter()
+            .map(|i| i.batch_id.as_str())
+            .collect::<Vec<_>>(),
+        ["b2"]
+    );
+    assert_eq!(
+        queue.claim(10, None, 200, 400).await.unwrap().len(),
+        2,
+        "lapsed"
+    );
 
     // A result is stored with its charge, once.
     finish(stores, "b1", 0, "b1:0", 2.0).await;
@@ -955,7 +967,7 @@ pub async fn batches_queue_claim_and_finish_each_request_once(stores: &Stores) {
 
     // A restarted server takes the unfinished requests again at once.
     queue.release_stale_claims().await.unwrap();
-    let again = queue.claim(10, 0, 1).await.unwrap();
+    let again = queue.claim(10, None, 0, 1).await.unwrap();
     let again: Vec<_> = again
         .iter()
         .map(|i| (i.batch_id.as_str(), i.index))

@@ -75,10 +75,12 @@ impl BatchQueue for SqliteStore {
     async fn claim(
         &self,
         limit: u32,
+        batch_id: Option<&str>,
         now_ms: i64,
         claimed_until_ms: i64,
     ) -> Result<Vec<ClaimedItem>, StoreError> {
-        self.run(move |connection| claim(connection, limit, now_ms, claimed_until_ms))
+        let batch_id = batch_id.map(str::to_string);
+        self.run(move |connection| claim(connection, limit, batch_id, now_ms, claimed_until_ms))
             .await
     }
 
@@ -179,6 +181,7 @@ fn enqueue(
 fn claim(
     connection: &mut Connection,
     limit: u32,
+    batch_id: Option<String>,
     now_ms: i64,
     claimed_until_ms: i64,
 ) -> Result<Vec<ClaimedItem>, StoreError> {
@@ -188,9 +191,10 @@ fn claim(
             "SELECT i.batch_id, b.account_id, b.model, i.idx, i.input
              FROM batch_items i JOIN batches b ON b.id = i.batch_id
              WHERE i.result IS NULL AND (i.claimed_until_ms IS NULL OR i.claimed_until_ms <= ?1)
+                   AND (?3 IS NULL OR i.batch_id = ?3)
              ORDER BY b.created_at_ms, i.batch_id, i.idx LIMIT ?2",
         )?;
-        let rows = statement.query_map(params![now_ms, limit], |row| {
+        let rows = statement.query_map(params![now_ms, limit, batch_id], |row| {
             Ok(ClaimedItem {
                 batch_id: row.get(0)?,
                 account_id: row.get(1)?,

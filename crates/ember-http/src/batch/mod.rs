@@ -2,7 +2,7 @@
 //! `{queueRequest: true}` (binding options) either submits `{requests: [...]}`, kept in the
 //! store's `BatchQueue` and answered `{status: "queued", request_id, model}` at once, or polls
 //! `{request_id}`, answered with the batch's status until its `{responses, usage}` are ready. The
-//! processor (`process`) runs the queued requests in the background.
+//! processor (`processor::process`) runs the queued requests in the background.
 //!
 //! Invariants: interactive requests come first (while any is in flight the processor starts at
 //! most one batch request at a time; otherwise up to `BatchSettings::concurrency`); a request of a
@@ -10,24 +10,23 @@
 //! `ember_store::BatchQueue`); a run that did not end (shutdown, no free slot) stores nothing and
 //! runs again.
 
+mod processor;
+
+pub use processor::process;
+
 use crate::error::ApiError;
 use crate::run::{Call, Form, rest_result};
-use crate::{AppState, aborted, wire};
+use crate::wire;
 use axum::response::{IntoResponse, Response};
-use ember_access::Caller;
+use ember_core::InferError;
 use ember_core::catalog::Task;
-use ember_core::tasks::{self, TaskInput};
-use ember_core::{InferError, RunOptions, RunOutput};
-use ember_store::{
-    BatchItemResult, BatchStatus, ClaimedItem, ItemOutcome, NewBatch, NewBatchRequest,
-    RequestRecord,
-};
+use ember_core::tasks;
+use ember_store::{BatchStatus, NewBatch, NewBatchRequest};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::Notify;
-use tokio::task::JoinSet;
 
 /// How the batch queue runs.
 #[derive(Debug, Clone)]
@@ -247,187 +246,4 @@ async fn poll(call: &Call, input: &Value) -> Result<Value, ApiError> {
 
 fn internal(error: ember_store::StoreError) -> ApiError {
     ApiError::Infer(InferError::Internal(error.to_string()))
-}
-
-/// Runs the queued requests until shutdown: claims what may run now (see `Batches`), runs each
-/// as its own task, and removes expired results now and then.
-pub async fn process(state: AppState) {
-    let queue = state.access.stores().batches.clone();
-    if let Err(error) = queue.release_stale_claims().await {
-        tracing::error!(%error, "could not take back the batch requests of the last run");
-    }
-    let batches = state.batches.clone();
-    let mut running = JoinSet::new();
-    let mut next_expiry = Instant::now();
-    loop {
-        let free = batches.concurrency().saturating_sub(running.len());
-        if free > 0 {
-            let now_ms = state.access.now_ms();
-            // A claim outlives any run (its timeout), so only a dead server's claims lapse.
-            let lease_ms = 2 * state.config.request_timeout.as_millis() as i64;
-            match queue.claim(free as u32, now_ms, now_ms + lease_ms).await {
-                Ok(items) => {
-                    for item in items {
-                        running.spawn(run_item(state.clone(), item));
-                    }
-                }
-                Err(error) => tracing::error!(%error, "could not claim batch requests"),
-            }
-        }
-        if Instant::now() >= next_expiry {
-            let keep = batches.settings.keep_results.as_millis() as i64;
-            if let Err(error) = queue.expire(state.access.now_ms() - keep).await {
-                tracing::error!(%error, "could not remove expired batches");
-            }
-            next_expiry = Instant::now() + Duration::from_secs(60);
-        }
-        tokio::select! {
-            Some(_) = running.join_next(), if !running.is_empty() => {}
-            _ = batches.wake.notified() => {}
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = aborted(state.abort.clone()) => break,
-        }
-    }
-    // Requests cut off here have stored nothing; the next start runs them again.
-    running.shutdown().await;
-}
-
-/// Runs one request of a batch and stores its result with its charge, unless the run did not
-/// end (then it runs again later).
-async fn run_item(state: AppState, item: ClaimedItem) {
-    let started = Instant::now();
-    let Some(caller) = caller(&state, &item.account_id).await else {
-        return;
-    };
-    let mut admission = None;
-    let mut served_by = None;
-    let outcome = run(&state, &caller, &item, &mut admission, &mut served_by).await;
-    if matches!(
-        outcome,
-        Err(ApiError::Infer(
-            InferError::Aborted | InferError::Overloaded
-        ))
-    ) {
-        // The claim stands until it lapses; a restart takes it back at once.
-        return;
-    }
-    let (usage, http_status, error_code, result) = match outcome {
-        Ok((result, usage)) => {
-            let result = result.to_string();
-            (
-                usage,
-                200,
-                None,
-                ItemOutcome {
-                    success: true,
-                    result,
-                },
-            )
-        }
-        Err(error) => {
-            let kind = error.kind();
-            let errors = json!({ "errors": [{ "code": kind.code, "message": error.message() }] });
-            let result = errors.to_string();
-            let outcome = ItemOutcome {
-                success: false,
-                result,
-            };
-            (
-                tasks::Usage::default(),
-                kind.status.as_u16(),
-                Some(kind.code),
-                outcome,
-            )
-        }
-    };
-    let record = RequestRecord {
-        id: format!("{}:{}", item.batch_id, item.index),
-        created_at_ms: state.access.now_ms(),
-        account_id: Some(item.account_id.clone()),
-        route: "batch".into(),
-        model: item.model.clone(),
-        served_by,
-        http_status,
-        error_code,
-        prompt_tokens: usage.prompt_tokens,
-        completion_tokens: usage.completion_tokens,
-        neurons: usage.neurons,
-        billable_neurons: 0.0,
-        duration_ms: started.elapsed().as_millis() as u64,
-        batch_item: Some(BatchItemResult {
-            batch_id: item.batch_id.clone(),
-            index: item.index,
-            outcome: result,
-        }),
-    };
-    if let Err(error) = state.access.settle(admission, record).await {
-        tracing::error!(%error, batch = item.batch_id, index = item.index, "could not store a batch result");
-    }
-}
-
-/// The account a batch was submitted under, as it is now.
-async fn caller(state: &AppState, account_id: &str) -> Option<Caller> {
-    if state.access.is_open().await.unwrap_or(false) {
-        return state.access.authenticate(None, None).await.ok();
-    }
-    match state.access.stores().accounts.account(account_id).await {
-        Ok(Some(account)) => Some(Caller { account }),
-        Ok(None) => {
-            tracing::warn!(account_id, "a batch's account is gone; its requests wait");
-            None
-        }
-        Err(error) => {
-            tracing::error!(%error, "could not read a batch's account");
-            None
-        }
-    }
-}
-
-/// Runs a batch request's input on its model: its result JSON and usage.
-async fn run(
-    state: &AppState,
-    caller: &Caller,
-    item: &ClaimedItem,
-    admission: &mut Option<ember_access::Admission>,
-    served_by: &mut Option<String>,
-) -> Result<(Value, tasks::Usage), ApiError> {
-    let input: Value = serde_json::from_str(&item.input)
-        .map_err(|e| InferError::Internal(format!("a stored batch request is not JSON: {e}")))?;
-    let target = state.ember.target(&item.model)?;
-    let mut task_input = wire::parse(wire::Incoming::new(target, &input, None))?;
-    if let TaskInput::TextGeneration(request) = &mut task_input {
-        // A batch keeps whole results.
-        request.stream = false;
-    }
-    *served_by = Some(target.requested.id.clone());
-    let estimate = tasks::estimate_usage(target.requested, &task_input, item.input.len());
-    let reserved = state.access.reserve(caller, estimate.neurons).await;
-    *admission = Some(reserved.map_err(|error| match error {
-        ember_access::AccessError::AllocationUsed => ApiError::AllocationUsed {
-            daily_free_neurons: caller.account.daily_free_neurons,
-            retry_after_secs: 0,
-        },
-        other => ApiError::Infer(InferError::Internal(other.to_string())),
-    })?);
-    let options = RunOptions {
-        timeout: Some(state.config.request_timeout),
-        ..RunOptions::default()
-    };
-    let run = tokio::select! {
-        run = state.ember.run(target, task_input, &options) => run?,
-        _ = aborted(state.abort.clone()) => return Err(InferError::Aborted.into()),
-    };
-    *served_by = Some(run.served_by);
-    match run.output {
-        RunOutput::Task { output, usage } => match wire::result(&output) {
-            wire::Answer::Json(result) => Ok((result, usage)),
-            wire::Answer::Binary { .. } => {
-                Err(InferError::Internal("a batch request answered binary data".into()).into())
-            }
-        },
-        RunOutput::Completion(completion) => {
-            Ok((wire::text_generation::result(&completion), completion.usage))
-        }
-        RunOutput::Stream(_) => Err(InferError::Internal("a batch request streamed".into()).into()),
-    }
 }
