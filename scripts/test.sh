@@ -2,7 +2,8 @@
 # One command from a fresh clone to every test: install dependencies, fetch and verify the
 # default models (cached in ~/.cache/ember), check formatting and lints, run the Rust tests
 # (unit, real-model and HTTP tests), then start `ember serve` and run the real clients against
-# it: the official `cloudflare` and `openai` Python SDKs and an unmodified Worker under `wrangler dev`.
+# it: the official `cloudflare`, `openai` and `anthropic` Python SDKs, LangChain, the Vercel AI SDK and
+# an unmodified Worker under `wrangler dev`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$(pwd)"
@@ -73,6 +74,9 @@ tests/e2e/.venv/bin/pip install -q -r tests/e2e/requirements.txt
 tests/e2e/.venv/bin/python -m pytest -v -p no:cacheprovider tests/e2e/test_cloudflare_sdk.py tests/e2e/test_openai_sdk.py \
   tests/e2e/test_openai_responses.py tests/e2e/test_anthropic_sdk.py tests/e2e/test_langchain.py \
   tests/e2e/test_structured_output.py tests/e2e/test_accounts.py || status=1
+# The JavaScript libraries (Vercel AI SDK in REST and binding mode, LangChain JS), pinned in their
+# lock files; on Node 24 from PyPI where the machine's Node is older than 22.
+tests/e2e/js-clients/run.sh || status=1
 step "done"
 if [ $status -ne 0 ]; then
   echo "== ember log"; tail -n 100 "$tmp/ember.log"

@@ -162,11 +162,16 @@ impl ApiError {
         self.with_headers((kind.status, axum::Json(body)).into_response())
     }
 
-    /// The OpenAI API's `{"error": {message, type, param, code}}` response. Statuses follow
-    /// `kind()` except where OpenAI clients expect others: 404 for unknown models and routes
-    /// (the SDKs raise `NotFoundError`), 405 for a wrong method.
+    /// The OpenAI API's `{"error": {message, type, param, code}}` response (`sdk_status`).
     pub fn openai_response(&self) -> Response {
-        let status = match self {
+        let status = self.sdk_status();
+        self.with_headers((status, axum::Json(self.openai_body())).into_response())
+    }
+
+    /// The status the OpenAI and Anthropic SDKs expect: `kind()`'s, but 404 for unknown models
+    /// and routes (they raise `NotFoundError`) and 405 for a wrong method.
+    fn sdk_status(&self) -> StatusCode {
+        match self {
             ApiError::NoRoute
             | ApiError::NotFound(_)
             | ApiError::Infer(InferError::NoSuchModel(_) | InferError::NotInstalled { .. }) => {
@@ -174,8 +179,7 @@ impl ApiError {
             }
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             _ => self.kind().status,
-        };
-        self.with_headers((status, axum::Json(self.openai_body())).into_response())
+        }
     }
 
     /// The `{"error": ...}` object of `openai_response`. `code` is OpenAI's where it has one,
@@ -231,17 +235,9 @@ impl ApiError {
     }
 
     /// Anthropic's `{type: "error", error: {type, message}}` response (the Messages API), with
-    /// the statuses the `anthropic` SDKs map to their exceptions.
+    /// `sdk_status`.
     pub fn anthropic_response(&self) -> Response {
-        let status = match self {
-            ApiError::NoRoute
-            | ApiError::NotFound(_)
-            | ApiError::Infer(InferError::NoSuchModel(_) | InferError::NotInstalled { .. }) => {
-                StatusCode::NOT_FOUND
-            }
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            _ => self.kind().status,
-        };
+        let status = self.sdk_status();
         self.with_headers((status, axum::Json(self.anthropic_body())).into_response())
     }
 

@@ -368,17 +368,21 @@ async fn a_server_killed_mid_batch_runs_every_request_exactly_once_after_restart
         format!("http://{address}/client/v4/accounts/{account}/ai/run/{MINILM}?queueRequest=true")
     };
 
+    let queue = |address: &str, body: serde_json::Value| {
+        let request = client.post(run(address)).bearer_auth(&token).json(&body);
+        async move {
+            request
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+
     let server = Server::start(&db);
-    let queued: serde_json::Value = client
-        .post(run(&server.address))
-        .bearer_auth(&token)
-        .json(&serde_json::json!({ "requests": requests }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let queued = queue(&server.address, serde_json::json!({ "requests": requests })).await;
     let id = queued["result"]["request_id"].as_str().unwrap().to_string();
     while batch_row(&db, &id).await.finished < 10 {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -389,16 +393,7 @@ async fn a_server_killed_mid_batch_runs_every_request_exactly_once_after_restart
 
     let server = Server::start(&db);
     let done = loop {
-        let polled: serde_json::Value = client
-            .post(run(&server.address))
-            .bearer_auth(&token)
-            .json(&serde_json::json!({ "request_id": id }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let polled = queue(&server.address, serde_json::json!({ "request_id": id })).await;
         if polled["result"]["responses"].is_array() {
             break polled["result"].clone();
         }

@@ -5,7 +5,7 @@
 use crate::error::ApiError;
 use crate::{AppState, aborted, wire};
 use ember_access::{AccessError, Admission, Caller};
-use ember_core::catalog::Task;
+use ember_core::catalog::{ModelSpec, Task};
 use ember_core::tasks::{
     self, EmbeddingsOutput, EmbeddingsRequest, MAX_EMBEDDING_TEXTS, TaskInput, TaskOutput,
     TaskRequest, Usage,
@@ -186,57 +186,19 @@ async fn admit_embedding(
 
 /// One forward pass for the texts of `group`, then each request settled with its vectors.
 async fn run_embedding_group(state: &AppState, group: Vec<Admitted>, started: Instant) {
-    let spec = match state.ember.target(&group[0].item.model) {
-        Ok(target) => target.requested,
-        Err(error) => {
-            for admitted in group {
-                let error = Err(ApiError::from(error.clone()));
-                settle(
-                    state,
-                    &admitted.item,
-                    Some(admitted.admission),
-                    None,
-                    started,
-                    error,
-                )
-                .await;
-            }
-            return;
-        }
-    };
     let request = EmbeddingsRequest {
         texts: group.iter().flat_map(|a| a.request.texts.clone()).collect(),
         pooling: group[0].request.pooling,
     };
-    let (request, options) = (TaskRequest::TextEmbeddings(request), options(state));
-    let run = tokio::select! {
-        run = state.ember.run_task(spec, request, &options) => run,
-        _ = aborted(state.abort.clone()) => Err(InferError::Aborted),
-    };
-    let (output, served_by) = match run {
-        Ok(run) => match run.output {
-            TaskOutput::TextEmbeddings(output) => (output, run.served_by),
-            _ => (
-                EmbeddingsOutput {
-                    vectors: Vec::new(),
-                    token_counts: Vec::new(),
-                    pooling: group[0].request.pooling,
-                },
-                run.served_by,
-            ),
-        },
+    let (spec, output, served_by) = match embed(state, &group[0].item.model, request).await {
+        Ok(ran) => ran,
         Err(error) => {
-            for admitted in group {
-                let error = Err(ApiError::from(error.clone()));
-                settle(
-                    state,
-                    &admitted.item,
-                    Some(admitted.admission),
-                    None,
-                    started,
-                    error,
-                )
-                .await;
+            for Admitted {
+                item, admission, ..
+            } in group
+            {
+                let error = Err(error.clone());
+                settle(state, &item, Some(admission), None, started, error).await;
             }
             return;
         }
@@ -271,6 +233,25 @@ async fn run_embedding_group(state: &AppState, group: Vec<Admitted>, started: In
             outcome,
         )
         .await;
+    }
+}
+
+/// Runs one embeddings request on `model`: the model it was priced at, its output and the model
+/// that served it.
+async fn embed<'a>(
+    state: &'a AppState,
+    model: &str,
+    request: EmbeddingsRequest,
+) -> Result<(&'a ModelSpec, EmbeddingsOutput, String), ApiError> {
+    let spec = state.ember.target(model)?.requested;
+    let (request, options) = (TaskRequest::TextEmbeddings(request), options(state));
+    let run = tokio::select! {
+        run = state.ember.run_task(spec, request, &options) => run?,
+        _ = aborted(state.abort.clone()) => return Err(InferError::Aborted.into()),
+    };
+    match run.output {
+        TaskOutput::TextEmbeddings(output) => Ok((spec, output, run.served_by)),
+        _ => Err(InferError::Internal(format!("{model} answered no embeddings")).into()),
     }
 }
 

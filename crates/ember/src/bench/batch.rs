@@ -5,12 +5,11 @@
 //! over without it (the anchor is Ember itself without a batch), and the batches' throughput.
 
 use super::report::{Row, median, percentile, print_table, write_json};
-use super::servers::{Server, free_port};
+use super::servers::{Server, ember_serve, free_port};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 #[derive(Args)]
@@ -59,21 +58,9 @@ impl BatchBench {
     async fn measure(&self, env: &super::Env<'_>, work: &Path) -> Result<()> {
         let client = reqwest::Client::new();
         let port = free_port()?;
-        let mut command = Command::new(std::env::current_exe()?);
-        command.arg("--home").arg(env.home);
-        if let Some(catalog) = env.catalog_file {
-            command.arg("--catalog").arg(catalog);
-        }
-        command
-            .arg("serve")
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .arg("--db")
-            .arg(work.join("ember.db"))
-            .args([
-                "--preload",
-                &format!("{},{}", self.chat_model, self.embedding_model),
-            ])
-            .arg("--no-rate-limits");
+        let models = format!("{},{}", self.chat_model, self.embedding_model);
+        let db = work.join("ember.db");
+        let command = ember_serve(env.home, env.catalog_file, port, &db, &models)?;
         let mut ember = Server::spawn(command, port, &work.join("ember.log"))?;
         ember.wait_ready(&client).await?;
         let base = format!("http://127.0.0.1:{port}/client/v4/accounts/local/ai/run");

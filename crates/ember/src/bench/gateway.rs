@@ -6,7 +6,7 @@
 //! `GET /health` on the same server, one request at a time.
 
 use super::report::{Row, median, percentile, print_table, write_json};
-use super::servers::{Server, free_port};
+use super::servers::{Server, ember_serve, free_port};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::json;
@@ -61,19 +61,9 @@ impl GatewayBench {
         // Ember: its own OpenAI route is the upstream, reached as provider `upstream`.
         let port = free_port()?;
         let base = format!("http://127.0.0.1:{port}");
-        let mut command = Command::new(std::env::current_exe()?);
-        command.arg("--home").arg(env.home);
-        if let Some(catalog) = env.catalog_file {
-            command.arg("--catalog").arg(catalog);
-        }
-        command
-            .arg("serve")
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .arg("--db")
-            .arg(work.join("ember.db"))
-            .args(["--preload", &self.model])
-            .arg("--no-rate-limits")
-            .args(["--provider", &format!("upstream={base}/v1")]);
+        let db = work.join("ember.db");
+        let mut command = ember_serve(env.home, env.catalog_file, port, &db, &self.model)?;
+        command.args(["--provider", &format!("upstream={base}/v1")]);
         let mut ember = Server::spawn(command, port, &work.join("ember.log"))?;
         ember.wait_ready(&client).await?;
 

@@ -54,22 +54,11 @@ impl Server {
         config: &ServerConfig,
     ) -> Result<Server> {
         let port = free_port()?;
-        let mut command = Command::new(std::env::current_exe()?);
-        command.arg("--home").arg(home);
-        if let Some(catalog) = catalog {
-            command.arg("--catalog").arg(catalog);
-        }
         let db = config
             .work_dir
             .join(format!("ember-{}.db", config.sequences));
+        let mut command = ember_serve(home, catalog, port, &db, model)?;
         command
-            .arg("serve")
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .arg("--db")
-            .arg(db)
-            .args(["--preload", model])
-            // llama-server has no rate limits; requests per minute must not cap the measurement.
-            .arg("--no-rate-limits")
             .args(["--max-sequences", &config.sequences.to_string()])
             .args(["--kv-cells", &config.kv_cells().to_string()])
             .args(["--kv-layout", config.kv_layout.name()])
@@ -78,6 +67,7 @@ impl Server {
         Server::spawn(command, port, &config.work_dir.join("ember.log"))
     }
 
+    /// Starts `command`, a server that will listen on `port`, its output going to `log`.
     pub fn spawn(mut command: Command, port: u16, log: &Path) -> Result<Server> {
         let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
         command.stdout(out.try_clone()?).stderr(out);
@@ -146,4 +136,28 @@ impl ServerConfig<'_> {
 
 pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// This executable's `serve` on `port` and `db` with `models` (comma-separated) preloaded and no
+/// rate limits (the anchors have none; requests per minute must not cap a measurement).
+pub fn ember_serve(
+    home: &Path,
+    catalog: Option<&Path>,
+    port: u16,
+    db: &Path,
+    models: &str,
+) -> Result<Command> {
+    let mut command = Command::new(std::env::current_exe()?);
+    command.arg("--home").arg(home);
+    if let Some(catalog) = catalog {
+        command.arg("--catalog").arg(catalog);
+    }
+    command
+        .arg("serve")
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--db")
+        .arg(db)
+        .args(["--preload", models])
+        .arg("--no-rate-limits");
+    Ok(command)
 }
