@@ -492,7 +492,7 @@ async fn unknown_models_routes_and_methods() {
         );
     }
     for path in [
-        format!("{V1}/responses"),
+        format!("{V1}/assistants"),
         format!("{CLOUDFLARE_V1}/nothing/here"),
     ] {
         openai_error(
