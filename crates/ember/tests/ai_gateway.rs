@@ -846,12 +846,43 @@ async fn the_universal_endpoint_falls_back_step_by_step() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn one_universal_step_alone_and_the_bindings_universal_run() {
+    let app = app();
+    // One step, not in an array, with Workers AI's endpoint written `run/{model}`.
+    let mut step = classify_step();
+    step["endpoint"] = json!(format!("run/{CLASSIFIER}"));
+    let reply = send(&app, universal(step.clone())).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.header("cf-aig-step"), "0");
+    assert_eq!(reply.json()["result"][1]["label"], "POSITIVE");
+
+    // `env.AI.gateway("default").run(step)`, straight and through wrangler's proxy.
+    let native = post("/ai-gateway/universal/run/default", json!([step]).to_string());
+    let mut proxied = post("/client/v4/accounts/local/ai/run/proxy", step.to_string());
+    proxied.headers_mut().insert(
+        "x-forwarded",
+        "https://workers-binding.ai/ai-gateway/universal/run/default"
+            .parse()
+            .unwrap(),
+    );
+    for request in [native, proxied] {
+        let reply = send(&app, request).await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        assert_eq!(reply.json()["result"][1]["label"], "POSITIVE");
+        wait_for_log(&app, "default", reply.header("cf-aig-log-id")).await;
+    }
+    let unknown = send(&app, post("/ai-gateway/universal/run/nope", step.to_string())).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND, "{:?}", unknown.body);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn bad_universal_requests_are_named() {
     let upstream = upstream().await;
     let app = app_with_providers(&upstream);
     let cases = [
         (json!([]), "/"),
-        (json!({"provider": "workers-ai"}), "/"),
+        (json!("workers-ai"), "/"),
+        (json!({"provider": "workers-ai"}), "/endpoint"),
         (
             json!([{"provider": "openrouter", "endpoint": "x", "query": {}}]),
             "/0/provider",

@@ -110,7 +110,8 @@ where
 enum Entry {
     /// `/v1/{account}/{gateway}/{provider}/...`.
     ProviderUrl { gateway: String },
-    /// `/v1/{account}/{gateway}`: an array of steps.
+    /// `/v1/{account}/{gateway}`, or the binding's `/ai-gateway/universal/run/{gateway}`: a step
+    /// or an array of steps.
     Universal { gateway: String },
     /// `cf-aig-gateway-id` on a REST or OpenAI route.
     Header { gateway: String },
@@ -165,6 +166,12 @@ fn entry_of(request: &Request) -> Option<Entry> {
         Some(url) if path.ends_with("/ai/run/proxy") => url.path(),
         _ => path,
     };
+    // `env.AI.gateway(id).run(...)`: a universal request for the caller's gateway `id`.
+    if let Some(gateway) = binding_path.strip_prefix("/ai-gateway/universal/run/") {
+        return Some(Entry::Universal {
+            gateway: gateway.to_string(),
+        });
+    }
     (binding_path == "/ai-gateway/run").then_some(Entry::Binding)
 }
 
@@ -267,7 +274,8 @@ async fn prepare(
     }
     let steps = if universal {
         let providers = &state.config.providers;
-        let account = path_account.unwrap_or_default();
+        // The binding's universal path names no account: the caller's.
+        let account = path_account.unwrap_or(account);
         steps::universal(
             &parts,
             account,

@@ -110,9 +110,9 @@ where
     Served { attempts, ..last }
 }
 
-/// A universal request's steps: `[{provider, endpoint, headers, query, config}]`, each sent to
-/// its provider URL under the same gateway, with its headers over the request's and its
-/// `config` over the request's retry and timeout options.
+/// A universal request's steps: `[{provider, endpoint, headers, query, config}]` (or one such
+/// object alone), each sent to its provider URL under the same gateway, with its headers over
+/// the request's and its `config` over the request's retry and timeout options.
 pub(super) fn universal(
     parts: &Parts,
     account: &str,
@@ -121,22 +121,25 @@ pub(super) fn universal(
     options: &RequestOptions,
     providers: &[std::sync::Arc<dyn Provider>],
 ) -> Result<Vec<Step>, ApiError> {
-    let steps = match body {
-        Some(Value::Array(steps)) if !steps.is_empty() => steps,
+    // Each step's fields are named from the body's root: `/1/query` in an array, `/query` alone.
+    let steps: Vec<(String, &Value)> = match body {
+        Some(Value::Array(steps)) if !steps.is_empty() => steps
+            .iter()
+            .enumerate()
+            .map(|(index, step)| (format!("/{index}"), step))
+            .collect(),
         Some(Value::Array(_)) => return Err(invalid("/", "the array of steps is empty")),
+        Some(step @ Value::Object(_)) => vec![(String::new(), step)],
         _ => {
             return Err(invalid(
                 "/",
-                "a universal request is a JSON array of {provider, endpoint, headers, query}",
+                "a universal request is a {provider, endpoint, headers, query} object or an array of them",
             ));
         }
     };
     steps
-        .iter()
-        .enumerate()
-        .map(|(index, step)| {
-            universal_step(parts, account, gateway, index, step, options, providers)
-        })
+        .into_iter()
+        .map(|(at, step)| universal_step(parts, account, gateway, &at, step, options, providers))
         .collect()
 }
 
@@ -144,18 +147,18 @@ fn universal_step(
     parts: &Parts,
     account: &str,
     gateway: &str,
-    index: usize,
+    at: &str,
     step: &Value,
     options: &RequestOptions,
     providers: &[std::sync::Arc<dyn Provider>],
 ) -> Result<Step, ApiError> {
-    let field = |name: &str| format!("/{index}/{name}");
+    let field = |name: &str| format!("{at}/{name}");
     let text = |name: &str| match step.get(name) {
         Some(Value::String(text)) if !text.is_empty() => Ok(text.as_str()),
         _ => Err(invalid(&field(name), "must be a non-empty string")),
     };
     if !step.is_object() {
-        return Err(invalid(&format!("/{index}"), "a step must be an object"));
+        return Err(invalid(at, "a step must be an object"));
     }
     let provider = text("provider")?;
     let known = provider == LOCAL_PROVIDER || providers.iter().any(|p| p.name() == provider);
@@ -172,6 +175,12 @@ fn universal_step(
         ));
     }
     let endpoint = text("endpoint")?.trim_start_matches('/');
+    // Workers AI's endpoint is the model, also written `run/{model}` (as @cloudflare/tanstack-ai
+    // sends it).
+    let endpoint = match provider {
+        LOCAL_PROVIDER => endpoint.strip_prefix("run/").unwrap_or(endpoint),
+        _ => endpoint,
+    };
     let query = step.get("query").cloned().unwrap_or(Value::Null);
     if !query.is_object() {
         return Err(invalid(
