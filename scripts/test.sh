@@ -61,8 +61,12 @@ done
 export EMBER_URL="http://127.0.0.1:$port"
 
 status=0
-# Dev mode (no account yet): the README's wrangler recipe with a dummy token.
+# Dev mode (no account yet): the README's wrangler recipe with a dummy token, then the same Worker
+# and three seed Workers through the wrangler-ember plugin under the newest wrangler (Node 24 from
+# PyPI) and the newest that Node 20 runs, and TanStack AI in its four modes.
 tests/e2e/run_worker_test.sh || status=1
+tests/e2e/run_wrangler_plugin_test.sh || status=1
+tests/e2e/tanstack/run.sh || status=1
 
 # From here on tokens are required: the clients use a real account's.
 EMBER_ACCOUNT_ID="$("$ember" accounts create --db "$db" --name e2e --plan paid)"
