@@ -65,6 +65,7 @@ status=0
 # and three seed Workers through the wrangler-ember plugin under the newest wrangler (Node 24 from
 # PyPI) and the newest that Node 20 runs, and TanStack AI in its four modes.
 tests/e2e/run_worker_test.sh || status=1
+(cd packages/wrangler-ember && npm test) || status=1
 tests/e2e/run_wrangler_plugin_test.sh || status=1
 tests/e2e/tanstack/run.sh || status=1
 

@@ -96,6 +96,17 @@ run_worker_checks() {
     if (j.transcription_info.language !== "en") return "language " + j.transcription_info.language;
     return Array.isArray(j.segments) && j.segments.length > 0 ? true : "segments " + JSON.stringify(j.segments);'
 
+  # ---------------------------------------------------------------- async batch
+  request POST /batch '{"texts":["first queued text","second queued text"]}'
+  check "/batch: {queueRequest: true} queues the requests, polling with the request_id gives their results" '
+    if (status !== "200") return "status " + status;
+    const j = JSON.parse(body);
+    if (j.queued.status !== "queued" || !j.queued.request_id) return "queued " + JSON.stringify(j.queued);
+    const r = j.done.responses;
+    if (!Array.isArray(r) || r.length !== 2) return "responses " + JSON.stringify(j.done);
+    if (r[1].id !== 1 || r[1].external_reference !== "ref-1" || r[1].success !== true) return JSON.stringify(r[1]);
+    return r.every(x => x.result.data[0].length === 768) && j.done.usage.prompt_tokens > 0 ? true : JSON.stringify(j.done.usage);'
+
   # ---------------------------------------------------------------- images: binary inputs
   CAT="$HERE/../../crates/ember-engines/tests/fixtures/vision/images/cat.png"
   request POST /classify "@$CAT"

@@ -52,6 +52,20 @@ app.post("/run", async (c) => {
   return c.json(await c.env.AI.run(model, inputs));
 });
 
+// Async batch: queue embeddings with {queueRequest: true}, then poll with the request_id until
+// the responses are there.
+app.post("/batch", async (c) => {
+  const { texts } = await c.req.json<{ texts: string[] }>();
+  const requests = texts.map((text, i) => ({ text, external_reference: `ref-${i}` }));
+  const queued = await c.env.AI.run(EMBED_MODEL, { requests }, { queueRequest: true });
+  for (let poll = 0; poll < 600; poll++) {
+    const state = await c.env.AI.run(EMBED_MODEL, { request_id: queued.request_id }, { queueRequest: true });
+    if (state.responses) return c.json({ queued, done: state });
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  return c.json({ queued, error: "the batch did not finish in a minute" }, 500);
+});
+
 // Speech: the request body is the audio, passed on as an array of byte values, or as a stream,
 // which the binding posts as the raw body with the other inputs in the query string.
 app.post("/transcribe/bytes", async (c) => {
