@@ -101,14 +101,15 @@ pub(crate) struct Call {
     admission: Option<Admission>,
     /// Where a successful run's usage is reported (for the AI Gateway's log).
     report: RunReport,
-    /// Counts the request as interactive while it lives, so batches yield to it.
-    _interactive: batch::Interactive,
+    /// Counts the request as interactive from its admission to its end, so batches give way to
+    /// it (a batch's submission or poll runs nothing and does not count).
+    _interactive: Option<batch::Interactive>,
 }
 
 impl Call {
     pub(crate) fn new(state: AppState, request: RequestId, form: Form, caller: Caller) -> Call {
         Call {
-            _interactive: state.batches.interactive(),
+            _interactive: None,
             state,
             id: request.id,
             report: request.report,
@@ -143,6 +144,7 @@ impl Call {
                 other => ApiError::Infer(InferError::Internal(other.to_string())),
             })?;
         self.admission = Some(admission);
+        self._interactive = Some(self.state.batches.interactive());
         Ok(())
     }
 

@@ -36,6 +36,8 @@ pub trait BatchQueue: Send + Sync {
     /// SQLite file, so there every claim is such a claim when the server starts; a shared
     /// backend lets the claims of its other servers lapse instead.
     async fn release_stale_claims(&self) -> Result<(), StoreError>;
+    /// Makes batch `batch_id`'s requests `indexes` claimable at once (their run was cut off).
+    async fn unclaim(&self, batch_id: &str, indexes: &[u32]) -> Result<(), StoreError>;
     /// Deletes the batches that finished before `finished_before_ms`, with their results;
     /// returns how many.
     async fn expire(&self, finished_before_ms: i64) -> Result<u64, StoreError>;

@@ -965,6 +965,11 @@ pub async fn batches_queue_claim_and_finish_each_request_once(stores: &Stores) {
     );
     assert_eq!(items[1].outcome, None);
 
+    // Requests given back are claimable at once.
+    assert_eq!(queue.claim(1, None, 400, 900).await.unwrap()[0].index, 1);
+    queue.unclaim("b1", &[1]).await.unwrap();
+    assert_eq!(queue.claim(1, None, 400, 900).await.unwrap()[0].index, 1);
+
     // A restarted server takes the unfinished requests again at once.
     queue.release_stale_claims().await.unwrap();
     let again = queue.claim(10, None, 0, 1).await.unwrap();

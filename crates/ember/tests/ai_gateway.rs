@@ -857,7 +857,10 @@ async fn one_universal_step_alone_and_the_bindings_universal_run() {
     assert_eq!(reply.json()["result"][1]["label"], "POSITIVE");
 
     // `env.AI.gateway("default").run(step)`, straight and through wrangler's proxy.
-    let native = post("/ai-gateway/universal/run/default", json!([step]).to_string());
+    let native = post(
+        "/ai-gateway/universal/run/default",
+        json!([step]).to_string(),
+    );
     let mut proxied = post("/client/v4/accounts/local/ai/run/proxy", step.to_string());
     proxied.headers_mut().insert(
         "x-forwarded",
@@ -871,7 +874,11 @@ async fn one_universal_step_alone_and_the_bindings_universal_run() {
         assert_eq!(reply.json()["result"][1]["label"], "POSITIVE");
         wait_for_log(&app, "default", reply.header("cf-aig-log-id")).await;
     }
-    let unknown = send(&app, post("/ai-gateway/universal/run/nope", step.to_string())).await;
+    let unknown = send(
+        &app,
+        post("/ai-gateway/universal/run/nope", step.to_string()),
+    )
+    .await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND, "{:?}", unknown.body);
 }
 

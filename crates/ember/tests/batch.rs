@@ -10,6 +10,7 @@ use ember_store::Plan;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
+use tower::ServiceExt;
 
 const RUN: &str = "/client/v4/accounts/local/ai/run";
 
@@ -281,4 +282,51 @@ async fn a_full_queue_refuses_with_429_and_another_accounts_batch_is_unknown() {
     )
     .await;
     theirs.rest_error(404, 7003);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn batches_wait_while_an_interactive_request_is_in_flight() {
+    let mut state = app().state;
+    state.batches = Arc::new(Batches::new(BatchSettings {
+        max_pause: Duration::from_secs(3_600),
+        ..BatchSettings::default()
+    }));
+    tokio::spawn(ember_http::process_batches(state.clone()));
+    let app = App {
+        router: ember_http::router(state.clone()),
+        store: state.access.stores().clone(),
+        state,
+        abort: tokio::sync::watch::channel(false).0,
+    };
+    // A stream whose body is not read: its request stays in flight.
+    let stream = json!({"prompt": "Tell a story.", "max_tokens": 8, "stream": true});
+    let request = post(&format!("{RUN}/{SMOL}"), stream.to_string());
+    let in_flight = app.router.clone().oneshot(request).await.unwrap();
+    assert_eq!(in_flight.status(), 200);
+
+    let submit = json!({"requests": [{"text": "one"}, {"text": "two"}]});
+    let reply = send(
+        &app,
+        post(
+            &format!("{RUN}/{MINILM}?queueRequest=true"),
+            submit.to_string(),
+        ),
+    )
+    .await;
+    let id = reply.json()["result"]["request_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let waiting = app.store.batches.batch(&id).await.unwrap().unwrap();
+    assert_eq!(
+        waiting.status,
+        ember_store::BatchStatus::Queued,
+        "nothing ran beside the stream"
+    );
+
+    drop(in_flight); // The client goes away: the batch runs.
+    let done = results(&app, MINILM, &id).await;
+    assert_eq!(done["responses"].as_array().unwrap().len(), 2);
+    wait_until_model_is_free(SMOL).await;
 }

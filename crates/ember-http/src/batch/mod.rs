@@ -4,11 +4,11 @@
 //! `{request_id}`, answered with the batch's status until its `{responses, usage}` are ready. The
 //! processor (`processor::process`) runs the queued requests in the background.
 //!
-//! Invariants: interactive requests come first (while any is in flight the processor starts at
-//! most one batch request at a time; otherwise up to `BatchSettings::concurrency`); a request of a
-//! batch is stored with its result and its charge in one transaction, once (see
-//! `ember_store::BatchQueue`); a run that did not end (shutdown, no free slot) stores nothing and
-//! runs again.
+//! Invariants: interactive requests come first (while any is in flight, batch requests wait and
+//! those running give way, except one every `BatchSettings::max_pause`; otherwise up to
+//! `BatchSettings::concurrency` run); a request of a batch is stored with its result and its
+//! charge in one transaction, once (see `ember_store::BatchQueue`); a run that did not end
+//! (shutdown, gave way, no free slot) stores nothing and runs again.
 
 mod processor;
 
@@ -33,6 +33,9 @@ use tokio::sync::Notify;
 pub struct BatchSettings {
     /// Batch requests run at once while no interactive request is in flight.
     pub concurrency: usize,
+    /// While interactive requests keep coming, batches wait; but never longer than this between
+    /// two batch requests, so that a busy server still finishes its batches.
+    pub max_pause: Duration,
     /// Requests the queue holds not yet run, all batches together; a batch that would pass it
     /// is refused with 429.
     pub max_pending: u64,
@@ -44,6 +47,7 @@ impl Default for BatchSettings {
     fn default() -> BatchSettings {
         BatchSettings {
             concurrency: 8,
+            max_pause: Duration::from_secs(60),
             max_pending: 100_000,
             keep_results: Duration::from_secs(24 * 3_600),
         }
@@ -69,16 +73,15 @@ impl Batches {
 
     /// Counts an interactive request as in flight until the guard drops.
     pub(crate) fn interactive(self: &Arc<Batches>) -> Interactive {
-        self.interactive.fetch_add(1, Ordering::SeqCst);
+        if self.interactive.fetch_add(1, Ordering::SeqCst) == 0 {
+            // The first one: the processor makes room for it.
+            self.wake.notify_one();
+        }
         Interactive(self.clone())
     }
 
-    /// Batch requests that may run at once now.
-    fn concurrency(&self) -> usize {
-        match self.interactive.load(Ordering::SeqCst) {
-            0 => self.settings.concurrency.max(1),
-            _ => 1,
-        }
+    fn is_busy(&self) -> bool {
+        self.interactive.load(Ordering::SeqCst) > 0
     }
 }
 

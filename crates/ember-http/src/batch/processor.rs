@@ -1,5 +1,6 @@
-//! The batch processor: claims queued requests while the load allows (`Batches::concurrency`),
-//! runs them and settles each with its result. Embedding requests of one batch run together,
+//! The batch processor: claims queued requests while no interactive request is in flight (and
+//! one every `BatchSettings::max_pause` while they keep coming), stops those it started when
+//! interactive requests arrive, runs them and settles each with its result. Embedding requests of one batch run together,
 //! many texts to one forward pass (what the engines batch best); every other request runs alone.
 
 use crate::error::ApiError;
@@ -13,24 +14,38 @@ use ember_core::tasks::{
 use ember_core::{InferError, RunOptions, RunOutput};
 use ember_store::{BatchItemResult, ClaimedItem, ItemOutcome, RequestRecord};
 use serde_json::{Value, json};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 
 /// Embedding requests of one batch claimed to run together.
 const EMBEDDING_GROUP: u32 = 32;
 
 /// Runs the queued requests until shutdown: claims what may run now, runs each claim as its own
-/// task, and removes expired results now and then.
+/// task, makes those give way when interactive requests arrive, and removes expired results now
+/// and then.
 pub async fn process(state: AppState) {
     let queue = state.access.stores().batches.clone();
     if let Err(error) = queue.release_stale_claims().await {
         tracing::error!(%error, "could not take back the batch requests of the last run");
     }
     let batches = state.batches.clone();
-    let mut running = JoinSet::new();
+    let settings = &batches.settings;
+    let mut runs = Runs::default();
+    let mut last_start = Instant::now();
     let mut next_expiry = Instant::now();
     loop {
-        let free = batches.concurrency().saturating_sub(running.len());
+        let busy = batches.is_busy();
+        if busy {
+            runs.give_way(queue.as_ref()).await;
+        }
+        // Idle: as many as the settings allow. Busy: none, but one now and then.
+        let allowed = match busy {
+            false => settings.concurrency.max(1),
+            true if last_start.elapsed() >= settings.max_pause => 1,
+            true => 0,
+        };
+        let free = allowed.saturating_sub(runs.claims.len());
         if free > 0 {
             let now_ms = state.access.now_ms();
             // A claim outlives any run (its timeout), so only a dead server's claims lapse.
@@ -38,8 +53,14 @@ pub async fn process(state: AppState) {
             match queue.claim(free as u32, None, now_ms, until_ms).await {
                 Ok(items) => {
                     for item in items {
+                        last_start = Instant::now();
                         if !is_embedding(&state, &item) {
-                            running.spawn(run_one(state.clone(), item));
+                            runs.start(
+                                &item.batch_id.clone(),
+                                vec![item.index],
+                                !busy,
+                                run_one(state.clone(), item),
+                            );
                             continue;
                         }
                         let batch = Some(item.batch_id.as_str());
@@ -48,28 +69,96 @@ pub async fn process(state: AppState) {
                             .await;
                         let mut group = vec![item];
                         group.extend(more.unwrap_or_default());
-                        running.spawn(run_embeddings(state.clone(), group));
+                        let indexes = group.iter().map(|item| item.index).collect();
+                        let batch_id = group[0].batch_id.clone();
+                        runs.start(
+                            &batch_id,
+                            indexes,
+                            !busy,
+                            run_embeddings(state.clone(), group),
+                        );
                     }
                 }
                 Err(error) => tracing::error!(%error, "could not claim batch requests"),
             }
         }
         if Instant::now() >= next_expiry {
-            let keep = batches.settings.keep_results.as_millis() as i64;
+            let keep = settings.keep_results.as_millis() as i64;
             if let Err(error) = queue.expire(state.access.now_ms() - keep).await {
                 tracing::error!(%error, "could not remove expired batches");
             }
             next_expiry = Instant::now() + Duration::from_secs(60);
         }
         tokio::select! {
-            Some(_) = running.join_next(), if !running.is_empty() => {}
+            Some(ended) = runs.tasks.join_next_with_id(), if !runs.tasks.is_empty() => {
+                if let Ok((id, ())) = ended {
+                    runs.claims.remove(&id);
+                }
+            }
             _ = batches.wake.notified() => {}
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = aborted(state.abort.clone()) => break,
         }
     }
     // Requests cut off here have stored nothing; the next start runs them again.
-    running.shutdown().await;
+    runs.tasks.shutdown().await;
+}
+
+/// The batch requests being run: one task per claim.
+#[derive(Default)]
+struct Runs {
+    tasks: JoinSet<()>,
+    claims: HashMap<tokio::task::Id, Claim>,
+}
+
+/// What one task runs: requests of one batch, and whether it gives way to interactive requests
+/// (those started while none was in flight; one started while they were, to keep batches
+/// moving, runs to its end).
+struct Claim {
+    batch_id: String,
+    indexes: Vec<u32>,
+    gives_way: bool,
+    task: AbortHandle,
+}
+
+impl Runs {
+    fn start(
+        &mut self,
+        batch_id: &str,
+        indexes: Vec<u32>,
+        gives_way: bool,
+        run: impl Future<Output = ()> + Send + 'static,
+    ) {
+        let task = self.tasks.spawn(run);
+        let claim = Claim {
+            batch_id: batch_id.to_string(),
+            indexes,
+            gives_way,
+            task,
+        };
+        self.claims.insert(claim.task.id(), claim);
+    }
+
+    /// Stops the runs that give way and hands their requests back to the queue. A stopped run
+    /// has stored nothing (or all of a request's result and charge, which a later run then does
+    /// not store again); a generation stops at its next step.
+    async fn give_way(&mut self, queue: &dyn ember_store::BatchQueue) {
+        let stopped: Vec<tokio::task::Id> = self
+            .claims
+            .iter()
+            .filter(|(_, claim)| claim.gives_way)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stopped {
+            let Some(claim) = self.claims.remove(&id) else {
+                continue;
+            };
+            claim.task.abort();
+            if let Err(error) = queue.unclaim(&claim.batch_id, &claim.indexes).await {
+                tracing::error!(%error, "could not hand batch requests back to the queue");
+            }
+        }
+    }
 }
 
 fn is_embedding(state: &AppState, item: &ClaimedItem) -> bool {

@@ -96,6 +96,22 @@ impl BatchQueue for SqliteStore {
         .await
     }
 
+    async fn unclaim(&self, batch_id: &str, indexes: &[u32]) -> Result<(), StoreError> {
+        let (batch_id, indexes) = (batch_id.to_string(), indexes.to_vec());
+        self.run(move |connection| {
+            let tx = connection.transaction()?;
+            for index in indexes {
+                tx.execute(
+                    "UPDATE batch_items SET claimed_until_ms = NULL WHERE batch_id = ?1 AND idx = ?2",
+                    params![batch_id, index],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn expire(&self, finished_before_ms: i64) -> Result<u64, StoreError> {
         self.run(move |connection| {
             // The items go with their batch (ON DELETE CASCADE).
