@@ -340,7 +340,7 @@ def test_unknown_model_is_404(client: OpenAI):
 
 def test_unknown_route_is_404(client: OpenAI):
     with pytest.raises(openai.NotFoundError) as ei:
-        client.responses.create(model=QWEN, input="hi")
+        client.post("/assistants", cast_to=object, body={"model": QWEN})
     assert ei.value.type == "invalid_request_error", ei.value.body
 
 
