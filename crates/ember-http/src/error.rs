@@ -243,7 +243,7 @@ impl ApiError {
 
     /// The body of `anthropic_response`; its `type` follows the status as Anthropic's does.
     pub fn anthropic_body(&self) -> Value {
-        let kind = match self.kind().status.as_u16() {
+        let kind = match self.sdk_status().as_u16() {
             401 => "authentication_error",
             403 => "permission_error",
             404 => "not_found_error",
