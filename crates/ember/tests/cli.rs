@@ -289,13 +289,18 @@ async fn ledger_total(client: &reqwest::Client, server: &str, account: &str, tok
         .sum()
 }
 
+/// A paid account on `db` and a token for it, made with the admin commands.
+fn paid_account(db: &Path) -> (String, String) {
+    let account = admin(db, &["accounts", "create", "--plan", "paid"]);
+    let account = account.trim().to_string();
+    let token = admin(db, &["tokens", "create", "--account", &account]);
+    (account, token.trim().to_string())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_killed_under_load_loses_no_settled_request() {
     let db = temp_db("kill");
-    let account = admin(&db, &["accounts", "create", "--plan", "paid"]);
-    let account = account.trim().to_string();
-    let token = admin(&db, &["tokens", "create", "--account", &account]);
-    let token = token.trim().to_string();
+    let (account, token) = paid_account(&db);
     let client = reqwest::Client::new();
 
     let server = Server::start(&db);
@@ -356,10 +361,7 @@ async fn batch_row(db: &Path, id: &str) -> ember_store::Batch {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_killed_mid_batch_runs_every_request_exactly_once_after_restart() {
     let db = temp_db("batch-kill");
-    let account = admin(&db, &["accounts", "create", "--plan", "paid"]);
-    let account = account.trim().to_string();
-    let token = admin(&db, &["tokens", "create", "--account", &account]);
-    let token = token.trim().to_string();
+    let (account, token) = paid_account(&db);
     let client = reqwest::Client::new();
     let requests: Vec<_> = (0..150)
         .map(|i| serde_json::json!({"text": format!("queued sentence {i}"), "external_reference": i.to_string()}))

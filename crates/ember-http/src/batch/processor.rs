@@ -18,8 +18,10 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tokio::task::{AbortHandle, JoinSet};
 
-/// Embedding requests of one batch claimed to run together.
-const EMBEDDING_GROUP: u32 = 32;
+/// Embedding requests of one batch claimed to run together: most of batching's gain (3x the
+/// one-by-one rate here), in a forward pass short enough that an interactive request arriving
+/// during one (it cannot be stopped) waits little.
+const EMBEDDING_GROUP: u32 = 8;
 
 /// Runs the queued requests until shutdown: claims what may run now, runs each claim as its own
 /// task, makes those give way when interactive requests arrive, and removes expired results now
@@ -50,35 +52,36 @@ pub async fn process(state: AppState) {
             let now_ms = state.access.now_ms();
             // A claim outlives any run (its timeout), so only a dead server's claims lapse.
             let until_ms = now_ms + 2 * state.config.request_timeout.as_millis() as i64;
-            match queue.claim(free as u32, None, now_ms, until_ms).await {
-                Ok(items) => {
-                    for item in items {
-                        last_start = Instant::now();
-                        if !is_embedding(&state, &item) {
-                            runs.start(
-                                &item.batch_id.clone(),
-                                vec![item.index],
-                                !busy,
-                                run_one(state.clone(), item),
-                            );
-                            continue;
-                        }
-                        let batch = Some(item.batch_id.as_str());
+            // One run at a time, the load checked again before each: an interactive request
+            // that arrives meanwhile finds as little as possible started.
+            match queue.claim(1, None, now_ms, until_ms).await {
+                Ok(items) if !items.is_empty() => {
+                    let item = items.into_iter().next().expect("one item");
+                    last_start = Instant::now();
+                    let batch_id = item.batch_id.clone();
+                    if is_embedding(&state, &item) {
+                        let batch = Some(batch_id.as_str());
                         let more = queue
                             .claim(EMBEDDING_GROUP - 1, batch, now_ms, until_ms)
                             .await;
                         let mut group = vec![item];
                         group.extend(more.unwrap_or_default());
                         let indexes = group.iter().map(|item| item.index).collect();
-                        let batch_id = group[0].batch_id.clone();
                         runs.start(
                             &batch_id,
                             indexes,
                             !busy,
                             run_embeddings(state.clone(), group),
                         );
+                    } else {
+                        let indexes = vec![item.index];
+                        runs.start(&batch_id, indexes, !busy, run_one(state.clone(), item));
+                    }
+                    if free > 1 {
+                        continue;
                     }
                 }
+                Ok(_) => {}
                 Err(error) => tracing::error!(%error, "could not claim batch requests"),
             }
         }
