@@ -118,11 +118,10 @@ pub async fn speech(
     body: Body,
 ) -> Response {
     let mut call = Call::new(state, request, Form::OpenAi, caller);
-    let body = match run::read_json(body, call.state.config.max_body_bytes).await {
+    let body = match run::read_request(&mut call, body).await {
         Ok(body) => body,
         Err(error) => return call.fail(error).await,
     };
-    call.model = openai::requested_model(&body);
     let (spec, request) = match parse_speech(&call.state, &body) {
         Ok(parsed) => parsed,
         Err(error) => return call.fail(error).await,

@@ -4,7 +4,7 @@
 //! events and errors take Anthropic's shapes.
 
 use crate::error::ApiError;
-use crate::openai::{self, Endpoint, Generation, GenerationReply, invalid};
+use crate::openai::{self, GenerationReply, invalid};
 use crate::run::{self, Call, Form};
 use crate::sse::StreamFormat;
 use crate::wire::binary;
@@ -27,32 +27,21 @@ pub(crate) async fn create(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let mut call = Call::new(state.clone(), request, Form::Anthropic, caller);
-    let body = match run::read_json(body, state.config.max_body_bytes).await {
+    let mut call = Call::new(state, request, Form::Anthropic, caller);
+    let body = match run::read_request(&mut call, body).await {
         Ok(body) => body,
         Err(error) => return call.fail(error).await,
     };
-    call.model = openai::requested_model(&body);
     let chat = match read(&body) {
         Ok(chat) => chat,
         Err(error) => return call.fail(error).await,
-    };
-    let Generation {
-        spec,
-        request,
-        estimate,
-        ..
-    } = match openai::parse_generation(&state, &chat, Endpoint::Chat) {
-        Ok(generation) => generation,
-        Err(error) => return call.fail(locate(error)).await,
     };
     let reply = MessageReply {
         id: format!("msg_{}", call.id.replace('-', "")),
         model: call.model.clone(),
         blocks: Mutex::default(),
     };
-    let options = run::run_options(&state, &headers, None);
-    openai::answer_generation(call, spec, request, &estimate, &options, reply).await
+    openai::answer_as_chat(call, &headers, &chat, locate, reply).await
 }
 
 /// `error` about the chat, naming the Messages request's field instead.

@@ -101,7 +101,7 @@ pub fn is_openai_path(path: &str) -> bool {
 
 /// The two text generation endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Endpoint {
+enum Endpoint {
     /// `/chat/completions`: messages, rendered through the model's chat template.
     Chat,
     /// `/completions`: one prompt, sent to the model as it is.
@@ -131,22 +131,21 @@ async fn completions(
 }
 
 /// A text generation request, translated.
-pub(crate) struct Generation<'a> {
-    pub(crate) spec: &'a ModelSpec,
-    pub(crate) request: TextGenerationRequest,
+struct Generation<'a> {
+    spec: &'a ModelSpec,
+    request: TextGenerationRequest,
     /// What it can cost at most, held against the caller's allocation while it runs.
-    pub(crate) estimate: Usage,
+    estimate: Usage,
     /// `stream_options.include_usage`: a last chunk carries the usage.
     include_usage: bool,
 }
 
 async fn generate(mut call: Call, headers: &HeaderMap, body: Body, endpoint: Endpoint) -> Response {
     let state = call.state.clone();
-    let body = match run::read_json(body, state.config.max_body_bytes).await {
+    let body = match run::read_request(&mut call, body).await {
         Ok(body) => body,
         Err(error) => return call.fail(error).await,
     };
-    call.model = requested_model(&body);
     let Generation {
         spec,
         request,
@@ -171,6 +170,30 @@ async fn generate(mut call: Call, headers: &HeaderMap, body: Body, endpoint: End
     };
     let options = run::run_options(&state, headers, body.get("options"));
     answer_generation(call, spec, request, &estimate, &options, answer).await
+}
+
+/// Answers a request of another chat API (Responses, Messages) as the OpenAI chat `chat` it
+/// amounts to: read by the chat route's own readers (`locate` turns an error about the chat into
+/// one about the caller's field), answered by `reply`.
+pub(crate) async fn answer_as_chat(
+    call: Call,
+    headers: &HeaderMap,
+    chat: &Value,
+    locate: impl FnOnce(ApiError) -> ApiError,
+    reply: impl GenerationReply,
+) -> Response {
+    let state = call.state.clone();
+    let Generation {
+        spec,
+        request,
+        estimate,
+        ..
+    } = match parse_generation(&state, chat, Endpoint::Chat) {
+        Ok(generation) => generation,
+        Err(error) => return call.fail(locate(error)).await,
+    };
+    let options = run::run_options(&state, headers, None);
+    answer_generation(call, spec, request, &estimate, &options, reply).await
 }
 
 /// How a generation route answers: its stream format, and its whole answer.
@@ -236,7 +259,7 @@ pub(crate) async fn answer_generation(
 
 /// Reads the request into a text generation; the fields OpenAI and Workers AI share are read by
 /// the same code as `/ai/run`'s, so errors name the client's field.
-pub(crate) fn parse_generation<'a>(
+fn parse_generation<'a>(
     state: &'a AppState,
     body: &Value,
     endpoint: Endpoint,

@@ -6,7 +6,7 @@
 //! reads the end of it.
 
 use crate::error::{ApiError, openai_stream_error_event};
-use crate::openai::{self, Endpoint, Generation, GenerationReply, invalid};
+use crate::openai::{self, GenerationReply, invalid};
 use crate::run::{self, Call, Form};
 use crate::sse::{EndFuture, StreamFormat};
 use crate::{AppState, RequestId};
@@ -31,23 +31,13 @@ pub(crate) async fn create(
     body: Body,
 ) -> Response {
     let mut call = Call::new(state.clone(), request, Form::OpenAi, caller);
-    let body = match run::read_json(body, state.config.max_body_bytes).await {
+    let body = match run::read_request(&mut call, body).await {
         Ok(body) => body,
         Err(error) => return call.fail(error).await,
     };
-    call.model = openai::requested_model(&body);
     let (chat, conversation, echo) = match read(&call, &body).await {
         Ok(read) => read,
         Err(error) => return call.fail(error).await,
-    };
-    let Generation {
-        spec,
-        request,
-        estimate,
-        ..
-    } = match openai::parse_generation(&state, &chat.body, Endpoint::Chat) {
-        Ok(generation) => generation,
-        Err(error) => return call.fail(chat.locate(error)).await,
     };
     let store = body.get("store") != Some(&Value::Bool(false));
     let reply = ResponseReply {
@@ -62,8 +52,8 @@ pub(crate) async fn create(
             conversation,
         }),
     };
-    let options = run::run_options(&state, &headers, None);
-    openai::answer_generation(call, spec, request, &estimate, &options, reply).await
+    let locate = |error| chat.locate(error);
+    openai::answer_as_chat(call, &headers, &chat.body, locate, reply).await
 }
 
 pub(crate) async fn get(

@@ -475,6 +475,14 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<RunB
     }))
 }
 
+/// Reads a JSON route's body (within the server's limit) and names its `model` in the call, for
+/// the request log.
+pub(crate) async fn read_request(call: &mut Call, body: Body) -> Result<Value, ApiError> {
+    let body = read_json(body, call.state.config.max_body_bytes).await?;
+    call.model = openai::requested_model(&body);
+    Ok(body)
+}
+
 /// Reads the body (at most `limit` bytes, chunked or not) and parses it as JSON.
 pub(crate) async fn read_json(body: Body, limit: usize) -> Result<Value, ApiError> {
     let bytes = read_bytes(body, limit).await?;
@@ -581,11 +589,10 @@ pub(crate) async fn task_route<E>(
     parse: impl FnOnce(&Value) -> Result<(ModelSpec, TaskRequest, E), ApiError>,
     answer: impl FnOnce(&str, TaskOutput, Usage, E) -> Option<Value>,
 ) -> Response {
-    let body = match read_json(body, call.state.config.max_body_bytes).await {
+    let body = match read_request(&mut call, body).await {
         Ok(body) => body,
         Err(error) => return call.fail(error).await,
     };
-    call.model = openai::requested_model(&body);
     let (spec, request, extra) = match parse(&body) {
         Ok(parsed) => parsed,
         Err(error) => return call.fail(error).await,
