@@ -5,13 +5,12 @@ import assert from "node:assert/strict";
 import { readFile } from "node:fs/promises";
 import {
   Output, embedMany, generateObject, generateSpeech, generateText, isStepCount, rerank, streamObject,
-  streamText, tool, transcribe,
+  streamText, transcribe,
 } from "ai";
 import { createWorkersAI } from "workers-ai-provider";
-import { z } from "zod";
 import {
   ACCOUNT_ID, CHAT_MODEL, EMBED_MODEL, EMBED_TEXTS, PROFILE_PROMPT, SPEECH_WAV, TIMEOUT, TOKEN,
-  TOOL_MODEL, TOOL_PROMPT, TOOL_SYSTEM, assertEmbedOrder, assertVector, emberFetch, looksLikeMp3, profileSchema,
+  TOOL_MODEL, TOOL_PROMPT, TOOL_SYSTEM, addTool, assertEmbedOrder, assertVector, emberFetch, looksLikeMp3, profileSchema,
 } from "./common.js";
 
 // A fresh provider per test, so each test sees only its own requests in `fetch.calls`.
@@ -66,16 +65,7 @@ test("tool call round trip (zod schema, stopWhen: isStepCount(2))", { timeout: T
   const result = await generateText({
     ...opts,
     model: workersai(TOOL_MODEL),
-    tools: {
-      add: tool({
-        description: "Add two integers and return their sum.",
-        inputSchema: z.object({ a: z.number(), b: z.number() }),
-        execute: async ({ a, b }) => {
-          executed.push({ a, b });
-          return { sum: a + b };
-        },
-      }),
-    },
+    tools: { add: addTool(executed) },
     stopWhen: isStepCount(2),
     system: TOOL_SYSTEM,
     prompt: TOOL_PROMPT,
@@ -108,13 +98,7 @@ test("streamText with a tool: streamed tool call, then streamed answer", { timeo
   const result = streamText({
     ...opts,
     model: workersai(TOOL_MODEL),
-    tools: {
-      add: tool({
-        description: "Add two integers and return their sum.",
-        inputSchema: z.object({ a: z.number(), b: z.number() }),
-        execute: async ({ a, b }) => ({ sum: a + b }),
-      }),
-    },
+    tools: { add: addTool() },
     stopWhen: isStepCount(2),
     system: TOOL_SYSTEM,
     prompt: TOOL_PROMPT,

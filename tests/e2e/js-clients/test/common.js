@@ -4,7 +4,6 @@
 //      EMBER_TOKEN (default "dummy").
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
-import { z } from "zod";
 
 if (!process.env.EMBER_URL) throw new Error("EMBER_URL is required (e.g. http://127.0.0.1:8787)");
 
@@ -12,16 +11,11 @@ export const EMBER_URL = process.env.EMBER_URL.replace(/\/+$/, "");
 export const ACCOUNT_ID = process.env.EMBER_ACCOUNT_ID || "local";
 export const TOKEN = process.env.EMBER_TOKEN || "dummy";
 
-// Ember aliases this id to a local Qwen2.5-Coder-0.5B (tools and JSON schemas by constrained decoding).
-export const CHAT_MODEL = "@cf/meta/llama-3.1-8b-instruct";
-// Tool round trips: the 0.5B model calls the tool again after seeing its result, so these use the
-// 1.5B, greedy, with a system prompt that says when to stop calling.
-export const TOOL_MODEL = "@hf/qwen/qwen2.5-coder-1.5b-instruct";
+export { CHAT_MODEL, EMBED_MODEL, TOOL_MODEL, addTool, profileSchema } from "../shared.js";
 export const TOOL_SYSTEM =
   "You are a helpful assistant. Call a tool only when you do not yet have its result; " +
   "once a tool result is available, answer the user in plain text.";
 export const TOOL_PROMPT = "What is 17 + 25? Use the add tool.";
-export const EMBED_MODEL = "@cf/google/embeddinggemma-300m";
 export const EMBED_DIM = 768;
 
 // Per-test timeout: a debug build of Ember on a CPU can be slow.
@@ -104,10 +98,5 @@ export function looksLikeMp3(bytes) {
 }
 
 // The zod schema and prompt used by every structured-output test.
-export const profileSchema = z.object({
-  name: z.string(),
-  age: z.number().int(),
-  hobbies: z.array(z.string()),
-});
 export const PROFILE_PROMPT =
   "Make a profile for a person named Alice who is 30 years old and whose hobbies are chess and hiking.";

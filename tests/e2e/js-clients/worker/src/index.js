@@ -4,22 +4,11 @@
 // test/ai-sdk-binding.test.js checks it. Errors come back as 500 {name, message, ...}.
 import {
   embedMany, generateImage, generateObject, generateSpeech, generateText, isStepCount, rerank,
-  streamText, tool, transcribe,
+  streamText, transcribe,
 } from "ai";
 import { createWorkersAI } from "workers-ai-provider";
 import { CloudflareWorkersAIEmbeddings } from "@langchain/cloudflare";
-import { z } from "zod";
-
-const CHAT_MODEL = "@cf/meta/llama-3.1-8b-instruct";
-const EMBED_MODEL = "@cf/google/embeddinggemma-300m";
-// The 0.5B model calls the tool again after seeing its result; the 1.5B answers.
-const TOOL_MODEL = "@hf/qwen/qwen2.5-coder-1.5b-instruct";
-
-const profileSchema = z.object({
-  name: z.string(),
-  age: z.number().int(),
-  hobbies: z.array(z.string()),
-});
+import { CHAT_MODEL, EMBED_MODEL, TOOL_MODEL, addTool, profileSchema } from "../../shared.js";
 
 // maxRetries: 0, so an Ember error shows up as it is instead of being retried.
 const opts = { maxRetries: 0 };
@@ -48,16 +37,7 @@ const routes = {
     const r = await generateText({
       ...opts,
       model: ai(TOOL_MODEL),
-      tools: {
-        add: tool({
-          description: "Add two integers and return their sum.",
-          inputSchema: z.object({ a: z.number(), b: z.number() }),
-          execute: async ({ a, b }) => {
-            executed.push({ a, b });
-            return { sum: a + b };
-          },
-        }),
-      },
+      tools: { add: addTool(executed) },
       stopWhen: isStepCount(2),
       system: body.system,
       prompt: body.prompt,
