@@ -24,7 +24,7 @@ use ember_core::tasks;
 use ember_store::{BatchStatus, NewBatch, NewBatchRequest};
 use serde_json::{Value, json};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::Notify;
 
@@ -61,6 +61,9 @@ pub struct Batches {
     pub settings: BatchSettings,
     interactive: AtomicUsize,
     wake: Notify,
+    /// False while the processor has nothing to run and found the queue empty: interactive
+    /// requests then start and end without waking it (its own timer still looks now and then).
+    active: AtomicBool,
 }
 
 impl Batches {
@@ -75,9 +78,27 @@ impl Batches {
     pub(crate) fn interactive(self: &Arc<Batches>) -> Interactive {
         if self.interactive.fetch_add(1, Ordering::SeqCst) == 0 {
             // The first one: the processor makes room for it.
-            self.wake.notify_one();
+            self.wake_if_active();
         }
         Interactive(self.clone())
+    }
+
+    /// Wakes the processor: the queue has new work.
+    fn wake(&self) {
+        self.set_active(true);
+        self.wake.notify_one();
+    }
+
+    /// Whether the processor has work (runs, or a queue that may hold some), so that interactive
+    /// requests must wake it.
+    fn set_active(&self, active: bool) {
+        self.active.store(active, Ordering::SeqCst);
+    }
+
+    fn wake_if_active(&self) {
+        if self.active.load(Ordering::SeqCst) {
+            self.wake.notify_one();
+        }
     }
 
     fn is_busy(&self) -> bool {
@@ -92,7 +113,7 @@ impl Drop for Interactive {
     fn drop(&mut self) {
         if self.0.interactive.fetch_sub(1, Ordering::SeqCst) == 1 {
             // The last one ended: the processor may start more.
-            self.0.wake.notify_one();
+            self.0.wake_if_active();
         }
     }
 }
@@ -194,7 +215,7 @@ async fn submit(call: &Call, input: Value, input_bytes: usize) -> Result<Value, 
     if !queue.enqueue(&batch, max_pending).await.map_err(internal)? {
         return Err(InferError::Overloaded.into());
     }
-    state.batches.wake.notify_one();
+    state.batches.wake();
     Ok(json!({ "status": "queued", "request_id": batch.id, "model": call.model }))
 }
 

@@ -57,6 +57,7 @@ pub async fn process(state: AppState) {
             match queue.claim(1, None, now_ms, until_ms).await {
                 Ok(items) if !items.is_empty() => {
                     let item = items.into_iter().next().expect("one item");
+                    batches.set_active(true);
                     last_start = Instant::now();
                     let batch_id = item.batch_id.clone();
                     if is_embedding(&state, &item) {
@@ -81,6 +82,8 @@ pub async fn process(state: AppState) {
                         continue;
                     }
                 }
+                // Nothing queued: no need to hear of interactive requests until there is.
+                Ok(_) if runs.claims.is_empty() => batches.set_active(false),
                 Ok(_) => {}
                 Err(error) => tracing::error!(%error, "could not claim batch requests"),
             }
