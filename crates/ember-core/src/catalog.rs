@@ -41,6 +41,18 @@ pub enum Engine {
     StandIn,
 }
 
+/// How a text generation model answers on `/ai/run` and the binding.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AnswerFormat {
+    /// Workers AI's own: `{response, tool_calls, usage}`, streamed as `{"response": ...}` events.
+    #[default]
+    Native,
+    /// The newer chat-completions family's (gemma-4, glm, kimi on Workers AI): OpenAI's
+    /// `chat.completion` object, streamed as `chat.completion.chunk` events; input is `messages`.
+    ChatCompletions,
+}
+
 /// Prices in Neurons (1 neuron = $0.000011).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -197,6 +209,9 @@ pub struct ModelSpec {
     pub stand_in: Option<String>,
     /// For `engine = "stand-in"`: the installed model it runs on.
     pub base: Option<String>,
+    /// Text generation models: the shape of their answers (and inputs) on `/ai/run`.
+    #[serde(default)]
+    pub answer_format: AnswerFormat,
     /// For llama.cpp models whose GGUF carries no chat template (older conversions): the
     /// template, as Jinja.
     pub chat_template: Option<String>,

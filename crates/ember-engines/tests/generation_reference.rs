@@ -271,7 +271,11 @@ fn tool_prompts_match_transformers() {
     let catalog = Catalog::builtin().unwrap();
     let spec = catalog.get(&fixture.model).unwrap();
     for case in &fixture.cases {
-        let request = ember_http::wire::text_generation::parse(&case.input, spec).unwrap();
+        let target = ember_core::Target {
+            requested: spec,
+            served: spec,
+        };
+        let request = ember_http::wire::text_generation::parse(&case.input, target).unwrap();
         assert_eq!(
             engine.prompt_tokens(&request).unwrap(),
             case.prompt_tokens,

@@ -18,7 +18,7 @@ use axum::{Extension, Router};
 use base64::Engine as _;
 use ember_access::Caller;
 use ember_core::InferError;
-use ember_core::catalog::{ModelSpec, Task};
+use ember_core::catalog::{AnswerFormat, ModelSpec, Task};
 use ember_core::ember::complete;
 use ember_core::installed;
 use ember_core::tasks::{
@@ -162,9 +162,7 @@ async fn generate(mut call: Call, headers: &HeaderMap, body: Body, endpoint: End
             Endpoint::Chat => format!("chatcmpl-{}", call.id),
             Endpoint::Completion => format!("cmpl-{}", call.id),
         },
-        created: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+        created: unix_seconds(),
         model: call.model.clone(),
         include_usage,
     };
@@ -290,12 +288,7 @@ fn parse_generation<'a>(
             }
         }
     };
-    // `max_completion_tokens` replaces `max_tokens` in OpenAI's chat API; either is taken.
-    let max_field = ["max_completion_tokens", "max_tokens"]
-        .into_iter()
-        .find(|field| object.get(*field).is_some_and(|v| !v.is_null()))
-        .unwrap_or("max_tokens");
-    let max_tokens = text_generation::max_tokens(object, max_field, spec)?;
+    let max_tokens = text_generation::chat_max_tokens(object, spec)?;
     let request = text_generation::request(object, spec, prompt, max_tokens)?;
     let include_usage = match object.get("stream_options") {
         None | Some(Value::Null) => false,
@@ -352,8 +345,84 @@ fn asks_for_something(value: &Value) -> bool {
     }
 }
 
+/// How `/ai/run` and the binding answer a text generation: in Workers AI's native shapes, or for
+/// the chat-completions family in OpenAI's chat shapes, as Workers AI writes them there (chunks,
+/// a usage chunk, then a native usage event before `[DONE]`).
+pub(crate) enum RunGeneration {
+    Native,
+    ChatCompletions(Answer),
+}
+
+impl RunGeneration {
+    /// The answer for request `request_id` of `spec`, which the client named `model`.
+    pub(crate) fn new(spec: &ModelSpec, request_id: &str, model: &str) -> RunGeneration {
+        match spec.answer_format {
+            AnswerFormat::Native => RunGeneration::Native,
+            AnswerFormat::ChatCompletions => RunGeneration::ChatCompletions(Answer {
+                endpoint: Endpoint::Chat,
+                id: format!("chatcmpl-{request_id}"),
+                created: unix_seconds(),
+                model: model.to_string(),
+                include_usage: true,
+            }),
+        }
+    }
+
+    /// The result object of a generation that was not streamed.
+    pub(crate) fn result(&self, completion: &Completion) -> Value {
+        match self {
+            RunGeneration::Native => text_generation::result(completion),
+            RunGeneration::ChatCompletions(answer) => answer.answer(completion),
+        }
+    }
+}
+
+impl StreamFormat for RunGeneration {
+    fn start(&self) -> String {
+        match self {
+            RunGeneration::Native => sse::Native.start(),
+            RunGeneration::ChatCompletions(answer) => answer.start(),
+        }
+    }
+
+    fn text(&self, text: &str) -> String {
+        match self {
+            RunGeneration::Native => sse::Native.text(text),
+            RunGeneration::ChatCompletions(answer) => answer.text(text),
+        }
+    }
+
+    fn tool_call_start(&self, index: usize, id: &str, name: &str) -> String {
+        match self {
+            RunGeneration::Native => sse::Native.tool_call_start(index, id, name),
+            RunGeneration::ChatCompletions(answer) => answer.tool_call_start(index, id, name),
+        }
+    }
+
+    fn tool_call_arguments(&self, index: usize, fragment: &str) -> String {
+        match self {
+            RunGeneration::Native => sse::Native.tool_call_arguments(index, fragment),
+            RunGeneration::ChatCompletions(answer) => answer.tool_call_arguments(index, fragment),
+        }
+    }
+
+    fn done(&self, completion: &Completion) -> String {
+        match self {
+            RunGeneration::Native => sse::Native.done(completion),
+            RunGeneration::ChatCompletions(answer) => {
+                let usage = json!({ "response": "", "usage": completion.usage });
+                answer.done(completion) + &sse::data(&usage)
+            }
+        }
+    }
+
+    fn error(&self, error: &ApiError) -> String {
+        sse::Native.error(error)
+    }
+}
+
 /// Everything the objects of one answer share, and how they are written, whole or streamed.
-struct Answer {
+pub(crate) struct Answer {
     endpoint: Endpoint,
     id: String,
     created: u64,
@@ -502,6 +571,12 @@ impl StreamFormat for Answer {
     fn error(&self, error: &ApiError) -> String {
         openai_stream_error_event(error)
     }
+}
+
+fn unix_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn finish_reason(reason: FinishReason) -> &'static str {

@@ -544,14 +544,15 @@ async fn execute(
     };
     let served_by = run.served_by.clone();
     let form = call.form;
+    let generation = openai::RunGeneration::new(spec, &call.id, &call.model);
     let (answer, usage) = match run.output {
         RunOutput::Task { output, usage } => (wire::result(&output), usage),
         RunOutput::Completion(completion) => (
-            Answer::Json(wire::text_generation::result(&completion)),
+            Answer::Json(generation.result(&completion)),
             completion.usage,
         ),
         RunOutput::Stream(events) => {
-            let mut response = stream_response(call, &served_by, events, sse::Native).await;
+            let mut response = stream_response(call, &served_by, events, generation).await;
             served_by_header(&mut response, &served_by);
             return response;
         }

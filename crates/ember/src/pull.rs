@@ -1156,7 +1156,7 @@ fn remove_quietly(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ember_core::catalog::{Engine, Price, Task};
+    use ember_core::catalog::{AnswerFormat, Engine, Price, Task};
     use std::io::{BufRead, BufReader, Cursor};
     use std::net::TcpListener;
     use std::sync::{Arc, Mutex};
@@ -1224,6 +1224,7 @@ mod tests {
             default: false,
             stand_in: None,
             base: None,
+            answer_format: AnswerFormat::Native,
             chat_template: None,
             files,
             sources,

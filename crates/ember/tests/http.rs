@@ -239,6 +239,114 @@ async fn streams_follow_the_native_sse_format_and_reuse_the_cached_prompt() {
     assert!(!whole["response"].as_str().unwrap().is_empty());
 }
 
+/// Workers AI's chat-completions family (gemma-4 here, answered by its stand-in) speaks OpenAI's
+/// chat shapes on `/ai/run` and the binding, and takes `messages` only.
+#[tokio::test(flavor = "multi_thread")]
+async fn chat_completions_models_answer_in_openai_shapes() {
+    const GEMMA4: &str = "@cf/google/gemma-4-26b-a4b-it";
+    let app = app();
+    let mut input = greedy_chat("What is the capital of France?", 24);
+    let reply = send(&app, post(&format!("{RUN}{GEMMA4}"), input.to_string())).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header("x-ember-model"), QWEN, "the stand-in served");
+    let body = reply.json();
+    assert_eq!(body["success"], true);
+    let completion = &body["result"];
+    assert_eq!(completion["object"], "chat.completion");
+    assert_eq!(completion["model"], GEMMA4);
+    assert!(completion["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    let choice = &completion["choices"][0];
+    assert_eq!(choice["message"]["role"], "assistant");
+    assert_eq!(choice["finish_reason"], "stop");
+    let content = choice["message"]["content"].as_str().unwrap();
+    assert!(content.contains("Paris"), "{completion}");
+    let usage = &completion["usage"];
+    assert!(usage["prompt_tokens"].as_u64().unwrap() > 10);
+    assert!(usage["prompt_tokens_details"]["cached_tokens"].is_u64());
+    assert!(usage["neurons"].as_f64().unwrap() > 0.0, "{usage}");
+
+    // Streamed: OpenAI chunks, the usage chunk, Workers AI's own usage event, [DONE].
+    input["stream"] = json!(true);
+    let reply = send(&app, post(&format!("{RUN}{GEMMA4}"), input.to_string())).await;
+    assert_eq!(reply.header("content-type"), "text/event-stream");
+    let events = sse_events(&reply.body);
+    let n = events.len();
+    assert_eq!(events[n - 1], "[DONE]");
+    let chunks: Vec<Value> = events[..n - 1]
+        .iter()
+        .map(|event| serde_json::from_str(event).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let native = &chunks[n - 2];
+    assert_eq!(native["response"], "");
+    assert!(native["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+    let usage_chunk = &chunks[n - 3];
+    assert_eq!(usage_chunk["choices"], json!([]));
+    assert_eq!(usage_chunk["usage"], native["usage"]);
+    assert_eq!(chunks[n - 4]["choices"][0]["finish_reason"], "stop");
+    let streamed: String = chunks[..n - 3]
+        .iter()
+        .inspect(|chunk| assert_eq!(chunk["object"], "chat.completion.chunk"))
+        .filter_map(|chunk| chunk["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert!(streamed.contains("Paris"), "{streamed}");
+
+    // The binding gets the bare object; OpenAI's max_completion_tokens is honoured.
+    let mut short = greedy_chat("Count from one to twenty.", 24);
+    short["max_completion_tokens"] = json!(3);
+    let reply = send(&app, binding_request("/run?version=3", GEMMA4, short)).await;
+    let completion = reply.json();
+    assert_eq!(completion["object"], "chat.completion");
+    assert_eq!(completion["choices"][0]["finish_reason"], "length");
+    assert_eq!(completion["usage"]["completion_tokens"], 3);
+
+    // A tool call is OpenAI's: an id, and the arguments as a JSON string.
+    let weather = json!({
+        "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+        "tools": [{"type": "function", "function": {
+            "name": "get_weather",
+            "description": "The current weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        }}],
+        "tool_choice": "required",
+        "temperature": 0,
+    });
+    let reply = send(&app, post(&format!("{RUN}{GEMMA4}"), weather.to_string())).await;
+    let choice = &reply.json()["result"]["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{choice}");
+    let call = &choice["message"]["tool_calls"][0];
+    assert_eq!(call["type"], "function");
+    assert_eq!(call["function"]["name"], "get_weather");
+    let arguments: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert!(arguments["city"].is_string(), "{arguments}");
+
+    // `messages` only; its schema is the chat-completions one.
+    let message = send(
+        &app,
+        post(
+            &format!("{RUN}{GEMMA4}"),
+            json!({"prompt": "Hi"}).to_string(),
+        ),
+    )
+    .await
+    .rest_error(400, 5006);
+    assert!(
+        message.contains("/prompt") && message.contains("send messages"),
+        "{message}"
+    );
+    let schema = send(
+        &app,
+        get(&format!(
+            "/client/v4/accounts/a/ai/models/schema?model={GEMMA4}"
+        )),
+    )
+    .await
+    .json()["result"]
+        .clone();
+    assert_eq!(schema["input"]["required"], json!(["messages"]));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn reject_if_busy_gets_3040_while_the_model_is_full() {
     // The test server runs one sequence per model: a long stream holds it.

@@ -4,6 +4,7 @@
 //! many texts to one forward pass (what the engines batch best); every other request runs alone.
 
 use crate::error::ApiError;
+use crate::openai::RunGeneration;
 use crate::{AppState, aborted, wire};
 use ember_access::{AccessError, Admission, Caller};
 use ember_core::catalog::{ModelSpec, Task};
@@ -210,7 +211,12 @@ async fn run(
     match run.output {
         RunOutput::Task { output, usage } => Ok((json_result(&output)?, usage)),
         RunOutput::Completion(completion) => {
-            Ok((wire::text_generation::result(&completion), completion.usage))
+            let generation = RunGeneration::new(
+                target.requested,
+                &format!("{}-{}", item.batch_id, item.index),
+                &item.model,
+            );
+            Ok((generation.result(&completion), completion.usage))
         }
         RunOutput::Stream(_) => Err(InferError::Internal("a batch request streamed".into()).into()),
     }

@@ -102,11 +102,11 @@ macro_rules! wire_tasks {
 
         /// Parses and validates the input for `incoming.target`'s task.
         pub fn parse(incoming: Incoming<'_>) -> Result<TaskInput, InferError> {
-            let spec = incoming.target.served;
-            Ok(match spec.task {
-                Task::TextGeneration => {
-                    TaskInput::TextGeneration(text_generation::parse(incoming.json()?, spec)?)
-                }
+            Ok(match incoming.target.served.task {
+                Task::TextGeneration => TaskInput::TextGeneration(text_generation::parse(
+                    incoming.json()?,
+                    incoming.target,
+                )?),
                 $(Task::$task => TaskInput::Task(TaskRequest::$task($module::parse(incoming)?)),)*
             })
         }
@@ -121,7 +121,7 @@ macro_rules! wire_tasks {
         /// The model's input and output JSON Schema, as `models/schema` returns it.
         pub fn schema(spec: &ModelSpec) -> &'static str {
             match spec.task {
-                Task::TextGeneration => include_str!("../../schemas/text-generation.json"),
+                Task::TextGeneration => text_generation::schema(spec),
                 $(Task::$task => $module::schema(spec),)*
             }
         }

@@ -5,13 +5,13 @@ use super::{
     as_object, bounded_string, optional_bool, optional_integer, optional_number, type_mismatch,
 };
 use super::{binary, tools};
-use ember_core::InferError;
-use ember_core::catalog::ModelSpec;
+use ember_core::catalog::{AnswerFormat, ModelSpec};
 use ember_core::tasks::{
     ChatMessage, Completion, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, ImagePart, MAX_PROMPT_CHARS,
     PromptInput, Sampling, TextGenerationRequest,
 };
 use ember_core::tools::{ResponseFormat, ToolChoice};
+use ember_core::{InferError, Target};
 use serde_json::{Map, Value, json};
 
 /// `response` as Workers AI returns it: the text, or in JSON mode the parsed value.
@@ -35,9 +35,33 @@ pub fn result(completion: &Completion) -> Value {
     result
 }
 
-/// Parses a text generation input per the Workers AI schema (`prompt` or `messages`, not both).
-pub fn parse(input: &Value, spec: &ModelSpec) -> Result<TextGenerationRequest, InferError> {
+/// The model's input and output JSON Schema: Workers AI's own, or its chat-completions family's.
+pub fn schema(spec: &ModelSpec) -> &'static str {
+    match spec.answer_format {
+        AnswerFormat::Native => include_str!("../../schemas/text-generation.json"),
+        AnswerFormat::ChatCompletions => {
+            include_str!("../../schemas/text-generation-chat-completions.json")
+        }
+    }
+}
+
+/// Parses a text generation input per the requested model's Workers AI schema (`prompt` or
+/// `messages`, not both; `messages` only for the chat-completions family), for the serving model.
+pub fn parse(input: &Value, target: Target) -> Result<TextGenerationRequest, InferError> {
+    let (spec, chat_completions) = (
+        target.served,
+        target.requested.answer_format == AnswerFormat::ChatCompletions,
+    );
     let object = as_object(input)?;
+    if chat_completions && object.get("prompt").is_some() {
+        return Err(InferError::invalid(
+            "/prompt",
+            format!(
+                "{} is a chat-completions model: send messages",
+                target.requested.id
+            ),
+        ));
+    }
     for unsupported in ["functions", "lora", "requests"] {
         if object.get(unsupported).is_some_and(|v| !v.is_null()) {
             return Err(InferError::invalid(
@@ -69,7 +93,10 @@ pub fn parse(input: &Value, spec: &ModelSpec) -> Result<TextGenerationRequest, I
         None | Some(Value::Null) => prompt,
         Some(image) => with_image(prompt, binary::bytes(image, "/image")?)?,
     };
-    let max_tokens = max_tokens(object, "max_tokens", spec)?;
+    let max_tokens = match chat_completions {
+        true => chat_max_tokens(object, spec)?,
+        false => max_tokens(object, "max_tokens", spec)?,
+    };
     request(object, spec, prompt, max_tokens)
 }
 
@@ -113,6 +140,16 @@ pub fn max_tokens(
             None => DEFAULT_MAX_TOKENS.min(spec.max_output_tokens),
         },
     )
+}
+
+/// The output limit in OpenAI's chat API (and Workers AI's chat-completions models):
+/// `max_completion_tokens`, which replaced `max_tokens` there, or `max_tokens`.
+pub fn chat_max_tokens(object: &Map<String, Value>, spec: &ModelSpec) -> Result<u32, InferError> {
+    let field = ["max_completion_tokens", "max_tokens"]
+        .into_iter()
+        .find(|field| object.get(*field).is_some_and(|v| !v.is_null()))
+        .unwrap_or("max_tokens");
+    max_tokens(object, field, spec)
 }
 
 /// The sampling settings, as Workers AI's generation schemas name them.
@@ -353,6 +390,14 @@ mod tests {
     use crate::wire::field_of;
     use ember_core::Catalog;
 
+    /// The target of a request for `spec`, served by itself.
+    fn on(spec: &ModelSpec) -> Target<'_> {
+        Target {
+            requested: spec,
+            served: spec,
+        }
+    }
+
     fn qwen() -> ModelSpec {
         Catalog::builtin()
             .unwrap()
@@ -363,7 +408,7 @@ mod tests {
 
     #[test]
     fn defaults_follow_the_schema() {
-        let request = parse(&json!({"prompt": "hi"}), &qwen()).unwrap();
+        let request = parse(&json!({"prompt": "hi"}), on(&qwen())).unwrap();
         assert_eq!(request.max_tokens, 256);
         assert_eq!(request.sampling.temperature, 0.6);
         assert!(!request.stream);
@@ -390,11 +435,11 @@ mod tests {
                 at: "/messages/0/content/1".into()
             }]
         );
-        let error = parse(&json!({ "messages": messages }), &qwen()).unwrap_err();
+        let error = parse(&json!({ "messages": messages }), on(&qwen())).unwrap_err();
         assert_eq!(field_of(error), "/messages/0/content/1");
         let mut vision = qwen();
         vision.properties.insert("vision".into(), "true".into());
-        assert!(parse(&json!({ "messages": messages }), &vision).is_ok());
+        assert!(parse(&json!({ "messages": messages }), on(&vision)).is_ok());
         for url in [
             json!("file:///etc/passwd"),
             json!("https://example.com/cat.png"),
@@ -413,7 +458,11 @@ mod tests {
     fn a_top_level_image_goes_with_the_last_user_message() {
         let mut vision = qwen();
         vision.properties.insert("vision".into(), "true".into());
-        let request = parse(&json!({"prompt": "What is it?", "image": [1, 2]}), &vision).unwrap();
+        let request = parse(
+            &json!({"prompt": "What is it?", "image": [1, 2]}),
+            on(&vision),
+        )
+        .unwrap();
         let PromptInput::Messages(messages) = request.prompt else {
             panic!("expected messages");
         };
@@ -422,7 +471,7 @@ mod tests {
             ("What is it?", &vec![1, 2])
         );
         let chat = json!({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}], "image": "AQI="});
-        let PromptInput::Messages(messages) = parse(&chat, &vision).unwrap().prompt else {
+        let PromptInput::Messages(messages) = parse(&chat, on(&vision)).unwrap().prompt else {
             panic!("expected messages");
         };
         assert_eq!((messages[0].images.len(), messages[2].images.len()), (0, 1));
@@ -435,7 +484,7 @@ mod tests {
                 "/messages",
             ),
         ] {
-            let error = parse(&input, &vision).unwrap_err();
+            let error = parse(&input, on(&vision)).unwrap_err();
             let field_named = match error {
                 InferError::InvalidData(field) => field,
                 other => field_of(other),
@@ -443,7 +492,7 @@ mod tests {
             assert_eq!(field_named, field, "{input}");
         }
         assert_eq!(
-            field_of(parse(&json!({"prompt": "a", "image": [1]}), &qwen()).unwrap_err()),
+            field_of(parse(&json!({"prompt": "a", "image": [1]}), on(&qwen())).unwrap_err()),
             "/image"
         );
     }
@@ -489,7 +538,7 @@ mod tests {
         ];
         for (input, field) in cases {
             assert_eq!(
-                field_of(parse(&input, &spec).unwrap_err()),
+                field_of(parse(&input, on(&spec)).unwrap_err()),
                 field,
                 "{input}"
             );
