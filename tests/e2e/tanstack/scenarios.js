@@ -23,11 +23,25 @@ import { z } from "zod";
 
 export const MODELS = {
   chat: "@cf/meta/llama-3.1-8b-instruct", // Ember aliases it to a local Qwen2.5-Coder-0.5B
+  // Workers AI's newer chat-completions family, which answers in OpenAI's shapes even on its run
+  // endpoint (Ember: served by its stand-in, the same local Qwen2.5-Coder-0.5B).
+  chatCompletions: "@cf/google/gemma-4-26b-a4b-it",
   image: "@hf/ember/tiny-sd",
   transcription: "@cf/openai/whisper-tiny-en",
   speech: "@cf/deepgram/aura-1", // the model family the TTS adapter is written for (raw MP3)
   melotts: "@cf/myshell-ai/melotts",
   summarize: "@cf/facebook/bart-large-cnn",
+};
+
+// The chat model each mode asks for. Through AI Gateway the package reads Workers AI's answers as
+// OpenAI's, which Workers AI writes only for its chat-completions family: those modes need such a
+// model (with the older family they fail on Cloudflare as on Ember).
+export const CHAT_MODEL = {
+  rest: MODELS.chat,
+  binding: MODELS.chat,
+  "gateway-option": MODELS.chat,
+  "gateway-rest": MODELS.chatCompletions,
+  "gateway-binding": MODELS.chatCompletions,
 };
 
 export const SUMMARY_SOURCE =
@@ -71,9 +85,9 @@ const weatherTool = (calls) =>
 
 export const scenarios = {
   // Non-streaming chat: chat({stream: false}) resolves to the whole text.
-  async text(config) {
+  async text(config, _input, chatModel = MODELS.chat) {
     return withWarnings(async () => {
-      const adapter = createWorkersAiChat(MODELS.chat, config);
+      const adapter = createWorkersAiChat(chatModel, config);
       const text = await chat({
         adapter,
         stream: false,
@@ -85,9 +99,9 @@ export const scenarios = {
   },
 
   // Streaming chat: the default chat() is an async iterable of events.
-  async stream(config) {
+  async stream(config, _input, chatModel = MODELS.chat) {
     return withWarnings(async () => {
-      const adapter = createWorkersAiChat(MODELS.chat, config);
+      const adapter = createWorkersAiChat(chatModel, config);
       const events = await collect(
         chat({
           adapter,
@@ -104,10 +118,10 @@ export const scenarios = {
   // modelOptions, which the adapter passes through in its REST and AI Gateway modes; its binding
   // shim drops tool_choice, so there the model chooses, and temperature 0 keeps that choice
   // repeatable) and offers no tools on the next turns, so the model answers from the tool result.
-  async tool(config) {
+  async tool(config, _input, chatModel = MODELS.chat) {
     return withWarnings(async () => {
       const calls = [];
-      const adapter = createWorkersAiChat(MODELS.chat, config);
+      const adapter = createWorkersAiChat(chatModel, config);
       const forceToolFirst = {
         onConfig(ctx, cfg) {
           if (ctx.phase !== "beforeModel") return;
@@ -132,9 +146,9 @@ export const scenarios = {
   },
 
   // Structured output: chat({outputSchema}) resolves to an object validated against the schema.
-  async structured(config) {
+  async structured(config, _input, chatModel = MODELS.chat) {
     return withWarnings(async () => {
-      const adapter = createWorkersAiChat(MODELS.chat, config);
+      const adapter = createWorkersAiChat(chatModel, config);
       const data = await chat({
         adapter,
         messages: [

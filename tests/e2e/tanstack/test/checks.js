@@ -114,22 +114,18 @@ const MELOTTS_RAW =
   "package limitation: its REST and AI Gateway TTS paths base64 the raw HTTP body, but MeloTTS " +
   "answers JSON ({result:{audio}} / {audio}), so `audio` is base64 of JSON, not MP3";
 // Through AI Gateway the package sends each Workers AI call as a universal step
-// `{provider: "workers-ai", endpoint: "run/<model>", query}` and reads the answer as if the model
-// spoke OpenAI: the chat adapter hands the body to the OpenAI SDK (a chat.completion, or
-// chat.completion.chunk events), the transcription adapter reads a bare `{text}`. Workers AI's run
-// endpoint answers in its own format (`{result: {response}}`, `data: {"response": ...}`) for the
-// models of the contract's legacy family, which Ember serves, and in OpenAI's only for the newer
-// chat-completions family (contract, "Newer models ... stream OpenAI chat.completion.chunk objects").
-// Ember answers these steps as Workers AI does, so these run and report, but do not count.
-const OPENAI_SHAPED =
-  "package expects an OpenAI-shaped (or bare) answer from Workers AI's run endpoint through the gateway; Workers AI answers the legacy model family in its native format";
+// `{provider: "workers-ai", endpoint: "run/<model>", query}` and hands the step's answer on as it
+// came: the chat adapter to the OpenAI SDK, the transcription adapter to its result reader. The
+// streamed chat scenarios pass with a chat-completions model (CHAT_MODEL), whose stream is
+// OpenAI's chunks. A whole answer of Workers AI's run endpoint is its REST envelope
+// (`{result, success, errors, messages}`) for every model, and the package does not unwrap it
+// there (its REST paths read `data.result ?? data`; its gateway paths read `data`).
+const ENVELOPE =
+  "package limitation: through AI Gateway it reads a whole (unstreamed) answer without unwrapping Workers AI's `result` envelope";
 const GATEWAY = {
   melotts: MELOTTS_RAW,
-  text: OPENAI_SHAPED,
-  stream: OPENAI_SHAPED,
-  tool: OPENAI_SHAPED,
-  structured: OPENAI_SHAPED,
-  transcription: OPENAI_SHAPED,
+  structured: ENVELOPE, // chat({outputSchema}) asks for a whole answer: `choices` is under `result`
+  transcription: ENVELOPE, // `text` is under `result`
 };
 export const KNOWN = {
   rest: { melotts: MELOTTS_RAW },

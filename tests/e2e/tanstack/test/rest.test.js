@@ -4,7 +4,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { failedSince, sent } from "./redirect.js";
-import { scenarios } from "../scenarios.js";
+import { CHAT_MODEL, scenarios } from "../scenarios.js";
 import { checks, KNOWN, WAV } from "./checks.js";
 import { gatewayLogCount } from "./gateway-log.js";
 
@@ -35,7 +35,7 @@ for (const [mode, { config, gateway, prefix }] of Object.entries(MODES)) {
       const logged = gateway && (await gatewayLogCount());
       const input = name === "transcription" ? new Uint8Array(WAV).buffer : undefined; // an ArrayBuffer
       try {
-        const result = await scenarios[name](config, input);
+        const result = await scenarios[name](config, input, CHAT_MODEL[mode]);
         // The package used this mode's own URL (so the test proves the mode, not another path).
         const urls = sent.slice(first).map((s) => s.url);
         assert.ok(urls.length > 0, "the package sent no request");

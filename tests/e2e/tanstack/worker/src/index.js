@@ -5,7 +5,7 @@
 //   POST /gateway-option/{scenario}   { binding: env.AI, gateway: "default" }   env.AI.run(..., {gateway}) (chat only)
 // The answer is the scenario's JSON result, or {error} with status 500 when it threw.
 // The transcription scenario takes the audio file as the request body.
-import { scenarios } from "../../scenarios.js";
+import { CHAT_MODEL, scenarios } from "../../scenarios.js";
 
 const GATEWAY_ID = "default";
 
@@ -27,7 +27,7 @@ export default {
     }
     const input = name === "transcription" ? await request.arrayBuffer() : undefined;
     try {
-      return Response.json(await scenario(config, input));
+      return Response.json(await scenario(config, input, CHAT_MODEL[mode]));
     } catch (err) {
       const { name: errName, message, status, responseBody } = err;
       return Response.json({ error: { name: errName, message, status, responseBody } }, { status: 500 });
