@@ -9,6 +9,8 @@ export const CHAT_MODEL = "@cf/meta/llama-3.1-8b-instruct";
 // 1.5B, greedy, with a system prompt that says when to stop calling.
 export const TOOL_MODEL = "@hf/qwen/qwen2.5-coder-1.5b-instruct";
 export const EMBED_MODEL = "@cf/google/embeddinggemma-300m";
+// Workers AI's chat-completions family: OpenAI's shapes even on /ai/run (Ember: its stand-in, the 0.5B).
+export const CHAT_COMPLETIONS_MODEL = "@cf/google/gemma-4-26b-a4b-it";
 
 export const profileSchema = z.object({
   name: z.string(),

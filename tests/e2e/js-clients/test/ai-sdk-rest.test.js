@@ -9,7 +9,7 @@ import {
 } from "ai";
 import { createWorkersAI } from "workers-ai-provider";
 import {
-  ACCOUNT_ID, CHAT_MODEL, EMBED_MODEL, EMBED_TEXTS, PROFILE_PROMPT, SPEECH_WAV, TIMEOUT, TOKEN,
+  ACCOUNT_ID, CHAT_COMPLETIONS_MODEL, CHAT_MODEL, EMBED_MODEL, EMBED_TEXTS, PROFILE_PROMPT, SPEECH_WAV, TIMEOUT, TOKEN,
   TOOL_MODEL, TOOL_PROMPT, TOOL_SYSTEM, addTool, assertEmbedOrder, assertVector, emberFetch, looksLikeMp3, profileSchema,
 } from "./common.js";
 
@@ -57,6 +57,30 @@ test("streamText: text arrives in several chunks", { timeout: TIMEOUT }, async (
   assert.equal(await result.text, chunks.join(""));
   const usage = await result.usage;
   assert.ok(usage.outputTokens > 0, `usage ${JSON.stringify(usage)}`);
+});
+
+test("a chat-completions model (OpenAI's shapes on /ai/run): generateText and streamText", { timeout: TIMEOUT }, async () => {
+  const { workersai, fetch } = provider();
+  const prompt = "Count from one to ten in words, separated by commas.";
+  const whole = await generateText({ ...opts, model: workersai(CHAT_COMPLETIONS_MODEL), prompt, maxOutputTokens: 64 });
+  assert.match(fetch.calls[0].url, /\/ai\/run\/@cf\/google\/gemma-4-26b-a4b-it$/);
+  assert.match(whole.text, /three/i, whole.text);
+  assert.ok(whole.usage.outputTokens > 0, `usage ${JSON.stringify(whole.usage)}`);
+  let streamError;
+  const result = streamText({
+    ...opts,
+    model: workersai(CHAT_COMPLETIONS_MODEL),
+    prompt,
+    maxOutputTokens: 64,
+    onError: ({ error }) => { streamError = error; },
+  });
+  const chunks = [];
+  for await (const chunk of result.textStream) chunks.push(chunk);
+  if (streamError) throw streamError;
+  assert.ok(chunks.length > 1, `only ${chunks.length} chunk(s)`);
+  assert.match(chunks.join(""), /three/i, chunks.join(""));
+  assert.equal(await result.finishReason, "stop");
+  assert.ok((await result.usage).outputTokens > 0);
 });
 
 test("tool call round trip (zod schema, stopWhen: isStepCount(2))", { timeout: TIMEOUT }, async () => {

@@ -11,7 +11,7 @@ export const EMBER_URL = process.env.EMBER_URL.replace(/\/+$/, "");
 export const ACCOUNT_ID = process.env.EMBER_ACCOUNT_ID || "local";
 export const TOKEN = process.env.EMBER_TOKEN || "dummy";
 
-export { CHAT_MODEL, EMBED_MODEL, TOOL_MODEL, addTool, profileSchema } from "../shared.js";
+export { CHAT_COMPLETIONS_MODEL, CHAT_MODEL, EMBED_MODEL, TOOL_MODEL, addTool, profileSchema } from "../shared.js";
 export const TOOL_SYSTEM =
   "You are a helpful assistant. Call a tool only when you do not yet have its result; " +
   "once a tool result is available, answer the user in plain text.";
