@@ -3,7 +3,7 @@
 
 use ember_core::MemoryLimits;
 use ember_core::catalog::Task;
-use ember_engines::llm::{KvLayout, LlmSettings};
+use ember_engines::llm::{KvLayout, LlmSettings, Speculation};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -59,6 +59,11 @@ pub struct EngineOptions {
     /// Q4_K_M files) [default: false].
     #[arg(long, env = "EMBER_BATCH_INVARIANT", num_args = 0..=1, default_missing_value = "true")]
     pub batch_invariant: Option<bool>,
+    /// Speculative decoding: `prompt-lookup` drafts a sequence's next tokens from where its
+    /// last tokens appeared before (its prompt or output) and checks them in one pass, the
+    /// output unchanged; `off` decodes one token at a time [default: prompt-lookup].
+    #[arg(long, env = "EMBER_SPECULATION")]
+    pub speculation: Option<Speculation>,
     /// Tokens per forward pass (decode tokens plus prompt chunks).
     #[arg(long, env = "EMBER_STEP_TOKENS")]
     pub step_tokens: Option<u32>,
@@ -93,6 +98,7 @@ impl EngineOptions {
             kv_cells: self.kv_cells.or(file.kv_cells),
             kv_layout: self.kv_layout.or(file.kv_layout),
             batch_invariant: self.batch_invariant.or(file.batch_invariant),
+            speculation: self.speculation.or(file.speculation),
             step_tokens: self.step_tokens.or(file.step_tokens),
             max_waiting: self.max_waiting.or(file.max_waiting),
             max_wait_secs: self.max_wait_secs.or(file.max_wait_secs),
@@ -116,6 +122,7 @@ impl EngineOptions {
                     .max_wait_secs
                     .map_or(defaults.max_wait, Duration::from_secs),
                 batch_invariant: self.batch_invariant.unwrap_or(defaults.batch_invariant),
+                speculation: self.speculation.unwrap_or(defaults.speculation),
             },
             memory: MemoryLimits {
                 budget: self

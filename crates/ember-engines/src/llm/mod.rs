@@ -4,6 +4,7 @@
 //! every sequence in one llama.cpp context.
 
 mod constraint;
+mod draft;
 mod invariance;
 mod output;
 mod prefix_cache;
@@ -36,7 +37,7 @@ use tokio::sync::{mpsc, oneshot};
 use vision::Vision;
 
 pub use invariance::use_batch_invariant_kernels;
-pub use scheduler::{GenerationTiming, KvLayout};
+pub use scheduler::{GenerationTiming, KvLayout, Speculation};
 
 /// How a model's engine is sized.
 #[derive(Debug, Clone)]
@@ -62,6 +63,9 @@ pub struct LlmSettings {
     /// speed (see `invariance.rs`); implies the per-sequence layout. Needs
     /// `use_batch_invariant_kernels` first, and refuses models whose weights llama.cpp repacks.
     pub batch_invariant: bool,
+    /// Speculative decoding by prompt lookup (off with batch invariance and on sliding-window
+    /// models).
+    pub speculation: Speculation,
 }
 
 impl Default for LlmSettings {
@@ -76,6 +80,7 @@ impl Default for LlmSettings {
             max_waiting: 256,
             max_wait: Duration::from_secs(30),
             batch_invariant: false,
+            speculation: Speculation::PromptLookup,
         }
     }
 }
@@ -221,6 +226,7 @@ pub fn load(
         threads,
         sliding_window: shape.sliding_window,
         price: spec.price,
+        speculation: settings.speculation,
     };
     let scheduler = scheduler::start(
         &spec.id,
@@ -313,6 +319,9 @@ pub struct Traced {
     /// For each sampled token, the best logit's lead over the second best.
     pub margins: Vec<f32>,
     pub timing: GenerationTiming,
+    /// Draft tokens speculative decoding proposed, and those the model kept.
+    pub drafted: u32,
+    pub kept: u32,
 }
 
 impl LlmEngine {
@@ -517,6 +526,8 @@ impl LlmEngine {
             tokens: trace.tokens,
             margins: trace.margins,
             timing: trace.timing,
+            drafted: trace.drafted,
+            kept: trace.kept,
         })
     }
 

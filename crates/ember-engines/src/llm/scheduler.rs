@@ -14,11 +14,19 @@
 //! sequence per batch); its sequence then decodes in the shared batches like any other, and
 //! stays out of the prefix cache.
 //!
+//! With speculation on (`Speculation::PromptLookup`, the default), a decoding sequence whose
+//! last tokens appeared before may carry a draft (`draft.rs`): its next token and the draft are
+//! decoded in one go, each row sampled as plain decoding would, and the draft's tokens kept up
+//! to the first the model would not have picked; the rejected drafts' cells are removed. Drafts
+//! are sized by what steps of so many rows cost here, measured when the thread starts; never for
+//! constrained output, sliding-window models or batch invariance.
+//!
 //! KV accounting is by reservation: a sequence reserves its uncached prompt plus `max_tokens`
 //! cells when admitted (on a unified cache; a stream always holds a whole sequence), so a decode
 //! never runs out of cells midway.
 
 use super::constraint::Constraint;
+use super::draft::{self, Drafting, MEASURED_ROWS, Offer, StepCosts};
 use super::output::{OutputEvent, OutputParser};
 use super::prefix_cache::PrefixCache;
 use super::sampling::Sampler;
@@ -67,6 +75,37 @@ const PREFIX_CAP_FLOOR: usize = 1024;
 
 /// While sequences decode, prompt chunks take at most `step_tokens / PREFILL_SHARE_WHILE_DECODING`.
 const PREFILL_SHARE_WHILE_DECODING: usize = 4;
+
+/// Whether decoding sequences propose drafts of their next tokens (see the module comment).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Speculation {
+    Off,
+    /// Drafts from the sequence's own earlier tokens (`draft.rs`).
+    #[default]
+    PromptLookup,
+}
+
+impl Speculation {
+    /// The name flags and config files use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Speculation::Off => "off",
+            Speculation::PromptLookup => "prompt-lookup",
+        }
+    }
+}
+
+impl std::str::FromStr for Speculation {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Speculation, String> {
+        [Speculation::Off, Speculation::PromptLookup]
+            .into_iter()
+            .find(|speculation| speculation.name() == text)
+            .ok_or_else(|| format!("`{text}`: expected off or prompt-lookup"))
+    }
+}
 
 /// How the KV cache's cells are shared between sequences.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
@@ -119,6 +158,7 @@ pub(crate) struct Config {
     pub sliding_window: Option<u32>,
     /// The model's price, for each completion's `usage.neurons`.
     pub price: Price,
+    pub speculation: Speculation,
 }
 
 impl Config {
@@ -222,6 +262,9 @@ pub(crate) struct Trace {
     /// For each sampled token, the best logit's lead over the second best.
     pub margins: Vec<f32>,
     pub timing: GenerationTiming,
+    /// Draft tokens proposed for the sequence, and those the model kept.
+    pub drafted: u32,
+    pub kept: u32,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -358,6 +401,10 @@ struct Sequence {
     client_gone: bool,
     /// The prompt has images: its cells are never kept in the prefix cache.
     sees_images: bool,
+    drafting: Drafting,
+    /// Draft tokens proposed and kept so far (for the trace).
+    drafted: u32,
+    kept: u32,
 }
 
 impl Sequence {
@@ -427,8 +474,11 @@ struct Planned {
     tokens: usize,
     /// The next token of a decoding sequence (otherwise a prompt chunk).
     decode: bool,
-    /// Batch index of the logits to sample from, when this entry ends with one.
+    /// Batch index of the logits to sample from, when this entry ends with one (a draft's
+    /// entry: of its first row; every row has logits).
     logits: Option<i32>,
+    /// A decoding sequence's draft: its tokens follow the next one in the entry.
+    draft: Vec<i32>,
 }
 
 /// llama.cpp's CPU flash attention takes its tiled path for a batch of this many rows or more
@@ -521,6 +571,8 @@ impl Kv<'_, '_> {
         }
         sequence.reserved = 0;
         if keep && sequence.n_past > 0 && !sequence.sees_images {
+            // A draft's rejected tokens may lie beyond the tokens kept.
+            self.cut(seq_id, sequence.n_past);
             let tokens = sequence.tokens[..sequence.n_past].to_vec();
             let insertion = self.prefix.insert(tokens, sequence.job.session.clone());
             for dropped in insertion.dropped {
@@ -579,6 +631,13 @@ impl Kv<'_, '_> {
         true
     }
 
+    /// Removes a sequence's cells from position `from` on.
+    fn cut(&mut self, seq_id: i32, from: usize) {
+        let _ = self
+            .ctx
+            .clear_kv_cache_seq(Some(seq_id as u32), Some(from as u32), None);
+    }
+
     /// Removes every cell of a sequence id from the KV cache.
     fn forget(&mut self, seq_id: i32) {
         let _ = self.ctx.clear_kv_cache_seq(Some(seq_id as u32), None, None);
@@ -632,6 +691,11 @@ struct Scheduler<'m, 'c> {
     metrics: ModelMetrics,
     step_tokens: usize,
     batch_invariant: bool,
+    /// Decoding sequences may carry drafts (never with batch invariance, whose steps must keep
+    /// their shapes, nor with a sliding window, whose layers may already have dropped the
+    /// cells a rejected draft's position needs). Measured when the thread starts.
+    speculate: bool,
+    step_costs: Option<StepCosts>,
     pool: u32,
     waiting: VecDeque<Job>,
     running: Vec<Sequence>,
@@ -676,6 +740,10 @@ impl<'m, 'c> Scheduler<'m, 'c> {
             metrics,
             step_tokens: config.step_tokens as usize,
             batch_invariant: config.batch_invariant,
+            speculate: config.speculation == Speculation::PromptLookup
+                && !config.batch_invariant
+                && config.sliding_window.is_none(),
+            step_costs: None,
             pool,
             waiting: VecDeque::new(),
             running: Vec::new(),
@@ -689,6 +757,9 @@ impl<'m, 'c> Scheduler<'m, 'c> {
 
     /// Steps until `stop` is set or the queue's sender is gone with no work left.
     fn run(&mut self, queue: &std_mpsc::Receiver<Job>, stop: &AtomicBool) {
+        if self.speculate {
+            self.step_costs = Some(self.measure_step_costs());
+        }
         loop {
             if stop.load(Ordering::Relaxed) {
                 return;
@@ -711,6 +782,36 @@ impl<'m, 'c> Scheduler<'m, 'c> {
             }
             self.report();
         }
+    }
+
+    /// Times a decode step of each of `MEASURED_ROWS` rows (all with logits, as a draft's) on
+    /// an empty sequence, before any job runs. Three rounds: the first sets up llama.cpp's graph
+    /// for each shape, and each count keeps its fastest later time, which other work on the
+    /// machine delays least.
+    fn measure_step_costs(&mut self) -> StepCosts {
+        let seq_id = *self.kv.free_ids.last().expect("no sequence runs yet");
+        let mut seconds = [f64::MAX; MEASURED_ROWS.len()];
+        for round in 0..3 {
+            for (i, &rows) in MEASURED_ROWS.iter().enumerate() {
+                self.batch.clear();
+                for pos in 0..rows {
+                    let _ = self
+                        .batch
+                        .add(LlamaToken(pos as i32), pos as i32, &[seq_id], true);
+                }
+                let started = Instant::now();
+                let decoded = self.kv.ctx.decode(&mut self.batch);
+                let elapsed = started.elapsed().as_secs_f64();
+                self.kv.forget(seq_id);
+                if decoded.is_ok() && round > 0 {
+                    seconds[i] = seconds[i].min(elapsed);
+                }
+            }
+        }
+        let costs = StepCosts::new(seconds.to_vec());
+        tracing::info!(?costs, "decode step costs by rows, for speculative drafts");
+
+        costs
     }
 
     fn report(&self) {
@@ -800,6 +901,9 @@ impl<'m, 'c> Scheduler<'m, 'c> {
                 finished: false,
                 client_gone: false,
                 sees_images: images.is_some(),
+                drafting: Drafting::default(),
+                drafted: 0,
+                kept: 0,
                 job,
             });
             if let Some(chunks) = images {
@@ -925,7 +1029,11 @@ impl<'m, 'c> Scheduler<'m, 'c> {
                 tokens: 1,
                 decode: true,
                 logits: None,
+                draft: Vec::new(),
             });
+        }
+        if self.speculate {
+            self.draft(&mut budget);
         }
         // Prompt chunks with what is left. While streams decode, prompts get at most a quarter
         // of the step: a step's duration is every stream's inter-token gap, and on a CPU a
@@ -967,6 +1075,7 @@ impl<'m, 'c> Scheduler<'m, 'c> {
                 tokens: take,
                 decode: false,
                 logits: None,
+                draft: Vec::new(),
             });
         }
         // llama.cpp splits a batch over per-sequence streams into ubatches of sequences with
@@ -979,13 +1088,59 @@ impl<'m, 'c> Scheduler<'m, 'c> {
         }
     }
 
+    /// Gives the planned decode entries drafts, sized by `draft::draft_lengths` within the
+    /// step's `budget`. A draft never reaches past the sequence's `max_tokens`, so its cells stay
+    /// within the sequence's reservation (or stream).
+    fn draft(&mut self, budget: &mut usize) {
+        let Some(costs) = &self.step_costs else {
+            return;
+        };
+        let mut proposals = Vec::with_capacity(self.planned.len());
+        let mut offers = Vec::with_capacity(self.planned.len());
+        for plan in &self.planned {
+            let sequence = &mut self.running[plan.sequence];
+            sequence.drafting.fade();
+            let left = (sequence.job.max_tokens - sequence.generated) as usize;
+            let limit = draft::MAX_DRAFT.min(left.saturating_sub(1));
+            let proposal = match sequence.job.shaping.active_grammar() {
+                Some(_) => Vec::new(),
+                None => draft::prompt_lookup(&sequence.tokens, limit).to_vec(),
+            };
+            offers.push(Offer {
+                available: proposal.len(),
+                acceptance: sequence.drafting.acceptance(),
+            });
+            proposals.push(proposal);
+        }
+        let lengths = draft::draft_lengths(&offers, *budget, costs);
+
+        for ((plan, mut proposal), length) in self.planned.iter_mut().zip(proposals).zip(lengths) {
+            proposal.truncate(length);
+            plan.draft = proposal;
+            plan.tokens += length;
+            *budget -= length;
+        }
+    }
+
     /// Decodes one `llama_decode` batch of planned entries, then samples each sequence whose
-    /// entry ends with logits: its next token, or the first after its prompt.
+    /// entry ends with logits: its next token, or the first after its prompt; a draft's entry
+    /// is verified row by row.
     fn decode_pass(&mut self, pass: &mut [Planned]) {
         self.batch.clear();
         for plan in pass.iter_mut() {
             let sequence = &self.running[plan.sequence];
             let seq_id = sequence.seq_id.expect("planned sequences run");
+            if !plan.draft.is_empty() {
+                // The next token, then the draft, each row with logits.
+                plan.logits = Some(self.batch.n_tokens());
+                let next = sequence.tokens[sequence.n_past];
+                for (offset, &token) in std::iter::once(&next).chain(&plan.draft).enumerate() {
+                    let pos = (sequence.n_past + offset) as i32;
+                    // The batch holds `step_tokens` and a step plans no more.
+                    let _ = self.batch.add(LlamaToken(token), pos, &[seq_id], true);
+                }
+                continue;
+            }
             let end = sequence.n_past + plan.tokens;
             for pos in sequence.n_past..end {
                 let logits = pos + 1 == end && end >= sequence.n_prompt;
@@ -993,7 +1148,6 @@ impl<'m, 'c> Scheduler<'m, 'c> {
                     plan.logits = Some(self.batch.n_tokens());
                 }
                 let token = LlamaToken(sequence.tokens[pos]);
-                // The batch holds `step_tokens` and a step plans no more.
                 let _ = self.batch.add(token, pos as i32, &[seq_id], logits);
             }
         }
@@ -1004,6 +1158,10 @@ impl<'m, 'c> Scheduler<'m, 'c> {
             return;
         }
         for plan in pass.iter() {
+            if !plan.draft.is_empty() {
+                self.verify(plan.sequence, plan.logits.expect("set above"), &plan.draft);
+                continue;
+            }
             self.running[plan.sequence].n_past += plan.tokens;
             if let Some(index) = plan.logits {
                 self.sample(plan.sequence, index);
@@ -1011,21 +1169,75 @@ impl<'m, 'c> Scheduler<'m, 'c> {
         }
     }
 
+    /// Samples a draft entry's rows in order, as plain decoding would sample each token: a
+    /// draft token is kept while the draw from the row before it equals it. So the output is
+    /// the same as without the draft (with the same draws from a seeded sampler), and with
+    /// sampling the kept tokens follow the model's distribution exactly (a draft is one fixed
+    /// token, and keeping it when the draw picks it is the speculative acceptance rule for it).
+    /// The cells of the rejected draft tokens are removed.
+    fn verify(&mut self, i: usize, first_row: i32, draft: &[i32]) {
+        // The position of the next token, whose cell this step wrote first.
+        let start = self.running[i].n_past;
+        let mut kept = 0;
+        loop {
+            // The cells through `start + kept` hold tokens the model chose.
+            self.running[i].n_past = start + kept + 1;
+            let Some(token) = self.choose(i, first_row + kept as i32) else {
+                break;
+            };
+            if self.take(i, token) {
+                // Finishing released the cells, cut at `n_past`.
+                break;
+            }
+            if draft.get(kept) == Some(&token) {
+                kept += 1;
+                continue;
+            }
+            let sequence = &self.running[i];
+            let seq_id = sequence.seq_id.expect("a running sequence holds its cells");
+            self.kv.cut(seq_id, sequence.n_past);
+            break;
+        }
+        let sequence = &mut self.running[i];
+        sequence.drafting.verified(draft.len(), kept);
+        sequence.drafted += draft.len() as u32;
+        sequence.kept += kept as u32;
+    }
+
+    /// Samples a sequence's next token from the logits at batch index `index` and takes it.
     fn sample(&mut self, i: usize, index: i32) {
+        if let Some(token) = self.choose(i, index) {
+            self.take(i, token);
+        }
+    }
+
+    /// Draws a sequence's next token from the logits at batch index `index` (through its
+    /// grammar, if one constrains it now); `None` when the grammar failed the sequence.
+    fn choose(&mut self, i: usize, index: i32) -> Option<i32> {
         let logits = self.kv.ctx.get_logits_ith(index);
         let sequence = &mut self.running[i];
-        let constrained = sequence.job.shaping.active_grammar();
-        let was_constrained = constrained.is_some();
-        let token = match constrained {
+        let token = match sequence.job.shaping.active_grammar() {
             Some(grammar) => match grammar.mask(logits, &mut self.masked) {
                 Ok(()) => sequence.sampler.sample(&self.masked),
-                Err(error) => return self.fail(i, format!("grammar: {error}")),
+                Err(error) => {
+                    self.fail(i, format!("grammar: {error}"));
+                    return None;
+                }
             },
             None => sequence.sampler.sample(logits),
         };
         if sequence.job.trace.is_some() {
             sequence.margins.push(super::sampling::margin(logits));
         }
+        Some(token)
+    }
+
+    /// Takes a sequence's sampled token: its timing, the end of generation (end of text, a
+    /// stop sequence, the grammar, `max_tokens`) or its text for the client. Says whether the
+    /// sequence ended.
+    fn take(&mut self, i: usize, token: i32) -> bool {
+        let sequence = &mut self.running[i];
+        let was_constrained = sequence.job.shaping.active_grammar().is_some();
         let now = Instant::now();
         match sequence.first_token {
             None => {
@@ -1041,7 +1253,7 @@ impl<'m, 'c> Scheduler<'m, 'c> {
         let vocab = self.model.vocab();
         if !sequence.job.ignore_eos && vocab.is_eog(LlamaToken(token)) {
             self.finish(i, FinishReason::Stop);
-            return;
+            return true;
         }
         sequence.generated += 1;
         sequence.tokens.push(token);
@@ -1055,7 +1267,10 @@ impl<'m, 'c> Scheduler<'m, 'c> {
             };
             match accepted.and_then(|()| sequence.job.shaping.after_constrained_token()) {
                 Ok(reason) => ending = reason,
-                Err(error) => return self.fail(i, format!("grammar: {error}")),
+                Err(error) => {
+                    self.fail(i, format!("grammar: {error}"));
+                    return true;
+                }
             }
         }
         self.piece.clear();
@@ -1072,7 +1287,9 @@ impl<'m, 'c> Scheduler<'m, 'c> {
         }
         if let Some(reason) = ending {
             self.finish(i, reason);
+            return true;
         }
+        false
     }
 
     /// Ends a sequence with an error; its cells are freed.
@@ -1120,6 +1337,8 @@ impl<'m, 'c> Scheduler<'m, 'c> {
                     decode: sequence.last_token - first,
                     generated: sequence.generated,
                 },
+                drafted: sequence.drafted,
+                kept: sequence.kept,
             });
         }
         self.kv.release(sequence, true);
@@ -1137,6 +1356,7 @@ mod tests {
             tokens,
             decode,
             logits: None,
+            draft: Vec::new(),
         };
         let decoding = (0..decodes).map(|i| entry(i, 1, true));
         let prompts = chunks.iter().enumerate();
