@@ -1,9 +1,10 @@
 //! Speculative decoding by prompt lookup on a real model (Qwen2.5-Coder-0.5B): a code edit, whose
 //! answer copies most of its prompt, gives the same tokens with speculation as without, greedy
-//! and with seeded sampling, alone, beside other sequences and on per-sequence streams, while the
-//! model keeps most of the drafts. Where the two runs part, the run without speculation's choice
-//! must have been a near-tie: drafts are checked in a pass of several rows, whose kernels round
-//! differently from a one-row step. Needs the default models (`ember models pull --defaults`).
+//! alone, beside other sequences and on per-sequence streams, while the model keeps most of the
+//! drafts; seeded sampling draws the same tokens through the first draft. Where greedy runs
+//! part, the run without speculation's choice must have been a near-tie: drafts are checked in a
+//! pass of several rows, whose kernels round differently from a one-row step. Needs the default
+//! models (`ember models pull --defaults`).
 
 use ember_core::metrics::Metrics;
 use ember_core::tasks::{ChatMessage, PromptInput, Sampling, TextGenerationRequest};
@@ -60,12 +61,7 @@ fn seeded(seed: u64) -> Sampling {
 /// `got` (with speculation) equals `plain` (without), or parts from it where `plain`'s choice was
 /// a near-tie.
 fn assert_same(got: &Traced, plain: &Traced, what: &str) {
-    match got
-        .tokens
-        .iter()
-        .zip(&plain.tokens)
-        .position(|(a, b)| a != b)
-    {
+    match parting(got, plain) {
         None => assert_eq!(got.tokens, plain.tokens, "{what}: lengths differ"),
         Some(step) => assert!(
             plain.margins[step] < NEAR_TIE,
@@ -76,6 +72,29 @@ fn assert_same(got: &Traced, plain: &Traced, what: &str) {
             plain.tokens
         ),
     }
+}
+
+/// A seeded run with speculation draws as the run without it does, so they agree at least
+/// through the first draft (made after the first dozen tokens; a draw taken out of turn would
+/// part them there). Later they may part at any draw that falls near the edge between two
+/// likely tokens, which rounding moves, near-tie or not.
+fn assert_same_draws(got: &Traced, plain: &Traced, what: &str) {
+    const CHECKED: usize = 24;
+    if let Some(step) = parting(got, plain) {
+        assert!(
+            step >= CHECKED.min(plain.tokens.len()),
+            "{what}: tokens part at step {step} (speculative {:?}, plain {:?})",
+            got.tokens,
+            plain.tokens
+        );
+    }
+}
+
+fn parting(got: &Traced, plain: &Traced) -> Option<usize> {
+    got.tokens
+        .iter()
+        .zip(&plain.tokens)
+        .position(|(a, b)| a != b)
 }
 
 // One test, so that no other test's engine runs while the speculative one times its steps.
@@ -92,11 +111,15 @@ async fn drafts_change_nothing_and_are_mostly_kept_on_a_code_edit() {
             .await
             .unwrap();
         assert_eq!(expected.drafted, 0, "speculation off drafts nothing");
+        let greedy = sampling.temperature == 0.0;
         let got = speculative
             .run_traced(&edit(sampling), false)
             .await
             .unwrap();
-        assert_same(&got, &expected, what);
+        match greedy {
+            true => assert_same(&got, &expected, what),
+            false => assert_same_draws(&got, &expected, what),
+        }
         assert_mostly_drafted(&got, what);
     }
     // The prompt from the prefix cache, and three sequences at once, each with drafts.

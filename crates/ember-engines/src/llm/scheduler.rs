@@ -810,7 +810,6 @@ impl<'m, 'c> Scheduler<'m, 'c> {
         }
         let costs = StepCosts::new(seconds.to_vec());
         tracing::info!(?costs, "decode step costs by rows, for speculative drafts");
-
         costs
     }
 
@@ -1102,18 +1101,20 @@ impl<'m, 'c> Scheduler<'m, 'c> {
             sequence.drafting.fade();
             let left = (sequence.job.max_tokens - sequence.generated) as usize;
             let limit = draft::MAX_DRAFT.min(left.saturating_sub(1));
-            let proposal = match sequence.job.shaping.active_grammar() {
-                Some(_) => Vec::new(),
-                None => draft::prompt_lookup(&sequence.tokens, limit).to_vec(),
+            let lookup = match sequence.job.shaping.active_grammar() {
+                Some(_) => draft::Lookup {
+                    draft: &[],
+                    matched: 0,
+                },
+                None => draft::prompt_lookup(&sequence.tokens, limit),
             };
             offers.push(Offer {
-                available: proposal.len(),
-                acceptance: sequence.drafting.acceptance(),
+                available: lookup.draft.len(),
+                acceptance: sequence.drafting.acceptance(lookup.matched),
             });
-            proposals.push(proposal);
+            proposals.push(lookup.draft.to_vec());
         }
         let lengths = draft::draft_lengths(&offers, *budget, costs);
-
         for ((plan, mut proposal), length) in self.planned.iter_mut().zip(proposals).zip(lengths) {
             proposal.truncate(length);
             plan.draft = proposal;
@@ -1136,7 +1137,6 @@ impl<'m, 'c> Scheduler<'m, 'c> {
                 let next = sequence.tokens[sequence.n_past];
                 for (offset, &token) in std::iter::once(&next).chain(&plan.draft).enumerate() {
                     let pos = (sequence.n_past + offset) as i32;
-                    // The batch holds `step_tokens` and a step plans no more.
                     let _ = self.batch.add(LlamaToken(token), pos, &[seq_id], true);
                 }
                 continue;
@@ -1148,6 +1148,7 @@ impl<'m, 'c> Scheduler<'m, 'c> {
                     plan.logits = Some(self.batch.n_tokens());
                 }
                 let token = LlamaToken(sequence.tokens[pos]);
+                // The batch holds `step_tokens` and a step plans no more.
                 let _ = self.batch.add(token, pos as i32, &[seq_id], logits);
             }
         }

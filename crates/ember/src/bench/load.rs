@@ -25,12 +25,12 @@ pub struct Target {
 }
 
 /// One finished streamed request.
-struct Stream {
+pub struct Stream {
     /// Seconds from sending to the first text.
-    ttft: f64,
+    pub ttft: f64,
     /// Seconds between consecutive text events.
-    gaps: Vec<f64>,
-    tokens: u64,
+    pub gaps: Vec<f64>,
+    pub tokens: u64,
 }
 
 /// How the short requests arrive.
@@ -159,7 +159,7 @@ impl Target {
     }
 
     /// One streamed request, read to its end.
-    async fn stream(&self, prompt: &str, max_tokens: u32) -> Result<Stream> {
+    pub async fn stream(&self, prompt: &str, max_tokens: u32) -> Result<Stream> {
         let (url, body) = match &self.api {
             Api::Ember(model) => (
                 format!("{}/client/v4/accounts/local/ai/run/{model}", self.base),

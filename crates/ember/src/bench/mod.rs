@@ -1,5 +1,6 @@
 //! `ember bench`: Ember against the runtimes its users would otherwise pick, in one run per
-//! family; `ember bench speech` is `speech.rs`, `ember bench image` is `image.rs`. `ember bench llm`: Ember against llama.cpp's own
+//! family; `ember bench speech` is `speech.rs`, `ember bench image` is `image.rs`, `ember bench
+//! speculative` is `speculative.rs`. `ember bench llm`: Ember against llama.cpp's own
 //! tools on the same GGUF files. Kernel rows: prefill and decode rates of the engine in-process against `llama-bench`, one side
 //! at a time. Serving rows: aggregate generated tokens per second (median of timed runs that
 //! alternate between the two servers) and its share of llama.cpp's own batched decode rate
@@ -20,6 +21,7 @@ mod load;
 mod prompts;
 mod report;
 mod servers;
+mod speculative;
 mod speech;
 
 use anyhow::{Context, Result, bail};
@@ -71,6 +73,9 @@ pub enum BenchCommand {
     /// Async batches: interactive streams' time to first token beside a queued batch, against
     /// the same streams alone.
     Batch(batch::BatchBench),
+    /// Speculative decoding: one stream's decode rate on code edits and chat, Ember with and
+    /// without prompt lookup against llama-server with and without its n-gram drafts.
+    Speculative(speculative::SpeculativeBench),
 }
 
 #[derive(Args)]
@@ -126,6 +131,7 @@ pub fn run(command: BenchCommand, env: &Env) -> Result<()> {
         BenchCommand::Image(bench) => bench.run(env),
         BenchCommand::Gateway(bench) => bench.run(env),
         BenchCommand::Batch(bench) => bench.run(env),
+        BenchCommand::Speculative(bench) => bench.run(env),
     }
 }
 
@@ -337,6 +343,7 @@ impl LlmBench {
             ctx_per_sequence: CTX_PER_SEQUENCE,
             kv_layout: self.ember_layout(),
             batch_invariant: self.batch_invariant,
+            speculative: None,
             work_dir: work,
         };
         // A new connection per request: llama-server's HTTP library closes kept-alive connections

@@ -8,7 +8,7 @@ use super::servers::Server;
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-const QUESTIONS: [&str; 16] = [
+pub const QUESTIONS: [&str; 16] = [
     "Write a Python function that checks whether a string is a palindrome.",
     "Explain the difference between a process and a thread.",
     "Why is the sky blue?",
@@ -55,17 +55,7 @@ pub async fn build(
     long_tokens: usize,
     long_count: usize,
 ) -> Result<Prompts> {
-    let render = async |text: String| -> Result<String> {
-        if !chat_template {
-            return Ok(format!("Question: {text}\nAnswer:"));
-        }
-        let body = json!({ "messages": [{ "role": "user", "content": text }] });
-        let reply = post(client, &format!("{}/apply-template", server.base), &body).await?;
-        reply["prompt"]
-            .as_str()
-            .map(str::to_string)
-            .context("/apply-template gave no prompt")
-    };
+    let render = async |text: String| render(client, server, chat_template, &text).await;
     let count = async |text: &str| -> Result<usize> {
         let reply = post(
             client,
@@ -106,6 +96,25 @@ pub async fn build(
         short_tokens,
         long,
     })
+}
+
+/// `text` as the model reads a user's message: through its chat template (rendered by
+/// `server`, a `llama-server` on the model), or as a question for a base model.
+pub async fn render(
+    client: &reqwest::Client,
+    server: &Server,
+    chat_template: bool,
+    text: &str,
+) -> Result<String> {
+    if !chat_template {
+        return Ok(format!("Question: {text}\nAnswer:"));
+    }
+    let body = json!({ "messages": [{ "role": "user", "content": text }] });
+    let reply = post(client, &format!("{}/apply-template", server.base), &body).await?;
+    reply["prompt"]
+        .as_str()
+        .map(str::to_string)
+        .context("/apply-template gave no prompt")
 }
 
 /// Log `k`: `lines` lines of readings, starting with a line unique to `k`.

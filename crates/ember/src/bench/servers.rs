@@ -25,6 +25,9 @@ pub struct ServerConfig<'a> {
     pub ctx_per_sequence: u32,
     pub kv_layout: KvLayout,
     pub batch_invariant: bool,
+    /// Speculative decoding by n-grams of the context, on or off (`None`: each server's default,
+    /// as its users get it: on for Ember, off for llama-server).
+    pub speculative: Option<bool>,
     /// For server logs and Ember's database.
     pub work_dir: &'a Path,
 }
@@ -43,6 +46,10 @@ impl Server {
             .args(["-np", &config.sequences.to_string()])
             .args(["-c", &config.kv_cells().to_string()])
             .args(["--host", "127.0.0.1", "--port", &port.to_string()]);
+        if config.speculative == Some(true) {
+            // Its prompt lookup: drafts from n-grams of the context, no draft model.
+            command.args(["--spec-type", "ngram-simple"]);
+        }
         Server::spawn(command, port, &config.work_dir.join("llama-server.log"))
     }
 
@@ -64,6 +71,10 @@ impl Server {
             .args(["--kv-layout", config.kv_layout.name()])
             .args(config.batch_invariant.then_some("--batch-invariant"))
             .env("EMBER_THREADS", config.threads.to_string());
+        if let Some(speculative) = config.speculative {
+            let speculation = if speculative { "prompt-lookup" } else { "off" };
+            command.args(["--speculation", speculation]);
+        }
         Server::spawn(command, port, &config.work_dir.join("ember.log"))
     }
 
