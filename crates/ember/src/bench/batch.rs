@@ -44,10 +44,7 @@ impl BatchBench {
     pub fn run(&self, env: &super::Env) -> Result<()> {
         super::warn_if_debug_build();
         for model in [&self.chat_model, &self.embedding_model] {
-            let spec = env
-                .catalog
-                .get(model)
-                .with_context(|| format!("{model} is not in the catalog"))?;
+            let spec = super::catalog_spec(env, model)?;
             super::installed_dir(env, spec)?;
         }
         let work = std::env::temp_dir().join(format!("ember-bench-batch-{}", std::process::id()));

@@ -7,7 +7,7 @@
 
 use super::report::{Row, median, percentile, print_table, write_json};
 use super::servers::{Server, ember_serve, free_port};
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Args;
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -43,10 +43,7 @@ struct Run {
 impl GatewayBench {
     pub fn run(&self, env: &super::Env) -> Result<()> {
         super::warn_if_debug_build();
-        let spec = env
-            .catalog
-            .get(&self.model)
-            .with_context(|| format!("{} is not in the catalog", self.model))?;
+        let spec = super::catalog_spec(env, &self.model)?;
         super::installed_dir(env, spec)?;
         let litellm = super::setup_script("litellm.sh")?;
         let work = std::env::temp_dir().join(format!("ember-bench-gateway-{}", std::process::id()));

@@ -135,6 +135,13 @@ pub fn run(command: BenchCommand, env: &Env) -> Result<()> {
     }
 }
 
+/// The catalog entry of `id`.
+fn catalog_spec<'a>(env: &Env<'a>, id: &str) -> Result<&'a ModelSpec> {
+    env.catalog
+        .get(id)
+        .with_context(|| format!("{id} is not in the catalog"))
+}
+
 /// The model's folder, pulled first if it is not installed.
 fn installed_dir(env: &Env, spec: &ModelSpec) -> Result<PathBuf> {
     let dir = installed::model_dir(env.home, spec);
@@ -233,10 +240,7 @@ impl LlmBench {
         warn_if_debug_build();
         let mut specs = Vec::new();
         for id in &self.models {
-            let spec = env
-                .catalog
-                .get(id)
-                .with_context(|| format!("{id} is not in the catalog"))?;
+            let spec = catalog_spec(env, id)?;
             if spec.engine != Engine::LlamaCpp {
                 bail!("{id} does not run on llama.cpp");
             }

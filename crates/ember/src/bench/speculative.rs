@@ -12,7 +12,7 @@ use super::prompts::{self, QUESTIONS};
 use super::report::{Row, print_table, write_json};
 use super::servers::{Server, ServerConfig};
 use super::{gguf, installed_dir, llama};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -110,10 +110,7 @@ impl Decoded {
 impl SpeculativeBench {
     pub fn run(&self, env: &super::Env) -> Result<()> {
         super::warn_if_debug_build();
-        let spec = env
-            .catalog
-            .get(&self.model)
-            .with_context(|| format!("{} is not in the catalog", self.model))?;
+        let spec = super::catalog_spec(env, &self.model)?;
         let gguf = installed_dir(env, spec)?.join("model.gguf");
         let chat_template = gguf::read(&gguf)?.chat_template;
         let bin = llama::tools_dir(self.llama_bin.clone())?;

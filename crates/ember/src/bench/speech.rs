@@ -7,7 +7,7 @@
 
 use super::driver::{Driver, repo_file};
 use super::report::{self, Row, median};
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Result, bail, ensure};
 use clap::Args;
 use ember_core::ModelSpec;
 use ember_core::catalog::Engine;
@@ -54,10 +54,7 @@ pub struct SpeechBench {
 impl SpeechBench {
     pub fn run(&self, env: &super::Env) -> Result<()> {
         super::warn_if_debug_build();
-        let spec = env
-            .catalog
-            .get(&self.model)
-            .with_context(|| format!("{} is not in the catalog", self.model))?;
+        let spec = super::catalog_spec(env, &self.model)?;
         ensure!(
             spec.engine == Engine::CandleWhisper,
             "{} is not a Whisper model",
