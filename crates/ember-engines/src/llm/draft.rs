@@ -19,23 +19,21 @@ const NGRAM_MAX: usize = 8;
 const NGRAM_MIN: usize = 2;
 /// The most tokens a sequence's draft proposes.
 pub(crate) const MAX_DRAFT: usize = 15;
-/// A sequence's acceptance rate starts as if one draft had been cut short after some tokens
-/// kept: more the longer the run of last tokens that matched (`prior_kept`). A short match is
-/// weak evidence of copying: in chat answers (measured on `ember bench speculative`'s questions)
-/// most drafts from 2- and 3-token matches were wrong, while in code edits the first draft from a
-/// long match is mostly kept, and the sequence's own record soon outweighs the prior.
+/// A sequence's acceptance rate starts from the engine's rate for drafts found by matches of
+/// that length (`MatchRecords`), worth a quarter of a draft of its own (`SEQUENCE_PRIOR`), so
+/// that its first cut draft stops long drafts where the engine learnt elsewhere that they pay
+/// (in chat after code edits); the engine's rates start from `prior_kept`. A short match is weak evidence of copying: in chat answers (measured on
+/// `ember bench speculative`'s questions) most drafts from 2- and 3-token matches were wrong,
+/// while in code edits the first draft from a long match is mostly kept, and the sequence's own
+/// record soon outweighs the prior.
 const PRIOR_CUT: f64 = 1.0;
-/// Each step the record fades by this factor: what counts is whether the output copies now,
-/// and a sequence that stopped drafting after misses tries again some tens of steps later.
+const SEQUENCE_PRIOR: f64 = 0.25;
+/// Each step a sequence's record fades by this factor: what counts is whether its output copies
+/// now, and a sequence that stopped drafting after misses tries again some tens of steps later.
 const FADE: f64 = 0.97;
-
-/// One sequence's record of drafts.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Drafting {
-    /// Draft tokens kept, and drafts cut short by a token the model would not pick (faded).
-    kept: f64,
-    cut: f64,
-}
+/// Each step the engine's records fade by this factor (half in about 700 steps), so that what it
+/// learnt follows its traffic, and drafts it stopped making are tried again now and then.
+const ENGINE_FADE: f64 = 0.999;
 
 /// The prior's kept tokens for a draft found by a run of `matched` last tokens: a draft token's
 /// chance to be kept is 0.5 for 2 or 3, 0.8 for 6 or 7, and 0.9 only for 8, so a sequence's
@@ -55,26 +53,77 @@ fn prior_kept(matched: usize) -> f64 {
 /// more often than not.
 const MARGIN: f64 = 1.1;
 
-impl Drafting {
-    /// The chance that the model keeps a token of a draft found by a run of `matched` last
-    /// tokens, given that it kept the ones before it.
-    pub(crate) fn acceptance(&self, matched: usize) -> f64 {
-        let prior = prior_kept(matched);
-        (self.kept + prior) / (self.kept + self.cut + prior + PRIOR_CUT)
-    }
+/// A record of drafts: tokens kept, and drafts cut short by a token the model would not pick.
+#[derive(Debug, Clone, Copy, Default)]
+struct Record {
+    kept: f64,
+    cut: f64,
+}
 
-    /// Records that the model kept `kept` of a draft of `proposed` tokens.
-    pub(crate) fn verified(&mut self, proposed: usize, kept: usize) {
+impl Record {
+    fn add(&mut self, proposed: usize, kept: usize) {
         self.kept += kept as f64;
         if kept < proposed {
             self.cut += 1.0;
         }
     }
 
+    fn fade(&mut self, by: f64) {
+        self.kept *= by;
+        self.cut *= by;
+    }
+
+    /// The chance to keep a draft token (given the ones before it), from this record over a
+    /// prior of `prior_kept` tokens kept and `prior_cut` drafts cut.
+    fn rate(&self, prior_kept: f64, prior_cut: f64) -> f64 {
+        (self.kept + prior_kept) / (self.kept + self.cut + prior_kept + prior_cut)
+    }
+}
+
+/// One sequence's record of drafts.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Drafting(Record);
+
+impl Drafting {
+    /// The chance that the model keeps a draft token, given that it kept the ones before it,
+    /// from the sequence's record over the engine's rate `prior` for its match length.
+    pub(crate) fn acceptance(&self, prior: f64) -> f64 {
+        // As if a quarter draft had been cut after as many kept tokens as that rate implies.
+        self.0
+            .rate(SEQUENCE_PRIOR * prior / (1.0 - prior), SEQUENCE_PRIOR)
+    }
+
+    /// Records that the model kept `kept` of a draft of `proposed` tokens.
+    pub(crate) fn verified(&mut self, proposed: usize, kept: usize) {
+        self.0.add(proposed, kept);
+    }
+
     /// Fades the record by one step.
     pub(crate) fn fade(&mut self) {
-        self.kept *= FADE;
-        self.cut *= FADE;
+        self.0.fade(FADE);
+    }
+}
+
+/// What an engine has learnt of its drafts, by the length of the match that found them.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct MatchRecords([Record; NGRAM_MAX + 1]);
+
+impl MatchRecords {
+    /// The chance to keep a token of a draft found by a run of `matched` last tokens.
+    pub(crate) fn acceptance(&self, matched: usize) -> f64 {
+        self.0[matched.min(NGRAM_MAX)].rate(prior_kept(matched), PRIOR_CUT)
+    }
+
+    /// Records that the model kept `kept` of a draft of `proposed` tokens found by `matched`.
+    pub(crate) fn verified(&mut self, matched: usize, proposed: usize, kept: usize) {
+        self.0[matched.min(NGRAM_MAX)].add(proposed, kept);
+    }
+
+    /// Fades every record by one step.
+    pub(crate) fn fade(&mut self) {
+        self.0
+            .iter_mut()
+            .for_each(|record| record.fade(ENGINE_FADE));
     }
 }
 
@@ -283,19 +332,49 @@ mod tests {
 
     #[test]
     fn acceptance_is_learnt_and_fades_back() {
+        let engine = MatchRecords::default();
+        assert!((engine.acceptance(2) - 0.5).abs() < 1e-9);
+        assert!((engine.acceptance(6) - 0.8).abs() < 1e-9);
+        assert!((engine.acceptance(8) - 0.9).abs() < 1e-9);
         let mut drafting = Drafting::default();
-        assert!((drafting.acceptance(2) - 0.5).abs() < 1e-9);
-        assert!((drafting.acceptance(6) - 0.8).abs() < 1e-9);
-        assert!((drafting.acceptance(8) - 0.9).abs() < 1e-9);
+        assert!((drafting.acceptance(0.8) - 0.8).abs() < 1e-9);
         drafting.verified(15, 15);
-        assert!(drafting.acceptance(2) > 0.9);
+        assert!(drafting.acceptance(0.5) > 0.9);
         for _ in 0..8 {
             drafting.verified(15, 0);
         }
-        assert!(drafting.acceptance(6) < 0.75, "{}", drafting.acceptance(6));
-        for _ in 0..100 {
+        assert!(
+            drafting.acceptance(0.8) < 0.75,
+            "{}",
+            drafting.acceptance(0.8)
+        );
+        for _ in 0..150 {
             drafting.fade();
         }
-        assert!(drafting.acceptance(6) > 0.75, "{}", drafting.acceptance(6));
+        assert!(
+            drafting.acceptance(0.8) > 0.75,
+            "{}",
+            drafting.acceptance(0.8)
+        );
+    }
+
+    #[test]
+    fn the_engine_learns_which_matches_find_good_drafts() {
+        let mut engine = MatchRecords::default();
+        // Drafts from 8-token matches keep failing at once (chat): not worth a draft any more.
+        for _ in 0..10 {
+            engine.verified(8, 15, 0);
+        }
+        assert!(engine.acceptance(8) < 0.5, "{}", engine.acceptance(8));
+        // 4-token matches keep finding what the model writes (code edits).
+        for _ in 0..10 {
+            engine.verified(4, 15, 14);
+        }
+        assert!(engine.acceptance(4) > 0.9, "{}", engine.acceptance(4));
+        // What it learnt fades back to the prior as the traffic changes.
+        for _ in 0..5000 {
+            engine.fade();
+        }
+        assert!((engine.acceptance(8) - 0.9).abs() < 0.01);
     }
 }

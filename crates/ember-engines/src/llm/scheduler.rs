@@ -26,7 +26,7 @@
 //! never runs out of cells midway.
 
 use super::constraint::Constraint;
-use super::draft::{self, Drafting, MEASURED_ROWS, Offer, StepCosts};
+use super::draft::{self, Drafting, MEASURED_ROWS, MatchRecords, Offer, StepCosts};
 use super::output::{OutputEvent, OutputParser};
 use super::prefix_cache::PrefixCache;
 use super::sampling::Sampler;
@@ -479,6 +479,8 @@ struct Planned {
     logits: Option<i32>,
     /// A decoding sequence's draft: its tokens follow the next one in the entry.
     draft: Vec<i32>,
+    /// The length of the run of last tokens that found the draft.
+    matched: usize,
 }
 
 /// llama.cpp's CPU flash attention takes its tiled path for a batch of this many rows or more
@@ -696,6 +698,7 @@ struct Scheduler<'m, 'c> {
     /// cells a rejected draft's position needs). Measured when the thread starts.
     speculate: bool,
     step_costs: Option<StepCosts>,
+    match_records: MatchRecords,
     pool: u32,
     waiting: VecDeque<Job>,
     running: Vec<Sequence>,
@@ -744,6 +747,7 @@ impl<'m, 'c> Scheduler<'m, 'c> {
                 && !config.batch_invariant
                 && config.sliding_window.is_none(),
             step_costs: None,
+            match_records: MatchRecords::default(),
             pool,
             waiting: VecDeque::new(),
             running: Vec::new(),
@@ -1029,6 +1033,7 @@ impl<'m, 'c> Scheduler<'m, 'c> {
                 decode: true,
                 logits: None,
                 draft: Vec::new(),
+                matched: 0,
             });
         }
         if self.speculate {
@@ -1075,6 +1080,7 @@ impl<'m, 'c> Scheduler<'m, 'c> {
                 decode: false,
                 logits: None,
                 draft: Vec::new(),
+                matched: 0,
             });
         }
         // llama.cpp splits a batch over per-sequence streams into ubatches of sequences with
@@ -1094,6 +1100,7 @@ impl<'m, 'c> Scheduler<'m, 'c> {
         let Some(costs) = &self.step_costs else {
             return;
         };
+        self.match_records.fade();
         let mut proposals = Vec::with_capacity(self.planned.len());
         let mut offers = Vec::with_capacity(self.planned.len());
         for plan in &self.planned {
@@ -1108,16 +1115,20 @@ impl<'m, 'c> Scheduler<'m, 'c> {
                 },
                 None => draft::prompt_lookup(&sequence.tokens, limit),
             };
+            let prior = self.match_records.acceptance(lookup.matched);
             offers.push(Offer {
                 available: lookup.draft.len(),
-                acceptance: sequence.drafting.acceptance(lookup.matched),
+                acceptance: sequence.drafting.acceptance(prior),
             });
-            proposals.push(lookup.draft.to_vec());
+            proposals.push((lookup.draft.to_vec(), lookup.matched));
         }
         let lengths = draft::draft_lengths(&offers, *budget, costs);
-        for ((plan, mut proposal), length) in self.planned.iter_mut().zip(proposals).zip(lengths) {
+        for ((plan, (mut proposal, matched)), length) in
+            self.planned.iter_mut().zip(proposals).zip(lengths)
+        {
             proposal.truncate(length);
             plan.draft = proposal;
+            plan.matched = matched;
             plan.tokens += length;
             *budget -= length;
         }
@@ -1160,7 +1171,7 @@ impl<'m, 'c> Scheduler<'m, 'c> {
         }
         for plan in pass.iter() {
             if !plan.draft.is_empty() {
-                self.verify(plan.sequence, plan.logits.expect("set above"), &plan.draft);
+                self.verify(plan, plan.logits.expect("set above"));
                 continue;
             }
             self.running[plan.sequence].n_past += plan.tokens;
@@ -1176,7 +1187,8 @@ impl<'m, 'c> Scheduler<'m, 'c> {
     /// sampling the kept tokens follow the model's distribution exactly (a draft is one fixed
     /// token, and keeping it when the draw picks it is the speculative acceptance rule for it).
     /// The cells of the rejected draft tokens are removed.
-    fn verify(&mut self, i: usize, first_row: i32, draft: &[i32]) {
+    fn verify(&mut self, plan: &Planned, first_row: i32) {
+        let (i, draft) = (plan.sequence, &plan.draft);
         // The position of the next token, whose cell this step wrote first.
         let start = self.running[i].n_past;
         let mut kept = 0;
@@ -1201,6 +1213,7 @@ impl<'m, 'c> Scheduler<'m, 'c> {
         }
         let sequence = &mut self.running[i];
         sequence.drafting.verified(draft.len(), kept);
+        self.match_records.verified(plan.matched, draft.len(), kept);
         sequence.drafted += draft.len() as u32;
         sequence.kept += kept as u32;
     }
@@ -1358,6 +1371,7 @@ mod tests {
             decode,
             logits: None,
             draft: Vec::new(),
+            matched: 0,
         };
         let decoding = (0..decodes).map(|i| entry(i, 1, true));
         let prompts = chunks.iter().enumerate();
