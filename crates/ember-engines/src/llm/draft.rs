@@ -10,8 +10,9 @@
 //! rows beyond a multiple of 4 one by one), one row took 16 ms, two 36 ms, 4 48 ms, 8 65 ms and
 //! 16 79 ms. So each step the drafts are sized (`draft_lengths`) to the measured row count that
 //! gives the most expected tokens per second, counting each draft token by the chance that it
-//! and the ones before it are kept (the sequence's acceptance rate, learnt as it goes), against
-//! decoding without drafts.
+//! and the ones before it are kept, against decoding without drafts. That chance is learnt as
+//! drafts are checked: by each sequence (`Drafting`) and, by the length of the match that found
+//! the draft, by the engine (`MatchRecords`).
 
 /// The longest and shortest run of last tokens looked up (longer runs first: they find the
 /// place being copied more surely).
@@ -22,10 +23,10 @@ pub(crate) const MAX_DRAFT: usize = 15;
 /// A sequence's acceptance rate starts from the engine's rate for drafts found by matches of
 /// that length (`MatchRecords`), worth a quarter of a draft of its own (`SEQUENCE_PRIOR`), so
 /// that its first cut draft stops long drafts where the engine learnt elsewhere that they pay
-/// (in chat after code edits); the engine's rates start from `prior_kept`. A short match is weak evidence of copying: in chat answers (measured on
-/// `ember bench speculative`'s questions) most drafts from 2- and 3-token matches were wrong,
-/// while in code edits the first draft from a long match is mostly kept, and the sequence's own
-/// record soon outweighs the prior.
+/// (in chat after code edits); the engine's rates start from `prior_kept`. A short match is weak
+/// evidence of copying: in chat answers (measured on `ember bench speculative`'s questions) most
+/// drafts from 2- and 3-token matches were wrong, while in code edits the first draft from a
+/// long match is mostly kept, and the sequence's own record soon outweighs the prior.
 const PRIOR_CUT: f64 = 1.0;
 const SEQUENCE_PRIOR: f64 = 0.25;
 /// Each step a sequence's record fades by this factor: what counts is whether its output copies
