@@ -6,7 +6,7 @@ use super::report::median;
 use anyhow::{Result, ensure};
 use ember_core::ModelSpec;
 use ember_core::metrics::Metrics;
-use ember_engines::llm::{self, LlmEngine, LlmSettings};
+use ember_engines::llm::{self, LlmEngine, LlmSettings, Speculation};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -64,6 +64,8 @@ impl EmberKernels {
             // Every sample starts on an empty cache, as llama-bench's do: other requests' cached
             // cells would lengthen each attention scan and shift where this one's cells land.
             prefix_cache: false,
+            // llama-bench decodes one token a step: drafts would measure something else.
+            speculation: Speculation::Off,
             threads: Some(i32::try_from(threads)?),
             ..LlmSettings::default()
         };

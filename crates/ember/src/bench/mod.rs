@@ -78,11 +78,26 @@ pub enum BenchCommand {
     Speculative(speculative::SpeculativeBench),
 }
 
+/// A part of `ember bench llm`, each reported on its own rows.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+enum Part {
+    /// Prefill and decode rates in-process against llama-bench.
+    Kernels,
+    /// The timed serving runs at each concurrency, and llama-batched-bench's ceiling.
+    Throughput,
+    /// Long prompts arriving during short streams, at the mixed run's concurrency.
+    Mixed,
+}
+
 #[derive(Args)]
 pub struct LlmBench {
     /// Catalog ids of the models (pulled first if missing).
     #[arg(long, value_delimiter = ',', default_values = DEFAULT_MODELS)]
     models: Vec<String>,
+    /// The parts to run (each takes under 15 minutes per model on 2 cores at the defaults).
+    #[arg(long, value_enum, value_delimiter = ',', default_values = ["kernels", "throughput", "mixed"])]
+    parts: Vec<Part>,
     /// CPU threads, on both sides.
     #[arg(long, default_value_t = 2)]
     threads: u32,
@@ -274,6 +289,7 @@ impl LlmBench {
             "settings": {
                 "threads": self.threads,
                 "repetitions": self.repetitions,
+                "parts": self.parts,
                 "concurrency": self.concurrency,
                 "serving_seconds": self.duration,
                 "serving_rounds": self.rounds,
@@ -315,7 +331,102 @@ impl LlmBench {
         let gguf = dir.join("model.gguf");
         let info = gguf::read(&gguf)?;
 
-        let [llama, ember] = self.kernels(spec, &dir, &gguf, info.n_vocab, bin, errors);
+        if self.parts.contains(&Part::Kernels) {
+            self.kernel_rows(spec, &dir, &gguf, info.n_vocab, bin, rows, errors);
+        }
+        let throughput = self.parts.contains(&Part::Throughput);
+        let mixed = self.parts.contains(&Part::Mixed);
+        let concurrency = match (throughput, mixed) {
+            (true, _) => self.concurrency.clone(),
+            (false, true) => vec![MIXED_CONCURRENCY],
+            (false, false) => return Ok(()),
+        };
+        let config = |sequences| ServerConfig {
+            gguf: &gguf,
+            threads: self.threads,
+            sequences,
+            ctx_per_sequence: CTX_PER_SEQUENCE,
+            kv_layout: self.ember_layout(),
+            batch_invariant: self.batch_invariant,
+            speculative: None,
+            work_dir: work,
+        };
+        // A new connection per request: llama-server's HTTP library closes kept-alive connections
+        // that reqwest would otherwise reuse; loopback connections cost both sides next to nothing.
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()?;
+        eprintln!("== {}: prompts", spec.id);
+        let [calibration, measured] = self.mixed_durations();
+        let long_count = match mixed {
+            true => long_prompts_for(calibration) + long_prompts_for(measured),
+            false => 0,
+        };
+        let prompts = env.runtime.block_on(async {
+            let mut server = Server::llama(bin, &config(1))?;
+            server.wait_ready(&client).await?;
+            prompts::build(
+                &client,
+                &server,
+                info.chat_template,
+                LONG_PROMPT_TOKENS,
+                long_count,
+            )
+            .await
+        })?;
+        for n in concurrency {
+            eprintln!("== {}: llama-server and ember serve, N={n}", spec.id);
+            let sides = [
+                (
+                    format!("{name}: llama-server with {n} streams"),
+                    Server::llama(bin, &config(n)),
+                    Api::LlamaServer,
+                ),
+                (
+                    format!("{name}: ember serve with {n} streams"),
+                    Server::ember(&spec.id, env.home, env.catalog_file, &config(n)),
+                    Api::Ember(spec.id.clone()),
+                ),
+            ];
+            let [llama, ember] = env
+                .runtime
+                .block_on(self.serving(sides, &client, &prompts, n, errors));
+            if throughput {
+                let ceiling = llama::batched_decode(
+                    bin,
+                    &gguf,
+                    self.threads,
+                    n,
+                    CTX_PER_SEQUENCE,
+                    prompts.short_tokens,
+                    SHORT_MAX_TOKENS,
+                );
+                let what = format!("{name}: llama-batched-bench with {n} sequences");
+                let ceiling = keep(errors, what.clone(), ceiling);
+                if let Some(rate) = ceiling {
+                    eprintln!("   {what}: {rate:.1} tok/s");
+                }
+                throughput_rows(rows, name, n, ember.as_ref(), llama.as_ref(), ceiling);
+            }
+            serving_rows(rows, name, n, ember.as_ref(), llama.as_ref());
+        }
+        Ok(())
+    }
+
+    /// The kernel rows: prefill and decode rates, Ember's against llama-bench's.
+    #[allow(clippy::too_many_arguments)]
+    fn kernel_rows(
+        &self,
+        spec: &ModelSpec,
+        dir: &Path,
+        gguf: &Path,
+        n_vocab: u32,
+        bin: &Path,
+        rows: &mut Vec<Row>,
+        errors: &mut Vec<String>,
+    ) {
+        let name = spec.id.rsplit('/').next().unwrap_or(&spec.id);
+        let [llama, ember] = self.kernels(spec, dir, gguf, n_vocab, bin, errors);
         let rate = |side: &Option<KernelSamples>, prefill: bool, n: u32| {
             side.as_ref().and_then(|samples| samples.median(prefill, n))
         };
@@ -339,71 +450,6 @@ impl LlmBench {
                 ">= 0.95",
             ));
         }
-
-        let config = |sequences| ServerConfig {
-            gguf: &gguf,
-            threads: self.threads,
-            sequences,
-            ctx_per_sequence: CTX_PER_SEQUENCE,
-            kv_layout: self.ember_layout(),
-            batch_invariant: self.batch_invariant,
-            speculative: None,
-            work_dir: work,
-        };
-        // A new connection per request: llama-server's HTTP library closes kept-alive connections
-        // that reqwest would otherwise reuse; loopback connections cost both sides next to nothing.
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(0)
-            .build()?;
-        eprintln!("== {}: prompts", spec.id);
-        let [calibration, measured] = self.mixed_durations();
-        let long_count = long_prompts_for(calibration) + long_prompts_for(measured);
-        let prompts = env.runtime.block_on(async {
-            let mut server = Server::llama(bin, &config(1))?;
-            server.wait_ready(&client).await?;
-            prompts::build(
-                &client,
-                &server,
-                info.chat_template,
-                LONG_PROMPT_TOKENS,
-                long_count,
-            )
-            .await
-        })?;
-        for &n in &self.concurrency {
-            eprintln!("== {}: llama-server and ember serve, N={n}", spec.id);
-            let sides = [
-                (
-                    format!("{name}: llama-server with {n} streams"),
-                    Server::llama(bin, &config(n)),
-                    Api::LlamaServer,
-                ),
-                (
-                    format!("{name}: ember serve with {n} streams"),
-                    Server::ember(&spec.id, env.home, env.catalog_file, &config(n)),
-                    Api::Ember(spec.id.clone()),
-                ),
-            ];
-            let [llama, ember] = env
-                .runtime
-                .block_on(self.serving(sides, &client, &prompts, n, errors));
-            let ceiling = llama::batched_decode(
-                bin,
-                &gguf,
-                self.threads,
-                n,
-                CTX_PER_SEQUENCE,
-                prompts.short_tokens,
-                SHORT_MAX_TOKENS,
-            );
-            let what = format!("{name}: llama-batched-bench with {n} sequences");
-            let ceiling = keep(errors, what.clone(), ceiling);
-            if let Some(rate) = ceiling {
-                eprintln!("   {what}: {rate:.1} tok/s");
-            }
-            serving_rows(rows, name, n, ember.as_ref(), llama.as_ref(), ceiling);
-        }
-        Ok(())
     }
 
     /// The kernel rows' samples, llama-bench's and Ember's: `repetitions` rounds that alternate
@@ -497,7 +543,11 @@ impl LlmBench {
             *slot = Some(side);
         }
         let duration = Duration::from_secs(self.duration);
-        for round in 0..self.rounds {
+        let rounds = match self.parts.contains(&Part::Throughput) {
+            true => self.rounds,
+            false => 0,
+        };
+        for round in 0..rounds {
             for i in turns(round) {
                 let Some(side) = sides[i].as_mut().filter(|side| !side.broken) else {
                     continue;
@@ -519,7 +569,7 @@ impl LlmBench {
                 }
             }
         }
-        if n == MIXED_CONCURRENCY {
+        if n == MIXED_CONCURRENCY && self.parts.contains(&Part::Mixed) {
             self.mixed(&mut sides, prompts, n, errors).await;
         }
         sides.map(|side| {
@@ -532,8 +582,6 @@ impl LlmBench {
         })
     }
 
-    /// How long the mixed run's calibration and measured run last: twice a timed run, and as
-    /// long as all timed runs together (so that several long prompts arrive).
     /// The KV layout Ember serves with: batch invariance implies per-sequence streams.
     fn ember_layout(&self) -> KvLayout {
         if self.batch_invariant {
@@ -543,6 +591,8 @@ impl LlmBench {
         }
     }
 
+    /// How long the mixed run's calibration and measured run last: twice a timed run, and as
+    /// long as all timed runs together (so that several long prompts arrive).
     fn mixed_durations(&self) -> [Duration; 2] {
         let duration = Duration::from_secs(self.duration);
         [duration * 2, duration * self.rounds.max(1)]
@@ -645,8 +695,27 @@ impl Side {
     }
 }
 
-/// The serving rows at `n` streams; `ceiling` is llama.cpp's batched decode rate at `n`.
-fn serving_rows(
+/// Pushes a row of `metric` with Ember's and llama-server's values.
+fn serving_row(
+    rows: &mut Vec<Row>,
+    name: &str,
+    [ember, llama]: [Option<&Serving>; 2],
+    metric: String,
+    unit: &'static str,
+    goal: &'static str,
+    value: &dyn Fn(&Serving) -> Option<f64>,
+) {
+    let (ember, llama) = (ember.and_then(value), llama.and_then(value));
+    rows.push(Row::new(name, metric, unit, ember, llama, goal));
+}
+
+/// Milliseconds at percentile `p` of `values` (seconds).
+fn ms(values: &[f64], p: f64) -> Option<f64> {
+    percentile(values, p).map(|s| s * 1000.0)
+}
+
+/// The throughput part's rows at `n` streams; `ceiling` is llama.cpp's batched decode rate.
+fn throughput_rows(
     rows: &mut Vec<Row>,
     name: &str,
     n: u32,
@@ -664,16 +733,8 @@ fn serving_rows(
         "",
     ));
     let mut push = |metric: String, unit, goal, value: &dyn Fn(&Serving) -> Option<f64>| {
-        rows.push(Row::new(
-            name,
-            metric,
-            unit,
-            ember.and_then(value),
-            llama.and_then(value),
-            goal,
-        ));
+        serving_row(rows, name, [ember, llama], metric, unit, goal, value);
     };
-    let ms = |values: &[f64], p: f64| percentile(values, p).map(|s| s * 1000.0);
     let throughput_goal = if n >= 8 { ">= 1.2" } else { "" };
     push(
         format!("generated, N={n}"),
@@ -701,6 +762,19 @@ fn serving_rows(
             ms(&s.pooled(|r| &r.gaps), p)
         });
     }
+}
+
+/// The mixed part's rows at `n` streams (when it ran), and each server's peak RSS.
+fn serving_rows(
+    rows: &mut Vec<Row>,
+    name: &str,
+    n: u32,
+    ember: Option<&Serving>,
+    llama: Option<&Serving>,
+) {
+    let mut push = |metric: String, unit, goal, value: &dyn Fn(&Serving) -> Option<f64>| {
+        serving_row(rows, name, [ember, llama], metric, unit, goal, value);
+    };
     if ember.or(llama).is_some_and(|s| s.mixed_capacity.is_some()) {
         let mixed = format!("mixed N={n}");
         push(
@@ -738,8 +812,6 @@ fn serving_rows(
     });
 }
 
-/// Long prompts enough for a mixed run of `duration`: its client sends one at the start and then
-/// one at most every `LONG_INTERVAL`.
 fn long_prompts_for(duration: Duration) -> usize {
     (duration.as_secs() / LONG_INTERVAL.as_secs()) as usize + 1
 }
