@@ -377,45 +377,47 @@ impl RunGeneration {
     }
 }
 
+impl RunGeneration {
+    /// The stream format its events are written in.
+    fn format(&self) -> &dyn StreamFormat {
+        match self {
+            RunGeneration::Native => &sse::Native,
+            RunGeneration::ChatCompletions(answer) => answer,
+        }
+    }
+}
+
 impl StreamFormat for RunGeneration {
     fn start(&self) -> String {
-        match self {
-            RunGeneration::Native => sse::Native.start(),
-            RunGeneration::ChatCompletions(answer) => answer.start(),
-        }
+        self.format().start()
     }
 
     fn text(&self, text: &str) -> String {
-        match self {
-            RunGeneration::Native => sse::Native.text(text),
-            RunGeneration::ChatCompletions(answer) => answer.text(text),
-        }
+        self.format().text(text)
     }
 
     fn tool_call_start(&self, index: usize, id: &str, name: &str) -> String {
-        match self {
-            RunGeneration::Native => sse::Native.tool_call_start(index, id, name),
-            RunGeneration::ChatCompletions(answer) => answer.tool_call_start(index, id, name),
-        }
+        self.format().tool_call_start(index, id, name)
     }
 
     fn tool_call_arguments(&self, index: usize, fragment: &str) -> String {
-        match self {
-            RunGeneration::Native => sse::Native.tool_call_arguments(index, fragment),
-            RunGeneration::ChatCompletions(answer) => answer.tool_call_arguments(index, fragment),
-        }
+        self.format().tool_call_arguments(index, fragment)
     }
 
+    /// The chat-completions family's stream ends as Workers AI's native one does too: with a
+    /// `{"response": "", "usage"}` event after OpenAI's usage chunk.
     fn done(&self, completion: &Completion) -> String {
+        let events = self.format().done(completion);
         match self {
-            RunGeneration::Native => sse::Native.done(completion),
-            RunGeneration::ChatCompletions(answer) => {
+            RunGeneration::Native => events,
+            RunGeneration::ChatCompletions(_) => {
                 let usage = json!({ "response": "", "usage": completion.usage });
-                answer.done(completion) + &sse::data(&usage)
+                events + &sse::data(&usage)
             }
         }
     }
 
+    // Errors on /ai/run are Workers AI's, whatever the family.
     fn error(&self, error: &ApiError) -> String {
         sse::Native.error(error)
     }

@@ -1100,6 +1100,10 @@ impl<'m, 'c> Scheduler<'m, 'c> {
         let Some(costs) = &self.step_costs else {
             return;
         };
+        // As many decode rows as the most measured leave no room for a draft: no lookups.
+        if self.planned.len() >= MEASURED_ROWS[MEASURED_ROWS.len() - 1] || *budget == 0 {
+            return;
+        }
         self.match_records.fade();
         let mut proposals = Vec::with_capacity(self.planned.len());
         let mut offers = Vec::with_capacity(self.planned.len());

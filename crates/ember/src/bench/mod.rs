@@ -430,25 +430,17 @@ impl LlmBench {
         let rate = |side: &Option<KernelSamples>, prefill: bool, n: u32| {
             side.as_ref().and_then(|samples| samples.median(prefill, n))
         };
-        for n in PREFILL_TOKENS {
-            rows.push(Row::new(
-                name,
-                format!("prefill {n} tokens"),
-                "tok/s",
-                rate(&ember, true, n),
-                rate(&llama, true, n),
-                ">= 0.95",
-            ));
-        }
-        for depth in DECODE_DEPTHS {
-            rows.push(Row::new(
-                name,
+        let prefill = PREFILL_TOKENS.map(|n| (format!("prefill {n} tokens"), true, n));
+        let decode = DECODE_DEPTHS.map(|depth| {
+            (
                 format!("decode {DECODE_TOKENS} after {depth}"),
-                "tok/s",
-                rate(&ember, false, depth),
-                rate(&llama, false, depth),
-                ">= 0.95",
-            ));
+                false,
+                depth,
+            )
+        });
+        for (metric, prefill, n) in prefill.into_iter().chain(decode) {
+            let (ember, llama) = (rate(&ember, prefill, n), rate(&llama, prefill, n));
+            rows.push(Row::new(name, metric, "tok/s", ember, llama, ">= 0.95"));
         }
     }
 

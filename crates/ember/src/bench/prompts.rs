@@ -55,7 +55,7 @@ pub async fn build(
     long_tokens: usize,
     long_count: usize,
 ) -> Result<Prompts> {
-    let render = async |text: String| render(client, server, chat_template, &text).await;
+    let as_chat = async |text: String| render(client, server, chat_template, &text).await;
     let count = async |text: &str| -> Result<usize> {
         let reply = post(
             client,
@@ -71,20 +71,20 @@ pub async fn build(
 
     let (mut short, mut short_tokens) = (Vec::new(), 0);
     for question in QUESTIONS {
-        let prompt = render(question.to_string()).await?;
+        let prompt = as_chat(question.to_string()).await?;
         short_tokens += count(&prompt).await?;
         short.push(prompt);
     }
     let short_tokens = (short_tokens / QUESTIONS.len()) as u32;
 
     // Tokens per log line, measured on the rendered prompt with 0 and 100 lines.
-    let empty = count(&render(document(0, 0)).await?).await?;
-    let hundred = count(&render(document(0, 100)).await?).await?;
+    let empty = count(&as_chat(document(0, 0)).await?).await?;
+    let hundred = count(&as_chat(document(0, 100)).await?).await?;
     let per_line = (hundred - empty).max(1) as f64 / 100.0;
     let lines = ((long_tokens.saturating_sub(empty)) as f64 / per_line).round() as usize;
     let mut long = Vec::new();
     for k in 0..long_count {
-        let prompt = render(document(k, lines)).await?;
+        let prompt = as_chat(document(k, lines)).await?;
         let tokens = count(&prompt).await?;
         if tokens.abs_diff(long_tokens) > long_tokens / 10 {
             bail!("a long prompt came out at {tokens} tokens, wanted about {long_tokens}");
