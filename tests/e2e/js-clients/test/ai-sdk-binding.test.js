@@ -112,7 +112,7 @@ bindingTest("binding: generateText", async () => {
 
 bindingTest("binding: streamText arrives in several chunks", async () => {
   const r = await call("/ai/stream-text", { prompt: "Count from one to ten in words, separated by commas." });
-  assert.ok(r.chunks.length > 1, `only ${r.chunks.length} chunk(s)`);
+  assert.ok(r.chunks.length > 1, `only ${r.chunks.length} chunk(s): ${JSON.stringify(r)}`);
   assert.ok(r.text.trim().length > 0, "empty text");
   assert.equal(r.text, r.chunks.join(""));
   assert.ok(r.usage.outputTokens > 0, `usage ${JSON.stringify(r.usage)}`);
