@@ -2,6 +2,7 @@
 //! field.
 
 use crate::AiGatewayError;
+use crate::guardrails::Guardrails;
 use ember_store::{Gateway, LogStrategy, RateTechnique};
 
 /// Gateway ids are what Cloudflare accepts: lowercase letters, digits and `_`, in words joined by
@@ -47,6 +48,7 @@ pub fn new_gateway(account_id: &str, id: &str, now_ms: i64) -> Gateway {
         log_management_strategy: LogStrategy::StopInserting,
         created_at_ms: now_ms,
         modified_at_ms: now_ms,
+        guardrails: None,
     }
 }
 
@@ -62,6 +64,8 @@ pub struct GatewaySettings {
     pub authentication: Option<bool>,
     pub log_management: Option<Option<u64>>,
     pub log_management_strategy: Option<LogStrategy>,
+    /// `Some(None)` turns guardrails off.
+    pub guardrails: Option<Option<Guardrails>>,
 }
 
 /// `cache_ttl` of a gateway: 0 (off) up to a month.
@@ -111,6 +115,12 @@ impl GatewaySettings {
         }
         if let Some(strategy) = self.log_management_strategy {
             gateway.log_management_strategy = strategy;
+        }
+        if let Some(guardrails) = &self.guardrails {
+            gateway.guardrails = guardrails
+                .as_ref()
+                .filter(|g| !g.is_empty())
+                .map(|g| g.to_json().to_string());
         }
         Ok(())
     }

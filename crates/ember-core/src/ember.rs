@@ -286,6 +286,9 @@ impl Ember {
         request: TextGenerationRequest,
         options: &RunOptions,
     ) -> Result<mpsc::Receiver<TextEvent>, InferError> {
+        if spec.engine == Engine::StandIn {
+            return standin::generate(self, spec, request, options).await;
+        }
         let LoadedModel::TextGeneration(generator) = self.model(spec).await? else {
             return Err(InferError::Internal(format!(
                 "{} is not a text generator",

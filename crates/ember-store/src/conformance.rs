@@ -488,6 +488,7 @@ fn gateway(account: &str, id: &str) -> Gateway {
         log_management_strategy: LogStrategy::StopInserting,
         created_at_ms: 1,
         modified_at_ms: 1,
+        guardrails: None,
     }
 }
 
@@ -527,6 +528,7 @@ pub async fn gateways_are_per_account(stores: &Stores) {
     second.log_management = Some(10);
     second.log_management_strategy = LogStrategy::DeleteOldest;
     second.modified_at_ms = 9;
+    second.guardrails = Some(r#"{"prompt":{"S1":"BLOCK"},"response":{}}"#.into());
     assert!(store.update_gateway(&second).await.unwrap());
     assert_eq!(store.gateway("a", "second").await.unwrap(), Some(second));
     assert!(!store.update_gateway(&gateway("a", "none")).await.unwrap());
@@ -556,6 +558,7 @@ fn log(id: &str, gateway: &str, at_ms: i64) -> GatewayLog {
         request_size: 2,
         request_body: Some(b"{}".to_vec()),
         response_body: Some(vec![0, 159, 146, 150]),
+        guardrails: Some(r#"{"prompt":{"safe":true,"categories":[]}}"#.into()),
         ..GatewayLog::default()
     }
 }

@@ -39,6 +39,9 @@ pub struct Gateway {
     pub log_management_strategy: LogStrategy,
     pub created_at_ms: i64,
     pub modified_at_ms: i64,
+    /// The guardrails setting as its API object (JSON), none when off; what it means is
+    /// `ember-ai-gateway`'s.
+    pub guardrails: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,6 +159,8 @@ pub struct GatewayLog {
     /// 1, -1 or none.
     pub feedback: Option<i8>,
     pub score: Option<u8>,
+    /// What the guardrails found in the prompt and the response (a JSON object), where they ran.
+    pub guardrails: Option<String>,
 }
 
 /// Which logs of a gateway, and which page of them (newest first).

@@ -7,6 +7,7 @@ use clap::Subcommand;
 use ember_access::LOCAL_ACCOUNT_ID;
 use ember_access::clock::{Clock, SystemClock};
 use ember_access::credentials::{self, DEFAULT_DAILY_FREE_NEURONS};
+use ember_ai_gateway::guardrails::Guardrails;
 use ember_ai_gateway::{AiGateway, GatewaySettings};
 use ember_store::{
     DAY_MS, LogStrategy, Plan, RateTechnique, Stores, UsageQuery, utc_day, utc_day_start_ms,
@@ -86,6 +87,15 @@ pub struct GatewayFlags {
     /// `STOP_INSERTING` or `DELETE_OLDEST`, when the logs are full.
     #[arg(long, value_parser = |t: &str| LogStrategy::parse(t).ok_or("STOP_INSERTING or DELETE_OLDEST"))]
     log_management_strategy: Option<LogStrategy>,
+    /// Guardrails as the API's object, e.g. '{"prompt": {"s1": "BLOCK"}, "response": {"s10": "FLAG"}}'
+    /// ('{}' turns them off).
+    #[arg(long, value_parser = parse_guardrails)]
+    guardrails: Option<Guardrails>,
+}
+
+fn parse_guardrails(text: &str) -> Result<Guardrails, String> {
+    let value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    Guardrails::from_json(&value).map_err(|e| e.to_string())
 }
 
 impl GatewayFlags {
@@ -100,6 +110,7 @@ impl GatewayFlags {
             authentication: self.authentication,
             log_management: self.log_management.map(Some),
             log_management_strategy: self.log_management_strategy,
+            guardrails: self.guardrails.map(Some),
         }
     }
 }

@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
 use ember_access::Caller;
+use ember_ai_gateway::guardrails::Guardrails;
 use ember_ai_gateway::{DEFAULT_GATEWAY, GatewaySettings};
 use ember_store::{
     AnalyticsQuery, Gateway, GatewayLog, LogPatch, LogQuery, LogStrategy, RateTechnique, Route,
@@ -156,15 +157,15 @@ fn gateway_json(gateway: &Gateway) -> Value {
         "is_default": gateway.id == DEFAULT_GATEWAY,
         "created_at": iso_time(gateway.created_at_ms),
         "modified_at": iso_time(gateway.modified_at_ms),
+        "guardrails": Guardrails::parse_stored(gateway.guardrails.as_deref()).map(|g| g.to_json()),
     })
 }
 
-/// Documented gateway fields Ember does not apply (DLP, guardrails, Logpush, OpenTelemetry
+/// Documented gateway fields Ember does not apply (DLP, Logpush, OpenTelemetry
 /// export, billing and spend limits, the gateway-wide retry defaults); accepted so that clients
 /// sending whole objects (the `cloudflare` SDKs) work, and otherwise ignored.
-const IGNORED_FIELDS: [&str; 18] = [
+const IGNORED_FIELDS: [&str; 17] = [
     "byok_only",
-    "guardrails",
     "log_classification",
     "retry_backoff",
     "retry_delay",
@@ -233,6 +234,12 @@ fn settings(body: &Map<String, Value>) -> Result<GatewaySettings, ApiError> {
                     Some(strategy.ok_or_else(|| {
                         invalid(field, "must be STOP_INSERTING or DELETE_OLDEST")
                     })?);
+            }
+            "guardrails" => {
+                settings.guardrails = Some(match value {
+                    Value::Null => None,
+                    rules => Some(Guardrails::from_json(rules).map_err(super::gateway_error)?),
+                })
             }
             ignored if IGNORED_FIELDS.contains(&ignored) => {}
             unknown => return Err(invalid(unknown, "is not a gateway setting")),

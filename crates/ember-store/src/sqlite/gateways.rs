@@ -11,7 +11,8 @@ use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 
 const GATEWAY_COLUMNS: &str = "account_id, id, cache_ttl, cache_invalidate_on_update, \
     collect_logs, rate_limiting_limit, rate_limiting_interval, rate_limiting_technique, \
-    authentication, log_management, log_management_strategy, created_at_ms, modified_at_ms";
+    authentication, log_management, log_management_strategy, created_at_ms, modified_at_ms, \
+    guardrails";
 
 fn gateway_row(row: &Row) -> rusqlite::Result<Gateway> {
     let technique: String = row.get(7)?;
@@ -31,10 +32,11 @@ fn gateway_row(row: &Row) -> rusqlite::Result<Gateway> {
             .unwrap_or(LogStrategy::StopInserting),
         created_at_ms: row.get(11)?,
         modified_at_ms: row.get(12)?,
+        guardrails: row.get(13)?,
     })
 }
 
-fn gateway_values(gateway: &Gateway) -> [SqlValue; 13] {
+fn gateway_values(gateway: &Gateway) -> [SqlValue; 14] {
     [
         gateway.account_id.clone().into(),
         gateway.id.clone().into(),
@@ -49,6 +51,7 @@ fn gateway_values(gateway: &Gateway) -> [SqlValue; 13] {
         gateway.log_management_strategy.as_str().to_string().into(),
         gateway.created_at_ms.into(),
         gateway.modified_at_ms.into(),
+        gateway.guardrails.clone().into(),
     ]
 }
 
@@ -108,7 +111,7 @@ impl GatewayStore for SqliteStore {
                 "UPDATE gateways SET cache_ttl = ?3, cache_invalidate_on_update = ?4,
                     collect_logs = ?5, rate_limiting_limit = ?6, rate_limiting_interval = ?7,
                     rate_limiting_technique = ?8, authentication = ?9, log_management = ?10,
-                    log_management_strategy = ?11, modified_at_ms = ?13
+                    log_management_strategy = ?11, modified_at_ms = ?13, guardrails = ?14
                  WHERE account_id = ?1 AND id = ?2",
                 params_from_iter(values),
             )?;
@@ -147,7 +150,7 @@ impl GatewayStore for SqliteStore {
 const LOG_COLUMNS: &str = "id, account_id, gateway_id, created_at_ms, provider, model, \
     model_type, path, duration_ms, status_code, success, cached, step, attempts, tokens_in, \
     tokens_out, cost, custom_cost, metadata, event_id, request_content_type, response_content_type, \
-    request_size, response_size, request_body, response_body, feedback, score";
+    request_size, response_size, request_body, response_body, feedback, score, guardrails";
 
 fn log_row(row: &Row) -> rusqlite::Result<GatewayLog> {
     Ok(GatewayLog {
@@ -179,6 +182,7 @@ fn log_row(row: &Row) -> rusqlite::Result<GatewayLog> {
         response_body: row.get(25)?,
         feedback: row.get(26)?,
         score: row.get(27)?,
+        guardrails: row.get(28)?,
     })
 }
 
@@ -273,6 +277,7 @@ fn insert_log(
             log.response_body,
             log.feedback,
             log.score,
+            log.guardrails,
         ],
     )?;
     tx.commit()?;

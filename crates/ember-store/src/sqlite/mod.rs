@@ -177,6 +177,8 @@ const MIGRATIONS: &[&str] = &[
         conversation  TEXT NOT NULL
     );
     CREATE INDEX stored_responses_by_age ON stored_responses (created_at_ms);",
+    "ALTER TABLE gateways ADD COLUMN guardrails TEXT;
+    ALTER TABLE gateway_logs ADD COLUMN guardrails TEXT;",
 ];
 
 /// How many bytes of response bodies the cache holds before it evicts the oldest.
