@@ -40,6 +40,10 @@ pub enum ApiError {
     },
     /// An upstream provider behind a gateway could not be reached (says which).
     Upstream(String),
+    /// A gateway's guardrails blocked the prompt, or (`response`) the model's answer.
+    GuardrailBlocked {
+        response: bool,
+    },
 }
 
 impl From<InferError> for ApiError {
@@ -76,6 +80,13 @@ impl ApiError {
                 (StatusCode::TOO_MANY_REQUESTS, 2003, "GatewayRateLimited")
             }
             ApiError::Upstream(_) => (StatusCode::BAD_GATEWAY, 2005, "UpstreamError"),
+            // Cloudflare documents the codes, not the status; a DLP block answers 400.
+            ApiError::GuardrailBlocked { response: false } => {
+                (StatusCode::BAD_REQUEST, 2016, "GuardrailBlocked")
+            }
+            ApiError::GuardrailBlocked { response: true } => {
+                (StatusCode::BAD_REQUEST, 2017, "GuardrailBlocked")
+            }
             ApiError::Infer(error) => match error {
                 InferError::NoSuchModel(_) | InferError::NotInstalled { .. } => {
                     (StatusCode::BAD_REQUEST, 5007, "InvalidModel")
@@ -118,6 +129,12 @@ impl ApiError {
             }
             ApiError::GatewayRateLimited { .. } => {
                 "Rate limited: the gateway's rate limit is reached".into()
+            }
+            ApiError::GuardrailBlocked { response: false } => {
+                "Prompt blocked due to security configurations".into()
+            }
+            ApiError::GuardrailBlocked { response: true } => {
+                "Response blocked due to security configurations".into()
             }
             ApiError::Infer(InferError::Internal(_)) => "AiError: Unknown internal error".into(),
             ApiError::Infer(InferError::LoadFailed { model, .. }) => {
@@ -202,7 +219,9 @@ impl ApiError {
             ApiError::AllocationUsed { .. } => {
                 ("insufficient_quota", Some("insufficient_quota".into()))
             }
-            ApiError::Incomplete(_) => ("invalid_request_error", workers_code),
+            ApiError::Incomplete(_) | ApiError::GuardrailBlocked { .. } => {
+                ("invalid_request_error", workers_code)
+            }
             ApiError::Infer(error) => match error {
                 InferError::NoSuchModel(_) | InferError::NotInstalled { .. } => {
                     ("invalid_request_error", Some("model_not_found".into()))

@@ -5,11 +5,13 @@
 //! identical one was kept, and otherwise sent on to the routes: again on a 5xx or a timeout as
 //! its retries allow, and to the next step of a universal request when one fails (`steps.rs`);
 //! a `dynamic/<route>` request follows its route's graph (`dynamic.rs`).
-//! What it answered is cached and logged (`recorder.rs`); a stream is passed on chunk by chunk
-//! and kept when it ends. The gateway and log routes are in `routes.rs`, the options' wire forms
+//! The gateway's guardrails judge the prompt before it runs and a whole answer after
+//! (`guarding.rs`). What it answered is cached and logged (`recorder.rs`); a stream is passed on
+//! chunk by chunk and kept when it ends. The gateway and log routes are in `routes.rs`, the options' wire forms
 //! in `options.rs`, the upstream providers in `providers.rs`.
 
 mod dynamic;
+mod guarding;
 mod options;
 mod providers;
 mod recorder;
@@ -31,6 +33,7 @@ use ember_access::Caller;
 use ember_ai_gateway::{AiGatewayError, CachePlan, RequestOptions};
 use ember_core::InferError;
 use ember_store::{Gateway, GatewayLog};
+use guarding::Guarding;
 use recorder::{Recorder, mark, replay};
 use serde_json::Value;
 use std::convert::Infallible;
@@ -213,6 +216,7 @@ struct Prepared {
     steps: Vec<Step>,
     /// The route a `dynamic/<name>` request follows (its one step is the request as sent).
     dynamic: Option<dynamic::Dynamic>,
+    guarding: Option<Guarding>,
 }
 
 /// Finds the gateway, reads the options and lays out the steps; `Err(None)` lets the request
@@ -333,8 +337,10 @@ async fn prepare(
         request_body: Some(body.to_vec()),
         ..GatewayLog::default()
     };
+    let guarding = Guarding::new(gateway.guardrails.as_deref(), json.as_ref());
     Ok(Prepared {
         form,
+        guarding,
         dynamic,
         universal,
         gateway,
@@ -361,6 +367,7 @@ where
         plan,
         mut log,
         steps,
+        mut guarding,
     } = prepared;
     if let Some(plan) = &plan {
         match state.ai_gateway.cached(plan).await {
@@ -382,6 +389,13 @@ where
             Ok(None) => {}
             Err(error) => tracing::warn!(%error, "the response cache could not be read"),
         }
+    }
+    if let Some(guarding) = guarding.as_mut()
+        && let Err(error) = guarding.check_prompt(&state).await
+    {
+        log.guardrails = guarding.found();
+        let recorder = Recorder::new(state, gateway, options, None, log, started);
+        return refuse(recorder, form, &error).await;
     }
     let report = steps
         .first()
@@ -439,10 +453,33 @@ where
     let bytes = axum::body::to_bytes(body, usize::MAX)
         .await
         .unwrap_or_default();
+    if let Some(guarding) = guarding.as_mut() {
+        let checked = match head.status.is_success() {
+            true => guarding.check_response(&recorder.state, &bytes).await,
+            false => Ok(()),
+        };
+        recorder.log.guardrails = guarding.found();
+        if let Err(error) = checked {
+            // A blocked answer is not kept.
+            recorder.plan = None;
+            return refuse(recorder, form, &error).await;
+        }
+    }
     let response = Response::from_parts(head, Body::from(bytes.clone()));
     let usage = report.and_then(|r| r.get().copied());
     recorder
         .finish(response.status(), response.headers(), bytes.to_vec(), usage)
+        .await;
+    response
+}
+
+/// Answers a request the guardrails blocked, and logs it.
+async fn refuse(recorder: Recorder, form: Form, error: &ApiError) -> Response {
+    let mut response = form.error(error);
+    mark(response.headers_mut(), &recorder.log.id, false, false);
+    let body = error.message().into_bytes();
+    recorder
+        .finish(response.status(), response.headers(), body, None)
         .await;
     response
 }

@@ -67,11 +67,11 @@ pub(super) fn mark(headers: &mut HeaderMap, log_id: &str, cacheable: bool, hit: 
 
 /// Writes a gateway request's log and keeps its response in the cache, once it is whole.
 pub(super) struct Recorder {
-    state: AppState,
+    pub(super) state: AppState,
     gateway: Gateway,
     options: RequestOptions,
     /// Where the response is kept (a successful one, on a cacheable request).
-    plan: Option<CachePlan>,
+    pub(super) plan: Option<CachePlan>,
     /// Whether the request could be cached at all (for `cf-aig-cache-status`).
     pub(super) plan_was_made: bool,
     pub(super) log: GatewayLog,

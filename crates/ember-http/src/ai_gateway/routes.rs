@@ -374,6 +374,8 @@ fn log_json(log: &GatewayLog) -> Value {
         "event_id": log.event_id,
         "feedback": log.feedback,
         "score": log.score,
+        // Ember's: what the guardrails found (Cloudflare shows it in separate evaluation logs).
+        "guardrails": log.guardrails.as_deref().and_then(|g| serde_json::from_str::<Value>(g).ok()),
         "created_at": iso_time(log.created_at_ms),
     })
 }
