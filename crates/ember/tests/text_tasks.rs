@@ -36,6 +36,50 @@ fn positive_score(result: &Value) -> f64 {
     positive
 }
 
+/// Llama Guard's stand-in on a committed labelled set of messages (none of them its examples):
+/// it answers in Llama Guard's format, and tells harmful from harmless, and the hazard category.
+#[tokio::test(flavor = "multi_thread")]
+async fn guard_stand_in_judges_the_committed_set() {
+    let app = app();
+    let set = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/safety.jsonl"
+    ))
+    .unwrap();
+    let (mut sorted, mut named, mut total, mut wrong) = (0, 0, 0, Vec::new());
+    for line in set.lines() {
+        let case: Value = serde_json::from_str(line).unwrap();
+        let messages = json!([{"role": "user", "content": case["text"]}]);
+        let (result, served_by) = run(
+            &app,
+            "@cf/meta/llama-guard-3-8b",
+            json!({"messages": messages}),
+        )
+        .await;
+        assert_eq!(served_by, "@hf/ember/guard-embeddinggemma");
+        let answer = result["response"].as_str().unwrap().to_string();
+        let expected = case["label"].as_str().unwrap();
+        let lines: Vec<&str> = answer.lines().collect();
+        let (verdict, category) = (lines[0], lines.get(1).copied());
+        assert!(["safe", "unsafe"].contains(&verdict), "{answer:?}");
+        total += 1;
+        if (verdict == "safe") == (expected == "safe") {
+            sorted += 1;
+        }
+        if category == Some(expected) || (expected == "safe" && verdict == "safe") {
+            named += 1;
+        } else {
+            wrong.push(format!("{}: {answer:?}", case["text"]));
+        }
+    }
+    // Measured: 24 of 24 sorted, 24 of 24 named.
+    assert!(
+        sorted * 10 >= total * 9,
+        "{sorted}/{total} sorted; {wrong:?}"
+    );
+    assert!(named * 4 >= total * 3, "{named}/{total} named; {wrong:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sentiment_stand_in_labels_the_committed_set() {
     let app = app();
