@@ -9,8 +9,8 @@ pub mod options;
 pub mod routing;
 pub mod settings;
 
-pub use options::{Backoff, CustomCost, RequestOptions, Retries};
-pub use settings::GatewaySettings;
+pub use options::{Backoff, CustomCost, RequestOptions, Retries, RetryOptions};
+pub use settings::{GatewaySettings, retry_defaults};
 
 use ember_access::clock::Clock;
 use ember_store::{

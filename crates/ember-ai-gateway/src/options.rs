@@ -26,7 +26,8 @@ pub struct RequestOptions {
     pub event_id: Option<String>,
     /// How long the provider may take to answer, in milliseconds.
     pub request_timeout_ms: Option<u64>,
-    pub retries: Retries,
+    /// The retry settings the request gave; the gateway's fill in the rest.
+    pub retries: RetryOptions,
     pub custom_cost: Option<CustomCost>,
 }
 
@@ -44,6 +45,26 @@ impl RequestOptions {
                     CACHE_TTL_SECS.end()
                 ),
             ))
+        }
+    }
+}
+
+/// Retry settings a request gives (`cf-aig-max-attempts`, `-retry-delay`, `-backoff`), each
+/// optional.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RetryOptions {
+    pub max_attempts: Option<u8>,
+    pub delay_ms: Option<u64>,
+    pub backoff: Option<Backoff>,
+}
+
+impl RetryOptions {
+    /// These settings, the gateway's `defaults` where the request gave none.
+    pub fn over(self, defaults: Retries) -> Retries {
+        Retries {
+            max_attempts: self.max_attempts.unwrap_or(defaults.max_attempts),
+            delay_ms: self.delay_ms.unwrap_or(defaults.delay_ms),
+            backoff: self.backoff.unwrap_or(defaults.backoff),
         }
     }
 }
@@ -106,6 +127,14 @@ pub enum Backoff {
 }
 
 impl Backoff {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backoff::Constant => "constant",
+            Backoff::Linear => "linear",
+            Backoff::Exponential => "exponential",
+        }
+    }
+
     pub fn parse(field: &str, text: &str) -> Result<Backoff, AiGatewayError> {
         match text {
             "constant" => Ok(Backoff::Constant),

@@ -3,6 +3,7 @@
 
 use crate::AiGatewayError;
 use crate::guardrails::Guardrails;
+use crate::options::{Backoff, Retries};
 use ember_store::{Gateway, LogStrategy, RateTechnique};
 
 /// Gateway ids are what Cloudflare accepts: lowercase letters, digits and `_`, in words joined by
@@ -49,6 +50,21 @@ pub fn new_gateway(account_id: &str, id: &str, now_ms: i64) -> Gateway {
         created_at_ms: now_ms,
         modified_at_ms: now_ms,
         guardrails: None,
+        retry_max_attempts: None,
+        retry_delay_ms: None,
+        retry_backoff: None,
+    }
+}
+
+/// How a gateway's requests are retried when they do not say.
+pub fn retry_defaults(gateway: &Gateway) -> Retries {
+    let backoff = gateway.retry_backoff.as_deref();
+    Retries {
+        max_attempts: gateway.retry_max_attempts.unwrap_or(1),
+        delay_ms: gateway.retry_delay_ms.unwrap_or(0),
+        backoff: backoff
+            .and_then(|text| Backoff::parse("retry_backoff", text).ok())
+            .unwrap_or(Backoff::Constant),
     }
 }
 
@@ -66,6 +82,10 @@ pub struct GatewaySettings {
     pub log_management_strategy: Option<LogStrategy>,
     /// `Some(None)` turns guardrails off.
     pub guardrails: Option<Option<Guardrails>>,
+    /// Retries of requests that do not say; `Some(None)` clears one.
+    pub retry_max_attempts: Option<Option<u64>>,
+    pub retry_delay_ms: Option<Option<u64>>,
+    pub retry_backoff: Option<Option<Backoff>>,
 }
 
 /// `cache_ttl` of a gateway: 0 (off) up to a month.
@@ -115,6 +135,20 @@ impl GatewaySettings {
         }
         if let Some(strategy) = self.log_management_strategy {
             gateway.log_management_strategy = strategy;
+        }
+        if let Some(attempts) = self.retry_max_attempts {
+            gateway.retry_max_attempts = attempts
+                .map(|n| Retries::check_attempts("retry_max_attempts", n))
+                .transpose()?;
+        }
+        if let Some(delay) = self.retry_delay_ms {
+            if let Some(delay) = delay {
+                Retries::check_delay("retry_delay", delay)?;
+            }
+            gateway.retry_delay_ms = delay;
+        }
+        if let Some(backoff) = self.retry_backoff {
+            gateway.retry_backoff = backoff.map(|b| b.as_str().to_string());
         }
         if let Some(guardrails) = &self.guardrails {
             gateway.guardrails = guardrails

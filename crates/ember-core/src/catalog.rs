@@ -51,6 +51,9 @@ pub enum AnswerFormat {
     /// The newer chat-completions family's (gemma-4, glm, kimi on Workers AI): OpenAI's
     /// `chat.completion` object, streamed as `chat.completion.chunk` events; input is `messages`.
     ChatCompletions,
+    /// Llama Guard's: Workers AI's own shapes, its `response` the verdict as text, or with a
+    /// JSON `response_format` as `{safe, categories}` (`guard::verdict_as_json`).
+    LlamaGuard,
 }
 
 /// Prices in Neurons (1 neuron = $0.000011).

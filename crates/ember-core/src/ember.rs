@@ -5,13 +5,15 @@
 //! admits it and returns the task's output or a text stream, priced at the requested model's price.
 
 use crate::InferError;
-use crate::catalog::{Catalog, Engine, ModelSpec, Task};
+use crate::catalog::{AnswerFormat, Catalog, Engine, ModelSpec, Task};
+use crate::guard;
 use crate::installed;
 use crate::metrics::{Metrics, ModelMetrics};
 use crate::runner::{LoadedModel, TextEvent};
 use crate::standin;
 use crate::tasks::image_to_text::{ImageToTextOutput, ImageToTextRequest};
 use crate::tasks::{Completion, TaskInput, TaskOutput, TaskRequest, TextGenerationRequest, Usage};
+use crate::tools::ResponseFormat;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -385,9 +387,18 @@ impl Ember {
             served,
         } = target;
         let (served_by, output) = match input {
-            TaskInput::TextGeneration(request) => {
+            TaskInput::TextGeneration(mut request) => {
                 let stream = request.stream;
-                let events = self.generate(served, request, options).await?;
+                // Llama Guard writes its verdict as text; a JSON answer is made from that.
+                let verdict_as_json = spec.answer_format == AnswerFormat::LlamaGuard
+                    && request.response_format != ResponseFormat::Text;
+                if verdict_as_json {
+                    request.response_format = ResponseFormat::Text;
+                }
+                let mut events = self.generate(served, request, options).await?;
+                if verdict_as_json {
+                    events = guard::verdict_as_json(events, options.timeout).await?;
+                }
                 let output = if stream {
                     RunOutput::Stream(events)
                 } else {

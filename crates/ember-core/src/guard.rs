@@ -4,8 +4,12 @@
 //! absent) about the last message of a conversation. AI Gateway's guardrails call it.
 
 use crate::ember::{Ember, complete};
+use crate::runner::TextEvent;
 use crate::tasks::{ChatMessage, PromptInput, Sampling, TextGenerationRequest, Usage};
 use crate::{InferError, RunOptions};
+use serde_json::json;
+use std::time::Duration;
+use tokio::sync::mpsc;
 
 /// The model that judges prompts and responses.
 pub const GUARD_MODEL: &str = "@cf/meta/llama-guard-3-8b";
@@ -29,7 +33,7 @@ pub const CATEGORIES: [(&str, &str); 14] = [
 ];
 
 /// Llama Guard answers "safe" or "unsafe\nS1,S10" in a few tokens.
-const ANSWER_TOKENS: u32 = 20;
+pub const ANSWER_TOKENS: u32 = 20;
 
 /// What the guard model said of a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +80,30 @@ impl Verdict {
     }
 }
 
+/// A generation's events with its answer read as a verdict and written as JSON
+/// (`{"safe": false, "categories": ["S1"]}`, the completion marked JSON): Llama Guard asked for a
+/// JSON `response_format`, which Workers AI answers with the verdict as an object.
+pub async fn verdict_as_json(
+    events: mpsc::Receiver<TextEvent>,
+    timeout: Option<Duration>,
+) -> Result<mpsc::Receiver<TextEvent>, InferError> {
+    let mut completion = complete(events, timeout).await?;
+    let verdict = Verdict::parse(&completion.text);
+    completion.text = json!({"safe": verdict.safe, "categories": verdict.categories}).to_string();
+    completion.json = true;
+    let (sender, receiver) = mpsc::channel(2);
+    let _ = sender.try_send(TextEvent::Text(completion.text.clone()));
+    let _ = sender.try_send(TextEvent::Done(completion));
+    Ok(receiver)
+}
+
+/// A check's verdict, its usage (priced at the guard model's price) and the model that served.
+pub struct Checked {
+    pub verdict: Verdict,
+    pub usage: Usage,
+    pub served_by: String,
+}
+
 /// Asks the guard model whether the conversation's last message (a user's prompt, or the
 /// assistant's response after it) is safe; greedy, so the same conversation gets the same
 /// verdict.
@@ -83,7 +111,7 @@ pub async fn check(
     ember: &Ember,
     conversation: Vec<ChatMessage>,
     options: &RunOptions,
-) -> Result<(Verdict, Usage), InferError> {
+) -> Result<Checked, InferError> {
     let target = ember.target(GUARD_MODEL)?;
     let request = TextGenerationRequest::new(
         PromptInput::Messages(conversation),
@@ -92,8 +120,11 @@ pub async fn check(
     );
     let events = ember.generate(target.served, request, options).await?;
     let completion = complete(events, options.timeout).await?;
-    let usage = completion.usage.priced(&target.requested.price);
-    Ok((Verdict::parse(&completion.text), usage))
+    Ok(Checked {
+        verdict: Verdict::parse(&completion.text),
+        usage: completion.usage.priced(&target.requested.price),
+        served_by: target.served.id.clone(),
+    })
 }
 
 #[cfg(test)]

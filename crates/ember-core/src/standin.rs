@@ -159,31 +159,46 @@ async fn centroids(
     base: &ModelSpec,
     options: &RunOptions,
 ) -> Result<Arc<Vec<Vec<f32>>>, InferError> {
+    let texts = SENTIMENT_PROTOTYPES
+        .iter()
+        .flat_map(|(_, examples)| examples.iter().copied());
     let memo = &ember.stand_in_memo().centroids;
+    embedded_once(ember, base, memo, texts.collect(), options, |vectors| {
+        vectors
+            .chunks(SENTIMENT_PROTOTYPES[0].1.len())
+            .map(|examples| {
+                let mut centre = vec![0.0; examples[0].len()];
+                for example in examples {
+                    centre.iter_mut().zip(example).for_each(|(c, x)| *c += x);
+                }
+                normalised(centre)
+            })
+            .collect()
+    })
+    .await
+}
+
+/// `texts` embedded on `base` (with its classification prompt) and `shape`d, computed once per
+/// base and kept in `memo`.
+async fn embedded_once(
+    ember: &Ember,
+    base: &ModelSpec,
+    memo: &Mutex<HashMap<String, Arc<Vec<Vec<f32>>>>>,
+    texts: Vec<&str>,
+    options: &RunOptions,
+    shape: impl FnOnce(Vec<Vec<f32>>) -> Vec<Vec<f32>>,
+) -> Result<Arc<Vec<Vec<f32>>>, InferError> {
     if let Some(known) = memo.lock().unwrap_or_else(|e| e.into_inner()).get(&base.id) {
         return Ok(known.clone());
     }
     let prompt = prompts(base).classification;
-    let texts = SENTIMENT_PROTOTYPES
-        .iter()
-        .flat_map(|(_, examples)| examples.iter().map(|e| format!("{prompt}{e}")))
-        .collect();
+    let texts = texts.iter().map(|t| format!("{prompt}{t}")).collect();
     let (vectors, _) = embed(ember, base, texts, options).await?;
-    let centroids: Vec<Vec<f32>> = vectors
-        .chunks(SENTIMENT_PROTOTYPES[0].1.len())
-        .map(|examples| {
-            let mut centre = vec![0.0; examples[0].len()];
-            for example in examples {
-                centre.iter_mut().zip(example).for_each(|(c, x)| *c += x);
-            }
-            normalised(centre)
-        })
-        .collect();
-    let centroids = Arc::new(centroids);
+    let shaped = Arc::new(shape(vectors));
     memo.lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(base.id.clone(), centroids.clone());
-    Ok(centroids)
+        .insert(base.id.clone(), shaped.clone());
+    Ok(shaped)
 }
 
 async fn classify(
@@ -540,19 +555,12 @@ async fn safety_examples(
     base: &ModelSpec,
     options: &RunOptions,
 ) -> Result<Arc<Vec<Vec<f32>>>, InferError> {
-    let memo = &ember.stand_in_memo().safety;
-    if let Some(known) = memo.lock().unwrap_or_else(|e| e.into_inner()).get(&base.id) {
-        return Ok(known.clone());
-    }
-    let prompt = prompts(base).classification;
     let texts = SAFETY_EXAMPLES
         .iter()
-        .flat_map(|(_, examples)| examples.iter().map(|e| format!("{prompt}{e}")))
-        .collect();
-    let (vectors, _) = embed(ember, base, texts, options).await?;
-    let vectors = Arc::new(vectors);
-    memo.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(base.id.clone(), vectors.clone());
-    Ok(vectors)
+        .flat_map(|(_, examples)| examples.iter().copied());
+    let memo = &ember.stand_in_memo().safety;
+    embedded_once(ember, base, memo, texts.collect(), options, |vectors| {
+        vectors
+    })
+    .await
 }

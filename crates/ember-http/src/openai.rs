@@ -357,7 +357,7 @@ impl RunGeneration {
     /// The answer for request `request_id` of `spec`, which the client named `model`.
     pub(crate) fn new(spec: &ModelSpec, request_id: &str, model: &str) -> RunGeneration {
         match spec.answer_format {
-            AnswerFormat::Native => RunGeneration::Native,
+            AnswerFormat::Native | AnswerFormat::LlamaGuard => RunGeneration::Native,
             AnswerFormat::ChatCompletions => RunGeneration::ChatCompletions(Answer {
                 endpoint: Endpoint::Chat,
                 id: format!("chatcmpl-{request_id}"),

@@ -12,13 +12,14 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
-use ember_access::{AccessError, Admission, Caller};
+use ember_access::{Access, AccessError, Admission, Caller};
 use ember_core::catalog::ModelSpec;
 use ember_core::runner::TextEvent;
 use ember_core::tasks::{self, TaskOutput, TaskRequest, Usage};
 use ember_core::{InferError, RunOptions, RunOutput};
 use ember_store::{DAY_MS, RequestRecord};
 use serde_json::{Value, json};
+use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
 
@@ -86,6 +87,18 @@ impl Form {
     }
 }
 
+/// A refusal of the caller's access (rate limit, allocation) as the API answers it.
+pub(crate) fn refusal(access: &Access, caller: &Caller, error: AccessError) -> ApiError {
+    match error {
+        AccessError::RateLimited { retry_after_secs } => ApiError::RateLimited { retry_after_secs },
+        AccessError::AllocationUsed => ApiError::AllocationUsed {
+            daily_free_neurons: caller.account.daily_free_neurons,
+            retry_after_secs: seconds_to_midnight(access.now_ms()),
+        },
+        other => ApiError::Infer(InferError::Internal(other.to_string())),
+    }
+}
+
 /// One request on a run route, from its start to its row in the request log and the ledger.
 pub(crate) struct Call {
     pub(crate) state: AppState,
@@ -133,16 +146,7 @@ impl Call {
         let admission = access
             .admit(&self.caller, spec, estimate.neurons)
             .await
-            .map_err(|error| match error {
-                AccessError::RateLimited { retry_after_secs } => {
-                    ApiError::RateLimited { retry_after_secs }
-                }
-                AccessError::AllocationUsed => ApiError::AllocationUsed {
-                    daily_free_neurons: self.caller.account.daily_free_neurons,
-                    retry_after_secs: seconds_to_midnight(access.now_ms()),
-                },
-                other => ApiError::Infer(InferError::Internal(other.to_string())),
-            })?;
+            .map_err(|error| refusal(access, &self.caller, error))?;
         self.admission = Some(admission);
         self._interactive = Some(self.state.batches.interactive());
         Ok(())
@@ -196,14 +200,22 @@ impl Call {
             duration_ms: self.started.elapsed().as_millis() as u64,
             batch_item: None,
         };
-        let admission = self.admission;
-        // Its own task: settlement completes even if this request's future is dropped.
-        let written = tokio::spawn(async move { access.settle(admission, record).await }).await;
-        match written {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::error!(%error, "could not write the request log"),
-            Err(error) => tracing::error!(%error, "the request log writer failed"),
-        }
+        settle(access, self.admission, record).await;
+    }
+}
+
+/// Writes a finished request to the request log and the ledger, settling its admission; in its
+/// own task, so that it completes even if the request's future is dropped.
+pub(crate) async fn settle(
+    access: Arc<Access>,
+    admission: Option<Admission>,
+    record: RequestRecord,
+) {
+    let written = tokio::spawn(async move { access.settle(admission, record).await }).await;
+    match written {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::error!(%error, "could not write the request log"),
+        Err(error) => tracing::error!(%error, "the request log writer failed"),
     }
 }
 

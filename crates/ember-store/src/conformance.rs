@@ -489,6 +489,9 @@ fn gateway(account: &str, id: &str) -> Gateway {
         created_at_ms: 1,
         modified_at_ms: 1,
         guardrails: None,
+        retry_max_attempts: None,
+        retry_delay_ms: None,
+        retry_backoff: None,
     }
 }
 
@@ -529,6 +532,9 @@ pub async fn gateways_are_per_account(stores: &Stores) {
     second.log_management_strategy = LogStrategy::DeleteOldest;
     second.modified_at_ms = 9;
     second.guardrails = Some(r#"{"prompt":{"S1":"BLOCK"},"response":{}}"#.into());
+    second.retry_max_attempts = Some(3);
+    second.retry_delay_ms = Some(250);
+    second.retry_backoff = Some("linear".into());
     assert!(store.update_gateway(&second).await.unwrap());
     assert_eq!(store.gateway("a", "second").await.unwrap(), Some(second));
     assert!(!store.update_gateway(&gateway("a", "none")).await.unwrap());

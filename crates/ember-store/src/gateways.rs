@@ -42,6 +42,12 @@ pub struct Gateway {
     /// The guardrails setting as its API object (JSON), none when off; what it means is
     /// `ember-ai-gateway`'s.
     pub guardrails: Option<String>,
+    /// How requests are retried when they do not say (`cf-aig-max-attempts`, `-retry-delay`,
+    /// `-backoff`); none: once, no delay, constant.
+    pub retry_max_attempts: Option<u8>,
+    pub retry_delay_ms: Option<u64>,
+    /// `constant`, `linear` or `exponential`.
+    pub retry_backoff: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use ember_access::LOCAL_ACCOUNT_ID;
 use ember_access::clock::{Clock, SystemClock};
 use ember_access::credentials::{self, DEFAULT_DAILY_FREE_NEURONS};
 use ember_ai_gateway::guardrails::Guardrails;
-use ember_ai_gateway::{AiGateway, GatewaySettings};
+use ember_ai_gateway::{AiGateway, Backoff, GatewaySettings};
 use ember_store::{
     DAY_MS, LogStrategy, Plan, RateTechnique, Stores, UsageQuery, utc_day, utc_day_start_ms,
 };
@@ -87,6 +87,15 @@ pub struct GatewayFlags {
     /// `STOP_INSERTING` or `DELETE_OLDEST`, when the logs are full.
     #[arg(long, value_parser = |t: &str| LogStrategy::parse(t).ok_or("STOP_INSERTING or DELETE_OLDEST"))]
     log_management_strategy: Option<LogStrategy>,
+    /// Attempts at a provider that fails (1 to 5), for requests that do not say.
+    #[arg(long)]
+    retry_max_attempts: Option<u64>,
+    /// Milliseconds before a retry (at most 5000), for requests that do not say.
+    #[arg(long)]
+    retry_delay: Option<u64>,
+    /// `constant`, `linear` or `exponential`, for requests that do not say.
+    #[arg(long, value_parser = |t: &str| Backoff::parse("--retry-backoff", t).map_err(|e| e.to_string()))]
+    retry_backoff: Option<Backoff>,
     /// Guardrails as the API's object, e.g. '{"prompt": {"s1": "BLOCK"}, "response": {"s10": "FLAG"}}'
     /// ('{}' turns them off).
     #[arg(long, value_parser = parse_guardrails)]
@@ -111,6 +120,9 @@ impl GatewayFlags {
             log_management: self.log_management.map(Some),
             log_management_strategy: self.log_management_strategy,
             guardrails: self.guardrails.map(Some),
+            retry_max_attempts: self.retry_max_attempts.map(Some),
+            retry_delay_ms: self.retry_delay.map(Some),
+            retry_backoff: self.retry_backoff.map(Some),
         }
     }
 }

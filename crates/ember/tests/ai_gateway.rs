@@ -244,6 +244,15 @@ async fn bad_gateway_objects_are_refused_by_field() {
         (json!({"id": "g", "colect_logs": true}), "colect_logs"),
         (json!({"id": "g", "guardrails": "on"}), "guardrails"),
         (
+            json!({"id": "g", "retry_max_attempts": 6}),
+            "retry_max_attempts",
+        ),
+        (json!({"id": "g", "retry_delay": 5001}), "retry_delay"),
+        (
+            json!({"id": "g", "retry_backoff": "random"}),
+            "retry_backoff",
+        ),
+        (
             json!({"id": "g", "guardrails": {"prompt": {"s15": "BLOCK"}}}),
             "guardrails.prompt.s15",
         ),
@@ -624,14 +633,22 @@ async fn upstream() -> Upstream {
         tokio::time::sleep(std::time::Duration::from_secs(10)).await;
         "late"
     };
-    // Answers with the request's last message: a provider whose answer the test chooses.
+    // Answers with the request's last message (streamed when asked): a provider whose answer
+    // the test chooses.
     let echo = |body: String| async move {
+        use axum::response::IntoResponse;
         let request: Value = serde_json::from_str(&body).unwrap();
         let said = request["messages"].as_array().unwrap().last().unwrap()["content"].clone();
+        if request["stream"] == true {
+            let chunk = json!({"choices": [{"index": 0, "delta": {"content": said}}]});
+            let events = format!("data: {chunk}\n\ndata: [DONE]\n\n");
+            return ([(header::CONTENT_TYPE, "text/event-stream")], events).into_response();
+        }
         axum::Json(
             json!({"object": "chat.completion", "model": request["model"],
             "choices": [{"index": 0, "message": {"role": "assistant", "content": said}}]}),
         )
+        .into_response()
     };
     let app = axum::Router::new()
         .route("/ok/chat/completions", post_route(ok))
@@ -862,6 +879,29 @@ async fn the_universal_endpoint_falls_back_step_by_step() {
         (log["attempts"].clone(), log["success"].clone()),
         (json!(3), json!(false))
     );
+
+    // A gateway's own retry settings serve requests that give none; a request's header wins.
+    let settings = json!({"id": "retrying", "retry_max_attempts": 2, "retry_delay": 5,
+                          "retry_backoff": "exponential"});
+    let created = result(&app, json_request("POST", GATEWAYS, settings)).await;
+    assert_eq!(
+        (
+            &created["retry_max_attempts"],
+            &created["retry_delay"],
+            &created["retry_backoff"]
+        ),
+        (&json!(2), &json!(5), &json!("exponential"))
+    );
+    let url = "/v1/local/retrying/broken/chat/completions";
+    let before = upstream.failures.load(Ordering::SeqCst);
+    send(&app, post(url, chat_body(false))).await;
+    assert_eq!(upstream.failures.load(Ordering::SeqCst) - before, 2);
+    let mut once = post(url, chat_body(false));
+    once.headers_mut()
+        .insert("cf-aig-max-attempts", "1".parse().unwrap());
+    let before = upstream.failures.load(Ordering::SeqCst);
+    send(&app, once).await;
+    assert_eq!(upstream.failures.load(Ordering::SeqCst) - before, 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1302,7 +1342,8 @@ async fn provider_urls_check_the_account_and_an_authenticated_gateway() {
 /// A gateway's guardrails, judged by the guard model (its EmbeddingGemma stand-in here) in front
 /// of a provider that answers with the prompt: a blocked prompt never reaches the provider
 /// (2016), a flagged one does, an answer in a blocked category is refused (2017) and never
-/// cached, and each log says what was found.
+/// cached, a streamed answer's check is logged when it ends, each log says what was found, and
+/// each check is charged as a run of the guard model.
 #[tokio::test(flavor = "multi_thread")]
 async fn guardrails_flag_and_block_by_category() {
     let upstream = upstream().await;
@@ -1321,14 +1362,16 @@ async fn guardrails_flag_and_block_by_category() {
         created["guardrails"],
         json!({"prompt": {"s1": "FLAG", "s9": "BLOCK"}, "response": {"s10": "BLOCK"}})
     );
-    let ask = |content: &str| {
-        let body = json!({"model": "any", "messages": [{"role": "user", "content": content}]});
+    let ask_for = |content: &str, stream: bool| {
+        let body = json!({"model": "any", "stream": stream,
+                          "messages": [{"role": "user", "content": content}]});
         let mut request = post("/v1/local/guarded/echo/chat/completions", body.to_string());
         request
             .headers_mut()
             .insert("cf-aig-cache-ttl", "600".parse().unwrap());
         request
     };
+    let ask = |content: &str| ask_for(content, false);
     let guardrails_of = |log: &Value| log["guardrails"].clone();
     let log_of = |reply: &Reply| {
         get(&format!(
@@ -1399,6 +1442,34 @@ async fn guardrails_flag_and_block_by_category() {
     );
     let log = result(&app, log_of(&fine)).await;
     assert_eq!(guardrails_of(&log)["prompt"]["safe"], true);
+
+    // A streamed answer reaches the client as it comes; its check is logged when it ends.
+    let streamed = send(&app, ask_for(hateful, true)).await;
+    assert_eq!(streamed.status, StatusCode::OK, "{:?}", streamed.body);
+    assert!(
+        sse_events(&streamed.body)
+            .iter()
+            .any(|e| e.contains("subhuman"))
+    );
+    wait_for_log(&app, "guarded", streamed.header("cf-aig-log-id")).await;
+    let log = result(&app, log_of(&streamed)).await;
+    assert_eq!(
+        guardrails_of(&log)["response"],
+        json!({"safe": false, "categories": ["S10"], "action": "BLOCK"})
+    );
+
+    // Each check ran the guard model on the caller's account: 1 for the blocked prompt, 2 for
+    // each answered or refused answer.
+    let usage = result(&app, get("/client/v4/accounts/local/ai/usage")).await;
+    let guard = usage
+        .as_array()
+        .unwrap()
+        .iter()
+        // The ledger counts by the model that served: here Llama Guard's stand-in.
+        .find(|row| row["model"] == "@hf/ember/guard-embeddinggemma")
+        .unwrap_or_else(|| panic!("no guard usage in {usage}"));
+    assert_eq!(guard["requests"], 11, "{guard}");
+    assert!(guard["neurons"].as_f64().unwrap() > 0.0, "{guard}");
 
     // Turned off, nothing is judged.
     let off = json_request(

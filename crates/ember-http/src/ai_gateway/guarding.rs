@@ -1,21 +1,27 @@
 //! A gateway's guardrails on one request: the conversation read from the request's body (in any
 //! of the forms a gateway passes on), judged by the guard model (`ember_core::guard`) before the
 //! request runs, and a whole answer judged after it; a blocked prompt or answer is refused with
-//! Cloudflare's 2016 or 2017, and what was found goes to the log. A streamed answer is not
-//! judged: its text reaches the client as it comes (Cloudflare does not enforce response rules on
-//! REST streams either).
+//! Cloudflare's 2016 or 2017, and what was found goes to the log. Each check is charged to the
+//! caller as a run of the guard model (Cloudflare bills guardrails as Workers AI usage): held to
+//! the allocation, in the request log and the ledger. A streamed answer is judged when it has
+//! ended, for the log only: its text reached the client as it came (Cloudflare only logs the
+//! checks of REST streams too).
 
 use crate::AppState;
 use crate::error::ApiError;
+use ember_access::Caller;
 use ember_ai_gateway::guardrails::{GuardAction, Guardrails, decide};
 use ember_core::RunOptions;
-use ember_core::guard;
-use ember_core::tasks::ChatMessage;
+use ember_core::guard::{self, GUARD_MODEL};
+use ember_core::tasks::{ChatMessage, Usage};
+use ember_store::RequestRecord;
 use serde_json::{Map, Value, json};
+use std::time::Instant;
 
 /// The guardrails a request is held to, its conversation, and what they found so far.
 pub(super) struct Guarding {
     rules: Guardrails,
+    caller: Caller,
     conversation: Vec<ChatMessage>,
     found: Map<String, Value>,
 }
@@ -23,11 +29,16 @@ pub(super) struct Guarding {
 impl Guarding {
     /// The gateway's guardrails on a request with a conversation in `body`; none when the
     /// gateway has none or the request carries no text to judge (an image, audio).
-    pub(super) fn new(stored: Option<&str>, body: Option<&Value>) -> Option<Guarding> {
+    pub(super) fn new(
+        stored: Option<&str>,
+        body: Option<&Value>,
+        caller: &Caller,
+    ) -> Option<Guarding> {
         let rules = Guardrails::parse_stored(stored).filter(|rules| !rules.is_empty())?;
         let conversation = conversation(body?);
-        (!conversation.is_empty()).then_some(Guarding {
+        (!conversation.is_empty()).then(|| Guarding {
             rules,
+            caller: caller.clone(),
             conversation,
             found: Map::new(),
         })
@@ -46,18 +57,32 @@ impl Guarding {
         }
     }
 
-    /// Judges the answer in a response body, when any response rule is set and it has one.
+    /// Judges the answer in a whole response body, when any response rule is set and it has one.
     pub(super) async fn check_response(
         &mut self,
         state: &AppState,
         body: &[u8],
     ) -> Result<(), ApiError> {
+        match answer_text(body) {
+            Some(answer) => self.check_answer(state, answer).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Judges the answer of a stream that has ended (its events in `body`), for the log.
+    pub(super) async fn log_streamed_answer(&mut self, state: &AppState, body: &[u8]) {
+        if let Some(answer) = streamed_answer(body)
+            && let Err(error) = self.check_answer(state, answer).await
+            && !matches!(error, ApiError::GuardrailBlocked { .. })
+        {
+            tracing::warn!(error = %error.message(), "a streamed answer could not be judged");
+        }
+    }
+
+    async fn check_answer(&mut self, state: &AppState, answer: String) -> Result<(), ApiError> {
         if self.rules.response.is_empty() {
             return Ok(());
         }
-        let Some(answer) = answer_text(body) else {
-            return Ok(());
-        };
         let mut conversation = self.conversation.clone();
         conversation.push(ChatMessage::text("assistant", answer));
         match self.judge(state, "response", conversation).await? {
@@ -77,8 +102,7 @@ impl Guarding {
         side: &str,
         conversation: Vec<ChatMessage>,
     ) -> Result<Option<GuardAction>, ApiError> {
-        let options = RunOptions::default();
-        let (verdict, _) = guard::check(&state.ember, conversation, &options).await?;
+        let verdict = self.charged_check(state, conversation).await?;
         let rules = match side {
             "prompt" => &self.rules.prompt,
             _ => &self.rules.response,
@@ -96,6 +120,47 @@ impl Guarding {
             }),
         );
         Ok(action)
+    }
+}
+
+impl Guarding {
+    /// Runs the guard model on the caller's account: its most cost held of the allocation
+    /// (every byte a token), its real cost settled in the ledger.
+    async fn charged_check(
+        &self,
+        state: &AppState,
+        conversation: Vec<ChatMessage>,
+    ) -> Result<guard::Verdict, ApiError> {
+        let access = &state.access;
+        let spec = state.ember.resolve(GUARD_MODEL)?;
+        let bytes: usize = conversation.iter().map(|m| m.content.len()).sum();
+        let most = Usage::new(bytes as u32 + 64, guard::ANSWER_TOKENS).priced(&spec.price);
+        let admission = access
+            .reserve(&self.caller, most.neurons)
+            .await
+            .map_err(|error| crate::run::refusal(access, &self.caller, error))?;
+        let started = Instant::now();
+        let options = RunOptions::default();
+        let checked = guard::check(&state.ember, conversation, &options).await?;
+        let usage = checked.usage;
+        let record = RequestRecord {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            created_at_ms: access.now_ms(),
+            account_id: Some(self.caller.account.id.clone()),
+            route: "guardrails".to_string(),
+            model: GUARD_MODEL.to_string(),
+            served_by: Some(checked.served_by),
+            http_status: 200,
+            error_code: None,
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            neurons: usage.neurons,
+            billable_neurons: 0.0,
+            duration_ms: started.elapsed().as_millis() as u64,
+            batch_item: None,
+        };
+        crate::run::settle(access.clone(), Some(admission), record).await;
+        Ok(checked.verdict)
     }
 }
 
@@ -159,6 +224,29 @@ fn answer_text(body: &[u8]) -> Option<String> {
     value.get("content").and_then(text_of)
 }
 
+/// The answer's text in a stream's events: Workers AI's `response` pieces, OpenAI chunks'
+/// `delta.content`, or Anthropic's text deltas.
+fn streamed_answer(body: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(body);
+    let mut answer = String::new();
+    for line in text.lines() {
+        let Some(data) = line.strip_prefix("data:") else {
+            continue;
+        };
+        let Ok(event) = serde_json::from_str::<Value>(data.trim()) else {
+            continue;
+        };
+        let piece = event
+            .get("response")
+            .or_else(|| event.pointer("/choices/0/delta/content"))
+            .or_else(|| event.pointer("/delta/text"));
+        if let Some(piece) = piece.and_then(Value::as_str) {
+            answer.push_str(piece);
+        }
+    }
+    (!answer.is_empty()).then_some(answer)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,5 +294,17 @@ mod tests {
             Some("D".into())
         );
         assert_eq!(answer(json!({"result": {"data": [[0.1]]}})), None);
+    }
+
+    #[test]
+    fn reads_the_answer_of_every_stream_form() {
+        let workers =
+            "data: {\"response\":\"Hel\"}\n\ndata: {\"response\":\"lo\"}\n\ndata: [DONE]\n\n";
+        assert_eq!(streamed_answer(workers.as_bytes()), Some("Hello".into()));
+        let openai = "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\ndata: [DONE]\n\n";
+        assert_eq!(streamed_answer(openai.as_bytes()), Some("Hi".into()));
+        let anthropic = "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"type\":\"text_delta\",\"text\":\"Yo\"}}\n\n";
+        assert_eq!(streamed_answer(anthropic.as_bytes()), Some("Yo".into()));
+        assert_eq!(streamed_answer(b"data: [DONE]\n\n"), None);
     }
 }

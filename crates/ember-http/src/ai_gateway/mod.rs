@@ -5,8 +5,8 @@
 //! identical one was kept, and otherwise sent on to the routes: again on a 5xx or a timeout as
 //! its retries allow, and to the next step of a universal request when one fails (`steps.rs`);
 //! a `dynamic/<route>` request follows its route's graph (`dynamic.rs`).
-//! The gateway's guardrails judge the prompt before it runs and a whole answer after
-//! (`guarding.rs`). What it answered is cached and logged (`recorder.rs`); a stream is passed on
+//! The gateway's guardrails judge the prompt before it runs and the answer after
+//! (`guarding.rs`; a streamed one for the log only). What it answered is cached and logged (`recorder.rs`); a stream is passed on
 //! chunk by chunk and kept when it ends. The gateway and log routes are in `routes.rs`, the options' wire forms
 //! in `options.rs`, the upstream providers in `providers.rs`.
 
@@ -276,6 +276,9 @@ async fn prepare(
     if let Some(path_account) = path_account {
         check_provider_url(state, &caller, &gateway, path_account, &parts.headers).await?;
     }
+    let retries = options
+        .retries
+        .over(ember_ai_gateway::retry_defaults(&gateway));
     let steps = if universal {
         let providers = &state.config.providers;
         // The binding's universal path names no account: the caller's.
@@ -286,11 +289,12 @@ async fn prepare(
             &gateway.id,
             json.as_ref(),
             &options,
+            retries,
             providers,
         )
         .map_err(Some)?
     } else {
-        vec![Step::whole(parts.clone(), body.clone(), &options)]
+        vec![Step::whole(parts.clone(), body.clone(), &options, retries)]
     };
     ai_gateway
         .admit(&gateway)
@@ -337,7 +341,7 @@ async fn prepare(
         request_body: Some(body.to_vec()),
         ..GatewayLog::default()
     };
-    let guarding = Guarding::new(gateway.guardrails.as_deref(), json.as_ref());
+    let guarding = Guarding::new(gateway.guardrails.as_deref(), json.as_ref(), &caller);
     Ok(Prepared {
         form,
         guarding,
@@ -447,6 +451,7 @@ where
         }
     }
     if streamed {
+        recorder.guarding = guarding;
         let body = recorder.tee(head.status, head.headers.clone(), body, report);
         return Response::from_parts(head, body);
     }

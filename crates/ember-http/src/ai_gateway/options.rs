@@ -93,16 +93,16 @@ fn parse(lookup: impl Fn(&str) -> Option<(String, Value)>) -> Result<RequestOpti
     if let Some((field, value)) = get("cf-aig-max-attempts") {
         let attempts = number(&field, &value)?;
         options.retries.max_attempts =
-            Retries::check_attempts(&field, attempts).map_err(super::gateway_error)?;
+            Some(Retries::check_attempts(&field, attempts).map_err(super::gateway_error)?);
     }
     if let Some((field, value)) = get("cf-aig-retry-delay") {
         let delay = number(&field, &value)?;
         options.retries.delay_ms =
-            Retries::check_delay(&field, delay).map_err(super::gateway_error)?;
+            Some(Retries::check_delay(&field, delay).map_err(super::gateway_error)?);
     }
     if let Some((field, value)) = get("cf-aig-backoff") {
         options.retries.backoff =
-            Backoff::parse(&field, &text(&field, &value)?).map_err(super::gateway_error)?;
+            Some(Backoff::parse(&field, &text(&field, &value)?).map_err(super::gateway_error)?);
     }
     if let Some((field, value)) = get("cf-aig-custom-cost") {
         options.custom_cost = Some(custom_cost(&field, &value)?);
@@ -240,7 +240,7 @@ mod tests {
         assert_eq!(id, "my-gw");
         assert_eq!(from_headers, from_binding);
         assert_eq!(from_headers.cache_ttl_secs, Some(600));
-        assert_eq!(from_headers.retries.max_attempts, 3);
+        assert_eq!(from_headers.retries.max_attempts, Some(3));
     }
 
     #[test]

@@ -78,6 +78,8 @@ pub(super) struct Recorder {
     started: Instant,
     /// Dynamic-route budgets the request passed, charged its cost at the end.
     pub(super) budgets: Vec<ember_ai_gateway::Budget>,
+    /// The guardrails of a streamed request, which judge its answer once it has ended.
+    pub(super) guarding: Option<super::guarding::Guarding>,
 }
 
 impl Recorder {
@@ -99,6 +101,7 @@ impl Recorder {
             log,
             started,
             budgets: Vec::new(),
+            guarding: None,
         }
     }
 
@@ -251,7 +254,14 @@ impl Drop for StreamEnd {
             return;
         };
         let (status, headers) = (self.status, std::mem::take(&mut self.headers));
+        let ended = self.ended;
         runtime.spawn(async move {
+            if let Some(mut guarding) = recorder.guarding.take() {
+                if ended {
+                    guarding.log_streamed_answer(&recorder.state, &body).await;
+                }
+                recorder.log.guardrails = guarding.found();
+            }
             recorder.finish(status, &headers, body, usage).await;
         });
     }

@@ -16,7 +16,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 use ember_access::Caller;
 use ember_ai_gateway::guardrails::Guardrails;
-use ember_ai_gateway::{DEFAULT_GATEWAY, GatewaySettings};
+use ember_ai_gateway::{Backoff, DEFAULT_GATEWAY, GatewaySettings};
 use ember_store::{
     AnalyticsQuery, Gateway, GatewayLog, LogPatch, LogQuery, LogStrategy, RateTechnique, Route,
     RouteVersion,
@@ -158,18 +158,18 @@ fn gateway_json(gateway: &Gateway) -> Value {
         "created_at": iso_time(gateway.created_at_ms),
         "modified_at": iso_time(gateway.modified_at_ms),
         "guardrails": Guardrails::parse_stored(gateway.guardrails.as_deref()).map(|g| g.to_json()),
+        "retry_max_attempts": gateway.retry_max_attempts,
+        "retry_delay": gateway.retry_delay_ms,
+        "retry_backoff": gateway.retry_backoff,
     })
 }
 
 /// Documented gateway fields Ember does not apply (DLP, Logpush, OpenTelemetry
-/// export, billing and spend limits, the gateway-wide retry defaults); accepted so that clients
+/// export, billing and spend limits); accepted so that clients
 /// sending whole objects (the `cloudflare` SDKs) work, and otherwise ignored.
-const IGNORED_FIELDS: [&str; 17] = [
+const IGNORED_FIELDS: [&str; 14] = [
     "byok_only",
     "log_classification",
-    "retry_backoff",
-    "retry_delay",
-    "retry_max_attempts",
     "spend_limits",
     "dlp",
     "logpush",
@@ -234,6 +234,17 @@ fn settings(body: &Map<String, Value>) -> Result<GatewaySettings, ApiError> {
                     Some(strategy.ok_or_else(|| {
                         invalid(field, "must be STOP_INSERTING or DELETE_OLDEST")
                     })?);
+            }
+            "retry_max_attempts" => settings.retry_max_attempts = Some(nullable(field, value)?),
+            "retry_delay" => settings.retry_delay_ms = Some(nullable(field, value)?),
+            "retry_backoff" => {
+                settings.retry_backoff = Some(match value {
+                    Value::Null => None,
+                    Value::String(text) => {
+                        Some(Backoff::parse(field, text).map_err(super::gateway_error)?)
+                    }
+                    _ => return Err(invalid(field, "must be constant, linear or exponential")),
+                })
             }
             "guardrails" => {
                 settings.guardrails = Some(match value {

@@ -29,12 +29,18 @@ pub(super) struct Step {
 }
 
 impl Step {
-    /// The request itself, as the one step of a request that is not universal.
-    pub(super) fn whole(parts: Parts, body: Bytes, options: &RequestOptions) -> Step {
+    /// The request itself, as the one step of a request that is not universal, retried as
+    /// `retries` says (the request's settings over its gateway's).
+    pub(super) fn whole(
+        parts: Parts,
+        body: Bytes,
+        options: &RequestOptions,
+        retries: Retries,
+    ) -> Step {
         Step {
             parts,
             body,
-            retries: options.retries,
+            retries,
             timeout: options.request_timeout_ms.map(Duration::from_millis),
             provider: LOCAL_PROVIDER.to_string(),
             model: String::new(),
@@ -119,6 +125,7 @@ pub(super) fn universal(
     gateway: &str,
     body: Option<&Value>,
     options: &RequestOptions,
+    retries: Retries,
     providers: &[std::sync::Arc<dyn Provider>],
 ) -> Result<Vec<Step>, ApiError> {
     // Each step's fields are named from the body's root: `/1/query` in an array, `/query` alone.
@@ -137,19 +144,20 @@ pub(super) fn universal(
             ));
         }
     };
+    // What a step's `config` changes: the request's retries and timeout.
+    let whole = Step::whole(parts.clone(), Bytes::new(), options, retries);
     steps
         .into_iter()
-        .map(|(at, step)| universal_step(parts, account, gateway, &at, step, options, providers))
+        .map(|(at, step)| universal_step(&whole, account, gateway, &at, step, providers))
         .collect()
 }
 
 fn universal_step(
-    parts: &Parts,
+    whole: &Step,
     account: &str,
     gateway: &str,
     at: &str,
     step: &Value,
-    options: &RequestOptions,
     providers: &[std::sync::Arc<dyn Provider>],
 ) -> Result<Step, ApiError> {
     let field = |name: &str| format!("{at}/{name}");
@@ -188,7 +196,7 @@ fn universal_step(
             "must be the request's JSON object",
         ));
     }
-    let mut parts = parts.clone();
+    let mut parts = whole.parts.clone();
     let uri = format!("/v1/{account}/{gateway}/{provider}/{endpoint}");
     parts.uri = uri
         .parse()
@@ -216,8 +224,8 @@ fn universal_step(
             parts.headers.insert(name, value);
         }
     }
-    let mut retries = options.retries;
-    let mut timeout = options.request_timeout_ms;
+    let mut retries = whole.retries;
+    let mut timeout = whole.timeout;
     if let Some(config) = step.get("config") {
         let number = |name: &str| -> Result<Option<u64>, ApiError> {
             match config.get(name) {
@@ -240,7 +248,9 @@ fn universal_step(
             retries.backoff =
                 Backoff::parse(&field("config/backoff"), backoff).map_err(super::gateway_error)?;
         }
-        timeout = number("requestTimeout")?.or(timeout);
+        timeout = number("requestTimeout")?
+            .map(Duration::from_millis)
+            .or(timeout);
     }
     let model = match (provider, query.get("model").and_then(Value::as_str)) {
         (LOCAL_PROVIDER, _) if !endpoint.starts_with("v1/") => endpoint.to_string(),
@@ -251,7 +261,7 @@ fn universal_step(
         parts,
         body: Bytes::from(query.to_string()),
         retries,
-        timeout: timeout.map(Duration::from_millis),
+        timeout,
         provider: provider.to_string(),
         model,
     })

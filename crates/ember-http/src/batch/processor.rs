@@ -6,7 +6,7 @@
 use crate::error::ApiError;
 use crate::openai::RunGeneration;
 use crate::{AppState, aborted, wire};
-use ember_access::{AccessError, Admission, Caller};
+use ember_access::{Admission, Caller};
 use ember_core::catalog::{ModelSpec, Task};
 use ember_core::tasks::{
     self, EmbeddingsOutput, EmbeddingsRequest, MAX_EMBEDDING_TEXTS, TaskInput, TaskOutput,
@@ -385,13 +385,7 @@ async fn reserve(state: &AppState, caller: &Caller, neurons: f64) -> Result<Admi
         .access
         .reserve(caller, neurons)
         .await
-        .map_err(|error| match error {
-            AccessError::AllocationUsed => ApiError::AllocationUsed {
-                daily_free_neurons: caller.account.daily_free_neurons,
-                retry_after_secs: 0,
-            },
-            other => ApiError::Infer(InferError::Internal(other.to_string())),
-        })
+        .map_err(|error| crate::run::refusal(&state.access, caller, error))
 }
 
 /// The account a batch was submitted under, as it is now.

@@ -35,13 +35,15 @@ pub fn result(completion: &Completion) -> Value {
     result
 }
 
-/// The model's input and output JSON Schema: Workers AI's own, or its chat-completions family's.
+/// The model's input and output JSON Schema: Workers AI's own, its chat-completions family's, or
+/// Llama Guard's.
 pub fn schema(spec: &ModelSpec) -> &'static str {
     match spec.answer_format {
         AnswerFormat::Native => include_str!("../../schemas/text-generation.json"),
         AnswerFormat::ChatCompletions => {
             include_str!("../../schemas/text-generation-chat-completions.json")
         }
+        AnswerFormat::LlamaGuard => include_str!("../../schemas/text-generation-llama-guard.json"),
     }
 }
 

@@ -12,7 +12,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 const GATEWAY_COLUMNS: &str = "account_id, id, cache_ttl, cache_invalidate_on_update, \
     collect_logs, rate_limiting_limit, rate_limiting_interval, rate_limiting_technique, \
     authentication, log_management, log_management_strategy, created_at_ms, modified_at_ms, \
-    guardrails";
+    guardrails, retry_max_attempts, retry_delay_ms, retry_backoff";
 
 fn gateway_row(row: &Row) -> rusqlite::Result<Gateway> {
     let technique: String = row.get(7)?;
@@ -33,10 +33,13 @@ fn gateway_row(row: &Row) -> rusqlite::Result<Gateway> {
         created_at_ms: row.get(11)?,
         modified_at_ms: row.get(12)?,
         guardrails: row.get(13)?,
+        retry_max_attempts: row.get(14)?,
+        retry_delay_ms: row.get(15)?,
+        retry_backoff: row.get(16)?,
     })
 }
 
-fn gateway_values(gateway: &Gateway) -> [SqlValue; 14] {
+fn gateway_values(gateway: &Gateway) -> [SqlValue; 17] {
     [
         gateway.account_id.clone().into(),
         gateway.id.clone().into(),
@@ -52,6 +55,9 @@ fn gateway_values(gateway: &Gateway) -> [SqlValue; 14] {
         gateway.created_at_ms.into(),
         gateway.modified_at_ms.into(),
         gateway.guardrails.clone().into(),
+        gateway.retry_max_attempts.map(i64::from).into(),
+        gateway.retry_delay_ms.map(|ms| ms as i64).into(),
+        gateway.retry_backoff.clone().into(),
     ]
 }
 
@@ -111,7 +117,8 @@ impl GatewayStore for SqliteStore {
                 "UPDATE gateways SET cache_ttl = ?3, cache_invalidate_on_update = ?4,
                     collect_logs = ?5, rate_limiting_limit = ?6, rate_limiting_interval = ?7,
                     rate_limiting_technique = ?8, authentication = ?9, log_management = ?10,
-                    log_management_strategy = ?11, modified_at_ms = ?13, guardrails = ?14
+                    log_management_strategy = ?11, modified_at_ms = ?13, guardrails = ?14,
+                    retry_max_attempts = ?15, retry_delay_ms = ?16, retry_backoff = ?17
                  WHERE account_id = ?1 AND id = ?2",
                 params_from_iter(values),
             )?;

@@ -179,6 +179,9 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX stored_responses_by_age ON stored_responses (created_at_ms);",
     "ALTER TABLE gateways ADD COLUMN guardrails TEXT;
     ALTER TABLE gateway_logs ADD COLUMN guardrails TEXT;",
+    "ALTER TABLE gateways ADD COLUMN retry_max_attempts INTEGER;
+    ALTER TABLE gateways ADD COLUMN retry_delay_ms INTEGER;
+    ALTER TABLE gateways ADD COLUMN retry_backoff TEXT;",
 ];
 
 /// How many bytes of response bodies the cache holds before it evicts the oldest.
