@@ -207,12 +207,21 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
                 .get("x-api-key")
                 .and_then(|v| v.to_str().ok())
         })
+        // A WebSockets API client authenticates with its AI Gateway token only.
+        .or_else(|| {
+            request
+                .headers()
+                .get("cf-aig-authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+        })
         .map(str::trim);
     let path = request.uri().path();
     let path_account = path
         .strip_prefix("/client/v4/accounts/")
         .and_then(|rest| rest.split('/').next())
-        .or(ai_gateway::provider_url(path).map(|(account, ..)| account));
+        .or(ai_gateway::provider_url(path).map(|(account, ..)| account))
+        .or(ai_gateway::universal_url(path.trim_end_matches('/')).map(|(account, _)| account));
     match state.access.authenticate(bearer, path_account).await {
         Ok(caller) => {
             request.extensions_mut().insert(caller);

@@ -1481,3 +1481,85 @@ async fn guardrails_flag_and_block_by_category() {
     let passed = send(&app, ask("How do I make a pipe bomb?")).await;
     assert_eq!(passed.status, StatusCode::OK, "{:?}", passed.body);
 }
+
+/// The WebSockets API on the universal endpoint, from a WebSocket client: a whole answer as
+/// `universal.created` (from the cache the second time, the handshake's `cf-aig-cache-ttl`
+/// applying to every message), a stream as `universal.stream` messages and `universal.done`,
+/// each logged as over HTTP, and a message that is not a `universal.create` answered with an
+/// error without closing the connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_websockets_api_runs_universal_requests() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let app = app();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let router = app.router.clone();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let mut handshake = format!("ws://{address}/v1/local/default/")
+        .into_client_request()
+        .unwrap();
+    handshake
+        .headers_mut()
+        .insert("cf-aig-cache-ttl", "600".parse().unwrap());
+    let (mut socket, _) = tokio_tungstenite::connect_async(handshake).await.unwrap();
+    let mut exchange = async |message: Value| -> Vec<Value> {
+        socket
+            .send(Message::Text(message.to_string().into()))
+            .await
+            .unwrap();
+        let mut replies = Vec::new();
+        while let Some(Ok(reply)) = socket.next().await {
+            let Message::Text(text) = reply else { continue };
+            let reply: Value = serde_json::from_str(text.as_str()).unwrap();
+            let last = reply["type"] != "universal.stream";
+            replies.push(reply);
+            if last {
+                return replies;
+            }
+        }
+        panic!("the connection closed");
+    };
+    let classify = json!({"type": "universal.create", "request": {
+        "eventId": "my-request", "provider": "workers-ai", "endpoint": CLASSIFIER,
+        "headers": {"Content-Type": "application/json"}, "query": {"text": "I love this movie"}}});
+
+    let first = exchange(classify.clone()).await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    let created = &first[0];
+    assert_eq!(created["type"], "universal.created", "{created}");
+    assert_eq!(created["metadata"]["eventId"], "my-request");
+    assert_eq!(created["metadata"]["cacheStatus"], "MISS");
+    assert_eq!(created["metadata"]["step"], "0");
+    assert_eq!(
+        created["response"]["result"][1]["label"], "POSITIVE",
+        "{created}"
+    );
+    let log_id = created["metadata"]["logId"].as_str().unwrap().to_string();
+    let log = result(&app, get(&format!("{GATEWAYS}/default/logs/{log_id}"))).await;
+    assert_eq!(log["event_id"], "my-request");
+
+    let again = exchange(classify).await;
+    assert_eq!(again[0]["metadata"]["cacheStatus"], "HIT", "{again:?}");
+    assert_eq!(again[0]["response"], created["response"]);
+
+    let refused = exchange(json!({"type": "universal.nonsense"})).await;
+    assert_eq!(refused[0]["type"], "error");
+    assert_eq!(refused[0]["error"]["code"], 5006);
+
+    let chat = json!({"type": "universal.create", "request": {
+        "eventId": "chat", "provider": "workers-ai", "endpoint": SMOL, "headers": {},
+        "query": {"prompt": "Say hi", "stream": true, "max_tokens": 5, "temperature": 0}}});
+    let streamed = exchange(chat).await;
+    let (done, events) = streamed.split_last().unwrap();
+    assert_eq!(done["type"], "universal.done", "{streamed:?}");
+    assert_eq!(done["metadata"]["contentType"], "text/event-stream");
+    let text: String = events
+        .iter()
+        .filter_map(|e| e["response"]["response"].as_str())
+        .collect();
+    assert!(!text.is_empty(), "{streamed:?}");
+    wait_for_log(&app, "default", done["metadata"]["logId"].as_str().unwrap()).await;
+    wait_until_model_is_free(SMOL).await;
+}

@@ -8,7 +8,8 @@
 //! The gateway's guardrails judge the prompt before it runs and the answer after
 //! (`guarding.rs`; a streamed one for the log only). What it answered is cached and logged (`recorder.rs`); a stream is passed on
 //! chunk by chunk and kept when it ends. The gateway and log routes are in `routes.rs`, the options' wire forms
-//! in `options.rs`, the upstream providers in `providers.rs`.
+//! in `options.rs`, the upstream providers in `providers.rs`, the WebSockets API in
+//! `websocket.rs`.
 
 mod dynamic;
 mod guarding;
@@ -17,6 +18,7 @@ mod providers;
 mod recorder;
 mod routes;
 mod steps;
+mod websocket;
 
 pub use providers::{OpenAiCompatible, Provider};
 pub(crate) use routes::{binding_helper, routes};
@@ -184,6 +186,12 @@ where
     S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send,
 {
+    if request.method() == Method::GET && websocket::is_upgrade(request.headers()) {
+        let path = request.uri().path().trim_end_matches('/');
+        if universal_url(path).is_some() {
+            return open_websocket(state, routes, request).await;
+        }
+    }
     let Some(entry) = entry_of(&request) else {
         return send(routes, request).await;
     };
@@ -202,6 +210,42 @@ where
         Err(None) => send(routes, Request::from_parts(parts, Body::from(bytes))).await,
         Err(Some(error)) => form.error(&error),
     }
+}
+
+/// `handle`, for the WebSockets API's messages. `handle` opens WebSockets, whose messages come
+/// back to it: naming the future's type here (boxed, `Send`) ends that cycle for the compiler.
+fn handle_boxed<S>(
+    state: AppState,
+    routes: S,
+    request: Request,
+) -> futures::future::BoxFuture<'static, Response>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    Box::pin(handle(state, routes, request))
+}
+
+/// Opens the WebSockets API's connection on the universal endpoint; its messages come back
+/// through `handle` as universal requests of the same path (`websocket.rs`).
+async fn open_websocket<S>(state: AppState, routes: S, request: Request) -> Response
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    use axum::extract::FromRequestParts;
+    use axum::response::IntoResponse;
+    let (mut parts, _) = request.into_parts();
+    let upgrade =
+        match axum::extract::WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
+            Ok(upgrade) => upgrade,
+            Err(rejection) => return rejection.into_response(),
+        };
+    let path = parts.uri.path().trim_end_matches('/').to_string();
+    if let Ok(uri) = path.parse() {
+        parts.uri = uri;
+    }
+    upgrade.on_upgrade(move |socket| websocket::serve(socket, state, routes, parts))
 }
 
 /// A request on its way through a gateway.
