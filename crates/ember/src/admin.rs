@@ -176,8 +176,8 @@ pub async fn gateways(stores: &Stores, command: GatewaysCommand) -> anyhow::Resu
         GatewaysCommand::List { account } => stores.gateways.gateways(&account).await?,
     };
     println!(
-        "{:<24}  {:>9}  {:<4}  {:<16}  {:<12}  logs kept",
-        "id", "cache ttl", "logs", "rate limit", "auth"
+        "{:<24}  {:>9}  {:<4}  {:<16}  {:<8}  {:<22}  {:<20}  logs kept",
+        "id", "cache ttl", "logs", "rate limit", "auth", "retries", "guardrails"
     );
     for gateway in shown {
         let rate = match (gateway.rate_limiting_limit, gateway.rate_limiting_interval) {
@@ -190,8 +190,19 @@ pub async fn gateways(stores: &Stores, command: GatewaysCommand) -> anyhow::Resu
         let kept = gateway.log_management.map_or("all".into(), |at_most| {
             format!("{at_most} ({})", gateway.log_management_strategy.as_str())
         });
+        let retries = ember_ai_gateway::retry_defaults(&gateway);
+        let retries = format!(
+            "{}x {} {}ms",
+            retries.max_attempts,
+            retries.backoff.as_str(),
+            retries.delay_ms
+        );
+        let guardrails = Guardrails::parse_stored(gateway.guardrails.as_deref())
+            .map_or("off".into(), |g| {
+                format!("prompt {}, response {}", g.prompt.len(), g.response.len())
+            });
         println!(
-            "{:<24}  {:>9}  {:<4}  {:<16}  {:<12}  {kept}",
+            "{:<24}  {:>9}  {:<4}  {:<16}  {:<8}  {retries:<22}  {guardrails:<20}  {kept}",
             gateway.id,
             gateway.cache_ttl,
             if gateway.collect_logs { "on" } else { "off" },
