@@ -91,10 +91,7 @@ pub async fn verdict_as_json(
     let verdict = Verdict::parse(&completion.text);
     completion.text = json!({"safe": verdict.safe, "categories": verdict.categories}).to_string();
     completion.json = true;
-    let (sender, receiver) = mpsc::channel(2);
-    let _ = sender.try_send(TextEvent::Text(completion.text.clone()));
-    let _ = sender.try_send(TextEvent::Done(completion));
-    Ok(receiver)
+    Ok(TextEvent::finished(completion))
 }
 
 /// A check's verdict, its usage (priced at the guard model's price) and the model that served.

@@ -116,6 +116,16 @@ pub enum TextEvent {
     Failed(InferError),
 }
 
+impl TextEvent {
+    /// The events of a generation that is over already: its whole text, then `Done`.
+    pub fn finished(completion: Completion) -> mpsc::Receiver<TextEvent> {
+        let (sender, receiver) = mpsc::channel(2);
+        let _ = sender.try_send(TextEvent::Text(completion.text.clone()));
+        let _ = sender.try_send(TextEvent::Done(completion));
+        receiver
+    }
+}
+
 struct Job {
     request: TaskRequest,
     reply: oneshot::Sender<Result<TaskOutput, InferError>>,

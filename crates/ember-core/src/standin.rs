@@ -536,17 +536,13 @@ pub(crate) async fn generate(
     let text = verdict.answer();
     // Llama Guard's answer is a token or three, and never longer than asked for.
     let completion_tokens = (text.lines().count() as u32 + 1).min(request.max_tokens);
-    let (sender, receiver) = mpsc::channel(2);
-    let completion = Completion {
-        text: text.clone(),
+    Ok(TextEvent::finished(Completion {
+        text,
         tool_calls: Vec::new(),
         json: false,
         usage: Usage::new(tokens[0], completion_tokens).priced(&spec.price),
         finish_reason: FinishReason::Stop,
-    };
-    let _ = sender.try_send(TextEvent::Text(text));
-    let _ = sender.try_send(TextEvent::Done(completion));
-    Ok(receiver)
+    }))
 }
 
 /// The safety examples' embeddings on `base` (normalised), computed once.
