@@ -19,7 +19,7 @@ pub enum GuardAction {
 }
 
 impl GuardAction {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             GuardAction::Flag => "FLAG",
             GuardAction::Block => "BLOCK",

@@ -113,17 +113,12 @@ impl Guarding {
             json!({
                 "safe": verdict.safe,
                 "categories": verdict.categories,
-                "action": action.map(|a| match a {
-                    GuardAction::Flag => "FLAG",
-                    GuardAction::Block => "BLOCK",
-                }),
+                "action": action.map(GuardAction::as_str),
             }),
         );
         Ok(action)
     }
-}
 
-impl Guarding {
     /// Runs the guard model on the caller's account: its most cost held of the allocation
     /// (every byte a token), its real cost settled in the ledger.
     async fn charged_check(
