@@ -1504,11 +1504,8 @@ async fn the_websockets_api_runs_universal_requests() {
         .headers_mut()
         .insert("cf-aig-cache-ttl", "600".parse().unwrap());
     let (mut socket, _) = tokio_tungstenite::connect_async(handshake).await.unwrap();
-    let mut exchange = async |message: Value| -> Vec<Value> {
-        socket
-            .send(Message::Text(message.to_string().into()))
-            .await
-            .unwrap();
+    let mut exchange = async |message: String| -> Vec<Value> {
+        socket.send(Message::Text(message.into())).await.unwrap();
         let mut replies = Vec::new();
         while let Some(Ok(reply)) = socket.next().await {
             let Message::Text(text) = reply else { continue };
@@ -1525,7 +1522,7 @@ async fn the_websockets_api_runs_universal_requests() {
         "eventId": "my-request", "provider": "workers-ai", "endpoint": CLASSIFIER,
         "headers": {"Content-Type": "application/json"}, "query": {"text": "I love this movie"}}});
 
-    let first = exchange(classify.clone()).await;
+    let first = exchange(classify.to_string()).await;
     assert_eq!(first.len(), 1, "{first:?}");
     let created = &first[0];
     assert_eq!(created["type"], "universal.created", "{created}");
@@ -1540,18 +1537,30 @@ async fn the_websockets_api_runs_universal_requests() {
     let log = result(&app, get(&format!("{GATEWAYS}/default/logs/{log_id}"))).await;
     assert_eq!(log["event_id"], "my-request");
 
-    let again = exchange(classify).await;
+    let again = exchange(classify.to_string()).await;
     assert_eq!(again[0]["metadata"]["cacheStatus"], "HIT", "{again:?}");
     assert_eq!(again[0]["response"], created["response"]);
 
-    let refused = exchange(json!({"type": "universal.nonsense"})).await;
-    assert_eq!(refused[0]["type"], "error");
-    assert_eq!(refused[0]["error"]["code"], 5006);
+    for bad in [
+        json!({"type": "universal.nonsense"}).to_string(),
+        json!({"type": "universal.create", "request": []}).to_string(),
+        "not json".to_string(),
+    ] {
+        let refused = exchange(bad.clone()).await;
+        assert_eq!(refused[0]["type"], "error", "{bad}");
+        assert_eq!(refused[0]["error"]["code"], 5006, "{bad}");
+    }
+    // A request the gateway refuses (an empty endpoint) comes back as its error response.
+    let empty = json!({"type": "universal.create", "request": {"provider": "workers-ai",
+        "endpoint": "", "query": {}}});
+    let refused = exchange(empty.to_string()).await;
+    assert_eq!(refused[0]["type"], "universal.created", "{refused:?}");
+    assert_eq!(refused[0]["response"]["success"], false, "{refused:?}");
 
     let chat = json!({"type": "universal.create", "request": {
         "eventId": "chat", "provider": "workers-ai", "endpoint": SMOL, "headers": {},
         "query": {"prompt": "Say hi", "stream": true, "max_tokens": 5, "temperature": 0}}});
-    let streamed = exchange(chat).await;
+    let streamed = exchange(chat.to_string()).await;
     let (done, events) = streamed.split_last().unwrap();
     assert_eq!(done["type"], "universal.done", "{streamed:?}");
     assert_eq!(done["metadata"]["contentType"], "text/event-stream");
