@@ -142,10 +142,9 @@ impl GatewaySettings {
                 .transpose()?;
         }
         if let Some(delay) = self.retry_delay_ms {
-            if let Some(delay) = delay {
-                Retries::check_delay("retry_delay", delay)?;
-            }
-            gateway.retry_delay_ms = delay;
+            gateway.retry_delay_ms = delay
+                .map(|ms| Retries::check_delay("retry_delay", ms))
+                .transpose()?;
         }
         if let Some(backoff) = self.retry_backoff {
             gateway.retry_backoff = backoff.map(|b| b.as_str().to_string());

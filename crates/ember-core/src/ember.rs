@@ -285,6 +285,27 @@ impl Ember {
     pub async fn generate(
         &self,
         spec: &ModelSpec,
+        mut request: TextGenerationRequest,
+        options: &RunOptions,
+    ) -> Result<mpsc::Receiver<TextEvent>, InferError> {
+        // Llama Guard writes its verdict as text; a JSON answer is made from that, never decoded
+        // under a JSON grammar.
+        let verdict_as_json = spec.answer_format == AnswerFormat::LlamaGuard
+            && request.response_format != ResponseFormat::Text;
+        if verdict_as_json {
+            request.response_format = ResponseFormat::Text;
+        }
+        let events = self.start_generation(spec, request, options).await?;
+        match verdict_as_json {
+            true => guard::verdict_as_json(events, options.timeout).await,
+            false => Ok(events),
+        }
+    }
+
+    /// `generate` on the model's own engine, or its stand-in.
+    async fn start_generation(
+        &self,
+        spec: &ModelSpec,
         request: TextGenerationRequest,
         options: &RunOptions,
     ) -> Result<mpsc::Receiver<TextEvent>, InferError> {
@@ -387,18 +408,9 @@ impl Ember {
             served,
         } = target;
         let (served_by, output) = match input {
-            TaskInput::TextGeneration(mut request) => {
+            TaskInput::TextGeneration(request) => {
                 let stream = request.stream;
-                // Llama Guard writes its verdict as text; a JSON answer is made from that.
-                let verdict_as_json = spec.answer_format == AnswerFormat::LlamaGuard
-                    && request.response_format != ResponseFormat::Text;
-                if verdict_as_json {
-                    request.response_format = ResponseFormat::Text;
-                }
-                let mut events = self.generate(served, request, options).await?;
-                if verdict_as_json {
-                    events = guard::verdict_as_json(events, options.timeout).await?;
-                }
+                let events = self.generate(served, request, options).await?;
                 let output = if stream {
                     RunOutput::Stream(events)
                 } else {

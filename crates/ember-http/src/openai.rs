@@ -263,7 +263,10 @@ fn parse_generation<'a>(
     endpoint: Endpoint,
 ) -> Result<Generation<'a>, ApiError> {
     let object = as_object(body)?;
-    let spec = resolve_model(state, object, Task::TextGeneration)?;
+    // The model that serves it: the named one, or its stand-in until it is pulled (as on /ai/run).
+    let spec = state
+        .ember
+        .serving(resolve_model(state, object, Task::TextGeneration)?)?;
     refuse_unsupported(object)?;
     let prompt = match endpoint {
         Endpoint::Chat => {

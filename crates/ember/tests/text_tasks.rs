@@ -87,6 +87,17 @@ async fn guard_stand_in_judges_the_committed_set() {
         result["response"],
         json!({"safe": false, "categories": ["S9"]})
     );
+    // The same on the OpenAI route, which also follows the stand-in until the model is pulled.
+    let chat = json!({"model": "@cf/meta/llama-guard-3-8b", "messages": messages,
+                      "response_format": {"type": "json_object"}});
+    let reply = send(&app, post("/v1/chat/completions", chat.to_string())).await;
+    assert_eq!(
+        reply.header("x-ember-model"),
+        "@hf/ember/guard-embeddinggemma"
+    );
+    let content = reply.json()["choices"][0]["message"]["content"].clone();
+    let verdict: Value = serde_json::from_str(content.as_str().unwrap()).unwrap();
+    assert_eq!(verdict, json!({"safe": false, "categories": ["S9"]}));
     let path = "/client/v4/accounts/local/ai/models/schema?model=@cf/meta/llama-guard-3-8b";
     let schema = send(&app, get(path)).await;
     assert_eq!(

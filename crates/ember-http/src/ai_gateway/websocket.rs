@@ -80,10 +80,10 @@ fn request_of(opening: &Parts, text: &str) -> Result<(Option<Value>, Request), A
         "upgrade",
         "sec-websocket-key",
         "sec-websocket-version",
+        "sec-websocket-extensions",
     ] {
         parts.headers.remove(name);
     }
-    parts.headers.remove("sec-websocket-extensions");
     parts.headers.insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("application/json"),

@@ -158,6 +158,11 @@ fn catalog_spec<'a>(env: &Env<'a>, id: &str) -> Result<&'a ModelSpec> {
 }
 
 /// The model's folder, pulled first if it is not installed.
+/// A catalog id's last part (`qwen2.5-coder-0.5b-instruct`), to name a model in the report.
+fn short_name(id: &str) -> &str {
+    id.rsplit('/').next().unwrap_or(id)
+}
+
 fn installed_dir(env: &Env, spec: &ModelSpec) -> Result<PathBuf> {
     let dir = installed::model_dir(env.home, spec);
     if !installed::is_installed(spec, &dir) {
@@ -326,7 +331,7 @@ impl LlmBench {
         rows: &mut Vec<Row>,
         errors: &mut Vec<String>,
     ) -> Result<()> {
-        let name = spec.id.rsplit('/').next().unwrap_or(&spec.id);
+        let name = short_name(&spec.id);
         let dir = installed::model_dir(env.home, spec);
         let gguf = dir.join("model.gguf");
         let info = gguf::read(&gguf)?;
@@ -425,7 +430,7 @@ impl LlmBench {
         rows: &mut Vec<Row>,
         errors: &mut Vec<String>,
     ) {
-        let name = spec.id.rsplit('/').next().unwrap_or(&spec.id);
+        let name = short_name(&spec.id);
         let [llama, ember] = self.kernels(spec, dir, gguf, n_vocab, bin, errors);
         let rate = |side: &Option<KernelSamples>, prefill: bool, n: u32| {
             side.as_ref().and_then(|samples| samples.median(prefill, n))
@@ -457,7 +462,7 @@ impl LlmBench {
         bin: &Path,
         errors: &mut Vec<String>,
     ) -> [Option<KernelSamples>; 2] {
-        let name = spec.id.rsplit('/').next().unwrap_or(&spec.id);
+        let name = short_name(&spec.id);
         eprintln!("== {}: kernels, llama-bench and Ember", spec.id);
         let mut ember = keep(
             errors,

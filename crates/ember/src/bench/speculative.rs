@@ -207,7 +207,7 @@ impl SpeculativeBench {
             let i = SIDES.iter().position(|s| *s == side).expect("a side");
             decoded[i][set].rate()
         };
-        let name = self.model.rsplit('/').next().unwrap_or(&self.model);
+        let name = super::short_name(&self.model);
         let ember = Side::Ember { speculative: true };
         let rows = vec![
             Row::new(
