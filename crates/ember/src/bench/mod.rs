@@ -337,7 +337,8 @@ impl LlmBench {
         let info = gguf::read(&gguf)?;
 
         if self.parts.contains(&Part::Kernels) {
-            self.kernel_rows(spec, &dir, &gguf, info.n_vocab, bin, rows, errors);
+            let samples = self.kernels(spec, &dir, &gguf, info.n_vocab, bin, errors);
+            kernel_rows(name, samples, rows);
         }
         let throughput = self.parts.contains(&Part::Throughput);
         let mixed = self.parts.contains(&Part::Mixed);
@@ -416,37 +417,6 @@ impl LlmBench {
             serving_rows(rows, name, n, ember.as_ref(), llama.as_ref());
         }
         Ok(())
-    }
-
-    /// The kernel rows: prefill and decode rates, Ember's against llama-bench's.
-    #[allow(clippy::too_many_arguments)]
-    fn kernel_rows(
-        &self,
-        spec: &ModelSpec,
-        dir: &Path,
-        gguf: &Path,
-        n_vocab: u32,
-        bin: &Path,
-        rows: &mut Vec<Row>,
-        errors: &mut Vec<String>,
-    ) {
-        let name = short_name(&spec.id);
-        let [llama, ember] = self.kernels(spec, dir, gguf, n_vocab, bin, errors);
-        let rate = |side: &Option<KernelSamples>, prefill: bool, n: u32| {
-            side.as_ref().and_then(|samples| samples.median(prefill, n))
-        };
-        let prefill = PREFILL_TOKENS.map(|n| (format!("prefill {n} tokens"), true, n));
-        let decode = DECODE_DEPTHS.map(|depth| {
-            (
-                format!("decode {DECODE_TOKENS} after {depth}"),
-                false,
-                depth,
-            )
-        });
-        for (metric, prefill, n) in prefill.into_iter().chain(decode) {
-            let (ember, llama) = (rate(&ember, prefill, n), rate(&llama, prefill, n));
-            rows.push(Row::new(name, metric, "tok/s", ember, llama, ">= 0.95"));
-        }
     }
 
     /// The kernel rows' samples, llama-bench's and Ember's: `repetitions` rounds that alternate
@@ -693,6 +663,25 @@ impl Side {
 }
 
 /// Pushes a row of `metric` with Ember's and llama-server's values.
+/// The kernel rows: prefill and decode rates, Ember's against llama-bench's (`kernels`' samples).
+fn kernel_rows(name: &str, [llama, ember]: [Option<KernelSamples>; 2], rows: &mut Vec<Row>) {
+    let rate = |side: &Option<KernelSamples>, prefill: bool, n: u32| {
+        side.as_ref().and_then(|samples| samples.median(prefill, n))
+    };
+    let prefill = PREFILL_TOKENS.map(|n| (format!("prefill {n} tokens"), true, n));
+    let decode = DECODE_DEPTHS.map(|depth| {
+        (
+            format!("decode {DECODE_TOKENS} after {depth}"),
+            false,
+            depth,
+        )
+    });
+    for (metric, prefill, n) in prefill.into_iter().chain(decode) {
+        let (ember, llama) = (rate(&ember, prefill, n), rate(&llama, prefill, n));
+        rows.push(Row::new(name, metric, "tok/s", ember, llama, ">= 0.95"));
+    }
+}
+
 fn serving_row(
     rows: &mut Vec<Row>,
     name: &str,
