@@ -7,15 +7,13 @@
 
 use crate::error::ApiError;
 use crate::openai::invalid;
-use crate::run::{self, Call, Form};
+use crate::run::{self, Call};
 use crate::wire::speech_recognition::vtt;
-use crate::{AppState, RequestId, openai};
-use axum::Extension;
+use crate::{AppState, openai};
 use axum::body::Body;
-use axum::extract::{FromRequest, Multipart, Request, State};
+use axum::extract::{FromRequest, Multipart, Request};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use ember_access::Caller;
 use ember_core::InferError;
 use ember_core::catalog::{ModelSpec, Task};
 use ember_core::tasks::speech_recognition::{
@@ -25,32 +23,12 @@ use ember_core::tasks::text_to_speech::{AudioFormat, MAX_TEXT_CHARS, SpeechSynth
 use ember_core::tasks::{TaskOutput, TaskRequest};
 use serde_json::{Value, json};
 
-pub async fn transcriptions(
-    State(state): State<AppState>,
-    Extension(request_id): Extension<RequestId>,
-    Extension(caller): Extension<Caller>,
-    request: Request,
-) -> Response {
-    recognize(
-        Call::new(state, request_id, Form::OpenAi, caller),
-        request,
-        false,
-    )
-    .await
+pub async fn transcriptions(call: Call, request: Request) -> Response {
+    recognize(call, request, false).await
 }
 
-pub async fn translations(
-    State(state): State<AppState>,
-    Extension(request_id): Extension<RequestId>,
-    Extension(caller): Extension<Caller>,
-    request: Request,
-) -> Response {
-    recognize(
-        Call::new(state, request_id, Form::OpenAi, caller),
-        request,
-        true,
-    )
-    .await
+pub async fn translations(call: Call, request: Request) -> Response {
+    recognize(call, request, true).await
 }
 
 /// How the answer is written.
@@ -78,12 +56,12 @@ async fn recognize(mut call: Call, request: Request, translate: bool) -> Respons
     let headers = request.headers().clone();
     let upload = match read_upload(&call.state, request, translate).await {
         Ok(upload) => upload,
-        Err(error) => return call.fail(error).await,
+        Err(error) => return call.fail(error),
     };
-    call.model = upload.model.clone();
+    call.name_model(upload.model.clone());
     let spec = match openai::resolve_for(&call.state, &upload.model, Task::SpeechRecognition) {
         Ok(spec) => spec.clone(),
-        Err(error) => return call.fail(error).await,
+        Err(error) => return call.fail(error),
     };
     let input_bytes = upload.audio.len();
     let (format, words) = (upload.format, upload.words);
@@ -110,21 +88,14 @@ async fn recognize(mut call: Call, request: Request, translate: bool) -> Respons
     .await
 }
 
-pub async fn speech(
-    State(state): State<AppState>,
-    Extension(request): Extension<RequestId>,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let mut call = Call::new(state, request, Form::OpenAi, caller);
+pub async fn speech(mut call: Call, headers: HeaderMap, body: Body) -> Response {
     let body = match run::read_request(&mut call, body).await {
         Ok(body) => body,
-        Err(error) => return call.fail(error).await,
+        Err(error) => return call.fail(error),
     };
     let (spec, request) = match parse_speech(&call.state, &body) {
         Ok(parsed) => parsed,
-        Err(error) => return call.fail(error).await,
+        Err(error) => return call.fail(error),
     };
     let options = run::run_options(&call.state, &headers, None);
     let input_bytes = body.to_string().len();

@@ -6,15 +6,13 @@
 
 use crate::error::ApiError;
 use crate::openai::{self, invalid};
-use crate::run::{self, Call, Form};
-use crate::{AppState, RequestId, wire};
-use axum::Extension;
+use crate::run::{self, Call};
+use crate::{AppState, wire};
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use ember_access::Caller;
 use ember_core::InferError;
 use ember_core::catalog::{ModelSpec, Task};
 use ember_core::tasks::text_to_image::{MAX_IMAGES, TextToImageRequest};
@@ -71,14 +69,8 @@ impl GeneratedImages {
     }
 }
 
-pub async fn generations(
-    State(state): State<AppState>,
-    Extension(request): Extension<RequestId>,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let call = Call::new(state.clone(), request, Form::OpenAi, caller);
+pub async fn generations(call: Call, headers: HeaderMap, body: Body) -> Response {
+    let state = call.state.clone();
     let images = state.generated_images.clone();
     let base_url = base_url(&headers);
     let parse = |body: &Value| {

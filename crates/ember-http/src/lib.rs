@@ -3,8 +3,8 @@
 //! its audio uploads), AI Gateway (its layer in front of the routes, and its API), the catalog
 //! routes, the usage route, health and `/metrics`.
 //! Every route but `/health` and generated images runs for a caller `ember_access` authenticated;
-//! every response carries `cf-ai-req-id`; every run is admitted by `ember_access` and settled in
-//! the request log and ledger.
+//! every response carries `cf-ai-req-id`; every run is admitted by `ember_access` through its
+//! meter and settled once, by the metering layer, in the request log and ledger.
 
 mod ai_gateway;
 mod audio;
@@ -13,6 +13,7 @@ mod catalog;
 mod error;
 mod images;
 mod messages;
+mod metering;
 mod openai;
 mod rerank;
 mod responses;
@@ -129,10 +130,15 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state.clone());
     // The stack around the routes, outermost first: authentication, then AI Gateway, which may
-    // send one request to the routes more than once (retries, a universal request's steps).
+    // send one request to the routes more than once (retries, a universal request's steps),
+    // then limits and metering, once per pass.
     let api = tower::ServiceBuilder::new()
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(ai_gateway::GatewayLayer::new(state.clone()))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            metering::layer,
+        ))
         .service(routes);
     Router::new()
         .route("/health", get(health))

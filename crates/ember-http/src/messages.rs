@@ -5,36 +5,25 @@
 
 use crate::error::ApiError;
 use crate::openai::{self, GenerationReply, invalid};
-use crate::run::{self, Call, Form};
+use crate::run::{self, Call};
 use crate::sse::StreamFormat;
 use crate::wire::binary;
-use crate::{AppState, RequestId};
-use axum::Extension;
 use axum::body::Body;
-use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
-use ember_access::Caller;
 use ember_core::InferError;
 use ember_core::tasks::{Completion, FinishReason};
 use serde_json::{Map, Value, json};
 use std::sync::Mutex;
 
-pub(crate) async fn create(
-    State(state): State<AppState>,
-    Extension(request): Extension<RequestId>,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let mut call = Call::new(state, request, Form::Anthropic, caller);
+pub(crate) async fn create(mut call: Call, headers: HeaderMap, body: Body) -> Response {
     let body = match run::read_request(&mut call, body).await {
         Ok(body) => body,
-        Err(error) => return call.fail(error).await,
+        Err(error) => return call.fail(error),
     };
     let chat = match read(&body) {
         Ok(chat) => chat,
-        Err(error) => return call.fail(error).await,
+        Err(error) => return call.fail(error),
     };
     let reply = MessageReply {
         id: format!("msg_{}", call.id.replace('-', "")),

@@ -5,18 +5,17 @@
 //! and run on the same engine path; answers, streams and errors take OpenAI's shapes.
 
 use crate::error::{ApiError, openai_stream_error_event};
-use crate::run::{self, Call, Form};
+use crate::run::{self, Call};
 use crate::sse::{self, StreamFormat};
 use crate::wire::{self, text_generation};
-use crate::{AppState, RequestId, aborted, audio, images, messages, rerank, responses};
+use crate::{AppState, aborted, audio, images, messages, rerank, responses};
+use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
-use axum::{Extension, Router};
 use base64::Engine as _;
-use ember_access::Caller;
 use ember_core::InferError;
 use ember_core::catalog::{AnswerFormat, ModelSpec, Task};
 use ember_core::ember::complete;
@@ -108,25 +107,11 @@ enum Endpoint {
     Completion,
 }
 
-async fn chat_completions(
-    State(state): State<AppState>,
-    Extension(request): Extension<RequestId>,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let call = Call::new(state, request, Form::OpenAi, caller);
+async fn chat_completions(call: Call, headers: HeaderMap, body: Body) -> Response {
     generate(call, &headers, body, Endpoint::Chat).await
 }
 
-async fn completions(
-    State(state): State<AppState>,
-    Extension(request): Extension<RequestId>,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let call = Call::new(state, request, Form::OpenAi, caller);
+async fn completions(call: Call, headers: HeaderMap, body: Body) -> Response {
     generate(call, &headers, body, Endpoint::Completion).await
 }
 
@@ -144,7 +129,7 @@ async fn generate(mut call: Call, headers: &HeaderMap, body: Body, endpoint: End
     let state = call.state.clone();
     let body = match run::read_request(&mut call, body).await {
         Ok(body) => body,
-        Err(error) => return call.fail(error).await,
+        Err(error) => return call.fail(error),
     };
     let Generation {
         spec,
@@ -153,7 +138,7 @@ async fn generate(mut call: Call, headers: &HeaderMap, body: Body, endpoint: End
         include_usage,
     } = match parse_generation(&state, &body, endpoint) {
         Ok(generation) => generation,
-        Err(error) => return call.fail(error).await,
+        Err(error) => return call.fail(error),
     };
     let answer = Answer {
         endpoint,
@@ -188,7 +173,7 @@ pub(crate) async fn answer_as_chat(
         ..
     } = match parse_generation(&state, chat, Endpoint::Chat) {
         Ok(generation) => generation,
-        Err(error) => return call.fail(locate(error)).await,
+        Err(error) => return call.fail(locate(error)),
     };
     let options = run::run_options(&state, headers, None);
     answer_generation(call, spec, request, &estimate, &options, reply).await
@@ -209,7 +194,7 @@ pub(crate) trait GenerationReply: StreamFormat {
 /// Admits a parsed text generation, runs it and answers with `reply`: streamed in its format
 /// when the request asked for a stream, else whole; or the error in the call's form.
 pub(crate) async fn answer_generation(
-    mut call: Call,
+    call: Call,
     spec: &ModelSpec,
     request: TextGenerationRequest,
     estimate: &Usage,
@@ -217,9 +202,8 @@ pub(crate) async fn answer_generation(
     reply: impl GenerationReply,
 ) -> Response {
     let state = call.state.clone();
-    call.served_by = Some(spec.id.clone());
     if let Err(error) = call.admit(spec, estimate).await {
-        return call.fail(error).await;
+        return call.fail(error);
     }
     let stream = request.stream;
     let events = tokio::select! {
@@ -228,7 +212,7 @@ pub(crate) async fn answer_generation(
     };
     let events = match events {
         Ok(events) => events,
-        Err(error) => return call.fail(error.into()).await,
+        Err(error) => return call.fail(error.into()),
     };
     let keeper = reply.keeper();
     let mut response = if stream {
@@ -245,10 +229,10 @@ pub(crate) async fn answer_generation(
                 if let Some(keep) = keeper {
                     keep().await;
                 }
-                call.finish(Some(&spec.id), 200, Ok(completion.usage)).await;
+                call.succeed(&spec.id, completion.usage);
                 axum::Json(whole).into_response()
             }
-            Err(error) => call.fail(error.into()).await,
+            Err(error) => call.fail(error.into()),
         }
     };
     run::served_by_header(&mut response, &spec.id);
@@ -596,14 +580,8 @@ fn finish_reason(reason: FinishReason) -> &'static str {
 
 // ------------------------------------------------------------------ embeddings
 
-async fn embeddings(
-    State(state): State<AppState>,
-    Extension(request): Extension<RequestId>,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let call = Call::new(state.clone(), request, Form::OpenAi, caller);
+async fn embeddings(call: Call, headers: HeaderMap, body: Body) -> Response {
+    let state = call.state.clone();
     let parse = |body: &Value| {
         let (spec, request, base64) = parse_embeddings(&state, body)?;
         Ok((spec.clone(), TaskRequest::TextEmbeddings(request), base64))

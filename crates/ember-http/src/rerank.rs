@@ -2,31 +2,21 @@
 //! send, `{model, query, documents, top_n?, return_documents?}` → `{id, model, results: [{index,
 //! relevance_score, document?}], usage}`, run as the model's Workers AI reranking task.
 
-use crate::RequestId;
 use crate::error::ApiError;
 use crate::openai::{as_object, invalid, renamed, resolve_model};
-use crate::run::{self, Call, Form};
+use crate::run::{self, Call};
 use crate::{AppState, wire};
-use axum::Extension;
 use axum::body::Body;
-use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
-use ember_access::Caller;
 use ember_core::catalog::Task;
 use ember_core::tasks::reranking::RerankRequest;
 use ember_core::tasks::{TaskOutput, TaskRequest};
 use serde_json::{Value, json};
 
-pub(crate) async fn rerank(
-    State(state): State<AppState>,
-    Extension(request): Extension<RequestId>,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let id = request.id.clone();
-    let call = Call::new(state.clone(), request, Form::OpenAi, caller);
+pub(crate) async fn rerank(call: Call, headers: HeaderMap, body: Body) -> Response {
+    let id = call.id.clone();
+    let state = call.state.clone();
     let parse = |body: &Value| {
         let (spec, request, return_documents) = parse(&state, body)?;
         // The documents go back with their results when asked for.

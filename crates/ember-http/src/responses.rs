@@ -5,11 +5,11 @@
 //! default) the answer and its conversation are kept in `StoredResponses` before the client
 //! reads the end of it.
 
+use crate::AppState;
 use crate::error::{ApiError, openai_stream_error_event};
 use crate::openai::{self, GenerationReply, invalid};
-use crate::run::{self, Call, Form};
+use crate::run::{self, Call};
 use crate::sse::{EndFuture, StreamFormat};
-use crate::{AppState, RequestId};
 use axum::Extension;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -23,21 +23,15 @@ use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-pub(crate) async fn create(
-    State(state): State<AppState>,
-    Extension(request): Extension<RequestId>,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let mut call = Call::new(state.clone(), request, Form::OpenAi, caller);
+pub(crate) async fn create(mut call: Call, headers: HeaderMap, body: Body) -> Response {
+    let state = call.state.clone();
     let body = match run::read_request(&mut call, body).await {
         Ok(body) => body,
-        Err(error) => return call.fail(error).await,
+        Err(error) => return call.fail(error),
     };
     let (chat, conversation, echo) = match read(&call, &body).await {
         Ok(read) => read,
-        Err(error) => return call.fail(error).await,
+        Err(error) => return call.fail(error),
     };
     let store = body.get("store") != Some(&Value::Bool(false));
     let reply = ResponseReply {

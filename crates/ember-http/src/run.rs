@@ -1,26 +1,24 @@
 //! The run routes: `POST .../ai/run/{model}` (REST envelope), the binding's `POST /run?version=3`
 //! (bare results, binding errors) and wrangler's `POST .../ai/run/proxy`, which forwards binding
-//! requests with the original URL in `X-Forwarded`. All of them end in `execute`. `Call` carries
-//! a request from its admission (rate limit, allocation) to its settlement in the ledger; it and
-//! the helpers that read bodies and answer streams serve the OpenAI routes too.
+//! requests with the original URL in `X-Forwarded`. All of them end in `execute`. `Call` is a run
+//! route's view of its request and of its meter (`metering`); it and the helpers that read
+//! bodies and answer streams serve the OpenAI routes too.
 
 use crate::error::ApiError;
+use crate::metering::Meter;
 use crate::wire::{self, Answer, binary, binary::BinaryBody};
-use crate::{AppState, RequestId, RunReport, aborted, ai_gateway, batch, catalog, openai, sse};
-use axum::Extension;
+use crate::{AppState, aborted, ai_gateway, batch, catalog, openai, sse};
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{FromRequestParts, Path, RawQuery};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
-use ember_access::{Access, AccessError, Admission, Caller};
+use ember_access::Caller;
 use ember_core::catalog::ModelSpec;
 use ember_core::runner::TextEvent;
 use ember_core::tasks::{self, TaskOutput, TaskRequest, Usage};
 use ember_core::{InferError, RunOptions, RunOutput};
-use ember_store::{DAY_MS, RequestRecord};
 use serde_json::{Value, json};
-use std::sync::Arc;
-use std::time::Instant;
 use tokio::sync::mpsc;
 
 /// Header naming the catalog model that actually served a request (after aliasing).
@@ -77,7 +75,7 @@ impl Form {
         }
     }
 
-    fn route(self) -> &'static str {
+    pub(crate) fn route(self) -> &'static str {
         match self {
             Form::Rest => "rest",
             Form::Binding => "binding",
@@ -87,19 +85,9 @@ impl Form {
     }
 }
 
-/// A refusal of the caller's access (rate limit, allocation) as the API answers it.
-pub(crate) fn refusal(access: &Access, caller: &Caller, error: AccessError) -> ApiError {
-    match error {
-        AccessError::RateLimited { retry_after_secs } => ApiError::RateLimited { retry_after_secs },
-        AccessError::AllocationUsed => ApiError::AllocationUsed {
-            daily_free_neurons: caller.account.daily_free_neurons,
-            retry_after_secs: seconds_to_midnight(access.now_ms()),
-        },
-        other => ApiError::Infer(InferError::Internal(other.to_string())),
-    }
-}
-
-/// One request on a run route, from its start to its row in the request log and the ledger.
+/// A request on a run route, as its handler sees it: the server, the request's id, form and
+/// caller, and its meter, through which the run is admitted and reports its outcome (the
+/// metering layer settles it).
 pub(crate) struct Call {
     pub(crate) state: AppState,
     pub(crate) id: String,
@@ -107,115 +95,53 @@ pub(crate) struct Call {
     pub(crate) caller: Caller,
     /// The model as the client named it (empty until known).
     pub(crate) model: String,
-    /// The catalog model it resolved to (after aliases), logged for a failed request; one that
-    /// succeeds logs the model that served it.
-    pub(crate) served_by: Option<String>,
-    started: Instant,
-    admission: Option<Admission>,
-    /// Where a successful run's usage is reported (for the AI Gateway's log).
-    report: RunReport,
-    /// Counts the request as interactive from its admission to its end, so batches give way to
-    /// it (a batch's submission or poll runs nothing and does not count).
-    _interactive: Option<batch::Interactive>,
+    meter: Meter,
+}
+
+impl FromRequestParts<AppState> for Call {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Call, Response> {
+        let Some(meter) = parts.extensions.get::<Meter>().cloned() else {
+            let error = ApiError::Infer(InferError::Internal("no meter".into()));
+            return Err(Form::of_path(parts.uri.path()).error(&error));
+        };
+        Ok(Call {
+            state: state.clone(),
+            id: meter.id(),
+            form: meter.form(),
+            caller: meter.caller(),
+            model: String::new(),
+            meter,
+        })
+    }
 }
 
 impl Call {
-    pub(crate) fn new(state: AppState, request: RequestId, form: Form, caller: Caller) -> Call {
-        Call {
-            _interactive: None,
-            state,
-            id: request.id,
-            report: request.report,
-            form,
-            caller,
-            model: String::new(),
-            served_by: None,
-            started: Instant::now(),
-            admission: None,
-        }
+    /// Takes the request as a run of `model` (as the client named it), to be settled.
+    pub(crate) fn name_model(&mut self, model: String) {
+        self.meter.open(&model);
+        self.model = model;
     }
 
-    /// Holds the request to the caller's rate limit and daily allocation, reserving what it
-    /// can cost at most (`estimate`).
-    pub(crate) async fn admit(
-        &mut self,
-        spec: &ModelSpec,
-        estimate: &Usage,
-    ) -> Result<(), ApiError> {
-        let access = &self.state.access;
-        let admission = access
-            .admit(&self.caller, spec, estimate.neurons)
-            .await
-            .map_err(|error| refusal(access, &self.caller, error))?;
-        self.admission = Some(admission);
-        self._interactive = Some(self.state.batches.interactive());
-        Ok(())
+    /// Holds the run of `spec` to the caller's rate limit and daily allocation.
+    pub(crate) async fn admit(&self, spec: &ModelSpec, estimate: &Usage) -> Result<(), ApiError> {
+        self.meter.admit(spec, estimate).await
     }
 
-    /// Logs the failed request and answers its error in the route's form.
-    pub(crate) async fn fail(self, error: ApiError) -> Response {
-        if let ApiError::Infer(
-            InferError::Internal(detail) | InferError::LoadFailed { reason: detail, .. },
-        ) = &error
-        {
-            tracing::error!(request = %self.id, model = self.model, detail, "run failed");
-        }
-        let status = error.kind().status.as_u16();
-        let form = self.form;
-        let served_by = self.served_by.clone();
-        self.finish(served_by.as_deref(), status, Err(error.clone()))
-            .await;
-        form.error(&error)
+    /// The run's error, answered in the route's form (and logged).
+    pub(crate) fn fail(&self, error: ApiError) -> Response {
+        self.meter.failed(error)
     }
 
-    /// Settles the request's cost and writes its log row; returns once both are committed, so
-    /// the client never holds a cost the ledger lacks.
-    pub(crate) async fn finish(
-        self,
-        served_by: Option<&str>,
-        http_status: u16,
-        outcome: Result<Usage, ApiError>,
-    ) {
-        let (usage, error_code) = match &outcome {
-            Ok(usage) => {
-                let _ = self.report.set(*usage);
-                (*usage, None)
-            }
-            Err(error) => (Usage::default(), Some(error.kind().code)),
-        };
-        let access = self.state.access.clone();
-        let record = RequestRecord {
-            id: self.id,
-            created_at_ms: access.now_ms(),
-            account_id: Some(self.caller.account.id),
-            route: self.form.route().to_string(),
-            model: self.model,
-            served_by: served_by.map(str::to_string),
-            http_status,
-            error_code,
-            prompt_tokens: usage.prompt_tokens,
-            completion_tokens: usage.completion_tokens,
-            neurons: usage.neurons,
-            billable_neurons: 0.0,
-            duration_ms: self.started.elapsed().as_millis() as u64,
-            batch_item: None,
-        };
-        settle(access, self.admission, record).await;
+    /// The run succeeded: `served_by` used `usage`.
+    pub(crate) fn succeed(&self, served_by: &str, usage: Usage) {
+        self.meter.succeeded(Some(served_by), usage);
     }
-}
 
-/// Writes a finished request to the request log and the ledger, settling its admission; in its
-/// own task, so that it completes even if the request's future is dropped.
-pub(crate) async fn settle(
-    access: Arc<Access>,
-    admission: Option<Admission>,
-    record: RequestRecord,
-) {
-    let written = tokio::spawn(async move { access.settle(admission, record).await }).await;
-    match written {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => tracing::error!(%error, "could not write the request log"),
-        Err(error) => tracing::error!(%error, "the request log writer failed"),
+    /// The request ran nothing (a batch's submission or poll).
+    pub(crate) fn ran_nothing(&self) {
+        self.meter.ran_nothing();
     }
 }
 
@@ -225,52 +151,39 @@ pub(crate) fn rest_result(result: Value) -> Response {
         .into_response()
 }
 
-/// Seconds until the next 00:00 UTC, when daily allocations reset.
-fn seconds_to_midnight(now_ms: i64) -> u64 {
-    let left_ms = DAY_MS - now_ms.rem_euclid(DAY_MS);
-    (left_ms as u64).div_ceil(1000)
-}
-
 pub async fn rest_run(
-    State(state): State<AppState>,
-    Extension(request): Extension<RequestId>,
-    Extension(caller): Extension<Caller>,
+    call: Call,
     Path((_account_id, model)): Path<(String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     if model == "proxy" {
-        return proxy(state, request, caller, &Method::POST, headers, body).await;
+        return proxy(call, &Method::POST, headers, body).await;
     }
-    run_model(state, request, caller, model, query, headers, body).await
+    run_model(call, model, query, headers, body).await
 }
 
 /// AI Gateway's provider URL for a Workers AI model, `/v1/{account}/{gateway}/workers-ai/{model}`:
 /// the REST run (the gateway layer has done its part).
 pub async fn gateway_run(
-    State(state): State<AppState>,
-    Extension(request): Extension<RequestId>,
-    Extension(caller): Extension<Caller>,
+    call: Call,
     Path((_account_id, _gateway_id, model)): Path<(String, String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    run_model(state, request, caller, model, query, headers, body).await
+    run_model(call, model, query, headers, body).await
 }
 
 async fn run_model(
-    state: AppState,
-    request: RequestId,
-    caller: Caller,
+    mut call: Call,
     model: String,
     query: Option<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let mut call = Call::new(state, request, Form::Rest, caller);
-    call.model = model;
+    call.name_model(model);
     // Raw audio or image bytes are the model's one binary input, with no other inputs.
     let read = match read_body(&headers, body, call.state.config.max_body_bytes).await {
         Ok(RunBody::Json(input)) => Ok((input, None)),
@@ -287,23 +200,21 @@ async fn run_model(
             options.reject_if_busy |= query_flag(query.as_deref(), "rejectIfBusy");
             execute(call, input, body, options).await
         }
-        Err(error) => call.fail(error).await,
+        Err(error) => call.fail(error),
     }
 }
 
 /// `GET` and `PATCH .../ai/run/proxy`: wrangler's proxied catalog search and gateway helpers;
 /// no other run takes these methods.
 pub async fn rest_run_other(
-    State(state): State<AppState>,
-    Extension(request): Extension<RequestId>,
-    Extension(caller): Extension<Caller>,
+    call: Call,
     Path((_account_id, model)): Path<(String, String)>,
     method: Method,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     match model.as_str() {
-        "proxy" => proxy(state, request, caller, &method, headers, body).await,
+        "proxy" => proxy(call, &method, headers, body).await,
         _ => ApiError::NoRoute.rest_response(),
     }
 }
@@ -341,30 +252,19 @@ fn query_flag(query: Option<&str>, name: &str) -> bool {
 }
 
 pub async fn binding_run(
-    State(state): State<AppState>,
-    Extension(request): Extension<RequestId>,
-    Extension(caller): Extension<Caller>,
+    call: Call,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    binding(state, request, caller, &headers, query.as_deref(), body).await
+    binding(call, &headers, query.as_deref(), body).await
 }
 
-async fn binding(
-    state: AppState,
-    request: RequestId,
-    caller: Caller,
-    headers: &HeaderMap,
-    query: Option<&str>,
-    body: Body,
-) -> Response {
-    let mut call = Call::new(state, request, Form::Binding, caller);
+async fn binding(mut call: Call, headers: &HeaderMap, query: Option<&str>, body: Body) -> Response {
     let Some(model) = binding_model(headers) else {
-        let error = ApiError::Incomplete("cf-consn-model-id header".into());
-        return call.fail(error).await;
+        return call.fail(ApiError::Incomplete("cf-consn-model-id header".into()));
     };
-    call.model = model;
+    call.name_model(model);
     let read = match read_body(headers, body, call.state.config.max_body_bytes).await {
         Ok(RunBody::Json(envelope)) => match binding_envelope(envelope) {
             Ok((inputs, options)) if batch::is_queued(None, options.as_ref()) => {
@@ -384,7 +284,7 @@ async fn binding(
     };
     match read {
         Ok((inputs, body, options)) => execute(call, inputs, body, options).await,
-        Err(error) => call.fail(error).await,
+        Err(error) => call.fail(error),
     }
 }
 
@@ -434,14 +334,7 @@ fn binding_model(headers: &HeaderMap) -> Option<String> {
 }
 
 /// wrangler (≤ 4.44) local mode: the binding's request, with its real URL in `X-Forwarded`.
-async fn proxy(
-    state: AppState,
-    request: RequestId,
-    caller: Caller,
-    method: &Method,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+async fn proxy(call: Call, method: &Method, headers: HeaderMap, body: Body) -> Response {
     let forwarded = headers
         .get("x-forwarded")
         .and_then(|v| v.to_str().ok())
@@ -451,14 +344,12 @@ async fn proxy(
             .binding_response();
     };
     match url.path() {
-        "/run" | "/ai-gateway/run" => {
-            binding(state, request, caller, &headers, url.query(), body).await
-        }
+        "/run" | "/ai-gateway/run" => binding(call, &headers, url.query(), body).await,
         "/ai-api/models/search" => {
-            catalog::binding_search_query(&state, url.query().unwrap_or_default())
+            catalog::binding_search_query(&call.state, url.query().unwrap_or_default())
         }
         path if path.starts_with("/ai-gateway/gateways/") => {
-            ai_gateway::binding_helper(state, caller, method, path, &headers, body).await
+            ai_gateway::binding_helper(call.state, call.caller, method, path, &headers, body).await
         }
         _ => ApiError::NoRoute.binding_response(),
     }
@@ -491,7 +382,7 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<RunB
 /// the request log.
 pub(crate) async fn read_request(call: &mut Call, body: Body) -> Result<Value, ApiError> {
     let body = read_json(body, call.state.config.max_body_bytes).await?;
-    call.model = openai::requested_model(&body);
+    call.name_model(openai::requested_model(&body));
     Ok(body)
 }
 
@@ -525,7 +416,7 @@ async fn read_bytes(body: Body, limit: usize) -> Result<Bytes, ApiError> {
 /// Reads `input` for the model, admits the run, runs it and writes the result, stream or error in
 /// the route's form.
 async fn execute(
-    mut call: Call,
+    call: Call,
     input: Value,
     body: Option<BinaryBody>,
     options: RunOptions,
@@ -538,13 +429,12 @@ async fn execute(
     });
     let (target, task_input) = match parsed {
         Ok(parsed) => parsed,
-        Err(error) => return call.fail(error.into()).await,
+        Err(error) => return call.fail(error.into()),
     };
     let spec = target.requested;
-    call.served_by = Some(spec.id.clone());
     let estimate = tasks::estimate_usage(spec, &task_input, input_bytes);
     if let Err(error) = call.admit(spec, &estimate).await {
-        return call.fail(error).await;
+        return call.fail(error);
     }
     let run = tokio::select! {
         run = state.ember.run(target, task_input, &options) => run,
@@ -552,7 +442,7 @@ async fn execute(
     };
     let run = match run {
         Ok(run) => run,
-        Err(error) => return call.fail(error.into()).await,
+        Err(error) => return call.fail(error.into()),
     };
     let served_by = run.served_by.clone();
     let form = call.form;
@@ -569,7 +459,7 @@ async fn execute(
             return response;
         }
     };
-    call.finish(Some(&served_by), 200, Ok(usage)).await;
+    call.succeed(&served_by, usage);
     let mut response = match (answer, form) {
         (Answer::Json(result), Form::Rest) => rest_result(result),
         (Answer::Json(result), _) => axum::Json(result).into_response(),
@@ -604,11 +494,11 @@ pub(crate) async fn task_route<E>(
 ) -> Response {
     let body = match read_request(&mut call, body).await {
         Ok(body) => body,
-        Err(error) => return call.fail(error).await,
+        Err(error) => return call.fail(error),
     };
     let (spec, request, extra) = match parse(&body) {
         Ok(parsed) => parsed,
-        Err(error) => return call.fail(error).await,
+        Err(error) => return call.fail(error),
     };
     let options = run_options(&call.state, headers, body.get("options"));
     let input_bytes = body.to_string().len();
@@ -629,17 +519,16 @@ pub(crate) async fn task_route<E>(
 /// `answer(requested model, output, usage)`, or the error in the route's form. `answer` gives
 /// `None` for another task's output.
 pub(crate) async fn run_task_route(
-    mut call: Call,
+    call: Call,
     spec: &ModelSpec,
     request: TaskRequest,
     input_bytes: usize,
     options: RunOptions,
     answer: impl FnOnce(&str, TaskOutput, Usage) -> Option<Response>,
 ) -> Response {
-    call.served_by = Some(spec.id.clone());
     let estimate = tasks::estimate_task(spec, &request, input_bytes);
     if let Err(error) = call.admit(spec, &estimate).await {
-        return call.fail(error).await;
+        return call.fail(error);
     }
     let state = call.state.clone();
     let run = tokio::select! {
@@ -648,13 +537,13 @@ pub(crate) async fn run_task_route(
     };
     let run = match run {
         Ok(run) => run,
-        Err(error) => return call.fail(error.into()).await,
+        Err(error) => return call.fail(error.into()),
     };
     let Some(mut response) = answer(&call.model, run.output, run.usage) else {
         let error = InferError::Internal(format!("{} answered another task's output", spec.id));
-        return call.fail(error.into()).await;
+        return call.fail(error.into());
     };
-    call.finish(Some(&run.served_by), 200, Ok(run.usage)).await;
+    call.succeed(&run.served_by, run.usage);
     served_by_header(&mut response, &run.served_by);
     response
 }
@@ -693,19 +582,20 @@ pub(crate) async fn stream_response_keeping(
         _ = aborted(call.state.abort.clone()) => None,
     };
     let first = match first {
-        Some(TextEvent::Failed(error)) => return call.fail(ApiError::Infer(error)).await,
-        None => return call.fail(ApiError::Infer(InferError::Aborted)).await,
+        Some(TextEvent::Failed(error)) => return call.fail(ApiError::Infer(error)),
+        None => return call.fail(ApiError::Infer(InferError::Aborted)),
         Some(first) => first,
     };
     let abort = call.state.abort.clone();
-    let served_by = served_by.to_string();
+    call.meter.streaming(served_by);
+    let meter = call.meter;
     let body = sse::text_stream(first, events, abort, format, move |outcome| {
         // The 200 went out with the headers; a failure shows in the error code.
         Box::pin(async move {
             if outcome.is_ok() {
                 keep().await;
             }
-            call.finish(Some(&served_by), 200, outcome).await
+            meter.settle_stream(outcome).await
         })
     });
     let mut response = Response::new(body);

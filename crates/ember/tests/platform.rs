@@ -6,7 +6,7 @@ mod common;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use common::fake::{FAKE_MODELS, PANIC, fake_ember};
+use common::fake::{FAKE_MODELS, PANIC, SLOW, fake_ember};
 use common::*;
 use ember_access::AccessConfig;
 use ember_access::clock::SystemClock;
@@ -118,6 +118,57 @@ async fn runs_are_priced_at_the_model_price_from_their_tokens() {
         record.neurons
     );
     assert_eq!(record.served_by.as_deref(), Some(TRANSLATOR));
+}
+
+/// The classifier's requests and errors today in the usage API.
+async fn classifier_usage(app: &App) -> (u64, u64) {
+    let path = format!("/client/v4/accounts/local/ai/usage?model={CLASSIFIER}");
+    let reply = send(app, get(&path)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let rows = reply.json()["result"].as_array().unwrap().clone();
+    rows.iter().fold((0, 0), |(requests, errors), row| {
+        let count = |field: &str| row[field].as_u64().unwrap();
+        (requests + count("requests"), errors + count("errors"))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_metering_layer_settles_every_run_once_however_it_ends() {
+    use tower::ServiceExt;
+    let app = fake_app();
+    // A whole answer and an error are settled before they go out.
+    rest_result(&app, CLASSIFIER, json!({"text": "good"})).await;
+    assert_eq!(classifier_usage(&app).await, (1, 0));
+    rest(&app, CLASSIFIER, json!({"text": 7}))
+        .await
+        .rest_error(400, 5006);
+    assert_eq!(classifier_usage(&app).await, (2, 1));
+    // Routes that run nothing are not runs.
+    let search = send(&app, get("/client/v4/accounts/local/ai/models/search")).await;
+    assert_eq!(search.status, StatusCode::OK);
+    assert_eq!(classifier_usage(&app).await, (2, 1));
+    // A client that leaves before its answer: the run is settled as aborted when its request
+    // is dropped.
+    let request = post(
+        &format!("{RUN}{CLASSIFIER}"),
+        json!({"text": SLOW}).to_string(),
+    );
+    let leaving = tokio::spawn(app.router.clone().oneshot(request));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    leaving.abort();
+    let mut counted = (0, 0);
+    for _ in 0..100 {
+        counted = classifier_usage(&app).await;
+        if counted == (3, 2) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        counted,
+        (3, 2),
+        "the abandoned run is logged once, as an error"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

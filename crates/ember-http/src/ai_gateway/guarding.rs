@@ -133,7 +133,7 @@ impl Guarding {
         let admission = access
             .reserve(&self.caller, most.neurons)
             .await
-            .map_err(|error| crate::run::refusal(access, &self.caller, error))?;
+            .map_err(|error| crate::metering::refusal(access, &self.caller, error))?;
         let started = Instant::now();
         let options = RunOptions::default();
         let checked = guard::check(&state.ember, conversation, &options).await?;
@@ -154,7 +154,7 @@ impl Guarding {
             duration_ms: started.elapsed().as_millis() as u64,
             batch_item: None,
         };
-        crate::run::settle(access.clone(), Some(admission), record).await;
+        crate::metering::settle(access.clone(), Some(admission), record).await;
         Ok(checked.verdict)
     }
 }

@@ -20,7 +20,6 @@ use crate::wire;
 use axum::response::{IntoResponse, Response};
 use ember_core::InferError;
 use ember_core::catalog::Task;
-use ember_core::tasks;
 use ember_store::{BatchStatus, NewBatch, NewBatchRequest};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -134,7 +133,7 @@ pub(crate) fn is_queued(query: Option<&str>, options: Option<&Value>) -> bool {
 }
 
 /// Answers a queued run: submits `{requests}` or polls `{request_id}` on `call.model`.
-pub(crate) async fn submit_or_poll(mut call: Call, input: Value, input_bytes: usize) -> Response {
+pub(crate) async fn submit_or_poll(call: Call, input: Value, input_bytes: usize) -> Response {
     let outcome = if input.get("request_id").is_some() {
         poll(&call, &input).await
     } else {
@@ -142,17 +141,14 @@ pub(crate) async fn submit_or_poll(mut call: Call, input: Value, input_bytes: us
     };
     match outcome {
         Ok(result) => {
-            let form = call.form;
-            // Submitting or polling runs nothing: the request log keeps it, the ledger does not
-            // (it skips requests that name no model); the batch's requests are charged as they run.
-            call.model.clear();
-            call.finish(None, 200, Ok(tasks::Usage::default())).await;
-            match form {
+            // The batch's requests are charged as they run.
+            call.ran_nothing();
+            match call.form {
                 Form::Rest => rest_result(result),
                 _ => axum::Json(result).into_response(),
             }
         }
-        Err(error) => call.fail(error).await,
+        Err(error) => call.fail(error),
     }
 }
 

@@ -385,7 +385,7 @@ async fn reserve(state: &AppState, caller: &Caller, neurons: f64) -> Result<Admi
         .access
         .reserve(caller, neurons)
         .await
-        .map_err(|error| crate::run::refusal(&state.access, caller, error))
+        .map_err(|error| crate::metering::refusal(&state.access, caller, error))
 }
 
 /// The account a batch was submitted under, as it is now.

@@ -1,7 +1,7 @@
 //! The fake runner kit: an `Ember` over the built-in catalog whose every non-generation model is
 //! a small deterministic runner, installed in a temporary model cache, so that envelope,
 //! validation and error tests of every route run without real models. A text containing
-//! `PANIC` makes a runner panic, as an engine bug would.
+//! `PANIC` makes a runner panic, as an engine bug would; one containing `SLOW` takes a second.
 
 use ember_core::catalog::{Engine, ModelSpec};
 use ember_core::installed::{self, InstallManifest, InstalledFile};
@@ -26,6 +26,9 @@ use std::sync::Arc;
 
 /// Text that makes a fake runner panic.
 pub const PANIC: &str = "PANIC";
+
+/// Text that makes a fake runner take a second, long enough for its client to leave.
+pub const SLOW: &str = "SLOW";
 
 /// Models the kit installs: one per task that runs on a worker thread.
 pub const FAKE_MODELS: [&str; 8] = [
@@ -107,6 +110,9 @@ fn tokens(text: &str) -> u32 {
 
 fn check(text: &str) {
     assert!(!text.contains(PANIC), "the fake engine was told to panic");
+    if text.contains(SLOW) {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
 }
 
 impl Runner for FakeRunner {
