@@ -1443,19 +1443,45 @@ async fn guardrails_flag_and_block_by_category() {
     let log = result(&app, log_of(&fine)).await;
     assert_eq!(guardrails_of(&log)["prompt"]["safe"], true);
 
-    // A streamed answer reaches the client as it comes; its check is logged when it ends.
+    // On a provider URL a stream is read whole and judged before it goes on: refused here,
+    // passed on at once when fine.
     let streamed = send(&app, ask_for(hateful, true)).await;
-    assert_eq!(streamed.status, StatusCode::OK, "{:?}", streamed.body);
-    assert!(
-        sse_events(&streamed.body)
-            .iter()
-            .any(|e| e.contains("subhuman"))
+    assert_eq!(
+        streamed.json()["error"]["code"],
+        "2017",
+        "{:?}",
+        streamed.body
     );
-    wait_for_log(&app, "guarded", streamed.header("cf-aig-log-id")).await;
     let log = result(&app, log_of(&streamed)).await;
     assert_eq!(
         guardrails_of(&log)["response"],
         json!({"safe": false, "categories": ["S10"], "action": "BLOCK"})
+    );
+    let streamed = send(&app, ask_for("What is the capital of France?", true)).await;
+    assert_eq!(streamed.header("content-type"), "text/event-stream");
+    assert!(
+        sse_events(&streamed.body)
+            .iter()
+            .any(|e| e.contains("France")),
+        "{:?}",
+        streamed.body
+    );
+    // Through `cf-aig-gateway-id` a stream reaches the client as it comes; its answer's check
+    // is logged when it ends.
+    let body = json!({"model": SMOL, "stream": true, "max_tokens": 8,
+                      "messages": [{"role": "user", "content": hateful}]});
+    let mut request = post("/v1/chat/completions", body.to_string());
+    request
+        .headers_mut()
+        .insert("cf-aig-gateway-id", "guarded".parse().unwrap());
+    let streamed = send(&app, request).await;
+    assert_eq!(streamed.status, StatusCode::OK, "{:?}", streamed.body);
+    assert_eq!(streamed.header("content-type"), "text/event-stream");
+    wait_for_log(&app, "guarded", streamed.header("cf-aig-log-id")).await;
+    let log = result(&app, log_of(&streamed)).await;
+    assert!(
+        guardrails_of(&log)["response"]["safe"].is_boolean(),
+        "{log}"
     );
 
     // Each check ran the guard model on the caller's account: 1 for the blocked prompt, 2 for
@@ -1468,7 +1494,7 @@ async fn guardrails_flag_and_block_by_category() {
         // The ledger counts by the model that served: here Llama Guard's stand-in.
         .find(|row| row["model"] == "@hf/ember/guard-embeddinggemma")
         .unwrap_or_else(|| panic!("no guard usage in {usage}"));
-    assert_eq!(guard["requests"], 11, "{guard}");
+    assert_eq!(guard["requests"], 15, "{guard}");
     assert!(guard["neurons"].as_f64().unwrap() > 0.0, "{guard}");
 
     // Turned off, nothing is judged.

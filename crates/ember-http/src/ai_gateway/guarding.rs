@@ -3,9 +3,11 @@
 //! request runs, and a whole answer judged after it; a blocked prompt or answer is refused with
 //! Cloudflare's 2016 or 2017, and what was found goes to the log. Each check is charged to the
 //! caller as a run of the guard model (Cloudflare bills guardrails as Workers AI usage): held to
-//! the allocation, in the request log and the ledger. A streamed answer is judged when it has
-//! ended, for the log only: its text reached the client as it came (Cloudflare only logs the
-//! checks of REST streams too).
+//! the allocation, in the request log and the ledger. On the gateway's own endpoints (provider
+//! URLs, the universal endpoint) a stream held to response rules is read whole, judged, and sent
+//! on at once or refused, as Cloudflare buffers it there; elsewhere (REST with
+//! `cf-aig-gateway-id`, the binding) a streamed answer is judged when it has ended, for the log
+//! only, its text having reached the client as it came.
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -57,13 +59,19 @@ impl Guarding {
         }
     }
 
-    /// Judges the answer in a whole response body, when any response rule is set and it has one.
+    /// Whether answers are judged (any response rule is set).
+    pub(super) fn judges_answers(&self) -> bool {
+        !self.rules.response.is_empty()
+    }
+
+    /// Judges the answer in a whole response body or a whole stream's events, when any response
+    /// rule is set and it has one.
     pub(super) async fn check_response(
         &mut self,
         state: &AppState,
         body: &[u8],
     ) -> Result<(), ApiError> {
-        match answer_text(body) {
+        match answer_text(body).or_else(|| streamed_answer(body)) {
             Some(answer) => self.check_answer(state, answer).await,
             None => Ok(()),
         }

@@ -252,6 +252,8 @@ where
 struct Prepared {
     form: Form,
     universal: bool,
+    /// Sent to the gateway's own endpoints (a provider URL, the universal endpoint).
+    on_endpoint: bool,
     gateway: Gateway,
     options: RequestOptions,
     plan: Option<CachePlan>,
@@ -285,6 +287,7 @@ async fn prepare(
         _ => format!("{} {}", parts.method, parts.uri.path()),
     };
     let universal = matches!(entry, Entry::Universal { .. });
+    let on_endpoint = universal || matches!(entry, Entry::ProviderUrl { .. });
     let (gateway_id, options, fingerprint_body) = match entry {
         Entry::Binding => {
             let Some(mut envelope) = json.clone() else {
@@ -391,6 +394,7 @@ async fn prepare(
         guarding,
         dynamic,
         universal,
+        on_endpoint,
         gateway,
         options,
         plan,
@@ -410,6 +414,7 @@ where
         form,
         dynamic,
         universal,
+        on_endpoint,
         gateway,
         options,
         plan,
@@ -471,8 +476,11 @@ where
     let plan = plan.filter(|_| response.status() == axum::http::StatusCode::OK);
     let mut recorder = Recorder::new(state, gateway, options, plan, log, started);
     recorder.budgets = budgets;
-    let streamed = header_text(response.headers(), header::CONTENT_TYPE.as_str())
-        .is_some_and(|t| t.starts_with("text/event-stream"));
+    // On the gateway's endpoints a stream whose answer is judged is read whole first.
+    let buffered = on_endpoint && guarding.as_ref().is_some_and(Guarding::judges_answers);
+    let streamed = !buffered
+        && header_text(response.headers(), header::CONTENT_TYPE.as_str())
+            .is_some_and(|t| t.starts_with("text/event-stream"));
     let (mut head, body) = response.into_parts();
     mark(
         &mut head.headers,
