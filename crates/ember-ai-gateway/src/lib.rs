@@ -4,6 +4,7 @@
 //! `ember_store`; the `cf-aig-*` headers, the routes and the layer that applies this to a request
 //! are ember-http's. (Auth, per-task limits and Neurons are `ember-access`'s, not this.)
 
+pub mod dlp;
 pub mod guardrails;
 pub mod options;
 pub mod routing;

@@ -2,6 +2,7 @@
 //! field.
 
 use crate::AiGatewayError;
+use crate::dlp::Dlp;
 use crate::guardrails::Guardrails;
 use crate::options::{Backoff, Retries};
 use ember_store::{Gateway, LogStrategy, RateTechnique};
@@ -53,6 +54,7 @@ pub fn new_gateway(account_id: &str, id: &str, now_ms: i64) -> Gateway {
         retry_max_attempts: None,
         retry_delay_ms: None,
         retry_backoff: None,
+        dlp: None,
     }
 }
 
@@ -82,6 +84,8 @@ pub struct GatewaySettings {
     pub log_management_strategy: Option<LogStrategy>,
     /// `Some(None)` turns guardrails off.
     pub guardrails: Option<Option<Guardrails>>,
+    /// `Some(None)` removes the DLP setting.
+    pub dlp: Option<Option<Dlp>>,
     /// Retries of requests that do not say; `Some(None)` clears one.
     pub retry_max_attempts: Option<Option<u64>>,
     pub retry_delay_ms: Option<Option<u64>>,
@@ -154,6 +158,9 @@ impl GatewaySettings {
                 .as_ref()
                 .filter(|g| !g.is_empty())
                 .map(|g| g.to_json().to_string());
+        }
+        if let Some(dlp) = &self.dlp {
+            gateway.dlp = dlp.as_ref().map(|d| d.to_json().to_string());
         }
         Ok(())
     }

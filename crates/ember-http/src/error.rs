@@ -44,6 +44,10 @@ pub enum ApiError {
     GuardrailBlocked {
         response: bool,
     },
+    /// A gateway's DLP policies blocked the request, or (`response`) the model's answer.
+    DlpBlocked {
+        response: bool,
+    },
 }
 
 impl From<InferError> for ApiError {
@@ -86,6 +90,12 @@ impl ApiError {
             }
             ApiError::GuardrailBlocked { response: true } => {
                 (StatusCode::BAD_REQUEST, 2017, "GuardrailBlocked")
+            }
+            ApiError::DlpBlocked { response: false } => {
+                (StatusCode::BAD_REQUEST, 2029, "DlpBlocked")
+            }
+            ApiError::DlpBlocked { response: true } => {
+                (StatusCode::BAD_REQUEST, 2030, "DlpBlocked")
             }
             ApiError::Infer(error) => match error {
                 InferError::NoSuchModel(_) | InferError::NotInstalled { .. } => {
@@ -135,6 +145,12 @@ impl ApiError {
             }
             ApiError::GuardrailBlocked { response: true } => {
                 "Response blocked due to security configurations".into()
+            }
+            ApiError::DlpBlocked { response: false } => {
+                "Request content blocked due to DLP policy violations".into()
+            }
+            ApiError::DlpBlocked { response: true } => {
+                "Response content blocked due to DLP policy violations".into()
             }
             ApiError::Infer(InferError::Internal(_)) => "AiError: Unknown internal error".into(),
             ApiError::Infer(InferError::LoadFailed { model, .. }) => {
@@ -219,9 +235,9 @@ impl ApiError {
             ApiError::AllocationUsed { .. } => {
                 ("insufficient_quota", Some("insufficient_quota".into()))
             }
-            ApiError::Incomplete(_) | ApiError::GuardrailBlocked { .. } => {
-                ("invalid_request_error", workers_code)
-            }
+            ApiError::Incomplete(_)
+            | ApiError::GuardrailBlocked { .. }
+            | ApiError::DlpBlocked { .. } => ("invalid_request_error", workers_code),
             ApiError::Infer(error) => match error {
                 InferError::NoSuchModel(_) | InferError::NotInstalled { .. } => {
                     ("invalid_request_error", Some("model_not_found".into()))

@@ -492,6 +492,7 @@ fn gateway(account: &str, id: &str) -> Gateway {
         retry_max_attempts: None,
         retry_delay_ms: None,
         retry_backoff: None,
+        dlp: None,
     }
 }
 
@@ -535,6 +536,7 @@ pub async fn gateways_are_per_account(stores: &Stores) {
     second.retry_max_attempts = Some(3);
     second.retry_delay_ms = Some(250);
     second.retry_backoff = Some("linear".into());
+    second.dlp = Some(r#"{"enabled":true,"policies":[]}"#.into());
     assert!(store.update_gateway(&second).await.unwrap());
     assert_eq!(store.gateway("a", "second").await.unwrap(), Some(second));
     assert!(!store.update_gateway(&gateway("a", "none")).await.unwrap());
@@ -565,6 +567,7 @@ fn log(id: &str, gateway: &str, at_ms: i64) -> GatewayLog {
         request_body: Some(b"{}".to_vec()),
         response_body: Some(vec![0, 159, 146, 150]),
         guardrails: Some(r#"{"prompt":{"safe":true,"categories":[]}}"#.into()),
+        dlp: Some(r#"{"findings":[],"action":"FLAG"}"#.into()),
         ..GatewayLog::default()
     }
 }

@@ -48,6 +48,9 @@ pub struct Gateway {
     pub retry_delay_ms: Option<u64>,
     /// `constant`, `linear` or `exponential`.
     pub retry_backoff: Option<String>,
+    /// The DLP setting as its API object (JSON), none when never set; what it means is
+    /// `ember-ai-gateway`'s.
+    pub dlp: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,6 +170,8 @@ pub struct GatewayLog {
     pub score: Option<u8>,
     /// What the guardrails found in the prompt and the response (a JSON object), where they ran.
     pub guardrails: Option<String>,
+    /// What DLP found and did (the `cf-aig-dlp` header's object), where it found anything.
+    pub dlp: Option<String>,
 }
 
 /// Which logs of a gateway, and which page of them (newest first).

@@ -7,6 +7,7 @@ use clap::Subcommand;
 use ember_access::LOCAL_ACCOUNT_ID;
 use ember_access::clock::{Clock, SystemClock};
 use ember_access::credentials::{self, DEFAULT_DAILY_FREE_NEURONS};
+use ember_ai_gateway::dlp::Dlp;
 use ember_ai_gateway::guardrails::Guardrails;
 use ember_ai_gateway::{AiGateway, Backoff, GatewaySettings};
 use ember_store::{
@@ -100,11 +101,22 @@ pub struct GatewayFlags {
     /// ('{}' turns them off).
     #[arg(long, value_parser = parse_guardrails)]
     guardrails: Option<Guardrails>,
+    /// Data Loss Prevention as the API's object, e.g. '{"enabled": true, "policies": [{"id":
+    /// "no-cards", "action": "BLOCK", "check": ["REQUEST"], "profiles": ["financial-information"]}]}'
+    /// (profiles: financial-information, credentials-and-secrets, government-identifiers,
+    /// personal-information).
+    #[arg(long, value_parser = parse_dlp)]
+    dlp: Option<Dlp>,
 }
 
 fn parse_guardrails(text: &str) -> Result<Guardrails, String> {
     let value = serde_json::from_str(text).map_err(|e| e.to_string())?;
     Guardrails::from_json(&value).map_err(|e| e.to_string())
+}
+
+fn parse_dlp(text: &str) -> Result<Dlp, String> {
+    let value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    Dlp::from_json(&value).map_err(|e| e.to_string())
 }
 
 impl GatewayFlags {
@@ -120,6 +132,7 @@ impl GatewayFlags {
             log_management: self.log_management.map(Some),
             log_management_strategy: self.log_management_strategy,
             guardrails: self.guardrails.map(Some),
+            dlp: self.dlp.map(Some),
             retry_max_attempts: self.retry_max_attempts.map(Some),
             retry_delay_ms: self.retry_delay.map(Some),
             retry_backoff: self.retry_backoff.map(Some),
@@ -176,8 +189,8 @@ pub async fn gateways(stores: &Stores, command: GatewaysCommand) -> anyhow::Resu
         GatewaysCommand::List { account } => stores.gateways.gateways(&account).await?,
     };
     println!(
-        "{:<24}  {:>9}  {:<4}  {:<16}  {:<8}  {:<22}  {:<20}  logs kept",
-        "id", "cache ttl", "logs", "rate limit", "auth", "retries", "guardrails"
+        "{:<24}  {:>9}  {:<4}  {:<16}  {:<8}  {:<22}  {:<20}  {:<12}  logs kept",
+        "id", "cache ttl", "logs", "rate limit", "auth", "retries", "guardrails", "dlp"
     );
     for gateway in shown {
         let rate = match (gateway.rate_limiting_limit, gateway.rate_limiting_interval) {
@@ -201,8 +214,13 @@ pub async fn gateways(stores: &Stores, command: GatewaysCommand) -> anyhow::Resu
             .map_or("off".into(), |g| {
                 format!("prompt {}, response {}", g.prompt.len(), g.response.len())
             });
+        let dlp = Dlp::parse_stored(gateway.dlp.as_deref())
+            .filter(|dlp| dlp.enabled)
+            .map_or("off".into(), |dlp| {
+                format!("{} policies", dlp.policies.len())
+            });
         println!(
-            "{:<24}  {:>9}  {:<4}  {:<16}  {:<8}  {retries:<22}  {guardrails:<20}  {kept}",
+            "{:<24}  {:>9}  {:<4}  {:<16}  {:<8}  {retries:<22}  {guardrails:<20}  {dlp:<12}  {kept}",
             gateway.id,
             gateway.cache_ttl,
             if gateway.collect_logs { "on" } else { "off" },

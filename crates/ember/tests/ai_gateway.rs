@@ -1508,6 +1508,144 @@ async fn guardrails_flag_and_block_by_category() {
     assert_eq!(passed.status, StatusCode::OK, "{:?}", passed.body);
 }
 
+/// DLP on a gateway in front of a provider that answers with the prompt: a secret in a request
+/// is blocked (2029) before it leaves, a card number in an answer is blocked (2030, never
+/// cached; a stream is read whole first), an email address is flagged both ways; what was found
+/// is in `cf-aig-dlp` and the log. Bad policies are refused by field.
+#[tokio::test(flavor = "multi_thread")]
+async fn dlp_blocks_and_flags_sensitive_data_both_ways() {
+    let upstream = upstream().await;
+    let app = app_with_http(HttpConfig {
+        providers: vec![provider("echo", &format!("{}/echo", upstream.base), None)],
+        ..HttpConfig::default()
+    });
+    let profiles = result(&app, get("/client/v4/accounts/local/dlp/profiles")).await;
+    let ids: Vec<&str> = profiles
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "financial-information",
+            "credentials-and-secrets",
+            "government-identifiers",
+            "personal-information"
+        ]
+    );
+    let dlp = json!({"enabled": true, "policies": [
+        {"id": "no-secrets", "action": "BLOCK", "check": ["REQUEST"], "enabled": true,
+         "profiles": ["credentials-and-secrets"]},
+        {"id": "no-cards-out", "action": "BLOCK", "check": ["RESPONSE"], "enabled": true,
+         "profiles": ["financial-information"]},
+        {"id": "audit", "action": "FLAG", "check": ["REQUEST", "RESPONSE"], "enabled": true,
+         "profiles": ["personal-information"]}
+    ]});
+    let created = json_request("POST", GATEWAYS, json!({"id": "careful", "dlp": dlp}));
+    assert_eq!(result(&app, created).await["dlp"], dlp);
+    let ask = |content: &str, stream: bool| {
+        let body = json!({"model": "any", "stream": stream,
+                          "messages": [{"role": "user", "content": content}]});
+        let mut request = post("/v1/local/careful/echo/chat/completions", body.to_string());
+        request
+            .headers_mut()
+            .insert("cf-aig-cache-ttl", "600".parse().unwrap());
+        request
+    };
+    let found =
+        |reply: &Reply| -> Value { serde_json::from_str(reply.header("cf-aig-dlp")).unwrap() };
+    let log_of = |reply: &Reply| {
+        get(&format!(
+            "{GATEWAYS}/careful/logs/{}",
+            reply.header("cf-aig-log-id")
+        ))
+    };
+
+    let secret = send(
+        &app,
+        ask("deploy with key AKIAIOSFODNN7EXAMPLE please", false),
+    )
+    .await;
+    assert_eq!(secret.status, StatusCode::BAD_REQUEST, "{:?}", secret.body);
+    assert_eq!(secret.json()["error"]["code"], "2029");
+    assert_eq!(
+        secret.json()["error"]["message"],
+        "Request content blocked due to DLP policy violations"
+    );
+    let blocked_request = json!({"findings": [{"profile": {"context": {},
+        "entry_ids": ["aws-access-key-id"], "profile_id": "credentials-and-secrets"},
+        "policy_ids": ["no-secrets"], "check": "REQUEST"}], "action": "BLOCK"});
+    assert_eq!(found(&secret), blocked_request);
+    assert_eq!(result(&app, log_of(&secret)).await["dlp"], blocked_request);
+
+    let email = send(&app, ask("write to jane.doe@example.com", false)).await;
+    assert_eq!(email.status, StatusCode::OK, "{:?}", email.body);
+    let flagged = found(&email);
+    assert_eq!(flagged["action"], "FLAG");
+    let checks: Vec<&Value> = flagged["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| &f["check"])
+        .collect();
+    assert_eq!(checks, [&json!("REQUEST"), &json!("RESPONSE")], "{flagged}");
+    assert_eq!(result(&app, log_of(&email)).await["dlp"], flagged);
+
+    let card = "my card is 4111 1111 1111 1111";
+    for _ in 0..2 {
+        let refused = send(&app, ask(card, false)).await;
+        assert_eq!(
+            refused.status,
+            StatusCode::BAD_REQUEST,
+            "{:?}",
+            refused.body
+        );
+        assert_eq!(refused.json()["error"]["code"], "2030");
+        assert_ne!(
+            refused.header("cf-aig-cache-status"),
+            "HIT",
+            "a blocked answer is not kept"
+        );
+        assert_eq!(found(&refused)["findings"][0]["check"], "RESPONSE");
+    }
+    let streamed = send(&app, ask(card, true)).await;
+    assert_eq!(
+        streamed.json()["error"]["code"],
+        "2030",
+        "{:?}",
+        streamed.body
+    );
+    let clean = send(&app, ask("What is the capital of France?", true)).await;
+    assert_eq!(clean.header("content-type"), "text/event-stream");
+    assert!(clean.headers.get("cf-aig-dlp").is_none());
+    assert!(sse_events(&clean.body).iter().any(|e| e.contains("France")));
+
+    for (dlp, field) in [
+        (
+            json!({"policies": [{"id": "x", "action": "BLOCK", "check": ["REQUEST"], "profiles": ["pii"]}]}),
+            "dlp.policies.0.profiles.0",
+        ),
+        (
+            json!({"policies": [{"id": "x", "action": "BLOCK", "check": ["BOTH"], "profiles": ["personal-information"]}]}),
+            "dlp.policies.0.check.0",
+        ),
+    ] {
+        let update = json_request("PUT", &format!("{GATEWAYS}/careful"), json!({"dlp": dlp}));
+        let message = send(&app, update).await.rest_error(400, 5006);
+        assert!(message.contains(field), "{message}");
+    }
+    let off = json_request("PUT", &format!("{GATEWAYS}/careful"), json!({"dlp": null}));
+    assert_eq!(result(&app, off).await["dlp"], Value::Null);
+    let passed = send(
+        &app,
+        ask("deploy with key AKIAIOSFODNN7EXAMPLE please", false),
+    )
+    .await;
+    assert_eq!(passed.status, StatusCode::OK, "{:?}", passed.body);
+}
+
 /// The WebSockets API on the universal endpoint, from a WebSocket client: a whole answer as
 /// `universal.created` (from the cache the second time, the handshake's `cf-aig-cache-ttl`
 /// applying to every message), a stream as `universal.stream` messages and `universal.done`,

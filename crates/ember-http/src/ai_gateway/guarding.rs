@@ -229,7 +229,7 @@ fn answer_text(body: &[u8]) -> Option<String> {
 
 /// The answer's text in a stream's events: Workers AI's `response` pieces, OpenAI chunks'
 /// `delta.content`, or Anthropic's text deltas.
-fn streamed_answer(body: &[u8]) -> Option<String> {
+pub(super) fn streamed_answer(body: &[u8]) -> Option<String> {
     let text = String::from_utf8_lossy(body);
     let mut answer = String::new();
     for line in text.lines() {

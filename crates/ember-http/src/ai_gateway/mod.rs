@@ -17,6 +17,7 @@ mod options;
 mod providers;
 mod recorder;
 mod routes;
+mod scanning;
 mod steps;
 mod websocket;
 
@@ -37,6 +38,7 @@ use ember_core::InferError;
 use ember_store::{Gateway, GatewayLog};
 use guarding::Guarding;
 use recorder::{Recorder, mark, replay};
+use scanning::Scanning;
 use serde_json::Value;
 use std::convert::Infallible;
 use std::future::Future;
@@ -263,6 +265,7 @@ struct Prepared {
     /// The route a `dynamic/<name>` request follows (its one step is the request as sent).
     dynamic: Option<dynamic::Dynamic>,
     guarding: Option<Guarding>,
+    scanning: Option<Scanning>,
 }
 
 /// Finds the gateway, reads the options and lays out the steps; `Err(None)` lets the request
@@ -389,9 +392,11 @@ async fn prepare(
         ..GatewayLog::default()
     };
     let guarding = Guarding::new(gateway.guardrails.as_deref(), json.as_ref(), &caller);
+    let scanning = Scanning::new(gateway.dlp.as_deref(), body);
     Ok(Prepared {
         form,
         guarding,
+        scanning,
         dynamic,
         universal,
         on_endpoint,
@@ -421,6 +426,7 @@ where
         mut log,
         steps,
         mut guarding,
+        mut scanning,
     } = prepared;
     if let Some(plan) = &plan {
         match state.ai_gateway.cached(plan).await {
@@ -442,6 +448,13 @@ where
             Ok(None) => {}
             Err(error) => tracing::warn!(%error, "the response cache could not be read"),
         }
+    }
+    if let Some(scanning) = &scanning
+        && let Err(error) = scanning.check_request()
+    {
+        log.dlp = scanning.found();
+        let recorder = Recorder::new(state, gateway, options, None, log, started);
+        return refuse(recorder, form, &error).await;
     }
     if let Some(guarding) = guarding.as_mut()
         && let Err(error) = guarding.check_prompt(&state).await
@@ -472,12 +485,15 @@ where
         let spec = state.ember.resolve(&log.model).ok()?;
         Some(spec.task.display_name().to_string())
     });
+    log.dlp = scanning.as_ref().and_then(Scanning::found);
     let response = served.response;
     let plan = plan.filter(|_| response.status() == axum::http::StatusCode::OK);
     let mut recorder = Recorder::new(state, gateway, options, plan, log, started);
     recorder.budgets = budgets;
-    // On the gateway's endpoints a stream whose answer is judged is read whole first.
-    let buffered = on_endpoint && guarding.as_ref().is_some_and(Guarding::judges_answers);
+    // A stream whose answer is scanned is read whole first, and so is one whose answer the
+    // guardrails judge on the gateway's own endpoints.
+    let buffered = scanning.as_ref().is_some_and(Scanning::scans_answers)
+        || on_endpoint && guarding.as_ref().is_some_and(Guarding::judges_answers);
     let streamed = !buffered
         && header_text(response.headers(), header::CONTENT_TYPE.as_str())
             .is_some_and(|t| t.starts_with("text/event-stream"));
@@ -503,6 +519,7 @@ where
         }
     }
     if streamed {
+        scanning::mark(&mut head.headers, recorder.log.dlp.as_deref());
         recorder.guarding = guarding;
         let body = recorder.tee(head.status, head.headers.clone(), body, report);
         return Response::from_parts(head, body);
@@ -522,6 +539,18 @@ where
             return refuse(recorder, form, &error).await;
         }
     }
+    if let Some(scanning) = scanning.as_mut() {
+        let checked = match head.status.is_success() {
+            true => scanning.check_answer(&bytes),
+            false => Ok(()),
+        };
+        recorder.log.dlp = scanning.found();
+        if let Err(error) = checked {
+            recorder.plan = None;
+            return refuse(recorder, form, &error).await;
+        }
+    }
+    scanning::mark(&mut head.headers, recorder.log.dlp.as_deref());
     let response = Response::from_parts(head, Body::from(bytes.clone()));
     let usage = report.and_then(|r| r.get().copied());
     recorder
@@ -530,10 +559,11 @@ where
     response
 }
 
-/// Answers a request the guardrails blocked, and logs it.
+/// Answers a request the guardrails or DLP blocked, and logs it.
 async fn refuse(recorder: Recorder, form: Form, error: &ApiError) -> Response {
     let mut response = form.error(error);
     mark(response.headers_mut(), &recorder.log.id, false, false);
+    scanning::mark(response.headers_mut(), recorder.log.dlp.as_deref());
     let body = error.message().into_bytes();
     recorder
         .finish(response.status(), response.headers(), body, None)

@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
 use ember_access::Caller;
+use ember_ai_gateway::dlp::{self, Dlp};
 use ember_ai_gateway::guardrails::Guardrails;
 use ember_ai_gateway::{Backoff, DEFAULT_GATEWAY, GatewaySettings};
 use ember_store::{
@@ -75,6 +76,10 @@ pub(crate) fn routes(router: Router<AppState>) -> Router<AppState> {
         .route(
             &format!("{GATEWAYS}/{{gateway_id}}/routes/{{route_id}}/deployments"),
             get(list_deployments).post(create_deployment),
+        )
+        .route(
+            "/client/v4/accounts/{account_id}/dlp/profiles",
+            get(dlp_profiles),
         )
         .route(
             "/ai-gateway/gateways/{gateway_id}/logs/{log_id}",
@@ -161,17 +166,34 @@ fn gateway_json(gateway: &Gateway) -> Value {
         "retry_max_attempts": gateway.retry_max_attempts,
         "retry_delay": gateway.retry_delay_ms,
         "retry_backoff": gateway.retry_backoff,
+        "dlp": Dlp::parse_stored(gateway.dlp.as_deref()).map(|d| d.to_json()),
     })
 }
 
-/// Documented gateway fields Ember does not apply (DLP, Logpush, OpenTelemetry
-/// export, billing and spend limits); accepted so that clients
-/// sending whole objects (the `cloudflare` SDKs) work, and otherwise ignored.
-const IGNORED_FIELDS: [&str; 14] = [
+/// `GET .../dlp/profiles`: the detection profiles a gateway's DLP policies may name (Ember's
+/// predefined ones), in the shape of Cloudflare's Zero Trust DLP API.
+async fn dlp_profiles() -> Response {
+    let profiles: Vec<Value> = dlp::PROFILES
+        .iter()
+        .map(|profile| {
+            let entries: Vec<Value> = profile
+                .entries
+                .iter()
+                .map(|entry| json!({"id": entry.id, "name": entry.name, "enabled": true, "type": "predefined"}))
+                .collect();
+            json!({"id": profile.id, "name": profile.name, "type": "predefined", "entries": entries})
+        })
+        .collect();
+    rest_result(json!(profiles))
+}
+
+/// Documented gateway fields Ember does not apply (Logpush, OpenTelemetry export, billing and
+/// spend limits); accepted so that clients sending whole objects (the `cloudflare` SDKs) work,
+/// and otherwise ignored.
+const IGNORED_FIELDS: [&str; 13] = [
     "byok_only",
     "log_classification",
     "spend_limits",
-    "dlp",
     "logpush",
     "logpush_public_key",
     "otel",
@@ -250,6 +272,12 @@ fn settings(body: &Map<String, Value>) -> Result<GatewaySettings, ApiError> {
                 settings.guardrails = Some(match value {
                     Value::Null => None,
                     rules => Some(Guardrails::from_json(rules).map_err(super::gateway_error)?),
+                })
+            }
+            "dlp" => {
+                settings.dlp = Some(match value {
+                    Value::Null => None,
+                    dlp => Some(Dlp::from_json(dlp).map_err(super::gateway_error)?),
                 })
             }
             ignored if IGNORED_FIELDS.contains(&ignored) => {}
@@ -387,6 +415,8 @@ fn log_json(log: &GatewayLog) -> Value {
         "score": log.score,
         // Ember's: what the guardrails found (Cloudflare shows it in separate evaluation logs).
         "guardrails": log.guardrails.as_deref().and_then(|g| serde_json::from_str::<Value>(g).ok()),
+        // What DLP found and did, as in the `cf-aig-dlp` header.
+        "dlp": log.dlp.as_deref().and_then(|d| serde_json::from_str::<Value>(d).ok()),
         "created_at": iso_time(log.created_at_ms),
     })
 }

@@ -12,7 +12,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 const GATEWAY_COLUMNS: &str = "account_id, id, cache_ttl, cache_invalidate_on_update, \
     collect_logs, rate_limiting_limit, rate_limiting_interval, rate_limiting_technique, \
     authentication, log_management, log_management_strategy, created_at_ms, modified_at_ms, \
-    guardrails, retry_max_attempts, retry_delay_ms, retry_backoff";
+    guardrails, retry_max_attempts, retry_delay_ms, retry_backoff, dlp";
 
 fn gateway_row(row: &Row) -> rusqlite::Result<Gateway> {
     let technique: String = row.get(7)?;
@@ -36,10 +36,11 @@ fn gateway_row(row: &Row) -> rusqlite::Result<Gateway> {
         retry_max_attempts: row.get(14)?,
         retry_delay_ms: row.get(15)?,
         retry_backoff: row.get(16)?,
+        dlp: row.get(17)?,
     })
 }
 
-fn gateway_values(gateway: &Gateway) -> [SqlValue; 17] {
+fn gateway_values(gateway: &Gateway) -> [SqlValue; 18] {
     [
         gateway.account_id.clone().into(),
         gateway.id.clone().into(),
@@ -58,6 +59,7 @@ fn gateway_values(gateway: &Gateway) -> [SqlValue; 17] {
         gateway.retry_max_attempts.map(i64::from).into(),
         gateway.retry_delay_ms.map(|ms| ms as i64).into(),
         gateway.retry_backoff.clone().into(),
+        gateway.dlp.clone().into(),
     ]
 }
 
@@ -118,7 +120,7 @@ impl GatewayStore for SqliteStore {
                     collect_logs = ?5, rate_limiting_limit = ?6, rate_limiting_interval = ?7,
                     rate_limiting_technique = ?8, authentication = ?9, log_management = ?10,
                     log_management_strategy = ?11, modified_at_ms = ?13, guardrails = ?14,
-                    retry_max_attempts = ?15, retry_delay_ms = ?16, retry_backoff = ?17
+                    retry_max_attempts = ?15, retry_delay_ms = ?16, retry_backoff = ?17, dlp = ?18
                  WHERE account_id = ?1 AND id = ?2",
                 params_from_iter(values),
             )?;
@@ -157,7 +159,7 @@ impl GatewayStore for SqliteStore {
 const LOG_COLUMNS: &str = "id, account_id, gateway_id, created_at_ms, provider, model, \
     model_type, path, duration_ms, status_code, success, cached, step, attempts, tokens_in, \
     tokens_out, cost, custom_cost, metadata, event_id, request_content_type, response_content_type, \
-    request_size, response_size, request_body, response_body, feedback, score, guardrails";
+    request_size, response_size, request_body, response_body, feedback, score, guardrails, dlp";
 
 fn log_row(row: &Row) -> rusqlite::Result<GatewayLog> {
     Ok(GatewayLog {
@@ -190,6 +192,7 @@ fn log_row(row: &Row) -> rusqlite::Result<GatewayLog> {
         feedback: row.get(26)?,
         score: row.get(27)?,
         guardrails: row.get(28)?,
+        dlp: row.get(29)?,
     })
 }
 
@@ -285,6 +288,7 @@ fn insert_log(
             log.feedback,
             log.score,
             log.guardrails,
+            log.dlp,
         ],
     )?;
     tx.commit()?;

@@ -182,6 +182,8 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE gateways ADD COLUMN retry_max_attempts INTEGER;
     ALTER TABLE gateways ADD COLUMN retry_delay_ms INTEGER;
     ALTER TABLE gateways ADD COLUMN retry_backoff TEXT;",
+    "ALTER TABLE gateways ADD COLUMN dlp TEXT;
+    ALTER TABLE gateway_logs ADD COLUMN dlp TEXT;",
 ];
 
 /// How many bytes of response bodies the cache holds before it evicts the oldest.
