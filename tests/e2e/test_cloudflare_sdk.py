@@ -353,6 +353,27 @@ def test_ai_gateway(client: Cloudflare):
         assert log.model == "@cf/huggingface/distilbert-sst-2-int8" and log.success
         assert json.loads(log.metadata) == {"suite": "sdk"}
         assert client.ai_gateway.logs.get(answers[0][1], account_id=ACCOUNT_ID, gateway_id="e2e-gateway").to_dict().get("feedback") == 1
+
+        # The SDK's filters, on list and delete.
+        hits = client.ai_gateway.logs.list(
+            gateway_id="e2e-gateway", account_id=ACCOUNT_ID, filters=[{"key": "cached", "operator": "eq", "value": [True]}]
+        )
+        assert [log.id for log in hits] == [answers[1][1]]
+        deleted = client.ai_gateway.logs.delete(
+            "e2e-gateway",
+            account_id=ACCOUNT_ID,
+            filters=[
+                {"key": "cached", "operator": "eq", "value": [False]},
+                {"key": "created_at", "operator": "lt", "value": ["2999-01-01T00:00:00Z"]},
+            ],
+        )
+        assert deleted.success and deleted.to_dict()["result"] == {"deleted": 1}, deleted
+        left = list(client.ai_gateway.logs.list(gateway_id="e2e-gateway", account_id=ACCOUNT_ID))
+        assert [log.id for log in left] == [answers[1][1]]
+        with pytest.raises(cloudflare.BadRequestError, match="filters.key"):
+            client.ai_gateway.logs.delete(
+                "e2e-gateway", account_id=ACCOUNT_ID, filters=[{"key": "prompts.prompt_id", "operator": "eq", "value": ["x"]}]
+            )
     finally:
         client.ai_gateway.delete("e2e-gateway", account_id=ACCOUNT_ID)
     with pytest.raises(cloudflare.NotFoundError):

@@ -627,6 +627,23 @@ pub async fn gateway_logs_filter_page_and_add_up(stores: &Stores) {
         ..logs_of("g")
     };
     assert_eq!(logs.logs(&hits).await.unwrap().0[0].id, "3");
+    let window = LogQuery {
+        created_from_ms: Some(20),
+        created_until_ms: Some(30),
+        model_type: Some("Text Generation".into()),
+        ..logs_of("g")
+    };
+    let (page, _) = logs.logs(&window).await.unwrap();
+    assert_eq!(
+        page.iter().map(|l| l.id.as_str()).collect::<Vec<_>>(),
+        ["2"]
+    );
+    let older = LogQuery {
+        created_until_ms: Some(30),
+        ..logs_of("g")
+    };
+    assert_eq!(logs.delete_logs(&older).await.unwrap(), 2);
+    assert_eq!(logs.logs(&logs_of("g")).await.unwrap().1.count, 1);
 }
 
 pub async fn gateway_logs_keep_their_bound(stores: &Stores) {

@@ -182,8 +182,13 @@ pub struct LogQuery {
     pub success: Option<bool>,
     pub cached: Option<bool>,
     pub model: Option<String>,
+    pub model_type: Option<String>,
     pub provider: Option<String>,
     pub feedback: Option<i8>,
+    /// Logs created at or after this time.
+    pub created_from_ms: Option<i64>,
+    /// Logs created before this time.
+    pub created_until_ms: Option<i64>,
     /// Pages count from 1.
     pub page: u32,
     pub per_page: u32,

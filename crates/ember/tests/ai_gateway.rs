@@ -448,9 +448,39 @@ async fn logs_carry_bodies_metadata_and_feedback() {
         ),
         (json!(1), json!(3))
     );
-    for query in ["?per_page=51", "?success=maybe", "?order=x"] {
+    // The `cloudflare` SDKs' flattened `filters`, and dates.
+    let sdk_filter = "?filters.key=success&filters.operator=eq&filters.value=false";
+    assert_eq!(
+        logs(&app, "default", sdk_filter).await["result_info"]["total_count"],
+        1
+    );
+    let future = "?start_date=2999-01-01T00:00:00Z";
+    assert_eq!(
+        logs(&app, "default", future).await["result_info"]["total_count"],
+        0
+    );
+    for (query, field) in [
+        ("?per_page=51", "per_page"),
+        ("?success=maybe", "success"),
+        ("?order=x", "order"),
+        ("?start_date=yesterday", "start_date"),
+        ("?filters.key=success&filters.operator=eq", "filters"),
+        (
+            "?filters.key=cost&filters.operator=gt&filters.value=1",
+            "filters.key",
+        ),
+        (
+            "?filters.key=model&filters.operator=contains&filters.value=x",
+            "filters.operator",
+        ),
+        (
+            "?filters.key=created_at&filters.operator=lt&filters.value=soon",
+            "filters.value",
+        ),
+    ] {
         let reply = send(&app, get(&format!("{GATEWAYS}/default/logs{query}"))).await;
-        reply.rest_error(400, 5006);
+        let message = reply.rest_error(400, 5006);
+        assert!(message.contains(field), "{query}: {message}");
     }
     let deleted = send(
         &app,

@@ -432,7 +432,17 @@ fn log_query(caller: &Caller, gateway_id: &str, query: Option<&str>) -> Result<L
     };
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or_default())
         .map_err(|e| invalid("query", e.to_string()))?;
+    // The `cloudflare` SDKs send `filters: [{key, operator, value: [v]}]` flattened, each part
+    // repeated in order: `filters.key=a&filters.key=b&filters.operator=...&filters.value=...`.
+    let mut filters: [Vec<String>; 3] = Default::default();
     for (name, value) in pairs {
+        let part = ["filters.key", "filters.operator", "filters.value"]
+            .iter()
+            .position(|part| *part == name);
+        if let Some(part) = part {
+            filters[part].push(value);
+            continue;
+        }
         let flag = || match value.as_str() {
             "true" => Ok(true),
             "false" => Ok(false),
@@ -456,7 +466,10 @@ fn log_query(caller: &Caller, gateway_id: &str, query: Option<&str>) -> Result<L
             "success" => log_query.success = Some(flag()?),
             "cached" => log_query.cached = Some(flag()?),
             "model" => log_query.model = Some(value),
+            "model_type" => log_query.model_type = Some(value),
             "provider" => log_query.provider = Some(value),
+            "start_date" => log_query.created_from_ms = Some(rfc3339_ms(&name, &value)?),
+            "end_date" => log_query.created_until_ms = Some(rfc3339_ms(&name, &value)? + 1),
             "feedback" => {
                 log_query.feedback = Some(match value.as_str() {
                     "1" => 1,
@@ -467,7 +480,78 @@ fn log_query(caller: &Caller, gateway_id: &str, query: Option<&str>) -> Result<L
             _ => return Err(invalid(&name, "is not a log filter")),
         }
     }
+    let [keys, operators, values] = filters;
+    if keys.len() != operators.len() || keys.len() != values.len() {
+        return Err(invalid(
+            "filters",
+            "each filter needs one key, operator and value",
+        ));
+    }
+    for ((key, operator), value) in keys.iter().zip(&operators).zip(&values) {
+        apply_filter(&mut log_query, key, operator, value)?;
+    }
     Ok(log_query)
+}
+
+/// One of the SDK's `{key, operator, value}` filters, on the fields Ember keeps.
+fn apply_filter(
+    query: &mut LogQuery,
+    key: &str,
+    operator: &str,
+    value: &str,
+) -> Result<(), ApiError> {
+    let flag = || match value {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(invalid("filters.value", format!("{key} is true or false"))),
+    };
+    match (key, operator) {
+        ("created_at", "lt") => query.created_until_ms = Some(rfc3339_ms("filters.value", value)?),
+        ("created_at", "gt") => {
+            query.created_from_ms = Some(rfc3339_ms("filters.value", value)? + 1)
+        }
+        ("success", "eq") => query.success = Some(flag()?),
+        ("success", "neq") => query.success = Some(!flag()?),
+        ("cached", "eq") => query.cached = Some(flag()?),
+        ("cached", "neq") => query.cached = Some(!flag()?),
+        ("model", "eq") => query.model = Some(value.to_string()),
+        ("model_type", "eq") => query.model_type = Some(value.to_string()),
+        ("provider", "eq") => query.provider = Some(value.to_string()),
+        ("feedback", "eq") => {
+            query.feedback = Some(match value {
+                "1" => 1,
+                "-1" => -1,
+                _ => return Err(invalid("filters.value", "feedback is 1 or -1")),
+            })
+        }
+        (
+            "created_at" | "success" | "cached" | "model" | "model_type" | "provider" | "feedback",
+            _,
+        ) => {
+            return Err(invalid(
+                "filters.operator",
+                format!(
+                    "{key} takes eq (success and cached also neq; created_at lt or gt), not {operator}"
+                ),
+            ));
+        }
+        _ => {
+            return Err(invalid(
+                "filters.key",
+                format!(
+                    "Ember filters logs by created_at, success, cached, model, model_type, provider and feedback, not {key}"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Milliseconds since the Unix epoch of an RFC 3339 time in the query parameter `name`.
+fn rfc3339_ms(name: &str, value: &str) -> Result<i64, ApiError> {
+    time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339)
+        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+        .map_err(|_| invalid(name, "must be an RFC 3339 time, e.g. 2026-12-07T00:00:00Z"))
 }
 
 async fn list_logs(
@@ -767,11 +851,6 @@ fn analytics_query(
     let now_ms = state.ai_gateway.now_ms();
     // `until` is exclusive; by default it takes in this very millisecond.
     let (mut since_ms, mut until_ms, mut bucket_ms) = (None, now_ms + 1, 60 * MINUTE_MS);
-    let time = |name: &str, value: &str| {
-        time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339)
-            .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
-            .map_err(|_| invalid(name, "must be an RFC 3339 time, e.g. 2026-12-07T00:00:00Z"))
-    };
     for (name, value) in &pairs {
         match name.as_str() {
             "interval" => {
@@ -782,8 +861,8 @@ fn analytics_query(
                     _ => return Err(invalid(name, "must be minute, hour or day")),
                 }
             }
-            "since" => since_ms = Some(time(name, value)?),
-            "until" => until_ms = time(name, value)?,
+            "since" => since_ms = Some(rfc3339_ms(name, value)?),
+            "until" => until_ms = rfc3339_ms(name, value)?,
             _ => return Err(invalid(name, "is not an analytics parameter")),
         }
     }

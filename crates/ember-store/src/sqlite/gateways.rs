@@ -204,23 +204,32 @@ fn log_filter(query: &LogQuery) -> (String, Vec<SqlValue>) {
         query.gateway_id.clone().into(),
     ];
     let mut add = |column: &str, value: SqlValue| {
-        clause.push_str(&format!(" AND {column} = ?"));
+        clause.push_str(&format!(" AND {column} ?"));
         values.push(value);
     };
     if let Some(success) = query.success {
-        add("success", success.into());
+        add("success =", success.into());
     }
     if let Some(cached) = query.cached {
-        add("cached", cached.into());
+        add("cached =", cached.into());
     }
     if let Some(model) = &query.model {
-        add("model", model.clone().into());
+        add("model =", model.clone().into());
+    }
+    if let Some(model_type) = &query.model_type {
+        add("model_type =", model_type.clone().into());
     }
     if let Some(provider) = &query.provider {
-        add("provider", provider.clone().into());
+        add("provider =", provider.clone().into());
     }
     if let Some(feedback) = query.feedback {
-        add("feedback", i64::from(feedback).into());
+        add("feedback =", i64::from(feedback).into());
+    }
+    if let Some(from_ms) = query.created_from_ms {
+        add("created_at_ms >=", from_ms.into());
+    }
+    if let Some(until_ms) = query.created_until_ms {
+        add("created_at_ms <", until_ms.into());
     }
     (clause, values)
 }
