@@ -74,7 +74,12 @@ pub(crate) fn load(dir: &Path) -> anyhow::Result<Loaded> {
                 "{name}: unsupported CTranslate2 dtype {other} (int16 models are not supported)"
             ),
         };
-        tensors.insert(name.clone(), tensor.to_dtype(DType::F32)?);
+        // f16 stays f16 until used (`Weights`); every other type is widened now.
+        let tensor = match tensor.dtype() {
+            DType::F16 => tensor,
+            _ => tensor.to_dtype(DType::F32)?,
+        };
+        tensors.insert(name.clone(), tensor);
     }
     Ok(Loaded {
         weights: Weights::new(tensors),

@@ -9,8 +9,15 @@
 //! Measured in a release build on this 2-core VM: the 80 MB output projection of tiny.en in
 //! ~4 ms against gemm's 7 ms. Unoptimized (the dev profile's opt-level 1) they are scalar and
 //! about as fast as gemm's single-threaded path. Results differ from gemm's only in rounding.
+//!
+//! A decoding step reads every decoder weight once, so its speed is the memory's: weights that
+//! came as f16 (CTranslate2's files) stay f16 here, half the bytes, and each block of four rows
+//! is widened to f32 (exactly) just before it is used; the sums are the same as from f32
+//! weights. A product of more rows (a prompt) widens the whole weight and runs gemm.
 
-use candle_core::{Device, Storage, Tensor};
+use candle_core::{DType, Device, Storage, Tensor};
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 /// Above this many rows gemm's blocked kernels win: use `Tensor::matmul`.
@@ -20,11 +27,12 @@ const MAX_BLOCK: usize = 512;
 /// Fewest output columns per task (a 256-byte run of each weight row).
 const MIN_BLOCK: usize = 64;
 
-/// `x [m, in] × w [in, out]` for a contiguous f32 `w`, through these loops when `m` is small.
+/// `x [m, in] × w [in, out]` for a contiguous f32 or f16 `w`, through these loops when `m` is
+/// small.
 pub(crate) fn matmul(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     let (m, inner) = x.dims2()?;
     if m > MAX_ROWS {
-        return x.matmul(w);
+        return x.matmul(&w.to_dtype(DType::F32)?);
     }
     let (w_inner, out) = w.dims2()?;
     if w_inner != inner {
@@ -33,7 +41,10 @@ pub(crate) fn matmul(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
         )));
     }
     let x = x.flatten_all()?.to_vec1::<f32>()?;
-    let y = with_slice(w, |w| Ok(product(&x, m, w, out)))?;
+    let y = match w.dtype() {
+        DType::F16 => with_slice(w, |w: &[f16]| Ok(product(&x, m, w, out)))?,
+        _ => with_slice(w, |w: &[f32]| Ok(product(&x, m, w, out)))?,
+    };
     Tensor::from_vec(y, (m, out), &Device::Cpu)
 }
 
@@ -45,7 +56,7 @@ pub(crate) fn matmul_heads(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor
     }
     let (_, _, out) = w.dims3()?;
     let x = x.flatten_all()?.to_vec1::<f32>()?;
-    let y = with_slice(w, |w| {
+    let y = with_slice(w, |w: &[f32]| {
         let per_head: Vec<Vec<f32>> = (0..heads)
             .into_par_iter()
             .map(|h| {
@@ -61,10 +72,10 @@ pub(crate) fn matmul_heads(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor
     Tensor::from_vec(y, (heads, m, out), &Device::Cpu)
 }
 
-/// Runs `f` on the data of a contiguous f32 CPU tensor.
-fn with_slice<R>(
+/// Runs `f` on the data of a contiguous CPU tensor of `T`.
+fn with_slice<T: candle_core::WithDType, R>(
     t: &Tensor,
-    f: impl FnOnce(&[f32]) -> candle_core::Result<R>,
+    f: impl FnOnce(&[T]) -> candle_core::Result<R>,
 ) -> candle_core::Result<R> {
     if !t.is_contiguous() {
         return Err(candle_core::Error::Msg(
@@ -77,7 +88,7 @@ fn with_slice<R>(
             "matvec: the weight is not on the CPU".into(),
         ));
     };
-    let data = cpu.as_slice::<f32>()?;
+    let data = cpu.as_slice::<T>()?;
     let start = layout.start_offset();
     f(&data[start..start + t.elem_count()])
 }
@@ -85,7 +96,7 @@ fn with_slice<R>(
 /// `x [m, in] × w [in, out]` (row-major), column blocks on rayon's threads. Narrow outputs
 /// (384 columns for tiny's second FFN projection) still make two blocks per thread: a decoding
 /// step reads its weights from memory, so every thread must stream its share.
-fn product(x: &[f32], m: usize, w: &[f32], out: usize) -> Vec<f32> {
+fn product<W: WeightRow>(x: &[f32], m: usize, w: &[W], out: usize) -> Vec<f32> {
     let inner = x.len() / m.max(1);
     let tasks = 2 * rayon::current_num_threads();
     let block = out
@@ -112,22 +123,46 @@ fn product(x: &[f32], m: usize, w: &[f32], out: usize) -> Vec<f32> {
     y
 }
 
+/// A weight element type the loops read: f32 as it is, f16 widened a row at a time.
+trait WeightRow: Copy + Send + Sync {
+    /// `row` as f32: itself, or widened into `buffer`.
+    fn widened<'a>(row: &'a [Self], buffer: &'a mut [f32]) -> &'a [f32];
+}
+
+impl WeightRow for f32 {
+    fn widened<'a>(row: &'a [f32], _: &'a mut [f32]) -> &'a [f32] {
+        row
+    }
+}
+
+impl WeightRow for f16 {
+    fn widened<'a>(row: &'a [f16], buffer: &'a mut [f32]) -> &'a [f32] {
+        let buffer = &mut buffer[..row.len()];
+        // F16C's conversion where the CPU has it (checked at run time by `half`).
+        row.convert_to_f32_slice(buffer);
+        buffer
+    }
+}
+
 /// `y [m, cols] += x [m, inner] × w[.., cols]` for the column range `cols` of `w [inner, out]`.
 /// Four weight rows per pass: each output element is loaded and stored once per four rows.
-fn accumulate(
+fn accumulate<W: WeightRow>(
     x: &[f32],
     m: usize,
     inner: usize,
-    w: &[f32],
+    w: &[W],
     out: usize,
     cols: std::ops::Range<usize>,
     y: &mut [f32],
 ) {
     let width = cols.len();
     let row = |k: usize| &w[k * out + cols.start..k * out + cols.end];
+    let mut buffers = [[0f32; MAX_BLOCK]; 4];
+    let [b0, b1, b2, b3] = &mut buffers;
     let mut k = 0;
     while k + 4 <= inner {
-        let (w0, w1, w2, w3) = (row(k), row(k + 1), row(k + 2), row(k + 3));
+        let (w0, w1) = (W::widened(row(k), b0), W::widened(row(k + 1), b1));
+        let (w2, w3) = (W::widened(row(k + 2), b2), W::widened(row(k + 3), b3));
         for r in 0..m {
             let a = &x[r * inner + k..r * inner + k + 4];
             let y = &mut y[r * width..(r + 1) * width];
@@ -138,7 +173,7 @@ fn accumulate(
         k += 4;
     }
     for k in k..inner {
-        let w = row(k);
+        let w = W::widened(row(k), b0);
         for r in 0..m {
             let a = x[r * inner + k];
             for (y, &w) in y[r * width..(r + 1) * width].iter_mut().zip(w) {
@@ -167,6 +202,21 @@ mod tests {
                 .to_scalar::<f32>()
                 .unwrap();
             assert!(max < 1e-4, "{m}×{inner}×{out}: {max}");
+        }
+        // f16 weights give exactly what the same weights widened to f32 give, in either path.
+        for m in [5, 12] {
+            let x = Tensor::randn(0f32, 1.0, (m, 64), &dev).unwrap();
+            let w16 = Tensor::randn(0f32, 1.0, (64, 1300), &dev)
+                .unwrap()
+                .to_dtype(DType::F16)
+                .unwrap();
+            let w32 = w16.to_dtype(DType::F32).unwrap();
+            let (a, b) = (matmul(&x, &w16).unwrap(), matmul(&x, &w32).unwrap());
+            assert_eq!(
+                a.to_vec2::<f32>().unwrap(),
+                b.to_vec2::<f32>().unwrap(),
+                "{m} rows"
+            );
         }
         let x = Tensor::randn(0f32, 1.0, (3, 2, 8), &dev).unwrap();
         let w = Tensor::randn(0f32, 1.0, (3, 8, 5), &dev).unwrap();

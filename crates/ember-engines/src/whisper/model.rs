@@ -1,4 +1,6 @@
-//! The Whisper transformer on candle, f32 on the CPU: the audio encoder (two convolutions with
+//! The Whisper transformer on candle, computing in f32 on the CPU (the decoder's weights are kept
+//! as stored, f16 in CTranslate2's files, and widened by `matvec` as it reads them): the audio
+//! encoder (two convolutions with
 //! GELU, positions, pre-norm blocks) and the text decoder (learned positions, a key/value cache,
 //! cross-attention to the encoder, output projection tied to the token embeddings) that can hand
 //! back the raw cross-attention scores of chosen heads, which word timestamps are made from.
@@ -32,10 +34,23 @@ struct Linear {
     bias: Tensor,
 }
 
+/// Whether a layer's weights are kept as stored (a decoding step's few rows stream them, so
+/// fewer bytes are faster) or widened to f32 at load (the encoder's thousand rows run gemm).
+#[derive(Clone, Copy)]
+enum Rows {
+    Few,
+    Many,
+}
+
 impl Linear {
-    fn load(w: &mut Weights, name: &str) -> anyhow::Result<Linear> {
+    fn load(w: &mut Weights, name: &str, rows: Rows) -> anyhow::Result<Linear> {
+        let weight = format!("{name}/weight");
+        let weight = match rows {
+            Rows::Few => w.take_stored(&weight)?,
+            Rows::Many => w.take(&weight)?,
+        };
         Ok(Linear {
-            weight_t: w.take(&format!("{name}/weight"))?.t()?.contiguous()?,
+            weight_t: weight.t()?.contiguous()?,
             bias: w.take(&format!("{name}/bias"))?,
         })
     }
@@ -71,11 +86,11 @@ struct FeedForward {
 }
 
 impl FeedForward {
-    fn load(w: &mut Weights, name: &str) -> anyhow::Result<FeedForward> {
+    fn load(w: &mut Weights, name: &str, rows: Rows) -> anyhow::Result<FeedForward> {
         Ok(FeedForward {
             norm: LayerNorm::load(w, &format!("{name}/layer_norm"))?,
-            fc1: Linear::load(w, &format!("{name}/linear_0"))?,
-            fc2: Linear::load(w, &format!("{name}/linear_1"))?,
+            fc1: Linear::load(w, &format!("{name}/linear_0"), rows)?,
+            fc2: Linear::load(w, &format!("{name}/linear_1"), rows)?,
         })
     }
 
@@ -192,7 +207,8 @@ impl SelfKv {
 
 /// The text decoder.
 struct Decoder {
-    /// The token embeddings, which are also the output projection, transposed: `[d_model, vocab]`.
+    /// The token embeddings, which are also the output projection, transposed: `[d_model, vocab]`
+    /// (as stored: f16 or f32).
     embeddings_t: Tensor,
     positions: Tensor,
     layers: Vec<DecoderLayer>,
@@ -232,9 +248,9 @@ impl Model {
             let name = format!("encoder/layer_{i}");
             encoder_layers.push(EncoderLayer {
                 norm: LayerNorm::load(w, &format!("{name}/self_attention/layer_norm"))?,
-                qkv: Linear::load(w, &format!("{name}/self_attention/linear_0"))?,
-                out: Linear::load(w, &format!("{name}/self_attention/linear_1"))?,
-                ffn: FeedForward::load(w, &format!("{name}/ffn"))?,
+                qkv: Linear::load(w, &format!("{name}/self_attention/linear_0"), Rows::Many)?,
+                out: Linear::load(w, &format!("{name}/self_attention/linear_1"), Rows::Many)?,
+                ffn: FeedForward::load(w, &format!("{name}/ffn"), Rows::Many)?,
             });
         }
         let mut decoder_layers = Vec::new();
@@ -242,20 +258,21 @@ impl Model {
             let name = format!("decoder/layer_{i}");
             decoder_layers.push(DecoderLayer {
                 self_norm: LayerNorm::load(w, &format!("{name}/self_attention/layer_norm"))?,
-                self_qkv: Linear::load(w, &format!("{name}/self_attention/linear_0"))?,
-                self_out: Linear::load(w, &format!("{name}/self_attention/linear_1"))?,
+                self_qkv: Linear::load(w, &format!("{name}/self_attention/linear_0"), Rows::Few)?,
+                self_out: Linear::load(w, &format!("{name}/self_attention/linear_1"), Rows::Few)?,
                 cross_norm: LayerNorm::load(w, &format!("{name}/attention/layer_norm"))?,
-                cross_q: Linear::load(w, &format!("{name}/attention/linear_0"))?,
-                cross_kv: Linear::load(w, &format!("{name}/attention/linear_1"))?,
-                cross_out: Linear::load(w, &format!("{name}/attention/linear_2"))?,
-                ffn: FeedForward::load(w, &format!("{name}/ffn"))?,
+                cross_q: Linear::load(w, &format!("{name}/attention/linear_0"), Rows::Few)?,
+                // Applied to the encoder's output, once per window.
+                cross_kv: Linear::load(w, &format!("{name}/attention/linear_1"), Rows::Many)?,
+                cross_out: Linear::load(w, &format!("{name}/attention/linear_2"), Rows::Few)?,
+                ffn: FeedForward::load(w, &format!("{name}/ffn"), Rows::Few)?,
             });
         }
         ensure!(
             !encoder_layers.is_empty() && !decoder_layers.is_empty(),
             "the model has no layers"
         );
-        let embeddings = w.take("decoder/embeddings/weight")?;
+        let embeddings = w.take_stored("decoder/embeddings/weight")?;
         let decoder_positions = w.take("decoder/position_encodings/encodings")?;
         let dims = Dims {
             n_mels,
@@ -343,6 +360,7 @@ impl Model {
         let mut xs = dec
             .embeddings_t
             .index_select(&ids, 1)?
+            .to_dtype(candle_core::DType::F32)?
             .t()?
             .reshape((batch, t, d))?
             .broadcast_add(&positions)?

@@ -1,9 +1,9 @@
-//! What a weight loader hands the model: f32 tensors under CTranslate2's names (the one naming
-//! `model.rs` reads; `hf.rs` renames and fuses into it) and the few settings that live beside the
-//! weights in either layout.
+//! What a weight loader hands the model: tensors under CTranslate2's names (the one naming
+//! `model.rs` reads; `hf.rs` renames and fuses into it), f32 or f16 as stored, and the few
+//! settings that live beside the weights in either layout.
 
 use anyhow::Context;
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use std::collections::HashMap;
 
 /// A loaded model folder, whichever layout it came in.
@@ -29,8 +29,13 @@ impl Weights {
         Weights { tensors }
     }
 
-    /// Removes and returns a tensor: each is used once, by the layer built from it.
+    /// Removes and returns a tensor as f32: each is used once, by the layer built from it.
     pub(crate) fn take(&mut self, name: &str) -> anyhow::Result<Tensor> {
+        Ok(self.take_stored(name)?.to_dtype(DType::F32)?)
+    }
+
+    /// Removes and returns a tensor as stored, f32 or f16 (for the weights `matvec` streams).
+    pub(crate) fn take_stored(&mut self, name: &str) -> anyhow::Result<Tensor> {
         self.tensors
             .remove(name)
             .with_context(|| format!("the model has no tensor {name}"))
