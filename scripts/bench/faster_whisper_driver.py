@@ -17,8 +17,10 @@ call `transcribe` at once, as a server would; the time covers every segment of e
 import argparse
 import json
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from faster_whisper import WhisperModel
 
@@ -34,13 +36,34 @@ def transcribe(model: WhisperModel, clip: str, beam_size: int) -> str:
     return "".join(segment.text for segment in segments).strip()
 
 
+def with_vocabulary(model_dir: str) -> str:
+    """The folder CTranslate2 loads: `model_dir` itself, or, where Ember installed no
+    `vocabulary.*` (it reads `tokenizer.json` only), a folder of links to its files plus the
+    `vocabulary.json` CTranslate2's converter would have written: the tokens in id order, then
+    the timestamps."""
+    folder = Path(model_dir)
+    if any(folder.glob("vocabulary.*")):
+        return model_dir
+    tokenizer = json.loads((folder / "tokenizer.json").read_text())
+    tokens = dict(tokenizer["model"]["vocab"])
+    tokens.update({added["content"]: added["id"] for added in tokenizer.get("added_tokens", [])})
+    vocabulary = [token for token, _ in sorted(tokens.items(), key=lambda item: item[1])]
+    # The 1501 timestamp tokens follow, which tokenizer.json does not list.
+    vocabulary += [f"<|{i * 0.02:.2f}|>" for i in range(1501)]
+    linked = Path(tempfile.mkdtemp(prefix="faster-whisper-"))
+    for file in folder.iterdir():
+        (linked / file.name).symlink_to(file.resolve())
+    (linked / "vocabulary.json").write_text(json.dumps(vocabulary))
+    return str(linked)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model-dir", required=True)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     model = WhisperModel(
-        args.model_dir, device="cpu", compute_type="float32", cpu_threads=args.threads
+        with_vocabulary(args.model_dir), device="cpu", compute_type="float32", cpu_threads=args.threads
     )
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
