@@ -10,6 +10,7 @@
 use crate::AiGatewayError;
 use regex::Regex;
 use serde_json::{Value, json};
+use std::collections::HashMap;
 use std::sync::LazyLock;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,7 +150,7 @@ impl Dlp {
                 let entry_ids: Vec<String> = profile
                     .entries
                     .iter()
-                    .filter(|entry| (entry.detect)(text))
+                    .filter(|entry| entry.detect(text))
                     .map(|entry| entry.id.to_string())
                     .collect();
                 if entry_ids.is_empty() {
@@ -296,11 +297,34 @@ pub struct Profile {
     pub entries: &'static [Entry],
 }
 
-/// One kind of sensitive data and how to find it.
+/// One kind of sensitive data: a pattern, and the check a match must pass (a checksum) to count.
 pub struct Entry {
     pub id: &'static str,
     pub name: &'static str,
-    detect: fn(&str) -> bool,
+    pattern: &'static str,
+    valid: fn(&str) -> bool,
+}
+
+impl Entry {
+    const fn new(id: &'static str, name: &'static str, pattern: &'static str) -> Entry {
+        Entry {
+            id,
+            name,
+            pattern,
+            valid: |_| true,
+        }
+    }
+
+    const fn checked(self, valid: fn(&str) -> bool) -> Entry {
+        Entry { valid, ..self }
+    }
+
+    fn detect(&self, text: &str) -> bool {
+        let pattern = &PATTERNS[self.id];
+        pattern
+            .find_iter(text)
+            .any(|found| (self.valid)(found.as_str()))
+    }
 }
 
 /// Ember's predefined profiles, after Cloudflare's (health records are not among them: they
@@ -310,123 +334,110 @@ pub static PROFILES: &[Profile] = &[
         id: "financial-information",
         name: "Financial Information",
         entries: &[
-            Entry {
-                id: "credit-card-number",
-                name: "Credit card number",
-                detect: has_card_number,
-            },
-            Entry {
-                id: "iban",
-                name: "International Bank Account Number (IBAN)",
-                detect: has_iban,
-            },
+            // 13 to 19 digits, spaces or dashes between them allowed.
+            Entry::new(
+                "credit-card-number",
+                "Credit card number",
+                r"\b\d(?:[ -]?\d){12,18}\b",
+            )
+            .checked(card_number),
+            Entry::new(
+                "iban",
+                "International Bank Account Number (IBAN)",
+                r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b",
+            )
+            .checked(iban),
         ],
     },
     Profile {
         id: "credentials-and-secrets",
         name: "Credentials and Secrets",
         entries: &[
-            Entry {
-                id: "aws-access-key-id",
-                name: "Amazon AWS Access Key ID",
-                detect: |text| AWS_KEY.is_match(text),
-            },
-            Entry {
-                id: "github-token",
-                name: "GitHub token",
-                detect: |text| GITHUB_TOKEN.is_match(text),
-            },
-            Entry {
-                id: "google-api-key",
-                name: "Google API key",
-                detect: |text| GOOGLE_KEY.is_match(text),
-            },
-            Entry {
-                id: "slack-token",
-                name: "Slack token",
-                detect: |text| SLACK_TOKEN.is_match(text),
-            },
-            Entry {
-                id: "openai-api-key",
-                name: "OpenAI API key",
-                detect: |text| OPENAI_KEY.is_match(text),
-            },
-            Entry {
-                id: "private-key",
-                name: "Private key",
-                detect: |text| PRIVATE_KEY.is_match(text),
-            },
+            Entry::new(
+                "aws-access-key-id",
+                "Amazon AWS Access Key ID",
+                r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b",
+            ),
+            Entry::new(
+                "github-token",
+                "GitHub token",
+                r"\bgh[pousr]_[A-Za-z0-9]{36}\b",
+            ),
+            Entry::new(
+                "google-api-key",
+                "Google API key",
+                r"\bAIza[0-9A-Za-z_-]{35}",
+            ),
+            Entry::new(
+                "slack-token",
+                "Slack token",
+                r"\bxox[abposr]-[0-9A-Za-z]+-[0-9A-Za-z-]{8,}",
+            ),
+            Entry::new(
+                "openai-api-key",
+                "OpenAI API key",
+                r"\bsk-(?:proj-)?[A-Za-z0-9_-]{32,}",
+            ),
+            Entry::new(
+                "private-key",
+                "Private key",
+                r"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----",
+            ),
         ],
     },
     Profile {
         id: "government-identifiers",
         name: "Government Identifiers",
         entries: &[
-            Entry {
-                id: "us-social-security-number",
-                name: "United States Social Security Number (SSN)",
-                detect: has_ssn,
-            },
-            Entry {
-                id: "uk-national-insurance-number",
-                name: "United Kingdom National Insurance Number",
-                detect: |text| UK_NINO.is_match(text),
-            },
+            Entry::new(
+                "us-social-security-number",
+                "United States Social Security Number (SSN)",
+                r"\b\d{3}-\d{2}-\d{4}\b",
+            )
+            .checked(ssn),
+            Entry::new(
+                "uk-national-insurance-number",
+                "United Kingdom National Insurance Number",
+                r"\b[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b",
+            ),
         ],
     },
     Profile {
         id: "personal-information",
         name: "Personally Identifiable Information (PII)",
         entries: &[
-            Entry {
-                id: "email-address",
-                name: "Email address",
-                detect: |text| EMAIL.is_match(text),
-            },
-            Entry {
-                id: "phone-number",
-                name: "Phone number (North American, with or without a country code)",
-                detect: |text| PHONE.is_match(text),
-            },
+            Entry::new(
+                "email-address",
+                "Email address",
+                r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b",
+            ),
+            Entry::new(
+                "phone-number",
+                "Phone number (North American, with or without a country code)",
+                r"(?:\+\d{1,3}[ .-]?)?\(?\b\d{3}\)?[ .-]\d{3}[ .-]\d{4}\b",
+            ),
         ],
     },
 ];
 
-static CARD: LazyLock<Regex> = LazyLock::new(|| regex(r"\b\d(?:[ -]?\d){12,18}\b"));
-static IBAN: LazyLock<Regex> = LazyLock::new(|| regex(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b"));
-static SSN: LazyLock<Regex> = LazyLock::new(|| regex(r"\b(\d{3})-(\d{2})-(\d{4})\b"));
-static AWS_KEY: LazyLock<Regex> = LazyLock::new(|| regex(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"));
-static GITHUB_TOKEN: LazyLock<Regex> = LazyLock::new(|| regex(r"\bgh[pousr]_[A-Za-z0-9]{36}\b"));
-static GOOGLE_KEY: LazyLock<Regex> = LazyLock::new(|| regex(r"\bAIza[0-9A-Za-z_-]{35}"));
-static SLACK_TOKEN: LazyLock<Regex> =
-    LazyLock::new(|| regex(r"\bxox[abposr]-[0-9A-Za-z]+-[0-9A-Za-z-]{8,}"));
-static OPENAI_KEY: LazyLock<Regex> = LazyLock::new(|| regex(r"\bsk-(?:proj-)?[A-Za-z0-9_-]{32,}"));
-static PRIVATE_KEY: LazyLock<Regex> =
-    LazyLock::new(|| regex(r"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----"));
-static UK_NINO: LazyLock<Regex> =
-    LazyLock::new(|| regex(r"\b[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b"));
-static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
-    regex(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
-});
-static PHONE: LazyLock<Regex> =
-    LazyLock::new(|| regex(r"(?:\+\d{1,3}[ .-]?)?\(?\b\d{3}\)?[ .-]\d{3}[ .-]\d{4}\b"));
-
-fn regex(text: &str) -> Regex {
+/// Every entry's pattern, compiled once, by entry id.
+static PATTERNS: LazyLock<HashMap<&'static str, Regex>> = LazyLock::new(|| {
+    let entries = PROFILES.iter().flat_map(|profile| profile.entries);
     // The patterns are constants: one that does not compile is a bug the unit tests catch.
-    Regex::new(text).expect("a DLP pattern compiles")
-}
+    entries
+        .map(|entry| {
+            (
+                entry.id,
+                Regex::new(entry.pattern).expect("a DLP pattern compiles"),
+            )
+        })
+        .collect()
+});
 
-/// A 13–19 digit number (spaces or dashes between digits allowed) with a card network's first
-/// digit and a valid Luhn check digit.
-fn has_card_number(text: &str) -> bool {
-    CARD.find_iter(text).any(|found| {
-        let digits: Vec<u32> = found
-            .as_str()
-            .chars()
-            .filter_map(|c| c.to_digit(10))
-            .collect();
-        (13..=19).contains(&digits.len()) && matches!(digits[0], 2..=6) && luhn(&digits)
-    })
+/// A card number: a card network's first digit and a valid Luhn check digit.
+fn card_number(found: &str) -> bool {
+    let digits: Vec<u32> = found.chars().filter_map(|c| c.to_digit(10)).collect();
+    matches!(digits[0], 2..=6) && luhn(&digits)
 }
 
 fn luhn(digits: &[u32]) -> bool {
@@ -444,34 +455,29 @@ fn luhn(digits: &[u32]) -> bool {
 }
 
 /// An IBAN whose mod-97 check holds (ISO 13616).
-fn has_iban(text: &str) -> bool {
-    IBAN.find_iter(text).any(|found| {
-        let compact: String = found.as_str().chars().filter(|c| *c != ' ').collect();
-        let (head, tail) = compact.split_at(4);
-        let mut remainder: u32 = 0;
-        for c in tail.chars().chain(head.chars()) {
-            let value = match c.to_digit(36) {
-                Some(value) => value,
-                None => return false,
-            };
-            // Letters count as two digits (A = 10 ... Z = 35).
-            let shift = if value > 9 { 100 } else { 10 };
-            remainder = (remainder * shift + value) % 97;
-        }
-        remainder == 1
-    })
+fn iban(found: &str) -> bool {
+    let compact: String = found.chars().filter(|c| *c != ' ').collect();
+    let (head, tail) = compact.split_at(4);
+    let mut remainder: u32 = 0;
+    for c in tail.chars().chain(head.chars()) {
+        let Some(value) = c.to_digit(36) else {
+            return false;
+        };
+        // Letters count as two digits (A = 10 ... Z = 35).
+        let shift = if value > 9 { 100 } else { 10 };
+        remainder = (remainder * shift + value) % 97;
+    }
+    remainder == 1
 }
 
 /// A dashed SSN whose area, group and serial are ones the SSA issues.
-fn has_ssn(text: &str) -> bool {
-    SSN.captures_iter(text).any(|found| {
-        let (area, group, serial) = (&found[1], &found[2], &found[3]);
-        area != "000"
-            && area != "666"
-            && !area.starts_with('9')
-            && group != "00"
-            && serial != "0000"
-    })
+fn ssn(found: &str) -> bool {
+    let mut parts = found.split('-');
+    let (area, group, serial) = (parts.next(), parts.next(), parts.next());
+    let (Some(area), Some(group), Some(serial)) = (area, group, serial) else {
+        return false;
+    };
+    area != "000" && area != "666" && !area.starts_with('9') && group != "00" && serial != "0000"
 }
 
 #[cfg(test)]
@@ -482,7 +488,7 @@ mod tests {
         PROFILES
             .iter()
             .flat_map(|profile| profile.entries.iter())
-            .filter(|entry| (entry.detect)(text))
+            .filter(|entry| entry.detect(text))
             .map(|entry| entry.id)
             .collect()
     }

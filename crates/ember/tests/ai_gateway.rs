@@ -1374,6 +1374,19 @@ async fn provider_urls_check_the_account_and_an_authenticated_gateway() {
 /// (2016), a flagged one does, an answer in a blocked category is refused (2017) and never
 /// cached, a streamed answer's check is logged when it ends, each log says what was found, and
 /// each check is charged as a run of the guard model.
+/// A chat to the `echo` provider through `gateway`, which answers with `content` (streamed when
+/// asked), cacheable for 10 minutes.
+fn ask_echo(gateway: &str, content: &str, stream: bool) -> Request<Body> {
+    let body = json!({"model": "any", "stream": stream,
+                      "messages": [{"role": "user", "content": content}]});
+    let path = format!("/v1/local/{gateway}/echo/chat/completions");
+    let mut request = post(&path, body.to_string());
+    request
+        .headers_mut()
+        .insert("cf-aig-cache-ttl", "600".parse().unwrap());
+    request
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn guardrails_flag_and_block_by_category() {
     let upstream = upstream().await;
@@ -1392,15 +1405,7 @@ async fn guardrails_flag_and_block_by_category() {
         created["guardrails"],
         json!({"prompt": {"s1": "FLAG", "s9": "BLOCK"}, "response": {"s10": "BLOCK"}})
     );
-    let ask_for = |content: &str, stream: bool| {
-        let body = json!({"model": "any", "stream": stream,
-                          "messages": [{"role": "user", "content": content}]});
-        let mut request = post("/v1/local/guarded/echo/chat/completions", body.to_string());
-        request
-            .headers_mut()
-            .insert("cf-aig-cache-ttl", "600".parse().unwrap());
-        request
-    };
+    let ask_for = |content: &str, stream: bool| ask_echo("guarded", content, stream);
     let ask = |content: &str| ask_for(content, false);
     let guardrails_of = |log: &Value| log["guardrails"].clone();
     let log_of = |reply: &Reply| {
@@ -1575,15 +1580,7 @@ async fn dlp_blocks_and_flags_sensitive_data_both_ways() {
     ]});
     let created = json_request("POST", GATEWAYS, json!({"id": "careful", "dlp": dlp}));
     assert_eq!(result(&app, created).await["dlp"], dlp);
-    let ask = |content: &str, stream: bool| {
-        let body = json!({"model": "any", "stream": stream,
-                          "messages": [{"role": "user", "content": content}]});
-        let mut request = post("/v1/local/careful/echo/chat/completions", body.to_string());
-        request
-            .headers_mut()
-            .insert("cf-aig-cache-ttl", "600".parse().unwrap());
-        request
-    };
+    let ask = |content: &str, stream: bool| ask_echo("careful", content, stream);
     let found =
         |reply: &Reply| -> Value { serde_json::from_str(reply.header("cf-aig-dlp")).unwrap() };
     let log_of = |reply: &Reply| {
