@@ -5,8 +5,10 @@
 //! identical one was kept, and otherwise sent on to the routes: again on a 5xx or a timeout as
 //! its retries allow, and to the next step of a universal request when one fails (`steps.rs`);
 //! a `dynamic/<route>` request follows its route's graph (`dynamic.rs`).
-//! The gateway's guardrails judge the prompt before it runs and the answer after (`guarding.rs`;
-//! a streamed one for the log only). What it answered is cached and logged (`recorder.rs`); a
+//! The gateway's guardrails judge the prompt before it runs and the answer after (`guarding.rs`),
+//! and its DLP scans both for sensitive data (`scanning.rs`); a stream whose answer either must
+//! judge first is read whole (guardrails: on the gateway's own endpoints only, otherwise it is
+//! judged at its end for the log). What it answered is cached and logged (`recorder.rs`); a
 //! stream is passed on chunk by chunk and kept when it ends. The gateway and log routes are in
 //! `routes.rs`, the options' wire forms in `options.rs`, the upstream providers in
 //! `providers.rs`, the WebSockets API in `websocket.rs`.
@@ -449,7 +451,7 @@ where
             Err(error) => tracing::warn!(%error, "the response cache could not be read"),
         }
     }
-    if let Some(scanning) = &scanning
+    if let Some(scanning) = scanning.as_mut()
         && let Err(error) = scanning.check_request()
     {
         log.dlp = scanning.found();

@@ -1,11 +1,12 @@
 //! A gateway's DLP on one request (the policies and profiles are `ember_ai_gateway::dlp`'s): the
-//! request's body scanned as it arrives, acted on only after a cache miss (a hit was scanned when
-//! it was kept); a whole answer, or a stream read whole first, scanned before it goes out. A
+//! request's body scanned after a cache miss (a hit is not scanned: its answer passed when it
+//! was kept, and the cached path stays cheap); a whole answer, or a stream read whole first, scanned before it goes out. A
 //! block answers Cloudflare's 2029 (request) or 2030 (response) and is never cached; what was
 //! found, flagged or blocked, goes out in the `cf-aig-dlp` header and into the log.
 
 use super::guarding::streamed_answer;
 use crate::error::ApiError;
+use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue};
 use ember_ai_gateway::dlp::{Check, Dlp, DlpAction, Findings};
 
@@ -14,22 +15,29 @@ const DLP_HEADER: &str = "cf-aig-dlp";
 
 pub(super) struct Scanning {
     dlp: Dlp,
+    request: Bytes,
     found: Option<Findings>,
 }
 
 impl Scanning {
     /// The gateway's DLP on a request whose body is `body`; none when no policy is on.
-    pub(super) fn new(stored: Option<&str>, body: &[u8]) -> Option<Scanning> {
+    pub(super) fn new(stored: Option<&str>, body: &Bytes) -> Option<Scanning> {
         let dlp = Dlp::parse_stored(stored)?;
         if !dlp.checks(Check::Request) && !dlp.checks(Check::Response) {
             return None;
         }
-        let found = dlp.scan(Check::Request, &String::from_utf8_lossy(body));
-        Some(Scanning { dlp, found })
+        Some(Scanning {
+            dlp,
+            request: body.clone(),
+            found: None,
+        })
     }
 
-    /// Refuses a request the policies block.
-    pub(super) fn check_request(&self) -> Result<(), ApiError> {
+    /// Scans the request; refuses one the policies block.
+    pub(super) fn check_request(&mut self) -> Result<(), ApiError> {
+        self.found = self
+            .dlp
+            .scan(Check::Request, &String::from_utf8_lossy(&self.request));
         match &self.found {
             Some(found) if found.action == DlpAction::Block => {
                 Err(ApiError::DlpBlocked { response: false })
@@ -84,7 +92,8 @@ mod tests {
     fn a_number_streamed_in_pieces_is_found_in_the_answer_they_spell() {
         let dlp = json!({"policies": [{"id": "cards", "action": "BLOCK", "check": ["RESPONSE"],
                                        "profiles": ["financial-information"]}]});
-        let mut scanning = Scanning::new(Some(&dlp.to_string()), b"{}").unwrap();
+        let mut scanning =
+            Scanning::new(Some(&dlp.to_string()), &Bytes::from_static(b"{}")).unwrap();
         assert!(scanning.check_request().is_ok());
         let events =
             "data: {\"response\":\"4111 1111 \"}\n\ndata: {\"response\":\"1111 1111\"}\n\n";
