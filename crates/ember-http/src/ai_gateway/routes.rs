@@ -443,11 +443,6 @@ fn log_query(caller: &Caller, gateway_id: &str, query: Option<&str>) -> Result<L
             filters[part].push(value);
             continue;
         }
-        let flag = || match value.as_str() {
-            "true" => Ok(true),
-            "false" => Ok(false),
-            _ => Err(invalid(&name, "must be true or false")),
-        };
         let count = |range: std::ops::RangeInclusive<u32>| {
             value
                 .parse::<u32>()
@@ -463,19 +458,11 @@ fn log_query(caller: &Caller, gateway_id: &str, query: Option<&str>) -> Result<L
         match name.as_str() {
             "page" => log_query.page = count(1..=u32::MAX)?,
             "per_page" => log_query.per_page = count(1..=MAX_LOGS_PER_PAGE)?,
-            "success" => log_query.success = Some(flag()?),
-            "cached" => log_query.cached = Some(flag()?),
-            "model" => log_query.model = Some(value),
-            "model_type" => log_query.model_type = Some(value),
-            "provider" => log_query.provider = Some(value),
             "start_date" => log_query.created_from_ms = Some(rfc3339_ms(&name, &value)?),
             "end_date" => log_query.created_until_ms = Some(rfc3339_ms(&name, &value)? + 1),
-            "feedback" => {
-                log_query.feedback = Some(match value.as_str() {
-                    "1" => 1,
-                    "-1" => -1,
-                    _ => return Err(invalid(&name, "must be 1 or -1")),
-                })
+            // `success=true` is the filter `{key: success, operator: eq, value: true}`.
+            "success" | "cached" | "model" | "model_type" | "provider" | "feedback" => {
+                apply_filter(&mut log_query, &name, "eq", &value, &name)?
             }
             _ => return Err(invalid(&name, "is not a log filter")),
         }
@@ -488,28 +475,28 @@ fn log_query(caller: &Caller, gateway_id: &str, query: Option<&str>) -> Result<L
         ));
     }
     for ((key, operator), value) in keys.iter().zip(&operators).zip(&values) {
-        apply_filter(&mut log_query, key, operator, value)?;
+        apply_filter(&mut log_query, key, operator, value, "filters.value")?;
     }
     Ok(log_query)
 }
 
-/// One of the SDK's `{key, operator, value}` filters, on the fields Ember keeps.
+/// A `{key, operator, value}` filter on the fields Ember keeps; a bad value is named as
+/// `value_field` (the plain parameter, or the SDK's `filters.value`).
 fn apply_filter(
     query: &mut LogQuery,
     key: &str,
     operator: &str,
     value: &str,
+    value_field: &str,
 ) -> Result<(), ApiError> {
     let flag = || match value {
         "true" => Ok(true),
         "false" => Ok(false),
-        _ => Err(invalid("filters.value", format!("{key} is true or false"))),
+        _ => Err(invalid(value_field, format!("{key} is true or false"))),
     };
     match (key, operator) {
-        ("created_at", "lt") => query.created_until_ms = Some(rfc3339_ms("filters.value", value)?),
-        ("created_at", "gt") => {
-            query.created_from_ms = Some(rfc3339_ms("filters.value", value)? + 1)
-        }
+        ("created_at", "lt") => query.created_until_ms = Some(rfc3339_ms(value_field, value)?),
+        ("created_at", "gt") => query.created_from_ms = Some(rfc3339_ms(value_field, value)? + 1),
         ("success", "eq") => query.success = Some(flag()?),
         ("success", "neq") => query.success = Some(!flag()?),
         ("cached", "eq") => query.cached = Some(flag()?),
@@ -521,7 +508,7 @@ fn apply_filter(
             query.feedback = Some(match value {
                 "1" => 1,
                 "-1" => -1,
-                _ => return Err(invalid("filters.value", "feedback is 1 or -1")),
+                _ => return Err(invalid(value_field, "feedback is 1 or -1")),
             })
         }
         (
