@@ -251,8 +251,13 @@ impl Drop for Metered {
     /// dropped). Logged as aborted, its reservation given back.
     fn drop(&mut self) {
         let aborted = ApiError::Infer(InferError::Aborted);
-        self.outcome = Some(Err(aborted.clone()));
-        if let Some((access, admission, record)) = self.settlement(aborted.kind().status)
+        // A stream's 200 went out with its headers.
+        let status = match self.streaming {
+            true => StatusCode::OK,
+            false => aborted.kind().status,
+        };
+        self.outcome = Some(Err(aborted));
+        if let Some((access, admission, record)) = self.settlement(status)
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
             runtime.spawn(settle(access, admission, record));
@@ -279,11 +284,12 @@ pub(crate) async fn settle(
     admission: Option<Admission>,
     record: RequestRecord,
 ) {
+    let request = record.id.clone();
     let written = tokio::spawn(async move { access.settle(admission, record).await }).await;
     match written {
         Ok(Ok(())) => {}
-        Ok(Err(error)) => tracing::error!(%error, "could not write the request log"),
-        Err(error) => tracing::error!(%error, "the request log writer failed"),
+        Ok(Err(error)) => tracing::error!(%error, request, "could not write the request log"),
+        Err(error) => tracing::error!(%error, request, "the request log writer failed"),
     }
 }
 

@@ -475,11 +475,7 @@ async fn settle(
             outcome,
         }),
     };
-    // Its own task: a run that gives way while settling still settles whole (the ledger row and
-    // the allocation's count of it together).
-    let access = state.access.clone();
-    let settled = tokio::spawn(async move { access.settle(admission, record).await }).await;
-    if let Ok(Err(error)) = settled {
-        tracing::error!(%error, batch = item.batch_id, index = item.index, "could not store a batch result");
-    }
+    // In its own task: a run that gives way while settling still settles whole (the ledger row,
+    // the result and the allocation's count of it together).
+    crate::metering::settle(state.access.clone(), admission, record).await;
 }
