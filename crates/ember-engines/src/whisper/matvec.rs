@@ -63,8 +63,15 @@ pub(crate) fn matmul_heads(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor
             .map(|h| {
                 let x = &x[h * m * inner..(h + 1) * m * inner];
                 let w = &w[h * inner * out..(h + 1) * inner * out];
+                let operands = Operands {
+                    x,
+                    m,
+                    inner,
+                    w,
+                    out,
+                };
                 let mut y = vec![0f32; m * out];
-                accumulate_block(x, m, inner, w, out, 0..out, &mut y);
+                operands.accumulate(0..out, &mut y);
                 y
             })
             .collect();
@@ -104,12 +111,19 @@ fn product<W: WeightRow>(x: &[f32], m: usize, w: &[W], out: usize) -> Vec<f32> {
         .div_ceil(tasks)
         .next_multiple_of(16)
         .clamp(MIN_BLOCK, MAX_BLOCK);
+    let operands = Operands {
+        x,
+        m,
+        inner,
+        w,
+        out,
+    };
     let blocks: Vec<Vec<f32>> = (0..out.div_ceil(block))
         .into_par_iter()
         .map(|b| {
             let cols = b * block..out.min((b + 1) * block);
             let mut y = vec![0f32; m * cols.len()];
-            accumulate_block(x, m, inner, w, out, cols, &mut y);
+            operands.accumulate(cols, &mut y);
             y
         })
         .collect();
@@ -167,114 +181,116 @@ impl WeightRow for f16 {
     }
 }
 
-/// `accumulate`, in registers where the CPU has AVX-512.
-fn accumulate_block<W: WeightRow>(
-    x: &[f32],
+/// The operands of one product: `x [m, inner]` by `w [inner, out]`, both row-major.
+#[derive(Clone, Copy)]
+struct Operands<'a, W> {
+    x: &'a [f32],
     m: usize,
     inner: usize,
-    w: &[W],
+    w: &'a [W],
     out: usize,
-    cols: std::ops::Range<usize>,
-    y: &mut [f32],
-) {
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-    accumulate_avx512(x, m, inner, w, out, cols, y);
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
-    accumulate(x, m, inner, w, out, cols, y);
 }
 
-/// `accumulate` on AVX-512, when `inner` is a multiple of four (every Whisper width is): each
-/// 16 columns of four weight rows are loaded once (f16 widened by `vcvtph2ps`) and added into
-/// every output row in `accumulate`'s order of operations, so the sums are the same. Columns
-/// past the last 16 go through `accumulate`'s loop.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-#[allow(unsafe_code)] // SIMD intrinsics; bounds checked once, before the loops
-fn accumulate_avx512<W: WeightRow>(
-    x: &[f32],
-    m: usize,
-    inner: usize,
-    w: &[W],
-    out: usize,
-    cols: std::ops::Range<usize>,
-    y: &mut [f32],
-) {
-    use std::arch::x86_64::*;
-    let width = cols.len();
-    let lanes = width / 16 * 16;
-    if !inner.is_multiple_of(4) || lanes == 0 {
-        return accumulate(x, m, inner, w, out, cols, y);
+impl<W: WeightRow> Operands<'_, W> {
+    /// `y [m, cols] += x × w[.., cols]`: in registers where the CPU has AVX-512, else `plain`.
+    fn accumulate(&self, cols: std::ops::Range<usize>, y: &mut [f32]) {
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+        self.avx512(cols, y);
+        #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
+        self.plain(cols, y);
     }
-    assert!(x.len() >= m * inner && y.len() >= m * width);
-    assert!(cols.end <= out && inner * out <= w.len());
-    for k in (0..inner).step_by(4) {
-        for j in (0..lanes).step_by(16) {
-            // SAFETY: k + 3 < inner and cols.start + j + 16 <= cols.end <= out, so every load
-            // is inside `w`; r < m and j + 16 <= width, so every load and store of y is inside
-            // row r (asserted above).
-            unsafe {
-                let load = |kk: usize| W::load16(w.as_ptr().add(kk * out + cols.start + j));
-                let (w0, w1, w2, w3) = (load(k), load(k + 1), load(k + 2), load(k + 3));
-                for r in 0..m {
-                    let a = |i: usize| _mm512_set1_ps(*x.get_unchecked(r * inner + k + i));
-                    let sum = _mm512_add_ps(
-                        _mm512_add_ps(
-                            _mm512_add_ps(_mm512_mul_ps(a(0), w0), _mm512_mul_ps(a(1), w1)),
-                            _mm512_mul_ps(a(2), w2),
-                        ),
-                        _mm512_mul_ps(a(3), w3),
-                    );
-                    let at = y.as_mut_ptr().add(r * width + j);
-                    _mm512_storeu_ps(at, _mm512_add_ps(_mm512_loadu_ps(at), sum));
+
+    /// `accumulate` on AVX-512, when `inner` is a multiple of four (every Whisper width is):
+    /// each 16 columns of four weight rows are loaded once (f16 widened by `vcvtph2ps`) and added
+    /// into every output row in `plain`'s order of operations, so the sums are the same. Columns
+    /// past the last 16 go through `plain`.
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    #[allow(unsafe_code)] // SIMD intrinsics; bounds checked once, before the loops
+    fn avx512(&self, cols: std::ops::Range<usize>, y: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let Operands {
+            x,
+            m,
+            inner,
+            w,
+            out,
+        } = *self;
+        let width = cols.len();
+        let lanes = width / 16 * 16;
+        if !inner.is_multiple_of(4) || lanes == 0 {
+            return self.plain(cols, y);
+        }
+        assert!(x.len() >= m * inner && y.len() >= m * width);
+        assert!(cols.end <= out && inner * out <= w.len());
+        for k in (0..inner).step_by(4) {
+            for j in (0..lanes).step_by(16) {
+                // SAFETY: k + 3 < inner and cols.start + j + 16 <= cols.end <= out, so every load
+                // is inside `w`; r < m and j + 16 <= width, so every load and store of y is inside
+                // row r (asserted above).
+                unsafe {
+                    let load = |kk: usize| W::load16(w.as_ptr().add(kk * out + cols.start + j));
+                    let (w0, w1, w2, w3) = (load(k), load(k + 1), load(k + 2), load(k + 3));
+                    for r in 0..m {
+                        let a = |i: usize| _mm512_set1_ps(*x.get_unchecked(r * inner + k + i));
+                        let sum = _mm512_add_ps(
+                            _mm512_add_ps(
+                                _mm512_add_ps(_mm512_mul_ps(a(0), w0), _mm512_mul_ps(a(1), w1)),
+                                _mm512_mul_ps(a(2), w2),
+                            ),
+                            _mm512_mul_ps(a(3), w3),
+                        );
+                        let at = y.as_mut_ptr().add(r * width + j);
+                        _mm512_storeu_ps(at, _mm512_add_ps(_mm512_loadu_ps(at), sum));
+                    }
                 }
             }
         }
-    }
-    if lanes < width {
-        let tail = cols.start + lanes..cols.end;
-        let mut rest: Vec<f32> = (0..m)
-            .flat_map(|r| y[r * width + lanes..(r + 1) * width].to_vec())
-            .collect();
-        accumulate(x, m, inner, w, out, tail.clone(), &mut rest);
-        for (r, part) in rest.chunks(tail.len()).enumerate() {
-            y[r * width + lanes..(r + 1) * width].copy_from_slice(part);
-        }
-    }
-}
-
-/// `y [m, cols] += x [m, inner] × w[.., cols]` for the column range `cols` of `w [inner, out]`.
-/// Four weight rows per pass: each output element is loaded and stored once per four rows.
-fn accumulate<W: WeightRow>(
-    x: &[f32],
-    m: usize,
-    inner: usize,
-    w: &[W],
-    out: usize,
-    cols: std::ops::Range<usize>,
-    y: &mut [f32],
-) {
-    let width = cols.len();
-    let row = |k: usize| &w[k * out + cols.start..k * out + cols.end];
-    let mut buffers = [[0f32; MAX_BLOCK]; 4];
-    let [b0, b1, b2, b3] = &mut buffers;
-    let mut k = 0;
-    while k + 4 <= inner {
-        let (w0, w1) = (W::widened(row(k), b0), W::widened(row(k + 1), b1));
-        let (w2, w3) = (W::widened(row(k + 2), b2), W::widened(row(k + 3), b3));
-        for r in 0..m {
-            let a = &x[r * inner + k..r * inner + k + 4];
-            let y = &mut y[r * width..(r + 1) * width];
-            for j in 0..width {
-                y[j] += a[0] * w0[j] + a[1] * w1[j] + a[2] * w2[j] + a[3] * w3[j];
+        if lanes < width {
+            let tail = cols.start + lanes..cols.end;
+            let mut rest: Vec<f32> = (0..m)
+                .flat_map(|r| y[r * width + lanes..(r + 1) * width].to_vec())
+                .collect();
+            self.plain(tail.clone(), &mut rest);
+            for (r, part) in rest.chunks(tail.len()).enumerate() {
+                y[r * width + lanes..(r + 1) * width].copy_from_slice(part);
             }
         }
-        k += 4;
     }
-    for k in k..inner {
-        let w = W::widened(row(k), b0);
-        for r in 0..m {
-            let a = x[r * inner + k];
-            for (y, &w) in y[r * width..(r + 1) * width].iter_mut().zip(w) {
-                *y += a * w;
+
+    /// `y [m, cols] += x × w[.., cols]` for the column range `cols` of `w`. Four weight rows per
+    /// pass: each output element is loaded and stored once per four rows.
+    fn plain(&self, cols: std::ops::Range<usize>, y: &mut [f32]) {
+        let Operands {
+            x,
+            m,
+            inner,
+            w,
+            out,
+        } = *self;
+        let width = cols.len();
+        let row = |k: usize| &w[k * out + cols.start..k * out + cols.end];
+        let mut buffers = [[0f32; MAX_BLOCK]; 4];
+        let [b0, b1, b2, b3] = &mut buffers;
+        let mut k = 0;
+        while k + 4 <= inner {
+            let (w0, w1) = (W::widened(row(k), b0), W::widened(row(k + 1), b1));
+            let (w2, w3) = (W::widened(row(k + 2), b2), W::widened(row(k + 3), b3));
+            for r in 0..m {
+                let a = &x[r * inner + k..r * inner + k + 4];
+                let y = &mut y[r * width..(r + 1) * width];
+                for j in 0..width {
+                    y[j] += a[0] * w0[j] + a[1] * w1[j] + a[2] * w2[j] + a[3] * w3[j];
+                }
+            }
+            k += 4;
+        }
+        for k in k..inner {
+            let w = W::widened(row(k), b0);
+            for r in 0..m {
+                let a = x[r * inner + k];
+                for (y, &w) in y[r * width..(r + 1) * width].iter_mut().zip(w) {
+                    *y += a * w;
+                }
             }
         }
     }
@@ -305,8 +321,15 @@ mod tests {
         let x: Vec<f32> = (0..m * inner).map(|i| (i as f32 * 0.37).sin()).collect();
         let w: Vec<f32> = (0..inner * out).map(|i| (i as f32 * 0.11).cos()).collect();
         let (mut plain, mut block) = (vec![0.5f32; m * out], vec![0.5f32; m * out]);
-        accumulate(&x, m, inner, &w, out, 0..out, &mut plain);
-        accumulate_block(&x, m, inner, &w, out, 0..out, &mut block);
+        let operands = Operands {
+            x: &x,
+            m,
+            inner,
+            w: &w,
+            out,
+        };
+        operands.plain(0..out, &mut plain);
+        operands.accumulate(0..out, &mut block);
         assert_eq!(plain, block);
         // f16 weights give exactly what the same weights widened to f32 give, in either path.
         for m in [5, 12] {
