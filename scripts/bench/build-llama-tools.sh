@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds llama.cpp's own `llama-bench`, `llama-batched-bench` and `llama-server` (CPU only) for
-# `ember bench llm`, from the llama.cpp tree vendored in the PyPI sdist llama-cpp-python==0.3.36,
-# and prints their folder.
+# `ember bench llm`, and `llama-completion` for the LoRA reference (scripts/reference/lora.sh),
+# from the llama.cpp tree vendored in the PyPI sdist llama-cpp-python==0.3.36, and prints their
+# folder.
 #
 # Everything lives outside the clone, in $EMBER_LLAMA_TOOLS (default ~/.cache/ember/llama.cpp-0.3.36):
 # the sdist (downloaded once, sha256-checked), the extracted source, the cmake build. A rerun with the
@@ -26,7 +27,8 @@ src="$root/src"
 build="$root/build-native-no-amx"
 bin="$build/bin"
 
-if [ -x "$bin/llama-bench" ] && [ -x "$bin/llama-batched-bench" ] && [ -x "$bin/llama-server" ]; then
+if [ -x "$bin/llama-bench" ] && [ -x "$bin/llama-batched-bench" ] && [ -x "$bin/llama-server" ] &&
+  [ -x "$bin/llama-completion" ]; then
   echo "$bin"
   exit 0
 fi
@@ -63,6 +65,7 @@ grep -q 'option(LLAMA_CURL' "$src/CMakeLists.txt" && flags+=(-DLLAMA_CURL=OFF)
 
 echo "configuring in $build" >&2
 cmake -S "$src" -B "$build" "${flags[@]}" >&2
-echo "building llama-bench, llama-batched-bench and llama-server (takes a while on 2 cores)" >&2
-cmake --build "$build" --config Release -j2 --target llama-bench llama-batched-bench llama-server >&2
+echo "building llama-bench, llama-batched-bench, llama-server and llama-completion (takes a while on 2 cores)" >&2
+cmake --build "$build" --config Release -j2 --target llama-bench llama-batched-bench llama-server \
+  llama-completion >&2
 echo "$bin"

@@ -6,6 +6,7 @@ pub mod admission;
 pub mod catalog;
 pub mod ember;
 pub mod error;
+pub mod finetunes;
 pub mod guard;
 pub mod installed;
 pub mod metrics;

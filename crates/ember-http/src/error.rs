@@ -48,6 +48,10 @@ pub enum ApiError {
     DlpBlocked {
         response: bool,
     },
+    /// A request names a LoRA adapter for a model that takes none (names the model).
+    LoraUnsupported(String),
+    /// A finetune is used before both of its files were uploaded.
+    FinetuneIncomplete,
 }
 
 impl From<InferError> for ApiError {
@@ -97,6 +101,10 @@ impl ApiError {
             ApiError::DlpBlocked { response: true } => {
                 (StatusCode::BAD_REQUEST, 2030, "DlpBlocked")
             }
+            ApiError::LoraUnsupported(_) => {
+                (StatusCode::METHOD_NOT_ALLOWED, 5005, "LoRaUnsupported")
+            }
+            ApiError::FinetuneIncomplete => (StatusCode::BAD_REQUEST, 3039, "FinetuneMissingFiles"),
             ApiError::Infer(error) => match error {
                 InferError::NoSuchModel(_) | InferError::NotInstalled { .. } => {
                     (StatusCode::BAD_REQUEST, 5007, "InvalidModel")
@@ -151,6 +159,13 @@ impl ApiError {
             }
             ApiError::DlpBlocked { response: true } => {
                 "Response content blocked due to DLP policy violations".into()
+            }
+            ApiError::LoraUnsupported(model) => {
+                format!("The model `{model}` does not support LoRa inference")
+            }
+            // Workers AI's words, though the files it asks for are PEFT's adapter_* ones.
+            ApiError::FinetuneIncomplete => {
+                "Finetune is missing required files (model.safetensors and config.json)".into()
             }
             ApiError::Infer(InferError::Internal(_)) => "AiError: Unknown internal error".into(),
             ApiError::Infer(InferError::LoadFailed { model, .. }) => {
@@ -237,7 +252,9 @@ impl ApiError {
             }
             ApiError::Incomplete(_)
             | ApiError::GuardrailBlocked { .. }
-            | ApiError::DlpBlocked { .. } => ("invalid_request_error", workers_code),
+            | ApiError::DlpBlocked { .. }
+            | ApiError::LoraUnsupported(_)
+            | ApiError::FinetuneIncomplete => ("invalid_request_error", workers_code),
             ApiError::Infer(error) => match error {
                 InferError::NoSuchModel(_) | InferError::NotInstalled { .. } => {
                     ("invalid_request_error", Some("model_not_found".into()))

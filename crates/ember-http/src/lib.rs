@@ -11,6 +11,7 @@ mod audio;
 mod batch;
 mod catalog;
 mod error;
+mod finetunes;
 mod images;
 mod messages;
 mod metering;
@@ -123,7 +124,7 @@ pub fn router(state: AppState) -> Router {
             post(run::gateway_run),
         )
         .route("/metrics", get(metrics));
-    let routes = ai_gateway::routes(openai::routes(api))
+    let routes = ai_gateway::routes(openai::routes(finetunes::routes(api)))
         // Multipart uploads are read by axum's extractor, which applies this limit.
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .fallback(no_route)

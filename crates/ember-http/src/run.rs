@@ -7,7 +7,7 @@
 use crate::error::ApiError;
 use crate::metering::Meter;
 use crate::wire::{self, Answer, binary, binary::BinaryBody};
-use crate::{AppState, aborted, ai_gateway, batch, catalog, openai, sse};
+use crate::{AppState, aborted, ai_gateway, batch, catalog, finetunes, openai, sse};
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequestParts, Path, RawQuery};
 use axum::http::request::Parts;
@@ -427,10 +427,16 @@ async fn execute(
         let input = wire::parse(wire::Incoming::new(target, &input, body))?;
         Ok((target, input))
     });
-    let (target, task_input) = match parsed {
+    let (target, mut task_input) = match parsed {
         Ok(parsed) => parsed,
         Err(error) => return call.fail(error.into()),
     };
+    let account = call.caller.account.id.clone();
+    if let Err(error) =
+        finetunes::apply_lora(&state, &account, target, &input, &mut task_input).await
+    {
+        return call.fail(error);
+    }
     let spec = target.requested;
     let estimate = tasks::estimate_usage(spec, &task_input, input_bytes);
     if let Err(error) = call.admit(spec, &estimate).await {

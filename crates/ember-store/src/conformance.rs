@@ -4,7 +4,7 @@
 
 use crate::{
     Account, AnalyticsQuery, BatchItemResult, BatchStatus, CachedResponse, DAY_MS, DailyUsage,
-    Gateway, GatewayLog, Hold, ItemOutcome, LogPatch, LogQuery, LogStrategy, NewBatch,
+    Finetune, Gateway, GatewayLog, Hold, ItemOutcome, LogPatch, LogQuery, LogStrategy, NewBatch,
     NewBatchRequest, Plan, RESPONSE_KEEP_MS, RateTechnique, RequestRecord, Route, RouteDeployment,
     RouteVersion, StoreError, StoredResponse, Stores, Token, UsageQuery, Window, gateway_cache_key,
 };
@@ -33,7 +33,8 @@ macro_rules! conformance_tests {
             routes_keep_versions_and_deployments,
             cached_responses_expire_and_go_with_their_gateway,
             batches_queue_claim_and_finish_each_request_once,
-            responses_are_kept_per_account_for_30_days
+            responses_are_kept_per_account_for_30_days,
+            finetunes_are_per_account_by_id_or_name
         );
     };
     (@each $open:path; $($check:ident),*) => {
@@ -1077,4 +1078,56 @@ pub async fn responses_are_kept_per_account_for_30_days(stores: &Stores) {
         .unwrap();
     assert_eq!(responses.response("a", "resp_1").await.unwrap(), None);
     assert!(responses.response("a", "resp_3").await.unwrap().is_some());
+}
+
+pub async fn finetunes_are_per_account_by_id_or_name(stores: &Stores) {
+    let finetune = |id: &str, account: &str, name: &str, at_ms: i64| Finetune {
+        id: id.into(),
+        account_id: account.into(),
+        model: "@hf/qwen/qwen2.5-coder-0.5b-instruct".into(),
+        name: name.into(),
+        description: (id == "ft-1").then(|| "first".into()),
+        created_at_ms: at_ms,
+        modified_at_ms: at_ms,
+    };
+    let finetunes = &stores.finetunes;
+    let first = finetune("ft-1", "a", "tone", MIDNIGHT);
+    assert!(finetunes.create_finetune(&first).await.unwrap());
+    // Names are unique per account, not across accounts.
+    let taken = finetune("ft-2", "a", "tone", MIDNIGHT + 1);
+    assert!(!finetunes.create_finetune(&taken).await.unwrap());
+    let other = finetune("ft-3", "b", "tone", MIDNIGHT + 2);
+    assert!(finetunes.create_finetune(&other).await.unwrap());
+    // A name that is another finetune's id: the id wins.
+    let tricky = finetune("ft-4", "a", "ft-1", MIDNIGHT + 3);
+    assert!(finetunes.create_finetune(&tricky).await.unwrap());
+    assert_eq!(
+        finetunes.finetune("a", "tone").await.unwrap(),
+        Some(first.clone())
+    );
+    assert_eq!(finetunes.finetune("a", "ft-1").await.unwrap(), Some(first));
+    assert_eq!(finetunes.finetune("b", "ft-1").await.unwrap(), None);
+    let ids = |list: Vec<Finetune>| list.into_iter().map(|f| f.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(finetunes.finetunes("a").await.unwrap()),
+        vec!["ft-1", "ft-4"]
+    );
+    assert!(
+        finetunes
+            .touch_finetune("a", "ft-1", MIDNIGHT + 9)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !finetunes
+            .touch_finetune("b", "ft-1", MIDNIGHT + 9)
+            .await
+            .unwrap()
+    );
+    let touched = finetunes.finetune("a", "ft-1").await.unwrap().unwrap();
+    assert_eq!(touched.modified_at_ms, MIDNIGHT + 9);
+    assert!(!finetunes.delete_finetune("b", "ft-1").await.unwrap());
+    assert!(finetunes.delete_finetune("a", "ft-1").await.unwrap());
+    assert_eq!(finetunes.finetune("a", "tone").await.unwrap(), None);
+    assert_eq!(ids(finetunes.finetunes("a").await.unwrap()), vec!["ft-4"]);
 }

@@ -2,7 +2,8 @@
 //! request log and usage ledger (`Ledger`), per-minute rate windows (`RateWindows`) and the
 //! Neurons held by running requests (`Reservations`), and AI Gateway's gateways, logs and
 //! response cache (`GatewayStore`, `GatewayLogs`, `ResponseCache`), the async batch queue
-//! (`BatchQueue`) and the Responses API's stored responses (`StoredResponses`). `Stores` bundles one of each, so callers
+//! (`BatchQueue`), the Responses API's stored responses (`StoredResponses`) and finetunes
+//! (`FinetuneStore`). `Stores` bundles one of each, so callers
 //! hold one value and never name a backend. `sqlite` is the default backend; a scaled-out one
 //! implements the same traits, passes the same `conformance` suite, and callers do not change.
 
@@ -11,6 +12,7 @@ mod batches;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod days;
+mod finetunes;
 mod gateways;
 mod ledger;
 mod reservations;
@@ -24,6 +26,7 @@ pub use batches::{
     NewBatchRequest,
 };
 pub use days::{DAY_MS, utc_day, utc_day_start_ms};
+pub use finetunes::{Finetune, FinetuneStore};
 pub use gateways::{
     AnalyticsQuery, AnalyticsRow, CachedResponse, Gateway, GatewayLog, GatewayLogs, GatewayRoutes,
     GatewayStore, LogPatch, LogQuery, LogStrategy, LogTotals, RateTechnique, ResponseCache, Route,
@@ -50,6 +53,7 @@ pub struct Stores {
     pub routes: Arc<dyn GatewayRoutes>,
     pub batches: Arc<dyn BatchQueue>,
     pub responses: Arc<dyn StoredResponses>,
+    pub finetunes: Arc<dyn FinetuneStore>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1,5 +1,5 @@
-//! `ember accounts`, `ember tokens`, `ember gateways`, `ember batch` and `ember usage`: the
-//! administration commands. They act on the same SQLite file as `ember serve --db`, while it runs (the server checks tokens and
+//! `ember accounts`, `ember tokens`, `ember gateways`, `ember finetunes`, `ember batch` and
+//! `ember usage`: the administration commands. They act on the same SQLite file as `ember serve --db`, while it runs (the server checks tokens and
 //! accounts on every request, so a change takes effect at once).
 
 use anyhow::{Context, bail};
@@ -10,9 +10,13 @@ use ember_access::credentials::{self, DEFAULT_DAILY_FREE_NEURONS};
 use ember_ai_gateway::dlp::Dlp;
 use ember_ai_gateway::guardrails::Guardrails;
 use ember_ai_gateway::{AiGateway, Backoff, GatewaySettings};
+use ember_core::catalog::Catalog;
+use ember_core::finetunes;
 use ember_store::{
-    DAY_MS, LogStrategy, Plan, RateTechnique, Stores, UsageQuery, utc_day, utc_day_start_ms,
+    DAY_MS, Finetune, LogStrategy, Plan, RateTechnique, Stores, UsageQuery, utc_day,
+    utc_day_start_ms,
 };
+use std::path::{Path, PathBuf};
 
 #[derive(Subcommand)]
 pub enum AccountsCommand {
@@ -230,6 +234,118 @@ pub async fn gateways(stores: &Stores, command: GatewaysCommand) -> anyhow::Resu
             } else {
                 "token"
             },
+        );
+    }
+    Ok(())
+}
+
+#[derive(Subcommand)]
+pub enum FinetunesCommand {
+    /// Create a finetune from the folder PEFT wrote (adapter_config.json and
+    /// adapter_model.safetensors), as `wrangler ai finetune create` does.
+    Create {
+        /// The base model's catalog id.
+        model: String,
+        name: String,
+        folder: PathBuf,
+        #[arg(long)]
+        description: Option<String>,
+        #[arg(long, default_value = LOCAL_ACCOUNT_ID)]
+        account: String,
+    },
+    /// List an account's finetunes.
+    List {
+        #[arg(long, default_value = LOCAL_ACCOUNT_ID)]
+        account: String,
+    },
+    /// Delete a finetune (by id or name) and its files.
+    Rm {
+        finetune: String,
+        #[arg(long, default_value = LOCAL_ACCOUNT_ID)]
+        account: String,
+    },
+}
+
+pub async fn finetunes(
+    stores: &Stores,
+    catalog: &Catalog,
+    home: &Path,
+    command: FinetunesCommand,
+) -> anyhow::Result<()> {
+    let store = &stores.finetunes;
+    let shown = match command {
+        FinetunesCommand::Create {
+            model,
+            name,
+            folder,
+            description,
+            account,
+        } => {
+            let spec = catalog
+                .get(&model)
+                .with_context(|| format!("no model {model} in the catalog"))?;
+            if !spec.takes_lora() {
+                bail!("{model} does not take LoRA adapters");
+            }
+            let files = [finetunes::CONFIG_FILE, finetunes::WEIGHTS_FILE]
+                .map(|file| std::fs::read(folder.join(file)).map(|bytes| (file, bytes)));
+            let now = SystemClock.now_ms();
+            let finetune = Finetune {
+                id: uuid::Uuid::new_v4().to_string(),
+                account_id: account,
+                model,
+                name,
+                description,
+                created_at_ms: now,
+                modified_at_ms: now,
+            };
+            let mut checked = Vec::new();
+            for file in files {
+                checked.push(file.with_context(|| {
+                    format!(
+                        "{} needs {} and {}",
+                        folder.display(),
+                        finetunes::CONFIG_FILE,
+                        finetunes::WEIGHTS_FILE
+                    )
+                })?);
+            }
+            if !store.create_finetune(&finetune).await? {
+                bail!("a finetune named {} exists already", finetune.name);
+            }
+            for (file, bytes) in checked {
+                if let Err(error) = finetunes::keep_file(home, &finetune.id, file, &bytes) {
+                    store
+                        .delete_finetune(&finetune.account_id, &finetune.id)
+                        .await?;
+                    finetunes::remove_files(home, &finetune.id)?;
+                    bail!("{error}");
+                }
+            }
+            vec![finetune]
+        }
+        FinetunesCommand::List { account } => store.finetunes(&account).await?,
+        FinetunesCommand::Rm { finetune, account } => {
+            let found = store
+                .finetune(&account, &finetune)
+                .await?
+                .with_context(|| format!("no finetune {finetune} in account {account}"))?;
+            store.delete_finetune(&account, &found.id).await?;
+            finetunes::remove_files(home, &found.id)?;
+            println!("deleted finetune {} ({})", found.name, found.id);
+            return Ok(());
+        }
+    };
+    println!("{:<36}  {:<24}  {:<5}  model", "id", "name", "ready");
+    for finetune in shown {
+        // Ready once both of its files are uploaded.
+        let ready = match finetunes::uploaded(home, &finetune.id) {
+            Some(_) => "yes",
+            None => "no",
+        };
+        println!(
+            "{:<36}  {:<24}  {ready:<5}  {}",
+            finetune.id, finetune.name, finetune.model
         );
     }
     Ok(())

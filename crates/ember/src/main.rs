@@ -115,6 +115,11 @@ enum Command {
         #[command(subcommand)]
         command: admin::GatewaysCommand,
     },
+    /// Manage finetunes: LoRA adapters that requests apply with `lora`.
+    Finetunes {
+        #[command(subcommand)]
+        command: admin::FinetunesCommand,
+    },
     /// Look at the async batch queue (`queueRequest`).
     Batch {
         #[command(subcommand)]
@@ -277,6 +282,11 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Gateways { command } => {
             runtime.block_on(admin::gateways(&SqliteStore::open(&db)?, command))
+        }
+        Command::Finetunes { command } => {
+            let catalog = Catalog::load(catalog_file.as_deref())?;
+            let stores = SqliteStore::open(&db)?;
+            runtime.block_on(admin::finetunes(&stores, &catalog, &home, command))
         }
         Command::Batch { command } => {
             runtime.block_on(admin::batch(&SqliteStore::open(&db)?, command))

@@ -10,7 +10,7 @@ pub mod text_generation;
 pub use embeddings::{EmbeddingsOutput, EmbeddingsRequest, MAX_EMBEDDING_TEXTS, Pooling};
 pub use text_generation::{
     ChatMessage, Completion, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, FinishReason, ImagePart,
-    MAX_PROMPT_CHARS, PromptInput, Sampling, TextGenerationRequest,
+    Lora, MAX_PROMPT_CHARS, PromptInput, Sampling, TextGenerationRequest,
 };
 
 use crate::catalog::{ModelSpec, Price};

@@ -108,6 +108,17 @@ pub struct TextGenerationRequest {
     pub response_format: ResponseFormat,
     /// Text that ends the generation where it appears; it is not part of the output.
     pub stop: Vec<String>,
+    /// A finetune's LoRA adapter applied to the model for this request.
+    pub lora: Option<Lora>,
+}
+
+/// A finetune's LoRA adapter, as uploaded: the folder holding its `adapter_config.json` and
+/// `adapter_model.safetensors` (PEFT's files), which the engine converts for its base model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lora {
+    /// The finetune's id.
+    pub id: String,
+    pub folder: std::path::PathBuf,
 }
 
 impl TextGenerationRequest {
@@ -122,6 +133,7 @@ impl TextGenerationRequest {
             tool_choice: ToolChoice::Auto,
             response_format: ResponseFormat::Text,
             stop: Vec::new(),
+            lora: None,
         }
     }
 

@@ -6,6 +6,7 @@
 mod constraint;
 mod draft;
 mod invariance;
+pub mod lora;
 mod output;
 mod prefix_cache;
 pub(crate) mod sampling;
@@ -29,7 +30,7 @@ use llama_cpp_2::mtmd::MtmdInputChunks;
 use llama_cpp_2::token::LlamaToken;
 use output::OutputParser;
 use scheduler::{Grammar, Job, Shaping, Trace};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use template::ChatTemplate;
@@ -123,6 +124,8 @@ fn default_threads() -> i32 {
 /// the queue into the scheduler.
 pub struct LlmEngine {
     id: String,
+    /// The GGUF file, which LoRA adapters are checked against.
+    path: PathBuf,
     model: Arc<LlamaModel>,
     template: Option<ChatTemplate>,
     /// The image encoder, for a model with `mmproj.gguf` beside it.
@@ -260,6 +263,7 @@ pub fn load(
     );
     Ok(LlmEngine {
         id: spec.id.clone(),
+        path,
         grammars: Grammars::new(model.clone()),
         model,
         template,
@@ -427,6 +431,10 @@ impl LlmEngine {
         }
         let max_tokens = request.max_tokens.min((limit - n_prompt) as u32);
         let shaping = self.shaping(request)?;
+        let adapter = match &request.lora {
+            Some(lora) => Some(lora::converted(&lora.folder, &self.path)?),
+            None => None,
+        };
         let (events, receiver) = mpsc::channel(STREAM_BUFFER);
         let job = Job {
             prompt: prompt.tokens,
@@ -436,6 +444,7 @@ impl LlmEngine {
             shaping,
             ignore_eos,
             session,
+            adapter,
             events,
             trace,
             _ticket: ticket,

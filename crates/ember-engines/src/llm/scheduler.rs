@@ -27,6 +27,7 @@
 
 use super::constraint::Constraint;
 use super::draft::{self, Drafting, MEASURED_ROWS, MatchRecords, Offer, StepCosts};
+use super::lora::Adapters;
 use super::output::{OutputEvent, OutputParser};
 use super::prefix_cache::PrefixCache;
 use super::sampling::Sampler;
@@ -48,6 +49,7 @@ use llama_cpp_2::mtmd::MtmdInputChunks;
 use llama_cpp_2::token::LlamaToken;
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc as std_mpsc};
 use std::thread::JoinHandle;
@@ -249,6 +251,8 @@ pub(crate) struct Job {
     pub shaping: Shaping,
     pub ignore_eos: bool,
     pub session: Option<String>,
+    /// A LoRA adapter for this request: its GGUF file (`lora.rs`).
+    pub adapter: Option<PathBuf>,
     pub events: mpsc::Sender<TextEvent>,
     pub trace: Option<oneshot::Sender<Trace>>,
     /// The admission slot, held (never read) until the sequence has delivered its last event.
@@ -401,6 +405,9 @@ struct Sequence {
     client_gone: bool,
     /// The prompt has images: its cells are never kept in the prefix cache.
     sees_images: bool,
+    /// The LoRA adapter it runs with (an index into the scheduler's `Adapters`): its cells are
+    /// the adapted model's, so they are neither taken from nor kept in the prefix cache.
+    adapter: Option<usize>,
     drafting: Drafting,
     /// Draft tokens proposed and kept so far (for the trace).
     drafted: u32,
@@ -572,7 +579,7 @@ impl Kv<'_, '_> {
             self.prefix.unpin(source);
         }
         sequence.reserved = 0;
-        if keep && sequence.n_past > 0 && !sequence.sees_images {
+        if keep && sequence.n_past > 0 && !sequence.sees_images && sequence.adapter.is_none() {
             // A draft's rejected tokens may lie beyond the tokens kept.
             self.cut(seq_id, sequence.n_past);
             let tokens = sequence.tokens[..sequence.n_past].to_vec();
@@ -689,6 +696,9 @@ impl Kv<'_, '_> {
 struct Scheduler<'m, 'c> {
     model: &'m LlamaModel,
     kv: Kv<'m, 'c>,
+    adapters: Adapters,
+    /// The adapter the context computes with now (llama.cpp applies one set to a whole batch).
+    active_adapter: Option<usize>,
     vision: Option<Arc<Vision>>,
     metrics: ModelMetrics,
     step_tokens: usize,
@@ -730,6 +740,8 @@ impl<'m, 'c> Scheduler<'m, 'c> {
         };
         Scheduler {
             model,
+            adapters: Adapters::default(),
+            active_adapter: None,
             kv: Kv {
                 ctx,
                 layout: config.layout,
@@ -855,10 +867,23 @@ impl<'m, 'c> Scheduler<'m, 'c> {
     /// Starts waiting jobs, oldest first, while sequence ids and KV cells allow.
     fn admit(&mut self) {
         while let Some(job) = self.waiting.front() {
-            // A prompt with images matches no cached prefix: its image positions hold no ids.
-            let matches = match job.images {
-                Some(_) => Vec::new(),
-                None => self.kv.prefix.matches(
+            let adapter = match &job.adapter {
+                Some(path) => match self.adapters.index(self.model, path) {
+                    Ok(index) => Some(index),
+                    Err(problem) => {
+                        let job = self.waiting.pop_front().expect("peeked");
+                        let error = InferError::invalid("/lora", problem);
+                        let _ = job.events.try_send(TextEvent::Failed(error));
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            // A prompt with images matches no cached prefix: its image positions hold no ids;
+            // nor does an adapted one, whose cells differ from the base model's.
+            let matches = match (&job.images, adapter) {
+                (Some(_), _) | (_, Some(_)) => Vec::new(),
+                (None, None) => self.kv.prefix.matches(
                     &job.prompt,
                     job.prompt.len().saturating_sub(self.min_prompt_rows()),
                     job.session.as_deref(),
@@ -904,6 +929,7 @@ impl<'m, 'c> Scheduler<'m, 'c> {
                 finished: false,
                 client_gone: false,
                 sees_images: images.is_some(),
+                adapter,
                 drafting: Drafting::default(),
                 drafted: 0,
                 kept: 0,
@@ -919,6 +945,9 @@ impl<'m, 'c> Scheduler<'m, 'c> {
     /// first token.
     fn prefill_with_images(&mut self, i: usize, chunks: &MtmdInputChunks) {
         let seq_id = self.running[i].seq_id.expect("admitted");
+        if let Err(error) = self.use_adapter(self.running[i].adapter) {
+            return self.fail(i, error);
+        }
         let vision = self
             .vision
             .clone()
@@ -1001,17 +1030,62 @@ impl<'m, 'c> Scheduler<'m, 'c> {
             return false;
         }
         let mut planned = std::mem::take(&mut self.planned);
+        // llama.cpp applies one adapter set to a whole batch: sequences with the same adapter
+        // (or none) decode together, the base model's first.
+        let running = &self.running;
+        planned.sort_by_key(|plan| running[plan.sequence].adapter.map_or(0, |a| a + 1));
         let split = SPLIT_PASSES && self.kv.layout == KvLayout::Unified;
-        let passes = if self.batch_invariant {
-            invariant_passes(&planned)
-        } else {
-            passes(&planned, split)
-        };
-        for pass in passes {
-            self.decode_pass(&mut planned[pass]);
+        let mut start = 0;
+        while start < planned.len() {
+            let adapter = self.running[planned[start].sequence].adapter;
+            let len = planned[start..]
+                .iter()
+                .take_while(|plan| self.running[plan.sequence].adapter == adapter)
+                .count();
+            let group = &mut planned[start..start + len];
+            start += len;
+            if let Err(error) = self.use_adapter(adapter) {
+                for plan in group.iter() {
+                    self.fail(plan.sequence, error.clone());
+                }
+                continue;
+            }
+            let passes = if self.batch_invariant {
+                invariant_passes(group)
+            } else {
+                passes(group, split)
+            };
+            for pass in passes {
+                self.decode_pass(&mut group[pass]);
+            }
         }
         self.planned = planned;
         true
+    }
+
+    /// Makes the context compute with `adapter` (or the base model alone).
+    fn use_adapter(&mut self, adapter: Option<usize>) -> Result<(), String> {
+        if self.active_adapter == adapter {
+            return Ok(());
+        }
+        let set = match adapter {
+            Some(index) => self
+                .kv
+                .ctx
+                .lora_adapter_set(self.adapters.get(index), 1.0)
+                .map_err(|e| e.to_string()),
+            None => match self.active_adapter {
+                Some(active) => self
+                    .kv
+                    .ctx
+                    .lora_adapter_remove(self.adapters.get(active))
+                    .map_err(|e| e.to_string()),
+                None => Ok(()),
+            },
+        };
+        set.map_err(|e| format!("applying the LoRA adapter: {e}"))?;
+        self.active_adapter = adapter;
+        Ok(())
     }
 
     /// Plans the step's tokens: the next token of every decoding sequence whose client keeps up,

@@ -24,7 +24,7 @@ mod steps;
 mod websocket;
 
 pub use providers::{OpenAiCompatible, Provider};
-pub(crate) use routes::{binding_helper, routes};
+pub(crate) use routes::{binding_helper, iso_time, routes};
 
 use crate::error::ApiError;
 use crate::run::Form;

@@ -127,7 +127,7 @@ fn respond(answer: Result<Value, ApiError>) -> Response {
     }
 }
 
-fn iso_time(ms: i64) -> String {
+pub(crate) fn iso_time(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
         .and_then(|t| {

@@ -5,7 +5,7 @@
 
 use crate::error::ApiError;
 use crate::openai::RunGeneration;
-use crate::{AppState, aborted, wire};
+use crate::{AppState, aborted, finetunes, wire};
 use ember_access::{Admission, Caller};
 use ember_core::catalog::{ModelSpec, Task};
 use ember_core::tasks::{
@@ -194,7 +194,9 @@ async fn run(
     served_by: &mut Option<String>,
 ) -> Result<(Value, Usage), ApiError> {
     let target = state.ember.target(&item.model)?;
-    let mut task_input = wire::parse(wire::Incoming::new(target, &input(item)?, None))?;
+    let input = input(item)?;
+    let mut task_input = wire::parse(wire::Incoming::new(target, &input, None))?;
+    finetunes::apply_lora(state, &caller.account.id, target, &input, &mut task_input).await?;
     if let TaskInput::TextGeneration(request) = &mut task_input {
         // A batch keeps whole results.
         request.stream = false;

@@ -64,7 +64,7 @@ pub fn parse(input: &Value, target: Target) -> Result<TextGenerationRequest, Inf
             ),
         ));
     }
-    for unsupported in ["functions", "lora", "requests"] {
+    for unsupported in ["functions", "requests"] {
         if object.get(unsupported).is_some_and(|v| !v.is_null()) {
             return Err(InferError::invalid(
                 format!("/{unsupported}"),
@@ -221,7 +221,18 @@ pub fn request(
         tool_choice,
         response_format,
         stop,
+        // Named by `lora`, resolved against the caller's finetunes by the route.
+        lora: None,
     })
+}
+
+/// The finetune a request names in `lora` (its id or name), if any.
+pub fn lora(input: &Value) -> Result<Option<String>, InferError> {
+    match input.get("lora") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(name)) if !name.is_empty() => Ok(Some(name.clone())),
+        Some(other) => Err(type_mismatch("/lora", "a finetune's id or name", other)),
+    }
 }
 
 /// `messages`: a non-empty array of chat messages (content as text or OpenAI-style parts).

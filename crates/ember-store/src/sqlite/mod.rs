@@ -6,6 +6,7 @@
 
 mod accounts;
 mod batches;
+mod finetunes;
 mod gateways;
 mod ledger;
 mod responses;
@@ -184,6 +185,16 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE gateways ADD COLUMN retry_backoff TEXT;",
     "ALTER TABLE gateways ADD COLUMN dlp TEXT;
     ALTER TABLE gateway_logs ADD COLUMN dlp TEXT;",
+    "CREATE TABLE finetunes (
+        id             TEXT PRIMARY KEY,
+        account_id     TEXT NOT NULL,
+        model          TEXT NOT NULL,
+        name           TEXT NOT NULL,
+        description    TEXT,
+        created_at_ms  INTEGER NOT NULL,
+        modified_at_ms INTEGER NOT NULL,
+        UNIQUE (account_id, name)
+    );",
 ];
 
 /// How many bytes of response bodies the cache holds before it evicts the oldest.
@@ -229,6 +240,7 @@ impl SqliteStore {
             routes: store.clone(),
             batches: store.clone(),
             responses: store.clone(),
+            finetunes: store.clone(),
             windows: Arc::new(MemoryWindows::default()),
             reservations: Arc::new(MemoryReservations::new(store)),
         }
