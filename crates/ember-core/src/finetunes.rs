@@ -3,7 +3,7 @@
 //! model home under the finetune's id, for a base model that takes adapters.
 
 use crate::InferError;
-use crate::catalog::{Engine, ModelSpec};
+use crate::catalog::{Catalog, Engine, ModelSpec};
 use crate::tasks::Lora;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -113,14 +113,16 @@ pub fn uploaded(home: &Path, id: &str) -> Option<Lora> {
         })
 }
 
-impl ModelSpec {
-    /// Whether requests to this model may carry a LoRA adapter: a llama.cpp model, and of
-    /// Workers AI's `@cf` ids only the bases it documents (`lora = "true"` in the catalog).
-    pub fn takes_lora(&self) -> bool {
-        self.engine == Engine::LlamaCpp
-            && (!self.id.starts_with("@cf/")
-                || self.properties.get("lora").is_some_and(|v| v == "true"))
-    }
+/// Whether a request to `model` (as the client named it, before any alias), served by
+/// `served`, may carry a LoRA adapter: the serving model runs on llama.cpp, and a Workers AI
+/// `@cf` id must be one Workers AI documents as a LoRA base (`lora = "true"` in the catalog).
+pub fn takes_lora(catalog: &Catalog, model: &str, served: &ModelSpec) -> bool {
+    let documented = || {
+        catalog
+            .get(model)
+            .is_some_and(|spec| spec.properties.get("lora").is_some_and(|v| v == "true"))
+    };
+    served.engine == Engine::LlamaCpp && (!model.starts_with("@cf/") || documented())
 }
 
 #[cfg(test)]

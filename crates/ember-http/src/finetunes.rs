@@ -98,9 +98,14 @@ async fn create_finetune(
     };
     let (model, name) = (text("model", true)?, text("name", true)?);
     let (model, name) = (model.unwrap_or_default(), name.unwrap_or_default());
-    let description = text("description", false)?;
+    // wrangler sends an empty one.
+    let description = match body.get("description") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(text)) => Some(text.clone()).filter(|t| !t.is_empty()),
+        Some(_) => return Err(invalid("/description", "must be a string")),
+    };
     let target = state.ember.target(&model).map_err(ApiError::Infer)?;
-    if !takes_lora(target) {
+    if !finetunes::takes_lora(state.ember.catalog(), &model, target.served) {
         return Err(ApiError::LoraUnsupported(model));
     }
     let now = state.access.now_ms();
@@ -248,16 +253,12 @@ async fn read_asset(state: &AppState, request: Request) -> Result<(String, Vec<u
     Ok((file_name, file.to_vec()))
 }
 
-/// Whether the requested model takes adapters, and the model serving it can apply them.
-fn takes_lora(target: Target) -> bool {
-    target.requested.takes_lora() && target.served.takes_lora()
-}
-
 /// Resolves a text generation request's `lora` (a finetune's id or name) to the caller's
 /// finetune for the model the request names, and sets its adapter on the request.
 pub(crate) async fn apply_lora(
     state: &AppState,
     account_id: &str,
+    model: &str,
     target: Target<'_>,
     input: &Value,
     task_input: &mut TaskInput,
@@ -268,8 +269,8 @@ pub(crate) async fn apply_lora(
     let Some(name) = wire::text_generation::lora(input)? else {
         return Ok(());
     };
-    if !takes_lora(target) {
-        return Err(ApiError::LoraUnsupported(target.requested.id.clone()));
+    if !finetunes::takes_lora(state.ember.catalog(), model, target.served) {
+        return Err(ApiError::LoraUnsupported(model.to_string()));
     }
     let finetune = state
         .access
@@ -279,13 +280,10 @@ pub(crate) async fn apply_lora(
         .await
         .map_err(internal)?
         .ok_or_else(|| invalid("/lora", format!("no finetune {name} in this account")))?;
-    if finetune.model != target.requested.id {
+    if finetune.model != model {
         return Err(invalid(
             "/lora",
-            format!(
-                "finetune {name} is for {}, not {}",
-                finetune.model, target.requested.id
-            ),
+            format!("finetune {name} is for {}, not {model}", finetune.model),
         ));
     }
     let lora = finetunes::uploaded(state.ember.home(), &finetune.id)

@@ -432,9 +432,15 @@ async fn execute(
         Err(error) => return call.fail(error.into()),
     };
     let account = call.caller.account.id.clone();
-    if let Err(error) =
-        finetunes::apply_lora(&state, &account, target, &input, &mut task_input).await
-    {
+    let applied = finetunes::apply_lora(
+        &state,
+        &account,
+        &call.model,
+        target,
+        &input,
+        &mut task_input,
+    );
+    if let Err(error) = applied.await {
         return call.fail(error);
     }
     let spec = target.requested;

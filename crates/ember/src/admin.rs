@@ -284,7 +284,7 @@ pub async fn finetunes(
             let spec = catalog
                 .get(&model)
                 .with_context(|| format!("no model {model} in the catalog"))?;
-            if !spec.takes_lora() {
+            if !finetunes::takes_lora(catalog, &model, spec) {
                 bail!("{model} does not take LoRA adapters");
             }
             let files = [finetunes::CONFIG_FILE, finetunes::WEIGHTS_FILE]

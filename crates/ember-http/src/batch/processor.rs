@@ -196,7 +196,8 @@ async fn run(
     let target = state.ember.target(&item.model)?;
     let input = input(item)?;
     let mut task_input = wire::parse(wire::Incoming::new(target, &input, None))?;
-    finetunes::apply_lora(state, &caller.account.id, target, &input, &mut task_input).await?;
+    let account = &caller.account.id;
+    finetunes::apply_lora(state, account, &item.model, target, &input, &mut task_input).await?;
     if let TaskInput::TextGeneration(request) = &mut task_input {
         // A batch keeps whole results.
         request.stream = false;
