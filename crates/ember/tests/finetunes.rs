@@ -46,6 +46,12 @@ fn upload(finetune: &str, file_name: &str, bytes: &[u8]) -> Request<Body> {
         .unwrap()
 }
 
+fn delete(finetune: &str) -> Request<Body> {
+    Request::delete(format!("{FINETUNES}/{finetune}"))
+        .body(Body::empty())
+        .unwrap()
+}
+
 fn run(model: &str, input: Value) -> Request<Body> {
     post(
         &format!("/client/v4/accounts/local/ai/run/{model}"),
@@ -142,13 +148,7 @@ async fn a_finetune_is_created_uploaded_run_and_deleted() {
     let public = send(&app, get(&format!("{FINETUNES}/public"))).await;
     assert_eq!(public.json()["result"], json!([]));
 
-    let deleted = send(
-        &app,
-        Request::delete(format!("{FINETUNES}/{id}"))
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await;
+    let deleted = send(&app, delete(&id)).await;
     assert_eq!(deleted.status, 200, "{:?}", deleted.body);
     let gone = send(&app, run(QWEN, greedy_with("terse"))).await;
     assert!(gone.rest_error(400, 5006).contains("/lora"));
@@ -182,13 +182,7 @@ async fn a_finetune_deleted_mid_stream_leaves_the_stream_whole() {
     assert_eq!(response.status(), 200);
     let mut body = response.into_body();
     let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
-    let deleted = send(
-        &app,
-        Request::delete(format!("{FINETUNES}/{id}"))
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await;
+    let deleted = send(&app, delete(&id)).await;
     assert_eq!(deleted.status, 200);
     let rest = body.collect().await.unwrap().to_bytes();
     let mut all = first.to_vec();

@@ -75,7 +75,7 @@ pub(crate) struct BaseModel {
 }
 
 impl BaseModel {
-    fn read(path: &Path) -> Result<BaseModel, InferError> {
+    pub(crate) fn read(path: &Path) -> Result<BaseModel, InferError> {
         let internal = |e: &dyn std::fmt::Display| {
             InferError::Internal(format!("reading {}: {e}", path.display()))
         };
@@ -97,6 +97,22 @@ impl BaseModel {
             shapes,
         })
     }
+}
+
+/// The `[out, in]` shape of each layer's query and value projections in the GGUF model at
+/// `path`, in layer order: what a generated adapter for it must match (`ember bench lora`).
+pub fn attention_shapes(path: &Path) -> Result<Vec<[Vec<usize>; 2]>, InferError> {
+    let base = BaseModel::read(path)?;
+    let shape =
+        |layer: usize, tensor: &str| base.shapes.get(&format!("blk.{layer}.{tensor}.weight"));
+    Ok((0..)
+        .map_while(|layer| {
+            Some([
+                shape(layer, "attn_q")?.clone(),
+                shape(layer, "attn_v")?.clone(),
+            ])
+        })
+        .collect())
 }
 
 /// PEFT's files → a GGUF LoRA adapter for `base`.

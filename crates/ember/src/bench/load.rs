@@ -6,6 +6,7 @@
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
@@ -22,6 +23,31 @@ pub struct Target {
     pub client: reqwest::Client,
     pub base: String,
     pub api: Api,
+    pub adapters: AdapterTurns,
+}
+
+/// The LoRA adapters requests apply, in turn: none, then each of `count` (Ember's finetunes
+/// `lora::finetune_name(i)`, llama-server's `--lora` ids in the same order). The default, no
+/// adapters, sends none.
+#[derive(Clone, Default)]
+pub struct AdapterTurns {
+    count: usize,
+    next: Arc<AtomicUsize>,
+}
+
+impl AdapterTurns {
+    pub fn new(count: usize) -> AdapterTurns {
+        AdapterTurns {
+            count,
+            next: Arc::default(),
+        }
+    }
+
+    /// The next request's adapter (`None`: the base model).
+    fn take(&self) -> Option<usize> {
+        let turn = self.next.fetch_add(1, Ordering::Relaxed) % (self.count + 1);
+        turn.checked_sub(1)
+    }
 }
 
 /// One finished streamed request.
@@ -160,7 +186,8 @@ impl Target {
 
     /// One streamed request, read to its end.
     pub async fn stream(&self, prompt: &str, max_tokens: u32) -> Result<Stream> {
-        let (url, body) = match &self.api {
+        let adapter = self.adapters.take();
+        let (url, mut body) = match &self.api {
             Api::Ember(model) => (
                 format!("{}/client/v4/accounts/local/ai/run/{model}", self.base),
                 json!({"prompt": prompt, "raw": true, "max_tokens": max_tokens,
@@ -172,6 +199,19 @@ impl Target {
                        "stream": true, "cache_prompt": true}),
             ),
         };
+        match (&self.api, adapter) {
+            (Api::Ember(_), Some(index)) => {
+                body["lora"] = json!(super::lora::finetune_name(index));
+            }
+            // Every loaded adapter is named, at scale 0 but the request's.
+            (Api::LlamaServer, _) if self.adapters.count > 0 => {
+                let scales: Vec<Value> = (0..self.adapters.count)
+                    .map(|id| json!({"id": id, "scale": if adapter == Some(id) { 1.0 } else { 0.0 }}))
+                    .collect();
+                body["lora"] = json!(scales);
+            }
+            _ => {}
+        }
         let sent = Instant::now();
         let mut response = self
             .client

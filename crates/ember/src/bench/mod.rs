@@ -18,6 +18,7 @@ mod image;
 mod kernel;
 mod llama;
 mod load;
+mod lora;
 mod prompts;
 mod report;
 mod servers;
@@ -76,6 +77,9 @@ pub enum BenchCommand {
     /// Speculative decoding: one stream's decode rate on code edits and chat, Ember with and
     /// without prompt lookup against llama-server with and without its n-gram drafts.
     Speculative(speculative::SpeculativeBench),
+    /// LoRA: concurrent streams applying different adapters and none, against llama-server with
+    /// the same adapters chosen per request.
+    Lora(lora::LoraBench),
 }
 
 /// A part of `ember bench llm`, each reported on its own rows.
@@ -147,6 +151,7 @@ pub fn run(command: BenchCommand, env: &Env) -> Result<()> {
         BenchCommand::Gateway(bench) => bench.run(env),
         BenchCommand::Batch(bench) => bench.run(env),
         BenchCommand::Speculative(bench) => bench.run(env),
+        BenchCommand::Lora(bench) => bench.run(env),
     }
 }
 
@@ -497,6 +502,7 @@ impl LlmBench {
                 client: client.clone(),
                 base: server.base.clone(),
                 api,
+                adapters: Default::default(),
             };
             let mut side = Side {
                 what,

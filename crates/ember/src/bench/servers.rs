@@ -36,6 +36,12 @@ impl Server {
     /// `llama-server` with one slot of `ctx_per_sequence` tokens per sequence (the KV cache is
     /// split evenly between slots: `--kv-unified` is off when `-np` is given).
     pub fn llama(bin: &Path, config: &ServerConfig) -> Result<Server> {
+        Server::llama_with_loras(bin, config, &[])
+    }
+
+    /// `llama` with GGUF LoRA adapters loaded but not applied: each request names the ones it
+    /// applies (ids in the order given).
+    pub fn llama_with_loras(bin: &Path, config: &ServerConfig, loras: &[&Path]) -> Result<Server> {
         let port = free_port()?;
         let mut command = Command::new(bin.join("llama-server"));
         command
@@ -49,6 +55,12 @@ impl Server {
         if config.speculative == Some(true) {
             // Its prompt lookup: drafts from n-grams of the context, no draft model.
             command.args(["--spec-type", "ngram-simple"]);
+        }
+        if !loras.is_empty() {
+            command.arg("--lora-init-without-apply");
+        }
+        for lora in loras {
+            command.arg("--lora").arg(lora);
         }
         Server::spawn(command, port, &config.work_dir.join("llama-server.log"))
     }

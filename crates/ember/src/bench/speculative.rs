@@ -185,6 +185,7 @@ impl SpeculativeBench {
                     client: client.clone(),
                     base: server.base.clone(),
                     api,
+                    adapters: Default::default(),
                 };
                 target.warm_up(&chats[0]).await?;
                 for (set, (prompts, max_tokens)) in
