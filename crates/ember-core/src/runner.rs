@@ -79,7 +79,8 @@ impl LoadedModel {
     }
 }
 
-/// An engine for every task but text generation: one request at a time, on the model's thread.
+/// An engine for every task but text generation, on the model's thread: one request at a time, or
+/// (`run_together`) the requests that waited while it ran, at once.
 pub trait Runner {
     /// Runs a validated request of the model's task. A request of another task is a bug of the
     /// caller (`InferError::Internal`).
@@ -94,6 +95,20 @@ pub trait Runner {
     ) -> Result<TaskOutput, InferError> {
         let _ = caller_gone;
         self.run(request)
+    }
+
+    /// How many waiting requests `run_together` takes at once; 1 runs each alone.
+    fn batch_size(&self) -> usize {
+        1
+    }
+
+    /// Runs requests that were waiting together (at most `batch_size`), in one pass where the
+    /// engine can, and answers each, in order.
+    fn run_together(&mut self, requests: Vec<TaskRequest>) -> Vec<Result<TaskOutput, InferError>> {
+        requests
+            .into_iter()
+            .map(|request| self.run(request))
+            .collect()
     }
 }
 
@@ -173,25 +188,44 @@ impl ModelWorker {
                     }
                 };
                 while let Ok(job) = queue.recv() {
-                    if !job.reply.is_closed() {
-                        let caller_gone = || job.reply.is_closed();
-                        let result = catch_unwind(AssertUnwindSafe(|| {
-                            runner.run_until(job.request, &caller_gone)
-                        }));
-                        match result {
-                            Ok(result) => {
-                                let _ = job.reply.send(result);
+                    // The jobs that queued while the last ran go together, as the runner allows;
+                    // those whose caller left are dropped.
+                    let mut jobs = vec![job];
+                    while jobs.len() < runner.batch_size() {
+                        match queue.try_recv() {
+                            Ok(job) => jobs.push(job),
+                            Err(_) => break,
+                        }
+                    }
+                    let count = jobs.len();
+                    let (requests, replies): (Vec<_>, Vec<_>) = jobs
+                        .into_iter()
+                        .filter(|job| !job.reply.is_closed())
+                        .map(|job| (job.request, job.reply))
+                        .unzip();
+                    let results = catch_unwind(AssertUnwindSafe(|| {
+                        run_jobs(&mut runner, requests, &replies)
+                    }));
+                    let failed = results.is_err();
+                    match results {
+                        Ok(results) => {
+                            for (reply, result) in replies.into_iter().zip(results) {
+                                let _ = reply.send(result);
                             }
-                            Err(panic) => {
-                                // The runner's state is unknown after a panic: stop serving it.
-                                alive_in_thread.store(false, Ordering::SeqCst);
-                                let _ = job.reply.send(Err(panicked(&thread_name, &*panic)));
-                                pending_in_thread.fetch_sub(1, Ordering::SeqCst);
-                                return;
+                        }
+                        Err(panic) => {
+                            // The runner's state is unknown after a panic: stop serving it.
+                            alive_in_thread.store(false, Ordering::SeqCst);
+                            let error = panicked(&thread_name, &*panic);
+                            for reply in replies {
+                                let _ = reply.send(Err(error.clone()));
                             }
                         }
                     }
-                    pending_in_thread.fetch_sub(1, Ordering::SeqCst);
+                    pending_in_thread.fetch_sub(count, Ordering::SeqCst);
+                    if failed {
+                        return;
+                    }
                 }
             })
             .map_err(|e| InferError::Internal(format!("cannot start model thread: {e}")))?;
@@ -229,6 +263,24 @@ impl ModelWorker {
     }
 }
 
+/// Runs the requests of the jobs `replies` answer: one alone, stopped if its caller leaves, or
+/// several together.
+fn run_jobs<R: Runner>(
+    runner: &mut R,
+    mut requests: Vec<TaskRequest>,
+    replies: &[oneshot::Sender<Result<TaskOutput, InferError>>],
+) -> Vec<Result<TaskOutput, InferError>> {
+    if requests.len() > 1 {
+        return runner.run_together(requests);
+    }
+    let caller_gone = || replies.iter().all(|reply| reply.is_closed());
+    requests
+        .pop()
+        .map(|request| runner.run_until(request, &caller_gone))
+        .into_iter()
+        .collect()
+}
+
 /// The error a caller gets for a panic on a model's thread; the panic's message goes to the log.
 fn panicked(thread: &str, panic: &(dyn std::any::Any + Send)) -> InferError {
     let message = panic
@@ -242,4 +294,94 @@ fn panicked(thread: &str, panic: &(dyn std::any::Any + Send)) -> InferError {
         "engine panicked; the model will be loaded again"
     );
     InferError::Internal(format!("{thread} panicked: {message}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tasks::{EmbeddingsOutput, EmbeddingsRequest, Pooling};
+    use std::sync::Mutex;
+
+    /// Echoes each text's length; a text "slow" holds the thread for a while. Records how many
+    /// requests each pass took.
+    struct Echo {
+        passes: Arc<Mutex<Vec<usize>>>,
+    }
+
+    fn texts(request: TaskRequest) -> Vec<String> {
+        match request {
+            TaskRequest::TextEmbeddings(request) => request.texts,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn answer(texts: Vec<String>) -> Result<TaskOutput, InferError> {
+        if texts.iter().any(|t| t == "slow") {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+        Ok(TaskOutput::TextEmbeddings(EmbeddingsOutput {
+            vectors: texts.iter().map(|t| vec![t.len() as f32]).collect(),
+            token_counts: vec![1; texts.len()],
+            pooling: Pooling::Mean,
+        }))
+    }
+
+    impl Runner for Echo {
+        fn run(&mut self, request: TaskRequest) -> Result<TaskOutput, InferError> {
+            self.passes.lock().unwrap().push(1);
+            answer(texts(request))
+        }
+
+        fn batch_size(&self) -> usize {
+            4
+        }
+
+        fn run_together(
+            &mut self,
+            requests: Vec<TaskRequest>,
+        ) -> Vec<Result<TaskOutput, InferError>> {
+            self.passes.lock().unwrap().push(requests.len());
+            requests.into_iter().map(|r| answer(texts(r))).collect()
+        }
+    }
+
+    fn request(text: &str) -> TaskRequest {
+        TaskRequest::TextEmbeddings(EmbeddingsRequest {
+            texts: vec![text.into()],
+            pooling: Pooling::Mean,
+        })
+    }
+
+    #[tokio::test]
+    async fn requests_that_wait_together_run_together_up_to_the_batch_size() {
+        let passes = Arc::new(Mutex::new(Vec::new()));
+        let recorded = passes.clone();
+        let worker = ModelWorker::start("echo", 0, move || Ok(Echo { passes })).unwrap();
+        let slow = tokio::spawn({
+            let worker = worker.clone();
+            async move { worker.run(request("slow")).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        // Six arrive while the slow one runs: four go in the next pass, two in the one after.
+        let waiting: Vec<_> = ["a", "bb", "ccc", "dddd", "eeeee", "ffffff"]
+            .into_iter()
+            .map(|text| {
+                let worker = worker.clone();
+                tokio::spawn(async move { worker.run(request(text)).await })
+            })
+            .collect();
+        assert!(slow.await.unwrap().is_ok());
+        for (i, answer) in waiting.into_iter().enumerate() {
+            let Ok(TaskOutput::TextEmbeddings(output)) = answer.await.unwrap() else {
+                panic!("request {i} failed");
+            };
+            assert_eq!(
+                output.vectors,
+                vec![vec![(i + 1) as f32]],
+                "request {i}'s own answer"
+            );
+        }
+        assert_eq!(*recorded.lock().unwrap(), vec![1, 4, 2]);
+        assert!(!worker.is_busy());
+    }
 }

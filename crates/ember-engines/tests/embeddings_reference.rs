@@ -208,3 +208,48 @@ fn runner_embeds_and_normalizes() {
     let output = runner.embed(&long, Pooling::Cls).unwrap();
     assert_eq!(output.token_counts, vec![256]);
 }
+
+/// Requests that waited together are embedded in one pass: each gets the vectors (within
+/// rounding of the batch shape) and token counts it gets alone, whatever its pooling.
+#[test]
+fn requests_run_together_answer_as_alone() {
+    use ember_core::runner::Runner;
+    use ember_core::tasks::{EmbeddingsRequest, TaskOutput, TaskRequest};
+    let spec = spec("@hf/sentence-transformers/all-minilm-l6-v2");
+    let mut runner = embed::load(&spec, &model_dir(&spec)).unwrap();
+    let request = |texts: &[&str], pooling| {
+        TaskRequest::TextEmbeddings(EmbeddingsRequest {
+            texts: texts.iter().map(|t| t.to_string()).collect(),
+            pooling,
+        })
+    };
+    let requests = vec![
+        request(&["A man is eating food."], Pooling::Mean),
+        request(
+            &["The stock market crashed today.", "Rain again."],
+            Pooling::Cls,
+        ),
+        request(
+            &["A much longer text about gardens, tomatoes and basil in summer."],
+            Pooling::Mean,
+        ),
+    ];
+    let alone: Vec<_> = requests
+        .iter()
+        .map(|r| runner.run(r.clone()).unwrap())
+        .collect();
+    let together = runner.run_together(requests);
+    assert_eq!(together.len(), 3);
+    for (alone, together) in alone.into_iter().zip(together) {
+        let (TaskOutput::TextEmbeddings(alone), Ok(TaskOutput::TextEmbeddings(together))) =
+            (alone, together)
+        else {
+            panic!("not embeddings");
+        };
+        assert_eq!(alone.token_counts, together.token_counts);
+        assert_eq!(alone.pooling, together.pooling);
+        for (a, b) in alone.vectors.iter().zip(&together.vectors) {
+            assert!(cosine_distance(a, b) < 1e-6, "{}", cosine_distance(a, b));
+        }
+    }
+}

@@ -155,6 +155,13 @@ impl SentenceEmbedder {
     }
 }
 
+/// A request run together with others: its position among them and its texts.
+type Member = (usize, Vec<String>);
+
+/// Requests that waited together and run in one pass: concurrent requests of a text or a few
+/// fill the encoder's batches instead of running it once each.
+const REQUESTS_TOGETHER: usize = 32;
+
 impl Runner for SentenceEmbedder {
     fn run(&mut self, request: TaskRequest) -> Result<TaskOutput, InferError> {
         match request {
@@ -163,6 +170,61 @@ impl Runner for SentenceEmbedder {
                 .map(TaskOutput::TextEmbeddings),
             other => Err(crate::wrong_task(&other)),
         }
+    }
+
+    fn batch_size(&self) -> usize {
+        REQUESTS_TOGETHER
+    }
+
+    /// The texts of all requests with the same pooling are embedded together (batching leaves
+    /// each text's vector as it is alone, see `run_batched`), then handed back per request.
+    fn run_together(&mut self, requests: Vec<TaskRequest>) -> Vec<Result<TaskOutput, InferError>> {
+        let mut answers: Vec<Option<Result<TaskOutput, InferError>>> =
+            (0..requests.len()).map(|_| None).collect();
+        // Per pooling: the requests' positions and texts.
+        let mut groups: Vec<(Pooling, Vec<Member>)> = Vec::new();
+        for (i, request) in requests.into_iter().enumerate() {
+            let TaskRequest::TextEmbeddings(request) = request else {
+                answers[i] = Some(Err(crate::wrong_task(&request)));
+                continue;
+            };
+            match groups
+                .iter_mut()
+                .find(|(pooling, _)| *pooling == request.pooling)
+            {
+                Some((_, members)) => members.push((i, request.texts)),
+                None => groups.push((request.pooling, vec![(i, request.texts)])),
+            }
+        }
+        for (pooling, members) in groups {
+            let texts: Vec<String> = members
+                .iter()
+                .flat_map(|(_, t)| t.iter().cloned())
+                .collect();
+            match self.embed(&texts, pooling) {
+                Ok(output) => {
+                    let mut vectors = output.vectors.into_iter();
+                    let mut counts = output.token_counts.into_iter();
+                    for (i, texts) in members {
+                        let part = EmbeddingsOutput {
+                            vectors: vectors.by_ref().take(texts.len()).collect(),
+                            token_counts: counts.by_ref().take(texts.len()).collect(),
+                            pooling,
+                        };
+                        answers[i] = Some(Ok(TaskOutput::TextEmbeddings(part)));
+                    }
+                }
+                Err(error) => {
+                    for (i, _) in members {
+                        answers[i] = Some(Err(error.clone()));
+                    }
+                }
+            }
+        }
+        answers
+            .into_iter()
+            .map(|answer| answer.expect("every request is answered"))
+            .collect()
     }
 }
 

@@ -12,6 +12,7 @@
 mod batch;
 mod diffusion;
 mod driver;
+mod embed;
 mod gateway;
 mod gguf;
 mod image;
@@ -77,6 +78,9 @@ pub enum BenchCommand {
     /// Speculative decoding: one stream's decode rate on code edits and chat, Ember with and
     /// without prompt lookup against llama-server with and without its n-gram drafts.
     Speculative(speculative::SpeculativeBench),
+    /// Embeddings: Ember's all-MiniLM-L6-v2 against ONNX Runtime on the same weights (and on the
+    /// int8 export), single texts, batches, long texts and concurrent requests.
+    Embed(embed::EmbedBench),
     /// LoRA: concurrent streams applying different adapters and none, against llama-server with
     /// the same adapters chosen per request.
     Lora(lora::LoraBench),
@@ -152,6 +156,7 @@ pub fn run(command: BenchCommand, env: &Env) -> Result<()> {
         BenchCommand::Batch(bench) => bench.run(env),
         BenchCommand::Speculative(bench) => bench.run(env),
         BenchCommand::Lora(bench) => bench.run(env),
+        BenchCommand::Embed(bench) => bench.run(env),
     }
 }
 
@@ -191,6 +196,16 @@ fn warn_if_debug_build() {
 /// Runs a setup script of `scripts/bench/` (it installs what it needs once, outside the clone) and
 /// returns the path its last line of output names.
 fn setup_script(name: &str) -> Result<PathBuf> {
+    let lines = setup_script_lines(name)?;
+    lines
+        .last()
+        .cloned()
+        .with_context(|| format!("{name} printed nothing"))
+}
+
+/// Runs `scripts/bench/<name>` (which installs what a bench's anchor needs once) and returns the
+/// paths it prints, one per line.
+fn setup_script_lines(name: &str) -> Result<Vec<PathBuf>> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../scripts/bench")
         .join(name);
@@ -210,9 +225,11 @@ fn setup_script(name: &str) -> Result<PathBuf> {
         bail!("{} failed ({})", script.display(), output.status);
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
-    Ok(PathBuf::from(
-        stdout.lines().last().unwrap_or_default().trim(),
-    ))
+    Ok(stdout
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| PathBuf::from(line.trim()))
+        .collect())
 }
 
 /// `/proc/loadavg`, with a warning when the machine was busy: other work skews every number.
