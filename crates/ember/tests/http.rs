@@ -678,6 +678,7 @@ async fn prompts_longer_than_the_context_get_3030() {
     .await
     .rest_error(400, 3030);
     assert!(message.contains("Sequence too long"), "{message}");
+    assert!(message.contains("the model's context window"), "{message}");
     let streamed = json!({"prompt": long, "raw": true, "stream": true}).to_string();
     send(&app, post(&format!("{RUN}{SMOL}"), streamed))
         .await

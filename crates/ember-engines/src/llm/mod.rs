@@ -131,8 +131,9 @@ pub struct LlmEngine {
     /// The image encoder, for a model with `mmproj.gguf` beside it.
     vision: Option<Arc<Vision>>,
     grammars: Grammars,
-    /// Longest sequence (prompt and output) one request may have.
+    /// Longest sequence (prompt and output) one request may have, and what sets it.
     sequence_limit: u32,
+    limited_by: &'static str,
     admission: Admission,
     scheduler: scheduler::SchedulerHandle,
     memory_bytes: u64,
@@ -241,6 +242,22 @@ pub fn load(
         metrics.clone(),
     )
     .map_err(failed)?;
+    // A request's prompt and output fit its sequence's cells: the whole pool, or its stream.
+    let limited_by = match (sequence_cells < context_window, layout) {
+        (false, _) => "the model's context window",
+        (true, KvLayout::Unified) => "the KV cache's cells, --kv-cells",
+        (true, KvLayout::PerSequence) => {
+            "a sequence's stream of KV cells, --kv-cells / --max-sequences in the per-sequence layout"
+        }
+    };
+    if sequence_cells < context_window {
+        tracing::warn!(
+            model = %spec.id,
+            request_limit = sequence_cells,
+            context_window,
+            "requests are limited below the model's context window by {limited_by}"
+        );
+    }
     tracing::info!(
         model = %spec.id,
         kv_cells,
@@ -269,6 +286,7 @@ pub fn load(
         template,
         vision,
         sequence_limit: context_window.min(sequence_cells),
+        limited_by,
         admission,
         scheduler,
         memory_bytes: file_bytes + shape.cell_bytes * u64::from(kv_cells),
@@ -425,8 +443,9 @@ impl LlmEngine {
         let limit = self.sequence_limit as usize;
         if n_prompt >= limit {
             return Err(InferError::ModelInputRejected(format!(
-                "AiError: Sequence too long: {n_prompt} > {} (the model's context window)",
-                limit - 1
+                "AiError: Sequence too long: {n_prompt} > {} ({})",
+                limit - 1,
+                self.limited_by
             )));
         }
         let max_tokens = request.max_tokens.min((limit - n_prompt) as u32);
