@@ -162,6 +162,26 @@ enum ModelsCommand {
     },
 }
 
+/// candle reads its thread count from `RAYON_NUM_THREADS` at every parallel operation and, when it
+/// is unset, works the count out from the machine each time (tens of µs, many times per forward
+/// pass of a small model). Sets it once, to `EMBER_THREADS` or every core, before any thread
+/// starts, so the candle engines also follow `EMBER_THREADS`.
+fn fix_candle_threads() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_some() {
+        return;
+    }
+    let threads = std::env::var("EMBER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // SAFETY: no other thread exists yet (the runtime starts after this).
+    #[allow(unsafe_code)]
+    unsafe {
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string())
+    };
+}
+
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -205,6 +225,7 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
             ember_engines::llm::use_batch_invariant_kernels()
         };
     }
+    fix_candle_threads();
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
         Command::Serve {
