@@ -11,6 +11,7 @@ pub mod embed;
 pub mod encoders;
 pub mod llm;
 mod onnx;
+mod onnx_proto;
 pub mod seq2seq;
 pub mod speech;
 pub mod synthesis;

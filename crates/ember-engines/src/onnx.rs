@@ -1,5 +1,5 @@
 //! ONNX Runtime: its shared library, found and loaded once per process, and the sessions the
-//! models on it run in (the voices in `tts`, Whisper's voice activity detector).
+//! models on it run in (the voices in `tts`, Whisper's voice activity detector, BERT embeddings).
 //!
 //! The library is loaded at run time (`ort`'s `load-dynamic`) rather than linked: `ort` would
 //! otherwise download a build at compile time, and the build hosts are offline. The file is the
@@ -17,17 +17,25 @@ const LIBRARY: &str = "libonnxruntime.so";
 /// Opens the ONNX model at `path` for inference on the CPU with `threads` threads.
 pub(crate) fn session(path: &Path, threads: usize) -> anyhow::Result<Session> {
     load_library()?;
-    let build = || -> ort::Result<Session> {
-        Session::builder()?
-            .with_intra_threads(threads)?
-            // One model call at a time per session: no graph-level parallelism to feed.
-            .with_inter_threads(1)?
-            // The worker thread shares the CPU with other models: idle threads sleep instead of
-            // spinning for the next call.
-            .with_intra_op_spinning(false)?
-            .commit_from_file(path)
-    };
-    build().with_context(|| format!("opening {} with ONNX Runtime", path.display()))
+    let open = || builder(threads)?.commit_from_file(path);
+    open().with_context(|| format!("opening {} with ONNX Runtime", path.display()))
+}
+
+/// `session` for a model built in memory (`onnx_proto`).
+pub(crate) fn session_from_memory(model: &[u8], threads: usize) -> anyhow::Result<Session> {
+    load_library()?;
+    let open = || builder(threads)?.commit_from_memory(model);
+    open().context("opening a built model with ONNX Runtime")
+}
+
+fn builder(threads: usize) -> ort::Result<ort::session::builder::SessionBuilder> {
+    Ok(Session::builder()?
+        .with_intra_threads(threads)?
+        // One model call at a time per session: no graph-level parallelism to feed.
+        .with_inter_threads(1)?
+        // The worker thread shares the CPU with other models: idle threads sleep instead of
+        // spinning for the next call.
+        .with_intra_op_spinning(false)?)
 }
 
 /// Loads the library once; every later call returns the first outcome.
