@@ -88,16 +88,14 @@ async fn create_finetune(
 ) -> Result<Value, ApiError> {
     let body: Value = serde_json::from_slice(body)
         .map_err(|e| invalid("/", format!("the body is not JSON: {e}")))?;
-    let text = |key: &str, required: bool| match body.get(key) {
-        None | Some(Value::Null) if !required => Ok(None),
-        Some(Value::String(text)) if !text.is_empty() => Ok(Some(text.clone())),
+    let required = |key: &str| match body.get(key) {
+        Some(Value::String(text)) if !text.is_empty() => Ok(text.clone()),
         _ => Err(invalid(
             &format!("/{key}"),
             "is required: a non-empty string",
         )),
     };
-    let (model, name) = (text("model", true)?, text("name", true)?);
-    let (model, name) = (model.unwrap_or_default(), name.unwrap_or_default());
+    let (model, name) = (required("model")?, required("name")?);
     // wrangler sends an empty one.
     let description = match body.get("description") {
         None | Some(Value::Null) => None,
