@@ -12,8 +12,7 @@ use super::report::{self, Row, median};
 use anyhow::{Result, bail};
 use clap::Args;
 use ember_core::ModelSpec;
-use ember_core::metrics::Metrics;
-use ember_core::runner::LoadedModel;
+use ember_core::runner::ModelWorker;
 use ember_core::tasks::{EmbeddingsRequest, Pooling, TaskOutput, TaskRequest};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -199,22 +198,17 @@ fn cosine_distance(a: &[f32], b: &[f32]) -> Option<f64> {
 
 /// Ember's side: the model's serving worker, as `ember serve` starts it.
 struct Ember {
-    model: LoadedModel,
+    worker: ModelWorker,
 }
 
 impl Ember {
     fn load(env: &super::Env, spec: &ModelSpec, dir: &Path) -> Result<Ember> {
-        let metrics = Metrics::new().model(&spec.id);
-        let _guard = env.runtime.enter();
-        let model = ember_engines::load(spec, dir, &Default::default(), metrics)?;
-        Ok(Ember { model })
+        let worker = super::serving_worker(env, spec, dir)?;
+        Ok(Ember { worker })
     }
 
     /// Runs the workload; returns its seconds and the first text's vector.
     fn embed(&self, env: &super::Env, workload: &Workload) -> Result<(f64, Vec<f32>)> {
-        let LoadedModel::Worker(worker) = &self.model else {
-            bail!("embeddings run on a worker thread");
-        };
         let request = |texts: &Vec<String>| {
             TaskRequest::TextEmbeddings(EmbeddingsRequest {
                 texts: texts.clone(),
@@ -224,24 +218,16 @@ impl Ember {
         let requests: Vec<TaskRequest> = workload.requests.iter().map(request).collect();
         let started = Instant::now();
         let outputs = env.runtime.block_on(async {
-            let mut outputs = Vec::new();
-            if workload.at_once {
-                let answers: Vec<_> = requests
-                    .into_iter()
-                    .map(|request| {
-                        let worker = worker.clone();
-                        tokio::spawn(async move { worker.run(request).await })
-                    })
-                    .collect();
-                for answer in answers {
-                    outputs.push(answer.await?);
-                }
-            } else {
-                for request in requests {
-                    outputs.push(worker.run(request).await);
+            match workload.at_once {
+                true => super::all_at_once(&self.worker, requests).await,
+                false => {
+                    let mut outputs = Vec::new();
+                    for request in requests {
+                        outputs.push(self.worker.run(request).await);
+                    }
+                    Ok(outputs)
                 }
             }
-            anyhow::Ok(outputs)
         })?;
         let seconds = started.elapsed().as_secs_f64();
         let mut first = None;

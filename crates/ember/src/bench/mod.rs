@@ -1,6 +1,7 @@
 //! `ember bench`: Ember against the runtimes its users would otherwise pick, in one run per
 //! family; `ember bench speech` is `speech.rs`, `ember bench image` is `image.rs`, `ember bench
-//! speculative` is `speculative.rs`. `ember bench llm`: Ember against llama.cpp's own
+//! speculative` is `speculative.rs`, `ember bench lora` is `lora.rs`, `ember bench embed` is
+//! `embed.rs`. `ember bench llm`: Ember against llama.cpp's own
 //! tools on the same GGUF files. Kernel rows: prefill and decode rates of the engine in-process against `llama-bench`, one side
 //! at a time. Serving rows: aggregate generated tokens per second (median of timed runs that
 //! alternate between the two servers) and its share of llama.cpp's own batched decode rate
@@ -29,7 +30,10 @@ mod speech;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use ember_core::catalog::Engine;
-use ember_core::{Catalog, ModelSpec, installed};
+use ember_core::metrics::Metrics;
+use ember_core::runner::{LoadedModel, ModelWorker};
+use ember_core::tasks::{TaskOutput, TaskRequest};
+use ember_core::{Catalog, InferError, ModelSpec, installed};
 use ember_engines::llm::KvLayout;
 use kernel::{DECODE_DEPTHS, DECODE_TOKENS, EmberKernels, KernelSamples, PREFILL_TOKENS};
 use load::{Api, Arrivals, LoadResult, LongLoad, Target};
@@ -185,6 +189,35 @@ fn installed_dir(env: &Env, spec: &ModelSpec) -> Result<PathBuf> {
         )?;
     }
     Ok(dir)
+}
+
+/// A model's serving worker, loaded as `ember serve` loads it, for benches that time its requests.
+fn serving_worker(env: &Env, spec: &ModelSpec, dir: &Path) -> Result<ModelWorker> {
+    let metrics = Metrics::new().model(&spec.id);
+    let _guard = env.runtime.enter();
+    match ember_engines::load(spec, dir, &Default::default(), metrics)? {
+        LoadedModel::Worker(worker) => Ok(worker),
+        _ => bail!("{} does not run on a worker thread", spec.id),
+    }
+}
+
+/// Sends every request to `worker` at once; their answers, in order.
+async fn all_at_once(
+    worker: &ModelWorker,
+    requests: Vec<TaskRequest>,
+) -> Result<Vec<Result<TaskOutput, InferError>>> {
+    let answers: Vec<_> = requests
+        .into_iter()
+        .map(|request| {
+            let worker = worker.clone();
+            tokio::spawn(async move { worker.run(request).await })
+        })
+        .collect();
+    let mut outputs = Vec::new();
+    for answer in answers {
+        outputs.push(answer.await?);
+    }
+    Ok(outputs)
 }
 
 fn warn_if_debug_build() {

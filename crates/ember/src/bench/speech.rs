@@ -11,8 +11,7 @@ use anyhow::{Result, bail, ensure};
 use clap::Args;
 use ember_core::ModelSpec;
 use ember_core::catalog::Engine;
-use ember_core::metrics::Metrics;
-use ember_core::runner::LoadedModel;
+use ember_core::runner::ModelWorker;
 use ember_core::tasks::speech_recognition::{SpeechRecognitionRequest, TranscribeSettings};
 use ember_core::tasks::{TaskOutput, TaskRequest};
 use ember_engines::audio::{self, DecodeOptions};
@@ -201,22 +200,17 @@ fn write_repeated(recording: &Path, seconds: u32, to: &Path) -> Result<f64> {
 
 /// Ember's side: the model's serving worker, as `ember serve` starts it.
 struct EmberWhisper {
-    model: LoadedModel,
+    worker: ModelWorker,
 }
 
 impl EmberWhisper {
     fn load(env: &super::Env, spec: &ModelSpec, dir: &Path) -> Result<EmberWhisper> {
-        let metrics = Metrics::new().model(&spec.id);
-        let _guard = env.runtime.enter();
-        let model = ember_engines::load(spec, dir, &Default::default(), metrics)?;
-        Ok(EmberWhisper { model })
+        let worker = super::serving_worker(env, spec, dir)?;
+        Ok(EmberWhisper { worker })
     }
 
     /// Sends every clip at once; returns the seconds until the last answer and the texts.
     fn transcribe(&self, env: &super::Env, workload: &Workload) -> Result<(f64, Vec<String>)> {
-        let LoadedModel::Worker(worker) = &self.model else {
-            bail!("Whisper runs on a worker thread");
-        };
         let mut requests = Vec::new();
         for clip in &workload.clips {
             requests.push(TaskRequest::SpeechRecognition(SpeechRecognitionRequest {
@@ -232,24 +226,13 @@ impl EmberWhisper {
             }));
         }
         let start = Instant::now();
-        let outputs = env.runtime.block_on(async {
-            let answers: Vec<_> = requests
-                .into_iter()
-                .map(|request| {
-                    let worker = worker.clone();
-                    tokio::spawn(async move { worker.run(request).await })
-                })
-                .collect();
-            let mut outputs = Vec::new();
-            for answer in answers {
-                outputs.push(answer.await);
-            }
-            outputs
-        });
+        let outputs = env
+            .runtime
+            .block_on(super::all_at_once(&self.worker, requests))?;
         let seconds = start.elapsed().as_secs_f64();
         let mut texts = Vec::new();
         for output in outputs {
-            let TaskOutput::SpeechRecognition(output) = output?? else {
+            let TaskOutput::SpeechRecognition(output) = output? else {
                 bail!("Whisper answered with another task's output");
             };
             texts.push(output.text());
