@@ -107,3 +107,12 @@ pub fn available_memory() -> u64 {
         })
         .map_or(8 << 30, |kib| kib * 1024)
 }
+
+/// CPU threads the engines compute with: `EMBER_THREADS`, or every available core.
+pub fn cpu_threads() -> usize {
+    std::env::var("EMBER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}

@@ -170,11 +170,7 @@ fn fix_candle_threads() {
     if std::env::var_os("RAYON_NUM_THREADS").is_some() {
         return;
     }
-    let threads = std::env::var("EMBER_THREADS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = ember_engines::cpu_threads();
     // SAFETY: no other thread exists yet (the runtime starts after this).
     #[allow(unsafe_code)]
     unsafe {

@@ -53,7 +53,7 @@ pub(crate) trait Encoder: Send {
 
 /// A BERT encoder on ONNX Runtime, or on candle where ONNX Runtime cannot be loaded.
 fn bert_encoder(dir: &Path) -> Result<Box<dyn Encoder>, String> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = crate::cpu_threads();
     match bert_onnx::OnnxBert::load(dir, threads) {
         Ok(encoder) => Ok(Box::new(encoder)),
         Err(why) => {

@@ -112,14 +112,6 @@ fn backend() -> Result<&'static LlamaBackend, InferError> {
         .map_err(|e| InferError::Internal(format!("llama.cpp backend: {e}")))
 }
 
-/// Threads for llama.cpp: `EMBER_THREADS`, or every available core.
-fn default_threads() -> i32 {
-    std::env::var("EMBER_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as i32))
-}
-
 /// A loaded model: the weights (shared with the scheduler thread), the prompt preparation, and
 /// the queue into the scheduler.
 pub struct LlmEngine {
@@ -210,7 +202,9 @@ pub fn load(
             (stream * max_sequences, stream)
         }
     };
-    let threads = settings.threads.unwrap_or_else(default_threads);
+    let threads = settings
+        .threads
+        .unwrap_or_else(|| crate::cpu_threads().try_into().unwrap_or(i32::MAX));
     let vision = Vision::load(dir, &model, threads)
         .map_err(&failed)?
         .map(Arc::new);

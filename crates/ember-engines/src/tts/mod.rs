@@ -74,7 +74,7 @@ impl Voice {
     /// (`vocab.json`, a voice pack `.npz` and the model `.onnx`). Needs ONNX Runtime (see
     /// `scripts/install-deps.sh`); runs on as many threads as the machine has cores.
     pub fn load(dir: &Path) -> anyhow::Result<Voice> {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = crate::cpu_threads();
         let model = if let Ok(config) = only_file(dir, ".onnx.json") {
             Model::Piper(piper::Piper::load(&config, threads)?)
         } else if dir.join("vocab.json").is_file() {
