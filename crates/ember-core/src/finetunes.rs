@@ -73,9 +73,10 @@ pub fn keep_file(home: &Path, id: &str, file_name: &str, bytes: &[u8]) -> Result
     let checked = match file_name {
         CONFIG_FILE => read_config(bytes).map(|_| ()),
         WEIGHTS_FILE => check_weights(bytes),
-        other => Err(format!(
-            "must be {CONFIG_FILE} or {WEIGHTS_FILE}, not {other}"
-        )),
+        other => {
+            let problem = format!("must be {CONFIG_FILE} or {WEIGHTS_FILE}, not {other}");
+            return Err(InferError::invalid("/file_name", problem));
+        }
     };
     checked.map_err(|problem| InferError::invalid("/file", problem))?;
     let folder = folder(home, id);

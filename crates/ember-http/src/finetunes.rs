@@ -239,12 +239,6 @@ async fn read_asset(state: &AppState, request: Request) -> Result<(String, Vec<u
             format!("is required: {CONFIG_FILE} or {WEIGHTS_FILE}"),
         )
     })?;
-    if file_name != CONFIG_FILE && file_name != WEIGHTS_FILE {
-        return Err(invalid(
-            "/file_name",
-            format!("must be {CONFIG_FILE} or {WEIGHTS_FILE}, not {file_name}"),
-        ));
-    }
     let file = file
         .filter(|bytes| !bytes.is_empty())
         .ok_or_else(|| invalid("/file", "is required: the file's bytes"))?;
