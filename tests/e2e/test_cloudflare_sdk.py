@@ -224,6 +224,14 @@ def test_image_classification(client: Cloudflare):
     assert result[0]["score"] >= result[1]["score"], result
 
 
+def test_object_detection(client: Cloudflare):
+    result, served_by = run_raw(client, "@cf/facebook/detr-resnet-50", image=list((IMAGES / "espresso.png").read_bytes()))
+    assert served_by in ("@cf/facebook/detr-resnet-50", "@hf/vladmandic/mb3-centernet")
+    assert result and result[0]["label"] == "cup", result
+    assert set(result[0]["box"]) == {"xmin", "ymin", "xmax", "ymax"}, result
+    assert all(a["score"] >= b["score"] for a, b in zip(result, result[1:])), result
+
+
 def test_text_to_image(client: Cloudflare):
     # The SDK answers the PNG itself (its `Uploadable` branch); the raw response carries it.
     raw = client.ai.with_raw_response.run(

@@ -116,6 +116,14 @@ run_worker_checks() {
     if (!Array.isArray(j) || j.length !== 5) return JSON.stringify(j);
     return /cat/.test(j[0].label) && typeof j[0].score === "number" ? true : JSON.stringify(j);'
 
+  request POST /detect "@$HERE/../../crates/ember-engines/tests/fixtures/vision/images/espresso.png"
+  check "/detect: detr-resnet-50 on {image: [bytes]} gives [{label, score, box}], a cup first" '
+    if (status !== "200") return "status " + status;
+    const j = JSON.parse(body);
+    if (!Array.isArray(j) || j.length === 0) return JSON.stringify(j);
+    const b = j[0].box || {};
+    return j[0].label === "cup" && typeof j[0].score === "number" && b.xmin < b.xmax && b.ymin < b.ymax ? true : JSON.stringify(j);'
+
   # The check wants its first run uncached, but another run of this list within the Worker's
   # cacheTtl (60 s) left the answer in Ember's cache. Deleting the gateway drops its cache and
   # logs; the binding's next use creates `default` again, as on a fresh Ember.

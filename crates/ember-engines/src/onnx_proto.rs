@@ -1,6 +1,7 @@
 //! The part of ONNX's protobuf schema (`onnx.proto3`, field numbers as published) that Ember
 //! writes: a model of one graph whose nodes, weights (raw little-endian data), inputs and outputs
-//! it builds itself from a checkpoint's weights, for ONNX Runtime to load from memory.
+//! it builds itself from a checkpoint's weights, for ONNX Runtime to load from memory; and
+//! `GraphBuilder`, which the builders (`embed::bert_onnx`, `vision::tfjs`) write it with.
 
 use prost::Message;
 
@@ -55,6 +56,7 @@ pub(crate) struct NodeProto {
 /// `AttributeProto.AttributeType`.
 pub(crate) const ATTRIBUTE_FLOAT: i32 = 1;
 pub(crate) const ATTRIBUTE_INT: i32 = 2;
+pub(crate) const ATTRIBUTE_STRING: i32 = 3;
 pub(crate) const ATTRIBUTE_INTS: i32 = 7;
 
 #[derive(Clone, PartialEq, Message)]
@@ -65,6 +67,8 @@ pub(crate) struct AttributeProto {
     pub f: f32,
     #[prost(int64, tag = "3")]
     pub i: i64,
+    #[prost(bytes = "vec", tag = "4")]
+    pub s: Vec<u8>,
     #[prost(int64, repeated, tag = "8")]
     pub ints: Vec<i64>,
     #[prost(int32, tag = "20")]
@@ -125,8 +129,160 @@ pub(crate) struct Dimension {
     pub dim_param: Option<String>,
 }
 
-impl ModelProto {
-    pub(crate) fn to_bytes(&self) -> Vec<u8> {
-        self.encode_to_vec()
+/// A graph under construction: its nodes and weights, each node's output named fresh.
+#[derive(Default)]
+pub(crate) struct GraphBuilder {
+    nodes: Vec<NodeProto>,
+    initializers: Vec<TensorProto>,
+}
+
+impl GraphBuilder {
+    /// Adds a node of `op` on `inputs`; returns its output's (fresh) name.
+    pub(crate) fn node(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        attribute: Vec<AttributeProto>,
+    ) -> String {
+        let output = format!("{}_{}", op.to_lowercase(), self.nodes.len());
+        self.nodes.push(NodeProto {
+            input: inputs.iter().map(|i| i.to_string()).collect(),
+            output: vec![output.clone()],
+            name: output.clone(),
+            op_type: op.into(),
+            attribute,
+        });
+        output
+    }
+
+    /// Names `value` `name` (a graph output) with an `Identity` node.
+    pub(crate) fn output(&mut self, value: &str, name: &str) {
+        self.nodes.push(NodeProto {
+            input: vec![value.into()],
+            output: vec![name.into()],
+            name: name.into(),
+            op_type: "Identity".into(),
+            attribute: Vec::new(),
+        });
+    }
+
+    /// Adds an f32 weight of shape `dims` named `name`; returns the name.
+    pub(crate) fn weight_f32(&mut self, name: &str, dims: &[usize], values: &[f32]) -> String {
+        self.initializers.push(TensorProto {
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: FLOAT,
+            name: name.into(),
+            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        });
+        name.into()
+    }
+
+    pub(crate) fn constant_f32(&mut self, name: &str, value: f32) -> String {
+        self.weight_f32(name, &[], &[value])
+    }
+
+    pub(crate) fn constant_i64(&mut self, name: &str, values: &[i64]) -> String {
+        self.initializers.push(TensorProto {
+            dims: vec![values.len() as i64],
+            data_type: INT64,
+            name: name.into(),
+            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        });
+        name.into()
+    }
+
+    /// The model of this graph in ONNX's default opset `opset`, serialized.
+    pub(crate) fn model(
+        self,
+        name: &str,
+        inputs: Vec<ValueInfoProto>,
+        outputs: Vec<ValueInfoProto>,
+        opset: i64,
+    ) -> Vec<u8> {
+        ModelProto {
+            ir_version: 8,
+            producer_name: "ember".into(),
+            graph: Some(GraphProto {
+                node: self.nodes,
+                name: name.into(),
+                initializer: self.initializers,
+                input: inputs,
+                output: outputs,
+            }),
+            opset_import: vec![OperatorSetIdProto {
+                domain: String::new(),
+                version: opset,
+            }],
+        }
+        .encode_to_vec()
+    }
+}
+
+pub(crate) fn int(name: &str, value: i64) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        i: value,
+        r#type: ATTRIBUTE_INT,
+        ..Default::default()
+    }
+}
+
+pub(crate) fn ints(name: &str, values: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        ints: values.to_vec(),
+        r#type: ATTRIBUTE_INTS,
+        ..Default::default()
+    }
+}
+
+pub(crate) fn float(name: &str, value: f32) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        f: value,
+        r#type: ATTRIBUTE_FLOAT,
+        ..Default::default()
+    }
+}
+
+pub(crate) fn string(name: &str, value: &str) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        s: value.as_bytes().to_vec(),
+        r#type: ATTRIBUTE_STRING,
+        ..Default::default()
+    }
+}
+
+/// A graph input or output: its element type and shape, each dimension named (free) or, for
+/// the `None`s, the next of `fixed`.
+pub(crate) fn value_info(
+    name: &str,
+    elem_type: i32,
+    dims: &[Option<&str>],
+    fixed: &[i64],
+) -> ValueInfoProto {
+    let mut fixed = fixed.iter();
+    let dim = dims
+        .iter()
+        .map(|dim| match dim {
+            Some(param) => Dimension {
+                dim_value: None,
+                dim_param: Some(param.to_string()),
+            },
+            None => Dimension {
+                dim_value: fixed.next().copied(),
+                dim_param: None,
+            },
+        })
+        .collect();
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            tensor_type: Some(TypeTensor {
+                elem_type,
+                shape: Some(TensorShapeProto { dim }),
+            }),
+        }),
     }
 }

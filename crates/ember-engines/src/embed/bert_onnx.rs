@@ -8,11 +8,7 @@
 
 use super::{Encoder, load_safetensors};
 use crate::onnx;
-use crate::onnx_proto::{
-    ATTRIBUTE_FLOAT, ATTRIBUTE_INT, ATTRIBUTE_INTS, AttributeProto, Dimension, FLOAT, GraphProto,
-    INT64, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto,
-    TypeTensor, ValueInfoProto,
-};
+use crate::onnx_proto::{FLOAT, GraphBuilder, INT64, float, int, ints, value_info};
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::bert::{Config, HiddenAct};
 use ort::session::Session;
@@ -102,8 +98,7 @@ impl Encoder for OnnxBert {
 /// The graph under construction: its nodes and weights.
 struct Graph<'a> {
     weights: &'a HashMap<String, Tensor>,
-    nodes: Vec<NodeProto>,
-    initializers: Vec<TensorProto>,
+    onnx: GraphBuilder,
 }
 
 impl<'a> Graph<'a> {
@@ -115,8 +110,7 @@ impl<'a> Graph<'a> {
     ) -> candle_core::Result<Vec<u8>> {
         let mut g = Graph {
             weights,
-            nodes: Vec::new(),
-            initializers: Vec::new(),
+            onnx: GraphBuilder::default(),
         };
         let (hidden, heads) = (config.hidden_size, config.num_attention_heads);
         let head_dim = hidden / heads;
@@ -128,85 +122,77 @@ impl<'a> Graph<'a> {
             &format!("{e}.token_type_embeddings.weight"),
             "token_type_ids",
         )?;
-        let sum = g.node("Add", &[&words, &positions], vec![]);
-        let sum = g.node("Add", &[&sum, &types], vec![]);
+        let sum = g.onnx.node("Add", &[&words, &positions], vec![]);
+        let sum = g.onnx.node("Add", &[&sum, &types], vec![]);
         let mut x = g.layer_norm(&sum, &format!("{e}.LayerNorm"), eps)?;
-        let split = g.constant_i64("split", &[0, 0, heads as i64, head_dim as i64]);
-        let merge = g.constant_i64("merge", &[0, 0, hidden as i64]);
-        let scale = g.constant_f32("scale", 1.0 / (head_dim as f32).sqrt());
-        let (half, one) = (g.constant_f32("half", 0.5), g.constant_f32("one", 1.0));
-        let root2 = g.constant_f32("root2", std::f32::consts::SQRT_2);
+        let split = g
+            .onnx
+            .constant_i64("split", &[0, 0, heads as i64, head_dim as i64]);
+        let merge = g.onnx.constant_i64("merge", &[0, 0, hidden as i64]);
+        let scale = g.onnx.constant_f32("scale", 1.0 / (head_dim as f32).sqrt());
+        let (half, one) = (
+            g.onnx.constant_f32("half", 0.5),
+            g.onnx.constant_f32("one", 1.0),
+        );
+        let root2 = g.onnx.constant_f32("root2", std::f32::consts::SQRT_2);
         for layer in 0..config.num_hidden_layers {
             let p = format!("encoder.layer.{layer}");
             let attention = format!("{p}.attention.self");
             let heads_of = |g: &mut Graph, name: &str, perm: &[i64]| {
                 let projected = g.linear(&x, &format!("{attention}.{name}"))?;
-                let split = g.node("Reshape", &[&projected, &split], vec![]);
-                candle_core::Result::Ok(g.node("Transpose", &[&split], vec![ints("perm", perm)]))
+                let split = g.onnx.node("Reshape", &[&projected, &split], vec![]);
+                candle_core::Result::Ok(g.onnx.node(
+                    "Transpose",
+                    &[&split],
+                    vec![ints("perm", perm)],
+                ))
             };
             let q = heads_of(&mut g, "query", &[0, 2, 1, 3])?;
             let k = heads_of(&mut g, "key", &[0, 2, 3, 1])?;
             let v = heads_of(&mut g, "value", &[0, 2, 1, 3])?;
-            let scores = g.node("MatMul", &[&q, &k], vec![]);
-            let scores = g.node("Mul", &[&scores, &scale], vec![]);
-            let scores = g.node("Add", &[&scores, "mask_add"], vec![]);
-            let probs = g.node("Softmax", &[&scores], vec![int("axis", -1)]);
-            let context = g.node("MatMul", &[&probs, &v], vec![]);
-            let context = g.node("Transpose", &[&context], vec![ints("perm", &[0, 2, 1, 3])]);
-            let context = g.node("Reshape", &[&context, &merge], vec![]);
+            let scores = g.onnx.node("MatMul", &[&q, &k], vec![]);
+            let scores = g.onnx.node("Mul", &[&scores, &scale], vec![]);
+            let scores = g.onnx.node("Add", &[&scores, "mask_add"], vec![]);
+            let probs = g.onnx.node("Softmax", &[&scores], vec![int("axis", -1)]);
+            let context = g.onnx.node("MatMul", &[&probs, &v], vec![]);
+            let context = g
+                .onnx
+                .node("Transpose", &[&context], vec![ints("perm", &[0, 2, 1, 3])]);
+            let context = g.onnx.node("Reshape", &[&context, &merge], vec![]);
             let attended = g.linear(&context, &format!("{p}.attention.output.dense"))?;
-            let residual = g.node("Add", &[&attended, &x], vec![]);
+            let residual = g.onnx.node("Add", &[&attended, &x], vec![]);
             x = g.layer_norm(&residual, &format!("{p}.attention.output.LayerNorm"), eps)?;
             // GELU as erf: x · ½ · (1 + erf(x / √2)).
             let up = g.linear(&x, &format!("{p}.intermediate.dense"))?;
-            let scaled = g.node("Div", &[&up, &root2], vec![]);
-            let erf = g.node("Erf", &[&scaled], vec![]);
-            let erf = g.node("Add", &[&erf, &one], vec![]);
-            let halved = g.node("Mul", &[&up, &half], vec![]);
-            let gelu = g.node("Mul", &[&halved, &erf], vec![]);
+            let scaled = g.onnx.node("Div", &[&up, &root2], vec![]);
+            let erf = g.onnx.node("Erf", &[&scaled], vec![]);
+            let erf = g.onnx.node("Add", &[&erf, &one], vec![]);
+            let halved = g.onnx.node("Mul", &[&up, &half], vec![]);
+            let gelu = g.onnx.node("Mul", &[&halved, &erf], vec![]);
             let down = g.linear(&gelu, &format!("{p}.output.dense"))?;
-            let residual = g.node("Add", &[&down, &x], vec![]);
+            let residual = g.onnx.node("Add", &[&down, &x], vec![]);
             x = g.layer_norm(&residual, &format!("{p}.output.LayerNorm"), eps)?;
         }
-        g.nodes.push(NodeProto {
-            input: vec![x],
-            output: vec!["last_hidden_state".into()],
-            name: "output".into(),
-            op_type: "Identity".into(),
-            attribute: Vec::new(),
-        });
+        g.onnx.output(&x, "last_hidden_state");
         let ids = |name: &str| value_info(name, INT64, &[Some("batch"), Some("seq")], &[]);
-        let model = ModelProto {
-            ir_version: 8,
-            producer_name: "ember".into(),
-            graph: Some(GraphProto {
-                node: g.nodes,
-                name: "bert".into(),
-                initializer: g.initializers,
-                input: vec![
-                    ids("input_ids"),
-                    ids("token_type_ids"),
-                    ids("position_ids"),
-                    value_info(
-                        "mask_add",
-                        FLOAT,
-                        &[Some("batch"), None, None, Some("seq")],
-                        &[1, 1],
-                    ),
-                ],
-                output: vec![value_info(
-                    "last_hidden_state",
-                    FLOAT,
-                    &[Some("batch"), Some("seq"), None],
-                    &[hidden as i64],
-                )],
-            }),
-            opset_import: vec![OperatorSetIdProto {
-                domain: String::new(),
-                version: 17,
-            }],
-        };
-        Ok(model.to_bytes())
+        let inputs = vec![
+            ids("input_ids"),
+            ids("token_type_ids"),
+            ids("position_ids"),
+            value_info(
+                "mask_add",
+                FLOAT,
+                &[Some("batch"), None, None, Some("seq")],
+                &[1, 1],
+            ),
+        ];
+        let outputs = vec![value_info(
+            "last_hidden_state",
+            FLOAT,
+            &[Some("batch"), Some("seq"), None],
+            &[hidden as i64],
+        )];
+        Ok(g.onnx.model("bert", inputs, outputs, 17))
     }
 
     /// The model's tensor `name` (with or without transformers' `bert.` prefix) as f32.
@@ -221,52 +207,13 @@ impl<'a> Graph<'a> {
     /// Adds `tensor` as a weight named `name`; returns the name.
     fn initializer(&mut self, name: &str, tensor: &Tensor) -> candle_core::Result<String> {
         let values = tensor.flatten_all()?.to_vec1::<f32>()?;
-        self.initializers.push(TensorProto {
-            dims: tensor.dims().iter().map(|&d| d as i64).collect(),
-            data_type: FLOAT,
-            name: name.into(),
-            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        });
-        Ok(name.into())
-    }
-
-    fn constant_f32(&mut self, name: &str, value: f32) -> String {
-        self.initializers.push(TensorProto {
-            dims: Vec::new(),
-            data_type: FLOAT,
-            name: name.into(),
-            raw_data: value.to_le_bytes().to_vec(),
-        });
-        name.into()
-    }
-
-    fn constant_i64(&mut self, name: &str, values: &[i64]) -> String {
-        self.initializers.push(TensorProto {
-            dims: vec![values.len() as i64],
-            data_type: INT64,
-            name: name.into(),
-            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        });
-        name.into()
-    }
-
-    /// Adds a node of `op` on `inputs`; returns its output's (fresh) name.
-    fn node(&mut self, op: &str, inputs: &[&str], attribute: Vec<AttributeProto>) -> String {
-        let output = format!("{}_{}", op.to_lowercase(), self.nodes.len());
-        self.nodes.push(NodeProto {
-            input: inputs.iter().map(|i| i.to_string()).collect(),
-            output: vec![output.clone()],
-            name: output.clone(),
-            op_type: op.into(),
-            attribute,
-        });
-        output
+        Ok(self.onnx.weight_f32(name, tensor.dims(), &values))
     }
 
     fn gather(&mut self, table: &str, indices: &str) -> candle_core::Result<String> {
         let weights = self.weight(table)?;
         let table = self.initializer(table, &weights)?;
-        Ok(self.node("Gather", &[&table, indices], vec![]))
+        Ok(self.onnx.node("Gather", &[&table, indices], vec![]))
     }
 
     /// `x · Wᵀ + b` for the PyTorch `Linear` named `prefix` (`W` stored `[out, in]`).
@@ -278,8 +225,8 @@ impl<'a> Graph<'a> {
         let weight_t = self.initializer(&format!("{prefix}.weight_t"), &weight_t)?;
         let bias = self.weight(&format!("{prefix}.bias"))?;
         let bias = self.initializer(&format!("{prefix}.bias"), &bias)?;
-        let product = self.node("MatMul", &[x, &weight_t], vec![]);
-        Ok(self.node("Add", &[&product, &bias], vec![]))
+        let product = self.onnx.node("MatMul", &[x, &weight_t], vec![]);
+        Ok(self.onnx.node("Add", &[&product, &bias], vec![]))
     }
 
     fn layer_norm(&mut self, x: &str, prefix: &str, eps: f32) -> candle_core::Result<String> {
@@ -288,61 +235,8 @@ impl<'a> Graph<'a> {
         let beta = self.weight(&format!("{prefix}.bias"))?;
         let beta = self.initializer(&format!("{prefix}.bias"), &beta)?;
         let attributes = vec![int("axis", -1), float("epsilon", eps)];
-        Ok(self.node("LayerNormalization", &[x, &gamma, &beta], attributes))
-    }
-}
-
-fn int(name: &str, value: i64) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        i: value,
-        r#type: ATTRIBUTE_INT,
-        ..Default::default()
-    }
-}
-
-fn ints(name: &str, values: &[i64]) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        ints: values.to_vec(),
-        r#type: ATTRIBUTE_INTS,
-        ..Default::default()
-    }
-}
-
-fn float(name: &str, value: f32) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        f: value,
-        r#type: ATTRIBUTE_FLOAT,
-        ..Default::default()
-    }
-}
-
-/// A graph input or output: its element type and shape, each dimension named (free) or, for
-/// the `None`s, the next of `fixed`.
-fn value_info(name: &str, elem_type: i32, dims: &[Option<&str>], fixed: &[i64]) -> ValueInfoProto {
-    let mut fixed = fixed.iter();
-    let dim = dims
-        .iter()
-        .map(|dim| match dim {
-            Some(param) => Dimension {
-                dim_value: None,
-                dim_param: Some(param.to_string()),
-            },
-            None => Dimension {
-                dim_value: fixed.next().copied(),
-                dim_param: None,
-            },
-        })
-        .collect();
-    ValueInfoProto {
-        name: name.into(),
-        r#type: Some(TypeProto {
-            tensor_type: Some(TypeTensor {
-                elem_type,
-                shape: Some(TensorShapeProto { dim }),
-            }),
-        }),
+        Ok(self
+            .onnx
+            .node("LayerNormalization", &[x, &gamma, &beta], attributes))
     }
 }

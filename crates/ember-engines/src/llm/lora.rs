@@ -315,7 +315,10 @@ mod tests {
                 (name.to_string(), tensor)
             })
             .collect();
-        let path = std::env::temp_dir().join(format!("ember-lora-{}.st", std::process::id()));
+        // Tests run in parallel threads of one process: each file gets its own name.
+        static FILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("ember-lora-{}-{n}.st", std::process::id()));
         candle_core::safetensors::save(&tensors.into_iter().collect(), &path).unwrap();
         let bytes = std::fs::read(&path).unwrap();
         std::fs::remove_file(&path).unwrap();

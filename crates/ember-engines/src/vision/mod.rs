@@ -1,6 +1,7 @@
 //! Images on candle: the uploaded bytes decoded and preprocessed (`image`), then an ImageNet
-//! classifier (`ImageClassifier`, here) answering the five most likely labels, or DETR
-//! (`detector`, `detr`) answering the objects it finds.
+//! classifier (`ImageClassifier`, here) answering the five most likely labels, or a detector
+//! answering the objects it finds: DETR (`detector`, `detr`) or, where DETR is not installed,
+//! MB3-CenterNet (`centernet`, a TF.js model that `tfjs` translates for ONNX Runtime).
 //!
 //! - `resnet`: ResNet-50's architecture from a Hugging Face folder (`config.json` with its
 //!   `id2label`, `model.safetensors`), preprocessed with ImageNet's mean and standard deviation.
@@ -12,6 +13,7 @@
 //!
 //! Both take one image per call on the model's worker thread, where the decoding runs too.
 
+pub mod centernet;
 pub mod detector;
 pub mod detr;
 pub mod efficientnet;
@@ -19,6 +21,7 @@ pub mod image;
 pub mod layers;
 pub mod resample;
 pub mod resnet;
+mod tfjs;
 pub mod torch_legacy;
 
 use self::image::{Preprocess, Resize, decode_rgb};

@@ -84,6 +84,12 @@ app.post("/classify", async (c) => {
   return c.json(await c.env.AI.run("@cf/microsoft/resnet-50", { image }));
 });
 
+// Object detection: the same, on DETR's id.
+app.post("/detect", async (c) => {
+  const image = [...new Uint8Array(await c.req.arrayBuffer())];
+  return c.json(await c.env.AI.run("@cf/facebook/detr-resnet-50", { image }));
+});
+
 // Vision chat: the posted image as a data URL in an image_url content part, on the tiny Gemma 3
 // with its image encoder (random weights: the text is what llama-mtmd-cli made, not sense).
 app.post("/see", async (c) => {
