@@ -155,6 +155,31 @@ impl GraphBuilder {
         output
     }
 
+    /// Adds a node of `op` with `outputs` outputs; returns their (fresh) names.
+    pub(crate) fn node_outputs(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        outputs: usize,
+        attribute: Vec<AttributeProto>,
+    ) -> Vec<String> {
+        let name = format!("{}_{}", op.to_lowercase(), self.nodes.len());
+        let output: Vec<String> = (0..outputs).map(|i| format!("{name}:{i}")).collect();
+        self.nodes.push(NodeProto {
+            input: inputs.iter().map(|i| i.to_string()).collect(),
+            output: output.clone(),
+            name,
+            op_type: op.into(),
+            attribute,
+        });
+        output
+    }
+
+    /// Whether a weight named `name` was added.
+    pub(crate) fn has_weight(&self, name: &str) -> bool {
+        self.initializers.iter().any(|t| t.name == name)
+    }
+
     /// Names `value` `name` (a graph output) with an `Identity` node.
     pub(crate) fn output(&mut self, value: &str, name: &str) {
         self.nodes.push(NodeProto {

@@ -35,7 +35,7 @@ pub struct UNetFile {
     pub out_channels: usize,
     /// Latent pixels on a side the model was trained at.
     pub sample_size: usize,
-    block_out_channels: Vec<usize>,
+    pub block_out_channels: Vec<usize>,
     down_block_types: Vec<String>,
     up_block_types: Vec<String>,
     layers_per_block: usize,
@@ -46,21 +46,21 @@ pub struct UNetFile {
     num_attention_heads: Option<PerBlock>,
     #[serde(default)]
     transformer_layers_per_block: Option<PerBlock>,
-    cross_attention_dim: usize,
+    pub cross_attention_dim: usize,
     #[serde(default = "one")]
-    downsample_padding: usize,
+    pub downsample_padding: usize,
     #[serde(default = "one_f64")]
-    mid_block_scale_factor: f64,
+    pub mid_block_scale_factor: f64,
     #[serde(default = "thirty_two")]
-    norm_num_groups: usize,
+    pub norm_num_groups: usize,
     #[serde(default = "norm_eps")]
-    norm_eps: f64,
+    pub norm_eps: f64,
     #[serde(default = "yes")]
-    flip_sin_to_cos: bool,
+    pub flip_sin_to_cos: bool,
     #[serde(default)]
-    freq_shift: f64,
+    pub freq_shift: f64,
     #[serde(default)]
-    center_input_sample: bool,
+    pub center_input_sample: bool,
     #[serde(default)]
     use_linear_projection: bool,
     /// Refused when set (see `candle`).
@@ -100,7 +100,12 @@ impl UNetFile {
             .unwrap_or(&self.attention_head_dim)
     }
 
-    /// candle's configuration for this UNet.
+    /// Attention heads of block `block` (the down block's; up blocks mirror them).
+    pub fn heads_of_block(&self, block: usize) -> usize {
+        self.heads().get(block)
+    }
+
+    /// candle's configuration for this UNet (also the check of what the ONNX UNet builds).
     pub fn candle(&self) -> Result<UNet2DConditionModelConfig> {
         for (name, value) in [
             ("addition_embed_type", &self.addition_embed_type),
@@ -175,7 +180,7 @@ pub struct VaeFile {
     #[serde(default = "yes")]
     pub use_quant_conv: bool,
     #[serde(default = "yes")]
-    use_post_quant_conv: bool,
+    pub use_post_quant_conv: bool,
 }
 
 fn sd_scaling() -> f64 {

@@ -1,7 +1,8 @@
-//! Stable Diffusion (1.x and 2.x) on candle, from a diffusers folder: `tokenizer/` and
-//! `text_encoder/` (CLIP, `clip_text`), `unet/` and `vae/` (candle-transformers' blocks, configured
-//! by `config`; the encoder side in `vae_encoder`), and a schedule (`scheduler`: DDIM, or LCM for
-//! latent-consistency models). One request at a time on the model's worker thread:
+//! Stable Diffusion (1.x and 2.x) from a diffusers folder: `tokenizer/` and `text_encoder/` (CLIP,
+//! `clip_text`, on candle), `unet/` and `vae/` (on ONNX Runtime, `onnx_graphs`, where it is
+//! installed, else candle-transformers' blocks, configured by `config`; the encoder side in
+//! `vae_encoder`, on candle), and a schedule (`scheduler`: DDIM, or LCM for latent-consistency
+//! models). One request at a time on the model's worker thread:
 //!
 //! 1. the prompt and the negative prompt are encoded (both, when guidance is above 1);
 //! 2. the starting latents are drawn from the request's seed: noise, or, with a starting image,
@@ -17,12 +18,14 @@
 
 pub mod clip_text;
 pub mod config;
+mod onnx_graphs;
 pub mod scheduler;
 pub mod taesd;
 pub mod vae_encoder;
 
 use self::clip_text::{ClipTextEncoder, ClipTokenizer};
 use self::config::{SchedulerFile, UNetFile, VaeFile};
+use self::onnx_graphs::{OnnxDecoder, OnnxUNet};
 use self::scheduler::{Prediction, Scheduler, SchedulerKind};
 use self::taesd::TinyDecoder;
 use self::vae_encoder::VaeEncoder;
@@ -51,7 +54,7 @@ const INPAINTING_CHANNELS: usize = 9;
 pub struct ImageGenerator {
     tokenizer: ClipTokenizer,
     text_encoder: ClipTextEncoder,
-    unet: UNet2DConditionModel,
+    unet: Denoiser,
     unet_file: UNetFile,
     decoder: Decoder,
     vae_encoder: VaeEncoder,
@@ -61,9 +64,17 @@ pub struct ImageGenerator {
     metrics: ModelMetrics,
 }
 
+/// The UNet: on ONNX Runtime, or on candle where ONNX Runtime cannot be loaded.
+enum Denoiser {
+    Onnx(OnnxUNet),
+    Candle(Box<UNet2DConditionModel>),
+}
+
 /// What turns the final latents into pixels.
 enum Decoder {
-    /// The KL autoencoder's decoder (`vae/`).
+    /// The KL autoencoder's decoder (`vae/`), on ONNX Runtime.
+    OnnxAutoencoder(OnnxDecoder),
+    /// The same on candle, where ONNX Runtime cannot be loaded.
     Autoencoder(Box<AutoEncoderKL>),
     /// TAESD (`taesd/`): much less work, a little less detail.
     Tiny(TinyDecoder),
@@ -95,21 +106,38 @@ impl ImageGenerator {
                 true => read_json::<SchedulerFile>(&scheduler_path)?.prediction()?,
                 false => Prediction::Epsilon,
             };
-            let unet = UNet2DConditionModel::new(
-                weights(&dir.join("unet/diffusion_pytorch_model.safetensors"))?,
-                unet_file.in_channels,
-                unet_file.out_channels,
-                false,
-                unet_file.candle()?,
-            )?;
-            let vae_weights = weights(&dir.join("vae/diffusion_pytorch_model.safetensors"))?;
+            let threads = crate::cpu_threads();
+            let unet_path = dir.join("unet/diffusion_pytorch_model.safetensors");
+            let unet = match OnnxUNet::load(&unet_path, &unet_file, threads) {
+                Ok(unet) => Denoiser::Onnx(unet),
+                Err(why) => {
+                    tracing::warn!(reason = %format!("{why:#}"), "the UNet runs on candle");
+                    Denoiser::Candle(Box::new(UNet2DConditionModel::new(
+                        weights(&unet_path)?,
+                        unet_file.in_channels,
+                        unet_file.out_channels,
+                        false,
+                        unet_file.candle()?,
+                    )?))
+                }
+            };
+            let vae_path = dir.join("vae/diffusion_pytorch_model.safetensors");
+            let vae_weights = weights(&vae_path)?;
             let decoder = match decoder {
-                DecoderKind::Autoencoder => Decoder::Autoencoder(Box::new(AutoEncoderKL::new(
-                    vae_weights.clone(),
-                    vae_file.in_channels,
-                    vae_file.out_channels,
-                    vae_file.candle(),
-                )?)),
+                DecoderKind::Autoencoder => {
+                    match OnnxDecoder::load(&vae_path, &vae_file, threads) {
+                        Ok(decoder) => Decoder::OnnxAutoencoder(decoder),
+                        Err(why) => {
+                            tracing::warn!(reason = %format!("{why:#}"), "the decoder runs on candle");
+                            Decoder::Autoencoder(Box::new(AutoEncoderKL::new(
+                                vae_weights.clone(),
+                                vae_file.in_channels,
+                                vae_file.out_channels,
+                                vae_file.candle(),
+                            )?))
+                        }
+                    }
+                }
                 DecoderKind::Tiny => Decoder::Tiny(TinyDecoder::load(&dir.join("taesd"))?),
             };
             Ok(ImageGenerator {
@@ -131,6 +159,11 @@ impl ImageGenerator {
         })
     }
 
+    /// Whether the UNet and the autoencoder's decoder run on ONNX Runtime (else on candle).
+    pub fn on_onnx_runtime(&self) -> bool {
+        matches!(self.unet, Denoiser::Onnx(_)) && !matches!(self.decoder, Decoder::Autoencoder(_))
+    }
+
     /// The side, in pixels, the model was trained at.
     pub fn native_side(&self) -> u32 {
         (self.unet_file.sample_size * self.vae_file.latent_factor()) as u32
@@ -149,19 +182,27 @@ impl ImageGenerator {
         timestep: usize,
         context: &Tensor,
     ) -> Result<Tensor, InferError> {
-        self.unet
-            .forward(latents, timestep as f64, context)
-            .map_err(internal)
+        match &self.unet {
+            Denoiser::Onnx(unet) => unet.forward(latents, timestep as f64, context),
+            Denoiser::Candle(unet) => unet
+                .forward(latents, timestep as f64, context)
+                .map_err(anyhow::Error::from),
+        }
+        .map_err(internal)
     }
 
     /// Decodes the UNet's latents (`[1, 4, h/8, w/8]`, still multiplied by the autoencoder's
     /// scaling factor) to an image in [0, 1]: `[1, 3, h, w]`.
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor, InferError> {
+        let unscaled = || latents / self.vae_file.scaling_factor;
         let image = match &self.decoder {
-            Decoder::Autoencoder(vae) => {
-                (latents / self.vae_file.scaling_factor).and_then(|latents| vae.decode(&latents))
-            }
-            Decoder::Tiny(taesd) => taesd.decode(latents),
+            Decoder::OnnxAutoencoder(vae) => unscaled()
+                .map_err(anyhow::Error::from)
+                .and_then(|latents| vae.decode(&latents)),
+            Decoder::Autoencoder(vae) => unscaled()
+                .and_then(|latents| vae.decode(&latents))
+                .map_err(anyhow::Error::from),
+            Decoder::Tiny(taesd) => taesd.decode(latents).map_err(anyhow::Error::from),
         }
         .map_err(internal)?;
         image

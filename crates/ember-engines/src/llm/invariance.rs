@@ -15,33 +15,16 @@
 //! So the scheduler, in this mode, gives each sequence its own KV stream, turns flash attention
 //! off, reads each prompt chunk in its own pass (llama.cpp would otherwise cut it to the length
 //! of the decode rows beside it) and never computes a prompt row alone (no chunk and no cache
-//! hit leaves a single row), and the process turns the tiled K-quant matmul off. Repacking
-//! cannot be turned off through `llama-cpp-2` 0.1.160 (it does not expose `use_extra_bufts`, and
-//! an override to the CPU buffer type picks the repacking buffer again), so models with weight
-//! types llama.cpp repacks on this CPU architecture are refused.
+//! hit leaves a single row), the process turns the tiled K-quant matmul off, and the model is
+//! loaded with repacking off (`load_without_repacking`), so Q4_K and Q4_0 weights go through the
+//! same row-by-row dot products as the other types.
 
-use candle_core::quantized::GgmlDType;
-use candle_core::quantized::gguf_file;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::model::LlamaModel;
 use std::path::Path;
 
 /// The environment variable that turns llama.cpp's tiled K-quant matmul off (when "0").
 const TILED_MATMUL: &str = "GGML_CPU_TILED_MM";
-
-/// Weight types llama.cpp's CPU backend repacks on this architecture (`ggml-cpu/repack.cpp`):
-/// on x86 with AVX2, Q4_0, Q4_K and IQ4_NL (IQ types are refused anyway: candle cannot read
-/// them), and Q2_K with AVX-512; on ARM also Q5_K, Q6_K and Q8_0.
-const REPACKED: &[GgmlDType] = if cfg!(target_arch = "x86_64") {
-    &[GgmlDType::Q4_0, GgmlDType::Q4K, GgmlDType::Q2K]
-} else {
-    &[
-        GgmlDType::Q4_0,
-        GgmlDType::Q4K,
-        GgmlDType::Q2K,
-        GgmlDType::Q5K,
-        GgmlDType::Q6K,
-        GgmlDType::Q8_0,
-    ]
-};
 
 /// Turns llama.cpp's tiled K-quant matmul off for the whole process. llama.cpp reads the
 /// variable once, at its first matmul, so this must come before any model runs.
@@ -56,59 +39,48 @@ pub unsafe fn use_batch_invariant_kernels() {
     unsafe { std::env::set_var(TILED_MATMUL, "0") };
 }
 
-/// Why the model in `gguf` cannot run batch-invariant here, if it cannot.
-pub(crate) fn refusal(gguf: &Path) -> Option<String> {
+/// Why models cannot run batch-invariant in this process, if they cannot.
+pub(crate) fn refusal() -> Option<String> {
     if cfg!(feature = "cuda") {
         return Some(
             "batch invariance is for llama.cpp's CPU kernels; this build uses CUDA".into(),
         );
     }
-    if std::env::var(TILED_MATMUL).as_deref() != Ok("0") {
-        return Some(format!(
+    (std::env::var(TILED_MATMUL).as_deref() != Ok("0")).then(|| {
+        format!(
             "batch invariance needs {TILED_MATMUL}=0 set before the first model runs \
              (`ember serve --batch-invariant` sets it; in-process, call \
              `use_batch_invariant_kernels`)"
-        ));
-    }
-    let content = std::fs::File::open(gguf)
-        .map_err(|e| e.to_string())
-        .and_then(|mut file| gguf_file::Content::read(&mut file).map_err(|e| e.to_string()));
-    let content = match content {
-        Ok(content) => content,
-        Err(error) => {
-            return Some(format!(
-                "batch invariance: cannot check the weight types of {}: {error}",
-                gguf.display()
-            ));
-        }
-    };
-    let mut repacked = content
-        .tensor_infos
-        .values()
-        .filter(|info| REPACKED.contains(&info.ggml_dtype))
-        .map(|info| type_name(info.ggml_dtype))
-        .collect::<Vec<_>>();
-    repacked.sort();
-    repacked.dedup();
-    (!repacked.is_empty()).then(|| {
-        format!(
-            "batch invariance: llama.cpp repacks {} weights on this CPU, and its repacked \
-             kernels change with batch size; use a file of other types (Q4_1, Q5_0, Q5_1, Q8_0, \
-             F16), e.g. from llama.cpp's `llama-quantize --allow-requantize IN OUT Q8_0`",
-            repacked.join(", ")
         )
     })
 }
 
-/// llama.cpp's name for a weight type (candle's `Debug` drops the underscore of K-quants).
-fn type_name(dtype: GgmlDType) -> &'static str {
-    match dtype {
-        GgmlDType::Q4_0 => "Q4_0",
-        GgmlDType::Q4K => "Q4_K",
-        GgmlDType::Q2K => "Q2_K",
-        GgmlDType::Q5K => "Q5_K",
-        GgmlDType::Q6K => "Q6_K",
-        GgmlDType::Q8_0 => "Q8_0",
-        _ => "other",
+/// Loads the GGUF at `path` with llama.cpp's weight repacking off (`use_extra_bufts = false`):
+/// repacked weights switch between GEMV and GEMM kernels by row count, which round differently.
+/// llama-cpp-2 0.1.160 does not expose the flag (and its CPU buffer override picks the
+/// repacking buffer again), so this calls llama.cpp's loader itself with its default parameters
+/// and that one change.
+#[allow(unsafe_code)]
+pub(crate) fn load_without_repacking(
+    _initialized: &LlamaBackend,
+    path: &Path,
+) -> Result<LlamaModel, String> {
+    let c_path = std::ffi::CString::new(path.to_string_lossy().as_bytes())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    // SAFETY: the backend is initialized (the argument proves it) and the path is a valid C
+    // string; `LlamaModel` is a `#[repr(transparent)]` wrapper of the non-null model pointer in
+    // the pinned llama-cpp-2 (0.1.160), which frees it with `llama_model_free` when dropped, as
+    // for a model it loaded itself.
+    unsafe {
+        let mut params = llama_cpp_sys_2::llama_model_default_params();
+        params.use_extra_bufts = false;
+        let model = llama_cpp_sys_2::llama_model_load_from_file(c_path.as_ptr(), params);
+        match std::ptr::NonNull::new(model) {
+            Some(model) => Ok(std::mem::transmute::<
+                std::ptr::NonNull<llama_cpp_sys_2::llama_model>,
+                LlamaModel,
+            >(model)),
+            None => Err(format!("llama.cpp could not load {}", path.display())),
+        }
     }
 }

@@ -62,7 +62,7 @@ pub struct LlmSettings {
     pub max_wait: Duration,
     /// Bit-identical logits for a sequence alone, batched or from the prefix cache, at some
     /// speed (see `invariance.rs`); implies the per-sequence layout. Needs
-    /// `use_batch_invariant_kernels` first, and refuses models whose weights llama.cpp repacks.
+    /// `use_batch_invariant_kernels` first, and loads weights without llama.cpp's repacking.
     pub batch_invariant: bool,
     /// Speculative decoding by prompt lookup (off with batch invariance and on sliding-window
     /// models).
@@ -145,7 +145,7 @@ pub fn load(
     let backend = backend()?;
     let path = dir.join("model.gguf");
     if settings.batch_invariant
-        && let Some(reason) = invariance::refusal(&path)
+        && let Some(reason) = invariance::refusal()
     {
         return Err(failed(reason));
     }
@@ -160,8 +160,11 @@ pub fn load(
         }
         true
     });
-    let model = LlamaModel::load_from_file(backend, &path, &params)
-        .map_err(|e| failed(format!("{}: {e}", path.display())))?;
+    let model = match settings.batch_invariant {
+        true => invariance::load_without_repacking(backend, &path).map_err(failed)?,
+        false => LlamaModel::load_from_file(backend, &path, &params)
+            .map_err(|e| failed(format!("{}: {e}", path.display())))?,
+    };
     // Older GGUF conversions (LLaVA 1.5's) carry no chat template: the catalog entry then gives
     // it.
     let source = model
