@@ -1,11 +1,14 @@
 //! ONNX Runtime: its shared library, found and loaded once per process, and the sessions the
-//! models on it run in (the voices in `tts`, Whisper's voice activity detector, BERT embeddings).
+//! models on it run in (the voices in `tts`, Whisper's voice activity detector, and the graphs
+//! Ember builds with `onnx_proto`: BERT embeddings, the TF.js detector, Stable Diffusion's UNet
+//! and decoder).
 //!
 //! The library is loaded at run time (`ort`'s `load-dynamic`) rather than linked: `ort` would
 //! otherwise download a build at compile time, and the build hosts are offline. The file is the
 //! `libonnxruntime.so` of PyPI's onnxruntime wheel, which `scripts/install-deps.sh` unpacks into
 //! `$EMBER_HOME/lib` (`ORT_DYLIB_PATH` names another file).
 
+use crate::onnx_proto::BuiltModel;
 use anyhow::{Context, anyhow, bail};
 use ort::session::Session;
 use std::path::{Path, PathBuf};
@@ -21,10 +24,18 @@ pub(crate) fn session(path: &Path, threads: usize) -> anyhow::Result<Session> {
     open().with_context(|| format!("opening {} with ONNX Runtime", path.display()))
 }
 
-/// `session` for a model built in memory (`onnx_proto`).
-pub(crate) fn session_from_memory(model: &[u8], threads: usize) -> anyhow::Result<Session> {
+/// `session` for a model built in memory (`onnx_proto`), its external weights handed over as
+/// values.
+pub(crate) fn session_from_memory(model: BuiltModel, threads: usize) -> anyhow::Result<Session> {
     load_library()?;
-    let open = || builder(threads)?.commit_from_memory(model);
+    let open = || -> ort::Result<Session> {
+        let mut session = builder(threads)?;
+        for weight in model.external {
+            let value = ort::value::Tensor::from_array((weight.dims, weight.values))?;
+            session = session.with_external_initializer(&weight.name, value.into_dyn())?;
+        }
+        session.commit_from_memory(&model.proto)
+    };
     open().context("opening a built model with ONNX Runtime")
 }
 

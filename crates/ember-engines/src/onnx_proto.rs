@@ -89,6 +89,19 @@ pub(crate) struct TensorProto {
     pub name: String,
     #[prost(bytes = "vec", tag = "9")]
     pub raw_data: Vec<u8>,
+    #[prost(message, repeated, tag = "13")]
+    pub external_data: Vec<StringStringEntryProto>,
+    /// `TensorProto.DataLocation`: 0 in `raw_data`, 1 external.
+    #[prost(int32, tag = "14")]
+    pub data_location: i32,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct StringStringEntryProto {
+    #[prost(string, tag = "1")]
+    pub key: String,
+    #[prost(string, tag = "2")]
+    pub value: String,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -134,7 +147,26 @@ pub(crate) struct Dimension {
 pub(crate) struct GraphBuilder {
     nodes: Vec<NodeProto>,
     initializers: Vec<TensorProto>,
+    external: Vec<ExternalWeight>,
 }
+
+/// A model built in memory: the serialized graph and the weights kept out of it.
+pub(crate) struct BuiltModel {
+    pub proto: Vec<u8>,
+    pub external: Vec<ExternalWeight>,
+}
+
+/// A weight the serialized graph only names: protobuf messages stop at 2 GB, and Stable
+/// Diffusion's UNet alone is 3.4 GB of f32, so large weights are handed to ONNX Runtime as
+/// values of their own (`onnx::session_from_memory`).
+pub(crate) struct ExternalWeight {
+    pub name: String,
+    pub dims: Vec<usize>,
+    pub values: Vec<f32>,
+}
+
+/// Weights of at least this many values are kept out of the serialized graph.
+const EXTERNAL_FROM: usize = 1 << 16;
 
 impl GraphBuilder {
     /// Adds a node of `op` on `inputs`; returns its output's (fresh) name.
@@ -193,12 +225,33 @@ impl GraphBuilder {
 
     /// Adds an f32 weight of shape `dims` named `name`; returns the name.
     pub(crate) fn weight_f32(&mut self, name: &str, dims: &[usize], values: &[f32]) -> String {
+        let external = values.len() >= EXTERNAL_FROM;
         self.initializers.push(TensorProto {
             dims: dims.iter().map(|&d| d as i64).collect(),
             data_type: FLOAT,
             name: name.into(),
-            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            raw_data: match external {
+                true => Vec::new(),
+                false => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            },
+            // ONNX Runtime replaces these with the values given to the session; the location
+            // names no file.
+            external_data: match external {
+                true => vec![StringStringEntryProto {
+                    key: "location".into(),
+                    value: "ember-external-weights".into(),
+                }],
+                false => Vec::new(),
+            },
+            data_location: i32::from(external),
         });
+        if external {
+            self.external.push(ExternalWeight {
+                name: name.into(),
+                dims: dims.to_vec(),
+                values: values.to_vec(),
+            });
+        }
         name.into()
     }
 
@@ -212,19 +265,20 @@ impl GraphBuilder {
             data_type: INT64,
             name: name.into(),
             raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ..Default::default()
         });
         name.into()
     }
 
-    /// The model of this graph in ONNX's default opset `opset`, serialized.
+    /// The model of this graph in ONNX's default opset `opset`.
     pub(crate) fn model(
         self,
         name: &str,
         inputs: Vec<ValueInfoProto>,
         outputs: Vec<ValueInfoProto>,
         opset: i64,
-    ) -> Vec<u8> {
-        ModelProto {
+    ) -> BuiltModel {
+        let proto = ModelProto {
             ir_version: 8,
             producer_name: "ember".into(),
             graph: Some(GraphProto {
@@ -239,7 +293,11 @@ impl GraphBuilder {
                 version: opset,
             }],
         }
-        .encode_to_vec()
+        .encode_to_vec();
+        BuiltModel {
+            proto,
+            external: self.external,
+        }
     }
 }
 

@@ -12,7 +12,7 @@
 use super::config::{UNetFile, VaeFile};
 use crate::embed::load_safetensors;
 use crate::onnx;
-use crate::onnx_proto::{FLOAT, GraphBuilder, float, int, ints, string, value_info};
+use crate::onnx_proto::{BuiltModel, FLOAT, GraphBuilder, float, int, ints, string, value_info};
 use anyhow::{Context, anyhow, bail};
 use candle_core::{DType, Device, Tensor};
 use ort::session::Session;
@@ -39,7 +39,7 @@ impl OnnxUNet {
         let weights = load_safetensors(weights).map_err(|e| anyhow!(e))?;
         let model = Builder::new(&weights).unet(file)?;
         Ok(OnnxUNet {
-            session: Mutex::new(onnx::session_from_memory(&model, threads)?),
+            session: Mutex::new(onnx::session_from_memory(model, threads)?),
             time_channels: file.block_out_channels[0],
             flip_sin_to_cos: file.flip_sin_to_cos,
             freq_shift: file.freq_shift,
@@ -94,7 +94,7 @@ impl OnnxDecoder {
         let weights = load_safetensors(weights).map_err(|e| anyhow!(e))?;
         let model = Builder::new(&weights).decoder(file)?;
         Ok(OnnxDecoder {
-            session: Mutex::new(onnx::session_from_memory(&model, threads)?),
+            session: Mutex::new(onnx::session_from_memory(model, threads)?),
         })
     }
 
@@ -134,7 +134,7 @@ impl<'a> Builder<'a> {
         }
     }
 
-    fn unet(mut self, file: &UNetFile) -> anyhow::Result<Vec<u8>> {
+    fn unet(mut self, file: &UNetFile) -> anyhow::Result<BuiltModel> {
         // The options candle's UNet refuses, this one refuses too.
         file.candle()?;
         let groups = file.norm_num_groups;
@@ -251,7 +251,7 @@ impl<'a> Builder<'a> {
         Ok(self.onnx.model("unet", inputs, vec![image("noise")], 18))
     }
 
-    fn decoder(mut self, file: &VaeFile) -> anyhow::Result<Vec<u8>> {
+    fn decoder(mut self, file: &VaeFile) -> anyhow::Result<BuiltModel> {
         let groups = file.norm_num_groups;
         let mut x = "latents".to_string();
         if file.use_post_quant_conv {

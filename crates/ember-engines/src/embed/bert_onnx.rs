@@ -8,7 +8,7 @@
 
 use super::{Encoder, load_safetensors};
 use crate::onnx;
-use crate::onnx_proto::{FLOAT, GraphBuilder, INT64, float, int, ints, value_info};
+use crate::onnx_proto::{BuiltModel, FLOAT, GraphBuilder, INT64, float, int, ints, value_info};
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::bert::{Config, HiddenAct};
 use ort::session::Session;
@@ -44,7 +44,7 @@ impl OnnxBert {
         let weights = load_safetensors(&dir.join("model.safetensors"))?;
         let graph =
             Graph::build(&weights, &config).map_err(|e| format!("model.safetensors: {e}"))?;
-        let session = onnx::session_from_memory(&graph, threads).map_err(|e| format!("{e:#}"))?;
+        let session = onnx::session_from_memory(graph, threads).map_err(|e| format!("{e:#}"))?;
         Ok(OnnxBert {
             session: Mutex::new(session),
             max_positions: config.max_position_embeddings,
@@ -107,7 +107,7 @@ impl<'a> Graph<'a> {
     fn build(
         weights: &'a HashMap<String, Tensor>,
         config: &Config,
-    ) -> candle_core::Result<Vec<u8>> {
+    ) -> candle_core::Result<BuiltModel> {
         let mut g = Graph {
             weights,
             onnx: GraphBuilder::default(),

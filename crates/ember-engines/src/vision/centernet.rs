@@ -63,7 +63,7 @@ impl CenterNet {
         let (height, width) = model.input_size()?;
         anyhow::ensure!(height == width, "a non-square input {height}×{width}");
         let graph = model.to_onnx(&[HEATMAP, DISTANCES])?;
-        let session = onnx::session_from_memory(&graph, crate::cpu_threads())?;
+        let session = onnx::session_from_memory(graph, crate::cpu_threads())?;
         Ok(CenterNet {
             session,
             input_side: height,

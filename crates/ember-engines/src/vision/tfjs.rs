@@ -10,7 +10,7 @@
 //! renumbered, and each requested output is transposed back to NHWC. The input takes an image of
 //! any size, resized to the network's as TF.js users do (`tf.image.resizeBilinear`).
 
-use crate::onnx_proto::{FLOAT, GraphBuilder, float, int, ints, string, value_info};
+use crate::onnx_proto::{BuiltModel, FLOAT, GraphBuilder, float, int, ints, string, value_info};
 use anyhow::{Context, anyhow, bail, ensure};
 use base64::Engine as _;
 use serde::Deserialize;
@@ -129,7 +129,7 @@ impl TfjsModel {
 
     /// The ONNX model computing the TF tensors `outputs` (each an ONNX output of the same name,
     /// NHWC) from `INPUT`, opset 18.
-    pub(crate) fn to_onnx(&self, outputs: &[&str]) -> anyhow::Result<Vec<u8>> {
+    pub(crate) fn to_onnx(&self, outputs: &[&str]) -> anyhow::Result<BuiltModel> {
         let mut translation = Translation {
             model: self,
             onnx: GraphBuilder::default(),
