@@ -208,7 +208,7 @@ impl GraphBuilder {
     }
 
     /// Whether a weight named `name` was added.
-    pub(crate) fn has_weight(&self, name: &str) -> bool {
+    fn has_weight(&self, name: &str) -> bool {
         self.initializers.iter().any(|t| t.name == name)
     }
 
@@ -255,7 +255,11 @@ impl GraphBuilder {
         name.into()
     }
 
+    /// A scalar weight named `name`, added once however often it is asked for.
     pub(crate) fn constant_f32(&mut self, name: &str, value: f32) -> String {
+        if self.has_weight(name) {
+            return name.into();
+        }
         self.weight_f32(name, &[], &[value])
     }
 

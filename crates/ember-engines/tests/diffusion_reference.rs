@@ -228,7 +228,7 @@ fn components_match_diffusers() {
     let (_, tensors) = reference();
     let generator = generator();
     // ONNX Runtime is installed (scripts/install-deps.sh); candle's blocks are checked by
-    // `diffusion_without_onnxruntime.rs`.
+    // `without_onnxruntime.rs`.
     assert!(generator.on_onnx_runtime());
 
     let states = generator.encode_text("a photo of a cat").unwrap();

@@ -106,6 +106,9 @@ fn efficientnet_lite0_matches_its_pytorch_port() {
         dir.display()
     );
     let classifier = ImageClassifier::load("efficientnet-lite", &dir).unwrap();
+    // ONNX Runtime is installed (scripts/install-deps.sh); candle's path is checked by
+    // `without_onnxruntime.rs`.
+    assert!(classifier.on_onnx_runtime());
     let reference: Reference = read(fixtures().join("efficientnet-lite0.json"));
     check(&classifier, &reference);
 
@@ -122,6 +125,7 @@ fn efficientnet_lite0_matches_its_pytorch_port() {
 fn resnet_matches_transformers() {
     let dir = fixtures().join("resnet");
     let classifier = ImageClassifier::load("resnet", &dir).unwrap();
+    assert!(classifier.on_onnx_runtime());
     let reference: Reference = read(dir.join("reference.json"));
     check(&classifier, &reference);
     let labels = classifier.classify(&image_bytes("cat")).unwrap();

@@ -333,11 +333,7 @@ impl<'a> Builder<'a> {
     }
 
     fn scalar(&mut self, value: f32) -> String {
-        let name = format!("scalar/{value}");
-        if !self.onnx.has_weight(&name) {
-            self.onnx.constant_f32(&name, value);
-        }
-        name
+        self.onnx.constant_f32(&format!("scalar/{value}"), value)
     }
 
     fn conv(&mut self, x: &str, prefix: &str, stride: i64, pad: usize) -> anyhow::Result<String> {

@@ -3,7 +3,8 @@
 //! `_blocks.N._depthwise_conv`, `_fc`; efficientnet_lite_pytorch), TensorFlow "SAME" padding and
 //! batch norm epsilon 1e-3 as it was trained.
 
-use super::layers::{ConvBn, Padding, batch_norm, classifier_head};
+use super::layers::{ConvBn, Padding, batch_norm, classifier_head, classifier_head_onnx};
+use crate::onnx_proto::GraphBuilder;
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
@@ -120,6 +121,46 @@ impl EfficientNetLite {
         }
         x = relu6(&self.head.forward(&x)?)?;
         classifier_head(&x, &self.fc)
+    }
+}
+
+impl EfficientNetLite {
+    /// The same network written into `graph` on `pixels`; returns the logits' name.
+    pub(crate) fn onnx(
+        &self,
+        graph: &mut GraphBuilder,
+        pixels: &str,
+    ) -> candle_core::Result<String> {
+        let relu6 = |graph: &mut GraphBuilder, x: &str| {
+            let (zero, six) = (
+                graph.constant_f32("zero", 0.0),
+                graph.constant_f32("six", 6.0),
+            );
+            graph.node("Clip", &[x, &zero, &six], vec![])
+        };
+        let stem = self.stem.onnx(graph, pixels, "stem")?;
+        let mut x = relu6(graph, &stem);
+        for (i, block) in self.blocks.iter().enumerate() {
+            let mut y = x.clone();
+            if let Some(expand) = &block.expand {
+                let expanded = expand.onnx(graph, &y, &format!("blocks.{i}.expand"))?;
+                y = relu6(graph, &expanded);
+            }
+            let depthwise = block
+                .depthwise
+                .onnx(graph, &y, &format!("blocks.{i}.depthwise"))?;
+            y = relu6(graph, &depthwise);
+            y = block
+                .project
+                .onnx(graph, &y, &format!("blocks.{i}.project"))?;
+            x = match block.residual {
+                true => graph.node("Add", &[&y, &x], vec![]),
+                false => y,
+            };
+        }
+        let head = self.head.onnx(graph, &x, "head")?;
+        let head = relu6(graph, &head);
+        classifier_head_onnx(graph, &head, &self.fc)
     }
 }
 

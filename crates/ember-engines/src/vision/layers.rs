@@ -3,8 +3,10 @@
 //! PyTorch's symmetric or TensorFlow's "SAME" padding. Ordinary convolutions run on candle's
 //! im2col and matrix product (1×1 ones as a plain matrix product); depthwise ones (one filter per
 //! channel, EfficientNet's) on their own loop, since candle runs a grouped convolution as one
-//! convolution per group.
+//! convolution per group. The same layers write themselves into an ONNX graph (`ConvBn::onnx`,
+//! `classifier_head_onnx`) for the classifiers' ONNX Runtime path.
 
+use crate::onnx_proto::{GraphBuilder, int, ints, string};
 use candle_core::{D, Device, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
@@ -105,6 +107,43 @@ impl ConvBn {
         y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
     }
 
+    /// This convolution as an ONNX `Conv` on `x` (NCHW), its weights named after `name`.
+    pub(crate) fn onnx(
+        &self,
+        graph: &mut GraphBuilder,
+        x: &str,
+        name: &str,
+    ) -> candle_core::Result<String> {
+        let weight = graph.weight_f32(
+            &format!("{name}.weight"),
+            self.weight.dims(),
+            &self.weight.flatten_all()?.to_vec1::<f32>()?,
+        );
+        let bias = graph.weight_f32(
+            &format!("{name}.bias"),
+            self.bias.dims(),
+            &self.bias.to_vec1::<f32>()?,
+        );
+        let stride = self.stride as i64;
+        let mut attributes = vec![
+            ints("strides", &[stride, stride]),
+            int(
+                "group",
+                if self.depthwise {
+                    self.weight.dim(0)? as i64
+                } else {
+                    1
+                },
+            ),
+        ];
+        attributes.push(match self.padding {
+            Padding::Symmetric(p) => ints("pads", &[p as i64; 4]),
+            // TensorFlow's SAME puts the odd zero after: ONNX's SAME_UPPER.
+            Padding::Same => string("auto_pad", "SAME_UPPER"),
+        });
+        Ok(graph.node("Conv", &[x, &weight, &bias], attributes))
+    }
+
     /// Zeros before and after along a dimension of `size`.
     fn pads(&self, size: usize) -> (usize, usize) {
         match self.padding {
@@ -126,6 +165,25 @@ pub fn classifier_head(
 ) -> candle_core::Result<Tensor> {
     let pooled = features.flatten_from(2)?.mean(D::Minus1)?;
     pooled.matmul(&weight.t()?)?.broadcast_add(bias)?.squeeze(0)
+}
+
+/// `classifier_head` in an ONNX graph: the features' global average, then the linear layer.
+pub(crate) fn classifier_head_onnx(
+    graph: &mut GraphBuilder,
+    features: &str,
+    (weight, bias): &(Tensor, Tensor),
+) -> candle_core::Result<String> {
+    let pooled = graph.node("GlobalAveragePool", &[features], vec![]);
+    let pooled = graph.node("Flatten", &[&pooled], vec![int("axis", 1)]);
+    let weight_t = weight.t()?.contiguous()?;
+    let weight_t = graph.weight_f32(
+        "classifier.weight_t",
+        weight_t.dims(),
+        &weight_t.flatten_all()?.to_vec1::<f32>()?,
+    );
+    let bias = graph.weight_f32("classifier.bias", bias.dims(), &bias.to_vec1::<f32>()?);
+    let product = graph.node("MatMul", &[&pooled, &weight_t], vec![]);
+    Ok(graph.node("Add", &[&product, &bias], vec![]))
 }
 
 struct Geometry {

@@ -11,7 +11,9 @@
 //!   class order, as ResNet-50's `id2label` has them; from timm's `imagenet_synsets.txt` and
 //!   `imagenet_synset_to_lemma.txt`).
 //!
-//! Both take one image per call on the model's worker thread, where the decoding runs too.
+//! Both take one image per call on the model's worker thread, where the decoding runs too, and
+//! run on ONNX Runtime where it is installed (the network written into an ONNX graph by its own
+//! layers), on candle elsewhere.
 
 pub mod centernet;
 pub mod detector;
@@ -25,6 +27,7 @@ mod tfjs;
 pub mod torch_legacy;
 
 use self::image::{Preprocess, Resize, decode_rgb};
+use crate::onnx_proto::{FLOAT, GraphBuilder, value_info};
 use crate::wrong_task;
 use ::image::RgbImage;
 use candle_core::{DType, Device, Tensor};
@@ -35,9 +38,12 @@ use ember_core::runner::Runner;
 use ember_core::tasks::classification::LabelScore;
 use ember_core::tasks::image_classification::{ImageClassificationOutput, TOP_LABELS};
 use ember_core::tasks::{TaskOutput, TaskRequest};
+use ort::session::Session;
+use ort::value::Tensor as OrtTensor;
 use resnet::{ResNet, ResNetConfig};
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Mutex;
 
 /// ImageNet-1k's class names, one a line, in class order.
 pub const IMAGENET_LABELS: &str = include_str!("imagenet-labels.txt");
@@ -52,6 +58,9 @@ enum Network {
 
 pub struct ImageClassifier {
     network: Network,
+    /// The same network on ONNX Runtime, where it is installed: measured 3× faster than
+    /// candle's convolutions (`ember bench image`).
+    onnx: Option<Mutex<Session>>,
     preprocess: Preprocess,
     labels: Vec<String>,
 }
@@ -71,7 +80,19 @@ impl ImageClassifier {
             )),
         }
         .map_err(|e| load_failed(format!("{e:#}")))?;
-        Ok(classifier)
+        let onnx = match onnx_session(&classifier.network) {
+            Ok(session) => Some(Mutex::new(session)),
+            Err(why) => {
+                tracing::warn!(reason = %format!("{why:#}"), "the classifier runs on candle");
+                None
+            }
+        };
+        Ok(ImageClassifier { onnx, ..classifier })
+    }
+
+    /// Whether the network runs on ONNX Runtime (else on candle).
+    pub fn on_onnx_runtime(&self) -> bool {
+        self.onnx.is_some()
     }
 
     /// The model's input for `image`: `[1, 3, 224, 224]`.
@@ -81,6 +102,16 @@ impl ImageClassifier {
 
     /// The model's logits, one per label.
     pub fn logits(&self, pixels: &Tensor) -> Result<Vec<f32>, InferError> {
+        if let Some(session) = &self.onnx {
+            let run = || -> anyhow::Result<Vec<f32>> {
+                let values = pixels.flatten_all()?.to_vec1::<f32>()?;
+                let input = OrtTensor::from_array((pixels.dims().to_vec(), values))?;
+                let mut session = session.lock().unwrap_or_else(|e| e.into_inner());
+                let outputs = session.run(ort::inputs!["pixels" => input])?;
+                Ok(outputs[0].try_extract_tensor::<f32>()?.1.to_vec())
+            };
+            return run().map_err(internal);
+        }
         let logits = match &self.network {
             Network::ResNet(network) => network.forward(pixels),
             Network::EfficientNetLite(network) => network.forward(pixels),
@@ -117,6 +148,25 @@ impl Runner for ImageClassifier {
             labels,
         }))
     }
+}
+
+/// `network` as an ONNX graph (`pixels` → `logits`) opened on ONNX Runtime.
+fn onnx_session(network: &Network) -> anyhow::Result<Session> {
+    let mut graph = GraphBuilder::default();
+    let logits = match network {
+        Network::ResNet(network) => network.onnx(&mut graph, "pixels")?,
+        Network::EfficientNetLite(network) => network.onnx(&mut graph, "pixels")?,
+    };
+    graph.output(&logits, "logits");
+    let pixels = value_info(
+        "pixels",
+        FLOAT,
+        &[Some("batch"), None, Some("height"), Some("width")],
+        &[3],
+    );
+    let logits = value_info("logits", FLOAT, &[Some("batch"), Some("classes")], &[]);
+    let model = graph.model("classifier", vec![pixels], vec![logits], 18);
+    crate::onnx::session_from_memory(model, crate::cpu_threads())
 }
 
 /// ImageNet's mean and standard deviation, which ResNet-50 and DETR were trained with.
@@ -160,6 +210,7 @@ fn load_resnet(dir: &Path) -> anyhow::Result<ImageClassifier> {
     check_labels(&labels, network.classes())?;
     Ok(ImageClassifier {
         network: Network::ResNet(network),
+        onnx: None,
         preprocess: preprocess((IMAGENET_MEAN, IMAGENET_STD)),
         labels,
     })
@@ -173,6 +224,7 @@ fn load_efficientnet(dir: &Path) -> anyhow::Result<ImageClassifier> {
     check_labels(&labels, network.classes())?;
     Ok(ImageClassifier {
         network: Network::EfficientNetLite(network),
+        onnx: None,
         preprocess: preprocess(([127.0 / 255.0; 3], [128.0 / 255.0; 3])),
         labels,
     })

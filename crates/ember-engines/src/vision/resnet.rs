@@ -3,7 +3,8 @@
 //! `model.safetensors` with transformers' weight names), and the same body under timm's weight
 //! names, its shape read from the weights, as DETR's backbone (`Backbone::from_timm`).
 
-use super::layers::{ConvBn, Padding, batch_norm, classifier_head};
+use super::layers::{ConvBn, Padding, batch_norm, classifier_head, classifier_head_onnx};
+use crate::onnx_proto::{GraphBuilder, ints};
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use serde::Deserialize;
@@ -196,5 +197,42 @@ impl ResNet {
     /// Logits `[classes]` for `pixels` (`[1, 3, 224, 224]`).
     pub fn forward(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
         classifier_head(&self.backbone.forward(pixels)?, &self.classifier)
+    }
+
+    /// The same network written into `graph` on `pixels`; returns the logits' name.
+    pub(crate) fn onnx(
+        &self,
+        graph: &mut GraphBuilder,
+        pixels: &str,
+    ) -> candle_core::Result<String> {
+        let backbone = &self.backbone;
+        let stem = backbone.stem.onnx(graph, pixels, "stem")?;
+        let stem = graph.node("Relu", &[&stem], vec![]);
+        // After the ReLU nothing is negative, so the max pool's padding is as candle's zeros.
+        let mut x = graph.node(
+            "MaxPool",
+            &[&stem],
+            vec![
+                ints("kernel_shape", &[3, 3]),
+                ints("strides", &[2, 2]),
+                ints("pads", &[1, 1, 1, 1]),
+            ],
+        );
+        for (i, block) in backbone.layers.iter().enumerate() {
+            let residual = match &block.shortcut {
+                Some(shortcut) => shortcut.onnx(graph, &x, &format!("layers.{i}.shortcut"))?,
+                None => x.clone(),
+            };
+            let mut y = x.clone();
+            for (j, layer) in block.layers.iter().enumerate() {
+                y = layer.onnx(graph, &y, &format!("layers.{i}.{j}"))?;
+                if j < 2 {
+                    y = graph.node("Relu", &[&y], vec![]);
+                }
+            }
+            let sum = graph.node("Add", &[&y, &residual], vec![]);
+            x = graph.node("Relu", &[&sum], vec![]);
+        }
+        classifier_head_onnx(graph, &x, &self.classifier)
     }
 }
