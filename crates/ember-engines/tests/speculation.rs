@@ -24,9 +24,7 @@ the mean of the positive numbers in values, or 0.0 when there are none.\"\"\"\n 
 count = 0\n    for value in values:\n        if value > 0:\n            total += value\n            \
 count += 1\n    if count == 0:\n        return 0.0\n    return total / count\n```";
 
-/// The engines without and with speculation. The speculative one has timed its steps (which
-/// it does before its first request) when this returns, so that the other's work did not slow
-/// that down.
+/// The engines without and with speculation.
 async fn load(kv_layout: KvLayout) -> (LlmEngine, LlmEngine) {
     let load = |speculation| {
         let settings = LlmSettings {
@@ -34,15 +32,12 @@ async fn load(kv_layout: KvLayout) -> (LlmEngine, LlmEngine) {
             kv_cells: Some(8192),
             kv_layout,
             speculation,
+            step_seconds: Some(common::QWEN_STEP_SECONDS),
             ..LlmSettings::default()
         };
         common::load_llm(MODEL, &settings, Metrics::new().model(MODEL)).unwrap()
     };
-    let speculative = load(Speculation::PromptLookup);
-    let hello = vec![ChatMessage::text("user", "Hi")];
-    let hello = TextGenerationRequest::new(PromptInput::Messages(hello), 1, Sampling::greedy());
-    speculative.run_traced(&hello, false).await.unwrap();
-    (load(Speculation::Off), speculative)
+    (load(Speculation::Off), load(Speculation::PromptLookup))
 }
 
 fn edit(sampling: Sampling) -> TextGenerationRequest {

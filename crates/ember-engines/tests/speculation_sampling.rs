@@ -35,6 +35,7 @@ fn load(speculation: Speculation) -> LlmEngine {
         max_sequences: 4,
         kv_cells: Some(4096),
         speculation,
+        step_seconds: Some(common::QWEN_STEP_SECONDS),
         ..LlmSettings::default()
     };
     common::load_llm(MODEL, &settings, Metrics::new().model(MODEL)).unwrap()

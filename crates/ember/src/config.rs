@@ -123,6 +123,7 @@ impl EngineOptions {
                     .map_or(defaults.max_wait, Duration::from_secs),
                 batch_invariant: self.batch_invariant.unwrap_or(defaults.batch_invariant),
                 speculation: self.speculation.unwrap_or(defaults.speculation),
+                step_seconds: None,
             },
             memory: MemoryLimits {
                 budget: self

@@ -67,6 +67,10 @@ pub struct LlmSettings {
     /// Speculative decoding by prompt lookup (off with batch invariance and on sliding-window
     /// models).
     pub speculation: Speculation,
+    /// The seconds a decode step of 1, 2, 4, 8 and 16 rows takes, which drafts are sized by;
+    /// `None` times them when the engine starts. Given, the choice of drafts no longer depends
+    /// on how busy the machine was then (tests).
+    pub step_seconds: Option<[f64; 5]>,
 }
 
 impl Default for LlmSettings {
@@ -82,6 +86,7 @@ impl Default for LlmSettings {
             max_wait: Duration::from_secs(30),
             batch_invariant: false,
             speculation: Speculation::PromptLookup,
+            step_seconds: None,
         }
     }
 }
@@ -228,6 +233,7 @@ pub fn load(
         sliding_window: shape.sliding_window,
         price: spec.price,
         speculation: settings.speculation,
+        step_seconds: settings.step_seconds,
     };
     let scheduler = scheduler::start(
         &spec.id,

@@ -161,6 +161,8 @@ pub(crate) struct Config {
     /// The model's price, for each completion's `usage.neurons`.
     pub price: Price,
     pub speculation: Speculation,
+    /// Given decode step costs (`LlmSettings::step_seconds`), else timed at start.
+    pub step_seconds: Option<[f64; 5]>,
 }
 
 impl Config {
@@ -758,7 +760,9 @@ impl<'m, 'c> Scheduler<'m, 'c> {
             speculate: config.speculation == Speculation::PromptLookup
                 && !config.batch_invariant
                 && config.sliding_window.is_none(),
-            step_costs: None,
+            step_costs: config
+                .step_seconds
+                .map(|seconds| StepCosts::new(seconds.to_vec())),
             match_records: MatchRecords::default(),
             pool,
             waiting: VecDeque::new(),
@@ -773,7 +777,7 @@ impl<'m, 'c> Scheduler<'m, 'c> {
 
     /// Steps until `stop` is set or the queue's sender is gone with no work left.
     fn run(&mut self, queue: &std_mpsc::Receiver<Job>, stop: &AtomicBool) {
-        if self.speculate {
+        if self.speculate && self.step_costs.is_none() {
             self.step_costs = Some(self.measure_step_costs());
         }
         loop {
