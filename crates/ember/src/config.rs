@@ -55,8 +55,7 @@ pub struct EngineOptions {
     pub kv_layout: Option<KvLayout>,
     /// Bit-identical output for a request alone, beside others or from the prefix cache, at
     /// some speed: per-sequence streams, no flash attention, kernels that do not change with
-    /// the batch. Refuses models whose weights llama.cpp repacks on this CPU (Q4_0, Q4_K: most
-    /// Q4_K_M files) [default: false].
+    /// the batch (weights loaded without llama.cpp's repacking) [default: false].
     #[arg(long, env = "EMBER_BATCH_INVARIANT", num_args = 0..=1, default_missing_value = "true")]
     pub batch_invariant: Option<bool>,
     /// Speculative decoding: `prompt-lookup` drafts a sequence's next tokens from where its
