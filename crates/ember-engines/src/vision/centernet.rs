@@ -29,8 +29,8 @@ const CANDIDATES: usize = 100;
 /// The score an object must exceed and the overlap that suppresses the weaker of two boxes:
 /// human's defaults for this model. Its scores run lower than DETR's (a clear cat scores about
 /// 0.4), so DETR's 0.5 would drop most real objects.
-pub const MIN_SCORE: f32 = 0.2;
-pub const MAX_OVERLAP: f32 = 0.4;
+const MIN_SCORE: f32 = 0.2;
+const MAX_OVERLAP: f32 = 0.4;
 
 pub struct CenterNet {
     session: Session,
