@@ -126,7 +126,9 @@ struct Found {
 }
 
 /// The `CANDIDATES` best local maxima of the heatmaps (a cell scoring the most of its 3×3
-/// neighbourhood in its class), highest first, ties in the graph's index order.
+/// neighbourhood in its class) above `MIN_SCORE`, highest first, ties in the graph's index
+/// order. Cells at or below `MIN_SCORE` (nearly all of them) are not looked at: suppression
+/// would drop them, and dropping them before the cut to `CANDIDATES` keeps the same ones.
 fn centres(heads: &Heads, input_side: usize) -> Vec<Found> {
     let (side, classes) = (heads.side, heads.classes);
     let stride = input_side as f32 / side as f32;
@@ -136,6 +138,9 @@ fn centres(heads: &Heads, input_side: usize) -> Vec<Found> {
         for x in 0..side {
             for c in 0..classes {
                 let value = score(y, x, c);
+                if value <= MIN_SCORE {
+                    continue;
+                }
                 let neighbours = (y.saturating_sub(1)..(y + 2).min(side)).flat_map(|ny| {
                     (x.saturating_sub(1)..(x + 2).min(side)).map(move |nx| (ny, nx))
                 });
@@ -253,7 +258,7 @@ mod tests {
             distances,
         };
         let centres = centres(&heads, 16);
-        // Every zero cell away from the peak is a (flat) maximum too; the peak comes first.
+        // The peak comes first, and the shoulder beside it is no centre.
         assert_eq!(
             centres[0],
             found(0.9, [8.0 - 1.0, 4.0 - 2.0, 8.0 + 3.0, 4.0 + 4.0])
