@@ -49,6 +49,32 @@ fn builder(threads: usize) -> ort::Result<ort::session::builder::SessionBuilder>
         .with_intra_op_spinning(false)?)
 }
 
+/// A candle tensor as an ONNX Runtime input, in f32.
+pub(crate) fn input(tensor: &candle_core::Tensor) -> anyhow::Result<ort::value::Tensor<f32>> {
+    let values = tensor
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    Ok(ort::value::Tensor::from_array((
+        tensor.dims().to_vec(),
+        values,
+    ))?)
+}
+
+/// The first output of a run (f32) as a candle tensor.
+pub(crate) fn first_output(
+    outputs: &ort::session::SessionOutputs,
+) -> anyhow::Result<candle_core::Tensor> {
+    let (shape, values) = outputs[0].try_extract_tensor::<f32>()?;
+    let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+    let device = &candle_core::Device::Cpu;
+    Ok(candle_core::Tensor::from_vec(
+        values.to_vec(),
+        dims,
+        device,
+    )?)
+}
+
 /// Loads the library once; every later call returns the first outcome.
 fn load_library() -> anyhow::Result<()> {
     static LOADED: OnceLock<Result<(), String>> = OnceLock::new();

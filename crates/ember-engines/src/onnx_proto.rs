@@ -1,7 +1,8 @@
 //! The part of ONNX's protobuf schema (`onnx.proto3`, field numbers as published) that Ember
 //! writes: a model of one graph whose nodes, weights (raw little-endian data), inputs and outputs
 //! it builds itself from a checkpoint's weights, for ONNX Runtime to load from memory; and
-//! `GraphBuilder`, which the builders (`embed::bert_onnx`, `vision::tfjs`) write it with.
+//! `GraphBuilder`, which every graph Ember builds is written with (BERT, the TF.js translation,
+//! the image classifiers' layers, Stable Diffusion's UNet and decoder).
 
 use prost::Message;
 
@@ -223,8 +224,9 @@ impl GraphBuilder {
         });
     }
 
-    /// Adds an f32 weight of shape `dims` named `name`; returns the name.
-    pub(crate) fn weight_f32(&mut self, name: &str, dims: &[usize], values: &[f32]) -> String {
+    /// Adds an f32 weight of shape `dims` named `name`; returns the name. The values are taken,
+    /// not copied: a large weight is handed on to ONNX Runtime as it is.
+    pub(crate) fn weight_f32(&mut self, name: &str, dims: &[usize], values: Vec<f32>) -> String {
         let external = values.len() >= EXTERNAL_FROM;
         self.initializers.push(TensorProto {
             dims: dims.iter().map(|&d| d as i64).collect(),
@@ -249,7 +251,7 @@ impl GraphBuilder {
             self.external.push(ExternalWeight {
                 name: name.into(),
                 dims: dims.to_vec(),
-                values: values.to_vec(),
+                values,
             });
         }
         name.into()
@@ -260,7 +262,7 @@ impl GraphBuilder {
         if self.has_weight(name) {
             return name.into();
         }
-        self.weight_f32(name, &[], &[value])
+        self.weight_f32(name, &[], vec![value])
     }
 
     pub(crate) fn constant_i64(&mut self, name: &str, values: &[i64]) -> String {

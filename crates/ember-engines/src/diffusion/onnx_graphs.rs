@@ -14,7 +14,7 @@ use crate::embed::load_safetensors;
 use crate::onnx;
 use crate::onnx_proto::{BuiltModel, FLOAT, GraphBuilder, float, int, ints, string, value_info};
 use anyhow::{Context, anyhow, bail};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use ort::session::Session;
 use ort::value::Tensor as OrtTensor;
 use std::collections::HashMap;
@@ -56,12 +56,12 @@ impl OnnxUNet {
         let features = self.time_features(timestep);
         let width = features.len();
         let inputs = ort::inputs![
-            "latents" => ort_tensor(latents)?,
+            "latents" => onnx::input(latents)?,
             "time_features" => OrtTensor::from_array(([1, width], features))?,
-            "context" => ort_tensor(context)?,
+            "context" => onnx::input(context)?,
         ];
         let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
-        first_output(&session.run(inputs).context("ONNX Runtime")?)
+        onnx::first_output(&session.run(inputs).context("ONNX Runtime")?)
     }
 
     /// The timestep's sinusoidal features (diffusers' `Timesteps`): `half` frequencies from 1
@@ -99,25 +99,10 @@ impl OnnxDecoder {
     }
 
     pub fn decode(&self, latents: &Tensor) -> anyhow::Result<Tensor> {
-        let inputs = ort::inputs!["latents" => ort_tensor(latents)?];
+        let inputs = ort::inputs!["latents" => onnx::input(latents)?];
         let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
-        first_output(&session.run(inputs).context("ONNX Runtime")?)
+        onnx::first_output(&session.run(inputs).context("ONNX Runtime")?)
     }
-}
-
-fn ort_tensor(tensor: &Tensor) -> anyhow::Result<OrtTensor<f32>> {
-    let values = tensor
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
-    Ok(OrtTensor::from_array((tensor.dims().to_vec(), values))?)
-}
-
-/// The first output of a run as a candle tensor.
-fn first_output(outputs: &ort::session::SessionOutputs) -> anyhow::Result<Tensor> {
-    let (shape, values) = outputs[0].try_extract_tensor::<f32>()?;
-    let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-    Ok(Tensor::from_vec(values.to_vec(), dims, &Device::Cpu)?)
 }
 
 /// A graph being built from a checkpoint's tensors.
@@ -323,7 +308,7 @@ impl<'a> Builder<'a> {
         let tensor = self.tensor(name)?;
         let values = tensor.flatten_all()?.to_vec1::<f32>()?;
         let dims = dims.unwrap_or(tensor.dims()).to_vec();
-        Ok(self.onnx.weight_f32(name, &dims, &values))
+        Ok(self.onnx.weight_f32(name, &dims, values))
     }
 
     /// A per-channel tensor `[C]` as `[C, 1, 1]`, to scale or shift NCHW activations.
@@ -359,7 +344,7 @@ impl<'a> Builder<'a> {
         let values = transposed.flatten_all()?.to_vec1::<f32>()?;
         let weight = self
             .onnx
-            .weight_f32(&format!("{prefix}.weight_t"), &[input, out], &values);
+            .weight_f32(&format!("{prefix}.weight_t"), &[input, out], values);
         let product = self.onnx.node("MatMul", &[x, &weight], vec![]);
         let bias = format!("{prefix}.bias");
         if !self.has(&bias) {
@@ -389,10 +374,10 @@ impl<'a> Builder<'a> {
         let grouped = self.onnx.node("Reshape", &[x, &grouped_shape], vec![]);
         let ones = self
             .onnx
-            .weight_f32(&format!("{prefix}/ones"), &[groups], &vec![1.0; groups]);
+            .weight_f32(&format!("{prefix}/ones"), &[groups], vec![1.0; groups]);
         let zeros = self
             .onnx
-            .weight_f32(&format!("{prefix}/zeros"), &[groups], &vec![0.0; groups]);
+            .weight_f32(&format!("{prefix}/zeros"), &[groups], vec![0.0; groups]);
         let normed = self.onnx.node(
             "InstanceNormalization",
             &[&grouped, &ones, &zeros],
@@ -625,9 +610,9 @@ impl<'a> Builder<'a> {
 
     /// Nearest-neighbour doubling of height and width, then the 3×3 convolution `prefix`.
     fn upsample(&mut self, x: &str, prefix: &str) -> anyhow::Result<String> {
-        let scales = self
-            .onnx
-            .weight_f32(&format!("{prefix}/scales"), &[4], &[1.0, 1.0, 2.0, 2.0]);
+        let scales =
+            self.onnx
+                .weight_f32(&format!("{prefix}/scales"), &[4], vec![1.0, 1.0, 2.0, 2.0]);
         let doubled = self.onnx.node(
             "Resize",
             &[x, "", &scales],

@@ -207,7 +207,7 @@ impl<'a> Graph<'a> {
     /// Adds `tensor` as a weight named `name`; returns the name.
     fn initializer(&mut self, name: &str, tensor: &Tensor) -> candle_core::Result<String> {
         let values = tensor.flatten_all()?.to_vec1::<f32>()?;
-        Ok(self.onnx.weight_f32(name, tensor.dims(), &values))
+        Ok(self.onnx.weight_f32(name, tensor.dims(), values))
     }
 
     fn gather(&mut self, table: &str, indices: &str) -> candle_core::Result<String> {

@@ -117,12 +117,12 @@ impl ConvBn {
         let weight = graph.weight_f32(
             &format!("{name}.weight"),
             self.weight.dims(),
-            &self.weight.flatten_all()?.to_vec1::<f32>()?,
+            self.weight.flatten_all()?.to_vec1::<f32>()?,
         );
         let bias = graph.weight_f32(
             &format!("{name}.bias"),
             self.bias.dims(),
-            &self.bias.to_vec1::<f32>()?,
+            self.bias.to_vec1::<f32>()?,
         );
         let stride = self.stride as i64;
         let mut attributes = vec![
@@ -179,9 +179,9 @@ pub(crate) fn classifier_head_onnx(
     let weight_t = graph.weight_f32(
         "classifier.weight_t",
         weight_t.dims(),
-        &weight_t.flatten_all()?.to_vec1::<f32>()?,
+        weight_t.flatten_all()?.to_vec1::<f32>()?,
     );
-    let bias = graph.weight_f32("classifier.bias", bias.dims(), &bias.to_vec1::<f32>()?);
+    let bias = graph.weight_f32("classifier.bias", bias.dims(), bias.to_vec1::<f32>()?);
     let product = graph.node("MatMul", &[&pooled, &weight_t], vec![]);
     Ok(graph.node("Add", &[&product, &bias], vec![]))
 }

@@ -39,7 +39,6 @@ use ember_core::tasks::classification::LabelScore;
 use ember_core::tasks::image_classification::{ImageClassificationOutput, TOP_LABELS};
 use ember_core::tasks::{TaskOutput, TaskRequest};
 use ort::session::Session;
-use ort::value::Tensor as OrtTensor;
 use resnet::{ResNet, ResNetConfig};
 use std::collections::HashMap;
 use std::path::Path;
@@ -104,11 +103,10 @@ impl ImageClassifier {
     pub fn logits(&self, pixels: &Tensor) -> Result<Vec<f32>, InferError> {
         if let Some(session) = &self.onnx {
             let run = || -> anyhow::Result<Vec<f32>> {
-                let values = pixels.flatten_all()?.to_vec1::<f32>()?;
-                let input = OrtTensor::from_array((pixels.dims().to_vec(), values))?;
+                let inputs = ort::inputs!["pixels" => crate::onnx::input(pixels)?];
                 let mut session = session.lock().unwrap_or_else(|e| e.into_inner());
-                let outputs = session.run(ort::inputs!["pixels" => input])?;
-                Ok(outputs[0].try_extract_tensor::<f32>()?.1.to_vec())
+                let logits = crate::onnx::first_output(&session.run(inputs)?)?;
+                Ok(logits.flatten_all()?.to_vec1::<f32>()?)
             };
             return run().map_err(internal);
         }

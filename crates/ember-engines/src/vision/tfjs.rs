@@ -401,7 +401,7 @@ impl Translation<'_> {
         let weight = self.onnx.weight_f32(
             &format!("{}/filter", node.name),
             &[out_channels, per_group, kh, kw],
-            &weight,
+            weight,
         );
         let strides = attr_ints(node, "strides").unwrap_or_else(|| vec![1, 1, 1, 1]);
         let dilations = attr_ints(node, "dilations").unwrap_or_else(|| vec![1, 1, 1, 1]);
@@ -425,9 +425,8 @@ impl Translation<'_> {
                     let Values::Float(bias) = &bias.values else {
                         bail!("an integer bias");
                     };
-                    let bias = bias.clone();
-                    let name = format!("{}/bias", node.name);
-                    conv_inputs.push(self.onnx.weight_f32(&name, &[bias.len()], &bias));
+                    let (name, dims) = (format!("{}/bias", node.name), [bias.len()]);
+                    conv_inputs.push(self.onnx.weight_f32(&name, &dims, bias.clone()));
                 }
                 (1, "Relu" | "Relu6" | "LeakyRelu" | "Sigmoid") => activation = Some(op.as_str()),
                 _ => bail!("fused operations {fused:?} are not supported"),
@@ -469,12 +468,7 @@ impl Translation<'_> {
     }
 
     fn scalar(&mut self, value: f32) -> String {
-        let name = format!("scalar/{value}");
-        if !self.values.contains_key(&name) {
-            self.onnx.constant_f32(&name, value);
-            self.values.insert(name.clone(), name.clone());
-        }
-        name
+        self.onnx.constant_f32(&format!("scalar/{value}"), value)
     }
 
     /// An operand of element-wise arithmetic: an activation, or a constant laid out to broadcast
@@ -498,7 +492,7 @@ impl Translation<'_> {
             [channels] | [1, 1, 1, channels] => vec![channels, 1, 1],
             ref dims => bail!("{name}: a constant of shape {dims:?} in arithmetic"),
         };
-        let value = self.onnx.weight_f32(node, &dims, &values);
+        let value = self.onnx.weight_f32(node, &dims, values);
         self.values.insert(node.to_string(), value.clone());
         Ok(value)
     }
