@@ -2,7 +2,8 @@
 //! own fall back to candle and still match their references: BERT embeddings (`embed/bert.rs`,
 //! against sentence-transformers' `tests/fixtures/embeddings/all-minilm-l6-v2.json`), the image
 //! classifiers (EfficientNet-Lite0's real weights and the tiny ResNet, as `vision_reference.rs`),
-//! and Stable Diffusion's UNet and decoder (the tiny SD 1.5, as `diffusion_reference.rs`), with
+//! Stable Diffusion's UNet and decoder (the tiny SD 1.5, as `diffusion_reference.rs`), and
+//! Whisper's encoder (tiny.en's tokens as faster-whisper's, as `whisper_reference.rs`), with
 //! those tests' tolerances. A test binary of its own, with one test: the library is loaded once
 //! per process, and here it is pointed at nothing before anything runs.
 
@@ -11,11 +12,13 @@ use ember_core::catalog::Catalog;
 use ember_core::installed;
 use ember_core::metrics::Metrics;
 use ember_core::tasks::Pooling;
+use ember_engines::audio::{self, DecodeOptions};
 use ember_engines::diffusion::scheduler::SchedulerKind;
 use ember_engines::diffusion::{DecoderKind, ImageGenerator};
 use ember_engines::embed;
 use ember_engines::vision::ImageClassifier;
 use ember_engines::vision::image::decode_rgb;
+use ember_engines::whisper::{TranscribeOptions, Whisper};
 use serde::Deserialize;
 use std::path::PathBuf;
 
@@ -51,6 +54,7 @@ fn models_fall_back_to_candle_and_match_their_references() {
     bert_embeddings();
     image_classifiers();
     stable_diffusion();
+    whisper_tiny_en();
 }
 
 fn bert_embeddings() {
@@ -156,4 +160,50 @@ fn stable_diffusion() {
     let expected = expected.clamp(0.0f32, 1.0f32).unwrap();
     let difference = max_difference(&values(&decoded), &values(&expected));
     assert!(difference <= 1e-4, "decoded image: {difference}");
+}
+
+#[derive(Deserialize)]
+struct WhisperFixture {
+    cases: Vec<WhisperCase>,
+}
+
+#[derive(Deserialize)]
+struct WhisperCase {
+    clip: String,
+    beam_size: usize,
+    segments: Vec<WhisperSegment>,
+}
+
+#[derive(Deserialize)]
+struct WhisperSegment {
+    tokens: Vec<u32>,
+}
+
+fn whisper_tiny_en() {
+    let fixtures = engine_fixtures().join("whisper");
+    let fixture: WhisperFixture =
+        serde_json::from_slice(&std::fs::read(fixtures.join("tiny-en.json")).unwrap()).unwrap();
+    let dir = installed::default_home().join("models/cf--openai--whisper-tiny-en");
+    let whisper = Whisper::load(&dir).unwrap();
+    let case = &fixture.cases[0];
+    let decode = DecodeOptions {
+        target_rate: 16_000,
+        max_seconds: 60.0,
+        hint: Some("audio/wav"),
+    };
+    let samples =
+        audio::decode_to_mono(&std::fs::read(fixtures.join(&case.clip)).unwrap(), &decode).unwrap();
+    let options = TranscribeOptions {
+        beam_size: case.beam_size,
+        temperatures: vec![0.0],
+        ..TranscribeOptions::default()
+    };
+    let got = whisper.transcribe(&samples, &options).unwrap();
+    let tokens = |segments: Vec<Vec<u32>>| segments.concat();
+    assert_eq!(
+        tokens(got.segments.into_iter().map(|s| s.tokens).collect()),
+        tokens(case.segments.iter().map(|s| s.tokens.clone()).collect()),
+        "Whisper tiny.en on candle against faster-whisper ({})",
+        case.clip
+    );
 }

@@ -1,4 +1,4 @@
-//! Whisper speech-to-text on candle: the engine and its plain Rust API (no JSON, no HTTP).
+//! Whisper speech-to-text (candle; the encoder on ONNX Runtime where installed): the engine and its plain Rust API (no JSON, no HTTP).
 //!
 //! `Whisper::load` reads a model folder in either layout: CTranslate2's (`model.bin`, what Ember
 //! installs; `ct2.rs`) or Hugging Face's (`model.safetensors`; `hf.rs`), both with
@@ -16,6 +16,7 @@
 mod align;
 mod ct2;
 mod decode;
+mod encoder_onnx;
 mod hf;
 mod matvec;
 mod mel;

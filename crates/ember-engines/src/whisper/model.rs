@@ -1,7 +1,7 @@
 //! The Whisper transformer on candle, computing in f32 on the CPU (the decoder's weights are kept
 //! as stored, f16 in CTranslate2's files, and widened by `matvec` as it reads them): the audio
-//! encoder (two convolutions with
-//! GELU, positions, pre-norm blocks) and the text decoder (learned positions, a key/value cache,
+//! encoder (two convolutions with GELU, positions, pre-norm blocks; run on ONNX Runtime where
+//! it is installed, `encoder_onnx.rs`) and the text decoder (learned positions, a key/value cache,
 //! cross-attention to the encoder, output projection tied to the token embeddings) that can hand
 //! back the raw cross-attention scores of chosen heads, which word timestamps are made from.
 //!
@@ -10,13 +10,14 @@
 //! (erf) one, as in OpenAI's model. Attention scales the queries by `head_dim^-1/2` before the
 //! product, which CTranslate2 folds into the matmul.
 
+use super::encoder_onnx::OnnxEncoder;
 use super::matvec;
 use super::softmax::softmax_last_dim;
 use super::weights::Weights;
 use anyhow::{Context, ensure};
 use candle_core::{Device, IndexOp, Tensor};
 
-const LAYER_NORM_EPS: f32 = 1e-5;
+pub(super) const LAYER_NORM_EPS: f32 = 1e-5;
 
 /// The sizes a model is built with, read from its tensors.
 #[derive(Debug, Clone, Copy)]
@@ -29,9 +30,9 @@ pub(crate) struct Dims {
 }
 
 /// A projection with its weight stored `[in, out]`, the layout `matvec` streams.
-struct Linear {
-    weight_t: Tensor,
-    bias: Tensor,
+pub(super) struct Linear {
+    pub(super) weight_t: Tensor,
+    pub(super) bias: Tensor,
 }
 
 /// Whether a layer's weights are kept as stored (a decoding step's few rows stream them, so
@@ -61,9 +62,9 @@ impl Linear {
     }
 }
 
-struct LayerNorm {
-    gamma: Tensor,
-    beta: Tensor,
+pub(super) struct LayerNorm {
+    pub(super) gamma: Tensor,
+    pub(super) beta: Tensor,
 }
 
 impl LayerNorm {
@@ -79,10 +80,10 @@ impl LayerNorm {
     }
 }
 
-struct FeedForward {
-    norm: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
+pub(super) struct FeedForward {
+    pub(super) norm: LayerNorm,
+    pub(super) fc1: Linear,
+    pub(super) fc2: Linear,
 }
 
 impl FeedForward {
@@ -116,24 +117,53 @@ fn attend(
     softmax_last_dim(&scores)?.matmul(v)
 }
 
-struct EncoderLayer {
-    norm: LayerNorm,
-    qkv: Linear,
-    out: Linear,
-    ffn: FeedForward,
+pub(super) struct EncoderLayer {
+    pub(super) norm: LayerNorm,
+    pub(super) qkv: Linear,
+    pub(super) out: Linear,
+    pub(super) ffn: FeedForward,
 }
 
-/// The audio encoder.
-struct Encoder {
-    conv1: (Tensor, Tensor),
-    conv2: (Tensor, Tensor),
-    positions: Tensor,
-    layers: Vec<EncoderLayer>,
-    norm: LayerNorm,
-    heads: usize,
+/// The audio encoder on candle, and each decoder layer's cross-attention key/value projection,
+/// which applies to the encoder's output once per window.
+pub(super) struct Encoder {
+    pub(super) conv1: (Tensor, Tensor),
+    pub(super) conv2: (Tensor, Tensor),
+    pub(super) positions: Tensor,
+    pub(super) layers: Vec<EncoderLayer>,
+    pub(super) norm: LayerNorm,
+    pub(super) heads: usize,
+    pub(super) cross_kv: Vec<Linear>,
+    pub(super) decoder_heads: usize,
+}
+
+/// Where windows are encoded: ONNX Runtime, where it is installed (`encoder_onnx.rs`, faster:
+/// its matrix products are), else candle.
+enum AudioEncoder {
+    Candle(Box<Encoder>),
+    Onnx(OnnxEncoder),
 }
 
 impl Encoder {
+    /// `[1, n_mels, 3000]` → the window's cross-attention keys and values.
+    fn encode(&self, mel: &Tensor) -> candle_core::Result<CrossKv> {
+        let audio = self.forward(mel)?;
+        let (n, d) = audio.dims2()?;
+        let heads = self.decoder_heads;
+        let layers = self
+            .cross_kv
+            .iter()
+            .map(|cross_kv| {
+                let kv = cross_kv.forward(&audio)?;
+                let kv = kv
+                    .reshape((n, 2, heads, d / heads))?
+                    .permute((1, 2, 0, 3))?;
+                Ok((kv.i(0)?.t()?.contiguous()?, kv.i(1)?.contiguous()?))
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(CrossKv { layers })
+    }
+
     /// `[1, n_mels, 2 · n_audio_ctx]` → `[n_audio_ctx, d_model]`.
     fn forward(&self, mel: &Tensor) -> candle_core::Result<Tensor> {
         let conv =
@@ -172,7 +202,6 @@ struct DecoderLayer {
     self_out: Linear,
     cross_norm: LayerNorm,
     cross_q: Linear,
-    cross_kv: Linear,
     cross_out: Linear,
     ffn: FeedForward,
 }
@@ -182,7 +211,7 @@ struct DecoderLayer {
 /// matrix-vector products), values `[heads, n_audio_ctx, head_dim]`. Computed once per window
 /// and shared by every beam.
 pub(crate) struct CrossKv {
-    layers: Vec<(Tensor, Tensor)>,
+    pub(super) layers: Vec<(Tensor, Tensor)>,
 }
 
 /// The self-attention cache of a batch of sequences of equal length: per layer, keys and values
@@ -219,7 +248,7 @@ struct Decoder {
 /// Whisper: encoder, decoder and its sizes.
 pub(crate) struct Model {
     pub dims: Dims,
-    encoder: Encoder,
+    encoder: AudioEncoder,
     decoder: Decoder,
 }
 
@@ -253,7 +282,7 @@ impl Model {
                 ffn: FeedForward::load(w, &format!("{name}/ffn"), Rows::Many)?,
             });
         }
-        let mut decoder_layers = Vec::new();
+        let (mut decoder_layers, mut cross_kv) = (Vec::new(), Vec::new());
         for i in 0..w.count_layers("decoder/layer") {
             let name = format!("decoder/layer_{i}");
             decoder_layers.push(DecoderLayer {
@@ -262,11 +291,14 @@ impl Model {
                 self_out: Linear::load(w, &format!("{name}/self_attention/linear_1"), Rows::Few)?,
                 cross_norm: LayerNorm::load(w, &format!("{name}/attention/layer_norm"))?,
                 cross_q: Linear::load(w, &format!("{name}/attention/linear_0"), Rows::Few)?,
-                // Applied to the encoder's output, once per window.
-                cross_kv: Linear::load(w, &format!("{name}/attention/linear_1"), Rows::Many)?,
                 cross_out: Linear::load(w, &format!("{name}/attention/linear_2"), Rows::Few)?,
                 ffn: FeedForward::load(w, &format!("{name}/ffn"), Rows::Few)?,
             });
+            cross_kv.push(Linear::load(
+                w,
+                &format!("{name}/attention/linear_1"),
+                Rows::Many,
+            )?);
         }
         ensure!(
             !encoder_layers.is_empty() && !decoder_layers.is_empty(),
@@ -280,16 +312,26 @@ impl Model {
             n_vocab: embeddings.dim(0)?,
             n_text_ctx: decoder_positions.dim(0)?,
         };
+        let encoder = Encoder {
+            conv1,
+            conv2,
+            positions: w.take("encoder/position_encodings/encodings")?,
+            layers: encoder_layers,
+            norm: LayerNorm::load(w, "encoder/layer_norm")?,
+            heads: encoder_heads,
+            cross_kv,
+            decoder_heads,
+        };
+        let encoder = match OnnxEncoder::build(&encoder, crate::cpu_threads()) {
+            Ok(onnx) => AudioEncoder::Onnx(onnx),
+            Err(why) => {
+                tracing::warn!(reason = %format!("{why:#}"), "the Whisper encoder runs on candle");
+                AudioEncoder::Candle(Box::new(encoder))
+            }
+        };
         Ok(Model {
             dims,
-            encoder: Encoder {
-                conv1,
-                conv2,
-                positions: w.take("encoder/position_encodings/encodings")?,
-                layers: encoder_layers,
-                norm: LayerNorm::load(w, "encoder/layer_norm")?,
-                heads: encoder_heads,
-            },
+            encoder,
             decoder: Decoder {
                 embeddings_t: embeddings.t()?.contiguous()?,
                 positions: decoder_positions,
@@ -310,23 +352,11 @@ impl Model {
 
     /// Encodes one 30 s window (`[1, n_mels, 3000]`) and computes every decoder layer's
     /// cross-attention keys and values from it.
-    pub(crate) fn encode(&self, mel: &Tensor) -> candle_core::Result<CrossKv> {
-        let audio = self.encoder.forward(mel)?;
-        let (n, d) = audio.dims2()?;
-        let heads = self.decoder.heads;
-        let layers = self
-            .decoder
-            .layers
-            .iter()
-            .map(|layer| {
-                let kv = layer.cross_kv.forward(&audio)?;
-                let kv = kv
-                    .reshape((n, 2, heads, d / heads))?
-                    .permute((1, 2, 0, 3))?;
-                Ok((kv.i(0)?.t()?.contiguous()?, kv.i(1)?.contiguous()?))
-            })
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(CrossKv { layers })
+    pub(crate) fn encode(&self, mel: &Tensor) -> anyhow::Result<CrossKv> {
+        match &self.encoder {
+            AudioEncoder::Candle(encoder) => Ok(encoder.encode(mel)?),
+            AudioEncoder::Onnx(encoder) => encoder.encode(mel),
+        }
     }
 
     /// An empty self-attention cache.

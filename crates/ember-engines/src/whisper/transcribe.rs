@@ -30,7 +30,7 @@ pub(super) fn run(
     // The extractor's last frame is past the audio.
     let content_frames = features.dim(1)? - 1;
     let encode = |seek: usize, size: usize| -> anyhow::Result<CrossKv> {
-        Ok(w.model.encode(&w.mel.window(&features, seek, size)?)?)
+        w.model.encode(&w.mel.window(&features, seek, size)?)
     };
 
     // The first window's encoding serves language detection as well. faster-whisper detects on
