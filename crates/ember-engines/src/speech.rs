@@ -17,6 +17,8 @@ use std::path::Path;
 
 /// Whisper's input rate.
 const SAMPLE_RATE: u32 = 16_000;
+/// Requests transcribed together, their decoding steps batched (`Runner::run_together`).
+const TRANSCRIPTIONS_AT_ONCE: usize = 8;
 
 pub struct SpeechRecognizer {
     whisper: Whisper,
@@ -103,6 +105,43 @@ impl Runner for SpeechRecognizer {
             }
             other => Err(wrong_task(&other)),
         }
+    }
+
+    fn batch_size(&self) -> usize {
+        TRANSCRIPTIONS_AT_ONCE
+    }
+
+    /// Each request on a thread of its own: their decoding steps meet in Whisper's step queue
+    /// and run as one, and the rest (audio decoding, beam bookkeeping, word alignment)
+    /// overlaps.
+    fn run_together(&mut self, requests: Vec<TaskRequest>) -> Vec<Result<TaskOutput, InferError>> {
+        let this = &*self;
+        std::thread::scope(|scope| {
+            let running: Vec<_> = requests
+                .into_iter()
+                .map(|request| {
+                    std::thread::Builder::new()
+                        .name("whisper-request".into())
+                        .spawn_scoped(scope, move || {
+                            let TaskRequest::SpeechRecognition(request) = request else {
+                                return Err(wrong_task(&request));
+                            };
+                            this.transcribe(request).map(TaskOutput::SpeechRecognition)
+                        })
+                })
+                .collect();
+            running
+                .into_iter()
+                .map(|thread| match thread {
+                    Ok(thread) => thread
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                    Err(error) => Err(InferError::Internal(format!(
+                        "no thread for the request: {error}"
+                    ))),
+                })
+                .collect()
+        })
     }
 }
 

@@ -266,6 +266,46 @@ fn base_matches_faster_whisper() {
     check_model("base.json", "cf--openai--whisper");
 }
 
+/// Every case of the fixture at once, one thread each, as `ember serve` runs requests that
+/// arrive together: their decoding steps run as one (`whisper/steps.rs`), and each still
+/// matches faster-whisper.
+#[test]
+fn concurrent_transcriptions_match_faster_whisper() {
+    let fixture: Fixture =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("base.json")).unwrap())
+            .unwrap();
+    let whisper = Whisper::load(&model_dir("cf--openai--whisper")).unwrap();
+    let failures: Vec<String> = std::thread::scope(|scope| {
+        let running: Vec<_> = fixture
+            .cases
+            .iter()
+            .map(|case| {
+                let whisper = &whisper;
+                scope.spawn(move || {
+                    let samples = read_wav(&fixtures().join(&case.clip));
+                    let options = TranscribeOptions {
+                        beam_size: case.beam_size,
+                        temperatures: vec![0.0],
+                        word_timestamps: true,
+                        ..TranscribeOptions::default()
+                    };
+                    let got = whisper.transcribe(&samples, &options).unwrap();
+                    compare(case, &got, TIME_TOLERANCE)
+                        .failures
+                        .into_iter()
+                        .map(|failure| format!("{} beam {}: {failure}", case.clip, case.beam_size))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        running
+            .into_iter()
+            .flat_map(|thread| thread.join().unwrap())
+            .collect()
+    });
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 /// The temperature fallback, which the fixtures (temperature 0) never reach: with a
 /// log-probability threshold no decoding meets, every temperature is tried (sampling two
 /// candidates above 0), the likeliest result is kept and reported with the last temperature, as faster-whisper

@@ -4,6 +4,7 @@
 //! or beam search with patience and length penalty.
 
 use super::model::{CrossKv, Model, SelfKv};
+use super::steps::StepQueue;
 use rand::Rng;
 use rand::rngs::StdRng;
 
@@ -93,6 +94,7 @@ pub(crate) fn prompt(
 /// Decodes from `prompted` with `options`.
 pub(crate) fn generate(
     model: &Model,
+    steps: &StepQueue,
     cross: &CrossKv,
     prompted: &Prompted,
     specials: Specials,
@@ -101,6 +103,7 @@ pub(crate) fn generate(
 ) -> anyhow::Result<Generated> {
     let search = Search {
         model,
+        steps,
         cross,
         specials,
         options,
@@ -115,6 +118,7 @@ pub(crate) fn generate(
 
 struct Search<'a> {
     model: &'a Model,
+    steps: &'a StepQueue,
     cross: &'a CrossKv,
     specials: Specials,
     options: &'a DecodeOptions,
@@ -128,12 +132,10 @@ struct Hypothesis {
 }
 
 impl Search<'_> {
-    /// The logits of the last token of each sequence in the batch, as rows.
+    /// The logits of the last token of each sequence in the batch, as rows (the step taken
+    /// together with other transcriptions' where they are stepping too).
     fn step(&self, cache: &mut SelfKv, inputs: &[u32]) -> anyhow::Result<Vec<Vec<f32>>> {
-        let (hidden, _) = self
-            .model
-            .decode(inputs, inputs.len(), cache, self.cross, &[])?;
-        Ok(self.model.logits(&hidden)?)
+        self.steps.step(self.model, cache, inputs, self.cross)
     }
 
     /// Greedy search (temperature 0) or `best_of` independent samples.
@@ -146,7 +148,7 @@ impl Search<'_> {
         };
         let mut cache = self.prompted.cache.clone();
         if count > 1 {
-            cache.select(&vec![0; count])?;
+            cache.select(&vec![0; count]);
         }
         let mut sequences: Vec<Vec<u32>> = vec![Vec::new(); count];
         let mut sums = vec![0f64; count];
@@ -184,7 +186,7 @@ impl Search<'_> {
                 break;
             }
             if next_running.len() != running.len() {
-                cache.select(&kept)?;
+                cache.select(&kept);
             }
             running = next_running;
         }
@@ -273,7 +275,7 @@ impl Search<'_> {
             scores = active.iter().map(|&c| top[c].0).collect();
             inputs = active.iter().map(|&c| token(c)).collect();
             let origins: Vec<u32> = active.iter().map(|&c| origin(c) as u32).collect();
-            cache.select(&origins)?;
+            cache.select(&origins);
         }
         Ok(self.best(finished, no_speech_prob))
     }

@@ -23,6 +23,7 @@ mod mel;
 mod model;
 mod softmax;
 mod speech_chunks;
+mod steps;
 mod tokens;
 mod transcribe;
 pub mod vad;
@@ -170,6 +171,8 @@ pub struct Word {
 /// A loaded Whisper model. Immutable: `transcribe` may run on several threads at once.
 pub struct Whisper {
     model: model::Model,
+    /// Where concurrent transcriptions' decoding steps meet (`steps.rs`).
+    steps: steps::StepQueue,
     tokens: tokens::Tokens,
     mel: mel::LogMel,
     /// (layer, head) of the cross-attention heads used for word timestamps.
@@ -223,6 +226,7 @@ impl Whisper {
             lang_ids: loaded.lang_ids.unwrap_or_else(|| tokens.language_ids()),
             non_speech: tokens.non_speech()?,
             model,
+            steps: steps::StepQueue::default(),
             tokens,
             alignment_heads,
             suppress_ids_begin,

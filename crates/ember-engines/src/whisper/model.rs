@@ -209,7 +209,8 @@ struct DecoderLayer {
 /// The cross-attention keys and values of one window's encoder output, per decoder layer: keys
 /// transposed `[heads, head_dim, n_audio_ctx]` (so a decoding step's scores are column-major
 /// matrix-vector products), values `[heads, n_audio_ctx, head_dim]`. Computed once per window
-/// and shared by every beam.
+/// and shared by every beam. Cloning shares the tensors.
+#[derive(Clone)]
 pub(crate) struct CrossKv {
     pub(super) layers: Vec<(Tensor, Tensor)>,
 }
@@ -220,17 +221,61 @@ pub(crate) struct CrossKv {
 pub(crate) struct SelfKv {
     layers: Vec<Option<(Tensor, Tensor)>>,
     len: usize,
+    /// The sequences the next step continues (`select`'s rows, not yet applied): gathered as
+    /// that step appends to the cache, one copy of it instead of two.
+    rows: Option<Vec<u32>>,
 }
 
 impl SelfKv {
     /// Keeps the sequences `rows` (indices into the batch, repeats allowed), in that order.
-    pub(crate) fn select(&mut self, rows: &[u32]) -> candle_core::Result<()> {
-        let index = Tensor::new(rows, &Device::Cpu)?;
-        for (k, v) in self.layers.iter_mut().flatten() {
-            *k = k.index_select(&index, 0)?;
-            *v = v.index_select(&index, 0)?;
-        }
-        Ok(())
+    pub(crate) fn select(&mut self, rows: &[u32]) {
+        self.rows = Some(match &self.rows {
+            Some(earlier) => rows.iter().map(|&r| earlier[r as usize]).collect(),
+            None => rows.to_vec(),
+        });
+    }
+}
+
+/// `past` `[batch, heads, len, head_dim]` with `new` `[batch', heads, t, head_dim]` after it, its
+/// rows taken in the order of `rows` (each row as it is without).
+fn append(past: &Tensor, new: &Tensor, rows: Option<&[u32]>) -> candle_core::Result<Tensor> {
+    let (_, heads, len, head_dim) = past.dims4()?;
+    let (batch, _, t, _) = new.dims4()?;
+    let (past_run, new_run) = (len * head_dim, t * head_dim);
+    let mut joined = Vec::with_capacity(batch * heads * (past_run + new_run));
+    matvec::with_slice(&past.contiguous()?, |past: &[f32]| {
+        matvec::with_slice(&new.contiguous()?, |new: &[f32]| {
+            for b in 0..batch {
+                let from = rows.map_or(b, |rows| rows[b] as usize);
+                for h in 0..heads {
+                    let at = (from * heads + h) * past_run;
+                    joined.extend_from_slice(&past[at..at + past_run]);
+                    let at = (b * heads + h) * new_run;
+                    joined.extend_from_slice(&new[at..at + new_run]);
+                }
+            }
+            Ok(())
+        })
+    })?;
+    Tensor::from_vec(joined, (batch, heads, len + t, head_dim), &Device::Cpu)
+}
+
+/// One batch of sequences' part of a `decode_many` pass: its new tokens (`[batch, t]`
+/// row-major), its cache, its window's cross-attention, and the alignment heads whose scores
+/// it wants.
+pub(crate) struct DecodeCall<'a> {
+    pub tokens: &'a [u32],
+    pub batch: usize,
+    pub cache: &'a mut SelfKv,
+    pub cross: &'a CrossKv,
+    pub heads: &'a [(usize, usize)],
+}
+
+/// Rows stacked in order (one part is returned as it is).
+fn stack_rows(mut parts: Vec<Tensor>) -> candle_core::Result<Tensor> {
+    match parts.len() {
+        1 => Ok(parts.remove(0)),
+        _ => Tensor::cat(&parts, 0),
     }
 }
 
@@ -364,6 +409,7 @@ impl Model {
         SelfKv {
             layers: vec![None; self.decoder.layers.len()],
             len: 0,
+            rows: None,
         }
     }
 
@@ -379,85 +425,138 @@ impl Model {
         cross: &CrossKv,
         heads: &[(usize, usize)],
     ) -> candle_core::Result<(Tensor, Vec<Tensor>)> {
+        let call = DecodeCall {
+            tokens,
+            batch,
+            cache,
+            cross,
+            heads,
+        };
+        let mut decoded = self.decode_many(&mut [call])?;
+        Ok(decoded.remove(0))
+    }
+
+    /// `decode` for several independent calls (other windows, other requests) in one pass: their
+    /// rows are stacked for the projections, which so read each weight once for all of them, and
+    /// attend apart, each to its own cache and window.
+    pub(crate) fn decode_many(
+        &self,
+        calls: &mut [DecodeCall<'_>],
+    ) -> candle_core::Result<Vec<(Tensor, Vec<Tensor>)>> {
         let dec = &self.decoder;
-        let t = tokens.len() / batch;
-        let past = cache.len;
         let d = self.dims.d_model;
         let head_dim = d / dec.heads;
         let scale = (head_dim as f64).powf(-0.5);
-        let positions = dec.positions.narrow(0, past, t)?;
-        let ids = Tensor::new(tokens, &Device::Cpu)?;
-        let mut xs = dec
-            .embeddings_t
-            .index_select(&ids, 1)?
-            .to_dtype(candle_core::DType::F32)?
-            .t()?
-            .reshape((batch, t, d))?
-            .broadcast_add(&positions)?
-            .reshape((batch * t, d))?;
-        // Causal within the new tokens; every cached position is visible.
-        let mask = (t > 1)
-            .then(|| {
-                let mask: Vec<f32> = (0..t)
-                    .flat_map(|i| {
-                        (0..past + t)
-                            .map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })
+        let rows: Vec<usize> = calls.iter().map(|call| call.tokens.len()).collect();
+        let mut embedded = Vec::new();
+        let mut masks = Vec::new();
+        for call in calls.iter() {
+            let (t, past) = (call.tokens.len() / call.batch, call.cache.len);
+            let positions = dec.positions.narrow(0, past, t)?;
+            let ids = Tensor::new(call.tokens, &Device::Cpu)?;
+            embedded.push(
+                dec.embeddings_t
+                    .index_select(&ids, 1)?
+                    .to_dtype(candle_core::DType::F32)?
+                    .t()?
+                    .reshape((call.batch, t, d))?
+                    .broadcast_add(&positions)?
+                    .reshape((call.batch * t, d))?,
+            );
+            // Causal within the new tokens; every cached position is visible.
+            masks.push(
+                (t > 1)
+                    .then(|| {
+                        let mask: Vec<f32> = (0..t)
+                            .flat_map(|i| {
+                                (0..past + t).map(move |j| {
+                                    if j > past + i { f32::NEG_INFINITY } else { 0.0 }
+                                })
+                            })
+                            .collect();
+                        Tensor::from_vec(mask, (t, past + t), &Device::Cpu)
                     })
-                    .collect();
-                Tensor::from_vec(mask, (t, past + t), &Device::Cpu)
-            })
-            .transpose()?;
-        let mut attention = vec![None; heads.len()];
+                    .transpose()?,
+            );
+        }
+        let mut xs = stack_rows(embedded)?;
+        let mut attention: Vec<Vec<Option<Tensor>>> = calls
+            .iter()
+            .map(|call| vec![None; call.heads.len()])
+            .collect();
         for (l, layer) in dec.layers.iter().enumerate() {
-            // Self-attention: [batch·t, 3d] → [3, batch, heads, t, head_dim].
+            // Self-attention: each call's [batch·t, 3d] → [3, batch, heads, t, head_dim].
             let qkv = layer.self_qkv.forward(&layer.self_norm.forward(&xs)?)?;
-            let qkv = qkv
-                .reshape((batch, t, 3, dec.heads, head_dim))?
-                .permute((2, 0, 3, 1, 4))?
-                .contiguous()?;
-            let (q, k, v) = ((qkv.i(0)? * scale)?, qkv.i(1)?, qkv.i(2)?);
-            let (k, v) = match &cache.layers[l] {
-                Some((past_k, past_v)) => (
-                    Tensor::cat(&[past_k, &k], 2)?,
-                    Tensor::cat(&[past_v, &v], 2)?,
-                ),
-                None => (k, v),
-            };
-            let context = attend(&q, &k, &v, mask.as_ref())?;
-            cache.layers[l] = Some((k, v));
-            let context = context.transpose(1, 2)?.reshape((batch * t, d))?;
-            xs = (&xs + layer.self_out.forward(&context)?)?;
-
-            // Cross-attention: every row of every sequence against the same keys, so the batch
-            // and time rows become one dimension: [heads, batch·t, head_dim].
-            let q = layer.cross_q.forward(&layer.cross_norm.forward(&xs)?)?;
-            let q = (q
-                .reshape((batch * t, dec.heads, head_dim))?
-                .transpose(0, 1)?
-                .contiguous()?
-                * scale)?;
-            let (keys_t, values) = &cross.layers[l];
-            let scores = matvec::matmul_heads(&q, keys_t)?;
-            for (slot, &(_, h)) in attention
-                .iter_mut()
-                .zip(heads)
-                .filter(|(_, (hl, _))| *hl == l)
-            {
-                *slot = Some(scores.i(h)?);
+            let mut contexts = Vec::new();
+            let mut offset = 0;
+            for (c, (call, &n)) in calls.iter_mut().zip(&rows).enumerate() {
+                let (batch, t) = (call.batch, n / call.batch);
+                let qkv = qkv
+                    .narrow(0, offset, n)?
+                    .reshape((batch, t, 3, dec.heads, head_dim))?
+                    .permute((2, 0, 3, 1, 4))?
+                    .contiguous()?;
+                let (q, k, v) = ((qkv.i(0)? * scale)?, qkv.i(1)?, qkv.i(2)?);
+                let rows = call.cache.rows.as_deref();
+                let (k, v) = match &call.cache.layers[l] {
+                    Some((past_k, past_v)) => {
+                        (append(past_k, &k, rows)?, append(past_v, &v, rows)?)
+                    }
+                    None => (k, v),
+                };
+                let context = attend(&q, &k, &v, masks[c].as_ref())?;
+                call.cache.layers[l] = Some((k, v));
+                contexts.push(context.transpose(1, 2)?.reshape((n, d))?);
+                offset += n;
             }
-            let context = matvec::matmul_heads(&softmax_last_dim(&scores)?, values)?;
-            let context = context.transpose(0, 1)?.reshape((batch * t, d))?;
-            xs = (&xs + layer.cross_out.forward(&context)?)?;
+            xs = (&xs + layer.self_out.forward(&stack_rows(contexts)?)?)?;
+
+            // Cross-attention: every row of a call against the same keys, so its batch and time
+            // rows become one dimension: [heads, batch·t, head_dim].
+            let q = layer.cross_q.forward(&layer.cross_norm.forward(&xs)?)?;
+            let mut contexts = Vec::new();
+            let mut offset = 0;
+            for ((call, &n), attention) in calls.iter().zip(&rows).zip(&mut attention) {
+                let q = (q
+                    .narrow(0, offset, n)?
+                    .reshape((n, dec.heads, head_dim))?
+                    .transpose(0, 1)?
+                    .contiguous()?
+                    * scale)?;
+                let (keys_t, values) = &call.cross.layers[l];
+                let scores = matvec::matmul_heads(&q, keys_t)?;
+                for (slot, &(_, h)) in attention
+                    .iter_mut()
+                    .zip(call.heads)
+                    .filter(|(_, (hl, _))| *hl == l)
+                {
+                    *slot = Some(scores.i(h)?);
+                }
+                let context = matvec::matmul_heads(&softmax_last_dim(&scores)?, values)?;
+                contexts.push(context.transpose(0, 1)?.reshape((n, d))?);
+                offset += n;
+            }
+            xs = (&xs + layer.cross_out.forward(&stack_rows(contexts)?)?)?;
             xs = layer.ffn.residual(&xs)?;
         }
-        cache.len += t;
-        let attention = attention
-            .into_iter()
-            .map(|a| {
-                a.ok_or_else(|| candle_core::Error::Msg("alignment head layer out of range".into()))
-            })
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok((dec.norm.forward(&xs)?, attention))
+        let hidden = dec.norm.forward(&xs)?;
+        let mut decoded = Vec::new();
+        let mut offset = 0;
+        for ((call, &n), attention) in calls.iter_mut().zip(&rows).zip(attention) {
+            call.cache.len += n / call.batch;
+            call.cache.rows = None;
+            let attention = attention
+                .into_iter()
+                .map(|a| {
+                    a.ok_or_else(|| {
+                        candle_core::Error::Msg("alignment head layer out of range".into())
+                    })
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            decoded.push((hidden.narrow(0, offset, n)?, attention));
+            offset += n;
+        }
+        Ok(decoded)
     }
 
     /// Logits over the vocabulary for hidden states `[n, d_model]`: `n` rows of `n_vocab`.

@@ -289,7 +289,8 @@ fn generate_with_fallback(
     let mut tried: Vec<(Fallback, bool)> = Vec::new();
     for &temperature in &o.temperatures {
         options.temperature = temperature;
-        let generated = decode::generate(&w.model, cross, prompted, specials, &options, rng)?;
+        let generated =
+            decode::generate(&w.model, &w.steps, cross, prompted, specials, &options, rng)?;
         // The EOT's log-probability is in the sum, so it counts in the length.
         let avg_logprob = generated.sum_logprob / (generated.tokens.len() + 1) as f64;
         let text = w.tokens.decode(&generated.tokens)?;
