@@ -276,6 +276,41 @@ impl GraphBuilder {
         name.into()
     }
 
+    /// softmax(q·kᵀ/√d)·v per head, for `[B, N, heads·d]` projections; heads merged back.
+    pub(crate) fn scaled_dot_product(
+        &mut self,
+        q: &str,
+        k: &str,
+        v: &str,
+        heads: usize,
+        head_dim: usize,
+        prefix: &str,
+    ) -> String {
+        let split = self.constant_i64(
+            &format!("{prefix}/split"),
+            &[0, 0, heads as i64, head_dim as i64],
+        );
+        let mut heads_of = |x: &str, perm: &[i64]| {
+            let split = self.node("Reshape", &[x, &split], vec![]);
+            self.node("Transpose", &[&split], vec![ints("perm", perm)])
+        };
+        let q = heads_of(q, &[0, 2, 1, 3]);
+        let k = heads_of(k, &[0, 2, 3, 1]);
+        let v = heads_of(v, &[0, 2, 1, 3]);
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let scale = self.constant_f32(&format!("scalar/{scale}"), scale);
+        let scores = self.node("MatMul", &[&q, &k], vec![]);
+        let scores = self.node("Mul", &[&scores, &scale], vec![]);
+        let probs = self.node("Softmax", &[&scores], vec![int("axis", -1)]);
+        let context = self.node("MatMul", &[&probs, &v], vec![]);
+        let context = self.node("Transpose", &[&context], vec![ints("perm", &[0, 2, 1, 3])]);
+        let merge = self.constant_i64(
+            &format!("{prefix}/merge"),
+            &[0, 0, (heads * head_dim) as i64],
+        );
+        self.node("Reshape", &[&context, &merge], vec![])
+    }
+
     /// The model of this graph in ONNX's default opset `opset`.
     pub(crate) fn model(
         self,

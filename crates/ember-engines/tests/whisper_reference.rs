@@ -216,6 +216,16 @@ fn compare(case: &Case, got: &Transcription, time_tolerance: f64) -> Checks {
     c
 }
 
+/// The fixture's decoding: its beam, greedy at temperature 0 only, with word timestamps.
+fn options_of(case: &Case) -> TranscribeOptions {
+    TranscribeOptions {
+        beam_size: case.beam_size,
+        temperatures: vec![0.0],
+        word_timestamps: true,
+        ..TranscribeOptions::default()
+    }
+}
+
 fn check_model(fixture_file: &str, model: &str) {
     let path = fixtures().join(fixture_file);
     let fixture: Fixture = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
@@ -223,14 +233,8 @@ fn check_model(fixture_file: &str, model: &str) {
     let mut failures = Vec::new();
     for case in &fixture.cases {
         let samples = read_wav(&fixtures().join(&case.clip));
-        let options = TranscribeOptions {
-            beam_size: case.beam_size,
-            temperatures: vec![0.0],
-            word_timestamps: true,
-            ..TranscribeOptions::default()
-        };
         let started = std::time::Instant::now();
-        let got = whisper.transcribe(&samples, &options).unwrap();
+        let got = whisper.transcribe(&samples, &options_of(case)).unwrap();
         let seconds = started.elapsed().as_secs_f64();
         let checks = compare(case, &got, TIME_TOLERANCE);
         let largest: Vec<String> = checks
@@ -283,13 +287,7 @@ fn concurrent_transcriptions_match_faster_whisper() {
                 let whisper = &whisper;
                 scope.spawn(move || {
                     let samples = read_wav(&fixtures().join(&case.clip));
-                    let options = TranscribeOptions {
-                        beam_size: case.beam_size,
-                        temperatures: vec![0.0],
-                        word_timestamps: true,
-                        ..TranscribeOptions::default()
-                    };
-                    let got = whisper.transcribe(&samples, &options).unwrap();
+                    let got = whisper.transcribe(&samples, &options_of(case)).unwrap();
                     compare(case, &got, TIME_TOLERANCE)
                         .failures
                         .into_iter()

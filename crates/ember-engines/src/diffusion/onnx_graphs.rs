@@ -523,45 +523,10 @@ impl<'a> Builder<'a> {
         let q = self.linear(x, &format!("{prefix}.to_q"))?;
         let k = self.linear(context, &format!("{prefix}.to_k"))?;
         let v = self.linear(context, &format!("{prefix}.to_v"))?;
-        let attended = self.scaled_dot_product(&q, &k, &v, heads, head_dim, prefix);
-        self.linear(&attended, &format!("{prefix}.to_out.0"))
-    }
-
-    /// softmax(q·kᵀ/√d)·v per head, for `[B, N, heads·d]` projections; heads merged back.
-    fn scaled_dot_product(
-        &mut self,
-        q: &str,
-        k: &str,
-        v: &str,
-        heads: usize,
-        head_dim: usize,
-        prefix: &str,
-    ) -> String {
-        let split = self.onnx.constant_i64(
-            &format!("{prefix}/split"),
-            &[0, 0, heads as i64, head_dim as i64],
-        );
-        let mut heads_of = |x: &str, perm: &[i64]| {
-            let split = self.onnx.node("Reshape", &[x, &split], vec![]);
-            self.onnx
-                .node("Transpose", &[&split], vec![ints("perm", perm)])
-        };
-        let q = heads_of(q, &[0, 2, 1, 3]);
-        let k = heads_of(k, &[0, 2, 3, 1]);
-        let v = heads_of(v, &[0, 2, 1, 3]);
-        let scale = self.scalar(1.0 / (head_dim as f32).sqrt());
-        let scores = self.onnx.node("MatMul", &[&q, &k], vec![]);
-        let scores = self.onnx.node("Mul", &[&scores, &scale], vec![]);
-        let probs = self.onnx.node("Softmax", &[&scores], vec![int("axis", -1)]);
-        let context = self.onnx.node("MatMul", &[&probs, &v], vec![]);
-        let context = self
+        let attended = self
             .onnx
-            .node("Transpose", &[&context], vec![ints("perm", &[0, 2, 1, 3])]);
-        let merge = self.onnx.constant_i64(
-            &format!("{prefix}/merge"),
-            &[0, 0, (heads * head_dim) as i64],
-        );
-        self.onnx.node("Reshape", &[&context, &merge], vec![])
+            .scaled_dot_product(&q, &k, &v, heads, head_dim, prefix);
+        self.linear(&attended, &format!("{prefix}.to_out.0"))
     }
 
     /// The feed-forward `net`: a GEGLU (one projection split into a value and its gate, the
@@ -602,7 +567,9 @@ impl<'a> Builder<'a> {
         let channels = self
             .tensor(&format!("{prefix}.{}.weight", names[0]))?
             .dim(0)?;
-        let attended = self.scaled_dot_product(&q, &k, &v, 1, channels, prefix);
+        let attended = self
+            .onnx
+            .scaled_dot_product(&q, &k, &v, 1, channels, prefix);
         let out = self.linear(&attended, &format!("{prefix}.{}", names[3]))?;
         let spatial = self.spatial_of(&out, x);
         Ok(self.onnx.node("Add", &[&spatial, x], vec![]))

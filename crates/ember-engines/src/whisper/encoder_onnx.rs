@@ -92,7 +92,14 @@ impl Graph {
                 3,
                 vec![int("axis", -1), int("num_outputs", 3)],
             );
-            let context = self.attend(&qkv, encoder.heads, head_dim, &name);
+            let context = self.onnx.scaled_dot_product(
+                &qkv[0],
+                &qkv[1],
+                &qkv[2],
+                encoder.heads,
+                head_dim,
+                &name,
+            );
             let out = self.linear(&context, &layer.out, &format!("{name}/out"))?;
             x = self.onnx.node("Add", &[&x, &out], vec![]);
             x = self.feed_forward(&x, &layer.ffn, &format!("{name}/ffn"))?;
@@ -198,36 +205,5 @@ impl Graph {
         let hidden = self.gelu(&hidden);
         let out = self.linear(&hidden, &ffn.fc2, &format!("{name}/fc2"))?;
         Ok(self.onnx.node("Add", &[x, &out], vec![]))
-    }
-
-    /// softmax(q·kᵀ)·v over `heads` heads of `[1, n, d]` projections, the queries scaled by
-    /// `head_dim^-1/2` first as the candle encoder does; heads merged back to `[1, n, d]`.
-    fn attend(&mut self, qkv: &[String], heads: usize, head_dim: usize, name: &str) -> String {
-        let split = self.onnx.constant_i64(
-            &format!("{name}/heads"),
-            &[0, 0, heads as i64, head_dim as i64],
-        );
-        let mut heads_of = |x: &str, perm: &[i64]| {
-            let split = self.onnx.node("Reshape", &[x, &split], vec![]);
-            self.onnx
-                .node("Transpose", &[&split], vec![ints("perm", perm)])
-        };
-        let q = heads_of(&qkv[0], &[0, 2, 1, 3]);
-        let k = heads_of(&qkv[1], &[0, 2, 3, 1]);
-        let v = heads_of(&qkv[2], &[0, 2, 1, 3]);
-        let scale = self
-            .onnx
-            .constant_f32("scale", (head_dim as f32).powf(-0.5));
-        let q = self.onnx.node("Mul", &[&q, &scale], vec![]);
-        let scores = self.onnx.node("MatMul", &[&q, &k], vec![]);
-        let probs = self.onnx.node("Softmax", &[&scores], vec![int("axis", -1)]);
-        let context = self.onnx.node("MatMul", &[&probs, &v], vec![]);
-        let context = self
-            .onnx
-            .node("Transpose", &[&context], vec![ints("perm", &[0, 2, 1, 3])]);
-        let merge = self
-            .onnx
-            .constant_i64(&format!("{name}/merge"), &[0, 0, (heads * head_dim) as i64]);
-        self.onnx.node("Reshape", &[&context, &merge], vec![])
     }
 }

@@ -1,4 +1,5 @@
-//! Whisper speech-to-text (candle; the encoder on ONNX Runtime where installed): the engine and its plain Rust API (no JSON, no HTTP).
+//! Whisper speech-to-text (candle; the encoder on ONNX Runtime where installed): the engine and
+//! its plain Rust API (no JSON, no HTTP).
 //!
 //! `Whisper::load` reads a model folder in either layout: CTranslate2's (`model.bin`, what Ember
 //! installs; `ct2.rs`) or Hugging Face's (`model.safetensors`; `hf.rs`), both with
@@ -9,6 +10,7 @@
 //! VAD finds (`vad.rs`, `silero_vad_v6.onnx` in the folder, on ONNX Runtime) is transcribed and
 //! the times are moved back onto the whole audio (`speech_chunks.rs`). `transcribe.rs` holds the
 //! loop, `model.rs` the transformer, `tokens.rs` the tokenizer's special tokens and word splitting.
+//! Transcriptions running at once on several threads step together (`steps.rs`).
 //!
 //! Checked token for token against faster-whisper on CTranslate2 float32, with and without VAD
 //! (`tests/whisper_reference.rs`, fixtures from `scripts/reference/whisper.py`).
