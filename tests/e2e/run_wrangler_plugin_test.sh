@@ -268,6 +268,12 @@ finetune_phase() {
     inputs=$(node -e 'const r = require(process.argv[1]);
       console.log(JSON.stringify({model: process.argv[2], inputs: {prompt: r.prompt, raw: true,
         max_tokens: r.max_tokens, temperature: 0, lora: process.argv[3]}}))' "$fixtures/reference.json" "$model" "$name")
+    # llama.cpp's text is a request's alone: the kernels are not batch-invariant, so wait until no
+    # sequence of an earlier phase (a stream its client left) still shares the model's steps.
+    for _ in $(seq 1 60); do
+      curl -fsS "$EMBER_URL/metrics" | grep -q "^ember_running_sequences{model=\"$model\"} 0$" && break
+      sleep 1
+    done
     request POST /run "$inputs"
     check "env.AI.run with lora gives llama.cpp's text with the adapter" '
       if (status !== "200") return "status " + status;
