@@ -65,13 +65,17 @@ pub(crate) fn input(tensor: &candle_core::Tensor) -> anyhow::Result<ort::value::
 pub(crate) fn first_output(
     outputs: &ort::session::SessionOutputs,
 ) -> anyhow::Result<candle_core::Tensor> {
-    let (shape, values) = outputs[0].try_extract_tensor::<f32>()?;
+    candle_tensor(&outputs[0])
+}
+
+/// An f32 output of a run as a candle tensor.
+pub(crate) fn candle_tensor(value: &ort::value::DynValue) -> anyhow::Result<candle_core::Tensor> {
+    let (shape, values) = value.try_extract_tensor::<f32>()?;
     let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-    let device = &candle_core::Device::Cpu;
     Ok(candle_core::Tensor::from_vec(
         values.to_vec(),
         dims,
-        device,
+        &candle_core::Device::Cpu,
     )?)
 }
 

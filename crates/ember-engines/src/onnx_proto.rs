@@ -276,6 +276,19 @@ impl GraphBuilder {
         name.into()
     }
 
+    /// The exact (erf) GELU of `x`, in the form ONNX Runtime fuses into one kernel.
+    pub(crate) fn gelu(&mut self, x: &str) -> String {
+        let half = self.constant_f32("scalar/0.5", 0.5);
+        let one = self.constant_f32("scalar/1", 1.0);
+        let root2 = std::f32::consts::SQRT_2;
+        let root2 = self.constant_f32(&format!("scalar/{root2}"), root2);
+        let scaled = self.node("Div", &[x, &root2], vec![]);
+        let erf = self.node("Erf", &[&scaled], vec![]);
+        let erf = self.node("Add", &[&erf, &one], vec![]);
+        let halved = self.node("Mul", &[x, &half], vec![]);
+        self.node("Mul", &[&halved, &erf], vec![])
+    }
+
     /// softmax(q·kᵀ/√d)·v per head, for `[B, N, heads·d]` projections; heads merged back.
     pub(crate) fn scaled_dot_product(
         &mut self,

@@ -540,13 +540,7 @@ impl<'a> Builder<'a> {
             vec![int("axis", -1), int("num_outputs", 2)],
         );
         let (value, gate) = (&halves[0], &halves[1]);
-        let (half, one) = (self.scalar(0.5), self.scalar(1.0));
-        let root2 = self.scalar(std::f32::consts::SQRT_2);
-        let scaled = self.onnx.node("Div", &[gate, &root2], vec![]);
-        let erf = self.onnx.node("Erf", &[&scaled], vec![]);
-        let erf = self.onnx.node("Add", &[&erf, &one], vec![]);
-        let halved = self.onnx.node("Mul", &[gate, &half], vec![]);
-        let gelu = self.onnx.node("Mul", &[&halved, &erf], vec![]);
+        let gelu = self.onnx.gelu(gate);
         let gated = self.onnx.node("Mul", &[value, &gelu], vec![]);
         self.linear(&gated, &format!("{prefix}.2"))
     }

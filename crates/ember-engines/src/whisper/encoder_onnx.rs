@@ -32,17 +32,9 @@ impl OnnxEncoder {
         let inputs = ort::inputs!["mel" => onnx::input(mel)?];
         let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
         let outputs = session.run(inputs).context("ONNX Runtime")?;
-        let tensor = |name: &str| -> anyhow::Result<Tensor> {
-            let (shape, values) = outputs[name].try_extract_tensor::<f32>()?;
-            let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-            Ok(Tensor::from_vec(
-                values.to_vec(),
-                dims,
-                &candle_core::Device::Cpu,
-            )?)
-        };
+        let tensor = |name: String| onnx::candle_tensor(&outputs[name.as_str()]);
         let layers = (0..self.layers)
-            .map(|l| Ok((tensor(&keys_name(l))?, tensor(&values_name(l))?)))
+            .map(|l| Ok((tensor(keys_name(l))?, tensor(values_name(l))?)))
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(CrossKv { layers })
     }
@@ -165,7 +157,7 @@ impl Graph {
             &[x, &weight, &bias],
             vec![ints("strides", &[stride]), ints("pads", &[1, 1])],
         );
-        Ok(self.gelu(&conv))
+        Ok(self.onnx.gelu(&conv))
     }
 
     /// `x · W + b`, `W` stored `[in, out]`.
@@ -186,23 +178,11 @@ impl Graph {
         ))
     }
 
-    /// The exact (erf) GELU, in the form ONNX Runtime fuses into one kernel.
-    fn gelu(&mut self, x: &str) -> String {
-        let half = self.onnx.constant_f32("half", 0.5);
-        let one = self.onnx.constant_f32("one", 1.0);
-        let root2 = self.onnx.constant_f32("root2", std::f32::consts::SQRT_2);
-        let scaled = self.onnx.node("Div", &[x, &root2], vec![]);
-        let erf = self.onnx.node("Erf", &[&scaled], vec![]);
-        let erf = self.onnx.node("Add", &[&erf, &one], vec![]);
-        let halved = self.onnx.node("Mul", &[x, &half], vec![]);
-        self.onnx.node("Mul", &[&halved, &erf], vec![])
-    }
-
     /// `x + fc2(gelu(fc1(norm(x))))`.
     fn feed_forward(&mut self, x: &str, ffn: &FeedForward, name: &str) -> anyhow::Result<String> {
         let normed = self.layer_norm(x, &ffn.norm, &format!("{name}/norm"))?;
         let hidden = self.linear(&normed, &ffn.fc1, &format!("{name}/fc1"))?;
-        let hidden = self.gelu(&hidden);
+        let hidden = self.onnx.gelu(&hidden);
         let out = self.linear(&hidden, &ffn.fc2, &format!("{name}/fc2"))?;
         Ok(self.onnx.node("Add", &[x, &out], vec![]))
     }
